@@ -1,0 +1,37 @@
+# Setup is two commands: `make serve` and `make test`. Both build .venv on demand.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Reinstall only when pyproject.toml changes: every `pip install` of the project
+# brings back torchvision & co., which break vLLM's CPU build, so we remove them after.
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install serve test lint typecheck pytest bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[cpu,dev]'
+	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/t2serve serve --config configs/default.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy controller server tests bench models
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

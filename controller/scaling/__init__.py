@@ -1,0 +1,1 @@
+"""T² scaling curves: estimators, Beta difficulty fits, loss/accuracy laws, fitting and planning."""

@@ -1,0 +1,16 @@
+"""Helpers shared by the tests: the CI rule that a missing dependency is a failure, not a skip."""
+import os
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def need(available: bool, what: str) -> None:
+    """Skip locally when `what` is missing, but fail in CI: a skipped real-component test hides
+    a gap."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required when CI=true", pytrace=False)
+    pytest.skip(f"{what} not available")
