@@ -1,0 +1,99 @@
+"""Answer normalisation: the one place that decides when two answers are "the same".
+
+Votes are counted over normalised strings, so "18", "18.0", "$18" and "18 dollars" must
+collapse to one key, and "1,000" must equal "1000". Numbers compare by exact value
+(fractions included: "3/4" == "0.75" == "\\frac{3}{4}"); everything else compares
+case- and whitespace-insensitively after stripping simple LaTeX wrappers. Dates such as
+"05/01/2021" are not fractions and are left alone.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+
+_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+_FRAC_SHORT = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")
+_LATEX_NOISE = re.compile(r"\\left|\\right|\\!|\\,|\\;|\\:|\\ |\^\s*\{?\\circ\}?|\\%|\\\$")
+_SPACES = re.compile(r"\s+")
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+")
+_UNIT_WORDS = re.compile(
+    r"\s*(?:dollars?|cents?|usd|percent|units?|hours?|minutes?|days?|years?|meters?|"
+    r"km|cm|kg|miles?|pounds?|feet|inches?|degrees?)\.?$"
+)
+
+
+def strip_latex(text: str) -> str:
+    """Remove the LaTeX a model wraps around a plain answer: $...$, \\text{}, \\frac{}{}."""
+    s = text.strip()
+    for _ in range(3):  # nested wrappers such as \text{\textbf{x}}
+        s = _WRAPPERS.sub(r"\1", s)
+    s = _FRAC.sub(r"(\1)/(\2)", s)
+    s = _FRAC_SHORT.sub(r"\1/\2", s)
+    s = _LATEX_NOISE.sub("", s)
+    s = s.replace("\\$", "$")
+    if len(s) >= 2 and s.startswith("$") and s.endswith("$"):
+        s = s.strip("$")
+    if s.startswith("\\(") and s.endswith("\\)"):
+        s = s[2:-2]
+    if s.startswith("\\[") and s.endswith("\\]"):
+        s = s[2:-2]
+    return s.strip()
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The exact value of a plain number ("$1,000.50", "-3", "3/4", "(3)/(4)", "50%"), else None."""
+    s = text.strip().replace(" ", "")
+    s = s.lstrip("$").rstrip(".")
+    s = s.removesuffix("%")
+    if s.startswith("$"):
+        s = s[1:]
+    m = re.fullmatch(r"\(?([-+]?\d+)\)?/\(?(\d+)\)?", s)
+    if m:
+        den = int(m.group(2))
+        return Fraction(int(m.group(1)), den) if den else None
+    if not _NUMBER.fullmatch(s):
+        return None
+    try:
+        return Fraction(Decimal(s.replace(",", "")))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def format_number(value: Fraction) -> str:
+    """Canonical text for a value: "18", "0.75", "-2.5"; "1/3" when no finite decimal exists."""
+    den = value.denominator
+    while den % 2 == 0:
+        den //= 2
+    while den % 5 == 0:
+        den //= 5
+    if den != 1:
+        return f"{value.numerator}/{value.denominator}"
+    text = format(Decimal(value.numerator) / Decimal(value.denominator), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in {"-0", ""} else text
+
+
+def normalize_number_text(text: str) -> str | None:
+    """Canonical number text if `text` is a number (optionally with a unit word), else None."""
+    s = _UNIT_WORDS.sub("", text.strip().lower())
+    value = parse_number(s)
+    return None if value is None else format_number(value)
+
+
+def normalize_answer(text: str | None) -> str | None:
+    """The vote key of an extracted answer, or None (abstain) when nothing is left."""
+    if text is None:
+        return None
+    s = strip_latex(str(text))
+    s = _SPACES.sub(" ", s).strip()
+    s = s.rstrip(".").strip()
+    if not s:
+        return None
+    number = normalize_number_text(s)
+    if number is not None:
+        return number
+    return s.lower()

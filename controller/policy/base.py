@@ -1,0 +1,142 @@
+"""The policy contract: given the answers so far, stop (and why) or draw a wave of w samples.
+
+A `Policy` is long-lived (one per tenant/route; it may learn from finished questions through
+`observe`). `Policy.start(caps, price)` returns a `PolicyRun` for one request, whose
+`decide(answers)` is called with every answer drawn so far, in draw order (None for a sample
+that abstained), and returns a `Decision`. The caps are enforced here, once, for every
+policy: a policy says what it wants, `PolicyRun.decide` clamps it to what the caps allow.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from controller.aggregate.vote import count_votes
+
+StopReason = Literal[
+    "converged", "max_samples", "max_cost", "budget", "exhausted", "marginal_value", "fixed"
+]
+STOP_REASONS: tuple[str, ...] = (
+    "converged",  # the policy's confidence rule is met (adaptive_consistency, esc)
+    "max_samples",  # the request's sample cap
+    "max_cost",  # the request's cost cap
+    "budget",  # the tenant's remaining budget (as affordable samples)
+    "exhausted",  # no more samples can be had (the replay ran out of recorded samples)
+    "marginal_value",  # t2: one more wave is worth less than it costs
+    "fixed",  # fixed:k drew its k
+)
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Hard limits for one request.
+
+    max_samples: never draw more than this many samples in total.
+    cost_per_sample: cost of one sample in the caller's unit (tokens, money); used by
+        max_cost and by t2's price (λ is per unit of cost).
+    max_cost: total cost cap for the request, in the same unit (None = no cap).
+    budget_samples: how many more samples the tenant's remaining budget affords at start
+        (None = unlimited).
+    """
+
+    max_samples: int
+    cost_per_sample: float = 1.0
+    max_cost: float | None = None
+    budget_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_samples < 0:
+            raise ValueError("max_samples must be >= 0")
+        if not self.cost_per_sample > 0:
+            raise ValueError("cost_per_sample must be > 0")
+
+    def remaining(self, drawn: int) -> tuple[int, StopReason]:
+        """How many more samples the tightest cap allows, and which cap that is."""
+        best: tuple[int, StopReason] = (self.max_samples - drawn, "max_samples")
+        if self.max_cost is not None:
+            by_cost = int(self.max_cost / self.cost_per_sample + 1e-9) - drawn
+            if by_cost < best[0]:
+                best = (by_cost, "max_cost")
+        if self.budget_samples is not None and self.budget_samples - drawn < best[0]:
+            best = (self.budget_samples - drawn, "budget")
+        return max(0, best[0]), best[1]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Stop (with a reason from STOP_REASONS) or draw a wave of `wave` more samples."""
+
+    stop: bool
+    wave: int = 0
+    reason: StopReason | None = None
+
+    @staticmethod
+    def draw(wave: int) -> Decision:
+        return Decision(False, wave, None)
+
+    @staticmethod
+    def halt(reason: StopReason) -> Decision:
+        return Decision(True, 0, reason)
+
+
+def top_two(answers: Sequence[str | None]) -> tuple[str | None, int, int]:
+    """(leader, v1, v2): the leading answer (earliest on ties) and the top two vote counts."""
+    votes = count_votes(answers)
+    leader: str | None = None
+    v1 = v2 = 0
+    for answer, count in votes.items():
+        if count > v1:
+            leader, v2, v1 = answer, v1, count
+        elif count > v2:
+            v2 = count
+    return leader, v1, v2
+
+
+class PolicyRun(ABC):
+    """One request's stopping state. Subclasses implement `want`."""
+
+    def __init__(self, caps: Caps) -> None:
+        self.caps = caps
+        self.last_reason: StopReason | None = None
+
+    def decide(self, answers: Sequence[str | None]) -> Decision:
+        """Stop or draw: the policy's wish, clamped by the caps."""
+        drawn = len(answers)
+        allowed, cap = self.caps.remaining(drawn)
+        wish = self.want(answers, allowed)
+        if wish.stop:
+            decision = wish
+        elif allowed <= 0:
+            decision = Decision.halt(cap)
+        else:
+            decision = Decision.draw(max(1, min(wish.wave, allowed)))
+        self.last_reason = decision.reason
+        return decision
+
+    @abstractmethod
+    def want(self, answers: Sequence[str | None], allowed: int) -> Decision:
+        """The policy's own decision; `allowed` (>= 0) is how many more the caps permit."""
+
+    @property
+    @abstractmethod
+    def predicted_accuracy(self) -> float | None:
+        """Posterior probability that the current leader is what unlimited sampling picks."""
+
+
+class Policy(ABC):
+    """A sampling policy; `spec` is the string it was made from (e.g. "esc:5")."""
+
+    spec: str
+    adaptive: bool = True
+    default_price: float = 1.0
+    """The knob's neutral value; average-budget pacing starts from it (λ for t2)."""
+
+    @abstractmethod
+    def start(self, caps: Caps, price: float | None = None) -> PolicyRun:
+        """A run for one request. `price` overrides the policy's compute-price knob (pacing)."""
+
+    def observe(self, answers: Sequence[str | None]) -> None:  # noqa: B027 - optional hook
+        """Learn from a finished question's drawn answers (t2 refits its prior). Default: no-op."""

@@ -1,0 +1,78 @@
+"""Policies from their spec strings, as written in config and on the command line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.policy.base import Policy
+from controller.policy.rules import AdaptiveConsistency, Esc, Fixed
+from controller.policy.t2 import T2
+
+FIXED_ALL = 1_000_000
+"""k for "fixed:all": every sample the caps allow (max_samples binds)."""
+POLICY_NAMES = ("fixed", "adaptive_consistency", "esc", "t2")
+_ALIASES = {"ac": "adaptive_consistency", "adaptive": "adaptive_consistency"}
+_T2_KEYS = {
+    "lam": ("lam", float),
+    "lambda": ("lam", float),
+    "value": ("value_per_correct", float),
+    "value_per_correct": ("value_per_correct", float),
+    "wave": ("wave", int),
+    "first_wave": ("first_wave", int),
+    "refit_every": ("refit_every", int),
+    "min_history": ("min_history", int),
+}
+_T2_FLAGS = {
+    "upfront": ("upfront", True),
+    "norefit": ("refit", False),
+    "raw": ("calibrated", False),
+}
+
+
+def _number(text: str, kind: type, spec: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"bad number {text!r} in policy {spec!r}") from None
+
+
+def make_policy(spec: str, **overrides: Any) -> Policy:
+    """Build a policy from "fixed:5", "adaptive_consistency[:C]", "esc[:w]" or "t2[:...]".
+
+    t2 takes comma-separated options after the colon: a bare number is λ; `lam=`, `value=`,
+    `wave=`, `first_wave=`, `refit_every=`, `min_history=`; flags `upfront`, `norefit`,
+    `raw` (no calibration). Keyword `overrides` go to the constructor (e.g. t2's `prior`).
+    Raises ValueError with a one-line reason for anything malformed.
+    """
+    name, _, params = spec.strip().partition(":")
+    name = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    params = params.strip()
+    if name == "fixed":
+        if not params:
+            raise ValueError("fixed needs k, e.g. fixed:5 (or fixed:all)")
+        if params.lower() == "all":
+            return Fixed(FIXED_ALL, label="fixed:all")
+        return Fixed(_number(params, int, spec))
+    if name == "adaptive_consistency":
+        threshold = _number(params, float, spec) if params else 0.95
+        return AdaptiveConsistency(threshold, **overrides)
+    if name == "esc":
+        return Esc(_number(params, int, spec) if params else 5, **overrides)
+    if name == "t2":
+        kwargs: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in params.split(","))):
+            key, eq, value = part.partition("=")
+            key = key.strip().lower()
+            if not eq and key in _T2_FLAGS:
+                field, flag = _T2_FLAGS[key]
+                kwargs[field] = flag
+            elif not eq:
+                kwargs["lam"] = _number(key, float, spec)
+            elif key in _T2_KEYS:
+                field, kind = _T2_KEYS[key]
+                kwargs[field] = _number(value.strip(), kind, spec)
+            else:
+                raise ValueError(f"unknown t2 option {key!r} in {spec!r}")
+        kwargs.update(overrides)
+        return T2(**kwargs)
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")

@@ -1,0 +1,77 @@
+"""The t2 prior: a Beta on the per-question share of the leading answer, refitted from traffic.
+
+Per finished question we keep (n, c): n = votes for the top two answers, c = votes for the
+leader. A beta-binomial fit of those pairs gives Beta(a, b) for the leader's share θ. The
+fit is valid on traffic that an adaptive policy stopped early: the stopping rule depends
+only on the observed votes, so it multiplies the likelihood by a factor free of θ
+(the likelihood principle) and the maximum-likelihood Beta is unchanged.
+
+The fit itself is `controller.scaling.beta.fit_beta_binomial` (one concept, one module).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import betaln
+
+from controller.scaling.beta import fit_beta_binomial
+
+
+@dataclass(frozen=True)
+class LeaderPrior:
+    """Beta(a, b) on the leader's share of the top two answers (a ≥ b: leaders usually lead)."""
+
+    a: float
+    b: float
+
+    @property
+    def mean(self) -> float:
+        return self.a / (self.a + self.b)
+
+
+UNIFORM = LeaderPrior(1.0, 1.0)
+"""The cold-start prior before any traffic: Adaptive-Consistency's uniform Beta(1, 1)."""
+
+
+def anchor_pairs(prior: LeaderPrior, weight: int, n: int = 8) -> list[tuple[int, int]]:
+    """`weight` pseudo-questions of n votes whose folded leader counts follow `prior`.
+
+    They keep the fit anchored where traffic carries no information about the spread: a
+    stream stopped after one vote per question says "leaders always lead" (all pairs are
+    (1, 1)), and an unanchored maximum-likelihood fit would then never draw a second sample.
+    """
+    c = np.arange(n + 1, dtype=float)
+    logp = (
+        betaln(prior.a + c, prior.b + n - c)
+        - betaln(prior.a, prior.b)
+        + np.array([math.log(math.comb(n, int(k))) for k in c])
+    )
+    p = np.exp(logp)
+    folded = np.zeros(n + 1)
+    for k in range(n + 1):
+        folded[max(k, n - k)] += p[k]
+    counts = np.round(folded * weight).astype(int)
+    return [(n, k) for k in range(n + 1) for _ in range(counts[k])]
+
+
+def fit_leader_prior(
+    pairs: Sequence[tuple[int, int]], anchor: LeaderPrior = UNIFORM, anchor_weight: int = 10
+) -> LeaderPrior:
+    """Fit Beta(a, b) to (n, c) pairs (n = top-two votes, c = leader votes); skips n = 0.
+
+    `anchor_weight` pseudo-questions drawn from `anchor` (the cold-start prior) regularise
+    the fit (see anchor_pairs); their weight fades as traffic accumulates.
+    """
+    kept = [(n, c) for n, c in pairs if n > 0]
+    if len(kept) < 2:
+        return anchor
+    kept += anchor_pairs(anchor, anchor_weight) if anchor_weight > 0 else []
+    n = np.array([p[0] for p in kept], dtype=float)
+    c = np.array([p[1] for p in kept], dtype=float)
+    fit = fit_beta_binomial(n, c, scaled=False)  # the leader's share can reach 1: plain Beta
+    a, b = float(fit.a), float(fit.b)
+    return LeaderPrior(max(a, 1e-3), max(b, 1e-3))

@@ -1,0 +1,137 @@
+"""The baseline policies: fixed k, Adaptive-Consistency (Beta rule) and ESC (window rule)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from scipy.special import betainc
+
+from controller.policy.base import Caps, Decision, Policy, PolicyRun, top_two
+
+
+def beta_confidence(v1: int, v2: int) -> float:
+    """Adaptive-Consistency's stopping statistic: 1 − I_0.5(v1 + 1, v2 + 1).
+
+    The posterior probability, under a uniform prior on the leader's share of the top two,
+    that the leader beats the runner-up. (1 − I_x(a, b) = I_{1−x}(b, a).)
+    """
+    return float(betainc(v2 + 1, v1 + 1, 0.5))
+
+
+class FixedRun(PolicyRun):
+    def __init__(self, caps: Caps, k: int) -> None:
+        super().__init__(caps)
+        self.k = k
+        self._confidence: float | None = None
+
+    def want(self, answers: Sequence[str | None], allowed: int) -> Decision:
+        _, v1, v2 = top_two(answers)
+        self._confidence = beta_confidence(v1, v2) if answers else None
+        if len(answers) >= self.k:
+            return Decision.halt("fixed")
+        return Decision.draw(self.k - len(answers))
+
+    @property
+    def predicted_accuracy(self) -> float | None:
+        return self._confidence
+
+
+class Fixed(Policy):
+    """Draw exactly k samples in one wave (fewer only if a cap binds)."""
+
+    adaptive = False
+
+    def __init__(self, k: int, label: str | None = None) -> None:
+        if k < 1:
+            raise ValueError("fixed:k needs k >= 1")
+        self.k = k
+        self.spec = label or f"fixed:{k}"
+
+    def start(self, caps: Caps, price: float | None = None) -> PolicyRun:
+        return FixedRun(caps, self.k)
+
+
+class AdaptiveConsistencyRun(PolicyRun):
+    def __init__(self, caps: Caps, threshold: float, wave: int) -> None:
+        super().__init__(caps)
+        self.threshold = threshold
+        self.wave = wave
+        self._confidence: float | None = None
+
+    def want(self, answers: Sequence[str | None], allowed: int) -> Decision:
+        _, v1, v2 = top_two(answers)
+        if v1 == 0:
+            self._confidence = None
+            return Decision.draw(self.wave)
+        self._confidence = beta_confidence(v1, v2)
+        if self._confidence >= self.threshold:
+            return Decision.halt("converged")
+        return Decision.draw(self.wave)
+
+    @property
+    def predicted_accuracy(self) -> float | None:
+        return self._confidence
+
+
+class AdaptiveConsistency(Policy):
+    """Aggarwal et al. 2023: stop once 1 − I_0.5(v1+1, v2+1) ≥ C (C = 0.95 by default).
+
+    Under pacing, the price p scales the allowed doubt: C' = 1 − (1 − C)·p (p > 1 = cheaper).
+    """
+
+    def __init__(self, threshold: float = 0.95, wave: int = 1) -> None:
+        if not 0.5 < threshold < 1.0:
+            raise ValueError("adaptive_consistency threshold C must be in (0.5, 1)")
+        if wave < 1:
+            raise ValueError("wave must be >= 1")
+        self.threshold = threshold
+        self.wave = wave
+        self.spec = f"adaptive_consistency:{threshold:g}"
+
+    def start(self, caps: Caps, price: float | None = None) -> PolicyRun:
+        threshold = self.threshold
+        if price is not None:
+            threshold = min(0.99999, max(0.5, 1.0 - (1.0 - self.threshold) * price))
+        return AdaptiveConsistencyRun(caps, threshold, self.wave)
+
+
+class EscRun(PolicyRun):
+    def __init__(self, caps: Caps, window: int) -> None:
+        super().__init__(caps)
+        self.window = window
+        self._confidence: float | None = None
+
+    def want(self, answers: Sequence[str | None], allowed: int) -> Decision:
+        n = len(answers)
+        _, v1, v2 = top_two(answers)
+        self._confidence = beta_confidence(v1, v2) if v1 else None
+        if n >= self.window and n % self.window == 0:
+            last = answers[n - self.window :]
+            if last[0] is not None and all(a == last[0] for a in last):
+                return Decision.halt("converged")
+        # draw up to the next window boundary (a partial window after a cap/exhaustion)
+        return Decision.draw(self.window - n % self.window)
+
+    @property
+    def predicted_accuracy(self) -> float | None:
+        return self._confidence
+
+
+class Esc(Policy):
+    """Early-stopping self-consistency (Li et al. 2024): windows of w samples; stop at the
+    first window whose w answers are unanimous (default w = 5). Abstentions break unanimity.
+
+    Under pacing, the price p shrinks the window: w' = max(2, round(w / p)).
+    """
+
+    def __init__(self, window: int = 5) -> None:
+        if window < 1:
+            raise ValueError("esc window w must be >= 1")
+        self.window = window
+        self.spec = f"esc:{window}"
+
+    def start(self, caps: Caps, price: float | None = None) -> PolicyRun:
+        window = self.window
+        if price is not None:
+            window = max(2, round(self.window / price))
+        return EscRun(caps, window)

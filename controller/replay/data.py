@@ -1,0 +1,131 @@
+"""Replay records: questions with many recorded samples, read from JSON Lines.
+
+Schema (../shared/data/replay/README.md): one object per line with `id`, `gold` (string or
+null) and `samples`, a list of objects with `text`, `answer` and/or `correct`. A sample's
+recorded `answer` is used when present; otherwise the extractor reads its `text`. Every
+problem is reported as a `ReplayDataError` naming the line, so a user can fix the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller.aggregate.extract import Extractor
+from controller.aggregate.normalize import normalize_answer
+
+
+class ReplayDataError(ValueError):
+    """A replay file problem; the message starts with "<file>:<line>:"."""
+
+
+@dataclass(frozen=True)
+class ReplaySample:
+    answer: str | None  # normalised; None = abstained
+    correct: bool | None  # the source's judgement, when it gave one
+    tokens: float | None  # length in tokens (recorded, or estimated from the text)
+
+
+@dataclass(frozen=True)
+class ReplayQuestion:
+    id: str
+    gold: str | None  # normalised gold answer, None when scored by `correct` flags
+    samples: tuple[ReplaySample, ...]
+    line: int
+
+
+def _tokens(sample: dict[str, object]) -> float | None:
+    """Recorded `tokens`/`num_tokens`, else ~4 characters per token of `text` (an estimate)."""
+    for key in ("tokens", "num_tokens"):
+        value = sample.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    text = sample.get("text")
+    return float(math.ceil(len(text) / 4)) if isinstance(text, str) and text else None
+
+
+def parse_question(
+    raw: str, line: int, extractor: Extractor, where: str = "<data>"
+) -> ReplayQuestion | None:
+    """One line → a question. Blank lines give None; anything malformed raises with the line."""
+    if not raw.strip():
+        return None
+    here = f"{where}:{line}"
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ReplayDataError(f"{here}: not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise ReplayDataError(f"{here}: expected a JSON object")
+    if "samples" not in obj:
+        raise ReplayDataError(f"{here}: missing `samples`")
+    samples_raw = obj["samples"]
+    if not isinstance(samples_raw, list):
+        raise ReplayDataError(f"{here}: `samples` must be a list")
+    if not samples_raw:
+        raise ReplayDataError(f"{here}: empty `samples` (use --skip-empty to skip such questions)")
+    gold_raw = obj.get("gold")
+    if gold_raw is not None and not isinstance(gold_raw, str | int | float):
+        raise ReplayDataError(f"{here}: `gold` must be a string or null")
+    gold = normalize_answer(str(gold_raw)) if gold_raw is not None else None
+    samples: list[ReplaySample] = []
+    for i, s in enumerate(samples_raw):
+        if not isinstance(s, dict):
+            raise ReplayDataError(f"{here}: sample {i} is not an object")
+        answer_raw = s.get("answer")
+        text = s.get("text")
+        correct = s.get("correct")
+        if answer_raw is None and text is None and correct is None:
+            raise ReplayDataError(f"{here}: sample {i} has no `answer`, `text` or `correct`")
+        if correct is not None and not isinstance(correct, bool):
+            raise ReplayDataError(f"{here}: sample {i} `correct` must be true/false")
+        if answer_raw is not None:
+            answer = normalize_answer(str(answer_raw))
+        elif isinstance(text, str):
+            answer = extractor(text)
+        else:
+            answer = None
+        samples.append(ReplaySample(answer, correct, _tokens(s)))
+    if gold is None and any(s.correct is None for s in samples):
+        raise ReplayDataError(f"{here}: no `gold`, so every sample needs a `correct` flag")
+    qid = obj.get("id")
+    name = str(qid) if qid is not None else f"line-{line}"
+    return ReplayQuestion(name, gold, tuple(samples), line)
+
+
+def parse_lines(
+    lines: Iterable[str], extractor: Extractor, where: str = "<data>", skip_empty: bool = False
+) -> tuple[list[ReplayQuestion], list[int]]:
+    """All questions, and the line numbers skipped for empty `samples` (when skip_empty)."""
+    questions: list[ReplayQuestion] = []
+    skipped: list[int] = []
+    for number, raw in enumerate(lines, start=1):
+        if skip_empty and raw.strip():
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError:
+                obj = None
+            if isinstance(obj, dict) and obj.get("samples") == []:
+                skipped.append(number)
+                continue
+        question = parse_question(raw, number, extractor, where)
+        if question is not None:
+            questions.append(question)
+    if not questions:
+        raise ReplayDataError(f"{where}: no questions")
+    return questions, skipped
+
+
+def load_replay(
+    path: str | Path, extractor: Extractor, skip_empty: bool = False
+) -> tuple[list[ReplayQuestion], list[int]]:
+    """Read a replay file (see parse_lines)."""
+    p = Path(path)
+    try:
+        with p.open(encoding="utf-8") as fh:
+            return parse_lines(fh, extractor, str(p), skip_empty)
+    except UnicodeDecodeError as exc:
+        raise ReplayDataError(f"{p}: not UTF-8 text ({exc.reason})") from None

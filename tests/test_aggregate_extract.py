@@ -1,0 +1,153 @@
+"""Extractors and normalisation on real-looking sample texts (incl. the shared replay formats)."""
+
+import pytest
+
+from controller.aggregate import get_extractor, normalize_answer
+
+DATE_TEXT = (
+    "Explain: Yesterday was April 30, 2021. Today is one day after April 30, 2021, "
+    "so today is May 1, 2021.\nA: 05/01/2021"
+)
+POT_TEXT = (
+    "# Python code, return ans\neggs_per_day = 16\neggs_eaten = 3\nmuffins = 4\n"
+    "ans = (eggs_per_day - eggs_eaten - muffins) * 2"
+)
+GAME24_TEXT = (
+    "Steps:\n6 - 4 = 2 (left: 2 5 10)\n5 * 2 = 10 (left: 10 10)\n"
+    "Answer: (6 - 4) * 5 = 24"
+)
+
+CASES: list[tuple[str, dict[str, str], str, str | None]] = [
+    # last_number
+    ("last_number", {}, "She makes 9 * 2 = $18 every day.", "18"),
+    ("last_number", {}, "So the total is 1,000 apples.", "1000"),
+    ("last_number", {}, "The answer is 18.0", "18"),
+    ("last_number", {}, "It costs $1,250.50 in total.", "1250.5"),
+    ("last_number", {}, "The temperature drops to -7 degrees.", "-7"),
+    ("last_number", {}, "He ran 3 laps, then 4 more, so 7.", "7"),
+    ("last_number", {}, "No numbers here at all.", None),
+    ("last_number", {}, "She ate 3/4 of the pie", "0.75"),
+    ("last_number", {}, "x = 0.50", "0.5"),
+    ("last_number", {}, "#### 72", "72"),
+    ("last_number", {}, "The result is 1e3? no, it is 1000.", "1000"),
+    ("last_number", {}, "The answer is 42.\n", "42"),
+    ("last_number", {}, "Total: 2,345,678 people", "2345678"),
+    ("last_number", {}, POT_TEXT, "2"),
+    ("last_number", {}, DATE_TEXT, "2021"),
+    # boxed
+    ("boxed", {}, "Thus the answer is $\\boxed{18}$.", "18"),
+    ("boxed", {}, "\\boxed{\\frac{3}{4}}", "0.75"),
+    ("boxed", {}, "We get \\boxed{\\dfrac{1}{3}}", "1/3"),
+    ("boxed", {}, "first \\boxed{1} then \\boxed{2}", "2"),
+    ("boxed", {}, "\\boxed{x^{2}+{y}}", "x^{2}+{y}"),
+    ("boxed", {}, "\\boxed{\\text{Yes}}", "yes"),
+    ("boxed", {}, "\\boxed{1,000}", "1000"),
+    ("boxed", {}, "\\boxed{18.00}", "18"),
+    ("boxed", {}, "no box here: 5", None),
+    ("boxed", {}, "\\boxed{ 12 }", "12"),
+    ("boxed", {}, "\\boxed{\\$18}", "18"),
+    ("boxed", {}, "\\fbox{7}", "7"),
+    ("boxed", {}, "\\boxed{(2, 3)}", "(2, 3)"),
+    ("boxed", {}, "\\boxed{90^\\circ}", "90"),
+    ("boxed", {}, "unterminated \\boxed{12", None),
+    # choice
+    ("choice", {}, "The answer is (B).", "B"),
+    ("choice", {}, "Therefore, the answer is C", "C"),
+    ("choice", {}, "(D)", "D"),
+    ("choice", {}, "e", "E"),
+    ("choice", {}, "Answer: A", "A"),
+    ("choice", {}, "I think option (E) is right.", "E"),
+    ("choice", {}, "So among the options, (A) is wrong and (C) fits.", "C"),
+    ("choice", {}, "B) 05/01/2021", "B"),
+    ("choice", {}, "The answer is \\boxed{D}", "D"),
+    ("choice", {}, "None of these.", None),
+    ("choice", {}, "Answer: F", None),
+    # answer_is
+    ("answer_is", {}, "So the answer is 18.", "18"),
+    ("answer_is", {}, "The answer is 3.5.", "3.5"),
+    ("answer_is", {}, "Therefore the final answer is $1,000.", "1000"),
+    ("answer_is", {}, "The answer is 05/01/2021.", "05/01/2021"),
+    ("answer_is", {}, DATE_TEXT, "05/01/2021"),
+    ("answer_is", {}, "Final answer: Paris", "paris"),
+    ("answer_is", {}, "The answer is: \\boxed{7}", "7"),
+    ("answer_is", {}, "The answer is Yes, because it rains.", "yes"),
+    ("answer_is", {}, "the answer is 12 apples", "12"),
+    ("answer_is", {}, "I am not sure.", None),
+    ("answer_is", {}, GAME24_TEXT, "(6 - 4) * 5 = 24"),
+    ("answer_is", {}, "Answer: None", "none"),
+    ("answer_is", {}, "The answer is **42**.", "42"),
+    ("answer_is", {}, "answer = 7", "7"),
+    # regex
+    ("regex", {"pattern": r"####\s*(?P<answer>[-\d,.]+)"}, "steps...\n#### 1,024", "1024"),
+    ("regex", {"pattern": r"Result:\s*(?P<answer>\w+)"}, "Result: OK\nResult: Fail", "fail"),
+    ("regex", {"pattern": r"Result:\s*(?P<answer>\w+)"}, "no result", None),
+    ("regex", {"pattern": r"<ans>(?P<x>.*?)</ans>"}, "<ans> 18.0 </ans>", "18"),
+    # json_field
+    ("json_field", {"field": "answer"}, '{"answer": 18, "why": "math"}', "18"),
+    ("json_field", {"field": "answer"}, 'Here you go:\n```json\n{"answer": "B"}\n```', "b"),
+    ("json_field", {"field": "result.value"}, 'x {"result": {"value": "3/4"}} y', "0.75"),
+    ("json_field", {"field": "answer"}, '{"answer": true}', "true"),
+    ("json_field", {"field": "answer"}, '{"other": 1}', None),
+    ("json_field", {"field": "answer"}, "not json", None),
+    ("json_field", {"field": "items.1"}, '{"items": ["a", "b"]}', "b"),
+    # exact
+    ("exact", {}, "  Hello   World ", "hello world"),
+    ("exact", {}, "18.0", "18"),
+    ("exact", {}, "$18", "18"),
+    ("exact", {}, "05/01/2021", "05/01/2021"),
+    ("exact", {}, "", None),
+    ("exact", {}, "Not possible to obtain 24", "not possible to obtain 24"),
+    # fallback chain
+    ("answer_is,last_number", {}, "she pays 12 then 30", "30"),
+    ("answer_is,last_number", {}, "The answer is 5. Check: 2+3=5, 10", "5"),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "text", "expected"), CASES)
+def test_extractor_table(
+    name: str, options: dict[str, str], text: str, expected: str | None
+) -> None:
+    assert get_extractor(name, **options)(text) == expected
+
+
+def test_table_is_large_enough() -> None:
+    assert len(CASES) >= 60
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("18", "18.0"),
+        ("18", "$18"),
+        ("1,000", "1000"),
+        ("\\frac{1}{2}", "0.5"),
+        ("3/4", "0.750"),
+        ("18 dollars", "18"),
+        ("50%", "50"),
+        ("  Foo Bar ", "foo   bar"),
+        ("\\text{Paris}", "paris"),
+        ("-0.0", "0"),
+        ("+5", "5"),
+    ],
+)
+def test_normalisation_equates(a: str, b: str) -> None:
+    assert normalize_answer(a) == normalize_answer(b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [("05/01/2021", "5/1/2021"), ("18", "18.5"), ("1/3", "0.33"), ("A", "B"), ("1,00", "100")],
+)
+def test_normalisation_distinguishes(a: str, b: str) -> None:
+    assert normalize_answer(a) != normalize_answer(b)
+
+
+def test_unknown_extractor_and_missing_options_are_value_errors() -> None:
+    with pytest.raises(ValueError, match="unknown extractor"):
+        get_extractor("nope")
+    with pytest.raises(ValueError, match="pattern"):
+        get_extractor("regex")
+    with pytest.raises(ValueError, match="named group"):
+        get_extractor("regex", pattern=r"\d+")
+    with pytest.raises(ValueError, match="field"):
+        get_extractor("json_field")

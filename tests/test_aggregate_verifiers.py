@@ -1,0 +1,108 @@
+"""I/O verifiers: the HTTP verifier against a real loopback server, and failures degrading."""
+
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from controller.aggregate import Candidate, aggregate, get_extractor, score_candidates
+from server.verifiers import HttpVerifier, VllmRewardVerifier
+
+
+class Scorer(BaseHTTPRequestHandler):
+    """Scores 1.0 when the candidate ends in the right number, 0.1 otherwise; /broken → 503."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/broken":
+            self.send_response(503)
+            self.end_headers()
+            return
+        if self.path == "/garbage":
+            payload = b"not json"
+        else:
+            good = body["candidate"].rstrip(".").endswith("18")
+            payload = json.dumps({"score": 1.0 if good else 0.1}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def scorer_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Scorer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+TEXTS = ["so she makes 20.", "she makes $18.", "answer 20", "that is 18."]
+
+
+async def test_http_verifier_scores_and_drives_best_of_n(scorer_url: str) -> None:
+    verifier = HttpVerifier(f"{scorer_url}/score")
+    try:
+        outcome = await score_candidates(verifier, "Janet's ducks...", TEXTS)
+    finally:
+        await verifier.aclose()
+    assert outcome.error is None and outcome.scores == [0.1, 1.0, 0.1, 1.0]
+    extract = get_extractor("last_number")
+    cands = [Candidate(extract(t), score=s) for t, s in zip(TEXTS, outcome.scores, strict=True)]
+    assert aggregate(cands, "majority").answer == "20"  # 20 appears first on a 2-2 tie
+    result = aggregate(cands, "verifier")
+    assert result.answer == "18" and result.chosen_index == 1 and not result.degraded
+
+
+@pytest.mark.parametrize("path", ["/broken", "/garbage"])
+async def test_http_verifier_failure_degrades_to_voting(scorer_url: str, path: str) -> None:
+    verifier = HttpVerifier(f"{scorer_url}{path}")
+    try:
+        outcome = await score_candidates(verifier, "q", TEXTS)
+    finally:
+        await verifier.aclose()
+    assert outcome.scores is None and outcome.error is not None
+    extract = get_extractor("last_number")
+    result = aggregate([Candidate(extract(t)) for t in TEXTS], "best_of_n",
+                       verifier_error=outcome.error)
+    assert result.degraded and result.answer == "20"
+    assert result.note is not None and outcome.error in result.note
+
+
+async def test_http_verifier_unreachable_is_an_error() -> None:
+    verifier = HttpVerifier("http://127.0.0.1:9/score", timeout_s=0.5)
+    try:
+        outcome = await score_candidates(verifier, "q", ["a"])
+    finally:
+        await verifier.aclose()
+    assert outcome.scores is None and "http" in (outcome.error or "")
+
+
+class PoolingStandIn:
+    """Yields outputs shaped like vLLM's PoolingRequestOutput (no reward model ships here)."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    async def encode(self, prompt: Any, pooling_params: Any, request_id: str) -> AsyncIterator[Any]:
+        self.prompts.append(prompt)
+        assert pooling_params.task == "classify"
+        yield SimpleNamespace(outputs=SimpleNamespace(data=[0.2, 0.9 if "18" in prompt else 0.1]))
+
+
+async def test_reward_model_verifier_reads_the_pooled_score() -> None:
+    engine = PoolingStandIn()
+    verifier = VllmRewardVerifier(engine, template="Q: {question}\nA: {candidate}")
+    scores = await verifier.score("ducks?", ["18", "20"])
+    assert scores == [0.9, 0.1]
+    assert engine.prompts[0] == "Q: ducks?\nA: 18"

@@ -1,0 +1,127 @@
+"""`t2serve replay` on small fixture files: output, scoring, determinism and bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from controller.aggregate import get_extractor
+from controller.replay import ReplayDataError, load_replay, parse_lines, replay
+from server.cli import app
+
+DATA = Path(__file__).parent / "data" / "replay_small.jsonl"
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["replay", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_json_output_has_the_documented_fields() -> None:
+    code, out, _ = invoke("--data", str(DATA), "--policy", "adaptive_consistency", "--perms", "4",
+                          "--json")
+    assert code == 0
+    obj = json.loads(out.strip().splitlines()[-1])
+    for key in ("accuracy", "accuracy_ci95", "mean_samples", "mean_tokens", "questions", "policy"):
+        assert key in obj
+    assert obj["questions"] == 9
+    assert obj["policy"] == "adaptive_consistency:0.95"
+    lo, hi = obj["accuracy_ci95"]
+    assert lo <= obj["accuracy"] <= hi
+    assert 1 <= obj["mean_samples"] <= 12
+
+
+def test_policy_all_compares_every_policy_in_a_table() -> None:
+    code, out, _ = invoke("--data", str(DATA), "--policy", "all", "--perms", "2")
+    assert code == 0
+    for name in ("fixed:1", "fixed:16", "fixed:all", "adaptive_consistency", "esc:5", "t2"):
+        assert name in out
+
+
+def test_plot_is_written(tmp_path: Path) -> None:
+    png = tmp_path / "curve.png"
+    code, _, _ = invoke("--data", str(DATA), "--policy", "esc", "--perms", "1", "--plot",
+                        str(png), "--json")
+    assert code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_replay_is_deterministic_and_respects_recorded_samples() -> None:
+    questions, _ = load_replay(DATA, get_extractor("answer_is,last_number"))
+    first = replay(questions, "t2", perms=3, seed=7)
+    again = replay(questions, "t2", perms=3, seed=7)
+    assert first.to_json() == again.to_json()
+    everything = replay(questions, "fixed:100", perms=2)
+    assert everything.mean_samples == pytest.approx(
+        sum(len(q.samples) for q in questions) / len(questions)
+    )
+
+
+def test_scoring_by_gold_and_by_correct_flags() -> None:
+    lines = [
+        json.dumps({"id": "g", "gold": "18", "samples": [{"answer": "18.0"}, {"answer": "$18"}]}),
+        json.dumps(
+            {"id": "c", "gold": None,
+             "samples": [{"answer": "x", "correct": True}, {"answer": "x", "correct": True}]}
+        ),
+        json.dumps({"id": "t", "gold": "4", "samples": [{"text": "The answer is 4."}]}),
+    ]
+    questions, _ = parse_lines(lines, get_extractor("answer_is,last_number"))
+    assert questions[2].samples[0].answer == "4"
+    assert replay(questions, "fixed:2", perms=2).accuracy == 1.0
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": 1, "gold": "1", "samples": [{"answer": "1"}]', "not valid JSON"),
+        ('{"id": 1, "gold": "1"}', "missing `samples`"),
+        ('{"id": 1, "gold": "1", "samples": []}', "empty `samples`"),
+        ('{"id": 1, "gold": "1", "samples": [{}]}', "no `answer`, `text` or `correct`"),
+        ('{"id": 1, "gold": null, "samples": [{"answer": "1"}]}', "needs a `correct` flag"),
+        ('[1, 2]', "expected a JSON object"),
+        ('{"id": 1, "gold": "1", "samples": {"answer": "1"}}', "must be a list"),
+    ],
+)
+def test_bad_input_names_the_line(tmp_path: Path, line: str, message: str) -> None:
+    bad = tmp_path / "bad.jsonl"
+    good = '{"id": 0, "gold": "1", "samples": [{"answer": "1"}]}'
+    bad.write_text(f"{good}\n\n{line}\n")
+    code, _, err = invoke("--data", str(bad), "--json")
+    assert code == 2
+    assert f"{bad}:3:" in err and message in err
+    assert "Traceback" not in err
+    with pytest.raises(ReplayDataError, match=":3:"):
+        load_replay(bad, get_extractor("exact"))
+
+
+def test_skip_empty_skips_and_reports(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        '{"id": 0, "gold": "1", "samples": [{"answer": "1"}]}\n'
+        '{"id": 1, "gold": "1", "samples": []}\n'
+    )
+    code, out, _ = invoke("--data", str(data), "--skip-empty", "--json", "--policy", "fixed:1")
+    assert code == 0 and json.loads(out)["questions"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policy", "bogus"], "unknown policy"),
+        (["--policy", "fixed:4", "--avg-samples", "4"], "adaptive"),
+        (["--extractor", "nope"], "unknown extractor"),
+        (["--perms", "0"], "--perms"),
+        (["--avg-samples", "0.5"], "--avg-samples"),
+    ],
+)
+def test_bad_options_exit_2_with_a_reason(args: list[str], message: str) -> None:
+    code, _, err = invoke("--data", str(DATA), "--json", *args)
+    assert code == 2 and message in err
+
+
+def test_missing_file() -> None:
+    code, _, err = invoke("--data", "/nonexistent/replay.jsonl")
+    assert code == 2 and "no such file" in err
