@@ -1,0 +1,151 @@
+"""The one interface the server samples through, whatever runs the model.
+
+`SampleEngine` is what the orchestrator calls: draw `n` samples of one prompt as a single engine
+request (`sample`), stream them back as they finish, and `abort` the rest when the policy stops,
+the client leaves or a deadline passes. A wave of w samples is one request with n=w; later waves
+of the same prompt find its KV blocks in the prefix cache, which `Sample.prompt_tokens_computed`
+reports so billing charges only what the engine actually computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Engine-neutral sampling parameters for one request (validated by `validate_params`)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 32
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False  # benchmarks and abort tests: fixed-length samples
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One finished sample of one engine request.
+
+    `prompt_tokens` is the prompt's length; `cached_prompt_tokens` how many of them the engine
+    served from its prefix cache for this request, so `prompt_tokens_computed` is what it really
+    computed. Those three are per engine request: count them once per request (the request's
+    last sample carries the final figure), `completion_tokens` once per sample.
+    """
+
+    index: int
+    text: str
+    completion_tokens: int
+    finish_reason: str | None
+    prompt_tokens: int
+    cached_prompt_tokens: int = 0
+    cumulative_logprob: float | None = None
+    request_id: str = ""
+
+    @property
+    def prompt_tokens_computed(self) -> int:
+        return max(0, self.prompt_tokens - self.cached_prompt_tokens)
+
+    @property
+    def mean_logprob(self) -> float | None:
+        """Per-token log-probability: comparable across samples of different lengths."""
+        if self.cumulative_logprob is None or self.completion_tokens == 0:
+            return None
+        return self.cumulative_logprob / self.completion_tokens
+
+
+@dataclass
+class CacheStats:
+    """Prefix-cache totals since the engine started: prompt tokens looked up and found."""
+
+    queries: int = 0
+    hits: int = 0
+    requests: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.queries if self.queries else 0.0
+
+
+@dataclass
+class RequestUsage:
+    """What one engine request cost (filled in while its samples stream)."""
+
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    samples: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def prompt_tokens_computed(self) -> int:
+        return max(0, self.prompt_tokens - self.cached_prompt_tokens)
+
+
+@runtime_checkable
+class SampleEngine(Protocol):
+    """What every backend provides (in-process vLLM, remote OpenAI-compatible upstreams)."""
+
+    @property
+    def ready(self) -> bool:
+        """True once the engine can serve (what /readyz reports)."""
+        ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    @property
+    def num_running(self) -> int:
+        """Requests the engine is decoding now (for tests and the queue-depth metric)."""
+        ...
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests queued in the engine, not yet scheduled."""
+        ...
+
+    def params(
+        self,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | tuple[str, ...] | None = None,
+        seed: int | None = None,
+        ignore_eos: bool = False,
+    ) -> SamplingParams:
+        """The config's defaults overridden by whatever the request set (None = default)."""
+        ...
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        """Render chat messages into the model's prompt (with the generation prompt)."""
+        ...
+
+    def count_tokens(self, prompt: str) -> int: ...
+
+    def sample(
+        self, prompt: str, n: int, params: SamplingParams, request_id: str
+    ) -> AsyncGenerator[Sample, None]:
+        """Draw n samples of `prompt` as ONE engine request; yield each as it finishes.
+
+        Raises PromptTooLong / InvalidSamplingParam before anything runs. Closing the iterator
+        early (break, cancellation) aborts the unfinished samples in the engine.
+        """
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a request's unfinished samples in the engine (idempotent)."""
+        ...
+
+    def cache_stats(self) -> CacheStats:
+        """Prefix-cache queries and hits, as the engine reports them."""
+        ...
+
+    def request_usage(self, request_id: str) -> RequestUsage | None:
+        """Tokens a recent engine request cost, aborted part-samples included."""
+        ...
+
+    async def shutdown(self) -> None: ...

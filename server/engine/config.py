@@ -1,0 +1,97 @@
+"""`EngineConfig`: everything the engine adapter needs, validated once (pydantic).
+
+The server hands the config file's `engine:` mapping here, so a typo there fails at startup with
+the field's name rather than deep inside vLLM. Defaults suit the shipped tiny model on a 2-core
+CPU machine; production sets `dtype`, `kv_cache_memory_fraction` and `max_num_seqs` for its GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_MODEL_PATH = "models/tiny-arith"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingDefaults(_Strict):
+    """Sampling parameters used where a request leaves one unset."""
+
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=32, ge=1)
+    stop: list[str] = Field(default_factory=list)
+
+
+class RemoteConfig(_Strict):
+    """OpenAI-compatible upstreams (`vllm serve`, SGLang): several replicas, one model name."""
+
+    urls: list[str] = Field(default_factory=list, description="base URLs, e.g. http://h:8000/v1")
+    api_key: str | None = None
+    timeout_s: float = Field(default=120.0, gt=0, description="per upstream request")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    retries: int = Field(default=3, ge=0, description="extra attempts on connection errors")
+    backoff_s: float = Field(default=0.2, ge=0, description="first retry delay; doubles each time")
+    max_connections: int = Field(default=256, ge=1)
+
+    @field_validator("urls")
+    @classmethod
+    def _base_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"upstream URL must start with http:// or https://: {url!r}")
+        return [u.rstrip("/") for u in urls]
+
+
+class EngineConfig(_Strict):
+    """The engine adapter's settings: which backend, which model, and how it may use memory."""
+
+    backend: Literal["inprocess", "remote"] = "inprocess"
+    model_path: str = DEFAULT_MODEL_PATH
+    served_name: str | None = Field(
+        default=None, description="model name sent to a remote upstream (default: the dir name)"
+    )
+    dtype: str = Field(default="float32", description="float32 on CPU; bfloat16/float16 on GPU")
+    max_model_len: int = Field(default=512, ge=16)
+    kv_cache_memory_fraction: float = Field(
+        default=0.2,
+        gt=0.0,
+        le=1.0,
+        description="vLLM gpu_memory_utilization: on the CPU, the fraction of RAM for KV cache",
+    )
+    kv_cache_memory_bytes: int | None = Field(
+        default=None, ge=1, description="absolute KV-cache size; overrides the fraction"
+    )
+    max_num_seqs: int = Field(default=256, ge=1, description="max concurrent sequences")
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    block_size: int = Field(default=32, ge=16, description="KV block size; CPU needs ×32")
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    defaults: SamplingDefaults = Field(default_factory=lambda: SamplingDefaults())
+    remote: RemoteConfig = Field(default_factory=lambda: RemoteConfig())
+    enforce_eager: bool = True
+    log_stats: bool = True
+
+    @field_validator("block_size")
+    @classmethod
+    def _block_multiple(cls, size: int) -> int:
+        if size % 16:
+            raise ValueError("block_size must be a multiple of 16 (32 on the CPU)")
+        return size
+
+    @model_validator(mode="after")
+    def _remote_needs_urls(self) -> EngineConfig:
+        if self.backend == "remote" and not self.remote.urls:
+            raise ValueError("backend 'remote' needs at least one URL in remote.urls")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """The name requests carry to a remote upstream."""
+        if self.served_name:
+            return self.served_name
+        return self.model_path.rstrip("/").rsplit("/", 1)[-1]

@@ -1,0 +1,208 @@
+"""The in-process vLLM adapter on the shipped tiny model (one engine for the whole session)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from models.train_tiny import chat_prompt, gold, heldout_questions, question_text
+from server.engine import (
+    InvalidSamplingParam,
+    PromptTooLong,
+    Sample,
+    SampleEngine,
+    SamplingParams,
+)
+
+pytestmark = [pytest.mark.engine]
+
+
+def fresh_prompt(engine: SampleEngine, question: str = "Q: 7+8-9=?") -> str:
+    """A chat prompt longer than one 32-token KV block whose first block no other test shares,
+    so prefix-cache assertions see only this test's requests."""
+    tag = uuid.uuid4().hex[:8]
+    return engine.apply_chat_template(
+        [
+            {"role": "system", "content": f"Run {tag}. Work step by step."},
+            {"role": "user", "content": question},
+        ]
+    )
+
+
+async def draw(engine: SampleEngine, prompt: str, n: int, params: SamplingParams) -> list[Sample]:
+    samples = [s async for s in engine.sample(prompt, n, params, uuid.uuid4().hex)]
+    return sorted(samples, key=lambda s: s.index)
+
+
+async def wait_idle(engine: SampleEngine, timeout_s: float = 15.0) -> float:
+    """Seconds until the engine reports no running or waiting requests."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while engine.num_running or engine.num_waiting:
+        if loop.time() - start > timeout_s:
+            raise AssertionError(
+                f"engine still has {engine.num_running} running, {engine.num_waiting} waiting"
+            )
+        await asyncio.sleep(0.05)
+    return loop.time() - start
+
+
+def expected_completion_tokens(engine: SampleEngine, s: Sample) -> int:
+    """Character-level model: one token per character, plus EOS when it stopped on EOS."""
+    return engine.count_tokens(s.text) + (1 if s.finish_reason == "stop" else 0)
+
+
+def test_chat_template_renders_the_trained_format(engine: SampleEngine) -> None:
+    q = heldout_questions(1)[0]
+    prompt = engine.apply_chat_template([{"role": "user", "content": question_text(q)}])
+    assert prompt == chat_prompt(q)
+    assert engine.count_tokens(prompt) > 32  # fills one KV block: waves share it
+
+
+@pytest.mark.parametrize("n", [1, 8])
+async def test_sampling_counts_and_token_accounting(engine: SampleEngine, n: int) -> None:
+    prompt = fresh_prompt(engine)
+    params = engine.params(max_tokens=32, seed=11)
+    samples = await draw(engine, prompt, n, params)
+    assert [s.index for s in samples] == list(range(n))
+    prompt_tokens = engine.count_tokens(prompt)
+    for s in samples:
+        assert s.prompt_tokens == prompt_tokens
+        assert s.cached_prompt_tokens == 0  # a fresh prompt: nothing to reuse
+        assert s.prompt_tokens_computed == prompt_tokens
+        assert s.finish_reason in {"stop", "length"}
+        assert 1 <= s.completion_tokens <= 32
+        assert s.completion_tokens == expected_completion_tokens(engine, s)
+        assert s.cumulative_logprob is not None and s.cumulative_logprob <= 0
+        assert s.mean_logprob is not None
+
+
+async def test_the_model_answers_in_its_trained_format(engine: SampleEngine) -> None:
+    questions = heldout_questions(8)
+    right = formatted = 0
+    for q in questions:
+        samples = await draw(engine, chat_prompt(q), 4, engine.params(seed=3))
+        formatted += sum("A: " in s.text for s in samples)
+        right += sum(s.text.endswith(f"A: {gold(q)}") for s in samples)
+    assert formatted >= 3 * len(questions)
+    assert 0 < right < 4 * len(questions)  # right sometimes, not always: it is meant to be unsure
+
+
+async def test_a_seed_reproduces_the_samples(engine: SampleEngine) -> None:
+    prompt = fresh_prompt(engine)
+    first = await draw(engine, prompt, 8, engine.params(seed=1234))
+    again = await draw(engine, prompt, 8, engine.params(seed=1234))
+    other = await draw(engine, prompt, 8, engine.params(seed=4321))
+    assert [s.text for s in again] == [s.text for s in first]
+    assert [s.completion_tokens for s in again] == [s.completion_tokens for s in first]
+    assert [s.text for s in other] != [s.text for s in first]
+
+
+async def test_a_second_wave_hits_the_prefix_cache(engine: SampleEngine) -> None:
+    prompt = fresh_prompt(engine)
+    prompt_tokens = engine.count_tokens(prompt)
+    assert prompt_tokens > 32
+    before = engine.cache_stats()
+    wave1 = await draw(engine, prompt, 2, engine.params())
+    await asyncio.sleep(0.2)  # scheduler stats ride on the next engine output
+    mid = engine.cache_stats()
+    wave2 = await draw(engine, prompt, 2, engine.params())
+    await wait_idle(engine)
+    after = engine.cache_stats()
+    assert wave1[0].cached_prompt_tokens == 0
+    # Full blocks only: the reused part is a multiple of the 32-token block size.
+    reused = wave2[0].cached_prompt_tokens
+    assert reused >= 32 and reused % 32 == 0
+    assert all(s.cached_prompt_tokens == reused for s in wave2)
+    assert wave2[0].prompt_tokens_computed == prompt_tokens - reused
+    # The engine's own prefix-cache counters agree.
+    assert mid.queries - before.queries >= prompt_tokens
+    assert after.hits - mid.hits >= reused
+
+
+async def test_stopping_after_wave_one_of_four_aborts_the_rest(engine: SampleEngine) -> None:
+    prompt = fresh_prompt(engine)
+    await wait_idle(engine)
+    # Waves 2-4 are in flight (long, fixed-length samples) when wave 1 decides to stop.
+    long = engine.params(max_tokens=400, ignore_eos=True)
+    ids = [f"abort-{uuid.uuid4().hex}-w{w}" for w in (2, 3, 4)]
+    later = [asyncio.create_task(draw_with_id(engine, prompt, 2, long, rid)) for rid in ids]
+    wave1 = await draw(engine, prompt, 2, engine.params(max_tokens=32))
+    assert len(wave1) == 2
+    await wait_for(lambda: engine.num_running >= 3)
+    for rid in ids:
+        await engine.abort(rid)
+    waited = await wait_idle(engine)
+    assert waited < 10
+    for rid, task in zip(ids, later, strict=True):
+        assert await asyncio.wait_for(task, 5) == []  # aborted samples are not delivered
+        usage = engine.request_usage(rid)
+        assert usage is not None and usage.samples == 0
+        assert usage.extra.get("aborted_samples") == 2  # but their tokens are accounted
+
+
+async def draw_with_id(
+    engine: SampleEngine, prompt: str, n: int, params: SamplingParams, rid: str
+) -> list[Sample]:
+    return [s async for s in engine.sample(prompt, n, params, rid)]
+
+
+async def wait_for(cond: object, timeout_s: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not cond():  # type: ignore[operator]
+        if loop.time() - start > timeout_s:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.05)
+
+
+async def test_leaving_the_stream_early_aborts_in_the_engine(engine: SampleEngine) -> None:
+    await wait_idle(engine)
+    prompt = fresh_prompt(engine)
+    stream = engine.sample(prompt, 4, engine.params(max_tokens=400, ignore_eos=True), "early")
+    task = asyncio.ensure_future(stream.__anext__())
+    await wait_for(lambda: engine.num_running >= 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await stream.aclose()
+    await wait_idle(engine)
+
+
+async def test_a_prompt_longer_than_the_context_is_a_typed_error(engine: SampleEngine) -> None:
+    too_long = "Q: " + "1+" * 400 + "1=?"
+    with pytest.raises(PromptTooLong) as err:
+        await draw(engine, too_long, 1, engine.params())
+    assert err.value.http_status == 400 and err.value.code == "context_length_exceeded"
+    # The prompt fits but the completion would not.
+    prompt = fresh_prompt(engine)
+    room = engine.max_model_len - engine.count_tokens(prompt)
+    with pytest.raises(PromptTooLong):
+        await draw(engine, prompt, 1, engine.params(max_tokens=room + 1))
+    assert len(await draw(engine, prompt, 1, engine.params(max_tokens=room))) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("temperature", -0.5), ("top_p", 0.0), ("top_p", 1.5), ("max_tokens", 0)],
+)
+def test_bad_sampling_parameters_are_typed_errors(
+    engine: SampleEngine, field: str, value: float
+) -> None:
+    with pytest.raises(InvalidSamplingParam) as err:
+        settings: dict[str, Any] = {field: value}
+        engine.params(**settings)
+    assert err.value.http_status == 400 and err.value.param == field
+
+
+async def test_bad_parameters_reach_no_engine(engine: SampleEngine) -> None:
+    prompt = fresh_prompt(engine)
+    with pytest.raises(InvalidSamplingParam) as err:
+        await draw(engine, prompt, 0, engine.params())
+    assert err.value.param == "n"
+    with pytest.raises(InvalidSamplingParam):
+        await draw(engine, prompt, 1, SamplingParams(temperature=float("nan")))
+    assert engine.ready
