@@ -1,0 +1,251 @@
+"""The ledger: reserve a wave's worst case, then settle what the engine reported, per tenant.
+
+The arithmetic that must be atomic (purge expired holds, sum the windows, fit as many samples as
+the budget allows, hold them; or charge a wave exactly once and release its hold) lives in a
+`LedgerStore` backend, one transaction (SQLite) or one Lua script (Redis) per call. `Ledger`
+turns a tenant's `Budgets` and a clock into the `Limit`s a store checks, so backends never see
+calendars, and a test can move the clock across a window boundary.
+
+Invariants every backend keeps:
+- hard limits: spent + reserved + new hold ≤ limit, so concurrent waves cannot overspend by
+  more than the difference between a wave's worst case and its real cost, which is ≤ 0;
+- settle is idempotent by (tenant, request id, wave) and charges even when its hold has expired,
+  so settled spend is never lost;
+- a hold lives at most `ttl_s`: after a crash, stale holds are purged on the next call.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from controller.budget.models import Budgets, Unit, WindowName
+from controller.budget.pricing import Cost
+from controller.budget.windows import WindowSpan, span
+
+DEFAULT_TTL_S = 120.0
+TRACKED: tuple[WindowName, ...] = ("day", "month")  # always recorded, for admin and metrics
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One window as a store sees it. `key` names its storage (`day`, `day~r` when rolling);
+    limit ≤ 0 means tracked only (no limit)."""
+
+    span: WindowSpan
+    unit: Unit
+    limit: float
+    hard: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.span.name}~r" if self.span.rolling else self.span.name
+
+    @property
+    def bucket(self) -> int:
+        return int(self.span.bucket)
+
+    @property
+    def cutoff(self) -> int:
+        return math.ceil(self.span.cutoff)
+
+    @property
+    def limited(self) -> bool:
+        return self.limit > 0
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A reservation request: up to `samples` samples costing `fixed + n · per_sample`."""
+
+    tenant: str
+    request_id: str
+    wave: int
+    samples: int
+    fixed: Cost
+    per_sample: Cost
+    limits: tuple[Limit, ...]
+    now: float
+    ttl_s: float
+
+
+@dataclass
+class WindowUsage:
+    """A window's state after a call: settled spend and live holds, in the limit's unit."""
+
+    limit: Limit
+    spent: Cost
+    reserved: Cost
+    oldest_bucket: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.limit.span.name
+
+    @property
+    def spent_value(self) -> float:
+        return self.spent.of(self.limit.unit)
+
+    @property
+    def reserved_value(self) -> float:
+        return self.reserved.of(self.limit.unit)
+
+    @property
+    def remaining(self) -> float | None:
+        if not self.limit.limited:
+            return None
+        return self.limit.limit - self.spent_value - self.reserved_value
+
+    def reset_in(self, now: float) -> float:
+        return self.limit.span.reset_in(now, self.oldest_bucket)
+
+
+@dataclass
+class ReserveOutcome:
+    """How many samples were granted (0 = refused) and, if fewer than asked, which window bound."""
+
+    granted: int
+    held: Cost
+    binding: str | None
+    usage: list[WindowUsage] = field(default_factory=list)
+
+
+@dataclass
+class SettleOutcome:
+    cost: Cost
+    duplicate: bool
+    usage: list[WindowUsage] = field(default_factory=list)
+
+
+def fit_samples(
+    samples: int, fixed: Cost, per_sample: Cost, usage: Sequence[WindowUsage]
+) -> tuple[int, str | None]:
+    """The most samples (≤ `samples`) every hard limit still covers, and the binding window.
+
+    Shared by the backends that compute in Python (SQLite); the Redis Lua script mirrors it.
+    """
+    granted, binding = samples, None
+    for u in usage:
+        lim = u.limit
+        if not (lim.hard and lim.limited):
+            continue
+        available = lim.limit - u.spent_value - u.reserved_value - fixed.of(lim.unit)
+        per = per_sample.of(lim.unit)
+        if available < -_EPS * max(1.0, lim.limit):
+            fits = 0
+        elif per <= 0:
+            fits = samples
+        else:
+            fits = math.floor(available / per + _EPS)
+        if fits < granted:
+            granted, binding = max(0, fits), u.name
+    return granted, binding
+
+
+class LedgerStore(Protocol):
+    """A storage backend; each method is one atomic step (see the module docstring)."""
+
+    async def reserve(self, hold: Hold) -> ReserveOutcome: ...
+
+    async def settle(
+        self,
+        tenant: str,
+        request_id: str,
+        wave: int,
+        cost: Cost,
+        limits: Sequence[Limit],
+        now: float,
+    ) -> SettleOutcome: ...
+
+    async def release(self, tenant: str, request_id: str, wave: int) -> None: ...
+
+    async def usage(
+        self, tenant: str, limits: Sequence[Limit], now: float
+    ) -> list[WindowUsage]: ...
+
+    async def purge_expired(self, now: float) -> int: ...
+
+    async def reserved_holds(self, tenant: str | None = None) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class Ledger:
+    """A store plus a clock: resolves a tenant's budgets into limits at the current time."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        ttl_s: float = DEFAULT_TTL_S,
+    ) -> None:
+        if ttl_s <= 0:
+            raise ValueError("reservation TTL must be > 0")
+        self.store = store
+        self.clock = clock
+        self.ttl_s = ttl_s
+
+    def limits(self, budgets: Budgets | None, now: float | None = None) -> tuple[Limit, ...]:
+        """The tenant's window limits at `now`, plus calendar day/month tracked without a limit."""
+        now = self.clock() if now is None else now
+        out: list[Limit] = []
+        configured = budgets.windows() if budgets is not None else []
+        for name, budget in configured:
+            out.append(
+                Limit(span(name, budget.rolling, now), budget.unit, budget.limit, budget.hard)
+            )
+        names = {(name, b.rolling) for name, b in configured}
+        for name in TRACKED:
+            if (name, False) not in names:
+                out.append(Limit(span(name, False, now), "currency", 0.0, False))
+        return tuple(out)
+
+    async def reserve(
+        self,
+        tenant: str,
+        budgets: Budgets | None,
+        request_id: str,
+        wave: int,
+        samples: int,
+        fixed: Cost,
+        per_sample: Cost,
+    ) -> ReserveOutcome:
+        now = self.clock()
+        hold = Hold(
+            tenant,
+            request_id,
+            wave,
+            samples,
+            fixed,
+            per_sample,
+            self.limits(budgets, now),
+            now,
+            self.ttl_s,
+        )
+        return await self.store.reserve(hold)
+
+    async def settle(
+        self, tenant: str, budgets: Budgets | None, request_id: str, wave: int, cost: Cost
+    ) -> SettleOutcome:
+        now = self.clock()
+        return await self.store.settle(
+            tenant, request_id, wave, cost, self.limits(budgets, now), now
+        )
+
+    async def release(self, tenant: str, request_id: str, wave: int) -> None:
+        await self.store.release(tenant, request_id, wave)
+
+    async def usage(self, tenant: str, budgets: Budgets | None) -> list[WindowUsage]:
+        now = self.clock()
+        return await self.store.usage(tenant, self.limits(budgets, now), now)
+
+    async def purge_expired(self) -> int:
+        return await self.store.purge_expired(self.clock())
+
+    async def close(self) -> None:
+        await self.store.close()

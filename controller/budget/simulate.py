@@ -1,0 +1,235 @@
+"""Budget replay on a simulated clock: does a tenant's daily budget end the day spent, and never
+refuse, when the t2 policy is paced by `TenantPacer` (the server's own pacing code)?
+
+A steady stream of `queries` questions arrives evenly over one calendar UTC day (with seeded
+jitter); each draws recorded samples from a replay file through the real policy objects. Before
+each question the pacer turns the day's spend so far and the elapsed fraction of the day into λ,
+exactly as `server.billing` does from the ledger's figures. Each wave's cost is its prompt tokens
+plus its samples' tokens, priced; a hard budget shrinks a wave that would not fit and refuses a
+question whose first sample would not (counted as a refusal). Simulated days run back to back:
+each new day starts at the λ the previous one ended with, like a long-running server.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from controller.aggregate.vote import Candidate, aggregate
+from controller.budget.ledger import Limit, WindowUsage
+from controller.budget.models import ModelPrice, PacingSettings, Prices
+from controller.budget.pacing import TenantPacer, default_initial_price
+from controller.budget.pricing import Cost, Pricer
+from controller.budget.windows import span
+from controller.policy.base import Caps
+from controller.policy.factory import make_policy
+from controller.replay.data import ReplayQuestion
+
+DAY_S = 86400.0
+DEFAULT_PRICE = ModelPrice(prompt_per_1m=0.5, completion_per_1m=1.5)
+
+
+@dataclass
+class DayResult:
+    """One simulated day: budget against spend, refusals, samples and accuracy."""
+
+    day: int
+    budget: float
+    spent: float
+    queries: int
+    refused: int
+    shrunk_waves: int
+    mean_samples: float
+    accuracy: float
+    final_price: float
+    price_trace: list[tuple[float, float, float]] = field(default_factory=list)  # (t, λ, spent)
+
+    @property
+    def spent_fraction(self) -> float:
+        return self.spent / self.budget
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "day": self.day,
+            "budget": self.budget,
+            "spent": self.spent,
+            "spent_fraction": self.spent_fraction,
+            "queries": self.queries,
+            "refused": self.refused,
+            "shrunk_waves": self.shrunk_waves,
+            "mean_samples": self.mean_samples,
+            "accuracy": self.accuracy,
+            "final_price_of_compute": self.final_price,
+        }
+
+
+@dataclass
+class BudgetReplayResult:
+    policy: str
+    samples_per_query: float
+    sample_cost: float
+    days: list[DayResult]
+
+    @property
+    def last(self) -> DayResult:
+        return self.days[-1]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "policy": self.policy,
+            "samples_per_query": self.samples_per_query,
+            "sample_cost": self.sample_cost,
+            "days": [d.to_json() for d in self.days],
+        }
+
+
+def parse_budget(spec: str) -> tuple[float | None, float]:
+    """`--budget` → (money per day or None, samples per query): "4x" = a budget that fits 4
+    samples per query on average; "12.5" = 12.5 currency units per day."""
+    text = spec.strip().lower()
+    try:
+        if text.endswith("x"):
+            samples = float(text[:-1])
+            if not samples > 0:
+                raise ValueError
+            return None, samples
+        money = float(text)
+        if not money > 0:
+            raise ValueError
+        return money, 0.0
+    except ValueError:
+        raise ValueError(
+            f"--budget {spec!r}: give samples per query as e.g. '4x', "
+            "or money per day as e.g. '12.5'"
+        ) from None
+
+
+def mean_sample_tokens(questions: Sequence[ReplayQuestion], default: float = 128.0) -> float:
+    known = [s.tokens for q in questions for s in q.samples if s.tokens is not None]
+    return float(np.mean(known)) if known else default
+
+
+def simulate_budget(
+    questions: Sequence[ReplayQuestion],
+    *,
+    policy: str = "t2",
+    samples_per_query: float = 4.0,
+    queries_per_day: int = 2000,
+    days: int = 2,
+    budget: float | None = None,
+    prompt_tokens: int = 120,
+    price: ModelPrice = DEFAULT_PRICE,
+    pacing: PacingSettings | None = None,
+    max_samples: int = 16,
+    hard: bool = True,
+    seed: int = 0,
+    start: datetime | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BudgetReplayResult:
+    """Run `days` simulated days; `budget` (per day) defaults to what `samples_per_query`
+    single-sample waves per query cost on average."""
+    if not questions:
+        raise ValueError("no questions to replay")
+    if queries_per_day < 1 or days < 1:
+        raise ValueError("queries_per_day and days must be >= 1")
+    pricer = Pricer(Prices(models={"*": price}), "replay")
+    sample_tokens = mean_sample_tokens(questions)
+    one_sample = pricer.cost(prompt_tokens, round(sample_tokens)).money
+    daily = budget if budget is not None else samples_per_query * queries_per_day * one_sample
+    if not daily > 0:
+        raise ValueError("the budget must be > 0 (give prices or --budget)")
+    settings = pacing or PacingSettings()
+    pacer = TenantPacer(settings, {"currency": default_initial_price(pricer.per_token("currency"))})
+    pol = make_policy(policy)
+    rng = np.random.default_rng(seed)
+    t0 = (start or datetime(2026, 1, 5, tzinfo=UTC)).timestamp()
+    t0 = math.floor(t0 / DAY_S) * DAY_S
+    results: list[DayResult] = []
+    done = 0
+    for day in range(days):
+        day_start = t0 + day * DAY_S
+        spent = 0.0
+        refused = shrunk = drawn_total = correct_total = 0
+        trace: list[tuple[float, float, float]] = []
+        lam = pacer.initial_prices["currency"]
+        offsets = (np.arange(queries_per_day) + rng.uniform(0, 1, queries_per_day)) / (
+            queries_per_day
+        )
+        order = rng.integers(0, len(questions), queries_per_day)
+        for i in range(queries_per_day):
+            now = day_start + float(offsets[i]) * DAY_S
+            limit = Limit(span("day", False, now), "currency", daily, hard)
+            usage = WindowUsage(limit, Cost(spent, 0.0), Cost())
+            lam = pacer.price([usage], now, "currency") or lam
+            if i % max(1, queries_per_day // 200) == 0:
+                trace.append((now - day_start, lam, spent))
+            question = questions[int(order[i])]
+            sample_order = rng.permutation(len(question.samples)).tolist()
+            cap = min(max_samples, len(question.samples))
+            worst = pricer.cost(prompt_tokens, round(sample_tokens)).money
+            run = pol.start(Caps(max_samples=cap, cost_per_sample=worst), lam)
+            answers: list[str | None] = []
+            picked: list[int] = []
+            while True:
+                decision = run.decide(answers)
+                if decision.stop:
+                    break
+                wave = sample_order[len(picked) : len(picked) + decision.wave]
+                if not wave:
+                    break
+                costs = [
+                    pricer.cost(0, round(question.samples[j].tokens or sample_tokens)).money
+                    for j in wave
+                ]
+                fixed = pricer.cost(prompt_tokens, 0).money
+                fits = len(wave)
+                if hard:
+                    while fits > 0 and spent + fixed + sum(costs[:fits]) > daily:
+                        fits -= 1
+                if fits == 0:
+                    if not picked:
+                        refused += 1
+                    break
+                if fits < len(wave):
+                    shrunk += 1
+                spent += fixed + sum(costs[:fits])
+                picked.extend(wave[:fits])
+                answers.extend(question.samples[j].answer for j in wave[:fits])
+                if fits < len(wave):
+                    break
+            if picked:
+                pol.observe(answers)
+                drawn_total += len(picked)
+                correct_total += int(_correct(question, picked, answers))
+            done += 1
+            if progress is not None:
+                progress(done)
+        trace.append((DAY_S, lam, spent))
+        results.append(
+            DayResult(
+                day=day,
+                budget=daily,
+                spent=spent,
+                queries=queries_per_day,
+                refused=refused,
+                shrunk_waves=shrunk,
+                mean_samples=drawn_total / queries_per_day,
+                accuracy=correct_total / queries_per_day,
+                final_price=lam,
+                price_trace=trace,
+            )
+        )
+    return BudgetReplayResult(policy, samples_per_query, one_sample, results)
+
+
+def _correct(question: ReplayQuestion, picked: list[int], answers: list[str | None]) -> bool:
+    result = aggregate([Candidate(a) for a in answers])
+    if question.gold is not None:
+        return result.answer is not None and result.answer == question.gold
+    if result.chosen_index is None:
+        return False
+    return bool(question.samples[picked[result.chosen_index]].correct)

@@ -1,0 +1,364 @@
+"""The server's billing seam (server/billing_protocol.py) on top of the budget ledger.
+
+Per wave: reserve the worst case (prompt + w × max_tokens, priced) → the ledger grants the most
+samples the tenant's hard budgets still cover (fewer than asked = a smaller wave; none = 429
+`insufficient_quota` with Retry-After = when the binding window frees budget) → settle at the
+tokens the engine reported, idempotently by (request id, wave), which releases the rest.
+
+Tenants with neither prices nor budgets stay on `UnmeteredBilling` (no ledger I/O at all). The
+ledger store is opened on the first metered request, so a config without metered tenants never
+touches `var/`. λ (the t2 policy's price of compute) comes from `controller.budget.pacing`,
+computed from the figures the ledger returned on this replica's last call for the tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from controller.budget import (
+    Cost,
+    Ledger,
+    Pricer,
+    TenantPacer,
+    Unit,
+    WindowUsage,
+    default_initial_price,
+    open_store,
+)
+from controller.budget.ledger import DEFAULT_TTL_S
+from server import metrics
+from server.billing_protocol import Billing, InsufficientQuota, UnmeteredBilling
+from server.config import AppConfig, TenantConfig
+
+log = logging.getLogger("t2serve.billing")
+METRICS_INTERVAL_S = 0.25
+
+
+def model_params(path: str | Path) -> float | None:
+    """N for FLOPs pricing: exact from the safetensors headers, else estimated from config.json."""
+    root = Path(path)
+    total = 0
+    for file in sorted(root.glob("*.safetensors")):
+        try:
+            with file.open("rb") as fh:
+                (size,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(size))
+        except (OSError, ValueError, struct.error):
+            continue
+        for name, meta in header.items():
+            if name != "__metadata__" and isinstance(meta, dict):
+                total += math.prod(int(d) for d in meta.get("shape", []))
+    if total:
+        return float(total)
+    try:
+        cfg = json.loads((root / "config.json").read_text())
+        d, layers = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
+        vocab = int(cfg.get("vocab_size", 0))
+        return float(12 * layers * d * d + vocab * d)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def billing_unit(tenant: TenantConfig, pricer: Pricer) -> Unit:
+    """The unit `quote`, `t2.cost` and λ are expressed in: the first budget's, else by price."""
+    budgets = tenant.budgets
+    if budgets is not None:
+        windows = budgets.windows()
+        if windows:
+            return windows[0][1].unit
+        if budgets.request is not None:
+            return budgets.request.unit
+    if pricer.per_token("currency") > 0 or pricer.per_token("flops") <= 0:
+        return "currency"
+    return "flops"
+
+
+class BudgetProvider:
+    """`BillingProvider` backed by the ledger; one per app (or per test)."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        *,
+        ledger: Ledger | None = None,
+        clock: Callable[[], float] = time.time,
+        publish_metrics: bool = True,
+    ) -> None:
+        self._ledger = ledger
+        self.clock = clock
+        self.publish_metrics = publish_metrics
+        self._pacers: dict[str, TenantPacer] = {}
+        self._usage: dict[str, list[WindowUsage]] = {}
+        self._params: dict[str, float | None] = {}
+        self._published: dict[str, float] = {}
+        self._trailing: set[str] = set()
+        self.reload(config)
+
+    def reload(self, config: AppConfig) -> None:
+        """Take a new config (budgets apply from the next reserve; the backend stays)."""
+        self.config = config
+        self.default_policy = config.defaults.policy
+        for tenant in config.tenants:
+            pacer = self._pacers.get(tenant.id)
+            if pacer is not None and pacer.settings != tenant.pacing:
+                del self._pacers[tenant.id]
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            cfg = self.config.ledger
+            store = open_store(cfg.backend, path=cfg.path, url=cfg.redis_url)
+            self._ledger = Ledger(
+                store, clock=self.clock, ttl_s=cfg.reservation_ttl_s or DEFAULT_TTL_S
+            )
+        return self._ledger
+
+    @staticmethod
+    def metered(tenant: TenantConfig) -> bool:
+        return tenant.prices is not None or tenant.budgets is not None
+
+    def pricer(self, tenant: TenantConfig, model: str) -> Pricer:
+        if model not in self._params:
+            cfg = self.config.model(model)
+            self._params[model] = model_params(cfg.path) if cfg is not None else None
+        return Pricer(tenant.prices, model, self._params[model])
+
+    def pacer(self, tenant: TenantConfig, pricer: Pricer) -> TenantPacer:
+        pacer = self._pacers.get(tenant.id)
+        if pacer is None:
+            initial: dict[Unit, float] = {
+                "currency": default_initial_price(pricer.per_token("currency")),
+                "flops": default_initial_price(pricer.per_token("flops")),
+            }
+            pacer = self._pacers[tenant.id] = TenantPacer(tenant.pacing, initial)
+        return pacer
+
+    def for_request(self, tenant: TenantConfig, model: str, request_id: str) -> Billing:
+        if not self.metered(tenant):
+            return UnmeteredBilling()
+        return LedgerBilling(self, tenant, model, request_id)
+
+    def price(self, tenant: TenantConfig, pricer: Pricer, unit: Unit) -> float | None:
+        """The tenant's λ now, from the last ledger figures this replica saw (None: no limits)."""
+        usage = self._usage.get(tenant.id)
+        if not usage:
+            return None
+        other: Unit = "flops" if unit == "currency" else "currency"
+        ratio = pricer.per_token(unit) / pricer.per_token(other) if pricer.per_token(other) else 0
+        return self.pacer(tenant, pricer).price(usage, self.clock(), unit, ratio)
+
+    def remember(
+        self, tenant: TenantConfig, usage: list[WindowUsage], pricer: Pricer, force: bool = False
+    ) -> None:
+        """Keep the ledger's latest figures for λ and `remaining`, and publish them as metrics at
+        most every METRICS_INTERVAL_S per tenant (publishing costs more than a ledger call); a
+        deferred publish makes sure the latest figures are shown once that interval is over."""
+        self._usage[tenant.id] = usage
+        if not self.publish_metrics:
+            return
+        now = time.monotonic()
+        wait = self._published.get(tenant.id, -1e9) + METRICS_INTERVAL_S - now
+        if not force and wait > 0:
+            if tenant.id not in self._trailing:  # publish the latest figures once it is due
+                self._trailing.add(tenant.id)
+                with contextlib.suppress(RuntimeError):  # no running loop: nothing to defer
+                    asyncio.get_running_loop().call_later(wait, self._flush, tenant, pricer)
+            return
+        self._published[tenant.id] = now
+        for u in usage:
+            if not u.limit.limited:
+                continue
+            metrics.set_budget(
+                tenant.id,
+                u.name,
+                limit=u.limit.limit,
+                remaining=max(0.0, u.remaining or 0.0),
+                reserved=u.reserved_value,
+                spent=u.spent_value,
+                window_start=u.limit.span.start,
+                window_end=u.limit.span.end,
+            )
+        unit = billing_unit(tenant, pricer)
+        lam = self.price(tenant, pricer, unit)
+        if lam is not None:
+            metrics.set_price_of_compute(tenant.id, lam)
+
+    def _flush(self, tenant: TenantConfig, pricer: Pricer) -> None:
+        self._trailing.discard(tenant.id)
+        usage = self._usage.get(tenant.id)
+        if usage is not None:
+            self.remember(tenant, usage, pricer, force=True)
+
+    async def report(self, tenant: TenantConfig) -> dict[str, Any]:
+        """Spend, reserved, limit and remaining per window, and λ: the admin view of a tenant."""
+        model = tenant.models[0] if tenant.models and tenant.models[0] != "*" else ""
+        model = model or self.config.model_ids[0]
+        pricer = self.pricer(tenant, model)
+        unit = billing_unit(tenant, pricer)
+        usage = await self.ledger.usage(tenant.id, tenant.budgets)
+        self.remember(tenant, usage, pricer, force=True)
+        now = self.clock()
+        windows = []
+        for u in usage:
+            windows.append(
+                {
+                    "window": u.name,
+                    "rolling": u.limit.span.rolling,
+                    "unit": u.limit.unit,
+                    "hard": u.limit.hard if u.limit.limited else None,
+                    "limit": u.limit.limit if u.limit.limited else None,
+                    "spent": u.spent_value,
+                    "spent_money": u.spent.money,
+                    "spent_flops": u.spent.flops,
+                    "reserved": u.reserved_value,
+                    "remaining": u.remaining,
+                    "window_start": u.limit.span.start,
+                    "resets_in_s": u.reset_in(now),
+                }
+            )
+        return {
+            "id": tenant.id,
+            "unit": unit,
+            "currency": tenant.prices.currency if tenant.prices else None,
+            "metered": self.metered(tenant),
+            "windows": windows,
+            "price_of_compute": self.price(tenant, pricer, unit),
+        }
+
+    async def close(self) -> None:
+        if self._ledger is not None:
+            await self._ledger.close()
+            self._ledger = None
+
+
+class LedgerBilling:
+    """One request's billing handle (see server/billing_protocol.py for the call order)."""
+
+    def __init__(
+        self, provider: BudgetProvider, tenant: TenantConfig, model: str, request_id: str
+    ) -> None:
+        self.provider = provider
+        self.tenant = tenant
+        self.request_id = request_id
+        self.pricer = provider.pricer(tenant, model)
+        self.cost_unit: Unit = billing_unit(tenant, self.pricer)
+        self.unit: str = self.cost_unit  # the protocol's name for it (metrics file spend by it)
+        self.held: dict[int, Cost] = {}
+        self.spent = Cost()
+        self._soft_warned: set[str] = set()
+
+    def quote(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return self.pricer.cost(prompt_tokens, completion_tokens).of(self.cost_unit)
+
+    def _request_cap(self, samples: int, fixed: Cost, per: Cost) -> int:
+        """Apply the per-request budget: hard shrinks the wave (or refuses), soft only warns."""
+        rb = self.tenant.budgets.request if self.tenant.budgets else None
+        if rb is None:
+            return samples
+        committed = self.spent + sum(self.held.values(), Cost())
+        left = rb.limit - committed.of(rb.unit) - fixed.of(rb.unit)
+        unit_cost = per.of(rb.unit)
+        fits = samples if unit_cost <= 0 else max(0, math.floor(left / unit_cost + 1e-9))
+        if fits >= samples:
+            return samples
+        if not rb.hard:
+            self._warn_soft("request", rb.limit)
+            return samples
+        if fits < 1:
+            raise InsufficientQuota(
+                f"Tenant '{self.tenant.id}': one more sample would exceed the per-request budget "
+                f"of {rb.limit:g} {self._unit_name(rb.unit)}.",
+                retry_after_s=None,
+                window="request",
+            )
+        return fits
+
+    async def reserve(self, *, wave: int, samples: int, prompt_tokens: int, max_tokens: int) -> int:
+        fixed = self.pricer.cost(prompt_tokens, 0)
+        per = self.pricer.cost(0, max_tokens)
+        samples = self._request_cap(max(1, samples), fixed, per)
+        ledger = self.provider.ledger
+        out = await ledger.reserve(
+            self.tenant.id, self.tenant.budgets, self.request_id, wave, samples, fixed, per
+        )
+        self.provider.remember(self.tenant, out.usage, self.pricer)
+        if out.granted < 1:
+            binding = next((u for u in out.usage if u.name == out.binding), None)
+            now = ledger.clock()
+            retry = binding.reset_in(now) if binding is not None else None
+            left = binding.remaining if binding is not None else None
+            unit = self._unit_name(binding.limit.unit if binding else self.cost_unit)
+            raise InsufficientQuota(
+                f"You exceeded your current quota: tenant '{self.tenant.id}' has "
+                f"{max(0.0, left or 0.0):.6g} {unit} "
+                f"left in its {out.binding} budget, less than one sample's worst case; "
+                f"it frees up in {math.ceil(retry or 0)} s.",
+                retry_after_s=retry,
+                window=out.binding,
+            )
+        self.held[wave] = out.held
+        self._check_soft(out.usage)
+        return out.granted
+
+    async def settle(self, *, wave: int, prompt_tokens: int, completion_tokens: int) -> float:
+        cost = self.pricer.cost(prompt_tokens, completion_tokens)
+        out = await self.provider.ledger.settle(
+            self.tenant.id, self.tenant.budgets, self.request_id, wave, cost
+        )
+        if wave in self.held:
+            del self.held[wave]
+            self.spent = self.spent + out.cost
+        self.provider.remember(self.tenant, out.usage, self.pricer)
+        return out.cost.of(self.cost_unit)
+
+    async def close(self) -> None:
+        """Release holds of waves that were reserved but never settled (an error in between)."""
+        for wave in list(self.held):
+            try:
+                await self.provider.ledger.release(self.tenant.id, self.request_id, wave)
+            except Exception:  # the hold still expires by its TTL
+                log.exception("releasing wave %s of %s failed", wave, self.request_id)
+            del self.held[wave]
+
+    def remaining(self) -> float | None:
+        usage = self.provider._usage.get(self.tenant.id, [])
+        left = [u.remaining for u in usage if u.limit.hard and u.limit.unit == self.cost_unit]
+        values = [x for x in left if x is not None]
+        return max(0.0, min(values)) if values else None
+
+    def price_of_compute(self) -> float | None:
+        policy = self.tenant.policy or self.provider.default_policy
+        if not policy.startswith("t2"):
+            return None  # λ is t2's knob; other policies read `price` differently
+        return self.provider.price(self.tenant, self.pricer, self.cost_unit)
+
+    def _check_soft(self, usage: list[WindowUsage]) -> None:
+        for u in usage:
+            left = u.remaining
+            if u.limit.limited and not u.limit.hard and left is not None and left < 0:
+                self._warn_soft(u.name, u.limit.limit)
+
+    def _warn_soft(self, window: str, limit: float) -> None:
+        if window in self._soft_warned:
+            return
+        self._soft_warned.add(window)
+        log.warning(
+            "tenant %s is over its soft %s budget (%g); allowed, alerting",
+            self.tenant.id,
+            window,
+            limit,
+        )
+
+    def _unit_name(self, unit: Unit) -> str:
+        if unit == "flops":
+            return "FLOPs"
+        return self.tenant.prices.currency if self.tenant.prices else "currency units"

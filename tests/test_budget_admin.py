@@ -1,0 +1,214 @@
+"""The admin API on the real app (ASGI, SQLite ledger file): auth, per-tenant report, live budget
+changes, reload by HTTP and by SIGHUP, and a reload in the middle of a request losing nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from fastapi import FastAPI
+
+from server.admin import ADMIN_KEY_ENV, enable_reload
+from server.app import create_app
+from server.billing import BudgetProvider
+from server.config import hash_key, load_config
+
+ADMIN_KEY = "admin-secret"
+TENANT_KEY = "acme-key"
+
+
+def config_dict(tmp_path: Path, day_limit: float = 5.0, admin: bool = True) -> dict[str, Any]:
+    return {
+        "models": [{"id": "m", "path": str(tmp_path / "model")}],
+        "ledger": {"backend": "sqlite", "path": str(tmp_path / "ledger.sqlite")},
+        "admin": {"key_sha256": hash_key(ADMIN_KEY)} if admin else {},
+        "tenants": [
+            {
+                "id": "acme",
+                "api_keys": [{"sha256": hash_key(TENANT_KEY)}],
+                "policy": "t2",
+                "prices": {"currency": "USD", "models": {"*": {"completion_per_1m": 1000.0}}},
+                "budgets": {"day": {"limit": day_limit, "hard": True}},
+            },
+            {"id": "free", "api_keys": [{"sha256": hash_key("free-key")}]},
+        ],
+    }
+
+
+def write(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    return write(tmp_path / "config.yaml", config_dict(tmp_path))
+
+
+@pytest.fixture
+def app(config_file: Path) -> FastAPI:
+    app = create_app(load_config(config_file))
+    app.state.config_path = config_file
+    return app
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as c:
+        yield c
+    await app.state.t2.billing.close()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_admin_routes_need_the_admin_key(client: httpx.AsyncClient) -> None:
+    routes = [
+        ("GET", "/admin/tenants", None),
+        ("GET", "/admin/tenants/acme", None),
+        ("PUT", "/admin/tenants/acme/budgets", {"day": {"limit": 1.0}}),
+        ("POST", "/admin/reload", None),
+    ]
+    for method, path, body in routes:
+        assert (await client.request(method, path, json=body)).status_code == 401
+        wrong = await client.request(method, path, json=body, headers=auth("nope"))
+        assert wrong.status_code == 401
+        tenant = await client.request(method, path, json=body, headers=auth(TENANT_KEY))
+        assert tenant.status_code == 403, path
+        assert tenant.json()["error"]["code"] == "admin_only"
+    ok = await client.get("/admin/tenants", headers=auth(ADMIN_KEY))
+    assert ok.status_code == 200
+    assert [t["id"] for t in ok.json()["data"]] == ["acme", "free"]
+
+
+async def test_admin_key_from_the_environment_and_off_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.config import parse_config
+
+    app = create_app(parse_config(config_dict(tmp_path, admin=False)))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as c:
+        off = await c.get("/admin/tenants", headers=auth(ADMIN_KEY))
+        assert off.status_code == 403 and off.json()["error"]["code"] == "admin_disabled"
+        monkeypatch.setenv(ADMIN_KEY_ENV, "env-admin")
+        assert (await c.get("/admin/tenants", headers=auth("env-admin"))).status_code == 200
+        monkeypatch.setenv(ADMIN_KEY_ENV, "sha256:" + hash_key("hashed-admin"))
+        assert (await c.get("/admin/tenants", headers=auth("hashed-admin"))).status_code == 200
+        assert (await c.get("/admin/tenants", headers=auth(TENANT_KEY))).status_code == 403
+
+
+async def spend(app: FastAPI, request_id: str, completion_tokens: int) -> float:
+    state = app.state.t2
+    tenant = state.config.tenants[0]
+    billing = state.billing.for_request(tenant, "m", request_id)
+    await billing.reserve(wave=0, samples=1, prompt_tokens=0, max_tokens=completion_tokens)
+    cost: float = await billing.settle(wave=0, prompt_tokens=0, completion_tokens=completion_tokens)
+    await billing.close()
+    return cost
+
+
+async def test_tenant_report_shows_spend_limit_remaining_and_lambda(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    assert await spend(app, "r1", 1500) == pytest.approx(1.5)
+    body = (await client.get("/admin/tenants/acme", headers=auth(ADMIN_KEY))).json()
+    day = next(w for w in body["windows"] if w["window"] == "day")
+    assert day["limit"] == 5.0 and day["hard"] is True
+    assert day["spent"] == pytest.approx(1.5)
+    assert day["reserved"] == pytest.approx(0.0)
+    assert day["remaining"] == pytest.approx(3.5)
+    assert 0 < day["resets_in_s"] <= 86400
+    assert body["price_of_compute"] > 0 and body["unit"] == "currency"
+    assert body["currency"] == "USD"
+    free = (await client.get("/admin/tenants/free", headers=auth(ADMIN_KEY))).json()
+    assert free["metered"] is False
+    missing = await client.get("/admin/tenants/nobody", headers=auth(ADMIN_KEY))
+    assert missing.status_code == 404
+
+
+async def test_put_budgets_applies_at_once_and_bad_budgets_name_the_field(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    put = await client.put(
+        "/admin/tenants/acme/budgets",
+        json={"day": {"limit": 0.5, "hard": True}, "minute": {"limit": 0.2, "rolling": True}},
+        headers=auth(ADMIN_KEY),
+    )
+    assert put.status_code == 200, put.text
+    windows = {w["window"]: w for w in put.json()["windows"]}
+    assert windows["day"]["limit"] == 0.5 and windows["minute"]["rolling"] is True
+    assert await spend(app, "r1", 150) == pytest.approx(0.15)
+    tenant = app.state.t2.config.tenants[0]
+    billing = app.state.t2.billing.for_request(tenant, "m", "r2")
+    assert await billing.reserve(wave=0, samples=8, prompt_tokens=0, max_tokens=10) == 5  # minute
+    await billing.close()
+    bad = await client.put(
+        "/admin/tenants/acme/budgets", json={"day": {"limit": -1}}, headers=auth(ADMIN_KEY)
+    )
+    assert bad.status_code in (400, 422)
+    assert "limit" in bad.text
+    typo = await client.put(
+        "/admin/tenants/acme/budgets", json={"dya": {"limit": 1}}, headers=auth(ADMIN_KEY)
+    )
+    assert typo.status_code in (400, 422) and "dya" in typo.text
+
+
+async def test_reload_by_http_keeps_in_flight_requests_and_refuses_bad_files(
+    tmp_path: Path, app: FastAPI, client: httpx.AsyncClient, config_file: Path
+) -> None:
+    state = app.state.t2
+    in_flight = state.billing.for_request(state.config.tenants[0], "m", "long")
+    assert await in_flight.reserve(wave=0, samples=2, prompt_tokens=0, max_tokens=100) == 2
+
+    write(config_file, config_dict(tmp_path, day_limit=9.0))
+    done = await client.post("/admin/reload", headers=auth(ADMIN_KEY))
+    assert done.status_code == 200, done.text
+    assert done.json()["ledger_restart_needed"] is False
+    assert state.config.tenants[0].budgets.day.limit == 9.0
+    # the request that started before the reload settles normally and is billed once
+    assert await in_flight.settle(wave=0, prompt_tokens=0, completion_tokens=120) == 0.12
+    await in_flight.close()
+    report = (await client.get("/admin/tenants/acme", headers=auth(ADMIN_KEY))).json()
+    day = next(w for w in report["windows"] if w["window"] == "day")
+    assert day["limit"] == 9.0 and day["spent"] == pytest.approx(0.12)
+    assert day["reserved"] == pytest.approx(0.0)
+
+    broken = config_dict(tmp_path)
+    broken["tenants"][0]["budgets"]["day"]["limt"] = 3
+    write(config_file, broken)
+    refused = await client.post("/admin/reload", headers=auth(ADMIN_KEY))
+    assert refused.status_code == 400
+    assert "tenants.0.budgets.day.limt" in refused.json()["error"]["message"]
+    assert state.config.tenants[0].budgets.day.limit == 9.0  # the running config is kept
+
+
+@pytest.fixture
+def restore_sighup() -> Iterator[None]:
+    previous = signal.getsignal(signal.SIGHUP)
+    yield
+    signal.signal(signal.SIGHUP, previous)
+
+
+async def test_sighup_reloads_the_config(
+    tmp_path: Path, app: FastAPI, config_file: Path, restore_sighup: None
+) -> None:
+    enable_reload(app, config_file)
+    write(config_file, config_dict(tmp_path, day_limit=7.0))
+    os.kill(os.getpid(), signal.SIGHUP)
+    for _ in range(100):
+        if app.state.t2.config.tenants[0].budgets.day.limit == 7.0:
+            break
+        await asyncio.sleep(0.01)
+    assert app.state.t2.config.tenants[0].budgets.day.limit == 7.0
+    assert isinstance(app.state.t2.billing, BudgetProvider)
+    await app.state.t2.billing.close()

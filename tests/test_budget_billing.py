@@ -1,0 +1,180 @@
+"""The billing seam on the real SQLite ledger: shrink waves, then 429 with Retry-After at the
+window's reset; per-request and soft budgets; λ rising with the burn rate; FLOPs pricing."""
+
+from __future__ import annotations
+
+import json
+import struct
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.billing import BudgetProvider, LedgerBilling, model_params
+from server.billing_protocol import InsufficientQuota, UnmeteredBilling
+from server.config import AppConfig, hash_key, parse_config
+
+PRICE = {"prompt_per_1m": 1000.0, "completion_per_1m": 2000.0}  # 1e-3 / 2e-3 per token
+
+
+class ManualClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_config(tmp_path: Path, **tenant: Any) -> AppConfig:
+    return parse_config(
+        {
+            "models": [{"id": "m", "path": str(tmp_path / "model")}],
+            "ledger": {"backend": "sqlite", "path": str(tmp_path / "ledger.sqlite")},
+            "tenants": [
+                {
+                    "id": "acme",
+                    "api_keys": [{"sha256": hash_key("acme-key")}],
+                    "prices": {"currency": "EUR", "models": {"m": PRICE}},
+                    **tenant,
+                },
+                {"id": "free", "api_keys": [{"sha256": hash_key("free-key")}]},
+            ],
+        },
+        "test",
+    )
+
+
+def noon() -> ManualClock:
+    return ManualClock(datetime(2026, 5, 4, 23, 0, 0, tzinfo=UTC).timestamp())
+
+
+def handle(provider: BudgetProvider, cfg: AppConfig, rid: str) -> LedgerBilling:
+    billing = provider.for_request(cfg.tenants[0], "m", rid)
+    assert isinstance(billing, LedgerBilling)
+    return billing
+
+
+async def test_waves_shrink_then_429_with_retry_after_at_the_reset(tmp_path: Path) -> None:
+    # one sample's worst case: 10 prompt + 10 completion tokens = 0.01 + 0.02 = 0.03 EUR
+    cfg = make_config(tmp_path, budgets={"day": {"limit": 0.2, "hard": True}})
+    clock = noon()
+    provider = BudgetProvider(cfg, clock=clock, publish_metrics=False)
+    try:
+        b1 = handle(provider, cfg, "r1")
+        assert b1.quote(10, 10) == pytest.approx(0.03)
+        assert await b1.reserve(wave=0, samples=4, prompt_tokens=10, max_tokens=10) == 4  # 0.09
+        assert b1.remaining() == pytest.approx(0.2 - 0.09)
+        b2 = handle(provider, cfg, "r2")
+        assert await b2.reserve(wave=0, samples=8, prompt_tokens=10, max_tokens=10) == 5  # shrunk
+        b3 = handle(provider, cfg, "r3")
+        with pytest.raises(InsufficientQuota) as refused:
+            await b3.reserve(wave=0, samples=1, prompt_tokens=10, max_tokens=10)
+        assert refused.value.window == "day"
+        assert refused.value.retry_after_s == pytest.approx(3600.0)  # 23:00 → midnight UTC
+        assert "day" in refused.value.message
+        # settling at what the engine reported releases the rest: r3 now fits a smaller wave
+        assert await b1.settle(wave=0, prompt_tokens=10, completion_tokens=12) == pytest.approx(
+            0.034
+        )
+        await b1.close()
+        assert await b3.reserve(wave=0, samples=4, prompt_tokens=10, max_tokens=10) == 2
+        for b in (b2, b3):
+            await b.settle(wave=0, prompt_tokens=10, completion_tokens=5)
+            await b.close()
+        clock.now += 3600  # the window resets at midnight: full waves again
+        b4 = handle(provider, cfg, "r4")
+        assert await b4.reserve(wave=0, samples=4, prompt_tokens=10, max_tokens=10) == 4
+        await b4.close()
+    finally:
+        await provider.close()
+
+
+async def test_settle_through_billing_is_idempotent_and_close_releases(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, budgets={"hour": {"limit": 1.0}})
+    provider = BudgetProvider(cfg, clock=noon(), publish_metrics=False)
+    try:
+        b = handle(provider, cfg, "r1")
+        await b.reserve(wave=0, samples=2, prompt_tokens=10, max_tokens=10)
+        first = await b.settle(wave=0, prompt_tokens=10, completion_tokens=3)
+        again = await b.settle(wave=0, prompt_tokens=10, completion_tokens=30)
+        assert first == again == pytest.approx(0.016)
+        await b.reserve(wave=1, samples=2, prompt_tokens=10, max_tokens=10)
+        await b.close()  # wave 1 was never settled (an error in between): its hold goes
+        usage = await provider.ledger.usage("acme", cfg.tenants[0].budgets)
+        hour = next(u for u in usage if u.name == "hour")
+        assert hour.spent_value == pytest.approx(0.016)
+        assert hour.reserved_value == pytest.approx(0.0)
+    finally:
+        await provider.close()
+
+
+async def test_per_request_budget_caps_the_waves(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, budgets={"request": {"limit": 0.1, "hard": True}})
+    provider = BudgetProvider(cfg, clock=noon(), publish_metrics=False)
+    try:
+        b = handle(provider, cfg, "r1")
+        assert await b.reserve(wave=0, samples=8, prompt_tokens=10, max_tokens=10) == 4  # 0.09
+        await b.settle(wave=0, prompt_tokens=10, completion_tokens=30)  # 0.07
+        assert await b.reserve(wave=1, samples=8, prompt_tokens=10, max_tokens=10) == 1  # 0.1
+        await b.settle(wave=1, prompt_tokens=10, completion_tokens=10)
+        with pytest.raises(InsufficientQuota) as refused:
+            await b.reserve(wave=2, samples=1, prompt_tokens=10, max_tokens=10)
+        assert refused.value.window == "request" and refused.value.retry_after_s is None
+        await b.close()
+    finally:
+        await provider.close()
+
+
+async def test_soft_budget_allows_and_unpriced_tenants_stay_unmetered(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, budgets={"day": {"limit": 0.01, "hard": False}})
+    provider = BudgetProvider(cfg, clock=noon(), publish_metrics=False)
+    try:
+        b = handle(provider, cfg, "r1")
+        assert await b.reserve(wave=0, samples=8, prompt_tokens=10, max_tokens=10) == 8
+        await b.settle(wave=0, prompt_tokens=10, completion_tokens=80)
+        assert await b.reserve(wave=1, samples=8, prompt_tokens=10, max_tokens=10) == 8
+        await b.close()
+        assert b.remaining() is None  # no hard limit
+        assert isinstance(provider.for_request(cfg.tenants[1], "m", "x"), UnmeteredBilling)
+    finally:
+        await provider.close()
+
+
+async def test_lambda_rises_when_the_budget_burns_faster_than_time(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, budgets={"day": {"limit": 10.0}}, policy="t2")
+    clock = ManualClock(datetime(2026, 5, 4, 12, 0, 0, tzinfo=UTC).timestamp())  # half the day
+    provider = BudgetProvider(cfg, clock=clock, publish_metrics=False)
+    try:
+        b = handle(provider, cfg, "warm")
+        await b.reserve(wave=0, samples=1, prompt_tokens=10, max_tokens=10)
+        await b.settle(wave=0, prompt_tokens=10, completion_tokens=10)
+        await b.close()
+        slack = handle(provider, cfg, "a").price_of_compute()
+        assert slack is not None
+        assert slack < 0.002 / 2e-3  # far below budget × elapsed: λ under its start value
+        burn = handle(provider, cfg, "big")
+        await burn.settle(wave=0, prompt_tokens=1000, completion_tokens=3500)  # 8 EUR by noon
+        hot = handle(provider, cfg, "b").price_of_compute()
+        assert hot is not None and hot > 10 * slack
+        assert hot > 0.002 / 2e-3  # above budget × elapsed: λ above its start value
+    finally:
+        await provider.close()
+
+
+def test_flops_params_from_safetensors_header(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    header = json.dumps(
+        {
+            "__metadata__": {"format": "pt"},
+            "a": {"dtype": "F32", "shape": [4, 8], "data_offsets": [0, 128]},
+            "b": {"dtype": "F32", "shape": [8], "data_offsets": [128, 160]},
+        }
+    ).encode()
+    (model / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(160))
+    assert model_params(model) == 40.0
+    cfg = make_config(tmp_path)
+    provider = BudgetProvider(cfg, publish_metrics=False)
+    b = handle(provider, cfg, "r")
+    assert b.pricer.cost(3, 2).flops == pytest.approx(2 * 40 * 5)
