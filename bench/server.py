@@ -1,0 +1,264 @@
+"""Server benchmarks (issue 5), one engine for the whole run:
+
+1. Overhead against the raw in-process engine: the same prompts at fixed k = 8, sent straight to
+   the engine adapter and through the server (HTTP + official openai client), at concurrency
+   1, 8 and 32. Throughput ratio (goal ≥ 0.9×) and added p50 latency (goal ≤ 5 ms).
+2. Accuracy against cost, live: the tiny model's held-back questions (models/tiny-arith/
+   replay.jsonl) through the server with fixed:1, fixed:8 and t2. Accuracy, mean samples, tokens
+   (goal: t2 ≥ fixed:8 accuracy at ≤ 0.5× its tokens).
+
+Run: `python -m bench server` (or `make bench`). Prints a JSON summary and writes it to
+var/bench/server.json; BENCHMARKS.md records the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from controller.aggregate import get_extractor, normalize_answer
+from server.app import create_app, serve_in_loop
+from server.config import parse_config
+from server.orchestrator import EngineAPI, SamplingJob, WaveTally
+
+MODEL_DIR = Path(os.environ.get("T2_BENCH_MODEL_DIR", "models/tiny-arith"))
+KEY = "bench-key"
+K = 8
+MAX_TOKENS = 32
+CONCURRENCY = (1, 8, 32)
+REQUESTS_PER_LEVEL = int(os.environ.get("T2_BENCH_REQUESTS", "32"))
+ROUNDS = int(os.environ.get("T2_BENCH_ROUNDS", "2"))
+HELD_BACK = int(os.environ.get("T2_BENCH_QUESTIONS", "100"))
+
+
+def bench_config() -> dict[str, Any]:
+    return {
+        "demo": True,
+        "server": {"request_timeout_s": 600},
+        "models": [{"id": "tiny-arith", "path": str(MODEL_DIR)}],
+        "defaults": {"max_samples": 16, "max_tokens": MAX_TOKENS, "extractor": "last_number"},
+        "tenants": [{"id": "bench", "api_keys": [{"plain": KEY}], "allow_raising_caps": True}],
+    }
+
+
+def load_questions(limit: int) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in (MODEL_DIR / "replay.jsonl").read_text().splitlines()]
+    return rows[:limit]
+
+
+async def timed_run(
+    calls: list[Callable[[], Awaitable[int]]], concurrency: int
+) -> tuple[float, list[float], int]:
+    """Run the calls with at most `concurrency` in flight: (wall s, latencies s, tokens)."""
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    tokens = 0
+
+    async def one(call: Callable[[], Awaitable[int]]) -> None:
+        nonlocal tokens
+        async with gate:
+            t0 = time.perf_counter()
+            got = await call()  # not `tokens += await ...`: that reads `tokens` before awaiting
+            tokens += got
+            latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(c) for c in calls))
+    return time.perf_counter() - start, latencies, tokens
+
+
+async def overhead(
+    engine_api: EngineAPI, api: openai.AsyncOpenAI, questions: list[str]
+) -> list[dict[str, Any]]:
+    """The same chat prompts both ways: rendered by the engine's template for the raw path."""
+    prompts = [engine_api.chat_prompt([{"role": "user", "content": q}]) for q in questions]
+    rows = []
+    # Warm the prefix cache with every prompt first, so neither path profits from the other.
+    warm = [
+        api.chat.completions.create(
+            model="tiny-arith",
+            messages=[{"role": "user", "content": q}],
+            max_tokens=1,
+            extra_body={"t2": {"policy": "fixed:1"}},
+        )
+        for q in questions[:REQUESTS_PER_LEVEL]
+    ]
+    await asyncio.gather(*warm)
+    for level in CONCURRENCY:
+        picks = [i % len(prompts) for i in range(REQUESTS_PER_LEVEL)]
+
+        def raw_call(prompt: str, i: int, level: int = level) -> Callable[[], Awaitable[int]]:
+            async def call() -> int:
+                job = SamplingJob(
+                    request_id=f"raw-{level}-{i}",
+                    model="tiny-arith",
+                    prompt=prompt,
+                    prompt_tokens=0,
+                    max_tokens=MAX_TOKENS,
+                    temperature=1.0,
+                    top_p=None,
+                    stop=[],
+                    seed=i,  # same request both ways (the engine facade may drop seeds)
+                    policy=f"fixed:{K}",
+                    aggregator="majority",
+                    extractor="last_number",
+                    max_samples=K,
+                    max_cost=None,
+                    deadline_ms=None,
+                    timeout_s=600,
+                )
+                tally = WaveTally()
+                async for _ in engine_api.sample(job, K, 0, job.request_id, tally):
+                    pass
+                return tally.completion_tokens
+
+            return call
+
+        def served_call(question: str, i: int) -> Callable[[], Awaitable[int]]:
+            async def call() -> int:
+                resp = await api.chat.completions.create(
+                    model="tiny-arith",
+                    messages=[{"role": "user", "content": question}],
+                    max_tokens=MAX_TOKENS,
+                    temperature=1.0,
+                    seed=i,
+                    extra_body={"t2": {"policy": f"fixed:{K}"}},
+                )
+                return resp.usage.completion_tokens if resp.usage else 0
+
+            return call
+
+        # Alternate the two paths in rounds so drift in a shared machine's load hits both.
+        raw_s = srv_s = 0.0
+        raw_lat: list[float] = []
+        srv_lat: list[float] = []
+        raw_tok = srv_tok = 0
+        for _ in range(ROUNDS):
+            s, lat, tok = await timed_run(
+                [raw_call(prompts[j], i) for i, j in enumerate(picks)], level
+            )
+            raw_s, raw_tok = raw_s + s, raw_tok + tok
+            raw_lat += lat
+            s, lat, tok = await timed_run(
+                [served_call(questions[j], i) for i, j in enumerate(picks)], level
+            )
+            srv_s, srv_tok = srv_s + s, srv_tok + tok
+            srv_lat += lat
+        raw_tps, srv_tps = raw_tok / raw_s, srv_tok / srv_s
+        rows.append(
+            {
+                "concurrency": level,
+                "requests": len(picks) * ROUNDS,
+                "raw_tokens_per_s": round(raw_tps, 1),
+                "server_tokens_per_s": round(srv_tps, 1),
+                "throughput_ratio": round(srv_tps / raw_tps, 3),
+                "raw_requests_per_s": round(len(raw_lat) / raw_s, 2),
+                "server_requests_per_s": round(len(srv_lat) / srv_s, 2),
+                "raw_p50_ms": round(statistics.median(raw_lat) * 1000, 1),
+                "server_p50_ms": round(statistics.median(srv_lat) * 1000, 1),
+                "added_p50_ms": round(
+                    (statistics.median(srv_lat) - statistics.median(raw_lat)) * 1000, 1
+                ),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+async def live_accuracy(
+    api: openai.AsyncOpenAI, questions: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    extract = get_extractor("last_number")
+    rows: list[dict[str, Any]] = []
+    gate = asyncio.Semaphore(8)
+
+    async def guarded(
+        call: Callable[[], Awaitable[tuple[bool, int, int, int]]],
+    ) -> tuple[bool, int, int, int]:
+        async with gate:
+            return await call()
+
+    for policy in ("fixed:1", "fixed:8", "t2", "t2:lam=0.01"):
+
+        def ask(
+            q: dict[str, Any], policy: str = policy
+        ) -> Callable[[], Awaitable[tuple[bool, int, int, int]]]:
+            async def call() -> tuple[bool, int, int, int]:
+                resp = await api.chat.completions.create(
+                    model="tiny-arith",
+                    messages=[{"role": "user", "content": q["question"]}],
+                    max_tokens=MAX_TOKENS,
+                    extra_body={"t2": {"policy": policy, "max_samples": 16}},
+                )
+                t2 = (resp.model_extra or {})["t2"]
+                right = normalize_answer(str(q["gold"])) == extract(
+                    resp.choices[0].message.content or ""
+                )
+                usage = resp.usage
+                total = usage.total_tokens if usage else 0
+                return right, int(t2["samples"]), total, usage.completion_tokens if usage else 0
+
+            return call
+
+        gate = asyncio.Semaphore(8)
+
+        results = await asyncio.gather(*(guarded(ask(q)) for q in questions))
+        n = len(results)
+        rows.append(
+            {
+                "policy": policy,
+                "questions": n,
+                "accuracy": round(sum(r[0] for r in results) / n, 3),
+                "mean_samples": round(sum(r[1] for r in results) / n, 2),
+                "tokens": sum(r[2] for r in results),
+                "completion_tokens": sum(r[3] for r in results),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    base = next(r for r in rows if r["policy"] == "fixed:8")
+    for r in rows:
+        r["tokens_vs_fixed8"] = round(r["tokens"] / base["tokens"], 3)
+    return rows
+
+
+async def run() -> dict[str, Any]:
+    config = parse_config(bench_config(), "bench config")
+    engine_api = EngineAPI(None, config)
+    await engine_api.start()
+    if not engine_api.ready():
+        raise SystemExit(f"engine did not start: {engine_api.failure()}")
+    try:
+        questions = load_questions(HELD_BACK)
+        prompts = [q["question"] for q in questions]
+        app = create_app(config, engine=engine_api.engine)
+        async with serve_in_loop(app) as live:
+            api = openai.AsyncOpenAI(base_url=live.v1, api_key=KEY, max_retries=0, timeout=600)
+            await api.chat.completions.create(
+                model="tiny-arith", messages=[{"role": "user", "content": prompts[0]}], max_tokens=4
+            )  # warm-up
+            parts = os.environ.get("T2_BENCH_PARTS", "overhead,accuracy").split(",")
+            over = await overhead(engine_api, api, prompts) if "overhead" in parts else []
+            live_rows = await live_accuracy(api, questions) if "accuracy" in parts else []
+    finally:
+        await engine_api.shutdown()
+    return {"overhead": over, "live_accuracy": live_rows, "k": K, "max_tokens": MAX_TOKENS}
+
+
+def main() -> None:
+    summary = asyncio.run(run())
+    out = Path("var/bench/server.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""CLI command groups, registered by server.cli."""

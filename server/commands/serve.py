@@ -1,0 +1,59 @@
+"""`t2serve serve`: run the OpenAI-compatible server from a config file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from server.config import CONFIG_ENV, ConfigError, load_config, resolve_config_path
+
+
+def serve(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help=f"config YAML (default: ${CONFIG_ENV}, then configs/default.yaml)",
+        ),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="bind address (overrides server.host)")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="port (overrides server.port)", min=0, max=65535)
+    ] = None,
+) -> None:
+    """Serve the OpenAI-compatible API with test-time scaling on the configured model."""
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if cfg.ledger.backend == "sqlite":
+        Path(cfg.ledger.path).parent.mkdir(parents=True, exist_ok=True)
+
+    import uvicorn
+
+    from server.admin import enable_reload
+    from server.app import create_app
+
+    settings = cfg.server
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(cfg)
+    enable_reload(app, resolve_config_path(config))  # POST /admin/reload and SIGHUP
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s + 0.999),
+        timeout_keep_alive=5,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

