@@ -171,8 +171,10 @@ class InProcessEngine(PromptingMixin):
     ) -> AsyncGenerator[Sample, None]:
         """n samples as one `AsyncLLM.generate` request, yielded as each one finishes.
 
-        With n > 1 a streamed `RequestOutput` may carry only the children that advanced, so
-        samples are tracked by `CompletionOutput.index`. Leaving early aborts the request.
+        The engine's stream is read by its own task, not by the caller: when the caller leaves
+        early (a disconnect, a timeout) the request is aborted and the stream still read to its
+        end, because vLLM's final abort outputs carry the tokens the unfinished samples had
+        generated, and those are billed (`request_usage`).
         """
         if self._closed or self._llm.errored:
             raise EngineDead("the engine is not running")
@@ -180,42 +182,24 @@ class InProcessEngine(PromptingMixin):
         ids = self.encode(prompt)
         check_context(len(ids), params.max_tokens, self._max_model_len)
         vparams = self._vllm_params(params, n)
-        done: set[int] = set()
-        cached: int | None = None
-        usage = self._usage_for(request_id, len(ids))
+        tracker = _SampleTracker(self._usage_for(request_id, len(ids)), request_id)
+        outputs: asyncio.Queue[Any] = asyncio.Queue()
+        stream = self._llm.generate({"prompt_token_ids": ids}, vparams, request_id)
+        reader = asyncio.create_task(_read_stream(stream, outputs))
         self._active.add(request_id)
+        ended = False
         try:
-            stream = self._llm.generate({"prompt_token_ids": ids}, vparams, request_id)
-            async for out in _translate_errors(stream):
-                # n > 1 fans out into child requests; each reports its own cache hits. The
-                # request's figure is the smallest (the prompt as first computed), so a later
-                # sample's value is never higher than an earlier one's: the last is final.
-                hits = int(out.num_cached_tokens or 0)
-                cached = hits if cached is None else min(cached, hits)
-                usage.cached_prompt_tokens = cached
-                for c in out.outputs:
-                    if c.finish_reason is None or c.index in done:
-                        continue
-                    done.add(c.index)
-                    usage.completion_tokens += len(c.token_ids)
-                    if c.finish_reason == "abort":  # cut short: tokens were spent, no sample
-                        usage.extra["aborted_samples"] = usage.extra.get("aborted_samples", 0) + 1
-                        continue
-                    usage.samples += 1
-                    yield Sample(
-                        index=c.index,
-                        text=c.text,
-                        completion_tokens=len(c.token_ids),
-                        finish_reason=c.finish_reason,
-                        prompt_tokens=len(ids),
-                        cached_prompt_tokens=cached or 0,
-                        cumulative_logprob=c.cumulative_logprob,
-                        request_id=request_id,
-                    )
+            while not (ended := (item := await outputs.get()) is _END):
+                if isinstance(item, Exception):
+                    raise item
+                for sample in tracker.take(item):
+                    yield sample
         finally:
             self._active.discard(request_id)
-            if len(done) < n and not self._llm.errored:
-                await asyncio.shield(self._llm.abort(request_id))
+            if not ended:  # the caller left early, or the stream failed
+                if not reader.done() and not self._llm.errored:
+                    await asyncio.shield(self._llm.abort(request_id))
+                await asyncio.shield(_account_rest(reader, outputs, tracker))
 
     def _usage_for(self, request_id: str, prompt_tokens: int) -> RequestUsage:
         usage = RequestUsage(prompt_tokens=prompt_tokens)
@@ -241,6 +225,81 @@ class InProcessEngine(PromptingMixin):
         if not self._closed:
             self._closed = True
             await asyncio.to_thread(self._llm.shutdown)
+
+
+_END = object()  # the stream reader's last item
+ABORT_DRAIN_S = 10.0  # how long an aborted request may take to report its final outputs
+
+
+class _SampleTracker:
+    """Turns streamed `RequestOutput`s into finished samples and keeps the request's usage.
+
+    With n > 1 a streamed `RequestOutput` may carry only the children that advanced, so samples
+    are tracked by `CompletionOutput.index`. Outputs are cumulative: a child's token count is
+    final once it has a finish reason ("abort" included: those tokens were generated too).
+    """
+
+    def __init__(self, usage: RequestUsage, request_id: str) -> None:
+        self.usage = usage
+        self.request_id = request_id
+        self.done: set[int] = set()
+        self.cached: int | None = None
+
+    def take(self, out: Any) -> list[Sample]:
+        # n > 1 fans out into child requests; each reports its own cache hits. The request's
+        # figure is the smallest (the prompt as first computed).
+        hits = int(out.num_cached_tokens or 0)
+        self.cached = hits if self.cached is None else min(self.cached, hits)
+        self.usage.cached_prompt_tokens = self.cached
+        finished: list[Sample] = []
+        for c in out.outputs:
+            if c.finish_reason is None or c.index in self.done:
+                continue
+            self.done.add(c.index)
+            self.usage.completion_tokens += len(c.token_ids)
+            if c.finish_reason == "abort":  # cut short: tokens were spent, no sample
+                extra = self.usage.extra
+                extra["aborted_samples"] = extra.get("aborted_samples", 0) + 1
+                continue
+            self.usage.samples += 1
+            finished.append(
+                Sample(
+                    index=c.index,
+                    text=c.text,
+                    completion_tokens=len(c.token_ids),
+                    finish_reason=c.finish_reason,
+                    prompt_tokens=self.usage.prompt_tokens,
+                    cached_prompt_tokens=self.cached or 0,
+                    cumulative_logprob=c.cumulative_logprob,
+                    request_id=self.request_id,
+                )
+            )
+        return finished
+
+
+async def _read_stream(stream: AsyncIterator[Any], outputs: asyncio.Queue[Any]) -> None:
+    """Copy the engine's stream into `outputs`, then an error if it failed, then `_END`."""
+    try:
+        async for out in _translate_errors(stream):
+            outputs.put_nowait(out)
+    except Exception as exc:
+        outputs.put_nowait(exc)
+    finally:
+        outputs.put_nowait(_END)
+
+
+async def _account_rest(
+    reader: asyncio.Task[None], outputs: asyncio.Queue[Any], tracker: _SampleTracker
+) -> None:
+    """Count the outputs the caller left unread (the aborted samples' final ones)."""
+    try:
+        async with asyncio.timeout(ABORT_DRAIN_S):
+            while (item := await outputs.get()) is not _END:
+                if not isinstance(item, Exception):
+                    tracker.take(item)
+    except TimeoutError:
+        log.warning("request %s: no final outputs after abort", tracker.request_id)
+        reader.cancel()
 
 
 async def _translate_errors(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
