@@ -152,15 +152,26 @@ class RunningServer:
         return f"{self.base_url}/v1"
 
 
+def listening_socket(host: str, port: int = 0) -> socket.socket:
+    """A bound TCP socket for uvicorn's `sockets=`.
+
+    IPPROTO_TCP explicitly: asyncio turns on TCP_NODELAY for accepted connections only when
+    the socket's proto says TCP, and `socket.socket()` says 0. Without it a response's header
+    and body writes meet the client's delayed ACK: back-to-back requests waited ~40 ms each.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
 @contextlib.asynccontextmanager
 async def serve_in_loop(app: FastAPI, host: str = "127.0.0.1") -> AsyncIterator[RunningServer]:
     """Serve `app` under uvicorn in the current event loop, on a free port, until the block
     exits. Tests and benchmarks use it to put real HTTP in front of an engine they share."""
     config = uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="on")
     server = _InLoopServer(config)
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, 0))
+    with listening_socket(host) as sock:
         port = sock.getsockname()[1]
         task = asyncio.create_task(server.serve(sockets=[sock]))
         try:
