@@ -130,15 +130,26 @@ async def test_remote_starts_past_a_dead_replica(remote: RemoteEngine) -> None:
 @pytest.mark.parametrize("n", [1, 8])
 async def test_remote_counts_and_token_accounting(remote: RemoteEngine, n: int) -> None:
     prompt = fresh_prompt(remote)
-    samples = await draw(remote, prompt, n, remote.params(max_tokens=32, seed=5))
+    request_id = uuid.uuid4().hex
+    params = remote.params(max_tokens=32, seed=5)
+    samples = sorted(
+        [s async for s in remote.sample(prompt, n, params, request_id)], key=lambda s: s.index
+    )
     assert [s.index for s in samples] == list(range(n))
     for s in samples:
         assert s.prompt_tokens == remote.count_tokens(prompt)
         assert s.cached_prompt_tokens == 0
         assert 1 <= s.completion_tokens <= 32
         eos = 1 if s.finish_reason == "stop" else 0
-        assert s.completion_tokens == remote.count_tokens(s.text) + eos
+        # At least the text's tokens: special tokens the model emits are generated (and billed)
+        # but left out of the text.
+        assert s.completion_tokens >= remote.count_tokens(s.text) + eos
         assert s.cumulative_logprob is not None and s.cumulative_logprob <= 0
+    # ... and exactly what the upstream itself says it generated.
+    usage = remote.request_usage(request_id)
+    assert usage is not None
+    assert usage.completion_tokens == sum(s.completion_tokens for s in samples)
+    assert usage.extra["upstream_completion_tokens"] == usage.completion_tokens
     assert remote.num_running == 0
 
 

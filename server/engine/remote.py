@@ -329,12 +329,23 @@ class RemoteEngine(PromptingMixin):
         details = (usage or {}).get("prompt_tokens_details") or {}
         cached = int(details.get("cached_tokens") or 0)
         reported_prompt = int((usage or {}).get("prompt_tokens") or prompt_tokens)
+        counted = sum(ch.tokens for ch in choices)
         self._usage[request_id] = RequestUsage(
             prompt_tokens=reported_prompt,
             cached_prompt_tokens=cached,
-            completion_tokens=sum(ch.tokens for ch in choices),
+            completion_tokens=counted,
             samples=len(finished),
         )
+        reported = (usage or {}).get("completion_tokens")
+        if reported is not None:  # the upstream's own total: a cross-check of the per-sample count
+            self._usage[request_id].extra["upstream_completion_tokens"] = int(reported)
+            if int(reported) != counted:
+                log.warning(
+                    "request %s: upstream reports %s completion tokens, samples carry %s",
+                    request_id,
+                    reported,
+                    counted,
+                )
         while len(self._usage) > 4096:
             self._usage.pop(next(iter(self._usage)))
         self._cache.requests += 1
