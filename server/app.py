@@ -90,6 +90,7 @@ def create_app(
                     await starter
             await engine_api.shutdown()
             metrics.set_engine_ready(False)
+            await state.verifiers.aclose()
             closer = getattr(state.billing, "close", None)
             if billing is None and closer is not None:
                 await closer()  # the ledger store this app opened

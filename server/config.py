@@ -65,6 +65,21 @@ class ControllerDefaults(_Strict):
     )
 
 
+class VerifierConfig(_Strict):
+    """An HTTP scoring service for the `verifier` and `best_of_n` aggregators.
+
+    Each sample is POSTed as {"question": <rendered prompt>, "candidate": <sample text>} and
+    must answer {"score": <number>}, higher is better (`verifier` weighs votes by it, so scores
+    should be ≥ 0, e.g. a probability). A failure or timeout degrades that request to a
+    majority vote, noted in `t2.note`; it never fails the request.
+    """
+
+    url: str = Field(pattern=r"^https?://", description="scoring endpoint")
+    timeout_s: float = Field(default=10.0, gt=0, le=600, description="all samples of a request")
+    headers: dict[str, str] = Field(default_factory=dict, description="e.g. Authorization")
+    concurrency: int = Field(default=8, ge=1, le=256, description="samples scored at once")
+
+
 class TenantConfig(_Strict):
     """A tenant: who it is (keys), what it may use (models) and how its requests are sampled.
 
@@ -86,6 +101,7 @@ class TenantConfig(_Strict):
     prices: Prices | None = Field(default=None, description="per-model prices (controller.budget)")
     budgets: Budgets | None = Field(default=None, description="per-request and window budgets")
     pacing: PacingSettings = Field(default_factory=lambda: PacingSettings())
+    verifier: VerifierConfig | None = None
 
     def may_use(self, model: str) -> bool:
         return "*" in self.models or model in self.models

@@ -21,7 +21,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.aggregate import AggregateResult, Candidate, aggregate, get_extractor
+from controller.aggregate import (
+    AggregateResult,
+    Candidate,
+    Verifier,
+    aggregate,
+    get_extractor,
+    score_candidates,
+)
 from controller.aggregate.vote import METHODS
 from controller.policy.base import Caps, Policy
 from controller.policy.factory import make_policy
@@ -97,6 +104,8 @@ class Outcome:
     chosen_index: int | None = None
     price_of_compute: float | None = None
     cost_unit: str = "tokens"
+    aggregator: str = ""
+    note: str | None = None
 
     def t2(self) -> dict[str, Any]:
         return {
@@ -110,6 +119,8 @@ class Outcome:
             "policy": self.policy,
             "answer": self.answer,
             "price_of_compute": self.price_of_compute,
+            "aggregator": self.aggregator,
+            "note": self.note,
         }
 
 
@@ -168,8 +179,10 @@ class Orchestrator:
         on_wave: WaveCallback | None = None,
         on_reserved: Callable[[], None] | None = None,
         tenant: str = "",
+        verifier: Verifier | None = None,
     ) -> Outcome:
-        """Sample until the policy stops (or a cap does), settling each wave; then aggregate.
+        """Sample until the policy stops (or a cap does), settling each wave; then aggregate
+        (scoring the samples with `verifier` for the `verifier` and `best_of_n` methods).
 
         Cancellation (a client disconnect) aborts the wave in flight and still settles the
         tokens generated so far before the CancelledError propagates.
@@ -254,7 +267,7 @@ class Orchestrator:
         if not drawn:
             raise UpstreamTimeout("the engine returned no samples")
         policy.observe(answers)
-        result = _aggregate(job.aggregator, answers, drawn)
+        result = await _aggregate(job, answers, drawn, verifier)
         chosen = drawn[result.chosen_index if result.chosen_index is not None else 0]
         out.text = chosen.text
         out.finish_reason = chosen.finish_reason
@@ -262,6 +275,8 @@ class Orchestrator:
         out.votes = dict(result.votes)
         out.agreement = result.agreement
         out.chosen_index = result.chosen_index
+        out.aggregator = result.method
+        out.note = result.note
         out.predicted_accuracy = run.predicted_accuracy
         return out
 
@@ -357,12 +372,38 @@ def _fit_cost(billing: Billing, size: int, prompt_tokens: int, max_tokens: int, 
     return size
 
 
-def _aggregate(method: str, answers: list[str | None], drawn: list[DrawnSample]) -> AggregateResult:
-    """Vote over the drawn samples; verifier methods without scores fall back to majority."""
+VERIFIED_METHODS = ("verifier", "best_of_n")
+
+
+async def _aggregate(
+    job: SamplingJob,
+    answers: list[str | None],
+    drawn: list[DrawnSample],
+    verifier: Verifier | None,
+) -> AggregateResult:
+    """Vote over the drawn samples. Verifier methods score them first; without a verifier, or
+    when it fails, they fall back to majority and the result's note says why."""
+    scores: list[float] | None = None
+    error: str | None = None
+    if job.aggregator in VERIFIED_METHODS:
+        if verifier is None:
+            error = "no verifier is configured for this tenant"
+        else:
+            outcome = await score_candidates(
+                verifier, job.prompt, [s.text for s in drawn], timeout_s=verifier_timeout(verifier)
+            )
+            scores, error = outcome.scores, outcome.error
     candidates = [
-        Candidate(answer=a, logprob=s.mean_logprob) for a, s in zip(answers, drawn, strict=True)
+        Candidate(answer=a, logprob=s.mean_logprob, score=scores[i] if scores else None)
+        for i, (a, s) in enumerate(zip(answers, drawn, strict=True))
     ]
-    return aggregate(candidates, method)
+    return aggregate(candidates, job.aggregator, verifier_error=error)
+
+
+def verifier_timeout(verifier: Verifier) -> float | None:
+    """The verifier's own limit for a whole request's samples, when it has one."""
+    timeout = getattr(verifier, "timeout_s", None)
+    return float(timeout) if timeout is not None else None
 
 
 class EngineAPI:

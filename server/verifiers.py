@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from server.config import TenantConfig, VerifierConfig
+
 
 class VerifierError(RuntimeError):
     """A verifier answered, but not with a usable score."""
@@ -38,6 +40,7 @@ class HttpVerifier:
     ) -> None:
         self.url = url
         self.name = name
+        self.timeout_s = timeout_s
         self._client = client or httpx.AsyncClient(timeout=timeout_s, headers=headers)
         self._owns_client = client is None
         self._limit = asyncio.Semaphore(max(1, concurrency))
@@ -116,3 +119,37 @@ class VllmRewardVerifier:
 
     async def score(self, question: str, candidates: Sequence[str]) -> list[float]:
         return list(await asyncio.gather(*(self._one(question, c) for c in candidates)))
+
+
+class VerifierBook:
+    """Each tenant's configured `HttpVerifier`, built on first use and rebuilt when a config
+    reload changes it; `aclose` releases every client (the app's shutdown calls it)."""
+
+    def __init__(self) -> None:
+        self._by_tenant: dict[str, tuple[VerifierConfig, HttpVerifier]] = {}
+        self._retired: list[HttpVerifier] = []
+
+    def get(self, tenant: TenantConfig) -> HttpVerifier | None:
+        cfg = tenant.verifier
+        if cfg is None:
+            return None
+        held = self._by_tenant.get(tenant.id)
+        if held is not None and held[0] == cfg:
+            return held[1]
+        if held is not None:  # requests in flight may still use it: close at shutdown
+            self._retired.append(held[1])
+        verifier = HttpVerifier(
+            cfg.url,
+            timeout_s=cfg.timeout_s,
+            headers=cfg.headers,
+            concurrency=cfg.concurrency,
+            name=f"verifier of {tenant.id}",
+        )
+        self._by_tenant[tenant.id] = (cfg, verifier)
+        return verifier
+
+    async def aclose(self) -> None:
+        for verifier in [v for _, v in self._by_tenant.values()] + self._retired:
+            await verifier.aclose()
+        self._by_tenant.clear()
+        self._retired.clear()

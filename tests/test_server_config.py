@@ -43,6 +43,18 @@ def test_shipped_default_config_is_valid_demo() -> None:
             {"tenants": [{"id": "a", "api_keys": [{"sha256": hash_key("x")}], "polcy": "t2"}]},
             "tenants.0.polcy",
         ),
+        (
+            {
+                "tenants": [
+                    {
+                        "id": "a",
+                        "api_keys": [{"sha256": hash_key("x")}],
+                        "verifier": {"url": "scorer.internal/score"},
+                    }
+                ]
+            },
+            "tenants.0.verifier.url",
+        ),
         ({"server": {"port": "eighty"}}, "server.port"),
         ({"defaults": {"max_tokens": -1}}, "defaults.max_tokens"),
         ({"models": []}, "models"),

@@ -219,7 +219,12 @@ class _Runs:
         self.tasks = [
             asyncio.create_task(
                 self.state.orchestrator.run(
-                    job, billing, on_wave=progress, on_reserved=first, tenant=self.tenant.id
+                    job,
+                    billing,
+                    on_wave=progress,
+                    on_reserved=first,
+                    tenant=self.tenant.id,
+                    verifier=self.state.verifiers.get(self.tenant),
                 )
             )
             for job, billing in zip(self.jobs, self.billings, strict=True)

@@ -24,6 +24,7 @@ from server.orchestrator import (
     SamplingJob,
     check_controller_names,
 )
+from server.verifiers import VerifierBook
 
 
 @dataclass
@@ -36,6 +37,7 @@ class AppState:
     def __post_init__(self) -> None:
         self.keyring = KeyRing(self.config)
         self.orchestrator = Orchestrator(self.engine_api)
+        self.verifiers = VerifierBook()
 
     def reload(self, config: AppConfig) -> None:
         """Swap in a new config; requests already running keep the objects they resolved."""

@@ -1,0 +1,118 @@
+"""Verifier aggregation through the server: a tenant's HTTP scoring service (a real loopback
+server) scores every sample of a request and `best_of_n` returns the top-scored one; a dead
+service, or a tenant without one, degrades to a majority vote and says so in `t2.note`."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from server.app import create_app
+from server.config import parse_config
+from tests.fixtures.prometheus import free_port
+from tests.fixtures.server import MODEL, LiveServer, serve_in_loop
+
+pytestmark = pytest.mark.engine
+
+KEYS = {"scored": "verifier-scored-key", "dead": "verifier-dead-key", "plain": "verifier-plain-key"}
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Q: 9+4-6=?"}]
+
+
+class LengthScorer(BaseHTTPRequestHandler):
+    """Scores a candidate by its length (so the best is known) and records what it was sent."""
+
+    seen: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        LengthScorer.seen.append(body)
+        payload = json.dumps({"score": float(len(body["candidate"]))}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def scorer_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), LengthScorer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/score"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+async def live(engine: Any, scorer_url: str) -> AsyncIterator[LiveServer]:
+    def tenant(name: str, **extra: Any) -> dict[str, Any]:
+        return {"id": name, "api_keys": [{"plain": KEYS[name]}], "models": [MODEL], **extra}
+
+    config = parse_config(
+        {
+            "demo": True,
+            "models": [{"id": MODEL, "path": "models/tiny-arith"}],
+            "defaults": {"policy": "fixed:4", "max_tokens": 24, "extractor": "last_number"},
+            "tenants": [
+                tenant("scored", aggregator="best_of_n", verifier={"url": scorer_url}),
+                tenant(
+                    "dead",
+                    aggregator="best_of_n",
+                    verifier={"url": f"http://127.0.0.1:{free_port()}/score", "timeout_s": 2},
+                ),
+                tenant("plain"),
+            ],
+        },
+        "verifier test config",
+    )
+    async with serve_in_loop(create_app(config, engine=engine)) as server:
+        yield server
+
+
+async def ask(live: LiveServer, tenant: str, **t2: Any) -> tuple[str, dict[str, Any]]:
+    api = openai.AsyncOpenAI(base_url=live.v1, api_key=KEYS[tenant], max_retries=0)
+    resp = await api.chat.completions.create(
+        model=MODEL, messages=MESSAGES, temperature=1.0, extra_body={"t2": t2} if t2 else None
+    )
+    return resp.choices[0].message.content or "", dict((resp.model_extra or {})["t2"])
+
+
+async def test_best_of_n_returns_the_top_scored_sample(live: LiveServer) -> None:
+    LengthScorer.seen.clear()
+    text, t2 = await ask(live, "scored")
+    assert t2["aggregator"] == "best_of_n" and t2["note"] is None
+    scored = [body["candidate"] for body in LengthScorer.seen]
+    assert len(scored) == t2["samples"] == 4  # every sample was scored, once
+    assert all("9+4-6" in body["question"] for body in LengthScorer.seen)  # the rendered prompt
+    assert text in scored and len(text) == max(map(len, scored))  # a longest one
+
+
+async def test_a_request_may_weigh_votes_by_the_verifier(live: LiveServer) -> None:
+    LengthScorer.seen.clear()
+    _, t2 = await ask(live, "scored", aggregator="verifier")
+    assert t2["aggregator"] == "verifier" and t2["note"] is None
+    assert len(LengthScorer.seen) == t2["samples"]
+
+
+@pytest.mark.parametrize(
+    ("tenant", "reason"),
+    [("dead", "verifier of dead"), ("plain", "no verifier is configured")],
+)
+async def test_without_a_working_verifier_the_vote_decides(
+    live: LiveServer, tenant: str, reason: str
+) -> None:
+    text, t2 = await ask(live, tenant, aggregator="best_of_n")
+    assert t2["aggregator"] == "majority"
+    assert reason in t2["note"] and "fell back to majority vote" in t2["note"]
+    assert text  # still answered
