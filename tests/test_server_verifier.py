@@ -4,11 +4,8 @@ service, or a tenant without one, degrades to a majority vote and says so in `t2
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any
 
 import openai
 import pytest
@@ -17,6 +14,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from server.app import create_app
 from server.config import parse_config
 from tests.fixtures.prometheus import free_port
+from tests.fixtures.scorer import Scorer, json_score, serve_scorer
 from tests.fixtures.server import MODEL, LiveServer, serve_in_loop
 
 pytestmark = pytest.mark.engine
@@ -25,37 +23,15 @@ KEYS = {"scored": "verifier-scored-key", "dead": "verifier-dead-key", "plain": "
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Q: 9+4-6=?"}]
 
 
-class LengthScorer(BaseHTTPRequestHandler):
-    """Scores a candidate by its length (so the best is known) and records what it was sent."""
-
-    seen: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        LengthScorer.seen.append(body)
-        payload = json.dumps({"score": float(len(body["candidate"]))}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+@pytest.fixture(scope="module")
+def scorer() -> Iterator[Scorer]:
+    """Scores a candidate by its length, so the best is known; records what it was sent."""
+    with serve_scorer(lambda _path, body: json_score(float(len(body["candidate"])))) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
-def scorer_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), LengthScorer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/score"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture(scope="module")
-async def live(engine: Any, scorer_url: str) -> AsyncIterator[LiveServer]:
+async def live(engine: Any, scorer: Scorer) -> AsyncIterator[LiveServer]:
     def tenant(name: str, **extra: Any) -> dict[str, Any]:
         return {"id": name, "api_keys": [{"plain": KEYS[name]}], "models": [MODEL], **extra}
 
@@ -65,7 +41,7 @@ async def live(engine: Any, scorer_url: str) -> AsyncIterator[LiveServer]:
             "models": [{"id": MODEL, "path": "models/tiny-arith"}],
             "defaults": {"policy": "fixed:4", "max_tokens": 24, "extractor": "last_number"},
             "tenants": [
-                tenant("scored", aggregator="best_of_n", verifier={"url": scorer_url}),
+                tenant("scored", aggregator="best_of_n", verifier={"url": f"{scorer.url}/score"}),
                 tenant(
                     "dead",
                     aggregator="best_of_n",
@@ -88,21 +64,23 @@ async def ask(live: LiveServer, tenant: str, **t2: Any) -> tuple[str, dict[str, 
     return resp.choices[0].message.content or "", dict((resp.model_extra or {})["t2"])
 
 
-async def test_best_of_n_returns_the_top_scored_sample(live: LiveServer) -> None:
-    LengthScorer.seen.clear()
+async def test_best_of_n_returns_the_top_scored_sample(live: LiveServer, scorer: Scorer) -> None:
+    scorer.seen.clear()
     text, t2 = await ask(live, "scored")
     assert t2["aggregator"] == "best_of_n" and t2["note"] is None
-    scored = [body["candidate"] for body in LengthScorer.seen]
+    scored = [body["candidate"] for body in scorer.seen]
     assert len(scored) == t2["samples"] == 4  # every sample was scored, once
-    assert all("9+4-6" in body["question"] for body in LengthScorer.seen)  # the rendered prompt
+    assert all("9+4-6" in body["question"] for body in scorer.seen)  # the rendered prompt
     assert text in scored and len(text) == max(map(len, scored))  # a longest one
 
 
-async def test_a_request_may_weigh_votes_by_the_verifier(live: LiveServer) -> None:
-    LengthScorer.seen.clear()
+async def test_a_request_may_weigh_votes_by_the_verifier(
+    live: LiveServer, scorer: Scorer
+) -> None:
+    scorer.seen.clear()
     _, t2 = await ask(live, "scored", aggregator="verifier")
     assert t2["aggregator"] == "verifier" and t2["note"] is None
-    assert len(LengthScorer.seen) == t2["samples"]
+    assert len(scorer.seen) == t2["samples"]
 
 
 @pytest.mark.parametrize(
