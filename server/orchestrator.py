@@ -389,21 +389,13 @@ async def _aggregate(
         if verifier is None:
             error = "no verifier is configured for this tenant"
         else:
-            outcome = await score_candidates(
-                verifier, job.prompt, [s.text for s in drawn], timeout_s=verifier_timeout(verifier)
-            )
+            outcome = await score_candidates(verifier, job.prompt, [s.text for s in drawn])
             scores, error = outcome.scores, outcome.error
     candidates = [
         Candidate(answer=a, logprob=s.mean_logprob, score=scores[i] if scores else None)
         for i, (a, s) in enumerate(zip(answers, drawn, strict=True))
     ]
     return aggregate(candidates, job.aggregator, verifier_error=error)
-
-
-def verifier_timeout(verifier: Verifier) -> float | None:
-    """The verifier's own limit for a whole request's samples, when it has one."""
-    timeout = getattr(verifier, "timeout_s", None)
-    return float(timeout) if timeout is not None else None
 
 
 class EngineAPI:

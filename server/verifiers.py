@@ -25,7 +25,8 @@ class HttpVerifier:
     """POST {"question", "candidate"} per candidate to `url`; expects {"score": <number>}.
 
     Candidates are scored concurrently (at most `concurrency` in flight) over one pooled
-    client. Non-2xx replies, bad JSON or a missing/non-numeric score raise VerifierError.
+    client, all within `timeout_s`. Non-2xx replies, bad JSON, a missing/non-numeric score or
+    the time running out raise VerifierError.
     """
 
     def __init__(
@@ -62,7 +63,11 @@ class HttpVerifier:
         return float(score)
 
     async def score(self, question: str, candidates: Sequence[str]) -> list[float]:
-        return list(await asyncio.gather(*(self._one(question, c) for c in candidates)))
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return list(await asyncio.gather(*(self._one(question, c) for c in candidates)))
+        except TimeoutError:
+            raise VerifierError(f"no scores within {self.timeout_s:g} s") from None
 
     async def aclose(self) -> None:
         if self._owns_client:

@@ -1,9 +1,7 @@
 """I/O verifiers: the HTTP verifier against a real loopback server, and failures degrading."""
 
-import json
-import threading
+import time
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,40 +9,22 @@ import pytest
 
 from controller.aggregate import Candidate, aggregate, get_extractor, score_candidates
 from server.verifiers import HttpVerifier, VllmRewardVerifier
+from tests.fixtures.scorer import json_score, serve_scorer
 
 
-class Scorer(BaseHTTPRequestHandler):
-    """Scores 1.0 when the candidate ends in the right number, 0.1 otherwise; /broken → 503."""
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path == "/broken":
-            self.send_response(503)
-            self.end_headers()
-            return
-        if self.path == "/garbage":
-            payload = b"not json"
-        else:
-            good = body["candidate"].rstrip(".").endswith("18")
-            payload = json.dumps({"score": 1.0 if good else 0.1}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+def ducks_rule(path: str, body: dict[str, Any]) -> tuple[int, bytes | None]:
+    """1.0 when the candidate ends in the right number, 0.1 otherwise; /broken → 503."""
+    if path == "/broken":
+        return 503, None
+    if path == "/garbage":
+        return 200, b"not json"
+    return json_score(1.0 if body["candidate"].rstrip(".").endswith("18") else 0.1)
 
 
 @pytest.fixture(scope="module")
 def scorer_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Scorer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_scorer(ducks_rule) as scorer:
+        yield scorer.url
 
 
 TEXTS = ["so she makes 20.", "she makes $18.", "answer 20", "that is 18."]
@@ -86,6 +66,20 @@ async def test_http_verifier_unreachable_is_an_error() -> None:
     finally:
         await verifier.aclose()
     assert outcome.scores is None and "http" in (outcome.error or "")
+
+
+async def test_http_verifier_slower_than_its_timeout_is_an_error() -> None:
+    def slow(_path: str, _body: dict[str, Any]) -> tuple[int, bytes | None]:
+        time.sleep(1.0)
+        return json_score(1.0)
+
+    with serve_scorer(slow) as scorer:
+        verifier = HttpVerifier(f"{scorer.url}/score", timeout_s=0.2)
+        try:
+            outcome = await score_candidates(verifier, "q", ["a", "b"])
+        finally:
+            await verifier.aclose()
+    assert outcome.scores is None and "no scores within 0.2 s" in (outcome.error or "")
 
 
 class PoolingStandIn:
