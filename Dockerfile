@@ -23,6 +23,7 @@ WORKDIR /opt/t2serve
 COPY pyproject.toml README.md ./
 COPY controller/ controller/
 COPY server/ server/
+COPY cli/ cli/
 RUN if command -v uv >/dev/null 2>&1; then \
         uv pip install --system --no-cache .; \
     else \

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli.app import app
 from controller.aggregate import get_extractor
 from controller.budget.simulate import parse_budget, simulate_budget
 from controller.replay import ReplayQuestion, load_replay
-from server.cli import app
 from tests.support import need
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/replay/date_understanding_gpt35_40.jsonl"

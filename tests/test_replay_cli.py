@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli.app import app
 from controller.aggregate import get_extractor
 from controller.replay import ReplayDataError, load_replay, parse_lines, replay
-from server.cli import app
 
 DATA = Path(__file__).parent / "data" / "replay_small.jsonl"
 runner = CliRunner()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner, Result
 
+from cli.app import app
 from controller.scaling.curves import Curves, LossParams, load_curves
-from server.cli import app
 
 HEADER = "model,params,tokens,problem,samples,correct"
 PYTHIA = "../shared/data/passk/pythia_gsm8k.csv"

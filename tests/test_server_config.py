@@ -9,9 +9,9 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from cli.serve import register
 from server.api.errors import APIError
 from server.auth import KeyRing
-from server.commands.serve import register
 from server.config import CONFIG_ENV, ConfigError, hash_key, load_config, parse_config
 
 MINIMAL = {

@@ -253,7 +253,7 @@ def replay_command(
     if skipped and not as_json:
         typer.echo(f"skipped {len(skipped)} question(s) with no samples: lines {skipped}", err=True)
     if budget is not None:
-        from server.commands.budget_replay import run_budget_replay
+        from cli.budget_replay import run_budget_replay
 
         run_budget_replay(
             questions, data, budget, policies[0], queries_per_day, days, seed, as_json

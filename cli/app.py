@@ -1,9 +1,8 @@
-"""The `t2serve` command line. Each command group lives in server/commands/ and registers
-itself here."""
+"""The `t2serve` typer app. Each command group lives in its own module and registers itself."""
 
 import typer
 
-from server.commands import replay, scaling, serve
+from cli import replay, scaling, serve
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Budget-aware test-time scaling server."

@@ -1,1 +1,0 @@
-"""CLI command groups, registered by server.cli."""
