@@ -7,8 +7,8 @@ tokens the engine reported, idempotently by (request id, wave), which releases t
 
 Tenants with neither prices nor budgets stay on `UnmeteredBilling` (no ledger I/O at all). The
 ledger store is opened on the first metered request, so a config without metered tenants never
-touches `var/`. λ (the t2 policy's price of compute) comes from `controller.budget.pacing`,
-computed from the figures the ledger returned on this replica's last call for the tenant.
+touches `var/`. The price of compute comes from `controller.pacing`, computed from the figures
+the ledger returned on this replica's last call for the tenant; the request's policy converts it.
 """
 
 from __future__ import annotations
@@ -28,13 +28,12 @@ from controller.budget import (
     Cost,
     Ledger,
     Pricer,
-    TenantPacer,
     Unit,
     WindowUsage,
-    default_initial_price,
     open_store,
 )
 from controller.budget.ledger import DEFAULT_TTL_S
+from controller.pacing import ComputePrice, TenantPacer, default_initial_price
 from server import metrics
 from server.billing_protocol import Billing, InsufficientQuota, UnmeteredBilling
 from server.config import AppConfig, TenantConfig
@@ -135,7 +134,7 @@ class BudgetProvider:
     def pacer(self, tenant: TenantConfig, pricer: Pricer) -> TenantPacer:
         pacer = self._pacers.get(tenant.id)
         if pacer is None:
-            initial: dict[Unit, float] = {
+            initial: dict[str, float] = {
                 "currency": default_initial_price(pricer.per_token("currency")),
                 "flops": default_initial_price(pricer.per_token("flops")),
             }
@@ -147,8 +146,9 @@ class BudgetProvider:
             return UnmeteredBilling()
         return LedgerBilling(self, tenant, model, request_id)
 
-    def price(self, tenant: TenantConfig, pricer: Pricer, unit: Unit) -> float | None:
-        """The tenant's λ now, from the last ledger figures this replica saw (None: no limits)."""
+    def price(self, tenant: TenantConfig, pricer: Pricer, unit: Unit) -> ComputePrice | None:
+        """The tenant's price of compute now, from the last ledger figures this replica saw
+        (None: nothing limited, pacing off, or a cap not under pressure)."""
         usage = self._usage.get(tenant.id)
         if not usage:
             return None
@@ -188,9 +188,8 @@ class BudgetProvider:
                 window_end=u.limit.span.end,
             )
         unit = billing_unit(tenant, pricer)
-        lam = self.price(tenant, pricer, unit)
-        if lam is not None:
-            metrics.set_price_of_compute(tenant.id, lam)
+        price = self.price(tenant, pricer, unit)
+        metrics.set_price_of_compute(tenant.id, price.lam if price is not None else 0.0)
 
     def _flush(self, tenant: TenantConfig, pricer: Pricer) -> None:
         self._trailing.discard(tenant.id)
@@ -231,13 +230,18 @@ class BudgetProvider:
             "currency": tenant.prices.currency if tenant.prices else None,
             "metered": self.metered(tenant),
             "windows": windows,
-            "price_of_compute": self.price(tenant, pricer, unit),
+            "price_of_compute": _lam(self.price(tenant, pricer, unit)),
+            "pacing_mode": tenant.pacing.mode,
         }
 
     async def close(self) -> None:
         if self._ledger is not None:
             await self._ledger.close()
             self._ledger = None
+
+
+def _lam(price: ComputePrice | None) -> float | None:
+    return price.lam if price is not None else None
 
 
 class LedgerBilling:
@@ -335,10 +339,7 @@ class LedgerBilling:
         values = [x for x in left if x is not None]
         return max(0.0, min(values)) if values else None
 
-    def price_of_compute(self) -> float | None:
-        policy = self.tenant.policy or self.provider.default_policy
-        if not policy.startswith("t2"):
-            return None  # λ is t2's knob; other policies read `price` differently
+    def price_of_compute(self) -> ComputePrice | None:
         return self.provider.price(self.tenant, self.pricer, self.cost_unit)
 
     def _check_soft(self, usage: list[WindowUsage]) -> None:

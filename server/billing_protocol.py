@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from controller.pacing import ComputePrice
     from server.config import TenantConfig
 
 
@@ -69,9 +70,9 @@ class Billing(Protocol):
         """Budget left after this request (tightest window), or None when unlimited."""
         ...
 
-    def price_of_compute(self) -> float | None:
-        """The pacing λ per unit of this billing's cost (the t2 policy then prices a sample at
-        its worst-case `quote`), or None to let the policy use its own λ per sample."""
+    def price_of_compute(self) -> ComputePrice | None:
+        """The budget's price of compute, per unit of this billing's cost (the request's policy
+        converts it, pricing a sample at its worst-case `quote`), or None: no pressure."""
         ...
 
 
@@ -106,7 +107,7 @@ class UnmeteredBilling:
     def remaining(self) -> float | None:
         return None
 
-    def price_of_compute(self) -> float | None:
+    def price_of_compute(self) -> ComputePrice | None:
         return None
 
 

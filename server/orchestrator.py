@@ -189,15 +189,11 @@ class Orchestrator:
         """
         out = Outcome(policy=job.policy, cost_unit=billing.unit)
         policy = self.policies.get(tenant, job.policy)
-        # λ is a price per unit of cost: with a pacing price from billing, one sample costs its
-        # worst-case quote; without one the policy's own λ applies, which is per sample.
+        # The budget's price is per unit of cost; the policy prices a sample at its worst case.
         price = billing.price_of_compute()
-        per_sample = (
-            max(billing.quote(job.prompt_tokens, job.max_tokens), 1e-12)
-            if price is not None
-            else 1.0
-        )
-        run = policy.start(Caps(max_samples=job.max_samples, cost_per_sample=per_sample), price)
+        per_sample = max(billing.quote(job.prompt_tokens, job.max_tokens), 1e-12)
+        caps = Caps(max_samples=job.max_samples, cost_per_sample=per_sample, cost_unit=billing.unit)
+        run = policy.start(caps, price)
         extract = get_extractor(job.extractor)
         drawn: list[DrawnSample] = []
         answers: list[str | None] = []
@@ -260,7 +256,8 @@ class Orchestrator:
                     break
         finally:
             out.samples = len(drawn)
-            out.price_of_compute = billing.price_of_compute()
+            paced = billing.price_of_compute()
+            out.price_of_compute = paced.lam if paced is not None else None
             with contextlib.suppress(Exception):
                 await _uncancellable(billing.close())
 

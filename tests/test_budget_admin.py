@@ -128,8 +128,12 @@ async def test_tenant_report_shows_spend_limit_remaining_and_lambda(
     assert day["reserved"] == pytest.approx(0.0)
     assert day["remaining"] == pytest.approx(3.5)
     assert 0 < day["resets_in_s"] <= 86400
-    assert body["price_of_compute"] > 0 and body["unit"] == "currency"
+    assert body["unit"] == "currency" and body["pacing_mode"] == "cap"
     assert body["currency"] == "USD"
+    # 4.9 of 5 spent is ahead of pace at any hour: the cap now puts a price on compute
+    assert await spend(app, "r2", 3400) == pytest.approx(3.4)
+    body = (await client.get("/admin/tenants/acme", headers=auth(ADMIN_KEY))).json()
+    assert body["price_of_compute"] > 0
     free = (await client.get("/admin/tenants/free", headers=auth(ADMIN_KEY))).json()
     assert free["metered"] is False
     missing = await client.get("/admin/tenants/nobody", headers=auth(ADMIN_KEY))

@@ -141,23 +141,32 @@ async def test_soft_budget_allows_and_unpriced_tenants_stay_unmetered(tmp_path: 
         await provider.close()
 
 
-async def test_lambda_rises_when_the_budget_burns_faster_than_time(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path, budgets={"day": {"limit": 10.0}}, policy="t2")
+@pytest.mark.parametrize("mode", ["cap", "spend"])
+async def test_lambda_rises_when_the_budget_burns_faster_than_time(
+    tmp_path: Path, mode: str
+) -> None:
+    cfg = make_config(
+        tmp_path, budgets={"day": {"limit": 10.0}}, policy="t2", pacing={"mode": mode}
+    )
     clock = ManualClock(datetime(2026, 5, 4, 12, 0, 0, tzinfo=UTC).timestamp())  # half the day
     provider = BudgetProvider(cfg, clock=clock, publish_metrics=False)
+    start = 0.002 / 2e-3  # λ₀: the reference sample price for a 256-token sample, per EUR
     try:
         b = handle(provider, cfg, "warm")
         await b.reserve(wave=0, samples=1, prompt_tokens=10, max_tokens=10)
         await b.settle(wave=0, prompt_tokens=10, completion_tokens=10)
         await b.close()
         slack = handle(provider, cfg, "a").price_of_compute()
-        assert slack is not None
-        assert slack < 0.002 / 2e-3  # far below budget × elapsed: λ under its start value
+        if mode == "cap":
+            assert slack is None  # far below budget × elapsed: a cap adds no pressure
+        else:
+            assert slack is not None and slack.mode == "spend"
+            assert slack.lam < start  # spend mode lowers λ to use the slack
         burn = handle(provider, cfg, "big")
         await burn.settle(wave=0, prompt_tokens=1000, completion_tokens=3500)  # 8 EUR by noon
         hot = handle(provider, cfg, "b").price_of_compute()
-        assert hot is not None and hot > 10 * slack
-        assert hot > 0.002 / 2e-3  # above budget × elapsed: λ above its start value
+        assert hot is not None and hot.mode == mode and hot.unit == "currency"
+        assert hot.lam > start  # above budget × elapsed: λ above its start value
     finally:
         await provider.close()
 

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from controller.policy.pacing import PacingController
+from controller.pacing import PacingController
 
 
 def test_overspend_raises_price_and_underspend_lowers_it() -> None:

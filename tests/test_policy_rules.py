@@ -131,7 +131,7 @@ def test_t2_upfront_mode_picks_k_once_and_k_falls_with_price() -> None:
     k = run.decide([]).wave
     assert run.decide(["a"] * k).reason == "marginal_value"
     curve = T2(lam=0.01, upfront=True, curve=lambda k: 1 - 0.5 / k)
-    assert curve.upfront_k(0.01, 1.0, 40) == 7  # 0.5/k² = 0.01 → k ≈ 7.07
+    assert curve.upfront_k(0.01, 40) == 7  # 0.5/k² = 0.01 → k ≈ 7.07
 
 
 def test_t2_refits_its_prior_from_traffic() -> None:

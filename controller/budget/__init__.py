@@ -1,11 +1,12 @@
-"""Budgets: prices, windows, reservations and the ledger (SQLite or Redis), plus pacing λ.
+"""Budgets: prices, windows, reservations and the ledger (SQLite or Redis).
+
+The price of compute that budgets set lives in `controller.pacing`.
 
 Public interface:
 - `Prices`, `Budgets`, `Budget`, `RequestBudget`, `PacingSettings` (pydantic, config schema);
 - `Pricer(prices, model, params).cost(prompt, completion) -> Cost(money, flops)`;
 - `Ledger(store, clock=time.time, ttl_s=...)`: `reserve`, `settle`, `release`, `usage`;
 - `open_store("sqlite", path=...)` / `open_store("redis", url=...)` → a `LedgerStore`;
-- `TenantPacer(settings, initial_prices).price(usage, now, unit)` → λ for the t2 policy;
 - `simulate_budget(...)` (controller.budget.simulate): the simulated-clock budget replay.
 """
 
@@ -33,7 +34,6 @@ from controller.budget.models import (
     Unit,
     WindowName,
 )
-from controller.budget.pacing import TenantPacer, default_initial_price
 from controller.budget.pricing import Cost, Pricer
 
 
@@ -68,10 +68,8 @@ __all__ = [
     "RequestBudget",
     "ReserveOutcome",
     "SettleOutcome",
-    "TenantPacer",
     "Unit",
     "WindowName",
     "WindowUsage",
-    "default_initial_price",
     "open_store",
 ]

@@ -77,7 +77,12 @@ class Budgets(_Strict):
 
 
 class PacingSettings(_Strict):
-    """How the tenant's price of compute λ follows its spend (controller.policy.pacing).
+    """How the tenant's price of compute λ follows its spend (controller.pacing).
+
+    `mode: cap` (the default) treats every budget as a cap: λ only rises above the policy's own
+    price while a window spends faster than time passes, and never lowers it. `mode: spend`
+    steers spend toward each window's limit (for a prepaid allotment that should be used up):
+    its λ replaces the policy's own, so slack buys more samples.
 
     `initial_price` is λ at zero surplus, per unit of the budget's unit; by default it is t2's
     default λ per sample for a 256-token sample at the tenant's completion price, and each new
@@ -86,6 +91,7 @@ class PacingSettings(_Strict):
     """
 
     enabled: bool = True
+    mode: Literal["cap", "spend"] = "cap"
     initial_price: float | None = Field(default=None, gt=0)
     horizon: float = Field(default=0.01, gt=0, le=1)
     gain: float = Field(default=1.0, gt=0)

@@ -1,6 +1,10 @@
 """Budget replay on a simulated clock: does a tenant's daily budget end the day spent, and never
 refuse, when the t2 policy is paced by `TenantPacer` (the server's own pacing code)?
 
+It runs the opt-in `spend` pacing mode by default, the one for a prepaid allotment that should
+be used up; in the default server mode, `cap`, a budget is only a ceiling and a day with slack
+ends mostly unspent (pass `pacing=PacingSettings(mode="cap")` to see that).
+
 A steady stream of `queries` questions arrives evenly over one calendar UTC day (with seeded
 jitter); each draws recorded samples from a replay file through the real policy objects. Before
 each question the pacer turns the day's spend so far and the elapsed fraction of the day into λ,
@@ -22,9 +26,9 @@ import numpy as np
 from controller.aggregate.vote import Candidate, aggregate
 from controller.budget.ledger import Limit, WindowUsage
 from controller.budget.models import ModelPrice, PacingSettings, Prices
-from controller.budget.pacing import TenantPacer, default_initial_price
 from controller.budget.pricing import Cost, Pricer
 from controller.budget.windows import span
+from controller.pacing import ComputePrice, TenantPacer, default_initial_price
 from controller.policy.base import Caps
 from controller.policy.factory import make_policy
 from controller.replay.data import ReplayQuestion
@@ -142,7 +146,7 @@ def simulate_budget(
     daily = budget if budget is not None else samples_per_query * queries_per_day * one_sample
     if not daily > 0:
         raise ValueError("the budget must be > 0 (give prices or --budget)")
-    settings = pacing or PacingSettings()
+    settings = pacing or PacingSettings(mode="spend")
     pacer = TenantPacer(settings, {"currency": default_initial_price(pricer.per_token("currency"))})
     pol = make_policy(policy)
     rng = np.random.default_rng(seed)
@@ -164,14 +168,16 @@ def simulate_budget(
             now = day_start + float(offsets[i]) * DAY_S
             limit = Limit(span("day", False, now), "currency", daily, hard)
             usage = WindowUsage(limit, Cost(spent, 0.0), Cost())
-            lam = pacer.price([usage], now, "currency") or lam
+            paced = pacer.price([usage], now, "currency")
+            lam = paced.lam if paced is not None else lam
             if i % max(1, queries_per_day // 200) == 0:
                 trace.append((now - day_start, lam, spent))
             question = questions[int(order[i])]
             sample_order = rng.permutation(len(question.samples)).tolist()
             cap = min(max_samples, len(question.samples))
             worst = pricer.cost(prompt_tokens, round(sample_tokens)).money
-            run = pol.start(Caps(max_samples=cap, cost_per_sample=worst), lam)
+            caps = Caps(max_samples=cap, cost_per_sample=worst, cost_unit="currency")
+            run = pol.start(caps, paced or ComputePrice(lam, "currency", settings.mode))
             answers: list[str | None] = []
             picked: list[int] = []
             while True:

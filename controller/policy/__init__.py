@@ -4,23 +4,23 @@ Public interface (the server's request loop and the replay harness run exactly t
 
 - `make_policy(spec: str, **overrides) -> Policy` for "fixed:5", "adaptive_consistency[:C]",
   "esc[:w]", "t2[:λ | lam=..,value=..,wave=..,upfront,norefit]".
-- `Policy.start(caps: Caps, price: float | None = None) -> PolicyRun`: one per request.
-  `price` overrides the compute-price knob (λ for t2; scales 1 − C for AC, w for ESC) and
-  is what average-budget pacing sets. `Policy.observe(answers)` after a request lets t2
-  refit its prior from traffic.
+- `Policy.start(caps: Caps, price: ComputePrice | None = None) -> PolicyRun`: one per
+  request. `price` (controller.pacing) is the price of compute that budgets or average-budget
+  pacing set; each policy converts it explicitly (`Policy.sample_price`, `Policy.pressure`):
+  λ for t2, 1 − C for AC, the window for ESC; fixed:k ignores it. `Policy.observe(answers)`
+  after a request lets t2 refit its prior from traffic.
 - `PolicyRun.decide(answers: Sequence[str | None]) -> Decision`: answers so far in draw
   order (None = abstained). Decision(stop=True, reason) with reason in STOP_REASONS, or
   Decision(stop=False, wave=w): draw w more. Caps (max_samples, max_cost / cost_per_sample,
   budget_samples) are enforced for every policy.
 - `PolicyRun.predicted_accuracy`: posterior probability that the current leader is what
   unlimited sampling would pick (report it as `predicted_accuracy`).
-- `PacingController` (controller.policy.pacing): the one online price controller, for
-  average-samples budgets and for per-tenant spend-vs-window pacing.
+Pacing itself (the controller that moves λ, and a tenant's λ from its windows) is
+`controller.pacing`.
 """
 
 from controller.policy.base import STOP_REASONS, Caps, Decision, Policy, PolicyRun, StopReason
 from controller.policy.factory import POLICY_NAMES, make_policy
-from controller.policy.pacing import PacingController, PacingState
 from controller.policy.prior import UNIFORM, LeaderPrior, fit_leader_prior
 from controller.policy.rules import AdaptiveConsistency, Esc, Fixed, beta_confidence
 from controller.policy.t2 import T2, leader_probability, majority_curve
@@ -36,8 +36,6 @@ __all__ = [
     "Esc",
     "Fixed",
     "LeaderPrior",
-    "PacingController",
-    "PacingState",
     "Policy",
     "PolicyRun",
     "StopReason",

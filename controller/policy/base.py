@@ -1,7 +1,9 @@
 """The policy contract: given the answers so far, stop (and why) or draw a wave of w samples.
 
 A `Policy` is long-lived (one per tenant/route; it may learn from finished questions through
-`observe`). `Policy.start(caps, price)` returns a `PolicyRun` for one request, whose
+`observe`). `Policy.start(caps, price)` returns a `PolicyRun` for one request (`price`, a
+`controller.pacing.ComputePrice` or None, is what budgets say compute costs; each policy turns
+it into its own knob through `Policy.sample_price`), whose
 `decide(answers)` is called with every answer drawn so far, in draw order (None for a sample
 that abstained), and returns a `Decision`. The caps are enforced here, once, for every
 policy: a policy says what it wants, `PolicyRun.decide` clamps it to what the caps allow.
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from controller.aggregate.vote import count_votes
+from controller.pacing import REFERENCE_SAMPLE_PRICE, SAMPLE, ComputePrice
 
 StopReason = Literal[
     "converged", "max_samples", "max_cost", "budget", "exhausted", "marginal_value", "fixed"
@@ -35,8 +38,10 @@ class Caps:
     """Hard limits for one request.
 
     max_samples: never draw more than this many samples in total.
-    cost_per_sample: cost of one sample in the caller's unit (tokens, money); used by
-        max_cost and by t2's price (λ is per unit of cost).
+    cost_per_sample: cost of one sample in `cost_unit` (a worst-case quote); used by
+        max_cost and to turn a price per unit of cost into a price per sample.
+    cost_unit: what costs are counted in: "sample" (the default: one per sample), or the
+        billing unit ("currency", "flops", "tokens").
     max_cost: total cost cap for the request, in the same unit (None = no cap).
     budget_samples: how many more samples the tenant's remaining budget affords at start
         (None = unlimited).
@@ -44,6 +49,7 @@ class Caps:
 
     max_samples: int
     cost_per_sample: float = 1.0
+    cost_unit: str = SAMPLE
     max_cost: float | None = None
     budget_samples: int | None = None
 
@@ -131,12 +137,29 @@ class Policy(ABC):
 
     spec: str
     adaptive: bool = True
-    default_price: float = 1.0
-    """The knob's neutral value; average-budget pacing starts from it (λ for t2)."""
+
+    @property
+    def own_sample_price(self) -> float:
+        """λ per sample at which this policy behaves as its own settings say. t2 has its own
+        λ; rules without one (Adaptive-Consistency, ESC) stand at the reference price."""
+        return REFERENCE_SAMPLE_PRICE
+
+    def sample_price(self, price: ComputePrice | None, caps: Caps) -> float:
+        """The per-sample λ to run with: the policy's own, combined with `price` by its mode
+        (a cap can only raise it; a spend target replaces it)."""
+        if price is None:
+            return self.own_sample_price
+        return price.combine(self.own_sample_price, caps.cost_per_sample, caps.cost_unit)
+
+    def pressure(self, price: ComputePrice | None, caps: Caps) -> float:
+        """How much dearer compute is than this policy's own settings assume (1 = as set)."""
+        own = self.own_sample_price
+        paced = self.sample_price(price, caps)
+        return paced / own if own > 0 else 1.0
 
     @abstractmethod
-    def start(self, caps: Caps, price: float | None = None) -> PolicyRun:
-        """A run for one request. `price` overrides the policy's compute-price knob (pacing)."""
+    def start(self, caps: Caps, price: ComputePrice | None = None) -> PolicyRun:
+        """A run for one request, priced by `price` (None: the policy's own settings)."""
 
     def observe(self, answers: Sequence[str | None]) -> None:  # noqa: B027 - optional hook
         """Learn from a finished question's drawn answers (t2 refits its prior). Default: no-op."""

@@ -12,7 +12,8 @@ The fit itself is `controller.scaling.beta.fit_beta_binomial` (one concept, one 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,19 +60,31 @@ def anchor_pairs(prior: LeaderPrior, weight: int, n: int = 8) -> list[tuple[int,
 
 
 def fit_leader_prior(
-    pairs: Sequence[tuple[int, int]], anchor: LeaderPrior = UNIFORM, anchor_weight: int = 10
+    pairs: Iterable[tuple[int, int]] | Mapping[tuple[int, int], int],
+    anchor: LeaderPrior = UNIFORM,
+    anchor_weight: int = 10,
 ) -> LeaderPrior:
     """Fit Beta(a, b) to (n, c) pairs (n = top-two votes, c = leader votes); skips n = 0.
 
+    `pairs` is a list of pairs or a count table {(n, c): questions}: the fit is weighted, so
+    its cost grows with the distinct pairs, not with the questions seen.
     `anchor_weight` pseudo-questions drawn from `anchor` (the cold-start prior) regularise
     the fit (see anchor_pairs); their weight fades as traffic accumulates.
     """
-    kept = [(n, c) for n, c in pairs if n > 0]
-    if len(kept) < 2:
+    table: Counter[tuple[int, int]] = Counter()
+    if isinstance(pairs, Mapping):
+        table.update({k: int(v) for k, v in pairs.items() if k[0] > 0 and v > 0})
+    else:
+        table.update(p for p in pairs if p[0] > 0)
+    if table.total() < 2:
         return anchor
-    kept += anchor_pairs(anchor, anchor_weight) if anchor_weight > 0 else []
-    n = np.array([p[0] for p in kept], dtype=float)
-    c = np.array([p[1] for p in kept], dtype=float)
-    fit = fit_beta_binomial(n, c, scaled=False)  # the leader's share can reach 1: plain Beta
+    if anchor_weight > 0:
+        table.update(anchor_pairs(anchor, anchor_weight))
+    keys = list(table)
+    n = np.array([k[0] for k in keys], dtype=float)
+    c = np.array([k[1] for k in keys], dtype=float)
+    w = np.array([table[k] for k in keys], dtype=float)
+    # the leader's share can reach 1: plain Beta
+    fit = fit_beta_binomial(n, c, scaled=False, weights=w)
     a, b = float(fit.a), float(fit.b)
     return LeaderPrior(max(a, 1e-3), max(b, 1e-3))

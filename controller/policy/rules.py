@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from scipy.special import betainc
 
+from controller.pacing import ComputePrice
 from controller.policy.base import Caps, Decision, Policy, PolicyRun, top_two
 
 
@@ -47,8 +48,8 @@ class Fixed(Policy):
         self.k = k
         self.spec = label or f"fixed:{k}"
 
-    def start(self, caps: Caps, price: float | None = None) -> PolicyRun:
-        return FixedRun(caps, self.k)
+    def start(self, caps: Caps, price: ComputePrice | None = None) -> PolicyRun:
+        return FixedRun(caps, self.k)  # k is the contract: no price changes it
 
 
 class AdaptiveConsistencyRun(PolicyRun):
@@ -76,7 +77,9 @@ class AdaptiveConsistencyRun(PolicyRun):
 class AdaptiveConsistency(Policy):
     """Aggarwal et al. 2023: stop once 1 − I_0.5(v1+1, v2+1) ≥ C (C = 0.95 by default).
 
-    Under pacing, the price p scales the allowed doubt: C' = 1 − (1 − C)·p (p > 1 = cheaper).
+    Under a price of compute, the pressure m (`Policy.pressure`: the per-sample λ over the
+    reference price) scales the allowed doubt: C' = 1 − (1 − C)·m. A budget in cap mode only
+    ever gives m ≥ 1, so C' ≤ C: budgets make it stop sooner, never later.
     """
 
     def __init__(self, threshold: float = 0.95, wave: int = 1) -> None:
@@ -88,10 +91,11 @@ class AdaptiveConsistency(Policy):
         self.wave = wave
         self.spec = f"adaptive_consistency:{threshold:g}"
 
-    def start(self, caps: Caps, price: float | None = None) -> PolicyRun:
+    def start(self, caps: Caps, price: ComputePrice | None = None) -> PolicyRun:
+        m = self.pressure(price, caps)
         threshold = self.threshold
-        if price is not None:
-            threshold = min(0.99999, max(0.5, 1.0 - (1.0 - self.threshold) * price))
+        if m != 1.0:
+            threshold = min(0.99999, max(0.5, 1.0 - (1.0 - self.threshold) * m))
         return AdaptiveConsistencyRun(caps, threshold, self.wave)
 
 
@@ -121,7 +125,8 @@ class Esc(Policy):
     """Early-stopping self-consistency (Li et al. 2024): windows of w samples; stop at the
     first window whose w answers are unanimous (default w = 5). Abstentions break unanimity.
 
-    Under pacing, the price p shrinks the window: w' = max(2, round(w / p)).
+    Under a price of compute, the pressure m (see AdaptiveConsistency) shrinks the window:
+    w' = max(2, round(w / m)); at m = 1 the window is exactly w.
     """
 
     def __init__(self, window: int = 5) -> None:
@@ -130,8 +135,7 @@ class Esc(Policy):
         self.window = window
         self.spec = f"esc:{window}"
 
-    def start(self, caps: Caps, price: float | None = None) -> PolicyRun:
-        window = self.window
-        if price is not None:
-            window = max(2, round(self.window / price))
+    def start(self, caps: Caps, price: ComputePrice | None = None) -> PolicyRun:
+        m = self.pressure(price, caps)
+        window = self.window if m == 1.0 else max(2, round(self.window / m))
         return EscRun(caps, window)

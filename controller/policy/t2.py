@@ -16,27 +16,37 @@ abstain are accounted for by the pair's share f, so d pair votes cost d / f samp
 gain in accuracy is that probability times the chance that unlimited sampling is right,
 estimated by the leader's posterior-mean share (self-consistency's calibration).
 
-Stop rule. Continue while max_d [gain_d · value_per_correct − λ · cost_per_sample · d/f]
-is positive; otherwise stop with "marginal_value". Caps are enforced by PolicyRun.
+Stop rule. Continue while max_d [gain_d · value_per_correct − λ · d/f] is positive, with λ
+the per-sample price (`Policy.sample_price`: the policy's own λ, combined with the budget's
+`ComputePrice`); otherwise stop with "marginal_value". Caps are enforced by PolicyRun.
 
-Up-front mode (latency-bound callers): k = argmax_k value·Acc(k) − λ·cost·k from the curve
+Up-front mode (latency-bound callers): k = argmax_k value·Acc(k) − λ·k from the curve
 (by default the prior's majority-vote curve), drawn in one wave.
+
+Memory. What t2 learns from traffic is a count table of (n, c) pairs, with n capped at
+MAX_PAIR_VOTES, so it stays bounded however long it serves; value tables are shared between
+policies with the same prior.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import numpy as np
 from scipy.special import betainc, betaln, gammaln
 
+from controller.pacing import REFERENCE_SAMPLE_PRICE, ComputePrice
 from controller.policy.base import Caps, Decision, Policy, PolicyRun, top_two
 from controller.policy.prior import UNIFORM, LeaderPrior, fit_leader_prior
 
 LOOKAHEAD: tuple[int, ...] = (1, 2, 4, 8, 16)
 MAX_TABLE = 256
+MAX_PAIR_VOTES = 64
+"""Finished questions with more top-two votes are scaled down to this many (c in proportion)
+before they enter the count table, which so holds at most ~2,100 distinct pairs."""
 
 
 @lru_cache(maxsize=64)
@@ -106,6 +116,13 @@ class ValueTable:
         return self.values[v1][v2], self.q[v1][v2]
 
 
+@lru_cache(maxsize=32)
+def value_table(prior: LeaderPrior, size: int) -> ValueTable:
+    """The shared table for a prior: policies that start from the same prior (every new
+    tenant's t2 starts from the deployment's) hold one between them, not one each."""
+    return ValueTable(prior, size)
+
+
 def leader_probability(prior: LeaderPrior, v1: int, v2: int) -> float:
     """q = P(the current leader is the answer unlimited sampling would pick | v1, v2)."""
     if v1 == 0:
@@ -134,6 +151,7 @@ def majority_curve(prior: LeaderPrior, k_max: int) -> np.ndarray:
 
 class T2Run(PolicyRun):
     def __init__(self, policy: T2, caps: Caps, lam: float) -> None:
+        """`lam`: the price of one sample, in units of value_per_correct."""
         super().__init__(caps)
         self.policy = policy
         self.lam = lam
@@ -148,7 +166,7 @@ class T2Run(PolicyRun):
                 self._update_q(answers)
                 return Decision.halt("marginal_value")
             self._upfront_done = True
-            return Decision.draw(p.upfront_k(self.lam, self.caps.cost_per_sample, max(1, allowed)))
+            return Decision.draw(p.upfront_k(self.lam, max(1, allowed)))
         n = len(answers)
         _, v1, v2 = top_two(answers)
         if v1 == 0:
@@ -159,7 +177,7 @@ class T2Run(PolicyRun):
         answered = n - answers.count(None)
         pair_share = (v1 + v2 + 1.0) / (n + 2.0)
         scale = p.value_per_correct * ((v1 + 1.0) / (answered + 2.0) if p.calibrated else 1.0)
-        unit = self.lam * self.caps.cost_per_sample / pair_share
+        unit = self.lam / pair_share
         now = values[0]
         best_net, best_d = 0.0, 0
         for i, d in enumerate(LOOKAHEAD, start=1):
@@ -184,7 +202,8 @@ class T2Run(PolicyRun):
 class T2(Policy):
     """The t2 policy (see module doc).
 
-    lam: λ, the price of one unit of cost (cost_per_sample), in units of value_per_correct.
+    lam: λ, the price of one sample, in units of value_per_correct (a budget's ComputePrice
+        can raise it; see `Policy.sample_price`).
     value_per_correct: what a correct answer is worth.
     prior: the starting LeaderPrior (from the deployment's curves; uniform if unknown).
     refit: refit the prior online from observed questions (`observe`) every `refit_every`
@@ -198,7 +217,7 @@ class T2(Policy):
 
     def __init__(
         self,
-        lam: float = 0.002,
+        lam: float = REFERENCE_SAMPLE_PRICE,
         *,
         value_per_correct: float = 1.0,
         prior: LeaderPrior = UNIFORM,
@@ -211,9 +230,9 @@ class T2(Policy):
         upfront: bool = False,
         curve: Callable[[int], float] | None = None,
     ) -> None:
-        if not lam >= 0:
-            raise ValueError("t2 λ must be >= 0")
-        if not value_per_correct > 0:
+        if not (math.isfinite(lam) and lam >= 0):
+            raise ValueError("t2 λ must be a finite number >= 0")
+        if not (math.isfinite(value_per_correct) and value_per_correct > 0):
             raise ValueError("value_per_correct must be > 0")
         if wave < 1 or first_wave < 1:
             raise ValueError("wave sizes must be >= 1")
@@ -229,24 +248,31 @@ class T2(Policy):
         self.calibrated = calibrated
         self.upfront = upfront
         self.curve = curve
-        self.history: list[tuple[int, int]] = []
+        self.counts: Counter[tuple[int, int]] = Counter()
+        self.seen = 0
         self._table: ValueTable | None = None
         mode = ",upfront" if upfront else ""
         self.spec = f"t2:lam={lam:g}{mode}"
-        self.default_price = lam if lam > 0 else 1e-4
 
-    def start(self, caps: Caps, price: float | None = None) -> PolicyRun:
-        return T2Run(self, caps, self.lam if price is None else price)
+    @property
+    def own_sample_price(self) -> float:
+        return self.lam
+
+    def start(self, caps: Caps, price: ComputePrice | None = None) -> PolicyRun:
+        return T2Run(self, caps, self.sample_price(price, caps))
 
     def observe(self, answers: Sequence[str | None]) -> None:
-        """Record a finished question's votes; refit the prior on schedule."""
+        """Count a finished question's top-two votes; refit the prior on schedule."""
         _, v1, v2 = top_two(answers)
         if v1 == 0:
             return
-        self.history.append((v1 + v2, v1))
-        seen = len(self.history)
-        if self.refit and seen >= self.min_history and self._on_schedule(seen):
-            self.prior = fit_leader_prior(self.history, anchor=self.initial_prior)
+        n, c = v1 + v2, v1
+        if n > MAX_PAIR_VOTES:
+            n, c = MAX_PAIR_VOTES, round(c * MAX_PAIR_VOTES / n)
+        self.counts[(n, c)] += 1
+        self.seen += 1
+        if self.refit and self.seen >= self.min_history and self._on_schedule(self.seen):
+            self.prior = fit_leader_prior(self.counts, anchor=self.initial_prior)
 
     def _on_schedule(self, seen: int) -> bool:
         """Refit at min_history·2^k questions, then every refit_every (refits clear the cache)."""
@@ -265,12 +291,13 @@ class T2(Policy):
             if size > MAX_TABLE:
                 values, q = _values(prior.a, prior.b, v1, v2, LOOKAHEAD)
                 return values.tolist(), q
-            table = self._table = ValueTable(prior, size)
+            table = self._table = value_table(prior, size)
         return table.lookup(v1, v2)
 
     def reset(self) -> None:
         """Forget learned traffic (a fresh tenant)."""
-        self.history.clear()
+        self.counts.clear()
+        self.seen = 0
         self.prior = self.initial_prior
 
     def accuracy(self, k: int) -> float:
@@ -279,8 +306,8 @@ class T2(Policy):
             return float(self.curve(k))
         return float(majority_curve(self.prior, k)[k])
 
-    def upfront_k(self, lam: float, cost_per_sample: float, k_max: int) -> int:
-        """argmax over k in 1..k_max of value·Acc(k) − λ·cost·k (smallest k on ties).
+    def upfront_k(self, lam: float, k_max: int) -> int:
+        """argmax over k in 1..k_max of value·Acc(k) − λ·k (λ per sample; smallest k on ties).
 
         k_max is capped at MAX_TABLE: the curve is flat long before, and an uncapped request
         (max_samples in the millions) must not make the decision slow.
@@ -291,5 +318,5 @@ class T2(Policy):
         else:
             acc = np.array([self.curve(k) for k in range(1, k_max + 1)], dtype=float)
         ks = np.arange(1, k_max + 1, dtype=float)
-        net = self.value_per_correct * acc - lam * cost_per_sample * ks
+        net = self.value_per_correct * acc - lam * ks
         return int(np.argmax(net)) + 1

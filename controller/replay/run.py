@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from controller.aggregate.vote import Candidate, aggregate
+from controller.pacing import ComputePrice, PacingController
 from controller.policy.base import Caps, Policy
 from controller.policy.factory import make_policy
-from controller.policy.pacing import PacingController
 from controller.replay.data import ReplayQuestion
 
 PolicyFactory = Callable[[], Policy]
@@ -74,7 +74,7 @@ def run_question(
     order: Sequence[int],
     policy: Policy,
     caps: Caps,
-    price: float | None = None,
+    price: ComputePrice | None = None,
 ) -> QuestionOutcome:
     """Run one question's decision loop over its samples in `order`."""
     run = policy.start(caps, price)
@@ -140,7 +140,10 @@ def replay(
             raise ValueError(f"{pol.spec} is not adaptive: it has no price for --avg-samples")
         pacer = (
             PacingController(
-                avg_samples, pol.default_price, horizon=pacing_horizon, integral_gain=integral_gain
+                avg_samples,
+                pol.own_sample_price or 1e-4,
+                horizon=pacing_horizon,
+                integral_gain=integral_gain,
             )
             if avg_samples is not None
             else None
@@ -152,7 +155,7 @@ def replay(
             budget = None
             price = None
             if pacer is not None:
-                price = pacer.price
+                price = ComputePrice(pacer.price, mode="spend")  # per sample: steer to B
                 budget = max(1, math.floor(pacer.headroom(1.0, burst_questions * pacer.target)))
             caps = Caps(max_samples=cap, budget_samples=budget)
             outcome = run_question(question, rng.permutation(n_rec).tolist(), pol, caps, price)

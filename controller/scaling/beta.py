@@ -153,8 +153,11 @@ def _loglik_terms(n: FloatArray, c: FloatArray, a: float, b: float, p_max: float
     return log_choose + c * np.log(p_max) + inner
 
 
-def _plain_objective(n: FloatArray, c: FloatArray) -> object:
-    """Negative mean log-likelihood in (log a, log b) with its analytic gradient."""
+def _plain_objective(n: FloatArray, c: FloatArray, w: FloatArray | None = None) -> object:
+    """Negative mean log-likelihood in (log a, log b) with its analytic gradient; `w` weighs
+    each (n, c) row (a count table's multiplicities)."""
+    weight = np.ones_like(n) if w is None else w
+    size = float(weight.sum())
 
     def fun(x: FloatArray) -> tuple[float, FloatArray]:
         a, b = np.exp(x)
@@ -162,8 +165,8 @@ def _plain_objective(n: FloatArray, c: FloatArray) -> object:
         d_ab = digamma(n + a + b)
         da = digamma(c + a) - d_ab - digamma(a) + digamma(a + b)
         db = digamma(n - c + b) - d_ab - digamma(b) + digamma(a + b)
-        size = float(n.size)
-        return -float(ll.sum()) / size, -np.array([da.sum() * a, db.sum() * b]) / size
+        grad = np.array([(weight * da).sum() * a, (weight * db).sum() * b])
+        return -float((weight * ll).sum()) / size, -grad / size
 
     return fun
 
@@ -197,10 +200,12 @@ def _scaled_objective(n: FloatArray, c: FloatArray) -> object:
     return fun
 
 
-def _moment_start(n: FloatArray, c: FloatArray) -> list[float]:
+def _moment_start(n: FloatArray, c: FloatArray, w: FloatArray | None = None) -> list[float]:
     rate = (c + 0.5) / (n + 1.0)
-    mean = float(np.clip(rate.mean(), 1e-6, 1 - 1e-6))
-    var = float(max(rate.var(), 1e-12))
+    weight = np.ones_like(rate) if w is None else w
+    mean_rate = float(np.average(rate, weights=weight))
+    mean = float(np.clip(mean_rate, 1e-6, 1 - 1e-6))
+    var = max(float(np.average((rate - mean_rate) ** 2, weights=weight)), 1e-12)
     conc = float(np.clip(mean * (1 - mean) / var - 1.0, 1e-2, 1e6))
     return [np.log(max(mean * conc, 1e-4)), np.log(max((1 - mean) * conc, 1e-3))]
 
@@ -267,11 +272,33 @@ def fit_beta_binomial_report(
 
 
 def fit_beta_binomial(
-    n: ArrayLike, c: ArrayLike, *, scaled: bool | None = None, seed: int = 0
+    n: ArrayLike,
+    c: ArrayLike,
+    *,
+    scaled: bool | None = None,
+    seed: int = 0,
+    weights: ArrayLike | None = None,
 ) -> BetaFit:
     """Fit Beta(a, b) (or the [0, p_max]-scaled Beta) to per-question counts by beta-binomial MLE.
 
     `n` and `c` are samples drawn and correct per question; c = 0 questions are kept. See
-    `fit_beta_binomial_report` for the choice rule and diagnostics.
+    `fit_beta_binomial_report` for the choice rule and diagnostics. `weights` (plain Beta
+    only) counts each row that many times: fit a count table without expanding it.
     """
-    return fit_beta_binomial_report(n, c, scaled=scaled, seed=seed).fit
+    if weights is None:
+        return fit_beta_binomial_report(n, c, scaled=scaled, seed=seed).fit
+    if scaled is not False:
+        raise ValueError("weights are supported for the plain Beta only (scaled=False)")
+    n_arr, c_arr = _validated(n, c)
+    w = np.atleast_1d(np.asarray(weights, dtype=float)).ravel()
+    if w.shape != n_arr.shape or np.any(~np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
+        raise ValueError("weights must be finite, >= 0, one per row, and not all zero")
+    res = multistart_minimize(
+        _plain_objective(n_arr, c_arr, w),  # type: ignore[arg-type]
+        [_LOG_A, _LOG_B],
+        n_starts=4,
+        seed=seed,
+        x0=[_moment_start(n_arr, c_arr, w)],
+    )
+    a, b = (float(v) for v in np.exp(res.x))
+    return BetaFit(a, b, 1.0)
