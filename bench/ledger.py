@@ -35,7 +35,7 @@ from controller.budget import Cost, Ledger
 from controller.budget.ledger import Hold, Limit, ReserveOutcome, SettleOutcome, WindowUsage
 from controller.budget.redis_store import RedisStore
 from controller.budget.sqlite_store import SQLiteStore
-from server.billing import BudgetProvider
+from server.billing import BudgetProvider, WaveHold
 from server.config import AppConfig, hash_key, parse_config
 
 PAIRS = {1: 1500, 32: 4000}
@@ -99,8 +99,8 @@ def billing_pair(provider: BudgetProvider, cfg: AppConfig, tag: str) -> Pair:
 
     async def pair(i: int) -> None:
         billing = provider.for_request(tenant, "m", f"{tag}-{i}")
-        await billing.reserve(wave=0, samples=4, prompt_tokens=100, max_tokens=64)
-        await billing.settle(wave=0, prompt_tokens=100, completion_tokens=150)
+        hold = await billing.reserve(WaveHold(0, 4, 100, 64))
+        await billing.settle(hold, prompt_tokens=100, completion_tokens=150)
         await billing.close()
 
     return pair

@@ -30,7 +30,7 @@ import openai
 from controller.aggregate import get_extractor, normalize_answer
 from server.app import create_app, serve_in_loop
 from server.config import parse_config
-from server.orchestrator import EngineAPI, SamplingJob, WaveTally
+from server.engine.service import EngineService
 
 MODEL_DIR = Path(os.environ.get("T2_BENCH_MODEL_DIR", "models/tiny-arith"))
 KEY = "bench-key"
@@ -106,7 +106,7 @@ def served_run(
 
 
 async def overhead(
-    engine_api: EngineAPI,
+    engine_api: EngineService,
     api: openai.AsyncOpenAI,
     base_url: str,
     questions: list[str],
@@ -137,28 +137,14 @@ async def overhead(
 
         def raw_call(prompt: str, i: int, level: int = level) -> Callable[[], Awaitable[int]]:
             async def call() -> int:
-                job = SamplingJob(
-                    request_id=f"raw-{level}-{i}",
-                    model="tiny-arith",
-                    prompt=prompt,
-                    prompt_tokens=0,
-                    max_tokens=MAX_TOKENS,
-                    temperature=1.0,
-                    top_p=None,
-                    stop=[],
-                    seed=i,  # same request both ways (the engine facade may drop seeds)
-                    policy=f"fixed:{K}",
-                    aggregator="majority",
-                    extractor="last_number",
-                    max_samples=K,
-                    max_cost=None,
-                    deadline_ms=None,
-                    timeout_s=600,
+                params = engine_api.params(  # the same request both ways
+                    max_tokens=MAX_TOKENS, temperature=1.0, top_p=None, stop=[], seed=i, wave=0
                 )
-                tally = WaveTally()
-                async for _ in engine_api.sample(job, K, 0, job.request_id, tally):
-                    pass
-                return tally.completion_tokens
+                tokens = 0
+                ready = engine_api.tokenize(prompt)
+                async for sample in engine_api.sample(ready, K, params, f"raw-{level}-{i}"):
+                    tokens += sample.completion_tokens
+                return tokens
 
             return call
 
@@ -256,7 +242,10 @@ async def live_accuracy(
 
 async def run() -> dict[str, Any]:
     config = parse_config(bench_config(), "bench config")
-    engine_api = EngineAPI(None, config)
+    model = config.models[0]
+    engine_api = EngineService(
+        model.id, {"model_path": model.path, "served_name": model.id, **config.engine}
+    )
     await engine_api.start()
     if not engine_api.ready():
         raise SystemExit(f"engine did not start: {engine_api.failure()}")

@@ -36,8 +36,7 @@ def serve(
 
     import uvicorn
 
-    from server.admin import enable_reload
-    from server.app import create_app
+    from server.app import create_app, enable_reload
 
     settings = cfg.server
     logging.basicConfig(

@@ -1,8 +1,9 @@
 """`create_app(config, engine=None)`: the FastAPI application.
 
-With no engine given, the lifespan starts the in-process engine from the config in the background
-(so /healthz answers at once and /readyz turns ready when the engine can serve) and stops it on
-shutdown. Tests and benchmarks pass an engine they already started and keep ownership of it.
+With no engine given, the lifespan starts each configured model's engine in the background (so
+/healthz answers at once and /readyz turns ready when every engine can serve) and stops them on
+shutdown. Tests and benchmarks pass an engine they already started, which then serves every
+configured model id, and keep ownership of it.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -21,14 +25,16 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
-from server.admin import install_admin
+from server.api import admin
 from server.api.errors import install_error_handlers
-from server.api.routes import router
-from server.api.state import AppState
-from server.billing import BudgetProvider
-from server.billing_protocol import BillingProvider
+from server.api.router import router
+from server.billing import BillingProvider, BudgetProvider
 from server.config import AppConfig
-from server.orchestrator import EngineAPI
+from server.engine.base import SampleEngine
+from server.engine.service import EngineService
+from server.engine.weights import model_sizes
+from server.errors import ConfigError
+from server.serving import ServingState
 
 log = logging.getLogger("t2serve.app")
 
@@ -64,36 +70,45 @@ class RequestMetrics:
             metrics.observe_request(getattr(tenant, "id", None), state.get("model"), status)
 
 
+def engine_services(config: AppConfig, engine: SampleEngine | None) -> dict[str, EngineService]:
+    """One `EngineService` per configured model: the given engine for all, or each its own."""
+    return {
+        m.id: EngineService(
+            m.id, {"model_path": m.path, "served_name": m.id, **config.engine}, engine
+        )
+        for m in config.models
+    }
+
+
 def create_app(
     config: AppConfig,
-    engine: Any | None = None,
+    engine: SampleEngine | None = None,
     billing: BillingProvider | None = None,
 ) -> FastAPI:
-    """Build the app. `engine`: an already-started engine adapter (not stopped on shutdown)."""
-    engine_api = EngineAPI(engine, config)
-    state = AppState(config=config, engine_api=engine_api)
-    # the budget ledger bills metered tenants; it opens its store on the first metered request
-    state.billing = billing if billing is not None else BudgetProvider(config)
+    """Build the app. `engine`: an already-started engine adapter (not stopped on shutdown).
+    `billing`: a provider the caller owns; by default the budget ledger bills metered tenants
+    (it opens its store on the first metered request) and is closed on shutdown."""
+    provider = billing or BudgetProvider(config, model_params=model_sizes(config.models))
+    state = ServingState(config, engine_services(config, engine), provider)
     metrics.configure_labels(tenants=[t.id for t in config.tenants], models=config.model_ids)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        starter: asyncio.Task[None] | None = None
+        starters: list[asyncio.Task[None]] = []
         if engine is None:
-            starter = asyncio.create_task(engine_api.start())
+            starters = [asyncio.create_task(e.start()) for e in state.engines.values()]
         try:
             yield
         finally:
-            if starter is not None and not starter.done():
-                starter.cancel()
-                with contextlib.suppress(BaseException):
-                    await starter
-            await engine_api.shutdown()
+            for starter in starters:
+                if not starter.done():
+                    starter.cancel()
+                    with contextlib.suppress(BaseException):
+                        await starter
+            await state.aclose()
             metrics.set_engine_ready(False)
-            await state.verifiers.aclose()
-            closer = getattr(state.billing, "close", None)
-            if billing is None and closer is not None:
-                await closer()  # the ledger store this app opened
+            if billing is None:
+                await provider.close()  # the ledger store this app opened
 
     app = FastAPI(
         title="t2serve",
@@ -104,7 +119,7 @@ def create_app(
     app.state.t2 = state
     install_error_handlers(app)
     app.include_router(router)
-    install_admin(app)  # /admin/*: tenants, budgets, reload
+    app.include_router(admin.router)  # /admin/*: tenants, budgets, reload
     app.add_middleware(RequestMetrics)
 
     @app.get("/healthz", include_in_schema=True)
@@ -114,25 +129,44 @@ def create_app(
 
     @app.get("/readyz", response_model=None)
     async def readyz() -> JSONResponse:
-        """Readiness: 200 only once the engine can serve requests."""
-        ready = engine_api.ready()
+        """Readiness: 200 only once every model's engine can serve requests."""
+        ready = state.ready()
         metrics.set_engine_ready(ready)
+        models = {m: ("ready" if e.ready() else "starting") for m, e in state.engines.items()}
         if ready:
-            return JSONResponse({"status": "ready"})
-        detail = engine_api.failure() or "engine starting"
-        return JSONResponse({"status": "not ready", "detail": detail}, status_code=503)
+            return JSONResponse({"status": "ready", "models": models})
+        detail = "; ".join(state.failures()) or "engine starting"
+        return JSONResponse(
+            {"status": "not ready", "detail": detail, "models": models}, status_code=503
+        )
 
     @app.get("/metrics", response_model=None)
     async def prometheus_metrics(request: Request) -> Response:
         """Prometheus exposition: t2_* metrics and the engine's vllm:* metrics."""
-        depth = engine_api.queue_depth()
-        if depth is not None:
-            metrics.set_engine_queue_depth(depth)
-        metrics.set_engine_ready(engine_api.ready())
+        depths = [d for e in state.engines.values() if (d := e.queue_depth()) is not None]
+        if depths:
+            metrics.set_engine_queue_depth(sum(depths))
+        metrics.set_engine_ready(state.ready())
         body, content_type = metrics.render_latest()
         return Response(body, media_type=content_type)
 
     return app
+
+
+def enable_reload(app: FastAPI, config_path: str | os.PathLike[str] | None) -> None:
+    """Remember the config file for /admin/reload and reload it on SIGHUP (main thread only)."""
+    state: ServingState = app.state.t2
+    state.config_path = Path(config_path) if config_path else None
+    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_sighup(_signum: int, _frame: object) -> None:
+        try:
+            state.reload_from_file()
+        except ConfigError as exc:
+            log.error("SIGHUP: config not reloaded: %s", exc)
+
+    signal.signal(signal.SIGHUP, on_sighup)
 
 
 class _InLoopServer(uvicorn.Server):

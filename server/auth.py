@@ -6,8 +6,16 @@ secret; a plain key in the demo config is hashed on load like any other.
 
 from __future__ import annotations
 
-from server.api.errors import APIError
 from server.config import AppConfig, TenantConfig, hash_key
+from server.errors import APIError
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header; None when it is missing or is not a
+    bearer header with a key."""
+    scheme, _, key = (authorization or "").strip().partition(" ")
+    key = key.strip()
+    return key if scheme.lower() == "bearer" and key else None
 
 
 class KeyRing:
@@ -29,9 +37,8 @@ class KeyRing:
                 "Missing API key: send 'Authorization: Bearer <key>'.",
                 code="missing_api_key",
             )
-        scheme, _, key = authorization.strip().partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
+        key = bearer_key(authorization)
+        if key is None:
             raise APIError(
                 401,
                 "Malformed Authorization header: expected 'Bearer <key>'.",

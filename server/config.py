@@ -17,12 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from controller.budget.models import Budgets, PacingSettings, Prices
+from server.errors import ConfigError as ConfigError  # raised by the loaders below
 
 CONFIG_ENV = "T2SERVE_CONFIG"
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message says which field and why."""
 
 
 class _Strict(BaseModel):
@@ -108,11 +105,14 @@ class TenantConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """A served model name and where its weights are; the first model is the engine's."""
+    """A served model name and where its weights are."""
 
     id: str = Field(min_length=1)
     path: str = Field(min_length=1)
     owned_by: str = "t2serve"
+    params: float | None = Field(
+        default=None, gt=0, description="N for FLOPs (2·N per token); default: from the weights"
+    )
 
 
 class LedgerConfig(_Strict):

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from fastapi import FastAPI
 
-from server.admin import ADMIN_KEY_ENV, enable_reload
-from server.app import create_app
-from server.billing import BudgetProvider
+from server.api.admin import ADMIN_KEY_ENV
+from server.app import create_app, enable_reload
+from server.billing import BudgetProvider, WaveHold
 from server.config import hash_key, load_config
 
 ADMIN_KEY = "admin-secret"
@@ -55,7 +55,7 @@ def config_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def app(config_file: Path) -> FastAPI:
     app = create_app(load_config(config_file))
-    app.state.config_path = config_file
+    app.state.t2.config_path = config_file  # what enable_reload sets, without SIGHUP
     return app
 
 
@@ -111,8 +111,8 @@ async def spend(app: FastAPI, request_id: str, completion_tokens: int) -> float:
     state = app.state.t2
     tenant = state.config.tenants[0]
     billing = state.billing.for_request(tenant, "m", request_id)
-    await billing.reserve(wave=0, samples=1, prompt_tokens=0, max_tokens=completion_tokens)
-    cost: float = await billing.settle(wave=0, prompt_tokens=0, completion_tokens=completion_tokens)
+    hold = await billing.reserve(WaveHold(0, 1, 0, completion_tokens))
+    cost: float = await billing.settle(hold, prompt_tokens=0, completion_tokens=completion_tokens)
     await billing.close()
     return cost
 
@@ -154,7 +154,7 @@ async def test_put_budgets_applies_at_once_and_bad_budgets_name_the_field(
     assert await spend(app, "r1", 150) == pytest.approx(0.15)
     tenant = app.state.t2.config.tenants[0]
     billing = app.state.t2.billing.for_request(tenant, "m", "r2")
-    assert await billing.reserve(wave=0, samples=8, prompt_tokens=0, max_tokens=10) == 5  # minute
+    assert (await billing.reserve(WaveHold(0, 8, 0, 10))).samples == 5  # minute
     await billing.close()
     bad = await client.put(
         "/admin/tenants/acme/budgets", json={"day": {"limit": -1}}, headers=auth(ADMIN_KEY)
@@ -172,7 +172,8 @@ async def test_reload_by_http_keeps_in_flight_requests_and_refuses_bad_files(
 ) -> None:
     state = app.state.t2
     in_flight = state.billing.for_request(state.config.tenants[0], "m", "long")
-    assert await in_flight.reserve(wave=0, samples=2, prompt_tokens=0, max_tokens=100) == 2
+    hold = await in_flight.reserve(WaveHold(0, 2, 0, 100))
+    assert hold.samples == 2
 
     write(config_file, config_dict(tmp_path, day_limit=9.0))
     done = await client.post("/admin/reload", headers=auth(ADMIN_KEY))
@@ -180,7 +181,7 @@ async def test_reload_by_http_keeps_in_flight_requests_and_refuses_bad_files(
     assert done.json()["ledger_restart_needed"] is False
     assert state.config.tenants[0].budgets.day.limit == 9.0
     # the request that started before the reload settles normally and is billed once
-    assert await in_flight.settle(wave=0, prompt_tokens=0, completion_tokens=120) == 0.12
+    assert await in_flight.settle(hold, prompt_tokens=0, completion_tokens=120) == 0.12
     await in_flight.close()
     report = (await client.get("/admin/tenants/acme", headers=auth(ADMIN_KEY))).json()
     day = next(w for w in report["windows"] if w["window"] == "day")

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from server.billing import BudgetProvider, LedgerBilling, model_params
-from server.billing_protocol import InsufficientQuota, UnmeteredBilling
+from server.billing import BudgetProvider, LedgerBilling, UnmeteredBilling, WaveHold
 from server.config import AppConfig, hash_key, parse_config
+from server.engine.weights import model_sizes, parameter_count
+from server.errors import InsufficientQuota
 
 PRICE = {"prompt_per_1m": 1000.0, "completion_per_1m": 2000.0}  # 1e-3 / 2e-3 per token
 
@@ -63,28 +64,28 @@ async def test_waves_shrink_then_429_with_retry_after_at_the_reset(tmp_path: Pat
     try:
         b1 = handle(provider, cfg, "r1")
         assert b1.quote(10, 10) == pytest.approx(0.03)
-        assert await b1.reserve(wave=0, samples=4, prompt_tokens=10, max_tokens=10) == 4  # 0.09
+        assert (await b1.reserve(WaveHold(0, 4, 10, 10))).samples == 4  # 0.09
         assert b1.remaining() == pytest.approx(0.2 - 0.09)
         b2 = handle(provider, cfg, "r2")
-        assert await b2.reserve(wave=0, samples=8, prompt_tokens=10, max_tokens=10) == 5  # shrunk
+        assert (await b2.reserve(WaveHold(0, 8, 10, 10))).samples == 5  # shrunk
         b3 = handle(provider, cfg, "r3")
         with pytest.raises(InsufficientQuota) as refused:
-            await b3.reserve(wave=0, samples=1, prompt_tokens=10, max_tokens=10)
+            await b3.reserve(WaveHold(0, 1, 10, 10))
         assert refused.value.window == "day"
         assert refused.value.retry_after_s == pytest.approx(3600.0)  # 23:00 → midnight UTC
         assert "day" in refused.value.message
         # settling at what the engine reported releases the rest: r3 now fits a smaller wave
-        assert await b1.settle(wave=0, prompt_tokens=10, completion_tokens=12) == pytest.approx(
-            0.034
-        )
+        first = WaveHold(0, 4, 10, 10)
+        cost = await b1.settle(first, prompt_tokens=10, completion_tokens=12)
+        assert cost == pytest.approx(0.034)
         await b1.close()
-        assert await b3.reserve(wave=0, samples=4, prompt_tokens=10, max_tokens=10) == 2
+        assert (await b3.reserve(WaveHold(0, 4, 10, 10))).samples == 2
         for b in (b2, b3):
-            await b.settle(wave=0, prompt_tokens=10, completion_tokens=5)
+            await b.settle(WaveHold(0, 1, 0, 0), prompt_tokens=10, completion_tokens=5)
             await b.close()
         clock.now += 3600  # the window resets at midnight: full waves again
         b4 = handle(provider, cfg, "r4")
-        assert await b4.reserve(wave=0, samples=4, prompt_tokens=10, max_tokens=10) == 4
+        assert (await b4.reserve(WaveHold(0, 4, 10, 10))).samples == 4
         await b4.close()
     finally:
         await provider.close()
@@ -95,11 +96,11 @@ async def test_settle_through_billing_is_idempotent_and_close_releases(tmp_path:
     provider = BudgetProvider(cfg, clock=noon(), publish_metrics=False)
     try:
         b = handle(provider, cfg, "r1")
-        await b.reserve(wave=0, samples=2, prompt_tokens=10, max_tokens=10)
-        first = await b.settle(wave=0, prompt_tokens=10, completion_tokens=3)
-        again = await b.settle(wave=0, prompt_tokens=10, completion_tokens=30)
+        await b.reserve(WaveHold(0, 2, 10, 10))
+        first = await b.settle(WaveHold(0, 1, 0, 0), prompt_tokens=10, completion_tokens=3)
+        again = await b.settle(WaveHold(0, 1, 0, 0), prompt_tokens=10, completion_tokens=30)
         assert first == again == pytest.approx(0.016)
-        await b.reserve(wave=1, samples=2, prompt_tokens=10, max_tokens=10)
+        await b.reserve(WaveHold(1, 2, 10, 10))
         await b.close()  # wave 1 was never settled (an error in between): its hold goes
         usage = await provider.ledger.usage("acme", cfg.tenants[0].budgets)
         hour = next(u for u in usage if u.name == "hour")
@@ -114,12 +115,12 @@ async def test_per_request_budget_caps_the_waves(tmp_path: Path) -> None:
     provider = BudgetProvider(cfg, clock=noon(), publish_metrics=False)
     try:
         b = handle(provider, cfg, "r1")
-        assert await b.reserve(wave=0, samples=8, prompt_tokens=10, max_tokens=10) == 4  # 0.09
-        await b.settle(wave=0, prompt_tokens=10, completion_tokens=30)  # 0.07
-        assert await b.reserve(wave=1, samples=8, prompt_tokens=10, max_tokens=10) == 1  # 0.1
-        await b.settle(wave=1, prompt_tokens=10, completion_tokens=10)
+        assert (await b.reserve(WaveHold(0, 8, 10, 10))).samples == 4  # 0.09
+        await b.settle(WaveHold(0, 1, 0, 0), prompt_tokens=10, completion_tokens=30)  # 0.07
+        assert (await b.reserve(WaveHold(1, 8, 10, 10))).samples == 1  # 0.1
+        await b.settle(WaveHold(1, 1, 0, 0), prompt_tokens=10, completion_tokens=10)
         with pytest.raises(InsufficientQuota) as refused:
-            await b.reserve(wave=2, samples=1, prompt_tokens=10, max_tokens=10)
+            await b.reserve(WaveHold(2, 1, 10, 10))
         assert refused.value.window == "request" and refused.value.retry_after_s is None
         await b.close()
     finally:
@@ -131,9 +132,9 @@ async def test_soft_budget_allows_and_unpriced_tenants_stay_unmetered(tmp_path: 
     provider = BudgetProvider(cfg, clock=noon(), publish_metrics=False)
     try:
         b = handle(provider, cfg, "r1")
-        assert await b.reserve(wave=0, samples=8, prompt_tokens=10, max_tokens=10) == 8
-        await b.settle(wave=0, prompt_tokens=10, completion_tokens=80)
-        assert await b.reserve(wave=1, samples=8, prompt_tokens=10, max_tokens=10) == 8
+        assert (await b.reserve(WaveHold(0, 8, 10, 10))).samples == 8
+        await b.settle(WaveHold(0, 1, 0, 0), prompt_tokens=10, completion_tokens=80)
+        assert (await b.reserve(WaveHold(1, 8, 10, 10))).samples == 8
         await b.close()
         assert b.remaining() is None  # no hard limit
         assert isinstance(provider.for_request(cfg.tenants[1], "m", "x"), UnmeteredBilling)
@@ -153,8 +154,8 @@ async def test_lambda_rises_when_the_budget_burns_faster_than_time(
     start = 0.002 / 2e-3  # λ₀: the reference sample price for a 256-token sample, per EUR
     try:
         b = handle(provider, cfg, "warm")
-        await b.reserve(wave=0, samples=1, prompt_tokens=10, max_tokens=10)
-        await b.settle(wave=0, prompt_tokens=10, completion_tokens=10)
+        await b.reserve(WaveHold(0, 1, 10, 10))
+        await b.settle(WaveHold(0, 1, 0, 0), prompt_tokens=10, completion_tokens=10)
         await b.close()
         slack = handle(provider, cfg, "a").price_of_compute()
         if mode == "cap":
@@ -163,7 +164,8 @@ async def test_lambda_rises_when_the_budget_burns_faster_than_time(
             assert slack is not None and slack.mode == "spend"
             assert slack.lam < start  # spend mode lowers λ to use the slack
         burn = handle(provider, cfg, "big")
-        await burn.settle(wave=0, prompt_tokens=1000, completion_tokens=3500)  # 8 EUR by noon
+        unheld = WaveHold(0, 1, 0, 0)  # settled without a hold: charged all the same
+        await burn.settle(unheld, prompt_tokens=1000, completion_tokens=3500)  # 8 EUR by noon
         hot = handle(provider, cfg, "b").price_of_compute()
         assert hot is not None and hot.mode == mode and hot.unit == "currency"
         assert hot.lam > start  # above budget × elapsed: λ above its start value
@@ -182,8 +184,8 @@ def test_flops_params_from_safetensors_header(tmp_path: Path) -> None:
         }
     ).encode()
     (model / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(160))
-    assert model_params(model) == 40.0
+    assert parameter_count(model) == 40.0
     cfg = make_config(tmp_path)
-    provider = BudgetProvider(cfg, publish_metrics=False)
+    provider = BudgetProvider(cfg, publish_metrics=False, model_params=model_sizes(cfg.models))
     b = handle(provider, cfg, "r")
     assert b.pricer.cost(3, 2).flops == pytest.approx(2 * 40 * 5)

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from server.billing import BudgetProvider
-from server.billing_protocol import InsufficientQuota
+from server.billing import BudgetProvider, WaveHold
 from server.config import AppConfig, TenantConfig, hash_key, parse_config
+from server.errors import InsufficientQuota
 
 MODEL = "m"
 PROMPT = 40
@@ -72,18 +72,15 @@ async def run_request(
         while drawn < K:
             asked = min(WAVE, K - drawn)
             try:
-                granted = await billing.reserve(
-                    wave=wave, samples=asked, prompt_tokens=PROMPT, max_tokens=MAX_TOKENS
-                )
+                hold = await billing.reserve(WaveHold(wave, asked, PROMPT, MAX_TOKENS))
             except InsufficientQuota as exc:
                 if drawn == 0:
                     return 0, 0.0, exc.retry_after_s
                 break
+            granted = hold.samples
             await asyncio.sleep(rng.uniform(0, 0.004))  # the engine at work
             tokens = sum(rng.randint(1, MAX_TOKENS) for _ in range(granted))
-            charged = await billing.settle(
-                wave=wave, prompt_tokens=PROMPT, completion_tokens=tokens
-            )
+            charged = await billing.settle(hold, prompt_tokens=PROMPT, completion_tokens=tokens)
             if log is not None:
                 log.write(f"{request_id} {wave} {charged!r}\n")
                 log.flush()

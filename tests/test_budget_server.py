@@ -24,6 +24,7 @@ from tests.fixtures.server import MODEL, LiveServer, serve_in_loop
 pytestmark = pytest.mark.engine
 
 TIGHT_KEY, PACED_KEY, ADMIN_KEY = "tight-key", "paced-key", "admin-key"
+CAP_KEY = "cap-key"
 MAX_TOKENS = 16
 MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Q: 12+30-7=? Budget test, please show your work."}
@@ -50,6 +51,16 @@ def budget_config(tmp_path: Path, prompt_tokens: int) -> AppConfig:
                 {
                     "id": "paced",
                     "api_keys": [{"sha256": hash_key(PACED_KEY)}],
+                    "policy": "t2",
+                    "prices": {"models": {"*": PER_TOKEN}},
+                    "budgets": {"day": {"limit": 1e7}},
+                    # a prepaid allotment to use up: slack sets a (low) price, where the
+                    # default cap mode would add none
+                    "pacing": {"mode": "spend"},
+                },
+                {
+                    "id": "capped",
+                    "api_keys": [{"sha256": hash_key(CAP_KEY)}],
                     "policy": "t2",
                     "prices": {"models": {"*": PER_TOKEN}},
                     "budgets": {"day": {"limit": 1e7}},
@@ -129,4 +140,10 @@ async def test_t2_tenant_sees_its_price_of_compute(live: tuple[LiveServer, AppCo
         )
     t2 = raw.parse().model_extra["t2"]  # type: ignore[index]
     assert t2["price_of_compute"] is not None and t2["price_of_compute"] > 0
+    assert float(raw.headers["x-t2-budget-remaining"]) < 1e7
+    for _ in range(2):  # the same budget as a cap: far from spent, so no price at all
+        raw = await client(server, CAP_KEY).chat.completions.with_raw_response.create(
+            model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS
+        )
+    assert raw.parse().model_extra["t2"]["price_of_compute"] is None  # type: ignore[index]
     assert float(raw.headers["x-t2-budget-remaining"]) < 1e7

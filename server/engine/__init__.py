@@ -5,15 +5,16 @@ Public names:
 - `start_engine(**settings) -> SampleEngine`: validate `EngineConfig` and start its backend.
 - `EngineConfig`, `SamplingDefaults`, `RemoteConfig`: the settings (config file `engine:`).
 - `SampleEngine`, `Sample`, `SamplingParams`, `CacheStats`: the interface and its values.
-- Errors with `http_status`/`code`: `EngineError`, `PromptTooLong`, `InvalidSamplingParam`,
-  `EngineDead`, `UpstreamTimeout`, `UpstreamError`.
+- Its errors (`EngineError`, `PromptTooLong`, `InvalidSamplingParam`, `EngineDead`,
+  `UpstreamTimeout`, `UpstreamError`) live in server/errors.py with the server's others.
 
 vLLM is imported only when the in-process backend starts: importing this package stays cheap.
 """
 
 from server.engine.base import CacheStats, RequestUsage, Sample, SampleEngine, SamplingParams
 from server.engine.config import EngineConfig, RemoteConfig, SamplingDefaults
-from server.engine.errors import (
+from server.engine.factory import start_engine
+from server.errors import (
     EngineDead,
     EngineError,
     InvalidSamplingParam,
@@ -21,7 +22,6 @@ from server.engine.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from server.engine.factory import start_engine
 
 __all__ = [
     "CacheStats",

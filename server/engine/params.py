@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from server.engine.base import SamplingParams
+from server.engine.base import Prompt, SamplingParams
 from server.engine.config import EngineConfig, SamplingDefaults
-from server.engine.errors import InvalidSamplingParam, PromptTooLong
+from server.errors import InvalidSamplingParam, PromptTooLong
 
 MAX_STOP_SEQUENCES = 16
 
@@ -106,3 +106,15 @@ class PromptingMixin:
 
     def count_tokens(self, prompt: str) -> int:
         return len(self.encode(prompt))
+
+    def tokenize(self, prompt: str) -> Prompt:
+        return Prompt(prompt, tuple(self.encode(prompt)))
+
+    def prepared(self, prompt: str | Prompt, max_tokens: int, max_model_len: int) -> Prompt:
+        """A `Prompt` for `sample`: text is tokenized and checked against the context here;
+        a `Prompt` was checked by whoever tokenized it, once for all of its waves."""
+        if isinstance(prompt, Prompt):
+            return prompt
+        ready = self.tokenize(prompt)
+        check_context(ready.tokens, max_tokens, max_model_len)
+        return ready

@@ -26,16 +26,23 @@ from typing import Any
 
 import httpx
 
-from server.engine.base import CacheStats, RequestUsage, Sample, SamplingParams
+from server.engine.base import (
+    CacheStats,
+    Capabilities,
+    Prompt,
+    RequestUsage,
+    Sample,
+    SamplingParams,
+)
 from server.engine.config import EngineConfig
-from server.engine.errors import (
+from server.engine.params import PromptingMixin, validate_params
+from server.errors import (
     EngineError,
     InvalidSamplingParam,
     PromptTooLong,
     UpstreamError,
     UpstreamTimeout,
 )
-from server.engine.params import PromptingMixin, check_context, validate_params
 
 log = logging.getLogger("t2serve.engine.remote")
 
@@ -135,6 +142,15 @@ class RemoteEngine(PromptingMixin):
     def num_waiting(self) -> int:
         return 0  # queueing happens inside the upstreams; their /metrics report it
 
+    @property
+    def num_unfinished(self) -> int:
+        return self.num_running
+
+    @property
+    def capabilities(self) -> Capabilities:
+        # the upstream reports every choice's tokens, aborted ones included, in its usage
+        return Capabilities(request_seed=self.config.remote.forward_seed, undelivered_usage=True)
+
     async def upstream_counts(self) -> tuple[int, int]:
         """Running and waiting requests summed over the upstreams' own `/metrics` (vLLM's
         `vllm:num_requests_running` / `vllm:num_requests_waiting`); unreachable ones count 0."""
@@ -194,15 +210,15 @@ class RemoteEngine(PromptingMixin):
         return body
 
     async def sample(
-        self, prompt: str, n: int, params: SamplingParams, request_id: str
+        self, prompt: str | Prompt, n: int, params: SamplingParams, request_id: str
     ) -> AsyncGenerator[Sample, None]:
         """n samples as one upstream request, yielded as each choice finishes."""
         if self._closed:
             raise EngineError("the remote engine is shut down")
         validate_params(params, n)
-        prompt_tokens = self.count_tokens(prompt)
-        check_context(prompt_tokens, params.max_tokens, self._max_model_len)
-        body = self._body(prompt, n, params)
+        ready = self.prepared(prompt, params.max_tokens, self._max_model_len)
+        prompt_tokens = ready.tokens
+        body = self._body(ready.text, n, params)
         queue: asyncio.Queue[Sample | BaseException | None] = asyncio.Queue()
         task = asyncio.create_task(self._stream(body, n, request_id, prompt_tokens, queue))
         self._streams.setdefault(request_id, set()).add(task)

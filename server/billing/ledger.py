@@ -1,4 +1,4 @@
-"""The server's billing seam (server/billing_protocol.py) on top of the budget ledger.
+"""The billing protocol (server/billing/protocol.py) on top of the budget ledger.
 
 Per wave: reserve the worst case (prompt + w × max_tokens, priced) → the ledger grants the most
 samples the tenant's hard budgets still cover (fewer than asked = a smaller wave; none = 429
@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
-import struct
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller.budget import (
@@ -35,36 +32,13 @@ from controller.budget import (
 from controller.budget.ledger import DEFAULT_TTL_S
 from controller.pacing import ComputePrice, TenantPacer, default_initial_price
 from server import metrics
-from server.billing_protocol import Billing, InsufficientQuota, UnmeteredBilling
+from server.billing.protocol import Billing, WaveHold
+from server.billing.unmetered import UnmeteredBilling, unmetered_report
 from server.config import AppConfig, TenantConfig
+from server.errors import InsufficientQuota
 
 log = logging.getLogger("t2serve.billing")
 METRICS_INTERVAL_S = 0.25
-
-
-def model_params(path: str | Path) -> float | None:
-    """N for FLOPs pricing: exact from the safetensors headers, else estimated from config.json."""
-    root = Path(path)
-    total = 0
-    for file in sorted(root.glob("*.safetensors")):
-        try:
-            with file.open("rb") as fh:
-                (size,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(size))
-        except (OSError, ValueError, struct.error):
-            continue
-        for name, meta in header.items():
-            if name != "__metadata__" and isinstance(meta, dict):
-                total += math.prod(int(d) for d in meta.get("shape", []))
-    if total:
-        return float(total)
-    try:
-        cfg = json.loads((root / "config.json").read_text())
-        d, layers = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
-        vocab = int(cfg.get("vocab_size", 0))
-        return float(12 * layers * d * d + vocab * d)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def billing_unit(tenant: TenantConfig, pricer: Pricer) -> Unit:
@@ -82,7 +56,11 @@ def billing_unit(tenant: TenantConfig, pricer: Pricer) -> Unit:
 
 
 class BudgetProvider:
-    """`BillingProvider` backed by the ledger; one per app (or per test)."""
+    """`BillingProvider` backed by the ledger; one per app (or per test).
+
+    `model_params` gives N per model id for FLOPs pricing (2·N per token) where a tenant's
+    price entry does not; the app counts it from the weights (server.engine.weights).
+    """
 
     def __init__(
         self,
@@ -91,13 +69,14 @@ class BudgetProvider:
         ledger: Ledger | None = None,
         clock: Callable[[], float] = time.time,
         publish_metrics: bool = True,
+        model_params: Mapping[str, float | None] | None = None,
     ) -> None:
         self._ledger = ledger
         self.clock = clock
         self.publish_metrics = publish_metrics
         self._pacers: dict[str, TenantPacer] = {}
         self._usage: dict[str, list[WindowUsage]] = {}
-        self._params: dict[str, float | None] = {}
+        self._params: dict[str, float | None] = dict(model_params or {})
         self._published: dict[str, float] = {}
         self._trailing: set[str] = set()
         self.reload(config)
@@ -121,15 +100,15 @@ class BudgetProvider:
             )
         return self._ledger
 
-    @staticmethod
-    def metered(tenant: TenantConfig) -> bool:
+    def metered(self, tenant: TenantConfig) -> bool:
         return tenant.prices is not None or tenant.budgets is not None
 
     def pricer(self, tenant: TenantConfig, model: str) -> Pricer:
-        if model not in self._params:
-            cfg = self.config.model(model)
-            self._params[model] = model_params(cfg.path) if cfg is not None else None
-        return Pricer(tenant.prices, model, self._params[model])
+        return Pricer(tenant.prices, model, self._params.get(model))
+
+    def window_figures(self, tenant: TenantConfig) -> list[WindowUsage]:
+        """The ledger figures this replica saw last for the tenant (no ledger call)."""
+        return self._usage.get(tenant.id, [])
 
     def pacer(self, tenant: TenantConfig, pricer: Pricer) -> TenantPacer:
         pacer = self._pacers.get(tenant.id)
@@ -199,6 +178,8 @@ class BudgetProvider:
 
     async def report(self, tenant: TenantConfig) -> dict[str, Any]:
         """Spend, reserved, limit and remaining per window, and λ: the admin view of a tenant."""
+        if not self.metered(tenant):
+            return unmetered_report(tenant)
         model = tenant.models[0] if tenant.models and tenant.models[0] != "*" else ""
         model = model or self.config.model_ids[0]
         pricer = self.pricer(tenant, model)
@@ -245,7 +226,7 @@ def _lam(price: ComputePrice | None) -> float | None:
 
 
 class LedgerBilling:
-    """One request's billing handle (see server/billing_protocol.py for the call order)."""
+    """One request's billing handle (see server/billing/protocol.py for the call order)."""
 
     def __init__(
         self, provider: BudgetProvider, tenant: TenantConfig, model: str, request_id: str
@@ -286,13 +267,13 @@ class LedgerBilling:
             )
         return fits
 
-    async def reserve(self, *, wave: int, samples: int, prompt_tokens: int, max_tokens: int) -> int:
-        fixed = self.pricer.cost(prompt_tokens, 0)
-        per = self.pricer.cost(0, max_tokens)
-        samples = self._request_cap(max(1, samples), fixed, per)
+    async def reserve(self, hold: WaveHold) -> WaveHold:
+        fixed = self.pricer.cost(hold.prompt_tokens, 0)
+        per = self.pricer.cost(0, hold.max_tokens)
+        samples = self._request_cap(max(1, hold.samples), fixed, per)
         ledger = self.provider.ledger
         out = await ledger.reserve(
-            self.tenant.id, self.tenant.budgets, self.request_id, wave, samples, fixed, per
+            self.tenant.id, self.tenant.budgets, self.request_id, hold.wave, samples, fixed, per
         )
         self.provider.remember(self.tenant, out.usage, self.pricer)
         if out.granted < 1:
@@ -309,17 +290,17 @@ class LedgerBilling:
                 retry_after_s=retry,
                 window=out.binding,
             )
-        self.held[wave] = out.held
+        self.held[hold.wave] = out.held
         self._check_soft(out.usage)
-        return out.granted
+        return WaveHold(hold.wave, min(out.granted, samples), hold.prompt_tokens, hold.max_tokens)
 
-    async def settle(self, *, wave: int, prompt_tokens: int, completion_tokens: int) -> float:
+    async def settle(self, hold: WaveHold, *, prompt_tokens: int, completion_tokens: int) -> float:
         cost = self.pricer.cost(prompt_tokens, completion_tokens)
         out = await self.provider.ledger.settle(
-            self.tenant.id, self.tenant.budgets, self.request_id, wave, cost
+            self.tenant.id, self.tenant.budgets, self.request_id, hold.wave, cost
         )
-        if wave in self.held:
-            del self.held[wave]
+        if hold.wave in self.held:
+            del self.held[hold.wave]
             self.spent = self.spent + out.cost
         self.provider.remember(self.tenant, out.usage, self.pricer)
         return out.cost.of(self.cost_unit)
@@ -334,7 +315,7 @@ class LedgerBilling:
             del self.held[wave]
 
     def remaining(self) -> float | None:
-        usage = self.provider._usage.get(self.tenant.id, [])
+        usage = self.provider.window_figures(self.tenant)
         left = [u.remaining for u in usage if u.limit.hard and u.limit.unit == self.cost_unit]
         values = [x for x in left if x is not None]
         return max(0.0, min(values)) if values else None

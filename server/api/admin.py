@@ -5,10 +5,10 @@ the environment variable `T2SERVE_ADMIN_KEY` (the key itself, or `sha256:<hex>`)
 key is recognised and refused with 403, whatever the admin key is; with no admin key configured
 the routes answer 403 too, so the API is off by default.
 
-Reload (POST /admin/reload or SIGHUP) parses and validates the whole file first and swaps it in
-only if it is valid; requests already running keep the tenant objects they resolved, so nothing
-in flight is dropped. Budget changes made with PUT apply to this replica's config in memory until
-the next reload: put lasting changes in the file.
+Reload (POST /admin/reload, or SIGHUP: see server.app.enable_reload) parses and validates the
+whole file first and swaps it in only if it is valid; requests already running keep the tenant
+objects they resolved, so nothing in flight is dropped. Budget changes made with PUT apply to
+this replica's config in memory until the next reload: put lasting changes in the file.
 """
 
 from __future__ import annotations
@@ -16,18 +16,16 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-import signal
-import threading
-from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 
 from controller.budget import Budgets
-from server.api.errors import APIError
-from server.api.state import AppState, get_state
-from server.billing import BudgetProvider
-from server.config import AppConfig, ConfigError, hash_key, load_config, parse_config
+from server.api.deps import get_state
+from server.auth import bearer_key
+from server.config import AppConfig, TenantConfig, hash_key, parse_config
+from server.errors import APIError, ConfigError
+from server.serving import ServingState
 
 ADMIN_KEY_ENV = "T2SERVE_ADMIN_KEY"
 log = logging.getLogger("t2serve.admin")
@@ -46,13 +44,11 @@ def admin_digests(config: AppConfig) -> list[str]:
     return digests
 
 
-def require_admin(request: Request) -> AppState:
+def require_admin(request: Request) -> ServingState:
     """401 without a key or with an unknown one; 403 for tenant keys or when admin is off."""
     state = get_state(request)
-    header = request.headers.get("authorization") or ""
-    scheme, _, key = header.strip().partition(" ")
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key:
+    key = bearer_key(request.headers.get("authorization"))
+    if key is None:
         raise APIError(
             401,
             "Missing admin key: send 'Authorization: Bearer <admin key>'.",
@@ -73,20 +69,16 @@ def require_admin(request: Request) -> AppState:
     return state
 
 
-def _tenant(state: AppState, tenant_id: str) -> Any:
+def _tenant(state: ServingState, tenant_id: str) -> TenantConfig:
     tenant = next((t for t in state.config.tenants if t.id == tenant_id), None)
     if tenant is None:
         raise APIError(404, f"No tenant '{tenant_id}'.", param="id", code="tenant_not_found")
     return tenant
 
 
-async def _report(state: AppState, tenant_id: str) -> dict[str, Any]:
+async def _report(state: ServingState, tenant_id: str) -> dict[str, Any]:
     tenant = _tenant(state, tenant_id)
-    provider = state.billing
-    if isinstance(provider, BudgetProvider) and provider.metered(tenant):
-        report = await provider.report(tenant)
-    else:
-        report = {"id": tenant.id, "metered": False, "windows": [], "price_of_compute": None}
+    report = await state.billing.report(tenant)
     report["budgets"] = tenant.budgets.model_dump() if tenant.budgets else None
     report["models"] = tenant.models
     return report
@@ -100,7 +92,7 @@ async def list_tenants(request: Request) -> dict[str, Any]:
         {
             "id": t.id,
             "models": t.models,
-            "metered": BudgetProvider.metered(t),
+            "metered": state.billing.metered(t),
             "budgets": t.budgets.model_dump() if t.budgets else None,
         }
         for t in state.config.tenants
@@ -128,16 +120,16 @@ async def put_budgets(tenant_id: str, budgets: Budgets, request: Request) -> dic
         new = parse_config(data, "budgets")
     except ConfigError as exc:
         raise APIError(400, str(exc), param="budgets", code="invalid_budgets") from None
-    apply_config(state, new)
+    state.apply(new)
     return await _report(state, tenant_id)
 
 
 @router.post("/reload")
 async def reload(request: Request) -> dict[str, Any]:
     """Re-read the config file; an invalid file is refused and the running config is kept."""
-    require_admin(request)
+    state = require_admin(request)
     try:
-        new, ledger_changed = reload_from_file(request.app)
+        new, ledger_changed = state.reload_from_file()
     except ConfigError as exc:
         raise APIError(400, f"Config not reloaded: {exc}", code="invalid_config") from None
     return {
@@ -146,50 +138,3 @@ async def reload(request: Request) -> dict[str, Any]:
         "ledger_restart_needed": ledger_changed,
         "in_flight_kept": True,
     }
-
-
-def apply_config(state: AppState, config: AppConfig) -> None:
-    """Swap the config in: keys, tenants, budgets. The ledger backend needs a restart."""
-    from server import metrics
-
-    if config.ledger != state.config.ledger:
-        log.warning("ledger settings changed; they apply after a restart")
-    ledger = state.config.ledger
-    config = config.model_copy(update={"ledger": ledger})
-    state.reload(config)
-    reload_billing = getattr(state.billing, "reload", None)
-    if callable(reload_billing):
-        reload_billing(config)
-    metrics.configure_labels(tenants=[t.id for t in config.tenants], models=config.model_ids)
-
-
-def reload_from_file(app: FastAPI) -> tuple[AppConfig, bool]:
-    """Load and validate the app's config file, then apply it; ConfigError leaves all as it was.
-    Returns the new config and whether its ledger settings differ (they need a restart)."""
-    path: Path | None = getattr(app.state, "config_path", None)
-    new = load_config(path)
-    state: AppState = app.state.t2
-    changed = new.ledger != state.config.ledger
-    apply_config(state, new)
-    log.info("config reloaded from %s (%d tenants)", path or "the default path", len(new.tenants))
-    return new, changed
-
-
-def enable_reload(app: FastAPI, config_path: str | os.PathLike[str] | None) -> None:
-    """Remember the config file for /admin/reload and reload it on SIGHUP (main thread only)."""
-    app.state.config_path = Path(config_path) if config_path else None
-    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
-        return
-
-    def on_sighup(_signum: int, _frame: object) -> None:
-        try:
-            reload_from_file(app)
-        except ConfigError as exc:
-            log.error("SIGHUP: config not reloaded: %s", exc)
-
-    signal.signal(signal.SIGHUP, on_sighup)
-
-
-def install_admin(app: FastAPI) -> None:
-    """Mount the admin routes (the app calls this once)."""
-    app.include_router(router)

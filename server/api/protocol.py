@@ -1,0 +1,268 @@
+"""The API's protocol: OpenAI request, response and stream-chunk models (pydantic), plus the
+`t2` options clients send through `extra_body` and the `t2` summary every answer carries.
+
+Requests: bounds that OpenAI enforces (temperature ≥ 0, max_tokens > 0, n ≥ 1) live here, so a
+bad value is a 400 naming the field before any work starts. Unknown top-level fields are
+ignored, as OpenAI's clients send newer options freely; unknown `t2` fields are refused, since
+a typo there silently changes what the tenant pays for.
+
+Responses are built from these models by the serving layer and serialised as they are, so the
+non-streamed body and the streamed chunks cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
+
+MAX_CHOICES = 8
+MAX_STOP_SEQUENCES = 4
+
+
+class T2Options(BaseModel):
+    """Per-request controller options; each one only narrows what the tenant's config allows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: str | None = Field(
+        default=None, min_length=1, max_length=64, description="e.g. 't2', 'fixed:5'"
+    )
+    max_samples: int | None = Field(
+        default=None, ge=1, le=1024, description="cap on internal samples per answer"
+    )
+    max_cost: float | None = Field(
+        default=None, gt=0, description="cap on this request's cost, tenant's unit"
+    )
+    aggregator: str | None = Field(default=None, min_length=1, max_length=64)
+    extractor: str | None = Field(default=None, min_length=1, max_length=64)
+    deadline_ms: int | None = Field(
+        default=None, ge=1, le=3_600_000, description="stop drawing waves after this"
+    )
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool | None = None
+
+
+Stop = str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None
+
+
+class SamplingRequest(BaseModel):
+    """Fields shared by chat and text completions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    stop: Stop = None
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    n: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_CHOICES,
+        description="number of final answers (samples are internal)",
+    )
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(default=None, max_length=256)
+    t2: T2Options | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops_not_empty(cls, value: Stop) -> Stop:
+        if isinstance(value, list) and any(not s for s in value):
+            raise ValueError("stop sequences must be non-empty strings")
+        return value
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES)]
+    echo: bool = False
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+# -- responses ------------------------------------------------------------------------------
+
+
+class T2Summary(BaseModel):
+    """The response's `t2` object: how the controller answered (per choice when n > 1)."""
+
+    samples: int
+    waves: int
+    votes: dict[str, int]
+    agreement: float | None
+    predicted_accuracy: float | None
+    cost: float
+    stop_reason: str
+    policy: str
+    answer: str | None
+    price_of_compute: float | None
+    aggregator: str
+    note: str | None
+    choices: list[T2Summary] | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_choices(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("choices") is None:
+            data.pop("choices", None)
+        return data
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    t2: T2Summary
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str
+    logprobs: None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    t2: T2Summary
+
+
+# -- stream chunks ----------------------------------------------------------------------------
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None}
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class CompletionChunkChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class StreamChunk(BaseModel):
+    """One `data:` event of a stream: `chat.completion.chunk` or `text_completion`. The last
+    one has no choices and carries `usage`, `t2` and `t2_headers` (a stream cannot set the
+    x-t2-* headers at its end, so it repeats them here)."""
+
+    id: str
+    object: Literal["chat.completion.chunk", "text_completion"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice] | list[CompletionChunkChoice]
+    usage: Usage | None = None
+    t2: T2Summary | None = None
+    t2_headers: dict[str, str] | None = None
+
+    @model_serializer(mode="wrap")
+    def _final_fields_only_at_the_end(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data: dict[str, Any] = handler(self)
+        for key in ("usage", "t2", "t2_headers"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+# -- models -----------------------------------------------------------------------------------
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

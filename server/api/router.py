@@ -1,0 +1,79 @@
+"""The OpenAI-compatible routes, kept thin: authenticate, hand the validated body to the
+completion service, and send what it returns. Nothing imports this module but the app."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from server.api import sse
+from server.api.deps import Tenant, get_state
+from server.api.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+)
+from server.config import TenantConfig
+from server.errors import APIError
+from server.serving import CompletionService
+
+router = APIRouter()
+
+
+async def client_gone(request: Request) -> None:
+    """Returns once the client has disconnected."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+@router.get("/v1/models")
+async def list_models(request: Request, tenant: Tenant) -> ModelList:
+    state = get_state(request)
+    cards = [
+        ModelCard(id=m.id, created=state.started_at, owned_by=m.owned_by)
+        for m in state.config.models
+        if tenant.may_use(m.id)
+    ]
+    return ModelList(data=cards)
+
+
+@router.get("/v1/models/{model_id}")
+async def get_model(model_id: str, request: Request, tenant: Tenant) -> ModelCard:
+    state = get_state(request)
+    model = state.config.model(model_id)
+    if model is None or not tenant.may_use(model_id):
+        raise APIError(
+            404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found"
+        )
+    return ModelCard(id=model.id, created=state.started_at, owned_by=model.owned_by)
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, tenant: Tenant
+) -> Response:
+    return await _complete(body, request, tenant)
+
+
+@router.post("/v1/completions", response_model=CompletionResponse)
+async def completions(body: CompletionRequest, request: Request, tenant: Tenant) -> Response:
+    return await _complete(body, request, tenant)
+
+
+async def _complete(
+    body: ChatCompletionRequest | CompletionRequest, request: Request, tenant: TenantConfig
+) -> Response:
+    request.state.model = body.model
+    service = CompletionService(get_state(request))
+    if body.stream:
+        events = await service.stream(tenant, body)
+        return StreamingResponse(
+            sse.encode_stream(events),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    response, headers = await service.complete(tenant, body, lambda: client_gone(request))
+    return JSONResponse(response.model_dump(mode="json"), headers=headers)

@@ -1,0 +1,99 @@
+"""The billing seam, as protocols only (implementations: `unmetered`, `ledger`).
+
+The sampling loop calls, per request:
+
+    billing = provider.for_request(tenant, model, request_id)
+    for each wave:
+        hold = await billing.reserve(WaveHold(wave=i, samples=w, prompt_tokens=p, max_tokens=m))
+        ...  # draw hold.samples samples (1 ≤ hold.samples ≤ w)
+        cost = await billing.settle(hold, prompt_tokens=p_used, completion_tokens=c_used)
+    await billing.close()
+
+`reserve` holds the wave's worst case (prompt + w × max_tokens, priced). It may grant fewer
+samples than asked when the budget is short (degrade before refusing) and raises
+`server.errors.InsufficientQuota` when not even one fits: the API answers 429 with Retry-After.
+`settle` takes the hold `reserve` returned and is called exactly once per reserved wave, also
+when the wave was cut short by a disconnect or a deadline, with the tokens the engine actually
+reported; it returns that wave's cost and releases the rest. Settlement is keyed by (request id,
+wave), so a retry is idempotent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from controller.pacing import ComputePrice
+    from server.config import AppConfig, TenantConfig
+
+
+@dataclass(frozen=True)
+class WaveHold:
+    """One wave's reservation: `samples` samples of `prompt_tokens` + up to `max_tokens` each.
+
+    Passed to `reserve` with the samples asked for; returned with the samples granted; passed
+    back to `settle` as it was returned.
+    """
+
+    wave: int
+    samples: int
+    prompt_tokens: int
+    max_tokens: int
+
+
+class Billing(Protocol):
+    """One request's billing handle; see the module docstring for the call order.
+
+    `unit` names what costs are counted in: "currency" (the tenant's price unit), "flops", or
+    "tokens" (unmetered); metrics file spend under it.
+    """
+
+    unit: str
+
+    def quote(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """The cost of this many tokens for this tenant and model (no side effects)."""
+        ...
+
+    async def reserve(self, hold: WaveHold) -> WaveHold:
+        """Hold the wave's worst case; return the hold with the samples granted (≥ 1)."""
+        ...
+
+    async def settle(self, hold: WaveHold, *, prompt_tokens: int, completion_tokens: int) -> float:
+        """Charge what the engine reported for this wave, release the rest; return its cost."""
+        ...
+
+    async def close(self) -> None:
+        """Release anything still held (called once, even after errors)."""
+        ...
+
+    def remaining(self) -> float | None:
+        """Budget left after this request (tightest window), or None when unlimited."""
+        ...
+
+    def price_of_compute(self) -> ComputePrice | None:
+        """The budget's price of compute, per unit of this billing's cost (the request's policy
+        converts it, pricing a sample at its worst-case `quote`), or None: no pressure."""
+        ...
+
+
+class BillingProvider(Protocol):
+    """What the app holds: a `Billing` per request, and the operator's view of a tenant."""
+
+    def metered(self, tenant: TenantConfig) -> bool:
+        """Whether this tenant's requests are priced and budgeted at all."""
+        ...
+
+    def for_request(self, tenant: TenantConfig, model: str, request_id: str) -> Billing: ...
+
+    async def report(self, tenant: TenantConfig) -> dict[str, Any]:
+        """Spend, reserved, limit and remaining per window, and the price of compute."""
+        ...
+
+    def reload(self, config: AppConfig) -> None:
+        """Take a new config; budgets apply from the next reserve."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the provider opened (the ledger store)."""
+        ...

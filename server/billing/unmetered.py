@@ -1,0 +1,65 @@
+"""No budget: every wave is granted in full and cost is counted in tokens, so `max_cost` and
+the `t2.cost` field still mean something for tenants with neither prices nor budgets."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from server.billing.protocol import Billing, WaveHold
+
+if TYPE_CHECKING:
+    from controller.pacing import ComputePrice
+    from server.config import AppConfig, TenantConfig
+
+
+class UnmeteredBilling:
+    """Grants every wave; one unit per token."""
+
+    unit = "tokens"
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+
+    def quote(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return float(prompt_tokens + completion_tokens)
+
+    async def reserve(self, hold: WaveHold) -> WaveHold:
+        return hold
+
+    async def settle(self, hold: WaveHold, *, prompt_tokens: int, completion_tokens: int) -> float:
+        cost = self.quote(prompt_tokens, completion_tokens)
+        self.spent += cost
+        return cost
+
+    async def close(self) -> None:
+        return None
+
+    def remaining(self) -> float | None:
+        return None
+
+    def price_of_compute(self) -> ComputePrice | None:
+        return None
+
+
+def unmetered_report(tenant: TenantConfig) -> dict[str, Any]:
+    """The admin view of a tenant nothing is billed for."""
+    return {"id": tenant.id, "metered": False, "windows": [], "price_of_compute": None}
+
+
+class UnmeteredProvider:
+    """The provider for a deployment without a ledger: `UnmeteredBilling` for every tenant."""
+
+    def metered(self, tenant: TenantConfig) -> bool:
+        return False
+
+    def for_request(self, tenant: TenantConfig, model: str, request_id: str) -> Billing:
+        return UnmeteredBilling()
+
+    async def report(self, tenant: TenantConfig) -> dict[str, Any]:
+        return unmetered_report(tenant)
+
+    def reload(self, config: AppConfig) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

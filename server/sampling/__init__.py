@@ -1,0 +1,21 @@
+"""The sampling loop: for one final answer, ask the policy for a wave, reserve it, draw it from
+the engine, settle it, repeat; then aggregate the samples into one answer.
+
+- `SamplingJob`, `Outcome` (`job`): what to produce and what was produced.
+- `Sampler` (`loop`): runs a job against one model's `EngineService` and a `Billing` handle.
+- `PolicyBook` (`policies`): long-lived policies per tenant and spec, bounded in memory.
+"""
+
+from server.sampling.job import Outcome, SamplingJob, WaveTally
+from server.sampling.loop import RunListener, Sampler
+from server.sampling.policies import PolicyBook, check_controller_names
+
+__all__ = [
+    "Outcome",
+    "PolicyBook",
+    "RunListener",
+    "Sampler",
+    "SamplingJob",
+    "WaveTally",
+    "check_controller_names",
+]

@@ -1,0 +1,423 @@
+"""The completion service: one HTTP completion request from its validated body to its answer.
+
+`CompletionService` owns the logic the routers do not: it checks the model, renders prompts,
+resolves one `SamplingJob` per final answer (`n` per prompt), runs them as a `RunGroup` and
+shapes the result into the protocol's response models, or into a stream of events that
+server/api/sse.py encodes. A request flows one way: router → here → sampling → engine/billing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal
+
+from server import metrics
+from server.api.protocol import (
+    MAX_CHOICES,
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    CompletionChoice,
+    CompletionChunkChoice,
+    CompletionRequest,
+    CompletionResponse,
+    SamplingRequest,
+    StreamChunk,
+    T2Summary,
+    Usage,
+)
+from server.config import TenantConfig
+from server.errors import APIError, ClientClosed, InsufficientQuota, bad_request
+from server.sampling import Outcome, SamplingJob
+from server.serving.events import Done, KeepAlive, StreamError, StreamEvent
+from server.serving.jobs import resolve_job
+from server.serving.state import ServingState
+
+Kind = Literal["chat", "text"]
+_PIECE = re.compile(r"\s*\S+\s*|\s+")
+WORDS_PER_CHUNK = 4
+
+
+def text_pieces(text: str) -> list[str]:
+    """Split text into a few words per chunk; joining the pieces gives back `text` exactly."""
+    words = _PIECE.findall(text)
+    return ["".join(words[i : i + WORDS_PER_CHUNK]) for i in range(0, len(words), WORDS_PER_CHUNK)]
+
+
+class RunGroup:
+    """The jobs of one HTTP request, run concurrently: their billing handles, their progress
+    (this is the sampling loop's `RunListener`), cancellation, headers and metrics."""
+
+    def __init__(
+        self, state: ServingState, tenant: TenantConfig, model: str, jobs: list[SamplingJob]
+    ) -> None:
+        self.state, self.tenant, self.model, self.jobs = state, tenant, model, jobs
+        self.sampler = state.samplers[model]
+        self.billings = [state.billing.for_request(tenant, model, job.request_id) for job in jobs]
+        self.tasks: list[asyncio.Task[Outcome]] = []
+        self.started = asyncio.Event()
+        self.progressed = asyncio.Event()
+        self.t0 = time.monotonic()
+        self.waves_done = 0
+
+    # -- RunListener ---------------------------------------------------------------------------
+
+    def reserved(self) -> None:
+        self.started.set()
+
+    def wave_done(self, wave: int, drawn: int) -> None:
+        self.waves_done += 1
+        self.progressed.set()
+
+    # -- running -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        verifier = self.state.verifiers.get(self.tenant)
+        self.tasks = [
+            asyncio.create_task(self.sampler.run(job, billing, self, verifier))
+            for job, billing in zip(self.jobs, self.billings, strict=True)
+        ]
+
+    async def first_wave_or_error(self) -> None:
+        """Wait until sampling has begun or failed: errors before that still get a real status."""
+        started = asyncio.ensure_future(self.started.wait())
+        await asyncio.wait({started, *self.tasks}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        for task in self.tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                await self.cancel()
+                raise self.api_error(task.exception())
+
+    async def wait(self) -> list[Outcome]:
+        try:
+            return list(await asyncio.gather(*self.tasks))
+        except BaseException as exc:
+            await self.cancel()
+            if isinstance(exc, Exception):
+                raise self.api_error(exc) from exc
+            raise
+
+    async def wait_or_leave(self, client_gone: Callable[[], Awaitable[None]]) -> list[Outcome]:
+        """`wait`, cancelling the jobs (which aborts the engine's samples, and bills what they
+        generated) if `client_gone()` finishes first."""
+        work = asyncio.ensure_future(self.wait())
+        watcher = asyncio.ensure_future(client_gone())
+        try:
+            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await work
+            raise ClientClosed()
+        return work.result()
+
+    async def cancel(self) -> None:
+        self.cancel_now()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def cancel_now(self) -> None:
+        """Cancel without awaiting: usable where the caller itself is being cancelled."""
+        for task in self.tasks:
+            if not task.done() and not task.cancelling():
+                task.cancel()
+
+    def api_error(self, exc: BaseException | None) -> APIError:
+        if isinstance(exc, InsufficientQuota):
+            metrics.inc_budget_rejection(self.tenant.id)
+        if isinstance(exc, APIError):
+            return exc
+        raise exc if exc is not None else RuntimeError("unknown failure")
+
+    # -- what the response carries ---------------------------------------------------------------
+
+    def outcomes(self) -> list[Outcome]:
+        return [
+            t.result() for t in self.tasks if t.done() and not t.cancelled() and not t.exception()
+        ]
+
+    def headers(self) -> dict[str, str]:
+        outcomes = self.outcomes()
+        remaining = [r for r in (b.remaining() for b in self.billings) if r is not None]
+        return {
+            "x-t2-samples": str(sum(o.samples for o in outcomes)),
+            "x-t2-cost": _num(sum(o.cost for o in outcomes)),
+            "x-t2-budget-remaining": _num(min(remaining)) if remaining else "unlimited",
+        }
+
+    def record(self, ttft_s: float | None = None) -> None:
+        """The one place answered jobs reach the metrics module (statuses: see app middleware)."""
+        duration = time.monotonic() - self.t0
+        for o in self.outcomes():
+            metrics.observe_completion(
+                tenant=self.tenant.id,
+                model=self.model,
+                policy=o.policy,
+                samples=o.samples,
+                waves=o.waves,
+                stop_reason=o.stop_reason,
+                agreement=o.agreement,
+                predicted_accuracy=o.predicted_accuracy,
+                duration_s=duration,
+                ttft_s=ttft_s,
+            )
+
+
+class CompletionService:
+    """Chat and text completions over the app's `ServingState`."""
+
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    def prompts(self, body: SamplingRequest) -> tuple[list[str], Kind]:
+        """The prompts to answer, rendered with the model's chat template for chat requests."""
+        if isinstance(body, ChatCompletionRequest):
+            engine = self.state.engine(body.model)
+            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            try:
+                prompt = engine.chat_prompt(messages)
+            except APIError:
+                raise
+            except Exception as exc:  # the model's chat template refused these messages
+                raise bad_request(
+                    f"The messages cannot be rendered with this model's chat template: {exc}",
+                    param="messages",
+                    code="invalid_messages",
+                ) from None
+            return [prompt], "chat"
+        assert isinstance(body, CompletionRequest)
+        return body.prompts(), "text"
+
+    def check_model(self, tenant: TenantConfig, model: str) -> None:
+        """404 for an unknown model, 403 for one the tenant may not use, 503 while it starts."""
+        engine = self.state.engine(model)
+        if not tenant.may_use(model):
+            raise APIError(
+                403,
+                f"Tenant '{tenant.id}' may not use the model '{model}'.",
+                param="model",
+                code="model_not_allowed",
+            )
+        if not engine.ready():
+            raise APIError(
+                503,
+                "The engine is not ready yet; retry shortly.",
+                code="engine_not_ready",
+                headers={"Retry-After": "5"},
+            )
+
+    def _group(self, tenant: TenantConfig, body: SamplingRequest) -> tuple[RunGroup, Reply]:
+        self.check_model(tenant, body.model)
+        prompts, kind = self.prompts(body)
+        if len(prompts) * body.n > MAX_CHOICES:
+            raise bad_request(
+                f"n × prompts = {len(prompts) * body.n} answers; "
+                f"at most {MAX_CHOICES} per request.",
+                param="n",
+            )
+        param = "messages" if kind == "chat" else "prompt"
+        if any(not p for p in prompts):
+            raise bad_request("The prompt is empty.", param=param)
+        request_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+        engine = self.state.engine(body.model)
+        jobs = [
+            resolve_job(
+                self.state.config, engine, tenant, body, prompt, f"{request_id}-{p}-{c}", param
+            )
+            for p, prompt in enumerate(prompts)
+            for c in range(body.n)
+        ]
+        echo = prompts if isinstance(body, CompletionRequest) and body.echo else None
+        group = RunGroup(self.state, tenant, body.model, jobs)
+        return group, Reply(request_id, kind, body.model, echo, body.n)
+
+    async def complete(
+        self,
+        tenant: TenantConfig,
+        body: SamplingRequest,
+        client_gone: Callable[[], Awaitable[None]],
+    ) -> tuple[ChatCompletionResponse | CompletionResponse, dict[str, str]]:
+        """The whole answer and its x-t2-* headers; ClientClosed (499) if the client leaves."""
+        group, req = self._group(tenant, body)
+        group.start()
+        outcomes = await group.wait_or_leave(client_gone)
+        group.record()
+        return req.response(outcomes), group.headers()
+
+    async def stream(
+        self, tenant: TenantConfig, body: SamplingRequest
+    ) -> AsyncIterator[StreamEvent]:
+        """Start the jobs and wait for the first wave, so that errors before it still get their
+        own status; then return the stream of events (keep-alives while waves run)."""
+        group, req = self._group(tenant, body)
+        group.start()
+        await group.first_wave_or_error()
+        keepalive = self.state.config.server.keepalive_interval_s
+        return _events(group, req, keepalive)
+
+
+class Reply:
+    """One completion request's identity and shape: turns outcomes into responses and chunks."""
+
+    def __init__(
+        self, request_id: str, kind: Kind, model: str, echo: list[str] | None, per_prompt: int
+    ) -> None:
+        self.id, self.kind, self.model, self.echo = request_id, kind, model, echo
+        self.per_prompt = per_prompt
+        self.created = int(time.time())
+
+    def text(self, i: int, outcome: Outcome) -> str:
+        prefix = self.echo[i // self.per_prompt] if self.echo and self.kind == "text" else ""
+        return prefix + outcome.text
+
+    def response(self, outcomes: list[Outcome]) -> ChatCompletionResponse | CompletionResponse:
+        if self.kind == "chat":
+            return ChatCompletionResponse(
+                id=self.id,
+                created=self.created,
+                model=self.model,
+                choices=[
+                    ChatChoice(
+                        index=i,
+                        message=AssistantMessage(content=o.text),
+                        finish_reason=o.finish_reason,
+                    )
+                    for i, o in enumerate(outcomes)
+                ],
+                usage=usage(outcomes),
+                t2=t2_summary(outcomes),
+            )
+        return CompletionResponse(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[
+                CompletionChoice(index=i, text=self.text(i, o), finish_reason=o.finish_reason)
+                for i, o in enumerate(outcomes)
+            ],
+            usage=usage(outcomes),
+            t2=t2_summary(outcomes),
+        )
+
+    def chunk(
+        self,
+        choices: list[ChatChunkChoice] | list[CompletionChunkChoice],
+        **final: Usage | T2Summary | dict[str, str],
+    ) -> StreamChunk:
+        obj: Literal["chat.completion.chunk", "text_completion"] = (
+            "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        )
+        return StreamChunk(
+            id=self.id,
+            object=obj,
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            **final,  # type: ignore[arg-type]
+        )
+
+    def piece(self, i: int, text: str, finish_reason: str | None = None) -> StreamChunk:
+        if self.kind == "chat":
+            delta = ChatDelta(content=text) if finish_reason is None else ChatDelta()
+            return self.chunk([ChatChunkChoice(index=i, delta=delta, finish_reason=finish_reason)])
+        return self.chunk([CompletionChunkChoice(index=i, text=text, finish_reason=finish_reason)])
+
+
+async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncIterator[StreamEvent]:
+    """The stream: keep-alives while waves run, then each chosen text in pieces, a finish
+    chunk per choice, one final chunk with usage, t2 and the x-t2-* figures, and [DONE].
+    Disconnecting cancels the generator, which cancels the jobs and so aborts the engine's
+    outstanding samples (their tokens are still billed)."""
+    status = 200
+    try:
+        pending = asyncio.ensure_future(group.wait())
+        while not pending.done():
+            waiter = asyncio.ensure_future(group.progressed.wait())
+            await asyncio.wait(
+                {pending, waiter}, timeout=keepalive_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            waiter.cancel()
+            if not pending.done():
+                note = f"wave {group.waves_done}" if group.progressed.is_set() else "sampling"
+                group.progressed.clear()
+                yield KeepAlive(note)
+        try:
+            outcomes = pending.result()
+        except APIError as exc:
+            status = exc.status
+            yield StreamError(exc)
+            yield Done()
+            return
+        ttft: float | None = None
+        for i, outcome in enumerate(outcomes):
+            if req.kind == "chat":
+                role = ChatDelta(role="assistant", content="")
+                yield req.chunk([ChatChunkChoice(index=i, delta=role)])
+            for piece in text_pieces(req.text(i, outcome)):
+                if ttft is None:
+                    ttft = time.monotonic() - group.t0
+                yield req.piece(i, piece)
+            yield req.piece(i, "", finish_reason=outcome.finish_reason)
+        yield req.chunk(
+            [], usage=usage(outcomes), t2=t2_summary(outcomes), t2_headers=group.headers()
+        )
+        yield Done()
+        group.record(ttft)
+    except (asyncio.CancelledError, GeneratorExit):
+        status = 499
+        raise
+    finally:
+        if status != 200:
+            group.cancel_now()
+            await asyncio.shield(group.cancel())
+
+
+def usage(outcomes: list[Outcome]) -> Usage:
+    prompt = sum(o.prompt_tokens for o in outcomes)
+    completion = sum(o.completion_tokens for o in outcomes)
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
+
+
+def _summary(o: Outcome) -> T2Summary:
+    return T2Summary(
+        samples=o.samples,
+        waves=o.waves,
+        votes=o.votes,
+        agreement=o.agreement,
+        predicted_accuracy=o.predicted_accuracy,
+        cost=o.cost,
+        stop_reason=o.stop_reason,
+        policy=o.policy,
+        answer=o.answer,
+        price_of_compute=o.price_of_compute,
+        aggregator=o.aggregator,
+        note=o.note,
+    )
+
+
+def t2_summary(outcomes: list[Outcome]) -> T2Summary:
+    """The first answer's details; totals across answers and each one's details when n > 1."""
+    summary = _summary(outcomes[0])
+    if len(outcomes) > 1:
+        summary.samples = sum(o.samples for o in outcomes)
+        summary.waves = sum(o.waves for o in outcomes)
+        summary.cost = sum(o.cost for o in outcomes)
+        summary.choices = [_summary(o) for o in outcomes]
+    return summary
+
+
+def _num(value: float) -> str:
+    return f"{value:.6g}"

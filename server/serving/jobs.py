@@ -1,0 +1,102 @@
+"""`resolve_job`: a validated request plus the tenant's config → the `SamplingJob` to run.
+
+Everything a job needs is settled here, once, before any wave: the controller names (request
+`t2` → tenant → defaults), the caps (a request may lower a tenant's cap, and raise it only where
+the tenant allows), the prompt's tokens and the context check. The wave loop then never
+tokenizes or checks again.
+"""
+
+from __future__ import annotations
+
+from server.api.protocol import SamplingRequest
+from server.config import AppConfig, TenantConfig
+from server.engine.service import EngineService
+from server.errors import APIError, bad_request
+from server.sampling import SamplingJob, check_controller_names
+
+
+def resolve_job(
+    config: AppConfig,
+    engine: EngineService,
+    tenant: TenantConfig,
+    body: SamplingRequest,
+    prompt: str,
+    request_id: str,
+    prompt_param: str,
+) -> SamplingJob:
+    """The job for one prompt of `body`; `prompt_param` names the field it came from."""
+    defaults = config.defaults
+    opts = body.t2
+    policy = (opts and opts.policy) or tenant.policy or defaults.policy
+    aggregator = (opts and opts.aggregator) or tenant.aggregator or defaults.aggregator
+    extractor = (opts and opts.extractor) or tenant.extractor or defaults.extractor
+    check_controller_names(policy, aggregator, extractor)
+
+    cap_samples = tenant.max_samples or defaults.max_samples
+    cap_cost = tenant.max_cost if tenant.max_cost is not None else defaults.max_cost
+    cap_deadline = tenant.deadline_ms if tenant.deadline_ms is not None else defaults.deadline_ms
+    max_samples = _capped(opts.max_samples if opts else None, cap_samples, "max_samples", tenant)
+    max_cost = _capped(opts.max_cost if opts else None, cap_cost, "max_cost", tenant)
+    deadline_ms = _capped(opts.deadline_ms if opts else None, cap_deadline, "deadline_ms", tenant)
+
+    if body.seed is not None and not engine.honours_seed():
+        raise APIError(
+            400,
+            "This model's engine cannot honour a per-request seed (a CPU engine with chunked "
+            "prefill on); send the request without 'seed'.",
+            param="seed",
+            code="unsupported_parameter",
+        )
+    tokens = engine.tokenize(prompt)
+    context = engine.max_model_len()
+    if tokens.tokens >= context:
+        raise bad_request(
+            f"This model's maximum context length is {context} tokens, but the prompt has "
+            f"{tokens.tokens} tokens.",
+            param=prompt_param,
+            code="context_length_exceeded",
+        )
+    requested = body.requested_max_tokens()
+    if requested is not None and tokens.tokens + requested > context:
+        raise bad_request(
+            f"This model's maximum context length is {context} tokens; the prompt "
+            f"({tokens.tokens}) plus max_tokens ({requested}) exceed it.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    max_tokens = requested or min(defaults.max_tokens, context - tokens.tokens)
+    return SamplingJob(
+        request_id=request_id,
+        tenant=tenant.id,
+        model=body.model,
+        prompt=tokens,
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_list(),
+        seed=body.seed,
+        policy=policy,
+        aggregator=aggregator,
+        extractor=extractor,
+        max_samples=int(max_samples) if max_samples is not None else cap_samples,
+        max_cost=max_cost,
+        deadline_ms=int(deadline_ms) if deadline_ms is not None else None,
+        timeout_s=config.server.request_timeout_s,
+    )
+
+
+def _capped(
+    asked: float | None, cap: float | None, name: str, tenant: TenantConfig
+) -> float | None:
+    """The request's value if it stays within the tenant's cap (or raising is allowed), else 403."""
+    if asked is None:
+        return cap
+    if cap is not None and asked > cap and not tenant.allow_raising_caps:
+        raise APIError(
+            403,
+            f"t2.{name}={asked:g} exceeds this tenant's cap of {cap:g}; "
+            "this tenant's requests may not raise it.",
+            param=f"t2.{name}",
+            code="cap_exceeded",
+        )
+    return asked

@@ -1,0 +1,82 @@
+"""What serving shares across requests: the config, key ring, engines, samplers, billing,
+policies and verifiers. One per app (`app.state.t2`); the routers read it, nothing else does.
+
+`apply` swaps in a new config (keys, tenants, budgets; the ledger backend needs a restart), so
+requests already running keep the tenant objects they resolved and nothing in flight is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from server import metrics
+from server.auth import KeyRing
+from server.billing.protocol import BillingProvider
+from server.config import AppConfig, load_config
+from server.engine.service import EngineService
+from server.errors import APIError
+from server.sampling import PolicyBook, Sampler
+from server.verifiers import VerifierBook
+
+log = logging.getLogger("t2serve.serving")
+
+
+class ServingState:
+    def __init__(
+        self, config: AppConfig, engines: dict[str, EngineService], billing: BillingProvider
+    ) -> None:
+        self.config = config
+        self.keyring = KeyRing(config)
+        self.engines = engines
+        self.billing = billing
+        self.policies = PolicyBook()
+        self.samplers = {model: Sampler(engine, self.policies) for model, engine in engines.items()}
+        self.verifiers = VerifierBook()
+        self.started_at = int(time.time())
+        self.config_path: Path | None = None
+
+    def engine(self, model: str) -> EngineService:
+        """The model's engine; 404 for a model that is not served, 503 while it starts."""
+        engine = self.engines.get(model)
+        if engine is None:
+            raise APIError(
+                404, f"The model '{model}' does not exist.", param="model", code="model_not_found"
+            )
+        return engine
+
+    def ready(self) -> bool:
+        return all(engine.ready() for engine in self.engines.values())
+
+    def failures(self) -> list[str]:
+        return [f for engine in self.engines.values() if (f := engine.failure()) is not None]
+
+    def apply(self, config: AppConfig) -> None:
+        """Swap the config in: keys, tenants, budgets. The ledger backend needs a restart."""
+        if config.ledger != self.config.ledger:
+            log.warning("ledger settings changed; they apply after a restart")
+        config = config.model_copy(update={"ledger": self.config.ledger})
+        self.config = config
+        self.keyring = KeyRing(config)
+        self.billing.reload(config)
+        metrics.configure_labels(tenants=[t.id for t in config.tenants], models=config.model_ids)
+
+    def reload_from_file(self) -> tuple[AppConfig, bool]:
+        """Load and validate the config file, then apply it; ConfigError leaves all as it was.
+        Returns the new config and whether its ledger settings differ (they need a restart)."""
+        new = load_config(self.config_path)
+        changed = new.ledger != self.config.ledger
+        self.apply(new)
+        log.info(
+            "config reloaded from %s (%d tenants)",
+            self.config_path or "the default path",
+            len(new.tenants),
+        )
+        return new, changed
+
+    async def aclose(self) -> None:
+        """Stop the engines this app started and release verifiers and the billing store."""
+        for engine in self.engines.values():
+            await engine.shutdown()
+        await self.verifiers.aclose()

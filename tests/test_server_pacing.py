@@ -1,0 +1,66 @@
+"""Through the real server on the shipped default config (a demo tenant with a daily budget in
+the default cap pacing): each policy behaves as its own defaults say. A budget with slack adds
+no pressure, so ESC stops at its first unanimous window of 5 and Adaptive-Consistency at
+C = 0.95, instead of running to max_samples as they did when slack lowered the price."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from controller.policy import beta_confidence
+from models.train_tiny import heldout_questions, question_text
+from server.app import create_app, serve_in_loop
+from server.config import parse_config
+
+pytestmark = pytest.mark.engine
+ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = [question_text(q) for q in heldout_questions(24)]
+
+
+@pytest.fixture
+def default_config(tmp_path: Path) -> Any:
+    data = yaml.safe_load((ROOT / "configs/default.yaml").read_text())
+    data["ledger"]["path"] = str(tmp_path / "ledger.sqlite")  # the default, in a fresh file
+    return parse_config(data, "configs/default.yaml")
+
+
+async def answers(engine: Any, config: Any, policy: str) -> list[dict[str, Any]]:
+    async with serve_in_loop(create_app(config, engine=engine)) as live:
+        api = openai.AsyncOpenAI(base_url=live.v1, api_key="demo-key", max_retries=0, timeout=120)
+        out = []
+        for q in QUESTIONS:
+            resp = await api.chat.completions.create(
+                model="tiny-arith",
+                messages=[{"role": "user", "content": q}],
+                extra_body={"t2": {"policy": policy}},
+            )
+            out.append(resp.model_extra["t2"] if resp.model_extra else {})
+        return out
+
+
+async def test_esc_stops_at_its_first_unanimous_window(engine: Any, default_config: Any) -> None:
+    t2s = await answers(engine, default_config, "esc:5")
+    converged = [t for t in t2s if t["stop_reason"] == "converged"]
+    assert converged, [t["samples"] for t in t2s]  # slack no longer stretches the window
+    for t in converged:
+        assert t["samples"] % 5 == 0 and t["samples"] <= 15
+        assert max(t["votes"].values()) >= 5  # the last window of five was unanimous
+    assert any(t["samples"] == 5 for t in converged)
+    assert all(t["price_of_compute"] is None for t in t2s)  # a cap with slack: no price
+
+
+async def test_adaptive_consistency_stops_at_c_095(engine: Any, default_config: Any) -> None:
+    t2s = await answers(engine, default_config, "adaptive_consistency")
+    converged = [t for t in t2s if t["stop_reason"] == "converged"]
+    assert converged, [t["samples"] for t in t2s]
+    for t in converged:
+        counts = [*sorted(t["votes"].values(), reverse=True), 0]
+        v1, v2 = counts[0], counts[1]
+        assert beta_confidence(v1, v2) >= 0.95  # the rule it stopped by
+        assert t["samples"] < 16
+    assert any(t["samples"] == 4 for t in converged)  # four unanimous votes: 0.969 ≥ 0.95
