@@ -48,15 +48,7 @@ class NoopStore:
     async def reserve(self, hold: Hold) -> ReserveOutcome:
         return ReserveOutcome(hold.samples, Cost(), None, [])
 
-    async def settle(
-        self,
-        tenant: str,
-        request_id: str,
-        wave: int,
-        cost: Cost,
-        limits: Sequence[Limit],
-        now: float,
-    ) -> SettleOutcome:
+    async def settle(self, hold: Hold, cost: Cost) -> SettleOutcome:
         return SettleOutcome(cost, False, [])
 
     async def release(self, tenant: str, request_id: str, wave: int) -> None:

@@ -169,6 +169,18 @@ async def test_calendar_window_resets_at_the_utc_boundary(store: LedgerStore) ->
     assert usage_of(fresh.usage, "month").spent_value == pytest.approx(0.95)
 
 
+async def test_settle_charges_the_windows_current_at_settle_time(store: LedgerStore) -> None:
+    clock = ManualClock(utc(2026, 3, 14, 23, 59, 50))
+    ledger = Ledger(store, clock=clock)
+    budgets = day_budget()
+    await ledger.reserve("acme", budgets, "r1", 0, 9, FIXED, PER)  # held on March 14
+    clock.advance(20.0)  # settled on March 15
+    settled = await ledger.settle("acme", budgets, "r1", 0, Cost(0.3, 0.0))
+    assert usage_of(settled.usage, "day").reserved_value == pytest.approx(0.0)
+    day = usage_of(await ledger.usage("acme", budgets), "day")  # counts March 15 only
+    assert day.spent_value == pytest.approx(0.3)
+
+
 async def test_month_budget_binds_across_days(store: LedgerStore) -> None:
     clock = ManualClock(utc(2026, 2, 27, 12))
     ledger = Ledger(store, clock=clock)

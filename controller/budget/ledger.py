@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from controller.budget.models import Budgets, Unit, WindowName
-from controller.budget.pricing import Cost
+from controller.budget.pricing import ZERO, Cost
 from controller.budget.windows import WindowSpan, span
 
 DEFAULT_TTL_S = 120.0
@@ -60,7 +60,11 @@ class Limit:
 
 @dataclass(frozen=True)
 class Hold:
-    """A reservation request: up to `samples` samples costing `fixed + n · per_sample`."""
+    """One wave of one request as a store sees it, with the limits current at `now`.
+
+    For reserve: hold up to `samples` samples costing `fixed + n · per_sample` for `ttl_s`.
+    For settle: charge a cost to `limits` (built at settle time: samples=0, zero costs).
+    """
 
     tenant: str
     request_id: str
@@ -151,15 +155,7 @@ class LedgerStore(Protocol):
 
     async def reserve(self, hold: Hold) -> ReserveOutcome: ...
 
-    async def settle(
-        self,
-        tenant: str,
-        request_id: str,
-        wave: int,
-        cost: Cost,
-        limits: Sequence[Limit],
-        now: float,
-    ) -> SettleOutcome: ...
+    async def settle(self, hold: Hold, cost: Cost) -> SettleOutcome: ...
 
     async def release(self, tenant: str, request_id: str, wave: int) -> None: ...
 
@@ -205,6 +201,21 @@ class Ledger:
                 out.append(Limit(span(name, False, now), "currency", 0.0, False))
         return tuple(out)
 
+    def hold(
+        self,
+        tenant: str,
+        budgets: Budgets | None,
+        request_id: str,
+        wave: int,
+        samples: int = 0,
+        fixed: Cost = ZERO,
+        per_sample: Cost = ZERO,
+    ) -> Hold:
+        """A wave's `Hold` with the tenant's limits at the current time (what a store checks)."""
+        now = self.clock()
+        limits = self.limits(budgets, now)
+        return Hold(tenant, request_id, wave, samples, fixed, per_sample, limits, now, self.ttl_s)
+
     async def reserve(
         self,
         tenant: str,
@@ -215,27 +226,14 @@ class Ledger:
         fixed: Cost,
         per_sample: Cost,
     ) -> ReserveOutcome:
-        now = self.clock()
-        hold = Hold(
-            tenant,
-            request_id,
-            wave,
-            samples,
-            fixed,
-            per_sample,
-            self.limits(budgets, now),
-            now,
-            self.ttl_s,
-        )
+        hold = self.hold(tenant, budgets, request_id, wave, samples, fixed, per_sample)
         return await self.store.reserve(hold)
 
     async def settle(
         self, tenant: str, budgets: Budgets | None, request_id: str, wave: int, cost: Cost
     ) -> SettleOutcome:
-        now = self.clock()
-        return await self.store.settle(
-            tenant, request_id, wave, cost, self.limits(budgets, now), now
-        )
+        """Charge `cost` to the windows current now (not those of the reserve), exactly once."""
+        return await self.store.settle(self.hold(tenant, budgets, request_id, wave), cost)
 
     async def release(self, tenant: str, request_id: str, wave: int) -> None:
         await self.store.release(tenant, request_id, wave)

@@ -271,20 +271,13 @@ class RedisStore:
         name = hold.limits[binding - 1].span.name if binding > 0 else None
         return ReserveOutcome(granted, Cost(float(out[2]), float(out[3])), name, usage)
 
-    async def settle(
-        self,
-        tenant: str,
-        request_id: str,
-        wave: int,
-        cost: Cost,
-        limits: Sequence[Limit],
-        now: float,
-    ) -> SettleOutcome:
-        member = self._member(request_id, wave)
+    async def settle(self, hold: Hold, cost: Cost) -> SettleOutcome:
+        tenant, limits = hold.tenant, hold.limits
+        member = self._member(hold.request_id, hold.wave)
         keys = [*self._keys(tenant), f"{self._base(tenant)}:s:{member}"]
         keys += [self._window_key(tenant, lim) for lim in limits]
         args: list[Any] = [
-            repr(now),
+            repr(hold.now),
             member,
             repr(cost.money),
             repr(cost.flops),

@@ -135,30 +135,12 @@ class SQLiteStore:
                 u.reserved = u.reserved + held
         return ReserveOutcome(granted, held, binding, usage)
 
-    async def settle(
-        self,
-        tenant: str,
-        request_id: str,
-        wave: int,
-        cost: Cost,
-        limits: Sequence[Limit],
-        now: float,
-    ) -> SettleOutcome:
-        return await self._run(
-            lambda c: self._settle(c, tenant, request_id, wave, cost, limits, now)
-        )
+    async def settle(self, hold: Hold, cost: Cost) -> SettleOutcome:
+        return await self._run(lambda c: self._settle(c, hold, cost))
 
-    def _settle(
-        self,
-        c: sqlite3.Connection,
-        tenant: str,
-        request_id: str,
-        wave: int,
-        cost: Cost,
-        limits: Sequence[Limit],
-        now: float,
-    ) -> SettleOutcome:
-        key = (tenant, request_id, wave)
+    def _settle(self, c: sqlite3.Connection, h: Hold, cost: Cost) -> SettleOutcome:
+        tenant, limits, now = h.tenant, h.limits, h.now
+        key = (tenant, h.request_id, h.wave)
         c.execute("DELETE FROM reservations WHERE tenant=? AND request_id=? AND wave=?", key)
         fresh = c.execute(
             "INSERT OR IGNORE INTO settlements VALUES (?, ?, ?, ?, ?, ?)",
