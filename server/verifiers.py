@@ -15,10 +15,7 @@ from typing import Any, Protocol
 import httpx
 
 from server.config import TenantConfig, VerifierConfig
-
-
-class VerifierError(RuntimeError):
-    """A verifier answered, but not with a usable score."""
+from server.errors import VerifierError
 
 
 class HttpVerifier:
