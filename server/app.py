@@ -22,11 +22,12 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
 from server.api import admin
 from server.api.errors import install_error_handlers
+from server.api.middleware import BodyLimit, RequestMetrics
+from server.api.openapi import install_openapi
 from server.api.router import router
 from server.billing import BillingProvider, BudgetProvider
 from server.config import AppConfig
@@ -37,38 +38,6 @@ from server.errors import ConfigError
 from server.serving import ServingState
 
 log = logging.getLogger("t2serve.app")
-
-COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
-
-
-class RequestMetrics:
-    """Pure ASGI middleware counting every completion request by final status (incl. 4xx/5xx).
-
-    Pure ASGI rather than BaseHTTPMiddleware so streaming and disconnect detection pass through.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in COMPLETION_PATHS:
-            await self.app(scope, receive, send)
-            return
-        status = 499
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            state = scope.get("state") or {}
-            tenant = state.get("tenant")
-            metrics.observe_request(getattr(tenant, "id", None), state.get("model"), status)
-
 
 def engine_services(config: AppConfig, engine: SampleEngine | None) -> dict[str, EngineService]:
     """One `EngineService` per configured model: the given engine for all, or each its own."""
@@ -121,6 +90,8 @@ def create_app(
     app.include_router(router)
     app.include_router(admin.router)  # /admin/*: tenants, budgets, reload
     app.add_middleware(RequestMetrics)
+    app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)  # outermost
+    install_openapi(app, config.model_ids)
 
     @app.get("/healthz", include_in_schema=True)
     async def healthz() -> dict[str, str]:

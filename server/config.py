@@ -23,7 +23,7 @@ CONFIG_ENV = "T2SERVE_CONFIG"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no NaN or Infinity
 
 
 def hash_key(key: str) -> str:
@@ -146,6 +146,9 @@ class ServerSettings(_Strict):
     )
     request_timeout_s: float = Field(
         default=300.0, gt=0, description="upstream time limit: 504 after it"
+    )
+    max_body_bytes: int = Field(
+        default=4 * 2**20, ge=1024, description="larger request bodies get 413 before parsing"
     )
     log_level: str = "info"
 

@@ -156,6 +156,9 @@ def worker_main(
         cfg = config(backend, where, limit, ttl_s)
         provider = BudgetProvider(cfg, publish_metrics=False)
         tenant = cfg.tenants[0]
+        # open the store before saying ready: a replica that connects to Redis only after the
+        # start signal can find the other one has spent the whole budget meanwhile
+        await provider.ledger.usage(tenant.id, tenant.budgets)
         if barrier is not None:
             Path(f"{barrier}.{prefix}").touch()
             while not Path(barrier).exists():
@@ -165,8 +168,13 @@ def worker_main(
 
         async def one(i: int) -> None:
             async with sem:
-                await run_request(
-                    provider, tenant, f"{prefix}-{i}", random.Random(rng.random()), sys.stdout
+                await run_request(  # arrivals spread over a second, so the replicas interleave
+                    provider,
+                    tenant,
+                    f"{prefix}-{i}",
+                    random.Random(rng.random()),
+                    sys.stdout,
+                    arrival_s=rng.uniform(0, 1.0) if barrier is not None else 0.0,
                 )
 
         await asyncio.gather(*(one(i) for i in range(n)))

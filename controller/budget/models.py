@@ -16,7 +16,7 @@ WINDOW_NAMES: tuple[WindowName, ...] = ("minute", "hour", "day", "month")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no NaN or Infinity
 
 
 class ModelPrice(_Strict):

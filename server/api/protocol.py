@@ -2,9 +2,12 @@
 `t2` options clients send through `extra_body` and the `t2` summary every answer carries.
 
 Requests: bounds that OpenAI enforces (temperature ≥ 0, max_tokens > 0, n ≥ 1) live here, so a
-bad value is a 400 naming the field before any work starts. Unknown top-level fields are
-ignored, as OpenAI's clients send newer options freely; unknown `t2` fields are refused, since
-a typo there silently changes what the tenant pays for.
+bad value is a 400 naming the field before any work starts. Input is strict: OpenAI's types
+with no coercion (`"10"` is not a number, `"yes"` not a boolean), finite numbers only (NaN and
+Infinity are refused), and text that is valid Unicode (a lone surrogate such as `"\ud800"`,
+which JSON can carry but UTF-8 cannot, is refused naming its field). Unknown top-level fields
+are ignored, as OpenAI's clients send newer options freely; unknown `t2` fields are refused,
+since a typo there silently changes what the tenant pays for.
 
 Responses are built from these models by the serving layer and serialised as they are, so the
 non-streamed body and the streamed chunks cannot drift apart.
@@ -15,50 +18,82 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
-    field_validator,
     model_serializer,
 )
 
 MAX_CHOICES = 8
 MAX_STOP_SEQUENCES = 4
+MAX_SAMPLES = 1024
+STRICT = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
+def valid_unicode(text: str) -> str:
+    """Refuse text that UTF-8 cannot encode (lone surrogates): no tokenizer can take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"must be valid Unicode; it has a lone surrogate at position {exc.start}"
+        ) from None
+    return text
+
+
+def _integral(value: Any) -> Any:
+    """JSON's integers include 3.0 (JSON Schema says so too); 3.5 and "3" stay refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Integer fields: JSON's 3.0 accepted as 3, nothing else; bounds before the validator, so the
+# OpenAPI schema states them.
+Integral = BeforeValidator(_integral)
+PositiveInt = Annotated[int, Field(gt=0), Integral]
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1), Integral]
+Choices = Annotated[int, Field(ge=1, le=MAX_CHOICES), Integral]
+SampleCount = Annotated[int, Field(ge=1, le=MAX_SAMPLES), Integral]
+Millis = Annotated[int, Field(ge=1, le=3_600_000), Integral]
+
+Text = Annotated[str, AfterValidator(valid_unicode)]
+NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(valid_unicode)]
 
 
 class T2Options(BaseModel):
     """Per-request controller options; each one only narrows what the tenant's config allows."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    policy: str | None = Field(
+    policy: Text | None = Field(
         default=None, min_length=1, max_length=64, description="e.g. 't2', 'fixed:5'"
     )
-    max_samples: int | None = Field(
-        default=None, ge=1, le=1024, description="cap on internal samples per answer"
+    max_samples: SampleCount | None = Field(
+        default=None, description="cap on internal samples per answer"
     )
     max_cost: float | None = Field(
         default=None, gt=0, description="cap on this request's cost, tenant's unit"
     )
-    aggregator: str | None = Field(default=None, min_length=1, max_length=64)
-    extractor: str | None = Field(default=None, min_length=1, max_length=64)
-    deadline_ms: int | None = Field(
-        default=None, ge=1, le=3_600_000, description="stop drawing waves after this"
+    aggregator: Text | None = Field(default=None, min_length=1, max_length=64)
+    extractor: Text | None = Field(default=None, min_length=1, max_length=64)
+    deadline_ms: Millis | None = Field(
+        default=None, description="stop drawing waves after this"
     )
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -69,41 +104,31 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     include_usage: bool | None = None
 
 
-Stop = str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None
+Stop = NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=MAX_STOP_SEQUENCES)] | None
 
 
 class SamplingRequest(BaseModel):
     """Fields shared by chat and text completions."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
-    model: str = Field(min_length=1)
+    model: Text = Field(min_length=1, max_length=256)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: PositiveInt | None = None
     stop: Stop = None
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    n: int = Field(
-        default=1,
-        ge=1,
-        le=MAX_CHOICES,
-        description="number of final answers (samples are internal)",
+    seed: Seed | None = None
+    n: Choices = Field(
+        default=1, description="number of final answers (samples are internal)"
     )
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = Field(default=None, max_length=256)
+    user: Text | None = Field(default=None, max_length=256)
     t2: T2Options | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stops_not_empty(cls, value: Stop) -> Stop:
-        if isinstance(value, list) and any(not s for s in value):
-            raise ValueError("stop sequences must be non-empty strings")
-        return value
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -116,14 +141,16 @@ class SamplingRequest(BaseModel):
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: PositiveInt | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES)]
+    prompt: NonEmptyText | Annotated[
+        list[NonEmptyText], Field(min_length=1, max_length=MAX_CHOICES)
+    ]
     echo: bool = False
 
     def prompts(self) -> list[str]:
@@ -266,3 +293,19 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx body: OpenAI's error shape."""
+
+    error: ErrorDetail

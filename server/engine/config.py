@@ -15,7 +15,7 @@ DEFAULT_MODEL_PATH = "models/tiny-arith"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no NaN or Infinity
 
 
 class SamplingDefaults(_Strict):

@@ -183,6 +183,7 @@ class InProcessEngine(PromptingMixin):
 
     def _vllm_params(self, params: SamplingParams, n: int) -> Any:
         from vllm import SamplingParams as VllmSamplingParams
+        from vllm.exceptions import VLLMClientError
 
         try:
             return VllmSamplingParams(
@@ -195,7 +196,7 @@ class InProcessEngine(PromptingMixin):
                 ignore_eos=params.ignore_eos,
                 logprobs=0,  # the sampled token's logprob only: gives cumulative_logprob
             )
-        except ValueError as exc:  # vLLM's own checks, e.g. limits of this build
+        except (ValueError, VLLMClientError) as exc:  # vLLM's own checks (n > 1 when greedy…)
             raise InvalidSamplingParam(str(exc)) from exc
 
     async def sample(

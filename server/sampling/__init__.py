@@ -8,7 +8,7 @@ the engine, settle it, repeat; then aggregate the samples into one answer.
 
 from server.sampling.job import Outcome, SamplingJob, WaveTally
 from server.sampling.loop import RunListener, Sampler
-from server.sampling.policies import PolicyBook, check_controller_names
+from server.sampling.policies import PolicyBook, check_controller_names, samples_named
 
 __all__ = [
     "Outcome",
@@ -18,4 +18,5 @@ __all__ = [
     "SamplingJob",
     "WaveTally",
     "check_controller_names",
+    "samples_named",
 ]

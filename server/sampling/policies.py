@@ -14,9 +14,11 @@ from controller.aggregate import get_extractor
 from controller.aggregate.vote import METHODS
 from controller.policy.base import Policy
 from controller.policy.factory import make_policy
+from controller.policy.rules import Fixed
 from server.errors import ControllerOptionError
 
 DEFAULT_CAPACITY = 256
+FIXED_ALL_SPEC = "fixed:all"  # every sample the caps allow: no number of its own
 
 
 def check_controller_names(policy: str, aggregator: str, extractor: str) -> None:
@@ -33,6 +35,15 @@ def check_controller_names(policy: str, aggregator: str, extractor: str) -> None
         get_extractor(extractor)
     except ValueError as exc:
         raise ControllerOptionError("extractor", str(exc)) from None
+
+
+def samples_named(spec: str) -> int | None:
+    """The number of samples a policy spec asks for outright (`fixed:k`), else None: such a
+    k is a request for that many samples and meets the same caps as `t2.max_samples`."""
+    policy = make_policy(spec)
+    if isinstance(policy, Fixed) and policy.spec != FIXED_ALL_SPEC:
+        return policy.k
+    return None
 
 
 class PolicyBook:

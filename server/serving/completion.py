@@ -14,11 +14,10 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Literal
+from typing import Any, Literal
 
 from server import metrics
 from server.api.protocol import (
-    MAX_CHOICES,
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -217,15 +216,15 @@ class CompletionService:
                 headers={"Retry-After": "5"},
             )
 
-    def _group(self, tenant: TenantConfig, body: SamplingRequest) -> tuple[RunGroup, Reply]:
+    async def _group(self, tenant: TenantConfig, body: SamplingRequest) -> tuple[RunGroup, Reply]:
+        """The request's jobs, run as one group. Rendering and tokenizing run in a worker
+        thread: a large prompt must not stall the event loop (and /healthz) meanwhile."""
         self.check_model(tenant, body.model)
+        jobs, reply = await asyncio.to_thread(self._jobs, tenant, body)
+        return RunGroup(self.state, tenant, body.model, jobs), reply
+
+    def _jobs(self, tenant: TenantConfig, body: SamplingRequest) -> tuple[list[SamplingJob], Reply]:
         prompts, kind = self.prompts(body)
-        if len(prompts) * body.n > MAX_CHOICES:
-            raise bad_request(
-                f"n × prompts = {len(prompts) * body.n} answers; "
-                f"at most {MAX_CHOICES} per request.",
-                param="n",
-            )
         param = "messages" if kind == "chat" else "prompt"
         if any(not p for p in prompts):
             raise bad_request("The prompt is empty.", param=param)
@@ -239,8 +238,7 @@ class CompletionService:
             for c in range(body.n)
         ]
         echo = prompts if isinstance(body, CompletionRequest) and body.echo else None
-        group = RunGroup(self.state, tenant, body.model, jobs)
-        return group, Reply(request_id, kind, body.model, echo, body.n)
+        return jobs, Reply(request_id, kind, body.model, echo, body.n)
 
     async def complete(
         self,
@@ -249,7 +247,7 @@ class CompletionService:
         client_gone: Callable[[], Awaitable[None]],
     ) -> tuple[ChatCompletionResponse | CompletionResponse, dict[str, str]]:
         """The whole answer and its x-t2-* headers; ClientClosed (499) if the client leaves."""
-        group, req = self._group(tenant, body)
+        group, req = await self._group(tenant, body)
         group.start()
         outcomes = await group.wait_or_leave(client_gone)
         group.record()
@@ -260,7 +258,7 @@ class CompletionService:
     ) -> AsyncIterator[StreamEvent]:
         """Start the jobs and wait for the first wave, so that errors before it still get their
         own status; then return the stream of events (keep-alives while waves run)."""
-        group, req = self._group(tenant, body)
+        group, req = await self._group(tenant, body)
         group.start()
         await group.first_wave_or_error()
         keepalive = self.state.config.server.keepalive_interval_s
@@ -340,14 +338,15 @@ async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncItera
     Disconnecting cancels the generator, which cancels the jobs and so aborts the engine's
     outstanding samples (their tokens are still billed)."""
     status = 200
+    pending = asyncio.ensure_future(group.wait())
+    waiter: asyncio.Future[Any] | None = None
     try:
-        pending = asyncio.ensure_future(group.wait())
         while not pending.done():
-            waiter = asyncio.ensure_future(group.progressed.wait())
+            tick = waiter = asyncio.ensure_future(group.progressed.wait())
             await asyncio.wait(
-                {pending, waiter}, timeout=keepalive_s, return_when=asyncio.FIRST_COMPLETED
+                {pending, tick}, timeout=keepalive_s, return_when=asyncio.FIRST_COMPLETED
             )
-            waiter.cancel()
+            tick.cancel()
             if not pending.done():
                 note = f"wave {group.waves_done}" if group.progressed.is_set() else "sampling"
                 group.progressed.clear()
@@ -381,6 +380,13 @@ async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncItera
         if status != 200:
             group.cancel_now()
             await asyncio.shield(group.cancel())
+        # no helper task may outlive the stream ("Task was destroyed but it is pending")
+        helpers: list[asyncio.Future[Any]] = [pending] if waiter is None else [waiter, pending]
+        for helper in helpers:
+            if not helper.done():
+                helper.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(helper)
 
 
 def usage(outcomes: list[Outcome]) -> Usage:

@@ -2,17 +2,19 @@
 
 Everything a job needs is settled here, once, before any wave: the controller names (request
 `t2` → tenant → defaults), the caps (a request may lower a tenant's cap, and raise it only where
-the tenant allows), the prompt's tokens and the context check. The wave loop then never
-tokenizes or checks again.
+the tenant allows; a policy that names its k, `fixed:k`, asks for k samples under the same
+rule as `t2.max_samples`), the prompt's tokens and the context check. The wave loop then never
+tokenizes or checks again. `temperature: 0` is greedy decoding, where every sample would be the
+same: such a job draws one.
 """
 
 from __future__ import annotations
 
-from server.api.protocol import SamplingRequest
+from server.api.protocol import MAX_SAMPLES, SamplingRequest
 from server.config import AppConfig, TenantConfig
 from server.engine.service import EngineService
 from server.errors import APIError, bad_request
-from server.sampling import SamplingJob, check_controller_names
+from server.sampling import SamplingJob, check_controller_names, samples_named
 
 
 def resolve_job(
@@ -35,7 +37,19 @@ def resolve_job(
     cap_samples = tenant.max_samples or defaults.max_samples
     cap_cost = tenant.max_cost if tenant.max_cost is not None else defaults.max_cost
     cap_deadline = tenant.deadline_ms if tenant.deadline_ms is not None else defaults.deadline_ms
-    max_samples = _capped(opts.max_samples if opts else None, cap_samples, "max_samples", tenant)
+    asked_samples, asked_as = (opts.max_samples, "max_samples") if opts else (None, "")
+    named = samples_named(policy) if opts and opts.policy else None
+    if named is not None and asked_samples is None:  # `fixed:k` asks for k samples outright
+        if named > MAX_SAMPLES:
+            raise bad_request(
+                f"t2.policy asks for {named} samples; at most {MAX_SAMPLES} per answer.",
+                param="t2.policy",
+                code="invalid_t2_option",
+            )
+        asked_samples, asked_as = named, "policy"
+    max_samples = _capped(asked_samples, cap_samples, asked_as, tenant)
+    if body.temperature == 0:  # greedy decoding: every sample is the same one
+        max_samples = 1
     max_cost = _capped(opts.max_cost if opts else None, cap_cost, "max_cost", tenant)
     deadline_ms = _capped(opts.deadline_ms if opts else None, cap_deadline, "deadline_ms", tenant)
 
@@ -92,9 +106,10 @@ def _capped(
     if asked is None:
         return cap
     if cap is not None and asked > cap and not tenant.allow_raising_caps:
+        what = f"t2.{name}={asked:g}" if name != "policy" else f"t2.policy asks for {asked:g} and"
         raise APIError(
             403,
-            f"t2.{name}={asked:g} exceeds this tenant's cap of {cap:g}; "
+            f"{what} exceeds this tenant's cap of {cap:g}; "
             "this tenant's requests may not raise it.",
             param=f"t2.{name}",
             code="cap_exceeded",
