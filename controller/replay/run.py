@@ -45,6 +45,9 @@ class ReplayResult:
     perms: int
     stop_reasons: dict[str, int] = field(default_factory=dict)
     avg_samples_target: float | None = None
+    per_question: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """Each question's accuracy over the perms (file order): paired comparisons need it."""
+    per_question_samples: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -181,6 +184,8 @@ def replay(
         perms=perms,
         stop_reasons=dict(reasons),
         avg_samples_target=avg_samples,
+        per_question=per_question,
+        per_question_samples=samples.mean(axis=0),
     )
 
 
