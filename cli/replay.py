@@ -223,7 +223,7 @@ def replay_command(
     ] = False,
     tune_perms: Annotated[
         int, typer.Option("--tune-perms", help="--loo: orders per grid point when tuning", min=1)
-    ] = 4,
+    ] = 10,
     tolerance: Annotated[
         float,
         typer.Option("--tolerance", help="--loo: a setting is feasible on a training file "

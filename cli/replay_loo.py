@@ -92,6 +92,10 @@ def print_report(report: LooReport) -> None:
         for budget, by in f.paced.items():
             cells = ", ".join(f"{k} {r.accuracy:.4f}@{r.mean_samples:.2f}" for k, r in by.items())
             console.print(f"  --avg-samples {budget:g}: {cells}")
+            if "t2" in by and len(by) > 2:
+                rival, p = f.paced_vs_best_baseline(budget)
+                console.print(f"    t2 − {rival}: {p.diff * 100:+.2f} points "
+                              f"({p.ci95[0] * 100:+.2f}, {p.ci95[1] * 100:+.2f})")
     pooled = report.to_json()["pooled"]
     console.print("pooled over all files (held-out settings):")
     for fam, p in pooled["loo"].items():  # type: ignore[index]
@@ -133,8 +137,7 @@ def draw_frontiers(path: Path, report: LooReport) -> None:
         ax.set_ylabel("accuracy", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-        lo = min(grid[s].accuracy for fam in FAMILIES for s in fam.settings[1:] if s in grid)
-        ax.set_ylim(max(0.0, min(lo, maj - 0.01)), maj + 0.6 * (maj - lo) + 0.005)
+        ax.set_ylim(max(0.0, maj - 0.03), maj + 0.012)
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7, loc="lower right")

@@ -123,6 +123,9 @@ def test_cli_loo_prints_per_file_and_pooled_json_and_draws_the_frontiers(tmp_pat
         assert key in t2
     assert obj["files"]["one"]["chosen"]["margin"].startswith("margin:")
     assert "4" in obj["files"]["two"]["paced"]
+    rival = obj["files"]["two"]["paced_t2_vs_best_baseline"]["4"]["rival"]
+    assert not rival.startswith("t2") and rival in obj["files"]["two"]["paced"]["4"]
+    assert obj["chosen_on_all_files"]["t2"].startswith("t2:")
     assert set(obj["pooled"]["loo"]) >= {"t2", "margin", "adaptive_consistency", "esc"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

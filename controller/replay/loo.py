@@ -56,7 +56,10 @@ FAMILIES: tuple[Family, ...] = (
     Family("margin", tuple(f"margin:{m}" for m in (2, 3, 4, 5, 6, 8)), "margin:4"),
     Family(
         "t2",
-        tuple(f"t2:{lam}" for lam in (0.004, 0.002, 0.001, 0.0007, 0.0005, 0.0003, 0.0002)),
+        tuple(
+            f"t2:{lam}"
+            for lam in (0.004, 0.002, 0.0015, 0.001, 0.0007, 0.0005, 0.0003, 0.0002)
+        ),
         "t2",
     ),
 )
@@ -151,7 +154,20 @@ class FileReport:
     paced: dict[float, dict[str, ReplayResult]] = field(default_factory=dict)
     """budget → "family" (held-out-chosen setting) or "family@default" → result."""
 
+    def paced_vs_best_baseline(self, budget: float, family: str = "t2") -> tuple[str, Paired]:
+        """`family` paced (its held-out-chosen setting) against the most accurate other paced
+        run at the same budget, paired over the same orders."""
+        by = self.paced[budget]
+        rivals = {k: r for k, r in by.items() if k.split("@")[0] != family}
+        best = max(rivals, key=lambda k: rivals[k].accuracy)
+        return best, paired(by[family], rivals[best])
+
     def to_json(self) -> dict[str, object]:
+        vs_best = {}
+        for budget in self.paced:
+            if "t2" in self.paced[budget] and len(self.paced[budget]) > 2:
+                rival, p = self.paced_vs_best_baseline(budget)
+                vs_best[f"{budget:g}"] = {"rival": rival, **p.to_json()}
         return {
             "questions": self.questions,
             "majority": {"accuracy": round(self.majority.accuracy, 6),
@@ -168,6 +184,7 @@ class FileReport:
                            for k, r in by.items()}
                 for b, by in self.paced.items()
             },
+            "paced_t2_vs_best_baseline": vs_best,
         }
 
 
@@ -180,6 +197,12 @@ class LooReport:
     tune_perms: int
     seed: int
     tolerance: float
+    families: tuple[Family, ...] = FAMILIES
+
+    def chosen_on_all(self, family: Family) -> str:
+        """The setting `choose` picks with every file as training data: how a shipped default
+        is set for traffic none of these files is. It must never score one of them."""
+        return choose(family, self.grids, self.tolerance)
 
     def pooled(self, family: str, which: str = "loo") -> dict[str, object]:
         """Over all files' questions: gap to majority-of-all (paired CI) and samples vs AC."""
@@ -199,6 +222,13 @@ class LooReport:
             "settings": {"perms": self.perms, "tune_perms": self.tune_perms, "seed": self.seed,
                          "tolerance": self.tolerance},
             "files": {k: v.to_json() for k, v in self.files.items()},
+            "chosen_on_all_files": {f.name: self.chosen_on_all(f) for f in self.families},
+            "grids": {
+                name: {spec: {"accuracy": round(r.accuracy, 6),
+                              "mean_samples": round(r.mean_samples, 4)}
+                       for spec, r in grid.items()}
+                for name, grid in self.grids.items()
+            },
             "pooled": {
                 "loo": {fam: self.pooled(fam) for fam in families},
                 "defaults": {fam: self.pooled(fam, "defaults") for fam in families},
@@ -211,7 +241,7 @@ def leave_one_out(
     *,
     families: Sequence[Family] = FAMILIES,
     perms: int = 20,
-    tune_perms: int = 4,
+    tune_perms: int = 10,
     seed: int = 0,
     tolerance: float = 0.002,
     budgets: Sequence[float] = (4.0, 8.0),
@@ -271,7 +301,7 @@ def leave_one_out(
             report.paced[budget] = by
         reports[name] = report
     return LooReport(reports, {k: dict(v) for k, v in grids.items()}, perms, tune_perms, seed,
-                     tolerance)
+                     tolerance, tuple(families))
 
 
 def total_runs(n_files: int, families: Sequence[Family] = FAMILIES,
