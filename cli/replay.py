@@ -181,7 +181,8 @@ def replay_command(
         list[str],
         typer.Option(
             "--policy",
-            help="NAME[:params] (fixed:5, adaptive_consistency:0.95, esc:5, t2:0.002) or all; "
+            help="NAME[:params] (fixed:5, adaptive_consistency:0.95, esc:5, margin:4, t2:0.0005) "
+            "or all; "
             "repeatable",
         ),
     ] = ["t2"],  # noqa: B006 - typer needs a literal default
