@@ -9,7 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
+from controller.policy import make_policy
+from controller.policy.t2 import DEFAULT_LAM, T2
 from controller.replay import ReplayQuestion, ReplaySample, replay
+from controller.replay.loo import FAMILIES as GRIDS
 from controller.replay.loo import (
     MAJORITY,
     Family,
@@ -136,3 +139,10 @@ def test_cli_loo_rejects_a_single_file(tmp_path: Path) -> None:
     assert result.exit_code == 2
     result = CliRunner().invoke(app, ["replay", "--data", str(tmp_path), "--loo"])
     assert result.exit_code == 2 and "at least two" in result.stderr
+
+
+def test_t2s_shipped_default_is_a_point_of_the_grid_loo_chooses_from() -> None:
+    t2 = make_policy("t2")
+    assert isinstance(t2, T2) and t2.lam == DEFAULT_LAM
+    grid = next(f for f in GRIDS if f.name == "t2")
+    assert any(make_policy(s).spec == t2.spec for s in grid.settings)
