@@ -48,7 +48,7 @@ def main() -> None:
     caps = Caps(max_samples=80)
     prior = LeaderPrior(4.2, 1.1)
     results: dict[str, float] = {}
-    for spec in ("adaptive_consistency", "esc", "t2"):
+    for spec in ("adaptive_consistency", "esc", "margin", "t2"):
         policy = make_policy(spec)
         if isinstance(policy, T2):
             policy.prior = prior

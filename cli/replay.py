@@ -174,12 +174,15 @@ def _print_table(results: list[ReplayResult], title: str) -> None:
 
 
 def replay_command(
-    data: Annotated[Path, typer.Option("--data", help="replay file (JSON Lines)")],
+    data: Annotated[
+        Path, typer.Option("--data", help="replay file (JSON Lines); with --loo, a folder of them")
+    ],
     policy: Annotated[
         list[str],
         typer.Option(
             "--policy",
-            help="NAME[:params] (fixed:5, adaptive_consistency:0.95, esc:5, t2:0.002) or all; "
+            help="NAME[:params] (fixed:5, adaptive_consistency:0.95, esc:5, margin:4, t2:0.0005) "
+            "or all; "
             "repeatable",
         ),
     ] = ["t2"],  # noqa: B006 - typer needs a literal default
@@ -214,10 +217,45 @@ def replay_command(
         int, typer.Option("--queries-per-day", help="--budget: steady stream per day", min=1)
     ] = 2000,
     days: Annotated[int, typer.Option("--days", help="--budget: simulated days", min=1)] = 2,
+    loo: Annotated[
+        bool,
+        typer.Option("--loo", help="leave-one-file-out over every *.jsonl in the --data folder: "
+                     "each file scored with settings chosen on the others"),
+    ] = False,
+    tune_perms: Annotated[
+        int, typer.Option("--tune-perms", help="--loo: orders per grid point when tuning", min=1)
+    ] = 10,
+    tolerance: Annotated[
+        float,
+        typer.Option("--tolerance", help="--loo: a setting is feasible on a training file "
+                     "within this accuracy of maj@all", min=0.0),
+    ] = 0.002,
+    budgets: Annotated[
+        str, typer.Option("--budgets", help="--loo: average budgets to pace to, comma-separated")
+    ] = "4,8",
 ) -> None:
     """Replay sampling policies over recorded samples: accuracy vs samples per question."""
     if perms < 1:
         raise _fail("--perms must be >= 1")
+    if loo:
+        if not data.is_dir():
+            raise _fail(f"{data}: --loo needs a folder of replay files")
+        try:
+            levels = [float(b) for b in budgets.split(",") if b.strip()]
+        except ValueError:
+            levels = [0.0]
+        if any(b < 1 for b in levels):
+            raise _fail(f"--budgets must be numbers >= 1, got {budgets!r}")
+        try:
+            extract_loo = get_extractor(extractor)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        from cli.replay_loo import run_loo_command
+
+        run_loo_command(data, extract_loo, skip_empty=skip_empty, perms=perms,
+                        tune_perms=tune_perms, seed=seed, tolerance=tolerance, budgets=levels,
+                        as_json=as_json, plot=plot)
+        return
     if avg_samples is not None and avg_samples < 1:
         raise _fail("--avg-samples must be >= 1")
     if max_samples is not None and max_samples < 1:

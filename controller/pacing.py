@@ -60,9 +60,10 @@ PRICE_MODES: tuple[PriceMode, ...] = ("cap", "spend")
 SAMPLE = "sample"
 
 REFERENCE_SAMPLE_PRICE = 0.002
-"""λ per sample at which every policy behaves as its own defaults: t2's default λ (0.2% of a
-correct answer per sample). Adaptive-Consistency and ESC have no λ of their own; they scale
-their knob by price / REFERENCE_SAMPLE_PRICE."""
+"""λ per sample (0.2% of a correct answer) at which the rules without a λ of their own
+(Adaptive-Consistency, ESC, margin) behave as their defaults: they scale their knob by
+price / REFERENCE_SAMPLE_PRICE. t2 has its own λ (`controller.policy.t2.DEFAULT_LAM`); this
+is also the warm start of a tenant's pacing price (`default_initial_price`)."""
 TYPICAL_SAMPLE_TOKENS = 256
 
 

@@ -27,7 +27,7 @@ def stops_at(spec: str, answers: list[str], price: ComputePrice | None) -> int:
         drawn.extend(answers[len(drawn) : len(drawn) + decision.wave])
 
 
-@pytest.mark.parametrize("spec", ["esc:5", "adaptive_consistency", "t2"])
+@pytest.mark.parametrize("spec", ["esc:5", "adaptive_consistency", "margin:4", "t2"])
 def test_a_cap_with_slack_leaves_each_policy_at_its_own_defaults(spec: str) -> None:
     unanimous = ["a"] * 40
     assert stops_at(spec, unanimous, TINY) == stops_at(spec, unanimous, None)
@@ -41,10 +41,21 @@ def test_esc_stops_at_the_first_unanimous_window_and_ac_at_095() -> None:
     assert stops_at("esc:5", ["a"] * 40, spend) > 5
 
 
-@pytest.mark.parametrize("spec", ["esc:5", "adaptive_consistency:0.99", "t2:lam=0.0005"])
+@pytest.mark.parametrize(
+    "spec", ["esc:5", "adaptive_consistency:0.99", "margin:4", "t2:lam=0.0005"]
+)
 def test_a_cap_under_pressure_makes_each_policy_stop_sooner(spec: str) -> None:
     mixed = ["a", "b", "a", "a", "b", "a", "a", "a", "b", "a"] * 4
     assert stops_at(spec, mixed, DEAR) < stops_at(spec, mixed, None)
+
+
+def test_margin_shrinks_with_pressure_and_a_cap_never_raises_it() -> None:
+    assert stops_at("margin:4", ["a"] * 40, None) == 4
+    assert stops_at("margin:4", ["a"] * 40, DEAR) == 1  # 10× dearer: m' = max(1, 0.4)
+    half = ComputePrice(REFERENCE_SAMPLE_PRICE * 2 / 1e-5, "currency", "cap")
+    assert stops_at("margin:4", ["a"] * 40, half) == 2
+    spend = ComputePrice(REFERENCE_SAMPLE_PRICE / 2, mode="spend")  # slack may raise it
+    assert stops_at("margin:4", ["a"] * 40, spend) == 8
 
 
 def test_fixed_k_ignores_every_price() -> None:

@@ -59,6 +59,22 @@ def test_esc_window_rule() -> None:
     assert run.decide(["a"] * 7).wave == 3
 
 
+def test_margin_rule_stops_at_a_lead_of_m_whatever_the_count() -> None:
+    run = make_policy("margin:4").start(CAPS)
+    assert run.decide([]).wave == 4  # four votes are the fewest that can make a lead of 4
+    assert run.decide(["a"] * 4).reason == "converged"
+    assert run.decide(["a", "b", "a"]).wave == 3  # lead 1: at least 3 more
+    # a close race stops as soon as one answer is 4 ahead (AC would need a far larger lead)
+    race = ["a", "b"] * 6 + ["a"] * 4
+    assert run.decide(race).stop
+    assert not make_policy("adaptive_consistency").start(CAPS).decide(race).stop
+    assert not run.decide(race[:-1]).stop
+    # abstentions and third answers never count toward the lead
+    assert not run.decide(["a", None, "a", "c", "a", None]).stop
+    assert run.decide(["a", None, "a", "c", "a", "a", "a"]).stop  # 5 vs 1
+    assert make_policy("margin:1").start(CAPS).decide(["z"]).stop
+
+
 def test_fixed_draws_k_in_one_wave() -> None:
     run = make_policy("fixed:5").start(CAPS)
     assert run.decide([]).wave == 5
@@ -86,7 +102,10 @@ def test_policy_specs() -> None:
     assert isinstance(t2, T2)
     assert (t2.lam, t2.value_per_correct, t2.wave, t2.upfront) == (0.01, 2.0, 4, True)
     assert isinstance(make_policy("t2:0.005"), T2)
-    for bad in ("fixed", "fixed:0", "fixed:x", "ac:1.5", "esc:0", "t2:foo=1", "t2:abc", "nope"):
+    assert make_policy("margin").spec == "margin:4"
+    assert make_policy("margin:2.5").spec == "margin:2.5"
+    bad_specs = ("fixed", "fixed:0", "fixed:x", "ac:1.5", "esc:0", "margin:0", "margin:x")
+    for bad in (*bad_specs, "t2:foo=1", "t2:abc", "nope"):
         with pytest.raises(ValueError):
             make_policy(bad)
 

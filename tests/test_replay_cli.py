@@ -36,7 +36,8 @@ def test_json_output_has_the_documented_fields() -> None:
 def test_policy_all_compares_every_policy_in_a_table() -> None:
     code, out, _ = invoke("--data", str(DATA), "--policy", "all", "--perms", "2")
     assert code == 0
-    for name in ("fixed:1", "fixed:16", "fixed:all", "adaptive_consistency", "esc:5", "t2"):
+    for name in ("fixed:1", "fixed:16", "fixed:all", "adaptive_consistency", "esc:5", "margin:4",
+                 "t2"):
         assert name in out
 
 

@@ -23,7 +23,7 @@ StopReason = Literal[
     "converged", "max_samples", "max_cost", "budget", "exhausted", "marginal_value", "fixed"
 ]
 STOP_REASONS: tuple[str, ...] = (
-    "converged",  # the policy's confidence rule is met (adaptive_consistency, esc)
+    "converged",  # the policy's confidence rule is met (adaptive_consistency, esc, margin)
     "max_samples",  # the request's sample cap
     "max_cost",  # the request's cost cap
     "budget",  # the tenant's remaining budget (as affordable samples)

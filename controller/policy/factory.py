@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from controller.policy.base import Policy
-from controller.policy.rules import AdaptiveConsistency, Esc, Fixed
+from controller.policy.rules import AdaptiveConsistency, Esc, Fixed, Margin
 from controller.policy.t2 import T2
 
 FIXED_ALL = 1_000_000
 """k for "fixed:all": every sample the caps allow (max_samples binds)."""
-POLICY_NAMES = ("fixed", "adaptive_consistency", "esc", "t2")
+POLICY_NAMES = ("fixed", "adaptive_consistency", "esc", "margin", "t2")
 _ALIASES = {"ac": "adaptive_consistency", "adaptive": "adaptive_consistency"}
 _T2_KEYS = {
     "lam": ("lam", float),
@@ -37,7 +37,8 @@ def _number(text: str, kind: type, spec: str) -> Any:
 
 
 def make_policy(spec: str, **overrides: Any) -> Policy:
-    """Build a policy from "fixed:5", "adaptive_consistency[:C]", "esc[:w]" or "t2[:...]".
+    """Build a policy from "fixed:5", "adaptive_consistency[:C]", "esc[:w]", "margin[:m]" or
+    "t2[:...]".
 
     t2 takes comma-separated options after the colon: a bare number is λ; `lam=`, `value=`,
     `wave=`, `first_wave=`, `refit_every=`, `min_history=`; flags `upfront`, `norefit`,
@@ -58,6 +59,8 @@ def make_policy(spec: str, **overrides: Any) -> Policy:
         return AdaptiveConsistency(threshold, **overrides)
     if name == "esc":
         return Esc(_number(params, int, spec) if params else 5, **overrides)
+    if name == "margin":
+        return Margin(_number(params, float, spec) if params else 4.0, **overrides)
     if name == "t2":
         kwargs: dict[str, Any] = {}
         for part in filter(None, (p.strip() for p in params.split(","))):

@@ -1,7 +1,9 @@
-"""The baseline policies: fixed k, Adaptive-Consistency (Beta rule) and ESC (window rule)."""
+"""The baseline policies: fixed k, Adaptive-Consistency (Beta rule), ESC (window rule) and
+the margin rule (Wald's SPRT for two answers)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from scipy.special import betainc
@@ -139,3 +141,48 @@ class Esc(Policy):
         m = self.pressure(price, caps)
         window = self.window if m == 1.0 else max(2, round(self.window / m))
         return EscRun(caps, window)
+
+
+class MarginRun(PolicyRun):
+    def __init__(self, caps: Caps, margin: float) -> None:
+        super().__init__(caps)
+        self.margin = margin
+        self._confidence: float | None = None
+
+    def want(self, answers: Sequence[str | None], allowed: int) -> Decision:
+        _, v1, v2 = top_two(answers)
+        self._confidence = beta_confidence(v1, v2) if v1 else None
+        if v1 > 0 and v1 - v2 >= self.margin - 1e-9:
+            return Decision.halt("converged")
+        # the fewest samples that could reach the margin: every one a vote for the leader
+        return Decision.draw(max(1, math.ceil(self.margin - (v1 - v2) - 1e-9)))
+
+    @property
+    def predicted_accuracy(self) -> float | None:
+        return self._confidence
+
+
+class Margin(Policy):
+    """Stop once the leader leads the runner-up by m votes (default 4).
+
+    This is Wald's sequential probability ratio test for two answers: with the pair's votes a
+    ±1 random walk, the log-likelihood ratio of "the leader is ahead" against "the runner-up
+    is" depends only on v1 − v2, so the SPRT stops at a fixed lead. Unlike
+    Adaptive-Consistency, whose required lead grows like √n, a close race stops as soon as
+    one answer pulls m ahead. Waves are the fewest draws that could reach the margin.
+
+    Under a price of compute the pressure m_p (`Policy.pressure`) shrinks the margin:
+    m' = max(1, m / m_p). m' is real-valued (stop at a lead ≥ m'), so a paced margin moves in
+    small steps on average; a cap (m_p ≥ 1) never raises it.
+    """
+
+    def __init__(self, margin: float = 4.0) -> None:
+        if not (math.isfinite(margin) and margin >= 1):
+            raise ValueError("margin m must be >= 1")
+        self.margin = float(margin)
+        self.spec = f"margin:{margin:g}"
+
+    def start(self, caps: Caps, price: ComputePrice | None = None) -> PolicyRun:
+        m = self.pressure(price, caps)
+        margin = self.margin if m == 1.0 else max(1.0, self.margin / m)
+        return MarginRun(caps, margin)

@@ -38,12 +38,17 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import betainc, betaln, gammaln
 
-from controller.pacing import REFERENCE_SAMPLE_PRICE, ComputePrice
+from controller.pacing import ComputePrice
 from controller.policy.base import Caps, Decision, Policy, PolicyRun, top_two
 from controller.policy.prior import UNIFORM, LeaderPrior, fit_leader_prior
 
 LOOKAHEAD: tuple[int, ...] = (1, 2, 4, 8, 16)
 MAX_TABLE = 256
+DEFAULT_LAM = 0.0005
+"""t2's default λ (value of a correct answer per sample). Chosen by the leave-one-file-out
+protocol (`t2serve replay --loo`, controller.replay.loo.choose) with all five dev replay files
+as training data: the cheapest λ on the grid within 0.2 points of majority-of-all on every
+file. Each dev file's own figures use the λ chosen without it (BENCHMARKS.md)."""
 MAX_PAIR_VOTES = 64
 """Finished questions with more top-two votes are scaled down to this many (c in proportion)
 before they enter the count table, which so holds at most ~2,100 distinct pairs."""
@@ -217,7 +222,7 @@ class T2(Policy):
 
     def __init__(
         self,
-        lam: float = REFERENCE_SAMPLE_PRICE,
+        lam: float = DEFAULT_LAM,
         *,
         value_per_correct: float = 1.0,
         prior: LeaderPrior = UNIFORM,

@@ -6,6 +6,7 @@ beyond reading the file).
 - `replay(questions, policy_spec_or_factory, perms=20, seed=0, avg_samples=None)
   -> ReplayResult` (accuracy, accuracy_ci95, mean_samples, mean_tokens, questions, policy).
 - `ALL_POLICIES` (what `--policy all` compares) and `SWEEPS` (curves for `--plot`).
+- `controller.replay.loo.leave_one_out(files)`: the leave-one-file-out protocol (`--loo`).
 """
 
 from controller.replay.data import (

@@ -45,6 +45,9 @@ class ReplayResult:
     perms: int
     stop_reasons: dict[str, int] = field(default_factory=dict)
     avg_samples_target: float | None = None
+    per_question: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """Each question's accuracy over the perms (file order): paired comparisons need it."""
+    per_question_samples: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -181,6 +184,8 @@ def replay(
         perms=perms,
         stop_reasons=dict(reasons),
         avg_samples_target=avg_samples,
+        per_question=per_question,
+        per_question_samples=samples.mean(axis=0),
     )
 
 
@@ -193,6 +198,7 @@ ALL_POLICIES: tuple[str, ...] = (
     "fixed:all",
     "adaptive_consistency",
     "esc",
+    "margin",
     "t2",
 )
 """What `--policy all` compares."""
@@ -203,6 +209,7 @@ SWEEPS: dict[str, tuple[str, ...]] = {
         f"adaptive_consistency:{c}" for c in (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
     ),
     "esc": tuple(f"esc:{w}" for w in (2, 3, 4, 5, 6, 8)),
+    "margin": tuple(f"margin:{m}" for m in (1, 2, 3, 4, 5, 6, 8)),
     "t2": tuple(f"t2:{lam}" for lam in (0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005)),
 }
 """Settings traced for one curve per policy family in `--plot`."""
