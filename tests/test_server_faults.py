@@ -84,11 +84,14 @@ async def test_disconnect_aborts_outstanding_samples(live_server: LiveServer, st
 async def test_schemathesis_with_every_check_finds_nothing(live_server: LiveServer) -> None:
     """`schemathesis run --checks all` against the live server on the real engine: no 5xx, every
     status and body as the OpenAPI document says (errors OpenAI-shaped), valid data accepted,
-    invalid data refused, auth enforced. The document names the served model as an example, so
-    generated requests reach the sampling loop; bounded to about two minutes."""
+    invalid data refused, auth enforced (tests/schemathesis.toml states the one exception). The
+    document names the served model as an example, so generated requests reach the sampling
+    loop; bounded to about two minutes."""
     report = live_server_report_dir()
     proc = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).with_name("schemathesis")),
+        "--config-file",
+        str(Path(__file__).with_name("schemathesis.toml")),
         "run",
         f"{live_server.base_url}/openapi.json",
         "--checks", "all",

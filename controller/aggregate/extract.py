@@ -203,6 +203,10 @@ _SIMPLE: dict[str, Extractor] = {
     "exact": exact,
 }
 EXTRACTOR_NAMES = (*_SIMPLE, "regex", "json_field")
+_NAME = "(" + "|".join(_SIMPLE) + ")"
+CHAIN_PATTERN = rf"^{_NAME}(,{_NAME}){{0,4}}$"
+"""The extractors a name alone selects (no options), chained by commas: what a request can ask
+for, stated exactly (`regex` and `json_field` need options only a tenant's config can give)."""
 
 
 def _single(name: str, options: dict[str, Any]) -> Extractor:

@@ -29,6 +29,33 @@ _T2_FLAGS = {
 }
 
 
+def _spec_pattern() -> str:
+    """The spec grammar as one regular expression, for an API that must say exactly what it
+    accepts: every string it matches is a policy `make_policy` builds (lowercase, no spaces,
+    numbers without exponents, within their bounds), so a client can check a spec itself."""
+    k = r"(10[01][0-9]|102[0-4]|[1-9][0-9]{0,2})"  # 1..1024
+    count = r"[1-9][0-9]{0,3}"  # 1..9999
+    num = r"(0|[1-9][0-9]{0,5})(\.[0-9]{1,8})?"  # ≥ 0
+    pos = r"([1-9][0-9]{0,5}(\.[0-9]{1,8})?|0\.[0-9]{0,7}[1-9])"  # > 0
+    at_least_one = r"([1-9][0-9]{0,3}(\.[0-9]{1,8})?)"  # ≥ 1
+    confidence = r"0\.(5[0-9]{0,6}[1-9]|[6-9][0-9]{0,7})"  # in (0.5, 1)
+    t2_option = (
+        rf"({num}|(lam|lambda)={num}|(value|value_per_correct)={pos}"
+        rf"|(wave|first_wave|refit_every|min_history)={count}|upfront|norefit|raw)"
+    )
+    forms = [
+        rf"fixed:({k}|all)",
+        rf"(adaptive_consistency|adaptive|ac)(:{confidence})?",
+        rf"esc(:{count})?",
+        rf"margin(:{at_least_one})?",
+        rf"t2(:{t2_option}(,{t2_option}){{0,7}})?",
+    ]
+    return "^(" + "|".join(forms) + ")$"
+
+
+SPEC_PATTERN = _spec_pattern()
+
+
 def _number(text: str, kind: type, spec: str) -> Any:
     try:
         return kind(text)

@@ -241,6 +241,8 @@ class T2(Policy):
             raise ValueError("value_per_correct must be > 0")
         if wave < 1 or first_wave < 1:
             raise ValueError("wave sizes must be >= 1")
+        if refit_every < 1 or min_history < 1:
+            raise ValueError("refit_every and min_history must be >= 1")
         self.lam = lam
         self.value_per_correct = value_per_correct
         self.prior = prior

@@ -41,6 +41,14 @@ ERRORS_BY_PATH: dict[str, tuple[int, ...]] = {
     "/metrics": (405, 500),
 }
 ADMIN_ERRORS = (400, 401, 403, 404, 405, 413, 500)
+SSE_EVENT = {
+    "type": "object",
+    "description": "One event of a stream (`stream: true`): `data` is a JSON chunk "
+    "(chat.completion.chunk or text_completion; the last one carries usage and t2), an error "
+    "body, or [DONE]. Comments (`: keep-alive`) come while waves run.",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    "required": ["data"],
+}
 
 
 def _error(status: int) -> dict[str, Any]:
@@ -83,9 +91,7 @@ def truthful_openapi(app: FastAPI, models: list[str] | None = None) -> dict[str,
                     responses[str(status)] = _error(status)
             ok = responses.get("200", {})
             if path in ("/v1/chat/completions", "/v1/completions"):
-                ok.setdefault("content", {})["text/event-stream"] = {
-                    "schema": {"type": "string", "description": "SSE: chunks, then [DONE]"}
-                }
+                ok.setdefault("content", {})["text/event-stream"] = {"schema": SSE_EVENT}
             if path == "/metrics":
                 ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
             if path == "/readyz":

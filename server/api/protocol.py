@@ -27,6 +27,10 @@ from pydantic import (
     model_serializer,
 )
 
+from controller.aggregate.extract import CHAIN_PATTERN
+from controller.aggregate.vote import METHODS
+from controller.policy.factory import SPEC_PATTERN
+
 MAX_CHOICES = 8
 MAX_STOP_SEQUENCES = 4
 MAX_SAMPLES = 1024
@@ -60,6 +64,10 @@ Millis = Annotated[int, Field(ge=1, le=3_600_000), Integral]
 
 Text = Annotated[str, AfterValidator(valid_unicode)]
 NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(valid_unicode)]
+# constraints inside the Annotated, before the validator, so the JSON schema carries them
+PolicySpec = Annotated[str, Field(pattern=SPEC_PATTERN), AfterValidator(valid_unicode)]
+ExtractorChain = Annotated[str, Field(pattern=CHAIN_PATTERN), AfterValidator(valid_unicode)]
+UserId = Annotated[str, Field(max_length=256), AfterValidator(valid_unicode)]
 
 
 class T2Options(BaseModel):
@@ -67,8 +75,9 @@ class T2Options(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    policy: Text | None = Field(
-        default=None, min_length=1, max_length=64, description="e.g. 't2', 'fixed:5'"
+    policy: PolicySpec | None = Field(
+        default=None,
+        description="e.g. 't2', 't2:lam=0.02,first_wave=2', 'fixed:5', 'esc:5', 'margin:4'",
     )
     max_samples: SampleCount | None = Field(
         default=None, description="cap on internal samples per answer"
@@ -76,8 +85,8 @@ class T2Options(BaseModel):
     max_cost: float | None = Field(
         default=None, gt=0, description="cap on this request's cost, tenant's unit"
     )
-    aggregator: Text | None = Field(default=None, min_length=1, max_length=64)
-    extractor: Text | None = Field(default=None, min_length=1, max_length=64)
+    aggregator: Literal[METHODS] | None = None  # type: ignore[valid-type]
+    extractor: ExtractorChain | None = None
     deadline_ms: Millis | None = Field(
         default=None, description="stop drawing waves after this"
     )
@@ -127,7 +136,7 @@ class SamplingRequest(BaseModel):
     )
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: Text | None = Field(default=None, max_length=256)
+    user: UserId | None = None
     t2: T2Options | None = None
 
     def stop_list(self) -> list[str]:
