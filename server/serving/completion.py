@@ -377,16 +377,14 @@ async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncItera
         status = 499
         raise
     finally:
+        # Synchronous cancels first: under Starlette's cancel scope every await in here can be
+        # cancelled again at once, and a helper left waiting would be destroyed pending.
+        for helper in (waiter, pending):
+            if helper is not None and not helper.done():
+                helper.cancel()
         if status != 200:
             group.cancel_now()
             await asyncio.shield(group.cancel())
-        # no helper task may outlive the stream ("Task was destroyed but it is pending")
-        helpers: list[asyncio.Future[Any]] = [pending] if waiter is None else [waiter, pending]
-        for helper in helpers:
-            if not helper.done():
-                helper.cancel()
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(helper)
 
 
 def usage(outcomes: list[Outcome]) -> Usage:
