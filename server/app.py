@@ -90,7 +90,7 @@ def create_app(
     app.include_router(router)
     app.include_router(admin.router)  # /admin/*: tenants, budgets, reload
     app.add_middleware(RequestMetrics)
-    app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)  # outermost
+    app.add_middleware(BodyLimit, limit=state.body_limit)  # outermost
     install_openapi(app, config.model_ids)
 
     @app.get("/healthz", include_in_schema=True)

@@ -106,6 +106,10 @@ class ScriptedEngine:
     def count_tokens(self, prompt: str) -> int:
         return len(prompt)
 
+    @property
+    def max_token_chars(self) -> int:
+        return 1  # one character, one token
+
     def tokenize(self, prompt: str) -> Prompt:
         return Prompt(prompt, tuple(ord(c) for c in prompt))
 

@@ -162,3 +162,22 @@ async def test_a_disconnect_is_499_and_leaves_no_task_pending(
     await asyncio.sleep(0.1)
     assert count_499() >= before + 2
     assert "Task was destroyed but it is pending" not in caplog.text
+
+
+async def test_a_prompt_longer_than_any_tokenization_can_fit_is_refused_untokenized(
+    live: tuple[str, Any, ScriptedEngine],
+) -> None:
+    base, _, engine = live
+
+    def no_tokenizing(prompt: str) -> Any:
+        raise AssertionError("a prompt that cannot fit was tokenized")
+
+    engine.tokenize = no_tokenizing  # type: ignore[method-assign]
+    too_long = "7" * (engine.context * engine.max_token_chars + 1)
+    async with httpx.AsyncClient(base_url=base, headers=AUTH, timeout=60) as http:
+        resp = await http.post(
+            "/v1/chat/completions", json=chat(messages=[{"role": "user", "content": too_long}])
+        )
+    assert resp.status_code == 400, resp.text[:300]
+    assert resp.json()["error"]["code"] == "context_length_exceeded"
+    assert resp.json()["error"]["param"] == "messages"

@@ -1,7 +1,8 @@
 """Pure ASGI middleware (not BaseHTTPMiddleware, so streaming and disconnects pass through).
 
 - `BodyLimit`: a request body over the limit gets 413 in OpenAI's error shape before anything
-  parses it, whether it declares its length or streams it chunked.
+  parses it, whether it declares its length or streams it chunked. The limit is read per
+  request, so it can follow what the served models can hold (ServingState.body_limit).
 - `RequestMetrics`: every completion request counted by its final status, 4xx and 5xx included;
   a client that leaves before the response is complete counts as 499, as nginx logs it.
 """
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,24 +37,25 @@ async def _send_error(send: Send, error: APIError) -> None:
 
 
 class BodyLimit:
-    """Refuse bodies over `max_bytes` with 413 before the app reads them."""
+    """Refuse bodies over `limit()` bytes with 413 before the app reads them."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.limit()
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             try:
                 length = int(declared)
             except ValueError:
                 length = -1
-            if length > self.max_bytes:
-                await _send_error(send, too_large(self.max_bytes))
+            if length > max_bytes:
+                await _send_error(send, too_large(max_bytes))
                 return
             if length >= 0:  # the server enforces the declared length itself
                 await self.app(scope, receive, send)
@@ -68,8 +71,8 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await _send_error(send, too_large(self.max_bytes))
+            if size > max_bytes:
+                await _send_error(send, too_large(max_bytes))
                 return
             chunks.append(chunk)
             more = bool(message.get("more_body", False))

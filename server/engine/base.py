@@ -160,6 +160,11 @@ class SampleEngine(Protocol):
 
     def count_tokens(self, prompt: str) -> int: ...
 
+    @property
+    def max_token_chars(self) -> int:
+        """The most characters one token covers: a bound that refuses huge prompts untokenized."""
+        ...
+
     def tokenize(self, prompt: str) -> Prompt:
         """The prompt as the engine will see it (no context check: the caller does that)."""
         ...

@@ -72,6 +72,17 @@ class PromptingMixin:
 
     config: EngineConfig
     _tokenizer: Any
+    _longest_token: int | None = None
+
+    @property
+    def max_token_chars(self) -> int:
+        """The longest token's text, in characters (vocabulary and added tokens): no token
+        covers more, so a prompt of more than max_model_len × this many characters cannot fit
+        and is refused without tokenizing it (20 MB of text took 30 s to tokenize)."""
+        if self._longest_token is None:
+            vocab = self._tokenizer.get_vocab()
+            self._longest_token = max((len(token) for token in vocab), default=1)
+        return max(1, self._longest_token)
 
     def params(
         self,

@@ -87,6 +87,11 @@ class EngineService:
     def max_model_len(self) -> int:
         return self._require().max_model_len
 
+    def max_prompt_chars(self) -> int:
+        """More characters than this cannot fit the context, whatever they tokenize to."""
+        engine = self._require()
+        return engine.max_model_len * engine.max_token_chars
+
     def params(
         self,
         *,

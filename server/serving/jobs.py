@@ -61,8 +61,15 @@ def resolve_job(
             param="seed",
             code="unsupported_parameter",
         )
-    tokens = engine.tokenize(prompt)
     context = engine.max_model_len()
+    if len(prompt) > engine.max_prompt_chars():  # refused without spending seconds tokenizing
+        raise bad_request(
+            f"This model's maximum context length is {context} tokens, but the prompt has "
+            f"{len(prompt)} characters, more than {context} tokens can hold.",
+            param=prompt_param,
+            code="context_length_exceeded",
+        )
+    tokens = engine.tokenize(prompt)
     if tokens.tokens >= context:
         raise bad_request(
             f"This model's maximum context length is {context} tokens, but the prompt has "

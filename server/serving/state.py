@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from server import metrics
+from server.api.protocol import MAX_CHOICES
 from server.auth import KeyRing
 from server.billing.protocol import BillingProvider
 from server.config import AppConfig, load_config
@@ -21,6 +22,7 @@ from server.sampling import PolicyBook, Sampler
 from server.verifiers import VerifierBook
 
 log = logging.getLogger("t2serve.serving")
+BODY_SLACK = 64 * 1024
 
 
 class ServingState:
@@ -45,6 +47,17 @@ class ServingState:
                 404, f"The model '{model}' does not exist.", param="model", code="model_not_found"
             )
         return engine
+
+    def body_limit(self) -> int:
+        """The request-body limit: `server.max_body_bytes`, or less once every engine is up,
+        when no body could carry a prompt the largest served context can hold: at most
+        MAX_CHOICES prompts of max_prompt_chars characters, 12 bytes each as JSON escapes
+        (a surrogate pair), plus room for the rest of the request."""
+        configured = self.config.server.max_body_bytes
+        if not self.ready():
+            return configured
+        widest = max(engine.max_prompt_chars() for engine in self.engines.values())
+        return min(configured, widest * 12 * MAX_CHOICES + BODY_SLACK)
 
     def ready(self) -> bool:
         return all(engine.ready() for engine in self.engines.values())
