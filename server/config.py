@@ -121,6 +121,12 @@ class LedgerConfig(_Strict):
     backend: str = Field(default="sqlite", pattern=r"^(sqlite|redis)$")
     path: str = "var/ledger.sqlite"
     redis_url: str | None = None
+    admission_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="a wave refused only because other waves hold budget waits this long for "
+        "them to settle before the request gets 429 (server/billing/admission.py)",
+    )
     reservation_ttl_s: float | None = Field(
         default=None,
         gt=0,

@@ -3,8 +3,10 @@ window's reset; per-request and soft budgets; λ rising with the burn rate; FLOP
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 
 from server.billing import BudgetProvider, LedgerBilling, UnmeteredBilling, WaveHold
+from server.billing.admission import HOLD_RETRY_S, POLL_S
 from server.config import AppConfig, hash_key, parse_config
 from server.engine.weights import model_sizes, parameter_count
 from server.errors import InsufficientQuota
@@ -27,11 +30,15 @@ class ManualClock:
         return self.now
 
 
-def make_config(tmp_path: Path, **tenant: Any) -> AppConfig:
+def make_config(tmp_path: Path, admission_wait: float = 10.0, **tenant: Any) -> AppConfig:
     return parse_config(
         {
             "models": [{"id": "m", "path": str(tmp_path / "model")}],
-            "ledger": {"backend": "sqlite", "path": str(tmp_path / "ledger.sqlite")},
+            "ledger": {
+                "backend": "sqlite",
+                "path": str(tmp_path / "ledger.sqlite"),
+                "admission_wait_s": admission_wait,
+            },
             "tenants": [
                 {
                     "id": "acme",
@@ -58,7 +65,7 @@ def handle(provider: BudgetProvider, cfg: AppConfig, rid: str) -> LedgerBilling:
 
 async def test_waves_shrink_then_429_with_retry_after_at_the_reset(tmp_path: Path) -> None:
     # one sample's worst case: 10 prompt + 10 completion tokens = 0.01 + 0.02 = 0.03 EUR
-    cfg = make_config(tmp_path, budgets={"day": {"limit": 0.2, "hard": True}})
+    cfg = make_config(tmp_path, budgets={"day": {"limit": 0.2, "hard": True}}, admission_wait=0)
     clock = noon()
     provider = BudgetProvider(cfg, clock=clock, publish_metrics=False)
     try:
@@ -72,7 +79,8 @@ async def test_waves_shrink_then_429_with_retry_after_at_the_reset(tmp_path: Pat
         with pytest.raises(InsufficientQuota) as refused:
             await b3.reserve(WaveHold(0, 1, 10, 10))
         assert refused.value.window == "day"
-        assert refused.value.retry_after_s == pytest.approx(3600.0)  # 23:00 → midnight UTC
+        # refused while r1's and r2's holds are outstanding: they free budget before midnight
+        assert refused.value.retry_after_s == pytest.approx(HOLD_RETRY_S)
         assert "day" in refused.value.message
         # settling at what the engine reported releases the rest: r3 now fits a smaller wave
         first = WaveHold(0, 4, 10, 10)
@@ -83,6 +91,11 @@ async def test_waves_shrink_then_429_with_retry_after_at_the_reset(tmp_path: Pat
         for b in (b2, b3):
             await b.settle(WaveHold(0, 1, 0, 0), prompt_tokens=10, completion_tokens=5)
             await b.close()
+        spent = handle(provider, cfg, "burn")
+        await spent.settle(WaveHold(0, 1, 0, 0), prompt_tokens=0, completion_tokens=100)
+        with pytest.raises(InsufficientQuota) as gone:  # no holds left: spent until midnight
+            await handle(provider, cfg, "r5").reserve(WaveHold(0, 1, 10, 10))
+        assert gone.value.retry_after_s == pytest.approx(3600.0)  # 23:00 → midnight UTC
         clock.now += 3600  # the window resets at midnight: full waves again
         b4 = handle(provider, cfg, "r4")
         assert (await b4.reserve(WaveHold(0, 4, 10, 10))).samples == 4
@@ -189,3 +202,26 @@ def test_flops_params_from_safetensors_header(tmp_path: Path) -> None:
     provider = BudgetProvider(cfg, publish_metrics=False, model_params=model_sizes(cfg.models))
     b = handle(provider, cfg, "r")
     assert b.pricer.cost(3, 2).flops == pytest.approx(2 * 40 * 5)
+
+
+async def test_a_wave_waits_for_other_holds_to_settle_instead_of_a_false_429(
+    tmp_path: Path,
+) -> None:
+    """Holds of waves in flight cover the budget, but settled spend is far below it: the next
+    wave waits for a settlement (woken by it, not by polling) and gets its samples."""
+    cfg = make_config(tmp_path, budgets={"day": {"limit": 0.2, "hard": True}}, admission_wait=5)
+    provider = BudgetProvider(cfg, clock=noon(), publish_metrics=False)
+    try:
+        holder = handle(provider, cfg, "holder")
+        hold = await holder.reserve(WaveHold(0, 6, 10, 10))  # 0.01 + 6 × 0.02 = 0.13 held
+        other = handle(provider, cfg, "other")
+        assert (await other.reserve(WaveHold(0, 2, 10, 10))).samples == 2  # 0.05: 0.18 held
+        waiting = asyncio.create_task(handle(provider, cfg, "late").reserve(WaveHold(0, 4, 10, 10)))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # refused for now, but only because of the holds
+        started = time.monotonic()
+        await holder.settle(hold, prompt_tokens=10, completion_tokens=6)  # it used 0.022
+        granted = await asyncio.wait_for(waiting, timeout=5)
+        assert granted.samples >= 1 and time.monotonic() - started < POLL_S
+    finally:
+        await provider.close()

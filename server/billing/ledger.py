@@ -32,6 +32,7 @@ from controller.budget import (
 from controller.budget.ledger import DEFAULT_TTL_S
 from controller.pacing import ComputePrice, TenantPacer, default_initial_price
 from server import metrics
+from server.billing.admission import HOLD_RETRY_S, POLL_S, SettleSignal
 from server.billing.protocol import Billing, WaveHold
 from server.billing.unmetered import UnmeteredBilling, unmetered_report
 from server.config import AppConfig, TenantConfig
@@ -79,6 +80,7 @@ class BudgetProvider:
         self._params: dict[str, float | None] = dict(model_params or {})
         self._published: dict[str, float] = {}
         self._trailing: set[str] = set()
+        self.settles = SettleSignal()
         self.reload(config)
 
     def reload(self, config: AppConfig) -> None:
@@ -272,14 +274,24 @@ class LedgerBilling:
         per = self.pricer.cost(0, hold.max_tokens)
         samples = self._request_cap(max(1, hold.samples), fixed, per)
         ledger = self.provider.ledger
-        out = await ledger.reserve(
-            self.tenant.id, self.tenant.budgets, self.request_id, hold.wave, samples, fixed, per
-        )
-        self.provider.remember(self.tenant, out.usage, self.pricer)
-        if out.granted < 1:
+        give_up = time.monotonic() + self.provider.config.ledger.admission_wait_s
+        while True:
+            out = await ledger.reserve(
+                self.tenant.id, self.tenant.budgets, self.request_id, hold.wave, samples, fixed, per
+            )
+            self.provider.remember(self.tenant, out.usage, self.pricer)
             binding = next((u for u in out.usage if u.name == out.binding), None)
+            held = binding.reserved_value if binding is not None else 0.0
+            left_s = give_up - time.monotonic()
+            if out.granted >= 1 or held <= 0 or left_s <= 0:
+                break
+            # refused only because other waves hold budget: wait for them (see admission.py)
+            await self.provider.settles.wait(self.tenant.id, min(POLL_S, left_s))
+        if out.granted < 1:
             now = ledger.clock()
             retry = binding.reset_in(now) if binding is not None else None
+            if held > 0 and retry is not None:  # holds outstanding: they free it up sooner
+                retry = min(retry, HOLD_RETRY_S)
             left = binding.remaining if binding is not None else None
             unit = self._unit_name(binding.limit.unit if binding else self.cost_unit)
             raise InsufficientQuota(
@@ -303,6 +315,7 @@ class LedgerBilling:
             del self.held[hold.wave]
             self.spent = self.spent + out.cost
         self.provider.remember(self.tenant, out.usage, self.pricer)
+        self.provider.settles.fire(self.tenant.id)
         return out.cost.of(self.cost_unit)
 
     async def close(self) -> None:
@@ -313,6 +326,7 @@ class LedgerBilling:
             except Exception:  # the hold still expires by its TTL
                 log.exception("releasing wave %s of %s failed", wave, self.request_id)
             del self.held[wave]
+            self.provider.settles.fire(self.tenant.id)
 
     def remaining(self) -> float | None:
         usage = self.provider.window_figures(self.tenant)
