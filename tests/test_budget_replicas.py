@@ -234,6 +234,11 @@ async def test_kill_9_under_load_keeps_spend_and_expires_holds(replicas: Replica
                 w.exception() for w in workers if w.done()
             ]
             await asyncio.sleep(0.05)
+        # kill it with waves in flight: wait until the shared ledger shows the victim's holds
+        # (on a busy box every request can be between waves, rendering or queued, for a while)
+        while day_window(survivor, "crash")["reserved"] <= 0:
+            assert time.monotonic() < deadline, "the victim never held budget under load"
+            await asyncio.sleep(0.01)
         stop.set()
         victim.kill()
         killed_at = time.monotonic()
