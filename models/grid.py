@@ -6,8 +6,9 @@ through vLLM on the 320 held-back questions (64 samples each at T = 1). Output, 
 
 - `grid.csv`: `model,params,tokens,problem,samples,correct,loss` (the shared pass@k schema plus
   the loss column), what `t2serve fit` reads;
-- `cells/<model>.json`: per cell, the training record and each question's answer counts (for
-  maj@k from the same samples);
+- `answers.jsonl`: each question of each cell with its answers' counts, for maj@k from the
+  same samples (`t2serve fit --data answers.jsonl --metric maj`);
+- `cells/<model>.json`: per cell, the training record, timings and the same counts;
 - `grid.json`: the grid's arguments (a rerun with different ones into the same folder is
   refused) and the wall time spent;
 - `checkpoints/` (not in git): weights and resumable training state.
@@ -147,6 +148,27 @@ def write_csv(out: Path, cells: list[dict[str, Any]]) -> Path:
     return path
 
 
+def write_answers(out: Path, cells: list[dict[str, Any]]) -> Path:
+    """One JSON line per question of each cell: the answer counts maj@k is computed from."""
+    path = out / "answers.jsonl"
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        for cell in sorted(cells, key=lambda c: (c["params"], c["train_tokens"])):
+            for q in cell["questions"]:
+                row = {
+                    "model": cell["model"],
+                    "params": cell["params"],
+                    "tokens": cell["train_tokens"],
+                    "loss": round(cell["validation_loss"], 6),
+                    "problem": q["problem"],
+                    "gold": q["gold"],
+                    "answers": q["answers"],
+                }
+                f.write(json.dumps(row, separators=(",", ":")) + "\n")
+    tmp.replace(path)
+    return path
+
+
 def _train_job(
     size: Size, tokens: list[int], root: str, settings: TrainSettings
 ) -> list[dict[str, Any]]:
@@ -198,6 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     wanted = {cell_name(s, d) for s in sizes for d in tokens}
     cells = [c for c in cells if c["model"] in wanted]
     csv_path = write_csv(out, cells)
+    write_answers(out, cells)
     elapsed = time.monotonic() - started
     doc["wall_seconds"] = round(float(doc.get("wall_seconds", 0.0)) + elapsed, 1)
     this_run = {"seconds": round(elapsed, 1), "cells_done": len(todo) * len(tokens)}

