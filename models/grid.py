@@ -204,6 +204,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     progress = Progress(console=Console(stderr=True), disable=quiet, transient=False)
     total = len(sizes) * len(tokens)
     bar = progress.add_task("grid", total=total, completed=total - len(todo) * len(tokens))
+    measured = [0]
+
+    def advance() -> None:
+        measured[0] += 1
+        progress.advance(bar)
+
     ctx = multiprocessing.get_context("spawn")
     with progress, ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
         jobs: dict[Size, Future[list[dict[str, Any]]]] = {
@@ -213,9 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             progress.update(bar, description=f"training {size.label}")
             infos = jobs[size].result()
             progress.update(bar, description=f"sampling {size.label}")
-            _sample_size(
-                size, infos, out, ckpt_root, questions, args, lambda: progress.advance(bar)
-            )
+            _sample_size(size, infos, out, ckpt_root, questions, args, advance)
     cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
     wanted = {cell_name(s, d) for s in sizes for d in tokens}
     cells = [c for c in cells if c["model"] in wanted]
@@ -223,7 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     write_answers(out, cells)
     elapsed = time.monotonic() - started
     doc["wall_seconds"] = round(float(doc.get("wall_seconds", 0.0)) + elapsed, 1)
-    this_run = {"seconds": round(elapsed, 1), "cells_done": len(todo) * len(tokens)}
+    this_run = {"seconds": round(elapsed, 1), "cells_done": measured[0]}
     doc["runs"] = [*doc.get("runs", []), this_run]
     (out / "grid.json").write_text(json.dumps(doc, indent=2) + "\n")
     return {
@@ -252,7 +256,7 @@ def _sample_size(
     args: argparse.Namespace,
     advance: Any,
 ) -> None:
-    from models.grid_sample import CellSampler
+    from models.grid_sample import INPROCESS_SAMPLES, CellSampler
 
     cells = out / "cells"
     pending = [
@@ -261,7 +265,8 @@ def _sample_size(
     if not pending:
         return
     first = checkpoint_dir(ckpt_root, size, pending[0]["target_tokens"])
-    sampler = CellSampler(first, seed=args.seed)
+    small = len(questions) * args.samples <= INPROCESS_SAMPLES
+    sampler = CellSampler(first, seed=args.seed, inprocess=small)
     try:
         for info in pending:
             name = cell_name(size, info["target_tokens"])

