@@ -149,7 +149,8 @@ def train_size(
 ) -> list[dict[str, Any]]:
     """Train `size` to the largest target, checkpointing when tokens seen first reach each one.
 
-    Resumes from the latest complete checkpoint under `root`. Returns each target's info
+    Resumes from the latest complete checkpoint under `root` before the first missing target
+    (the saved state continues the run exactly). Returns each target's info
     (params, tokens actually seen, steps, validation loss, seconds).
     """
     import torch
@@ -165,25 +166,28 @@ def train_size(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP_STEPS))
     data = _Batches(tokenizer, settings.batch, settings.seed)
     targets = sorted(targets)
-    infos: list[dict[str, Any]] = []
     step, seen, seconds = 0, 0, 0.0
-    for target in reversed(targets):  # resume from the latest complete checkpoint
-        state_path = checkpoint_dir(root, size, target) / "state.pt"
-        if state_path.is_file():
-            state = torch.load(state_path, weights_only=False)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            sched.load_state_dict(state["sched"])
-            data.rng.setstate(state["rng"])
-            torch.set_rng_state(state["torch_rng"])
-            step, seen, seconds = state["step"], state["tokens"], state["seconds"]
-            break
-    for target in targets:
-        path = checkpoint_dir(root, size, target)
-        if (path / "training.json").is_file():
-            infos.append(json.loads((path / "training.json").read_text()))
+
+    def done(target: int) -> bool:
+        return (checkpoint_dir(root, size, target) / "training.json").is_file()
+
+    missing = [t for t in targets if not done(t)]
+    below = [t for t in targets if done(t) and missing and t < missing[0]]
+    if below:  # resume from the latest complete checkpoint before the first missing one
+        state = torch.load(checkpoint_dir(root, size, below[-1]) / "state.pt", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        data.rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        step, seen, seconds = state["step"], state["tokens"], state["seconds"]
+    by_target = {
+        t: json.loads((checkpoint_dir(root, size, t) / "training.json").read_text())
+        for t in targets
+        if done(t)
+    }
     started = time.monotonic() - seconds
-    for target in targets[len(infos) :]:
+    for target in missing:
         path = checkpoint_dir(root, size, target)
         while seen < target:
             ids, labels, real = data.next()
@@ -222,7 +226,7 @@ def train_size(
             "seconds": elapsed,
         }
         _save(path, model, tokenizer, state, info)
-        infos.append(info)
+        by_target[target] = info
         if on_checkpoint is not None:
             on_checkpoint(target, info)
-    return infos
+    return [by_target[t] for t in targets]
