@@ -191,6 +191,12 @@ def plan(
         str | None,
         typer.Option("--metric", help="pass or maj: check the curves were fitted for it"),
     ] = None,
+    min_params: Annotated[
+        float, typer.Option("--min-params", help="smallest N searched (our own grid: 1e4)")
+    ] = 1e6,
+    min_tokens: Annotated[
+        float, typer.Option("--min-tokens", help="fewest training tokens searched")
+    ] = 1e6,
 ) -> None:
     """Print the T² compute-optimal (N, D, k) and the Chinchilla baseline as JSON.
 
@@ -210,11 +216,15 @@ def plan(
         if use_paper:
             if train_flops is None or inference_flops is None:
                 _fail("--train-flops and --inference-flops go together")
-            result = plan_paper(curves, train_flops, inference_flops)
+            result = plan_paper(
+                curves, train_flops, inference_flops, n_min=min_params, d_min=min_tokens
+            )
         else:
             if total_flops is None or queries is None or tokens_per_query is None:
                 _fail("--total-flops, --queries and --tokens-per-query go together")
-            result = plan_deployment(curves, total_flops, queries, tokens_per_query)
+            result = plan_deployment(
+                curves, total_flops, queries, tokens_per_query, n_min=min_params, d_min=min_tokens
+            )
     except _USER_ERRORS as exc:
         _fail(str(exc))
     fitted_for = str(curves.diagnostics.get("metric", "pass"))
