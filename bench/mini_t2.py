@@ -22,6 +22,7 @@ import numpy as np
 from controller.scaling.curves import Curves
 from controller.scaling.data import CountTable, load_answers
 from controller.scaling.fit import cell_neg_log_pass, cell_pass, fit_curves, floor_samples
+from controller.scaling.laws import beta_links, beta_pass_at_k
 
 ANSWERS = Path(os.environ.get("T2_GRID_ANSWERS", "models/mini-t2/answers.jsonl"))
 EXTRAPOLATION_K = (1, 4, 16, 64)
@@ -62,6 +63,33 @@ def predictions(curves: Curves, table: CountTable, metric: str) -> list[dict[str
     return rows
 
 
+def diagnose(curves: Curves, test: CountTable, metric: str) -> dict[str, Any]:
+    """Where Approach 2's error comes from: L(N, D) against the measured loss of each held-out
+    cell, and the links alone (fed the measured loss) against the measured accuracy."""
+    p = curves.parameters
+    assert p is not None
+    theta = {k: getattr(p, k) for k in ("theta0", "theta1", "theta2", "theta3", "theta4")}
+    cells, errors = [], []
+    for cell in test.cells:
+        if cell.loss is None:
+            continue
+        a, b = beta_links(cell.loss, **theta)
+        links = beta_pass_at_k(a, b, np.asarray(EXTRAPOLATION_K, dtype=float))
+        measured = cell_pass(cell, EXTRAPOLATION_K, metric)
+        errors += list(np.abs(links / np.maximum(measured, 1e-12) - 1.0))
+        fitted = float(curves.chinchilla_loss(params=cell.params, tokens=cell.tokens))
+        cells.append({"model": cell.model, "loss": cell.loss, "fitted_loss": fitted})
+    return {
+        "links_alone_mean_rel_error": float(np.mean(errors)) if errors else None,
+        "loss_mean_rel_error": float(
+            np.mean([abs(c["fitted_loss"] / c["loss"] - 1) for c in cells])
+        )
+        if cells
+        else None,
+        "cells": cells,
+    }
+
+
 def subset(table: CountTable, keep: set[str]) -> CountTable:
     cells = tuple(c for c in table.cells if c.model in keep)
     return CountTable(table.path, table.sha256, sum(len(c.samples) for c in cells), None, cells)
@@ -86,6 +114,8 @@ def extrapolate(table: CountTable, *, seed: int = 0) -> dict[str, Any]:
                 "rows": rows,
                 "loss_target": curves.diagnostics.get("loss_target"),
             }
+            if approach == "accuracy":
+                entry["diagnosis"] = diagnose(curves, test, metric)
             if approach == "loss":
                 entry["mean_rel_error_neglog"] = float(
                     np.mean([r["rel_error_neglog"] for r in rows])
@@ -125,6 +155,13 @@ def main() -> None:
         e = report[key]
         cols = " ".join(f"{100 * e['per_k'][str(k)]:6.1f}%" for k in EXTRAPOLATION_K)
         print(f"{key:<18} {100 * e['mean_rel_error']:6.1f}% {cols}")
+        if "diagnosis" in e and e["diagnosis"]["links_alone_mean_rel_error"] is not None:
+            d = e["diagnosis"]
+            law, links = d["loss_mean_rel_error"], d["links_alone_mean_rel_error"]
+            print(
+                f"{'  diagnosis':<18} L(N,D) vs measured loss {100 * law:.0f}%;"
+                f" links fed the measured loss {100 * links:.1f}%"
+            )
         if "per_k_neglog" in e:
             cols = " ".join(f"{100 * e['per_k_neglog'][str(k)]:6.1f}%" for k in EXTRAPOLATION_K)
             print(f"{'  (-log form)':<18} {100 * e['mean_rel_error_neglog']:6.1f}% {cols}")
