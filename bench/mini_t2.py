@@ -69,7 +69,9 @@ def diagnose(curves: Curves, test: CountTable, metric: str) -> dict[str, Any]:
     p = curves.parameters
     assert p is not None
     theta = {k: getattr(p, k) for k in ("theta0", "theta1", "theta2", "theta3", "theta4")}
-    cells, errors = [], []
+    cells: list[dict[str, Any]] = []
+    errors: list[float] = []
+    law_errors: list[float] = []
     for cell in test.cells:
         if cell.loss is None:
             continue
@@ -79,13 +81,10 @@ def diagnose(curves: Curves, test: CountTable, metric: str) -> dict[str, Any]:
         errors += list(np.abs(links / np.maximum(measured, 1e-12) - 1.0))
         fitted = float(curves.chinchilla_loss(params=cell.params, tokens=cell.tokens))
         cells.append({"model": cell.model, "loss": cell.loss, "fitted_loss": fitted})
+        law_errors.append(abs(fitted / cell.loss - 1.0))
     return {
         "links_alone_mean_rel_error": float(np.mean(errors)) if errors else None,
-        "loss_mean_rel_error": float(
-            np.mean([abs(c["fitted_loss"] / c["loss"] - 1) for c in cells])
-        )
-        if cells
-        else None,
+        "loss_mean_rel_error": float(np.mean(law_errors)) if law_errors else None,
         "cells": cells,
     }
 
