@@ -18,8 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from controller.scaling.curves import APPROACHES, Curves, CurvesError, load_curves
-from controller.scaling.data import DataError, load_counts
-from controller.scaling.fit import FitError, fit_curves
+from controller.scaling.data import CountTable, DataError, load_answers, load_counts
+from controller.scaling.fit import METRICS, FitError, fit_curves
 from controller.scaling.optimize import Progress as ProgressFn
 from controller.scaling.plan import PlanError, plan_deployment, plan_paper
 
@@ -82,9 +82,20 @@ def _summary(curves: Curves, out: Path) -> Table:
     return table
 
 
+def load_data(data: Path, where: str | None) -> CountTable:
+    """A counts CSV, or an answers .jsonl (per-question answer counts, needed for maj@k)."""
+    if data.suffix == ".jsonl":
+        return load_answers(data, where=where)
+    return load_counts(data, where=where)
+
+
 def fit(
     data: Annotated[
-        Path, typer.Option("--data", help="CSV: model,params,tokens,problem,samples,correct")
+        Path,
+        typer.Option(
+            "--data",
+            help="CSV: model,params,tokens,problem,samples,correct[,loss]; or an answers .jsonl",
+        ),
     ],
     approach: Annotated[str, typer.Option("--approach", help="loss, accuracy or beta")],
     out: Annotated[Path, typer.Option("--out", help="where to write curves.json")],
@@ -100,14 +111,27 @@ def fit(
     as_json: Annotated[
         bool, typer.Option("--json", help="print the curves JSON, no table/progress")
     ] = False,
+    metric: Annotated[
+        str,
+        typer.Option(
+            "--metric", help="pass (pass@k, perfect verifier) or maj (majority vote; .jsonl data)"
+        ),
+    ] = "pass",
 ) -> None:
-    """Fit T² curves to pass@k counts and write curves.json."""
+    """Fit T² curves to pass@k (or maj@k) counts and write curves.json.
+
+    The accuracy approach fits L(N, D) to the data's `loss` column when it has one, and to
+    -log pass@1 otherwise (the fit's diagnostics say which)."""
     if approach not in APPROACHES:
         _fail(f"--approach: unknown approach '{approach}' (use {', '.join(APPROACHES)})")
+    if metric not in METRICS:
+        _fail(f"--metric: unknown metric '{metric}' (use {', '.join(METRICS)})")
     try:
-        table = load_counts(data, where=where)
+        table = load_data(data, where)
         with _progress(f"fitting {approach}", as_json) as progress:
-            curves = fit_curves(table, approach, seed=seed, n_starts=starts, progress=progress)
+            curves = fit_curves(
+                table, approach, seed=seed, n_starts=starts, progress=progress, metric=metric
+            )
         curves.save(out)
     except _USER_ERRORS as exc:
         _fail(str(exc))
@@ -163,8 +187,21 @@ def plan(
     tokens_per_query: Annotated[
         float | None, typer.Option("--tokens-per-query", help="T tokens per query")
     ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option("--metric", help="pass or maj: check the curves were fitted for it"),
+    ] = None,
+    min_params: Annotated[
+        float, typer.Option("--min-params", help="smallest N searched (our own grid: 1e4)")
+    ] = 1e6,
+    min_tokens: Annotated[
+        float, typer.Option("--min-tokens", help="fewest training tokens searched")
+    ] = 1e6,
 ) -> None:
-    """Print the T² compute-optimal (N, D, k) and the Chinchilla baseline as JSON."""
+    """Print the T² compute-optimal (N, D, k) and the Chinchilla baseline as JSON.
+
+    Plan for the aggregator you serve with: pass@k curves assume a perfect verifier; a server
+    that votes gets maj@k, so fit with `--metric maj` and plan on those curves."""
     paper = (train_flops, inference_flops)
     deploy = (total_flops, queries, tokens_per_query)
     use_paper = any(v is not None for v in paper)
@@ -179,14 +216,21 @@ def plan(
         if use_paper:
             if train_flops is None or inference_flops is None:
                 _fail("--train-flops and --inference-flops go together")
-            result = plan_paper(curves, train_flops, inference_flops)
+            result = plan_paper(
+                curves, train_flops, inference_flops, n_min=min_params, d_min=min_tokens
+            )
         else:
             if total_flops is None or queries is None or tokens_per_query is None:
                 _fail("--total-flops, --queries and --tokens-per-query go together")
-            result = plan_deployment(curves, total_flops, queries, tokens_per_query)
+            result = plan_deployment(
+                curves, total_flops, queries, tokens_per_query, n_min=min_params, d_min=min_tokens
+            )
     except _USER_ERRORS as exc:
         _fail(str(exc))
-    typer.echo(json.dumps(result.to_dict()))
+    fitted_for = str(curves.diagnostics.get("metric", "pass"))
+    if metric is not None and metric != fitted_for:
+        _fail(f"--metric {metric}: {curves_path} was fitted for '{fitted_for}'")
+    typer.echo(json.dumps(result.to_dict() | {"metric": fitted_for}))
 
 
 def plot(
@@ -200,7 +244,7 @@ def plot(
 
     try:
         curves = load_curves(curves_path)
-        table = load_counts(data, where=where)
+        table = load_data(data, where)
         render(curves, table, out)
     except _USER_ERRORS as exc:
         _fail(str(exc))

@@ -80,3 +80,18 @@ def test_budgets_too_small_and_unplannable_curves_fail_clearly() -> None:
     beta = Curves(approach="beta", models={"m": BetaModel(a=0.5, b=20.0)})
     with pytest.raises(PlanError, match="loss or accuracy"):
         plan_paper(beta, 1e21, 1e11)
+
+
+def test_a_lower_search_floor_plans_models_below_a_million_params() -> None:
+    """Our own grid's models are 3e4-4e5 params: the default floor refuses their budgets, a
+    lower one plans inside them and keeps both budgets."""
+    curves = Curves(approach="loss", parameters=LOSS)
+    c_train, c_inf = 1.66e12, 1.84e6
+    with pytest.raises(PlanError, match="too small"):
+        plan_paper(curves, c_train, c_inf)
+    plan = plan_paper(curves, c_train, c_inf, n_min=1e4, d_min=1e4)
+    assert 1e4 <= plan.t2.params <= c_inf / 2
+    assert plan.t2.train_flops <= c_train * (1 + 1e-9)
+    assert 2 * plan.t2.params * plan.t2.k <= c_inf * (1 + 1e-9)
+    dep = plan_deployment(curves, 2.3e12, 1e5, 28.0, n_min=1e4, d_min=1e4)
+    assert dep.t2.train_flops + dep.t2.inference_flops <= 2.3e12 * (1 + 1e-9)

@@ -1,5 +1,9 @@
 """Pass@k count tables (CSV `model,params,tokens,problem,samples,correct`) and `--where` filters.
 
+An optional `loss` column carries each checkpoint's validation (pretraining) loss, which the
+accuracy fit uses for L(N, D) when present. Answer-count files (JSON lines, one question of one
+checkpoint per line with its answers' counts) load into the same cells, for maj@k.
+
 Every rejection is a DataError whose message names the CSV line and field, so the CLI can print
 it as a one-line reason.
 """
@@ -37,6 +41,9 @@ class Cell:
     tokens: float
     samples: NDArray[np.float64]
     correct: NDArray[np.float64]
+    loss: float | None = None  # validation loss of the checkpoint, where the data has one
+    answers: tuple[dict[str, int], ...] | None = None  # per question: answer -> count (maj@k)
+    gold: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,16 @@ class CountTable:
     rows: int
     where: str | None
     cells: tuple[Cell, ...]
+
+    @property
+    def has_loss(self) -> bool:
+        """Every checkpoint carries a validation loss (the `loss` column)."""
+        return all(c.loss is not None for c in self.cells)
+
+    @property
+    def has_answers(self) -> bool:
+        """Every question carries its answer counts (an answer-count file), so maj@k works."""
+        return all(c.answers is not None for c in self.cells)
 
     def cell(self, model: str) -> Cell:
         for c in self.cells:
@@ -63,6 +80,9 @@ class _Row:
     problem: str
     samples: int
     correct: int
+    loss: float | None = None
+    answers: dict[str, int] | None = None
+    gold: str | None = None
 
 
 # ---- --where ------------------------------------------------------------------------------------
@@ -160,7 +180,12 @@ def _parse_row(raw: dict[str, str | None], line: int) -> _Row:
     if correct > samples:
         raise DataError(f"row {line}: field 'correct' ({correct}) exceeds 'samples' ({samples})")
     problem = (raw.get("problem") or "").strip()
-    return _Row(line, model, params, tokens, problem, samples, correct)
+    loss: float | None = None
+    if "loss" in raw:
+        loss = _number(raw.get("loss"), line, "loss")
+        if loss <= 0:
+            raise DataError(f"row {line}: field 'loss' must be positive ({loss:g})")
+    return _Row(line, model, params, tokens, problem, samples, correct, loss)
 
 
 def load_counts(path: str | Path, where: str | None = None) -> CountTable:
@@ -188,6 +213,11 @@ def load_counts(path: str | Path, where: str | None = None) -> CountTable:
         row = _parse_row(raw, line=i + 2)  # line 1 is the header
         if keep is None or keep(row):
             rows.append(row)
+    return _table(p, blob, rows, where)
+
+
+def _table(p: Path, blob: bytes, rows: list[_Row], where: str | None) -> CountTable:
+    """Group validated rows into checkpoints (one params/tokens/loss per model)."""
     if not rows:
         reason = f"no rows match --where '{where}'" if where else "the file has no data rows"
         raise DataError(f"{p}: {reason}")
@@ -203,6 +233,11 @@ def load_counts(path: str | Path, where: str | None = None) -> CountTable:
                     f"row {row.line}: model '{model}' has params/tokens different from row "
                     f"{first.line}"
                 )
+            if row.loss != first.loss:
+                raise DataError(
+                    f"row {row.line}: model '{model}' has a loss different from row {first.line}"
+                )
+        with_answers = all(r.answers is not None for r in members)
         cells.append(
             Cell(
                 model=model,
@@ -210,6 +245,9 @@ def load_counts(path: str | Path, where: str | None = None) -> CountTable:
                 tokens=first.tokens,
                 samples=np.array([r.samples for r in members], dtype=float),
                 correct=np.array([r.correct for r in members], dtype=float),
+                loss=first.loss,
+                answers=tuple(r.answers or {} for r in members) if with_answers else None,
+                gold=tuple(r.gold or "" for r in members) if with_answers else None,
             )
         )
     cells.sort(key=lambda c: (c.params, c.tokens, c.model))
@@ -220,3 +258,47 @@ def load_counts(path: str | Path, where: str | None = None) -> CountTable:
         where=where,
         cells=tuple(cells),
     )
+
+
+def load_answers(path: str | Path, where: str | None = None) -> CountTable:
+    """Read an answer-count file (JSON lines) into cells that also carry each question's
+    answer counts: `{"model", "params", "tokens", "loss"?, "problem", "gold", "answers"}`,
+    where `answers` maps each extracted answer to how many samples gave it."""
+    import json
+
+    p = Path(path)
+    try:
+        blob = p.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"data file not found: {p}") from None
+    except OSError as exc:
+        raise DataError(f"cannot read data file {p}: {exc.strerror}") from None
+    keep = parse_where(where) if where is not None else None
+    rows: list[_Row] = []
+    for i, text in enumerate(blob.decode("utf-8", errors="replace").splitlines()):
+        if not text.strip():
+            continue
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError:
+            raise DataError(f"line {i + 1}: not JSON") from None
+        answers = doc.get("answers")
+        gold = doc.get("gold")
+        if not isinstance(answers, dict) or not isinstance(gold, str):
+            raise DataError(f"line {i + 1}: needs 'answers' (answer -> count) and 'gold'")
+        counts = {str(k): _count(str(v), i + 1, "answers") for k, v in answers.items()}
+        raw = {
+            "model": str(doc.get("model", "")),
+            "params": str(doc.get("params", "")),
+            "tokens": str(doc.get("tokens", "")),
+            "problem": str(doc.get("problem", "")),
+            "samples": str(sum(counts.values())),
+            "correct": str(counts.get(gold, 0)),
+        }
+        if doc.get("loss") is not None:
+            raw["loss"] = str(doc["loss"])
+        row = _parse_row(raw, line=i + 1)  # type: ignore[arg-type]
+        row = _Row(**{**row.__dict__, "answers": counts, "gold": gold})
+        if keep is None or keep(row):
+            rows.append(row)
+    return _table(p, blob, rows, where)

@@ -12,6 +12,11 @@ One floor for the whole table, rather than 1/(n_i + 1) per question, makes it a 
 limit: with per-question floors a checkpoint that happened to get 10^6 samples would look ~3 nats
 harder than one with 128 samples on exactly the same unsolved questions (on the Pythia file the
 per-question floor raised the extrapolation error from 15% to 20%).
+
+`metric` chooses what "accuracy at k" means: `pass` (pass@k, a perfect verifier) from the
+correct counts, or `maj` (majority vote of k samples) from per-question answer counts
+(`load_answers`); the same laws are fitted to either. maj@k saturates where votes stop helping,
+which Approach 1's floor E can express and Approach 2's Beta form (which tends to 1) cannot.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -35,8 +41,8 @@ from controller.scaling.curves import (
     PowerLaw,
 )
 from controller.scaling.data import Cell, CountTable
-from controller.scaling.estimators import pass_at_k
-from controller.scaling.laws import beta_links
+from controller.scaling.estimators import maj_at_k, pass_at_k
+from controller.scaling.laws import beta_links, chinchilla_loss
 from controller.scaling.optimize import MultiStartResult, Progress, multistart_minimize
 
 FloatArray = NDArray[np.float64]
@@ -47,6 +53,7 @@ HUBER_DELTA = 0.1  # on log residuals: quadratic within 10% relative error, line
 LOSS_STARTS = 256
 ACCURACY_STARTS = 64
 MIN_CORRECT = 50  # checkpoints with fewer correct samples in total are left out of Approach 2
+METRICS: tuple[str, ...] = ("pass", "maj")
 
 
 class FitError(ValueError):
@@ -67,18 +74,45 @@ def floor_samples(cells: Sequence[Cell]) -> int:
     return int(min(float(np.min(c.samples)) for c in cells))
 
 
-def cell_neg_log_pass(cell: Cell, ks: Sequence[int], n_floor: int) -> FloatArray:
-    """Mean over questions of -log max(pass_i@k, 1/(n_floor + 1)) for each k (all k <= min n)."""
-    k_arr = np.asarray(ks, dtype=float)[None, :]
-    p = np.asarray(pass_at_k(cell.samples[:, None], cell.correct[:, None], k_arr))
+@lru_cache(maxsize=200_000)
+def _maj_rate(counts: tuple[tuple[str, int], ...], gold: str, k: int) -> float:
+    return maj_at_k(dict(counts), gold, k)
+
+
+def question_rates(cell: Cell, ks: Sequence[int], metric: str = "pass") -> FloatArray:
+    """Per-question accuracy at each k (questions × ks): unbiased pass@k or maj@k.
+
+    maj@k needs the cell's answer counts; a sample with no extractable answer counts as one
+    more answer class (it can win the vote, and is then wrong).
+    """
+    if metric == "pass":
+        k_arr = np.asarray(ks, dtype=float)[None, :]
+        return np.asarray(pass_at_k(cell.samples[:, None], cell.correct[:, None], k_arr))
+    if metric != "maj":
+        raise FitError(f"unknown metric '{metric}' (use {', '.join(METRICS)})")
+    if cell.answers is None or cell.gold is None:
+        raise FitError(
+            f"maj@k needs answer counts (an answers .jsonl file); '{cell.model}' has only "
+            "correct counts"
+        )
+    rows = []
+    for counts, gold in zip(cell.answers, cell.gold, strict=True):
+        items = tuple(sorted(counts.items()))
+        rows.append([_maj_rate(items, gold, int(k)) for k in ks])
+    return np.asarray(rows, dtype=float).reshape(len(cell.answers), len(ks))
+
+
+def cell_neg_log_pass(
+    cell: Cell, ks: Sequence[int], n_floor: int, metric: str = "pass"
+) -> FloatArray:
+    """Mean over questions of -log max(acc_i@k, 1/(n_floor + 1)) for each k (all k <= min n)."""
+    p = question_rates(cell, ks, metric)
     return np.asarray(-np.log(np.maximum(p, 1.0 / (n_floor + 1.0))).mean(axis=0))
 
 
-def cell_pass(cell: Cell, ks: Sequence[int]) -> FloatArray:
-    """Mean over questions of the unbiased pass_i@k (the measured accuracy)."""
-    k_arr = np.asarray(ks, dtype=float)[None, :]
-    p = np.asarray(pass_at_k(cell.samples[:, None], cell.correct[:, None], k_arr))
-    return np.asarray(p.mean(axis=0))
+def cell_pass(cell: Cell, ks: Sequence[int], metric: str = "pass") -> FloatArray:
+    """Mean over questions of the unbiased pass_i@k (or maj_i@k): the measured accuracy."""
+    return np.asarray(question_rates(cell, ks, metric).mean(axis=0))
 
 
 def accuracy_floor(cell: Cell) -> float:
@@ -99,12 +133,14 @@ class Points:
     y: FloatArray
 
 
-def loss_points(cells: Sequence[Cell], n_floor: int, k_grid: Sequence[int] = K_GRID) -> Points:
+def loss_points(
+    cells: Sequence[Cell], n_floor: int, k_grid: Sequence[int] = K_GRID, metric: str = "pass"
+) -> Points:
     rows: list[tuple[float, float, float, float]] = []
     for cell in cells:
         ks = usable_k(cell, k_grid)
         if ks:
-            for k, y in zip(ks, cell_neg_log_pass(cell, ks, n_floor), strict=True):
+            for k, y in zip(ks, cell_neg_log_pass(cell, ks, n_floor, metric), strict=True):
                 # a checkpoint solving everything has loss 0; keep log-space residuals finite
                 rows.append((cell.params, cell.tokens, float(k), max(float(y), MIN_LOSS)))
     arr = np.array(rows, dtype=float).reshape(-1, 4)
@@ -210,11 +246,12 @@ def fit_loss(
     seed: int = 0,
     k_grid: Sequence[int] = K_GRID,
     progress: Progress | None = None,
+    metric: str = "pass",
 ) -> Curves:
     """Approach 1: L(N, D, k) = E + A/N^alpha + B/D^beta + G/k^gamma on the floored -log pass@k."""
     _need_grid(table.cells, "a loss fit")
     n_floor = floor_samples(table.cells)
-    pts = loss_points(table.cells, n_floor, k_grid)
+    pts = loss_points(table.cells, n_floor, k_grid, metric)
     if len(np.unique(pts.k)) < 2:
         raise FitError("a loss fit needs at least two k values (samples >= 2 per question)")
     start = time.perf_counter()
@@ -230,6 +267,7 @@ def fit_loss(
             "floor": FLOOR_RULE,
             "floor_samples": n_floor,
             "cells": len(table.cells),
+            "metric": metric,
         }
     )
     return curves
@@ -365,17 +403,20 @@ def fit_accuracy(
     seed: int = 0,
     k_grid: Sequence[int] = K_GRID,
     progress: Progress | None = None,
+    metric: str = "pass",
 ) -> Curves:
-    """Approach 2: Chinchilla L(N, D) on the task loss, then Beta-regression links to pass@k.
+    """Approach 2: Chinchilla L(N, D), then Beta-regression links from L to pass@k (or maj@k).
 
-    Our data has no pretraining loss, so L(N, D) is fitted to each checkpoint's task loss
-    -log(mean pass@1) (floored at 1/(sum_i n_i + 1)). Unlike the per-question floored mean, it
-    stays informative when almost every single-sample rate is below the floor. The links map it
-    to a = mu nu, b = (1 - mu) nu; they are fitted to the measured per-checkpoint pass@k on the
-    k grid in log space.
+    With a `loss` column (our own grid's validation losses) L(N, D) is fitted to the real
+    pretraining losses of every checkpoint, as in the paper. Without one (the Pythia file) it
+    falls back to a stand-in, each checkpoint's task loss -log(mean pass@1) (floored at
+    1/(sum_i n_i + 1)), and says so in the diagnostics. The links map L to a = mu nu,
+    b = (1 - mu) nu; they are fitted to the measured per-checkpoint accuracy on the k grid in
+    log space, using checkpoints with at least MIN_CORRECT correct samples.
     """
     _need_grid(table.cells, "an accuracy fit")
     start = time.perf_counter()
+    real_loss = table.has_loss
     # A checkpoint with a handful of correct samples in total has an unresolvable accuracy: its
     # task loss would be set by how many samples were drawn, not by the model.
     cells = [
@@ -383,9 +424,10 @@ def fit_accuracy(
     ]
     if len(cells) < 6:
         raise FitError(f"an accuracy fit needs 6+ checkpoints with >= {MIN_CORRECT} correct")
-    params = np.array([c.params for c in cells])
-    tokens = np.array([c.tokens for c in cells])
-    y1 = np.array([task_loss(c) for c in cells])
+    law_cells = list(table.cells) if real_loss else cells  # a real loss is informative anywhere
+    params = np.array([c.params for c in law_cells])
+    tokens = np.array([c.tokens for c in law_cells])
+    y1 = np.array([c.loss if real_loss else task_loss(c) for c in law_cells], dtype=float)
     stage = max(n_starts // 4, 1)
 
     def stage1_progress(done: int, total: int, best: float) -> None:
@@ -395,11 +437,15 @@ def fit_accuracy(
     (e, a_coef, alpha, b_coef, beta), chin_diag = fit_chinchilla(
         params, tokens, y1, seed=seed, progress=stage1_progress
     )
-    cell_loss = e + a_coef * params ** (-alpha) + b_coef * tokens ** (-beta)
+    fitted = e + a_coef * params ** (-alpha) + b_coef * tokens ** (-beta)
+    chin_diag["mean_abs_rel_error"] = float(np.mean(np.abs(fitted / y1 - 1.0)))
+    chin_diag["cells"] = len(law_cells)
     loss_rows, k_rows, acc_rows = [], [], []
-    for cell, lval in zip(cells, cell_loss, strict=True):
+    for cell in cells:
+        lval = float(chinchilla_loss(cell.params, cell.tokens, E=e, A=a_coef, alpha=alpha,
+                                     B=b_coef, beta=beta))  # fmt: skip
         ks = usable_k(cell, k_grid)
-        acc = np.maximum(cell_pass(cell, ks), accuracy_floor(cell))
+        acc = np.maximum(cell_pass(cell, ks, metric), accuracy_floor(cell))
         loss_rows += [lval] * len(ks)
         k_rows += ks
         acc_rows += list(np.log(acc))
@@ -435,7 +481,13 @@ def fit_accuracy(
         | {
             "k_grid": list(k_grid),
             "chinchilla": chin_diag,
-            "loss_target": "L(N,D) fitted to -log(mean pass@1), floored at 1/(sum_i n_i + 1)",
+            "loss_target": (
+                "L(N,D) fitted to the data's loss column (validation loss)"
+                if real_loss
+                else "stand-in: no loss column, so L(N,D) is fitted to -log(mean pass@1), "
+                "floored at 1/(sum_i n_i + 1)"
+            ),
+            "metric": metric,
             "accuracy_floor": "per-checkpoint pass@k floored at 1/(sum_i n_i + 1) before log",
             "cells": len(cells),
             "excluded_cells": sorted({c.model for c in table.cells} - {c.model for c in cells}),
@@ -521,14 +573,27 @@ def fit_curves(
     seed: int = 0,
     n_starts: int | None = None,
     progress: Progress | None = None,
+    metric: str = "pass",
 ) -> Curves:
-    """Dispatch on the approach name (as the CLI's --approach)."""
+    """Dispatch on the approach name (as the CLI's --approach) and metric (--metric)."""
+    if metric not in METRICS:
+        raise FitError(f"unknown metric '{metric}' (use {', '.join(METRICS)})")
+    if metric == "maj" and not table.has_answers:
+        raise FitError("--metric maj needs per-question answer counts (an answers .jsonl file)")
     if approach == "loss":
-        return fit_loss(table, seed=seed, n_starts=n_starts or LOSS_STARTS, progress=progress)
+        return fit_loss(
+            table, seed=seed, n_starts=n_starts or LOSS_STARTS, progress=progress, metric=metric
+        )
     if approach == "accuracy":
         return fit_accuracy(
-            table, seed=seed, n_starts=n_starts or ACCURACY_STARTS, progress=progress
+            table,
+            seed=seed,
+            n_starts=n_starts or ACCURACY_STARTS,
+            progress=progress,
+            metric=metric,
         )
+    if metric != "pass":
+        raise FitError("a beta fit models pass@k only (use --metric pass)")
     if approach == "beta":
         return fit_beta_models(table, seed=seed, progress=progress)
     raise FitError(f"unknown approach '{approach}' (use loss, accuracy or beta)")

@@ -130,8 +130,18 @@ def _best_n_for_k(score: Any, k: int, lo: float, hi: float, tokens_of: Any) -> t
     return n, -f
 
 
-def plan_paper(curves: Curves, train_flops: float, inference_flops: float) -> Plan:
-    """T² optimum with 6ND <= C_train and 2Nk <= C_inf, and Chinchilla (20 tokens/param, k=1)."""
+def plan_paper(
+    curves: Curves,
+    train_flops: float,
+    inference_flops: float,
+    *,
+    n_min: float = N_MIN,
+    d_min: float = D_MIN,
+) -> Plan:
+    """T² optimum with 6ND <= C_train and 2Nk <= C_inf, and Chinchilla (20 tokens/param, k=1).
+
+    `n_min`/`d_min` bound the search below (defaults suit LLMs; our own grid is 3e4-4e5)."""
+    N_MIN, D_MIN = n_min, d_min  # the module defaults, overridden per call
     _positive("--train-flops", train_flops)
     _positive("--inference-flops", inference_flops)
     score, _ = _scorer(curves)
@@ -186,9 +196,16 @@ def plan_paper(curves: Curves, train_flops: float, inference_flops: float) -> Pl
 
 
 def plan_deployment(
-    curves: Curves, total_flops: float, queries: float, tokens_per_query: float
+    curves: Curves,
+    total_flops: float,
+    queries: float,
+    tokens_per_query: float,
+    *,
+    n_min: float = N_MIN,
+    d_min: float = D_MIN,
 ) -> Plan:
     """T² optimum with 6ND + 2NkTQ <= C_total, and Chinchilla (20 tokens/param, k=1) alike."""
+    N_MIN, D_MIN = n_min, d_min  # the module defaults, overridden per call
     for name, value in (
         ("--total-flops", total_flops),
         ("--queries", queries),

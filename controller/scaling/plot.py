@@ -18,6 +18,7 @@ def render(curves: Curves, table: CountTable, out: str | Path) -> None:
     (exp(-L) is a geometric mean and would not match the arithmetic pass@k); the others in pass@k.
     """
     is_loss = curves.approach == "loss"
+    metric = str(curves.diagnostics.get("metric", "pass"))
     n_floor = int(curves.diagnostics.get("floor_samples", 0)) or floor_samples(table.cells)
     import matplotlib
 
@@ -36,7 +37,11 @@ def render(curves: Curves, table: CountTable, out: str | Path) -> None:
             ks = usable_k(cell, K_GRID)
             if not ks:
                 continue
-            measured = cell_neg_log_pass(cell, ks, n_floor) if is_loss else cell_pass(cell, ks)
+            measured = (
+                cell_neg_log_pass(cell, ks, n_floor, metric)
+                if is_loss
+                else cell_pass(cell, ks, metric)
+            )
             shown = measured > 0
             ax.scatter(np.array(ks)[shown], measured[shown], s=12, color=colour[cell.tokens])
             dense = np.unique(np.geomspace(1, max(ks), 40).round())
@@ -59,14 +64,14 @@ def render(curves: Curves, table: CountTable, out: str | Path) -> None:
             ax.set_ylim(0.1, None)
         ax.set_title(f"N = {size:.3g}")
         ax.set_xlabel("k")
-        ax.set_ylabel("mean −log pass@k (floored)" if is_loss else "pass@k")
+        ax.set_ylabel(f"mean −log {metric}@k (floored)" if is_loss else f"{metric}@k")
         ax.grid(alpha=0.3, which="both")
     for ax in list(axes.flat)[len(sizes) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="lower right", fontsize=7, ncol=2)
-    what = "floored mean −log pass@k" if is_loss else "pass@k"
+    what = f"floored mean −log {metric}@k" if is_loss else f"{metric}@k"
     fig.suptitle(f"T² {curves.approach} fit (lines) vs measured {what} (dots)")
     fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
