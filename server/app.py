@@ -97,6 +97,8 @@ def create_app(
         starters: list[asyncio.Task[None]] = []
         if engine is None:
             starters = [asyncio.create_task(e.start()) for e in state.engines.values()]
+        if admin.admin_digests(config):  # lasting admin state: keys, budget overrides
+            await state.admin.start()
         try:
             yield
         finally:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from controller.budget import open_admin_store
 from controller.budget.admin_state import (
     AdminStore,
     DuplicateLabel,
     KeyNotFound,
     Override,
     StoredKey,
-    open_admin_store,
 )
 
 NOW = 1_800_000_000.0

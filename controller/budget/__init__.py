@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from controller.budget.admin_state import AdminStore
 from controller.budget.ledger import (
     DEFAULT_TTL_S,
     Ledger,
@@ -52,9 +53,25 @@ def open_store(
     raise ValueError(f"unknown ledger backend {backend!r}; choose sqlite or redis")
 
 
+def open_admin_store(
+    backend: str, *, path: str | Path = "var/ledger.sqlite", url: str | None = None
+) -> AdminStore:
+    """The admin store beside the configured ledger: the same SQLite file or the same Redis."""
+    if backend == "sqlite":
+        from controller.budget.admin_sqlite import SQLiteAdminStore
+
+        return SQLiteAdminStore(path)
+    if backend == "redis":
+        from controller.budget.admin_redis import RedisAdminStore
+
+        return RedisAdminStore(url or "redis://127.0.0.1:6379/0")
+    raise ValueError(f"unknown ledger backend {backend!r}; choose sqlite or redis")
+
+
 __all__ = [
     "DEFAULT_TTL_S",
     "WINDOW_NAMES",
+    "AdminStore",
     "Budget",
     "Budgets",
     "Cost",
@@ -71,5 +88,6 @@ __all__ = [
     "Unit",
     "WindowName",
     "WindowUsage",
+    "open_admin_store",
     "open_store",
 ]

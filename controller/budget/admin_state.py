@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 KEY_FIELDS = ("sha256", "tenant", "prefix", "label", "created_at", "expires_at", "revoked_at")
@@ -130,18 +129,3 @@ def label_taken(keys: list[StoredKey], tenant: str, label: str, now: float) -> b
         and (k.expires_at is None or k.expires_at > now)
         for k in keys
     )
-
-
-def open_admin_store(
-    backend: str, *, path: str | Path = "var/ledger.sqlite", url: str | None = None
-) -> AdminStore:
-    """The admin store beside the configured ledger: the same SQLite file or the same Redis."""
-    if backend == "sqlite":
-        from controller.budget.admin_sqlite import SQLiteAdminStore
-
-        return SQLiteAdminStore(path)
-    if backend == "redis":
-        from controller.budget.admin_redis import RedisAdminStore
-
-        return RedisAdminStore(url or "redis://127.0.0.1:6379/0")
-    raise ValueError(f"unknown ledger backend {backend!r}; choose sqlite or redis")
