@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from controller.budget import Cost, Ledger
-from controller.budget.ledger import Hold, Limit, ReserveOutcome, SettleOutcome, WindowUsage
+from controller.budget.ledger import (
+    Hold,
+    Limit,
+    ReserveOutcome,
+    SettleOutcome,
+    SpendRecord,
+    WindowUsage,
+)
 from controller.budget.redis_store import RedisStore
 from controller.budget.sqlite_store import SQLiteStore
 from server.billing import BudgetProvider, WaveHold
@@ -61,6 +68,17 @@ class NoopStore:
         return 0
 
     async def reserved_holds(self, tenant: str | None = None) -> int:
+        return 0
+
+    async def finish_log(
+        self, tenant: str, request_id: str, stop_reason: str | None, status: int
+    ) -> None:
+        return None
+
+    async def spend_logs(self, tenant: str, since: float, until: float) -> list[SpendRecord]:
+        return []
+
+    async def purge_logs(self, before: float) -> int:
         return 0
 
     async def close(self) -> None:

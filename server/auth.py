@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from controller.budget.admin_state import StoredKey
+from server.billing.identity import bind_key
 from server.config import AppConfig, TenantConfig, hash_key
 from server.errors import APIError
 
@@ -88,4 +89,6 @@ class KeyRing:
             raise APIError(401, f"This API key has been {found}.", code="invalid_api_key")
         if found is None:
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
-        return found[0]
+        tenant, stored = found
+        bind_key(stored.prefix if stored else None, stored.budgets if stored else None)
+        return tenant

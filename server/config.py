@@ -127,6 +127,9 @@ class LedgerConfig(_Strict):
         description="a wave's hold expires after this (crash safety); must exceed "
         "server.request_timeout_s, the longest a wave can run (default: that plus a minute)",
     )
+    spend_log_retention_days: float = Field(
+        default=90.0, gt=0, le=3660, allow_inf_nan=False, description="spend logs kept this long"
+    )
 
 
 class AdminSettings(_Strict):

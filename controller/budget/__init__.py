@@ -39,9 +39,14 @@ from controller.budget.pricing import Cost, Pricer
 
 
 def open_store(
-    backend: str, *, path: str | Path = "var/ledger.sqlite", url: str | None = None
+    backend: str,
+    *,
+    path: str | Path = "var/ledger.sqlite",
+    url: str | None = None,
+    log_retention_s: float = 90 * 86400,
 ) -> LedgerStore:
-    """The configured backend: "sqlite" (one file, the default) or "redis" (several replicas)."""
+    """The configured backend: "sqlite" (one file, the default) or "redis" (several replicas).
+    `log_retention_s`: Redis expires spend-log records itself (SQLite: `purge_logs`)."""
     if backend == "sqlite":
         from controller.budget.sqlite_store import SQLiteStore
 
@@ -49,7 +54,7 @@ def open_store(
     if backend == "redis":
         from controller.budget.redis_store import RedisStore
 
-        return RedisStore(url or "redis://127.0.0.1:6379/0")
+        return RedisStore(url or "redis://127.0.0.1:6379/0", log_retention_s=log_retention_s)
     raise ValueError(f"unknown ledger backend {backend!r}; choose sqlite or redis")
 
 

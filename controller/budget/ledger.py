@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from controller.budget.models import Budgets, Unit, WindowName
@@ -59,6 +59,39 @@ class Limit:
 
 
 @dataclass(frozen=True)
+class SpendEntry:
+    """What one settled wave adds to its request's spend-log record (the store sums them in
+    the settle's own transaction, so the log can never disagree with settled spend)."""
+
+    model: str
+    samples: int
+    prompt_tokens: int
+    completion_tokens: int
+    key_prefix: str | None = None
+    user: str | None = None
+
+
+@dataclass
+class SpendRecord:
+    """One request's spend-log record: the sum of its settled waves, then how it ended."""
+
+    request_id: str
+    tenant: str
+    time: float
+    model: str
+    key_prefix: str | None
+    user: str | None
+    samples: int
+    waves: int
+    prompt_tokens: int
+    completion_tokens: int
+    money: float
+    flops: float
+    stop_reason: str | None = None
+    status: int | None = None
+
+
+@dataclass(frozen=True)
 class Hold:
     """One wave of one request as a store sees it, with the limits current at `now`.
 
@@ -75,6 +108,7 @@ class Hold:
     limits: tuple[Limit, ...]
     now: float
     ttl_s: float
+    entry: SpendEntry | None = None  # settle only: log this wave under its request
 
 
 @dataclass
@@ -167,6 +201,20 @@ class LedgerStore(Protocol):
 
     async def reserved_holds(self, tenant: str | None = None) -> int: ...
 
+    async def finish_log(
+        self, tenant: str, request_id: str, stop_reason: str | None, status: int
+    ) -> None:
+        """Note how a logged request ended (no money moves)."""
+        ...
+
+    async def spend_logs(self, tenant: str, since: float, until: float) -> list[SpendRecord]:
+        """The tenant's records with since ≤ time < until, oldest first."""
+        ...
+
+    async def purge_logs(self, before: float) -> int:
+        """Retention: drop records older than `before`."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -230,10 +278,20 @@ class Ledger:
         return await self.store.reserve(hold)
 
     async def settle(
-        self, tenant: str, budgets: Budgets | None, request_id: str, wave: int, cost: Cost
+        self,
+        tenant: str,
+        budgets: Budgets | None,
+        request_id: str,
+        wave: int,
+        cost: Cost,
+        entry: SpendEntry | None = None,
     ) -> SettleOutcome:
-        """Charge `cost` to the windows current now (not those of the reserve), exactly once."""
-        return await self.store.settle(self.hold(tenant, budgets, request_id, wave), cost)
+        """Charge `cost` to the windows current now (not those of the reserve), exactly once,
+        and add `entry` to the request's spend-log record in the same step."""
+        hold = self.hold(tenant, budgets, request_id, wave)
+        if entry is not None:
+            hold = replace(hold, entry=entry)
+        return await self.store.settle(hold, cost)
 
     async def release(self, tenant: str, request_id: str, wave: int) -> None:
         await self.store.release(tenant, request_id, wave)

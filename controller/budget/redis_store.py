@@ -8,7 +8,9 @@ Keys per tenant (prefix `{t2:<tenant>}`):
 - `:res` hash "<request>|<wave>" → "money|flops|granted": live holds;
 - `:exp` sorted set of the same members scored by expiry; `:tot` hash m/f: their running sum;
 - `:w:<window>` hash "m<bucket>"/"f<bucket>" → spend (expires after two window lengths);
-- `:s:<request>|<wave>` string "money|flops": the settle idempotency record (kept `settled_ttl_s`).
+- `:s:<request>|<wave>` string "money|flops": the settle idempotency record (kept `settled_ttl_s`);
+- `:log:<request>` hash: the request's spend-log record, summed by each settle script;
+  `:logs` sorted set of request ids by first settle time (both kept `log_retention_s`).
 
 Durability of settled spend is Redis's own: run it with `appendonly yes` in production.
 """
@@ -20,7 +22,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from controller.budget.ledger import Hold, Limit, ReserveOutcome, SettleOutcome, WindowUsage
+from controller.budget.ledger import (
+    Hold,
+    Limit,
+    ReserveOutcome,
+    SettleOutcome,
+    SpendRecord,
+    WindowUsage,
+)
 from controller.budget.pricing import Cost
 from controller.budget.windows import LENGTH_S
 
@@ -124,8 +133,9 @@ return table.concat(out, ',')  -- one bulk string: cheaper to parse than an arra
 """
 )
 
-# KEYS: res, exp, tot, settled, window hashes...  ARGV: now, member, cost_m, cost_f, settled_ttl,
-# then per window: bucket, cutoff, expire_s.
+# KEYS: res, exp, tot, settled, log record, log index, window hashes...
+# ARGV: now, member, cost_m, cost_f, settled_ttl, has_log, request_id, model, key_prefix, user,
+# samples, prompt_tokens, completion_tokens, log_ttl, then per window: bucket, cutoff, expire_s.
 SETTLE = (
     _COMMON
     + r"""
@@ -141,7 +151,7 @@ end
 purge(KEYS[1], KEYS[2], KEYS[3], now)
 local dup = redis.call('GET', KEYS[4])
 local cm, cf = tonumber(ARGV[3]), tonumber(ARGV[4])
-local nwin = #KEYS - 4
+local nwin = #KEYS - 6
 if dup then
   local m, fl = string.match(dup, '^([^|]+)|([^|]+)')
   cm, cf = tonumber(m), tonumber(fl)
@@ -149,21 +159,38 @@ else
   redis.call('SET', KEYS[4], fmt(cm) .. '|' .. fmt(cf), 'EX', tonumber(ARGV[5]))
   local seen = {}
   for i = 1, nwin do
-    local key = KEYS[4 + i]
+    local key = KEYS[6 + i]
     if not seen[key] then
       seen[key] = true
-      local c = 5 + (i - 1) * 3
+      local c = 14 + (i - 1) * 3
       redis.call('HINCRBYFLOAT', key, 'm' .. ARGV[c + 1], cm)
       redis.call('HINCRBYFLOAT', key, 'f' .. ARGV[c + 1], cf)
       redis.call('EXPIRE', key, tonumber(ARGV[c + 3]))
     end
   end
+  if ARGV[6] == '1' then  -- the request's spend-log record, in this same script
+    local log, ttl = KEYS[5], tonumber(ARGV[14])
+    if redis.call('HSETNX', log, 'time', ARGV[1]) == 1 then
+      redis.call('HSET', log, 'request_id', ARGV[7], 'model', ARGV[8], 'key_prefix', ARGV[9],
+                 'user', ARGV[10])
+      redis.call('ZADD', KEYS[6], now, ARGV[7])
+      redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - ttl)
+      redis.call('EXPIRE', KEYS[6], ttl)
+    end
+    redis.call('HINCRBY', log, 'samples', tonumber(ARGV[11]))
+    redis.call('HINCRBY', log, 'waves', 1)
+    redis.call('HINCRBY', log, 'prompt_tokens', tonumber(ARGV[12]))
+    redis.call('HINCRBY', log, 'completion_tokens', tonumber(ARGV[13]))
+    redis.call('HINCRBYFLOAT', log, 'money', cm)
+    redis.call('HINCRBYFLOAT', log, 'flops', cf)
+    redis.call('EXPIRE', log, ttl)
+  end
 end
 local rm, rf = reserved(KEYS[3])
 local out = {dup and '1' or '0', fmt(cm), fmt(cf), fmt(rm), fmt(rf)}
 for i = 1, nwin do
-  local c = 5 + (i - 1) * 3
-  local m, f, oldest = window(KEYS[4 + i], tonumber(ARGV[c + 2]))
+  local c = 14 + (i - 1) * 3
+  local m, f, oldest = window(KEYS[6 + i], tonumber(ARGV[c + 2]))
   table.insert(out, fmt(m))
   table.insert(out, fmt(f))
   table.insert(out, oldest and fmt(oldest) or '')
@@ -171,6 +198,14 @@ end
 return table.concat(out, ',')  -- one bulk string: cheaper to parse than an array
 """
 )
+
+# KEYS: log record.  ARGV: stop_reason, status.
+FINISH_LOG = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'stop_reason', ARGV[1], 'status', ARGV[2])
+end
+return 0
+"""
 
 # KEYS: res, exp, tot, window hashes...  ARGV: now, then per window: cutoff.
 USAGE = (
@@ -217,6 +252,7 @@ class RedisStore:
         client: aioredis.Redis | None = None,
         settled_ttl_s: float = 3 * 86400,
         max_connections: int = 64,
+        log_retention_s: float = 90 * 86400,
     ) -> None:
         self.url = url
         self._owns_pool = client is None
@@ -228,6 +264,8 @@ class RedisStore:
             client = aioredis.Redis(connection_pool=pool)
         self.client: aioredis.Redis = client
         self.settled_ttl_s = int(settled_ttl_s)
+        self.log_retention_s = int(log_retention_s)
+        self._finish = self.client.register_script(FINISH_LOG)
         self._reserve = self.client.register_script(RESERVE)
         self._settle = self.client.register_script(SETTLE)
         self._usage = self.client.register_script(USAGE)
@@ -275,13 +313,24 @@ class RedisStore:
         tenant, limits = hold.tenant, hold.limits
         member = self._member(hold.request_id, hold.wave)
         keys = [*self._keys(tenant), f"{self._base(tenant)}:s:{member}"]
+        keys += [self._log_key(tenant, hold.request_id), f"{self._base(tenant)}:logs"]
         keys += [self._window_key(tenant, lim) for lim in limits]
+        e = hold.entry
         args: list[Any] = [
             repr(hold.now),
             member,
             repr(cost.money),
             repr(cost.flops),
             self.settled_ttl_s,
+            "1" if e is not None else "0",
+            hold.request_id,
+            e.model if e else "",
+            (e.key_prefix or "") if e else "",
+            (e.user or "") if e else "",
+            e.samples if e else 0,
+            e.prompt_tokens if e else 0,
+            e.completion_tokens if e else 0,
+            self.log_retention_s,
         ]
         for lim in limits:
             expire = int(2 * max(LENGTH_S[lim.span.name], lim.span.end - lim.span.start)) + 60
@@ -290,6 +339,40 @@ class RedisStore:
         charged = Cost(float(out[1]), float(out[2]))
         reserved = Cost(float(out[3]), float(out[4]))
         return SettleOutcome(charged, out[0] == "1", _usage(limits, reserved, out[5:]))
+
+    def _log_key(self, tenant: str, request_id: str) -> str:
+        return f"{self._base(tenant)}:log:{request_id}"
+
+    async def finish_log(
+        self, tenant: str, request_id: str, stop_reason: str | None, status: int
+    ) -> None:
+        await self._finish(
+            keys=[self._log_key(tenant, request_id)], args=[stop_reason or "", status]
+        )
+
+    async def spend_logs(self, tenant: str, since: float, until: float) -> list[SpendRecord]:
+        ids = await self.client.zrangebyscore(
+            f"{self._base(tenant)}:logs", repr(since), f"({until!r}"
+        )
+        pipe = self.client.pipeline(transaction=False)
+        for rid in ids:
+            pipe.hgetall(self._log_key(tenant, str(rid)))
+        out = []
+        for raw in await pipe.execute() if ids else []:
+            if raw:  # expired by retention in between
+                out.append(_record(tenant, raw))
+        out.sort(key=lambda r: (r.time, r.request_id))
+        return out
+
+    async def purge_logs(self, before: float) -> int:
+        total = 0
+        async for index in self.client.scan_iter(match="{t2:*}:logs", count=500):
+            base = str(index)[: -len(":logs")]
+            old = await self.client.zrangebyscore(index, "-inf", f"({before!r}")
+            if old:
+                await self.client.delete(*[f"{base}:log:{rid!s}" for rid in old])
+                total += int(await self.client.zrem(index, *old))
+        return total
 
     async def release(self, tenant: str, request_id: str, wave: int) -> None:
         await self._release(keys=self._keys(tenant), args=[self._member(request_id, wave)])
@@ -321,6 +404,25 @@ class RedisStore:
         await self.client.aclose()
         if self._owns_pool:
             await self.client.connection_pool.disconnect()
+
+
+def _record(tenant: str, raw: dict[str, str]) -> SpendRecord:
+    return SpendRecord(
+        request_id=raw["request_id"],
+        tenant=tenant,
+        time=float(raw["time"]),
+        model=raw["model"],
+        key_prefix=raw.get("key_prefix") or None,
+        user=raw.get("user") or None,
+        samples=int(raw.get("samples", 0)),
+        waves=int(raw.get("waves", 0)),
+        prompt_tokens=int(raw.get("prompt_tokens", 0)),
+        completion_tokens=int(raw.get("completion_tokens", 0)),
+        money=float(raw.get("money", 0)),
+        flops=float(raw.get("flops", 0)),
+        stop_reason=raw.get("stop_reason") or None,
+        status=int(raw["status"]) if raw.get("status") else None,
+    )
 
 
 def _usage(limits: Sequence[Limit], reserved: Cost, flat: Sequence[str]) -> list[WindowUsage]:

@@ -9,8 +9,9 @@ With WAL and `synchronous=NORMAL` a committed settle survives a killed process (
 crash can lose the last commits); `synchronous="FULL"` trades throughput for power-loss safety.
 
 Tables: `spend` (per tenant, window and bucket: the aggregates budgets are checked against),
-`settlements` (the journal: one row per settled wave, also the idempotency key) and
-`reservations` (live holds with an expiry).
+`settlements` (the journal: one row per settled wave, also the idempotency key),
+`reservations` (live holds with an expiry) and `spend_logs` (one row per request, summed by
+each of its settles in the same transaction).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from controller.budget.ledger import (
     Limit,
     ReserveOutcome,
     SettleOutcome,
+    SpendRecord,
     WindowUsage,
     fit_samples,
 )
@@ -48,6 +50,14 @@ CREATE TABLE IF NOT EXISTS reservations (
     PRIMARY KEY (tenant, request_id, wave)
 );
 CREATE INDEX IF NOT EXISTS reservations_expiry ON reservations (expires_at);
+CREATE TABLE IF NOT EXISTS spend_logs (
+    tenant TEXT NOT NULL, request_id TEXT NOT NULL, time REAL NOT NULL, model TEXT NOT NULL,
+    key_prefix TEXT, user TEXT, samples INTEGER NOT NULL, waves INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    money REAL NOT NULL, flops REAL NOT NULL, stop_reason TEXT, status INTEGER,
+    PRIMARY KEY (tenant, request_id)
+);
+CREATE INDEX IF NOT EXISTS spend_logs_time ON spend_logs (tenant, time);
 CREATE TABLE IF NOT EXISTS settlements (
     tenant TEXT NOT NULL, request_id TEXT NOT NULL, wave INTEGER NOT NULL,
     money REAL NOT NULL, flops REAL NOT NULL, settled_at REAL NOT NULL,
@@ -158,6 +168,29 @@ class SQLiteStore:
             "money = money + excluded.money, flops = flops + excluded.flops",
             [(tenant, lim.key, lim.bucket, cost.money, cost.flops) for lim in _distinct(limits)],
         )
+        if h.entry is not None:  # the request's log record, in the settle's own transaction
+            e = h.entry
+            c.execute(
+                "INSERT INTO spend_logs VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL) "
+                "ON CONFLICT (tenant, request_id) DO UPDATE SET samples = samples + "
+                "excluded.samples, waves = waves + 1, prompt_tokens = prompt_tokens + "
+                "excluded.prompt_tokens, completion_tokens = completion_tokens + "
+                "excluded.completion_tokens, money = money + excluded.money, "
+                "flops = flops + excluded.flops",
+                (
+                    tenant,
+                    h.request_id,
+                    now,
+                    e.model,
+                    e.key_prefix,
+                    e.user,
+                    e.samples,
+                    e.prompt_tokens,
+                    e.completion_tokens,
+                    cost.money,
+                    cost.flops,
+                ),
+            )
         for lim in limits:  # rolling windows' old buckets no longer count: keep the table small
             if lim.span.rolling:
                 c.execute(
@@ -196,6 +229,35 @@ class SQLiteStore:
             return int(row[0])
 
         return await self._run(go)
+
+    async def finish_log(
+        self, tenant: str, request_id: str, stop_reason: str | None, status: int
+    ) -> None:
+        def go(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE spend_logs SET stop_reason=?, status=? WHERE tenant=? AND request_id=?",
+                (stop_reason, status, tenant, request_id),
+            )
+
+        await self._run(go)
+
+    async def spend_logs(self, tenant: str, since: float, until: float) -> list[SpendRecord]:
+        def go(c: sqlite3.Connection) -> list[SpendRecord]:
+            rows = c.execute(
+                "SELECT request_id, tenant, time, model, key_prefix, user, samples, waves, "
+                "prompt_tokens, completion_tokens, money, flops, stop_reason, status "
+                "FROM spend_logs WHERE tenant=? AND time>=? AND time<? "
+                "ORDER BY time, request_id",
+                (tenant, since, until),
+            ).fetchall()
+            return [SpendRecord(*r) for r in rows]
+
+        return await self._run(go)
+
+    async def purge_logs(self, before: float) -> int:
+        return await self._run(
+            lambda c: c.execute("DELETE FROM spend_logs WHERE time < ?", (before,)).rowcount
+        )
 
     async def close(self) -> None:
         def go() -> None:

@@ -16,17 +16,24 @@ changes that same budget field. Bodies are pydantic models that refuse NaN and I
 
 from __future__ import annotations
 
+import base64
+import csv
 import hmac
+import io
+import json
 import logging
 import os
 import secrets
+from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.budget import Budgets
 from controller.budget.admin_state import DuplicateLabel, KeyNotFound, Override, StoredKey
+from controller.budget.ledger import SpendRecord
 from server.admin_state import BUDGET_FIELDS, file_budget_values, overlay
 from server.api.deps import get_state
 from server.auth import bearer_key
@@ -339,3 +346,161 @@ async def reload(request: Request) -> dict[str, Any]:
         "ledger_restart_needed": ledger_changed,
         "in_flight_kept": True,
     }
+
+
+# -- spend logs and reports -------------------------------------------------------------------
+
+MAX_PAGE = 1000
+GROUPS = ("day", "model", "key", "user", "tenant")
+
+
+class SpendFilter(_Body):
+    """Which records: one tenant (default all), key prefix, user, model, and since ≤ time < until
+    (Unix seconds)."""
+
+    tenant: str | None = None
+    key: str | None = None
+    user: str | None = None
+    model: str | None = None
+    since: float = Field(default=0.0, ge=0)
+    until: float | None = Field(default=None, gt=0)
+
+
+def _filter(
+    tenant: str | None,
+    key: str | None,
+    user: str | None,
+    model: str | None,
+    since: float,
+    until: float | None,
+) -> SpendFilter:
+    return SpendFilter(tenant=tenant, key=key, user=user, model=model, since=since, until=until)
+
+
+async def _records(state: ServingState, f: SpendFilter) -> list[SpendRecord]:
+    if f.tenant is not None and not any(t.id == f.tenant for t in state.config.tenants):
+        raise APIError(404, f"No tenant '{f.tenant}'.", param="tenant", code="tenant_not_found")
+    tenants = [t for t in state.config.tenants if f.tenant is None or t.id == f.tenant]
+    until = f.until if f.until is not None else state.admin.clock() + 1.0
+    records = await state.billing.spend_logs(tenants, f.since, until)
+    return [
+        r
+        for r in records
+        if (f.key is None or r.key_prefix == f.key)
+        and (f.user is None or r.user == f.user)
+        and (f.model is None or r.model == f.model)
+    ]
+
+
+def _encode_cursor(r: SpendRecord) -> str:
+    raw = json.dumps([r.time, r.tenant, r.request_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        t, tenant, rid = json.loads(raw)
+        return float(t), str(tenant), str(rid)
+    except (ValueError, TypeError):
+        raise APIError(
+            400, "Invalid 'cursor': pass back a next_cursor.", param="cursor", code="invalid_value"
+        ) from None
+
+
+Num = Annotated[float, Query(ge=0, allow_inf_nan=False)]
+Text = Annotated[str | None, Query(max_length=256)]
+
+
+@router.get("/spend/logs")
+async def spend_logs(
+    request: Request,
+    tenant: Text = None,
+    key: Text = None,
+    user: Text = None,
+    model: Text = None,
+    since: Num = 0.0,
+    until: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
+    limit: int = 100,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+) -> dict[str, Any]:
+    """One record per request (oldest first), `limit` per page; pass `next_cursor` back as
+    `cursor` for the next page."""
+    state = require_admin(request)
+    if not 1 <= limit <= MAX_PAGE:
+        raise APIError(
+            400,
+            f"'limit' must be between 1 and {MAX_PAGE}, got {limit}.",
+            param="limit",
+            code="invalid_value",
+        )
+    records = await _records(state, _filter(tenant, key, user, model, since, until))
+    if cursor is not None:
+        after = _decode_cursor(cursor)
+        records = [r for r in records if (r.time, r.tenant, r.request_id) > after]
+    page = records[:limit]
+    more = len(records) > limit
+    return {
+        "object": "list",
+        "data": [asdict(r) for r in page],
+        "next_cursor": _encode_cursor(page[-1]) if more and page else None,
+    }
+
+
+def _group_of(r: SpendRecord, by: str) -> str:
+    if by == "day":
+        return datetime.fromtimestamp(r.time, tz=UTC).strftime("%Y-%m-%d")
+    if by == "key":
+        return r.key_prefix or ""
+    return {"model": r.model, "user": r.user or "", "tenant": r.tenant}[by]
+
+
+REPORT_COLUMNS = (
+    "requests",
+    "samples",
+    "waves",
+    "prompt_tokens",
+    "completion_tokens",
+    "money",
+    "flops",
+)
+
+
+@router.get("/spend/report", response_model=None)
+async def spend_report(
+    request: Request,
+    group_by: str = "day",
+    format: str = "json",
+    tenant: Text = None,
+    key: Text = None,
+    user: Text = None,
+    model: Text = None,
+    since: Num = 0.0,
+    until: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
+) -> dict[str, Any] | Response:
+    """Spend summed by day (UTC), model, key prefix, user or tenant; JSON, or CSV with
+    `format=csv`. An empty key or user is a request without one (file keys, no `user`)."""
+    state = require_admin(request)
+    if group_by not in GROUPS:
+        raise APIError(
+            400,
+            f"'group_by' must be one of {', '.join(GROUPS)}.",
+            param="group_by",
+            code="invalid_value",
+        )
+    if format not in ("json", "csv"):
+        raise APIError(400, "'format' must be json or csv.", param="format", code="invalid_value")
+    rows: dict[str, dict[str, float]] = {}
+    for r in await _records(state, _filter(tenant, key, user, model, since, until)):
+        row = rows.setdefault(_group_of(r, group_by), dict.fromkeys(REPORT_COLUMNS, 0))
+        row["requests"] += 1
+        for col in REPORT_COLUMNS[1:]:
+            row[col] += getattr(r, col)
+    data = [{group_by: group, **row} for group, row in sorted(rows.items())]
+    if format == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=[group_by, *REPORT_COLUMNS])
+        writer.writeheader()
+        writer.writerows(data)
+        return Response(out.getvalue(), media_type="text/csv")
+    return {"object": "spend.report", "group_by": group_by, "data": data}

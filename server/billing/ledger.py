@@ -29,9 +29,10 @@ from controller.budget import (
     WindowUsage,
     open_store,
 )
-from controller.budget.ledger import DEFAULT_TTL_S
+from controller.budget.ledger import DEFAULT_TTL_S, SpendEntry, SpendRecord
 from controller.pacing import ComputePrice, TenantPacer, default_initial_price
 from server import metrics
+from server.billing.identity import current_caller
 from server.billing.protocol import Billing, WaveHold
 from server.billing.unmetered import UnmeteredBilling, unmetered_report
 from server.config import AppConfig, TenantConfig
@@ -39,6 +40,7 @@ from server.errors import InsufficientQuota
 
 log = logging.getLogger("t2serve.billing")
 METRICS_INTERVAL_S = 0.25
+LOG_PURGE_EVERY_S = 3600.0
 
 
 def billing_unit(tenant: TenantConfig, pricer: Pricer) -> Unit:
@@ -79,6 +81,7 @@ class BudgetProvider:
         self._params: dict[str, float | None] = dict(model_params or {})
         self._published: dict[str, float] = {}
         self._trailing: set[str] = set()
+        self._logs_purged_at = -math.inf
         self.reload(config)
 
     def reload(self, config: AppConfig) -> None:
@@ -94,7 +97,12 @@ class BudgetProvider:
     def ledger(self) -> Ledger:
         if self._ledger is None:
             cfg = self.config.ledger
-            store = open_store(cfg.backend, path=cfg.path, url=cfg.redis_url)
+            store = open_store(
+                cfg.backend,
+                path=cfg.path,
+                url=cfg.redis_url,
+                log_retention_s=cfg.spend_log_retention_days * 86400,
+            )
             self._ledger = Ledger(
                 store, clock=self.clock, ttl_s=cfg.reservation_ttl_s or DEFAULT_TTL_S
             )
@@ -215,6 +223,26 @@ class BudgetProvider:
             "pacing_mode": tenant.pacing.mode,
         }
 
+    async def spend_logs(
+        self, tenants: list[TenantConfig], since: float, until: float
+    ) -> list[SpendRecord]:
+        """Spend-log records of these tenants with since ≤ time < until, oldest first."""
+        out: list[SpendRecord] = []
+        for tenant in tenants:
+            if self.metered(tenant):
+                out += await self.ledger.store.spend_logs(tenant.id, since, until)
+        out.sort(key=lambda r: (r.time, r.tenant, r.request_id))
+        return out
+
+    async def purge_logs(self, force: bool = False) -> int:
+        """Retention: drop records past `ledger.spend_log_retention_days`, at most hourly."""
+        now = self.clock()
+        if not force and now - self._logs_purged_at < LOG_PURGE_EVERY_S:
+            return 0
+        self._logs_purged_at = now
+        keep_s = self.config.ledger.spend_log_retention_days * 86400
+        return await self.ledger.store.purge_logs(now - keep_s)
+
     async def close(self) -> None:
         if self._ledger is not None:
             await self._ledger.close()
@@ -237,8 +265,12 @@ class LedgerBilling:
         self.pricer = provider.pricer(tenant, model)
         self.cost_unit: Unit = billing_unit(tenant, self.pricer)
         self.unit: str = self.cost_unit  # the protocol's name for it (metrics file spend by it)
+        self.model = model
+        self.caller = current_caller()
         self.held: dict[int, Cost] = {}
         self.spent = Cost()
+        self.settled_waves = 0
+        self.ending: tuple[str | None, int, int] | None = None
         self._soft_warned: set[str] = set()
 
     def quote(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -296,17 +328,39 @@ class LedgerBilling:
 
     async def settle(self, hold: WaveHold, *, prompt_tokens: int, completion_tokens: int) -> float:
         cost = self.pricer.cost(prompt_tokens, completion_tokens)
-        out = await self.provider.ledger.settle(
-            self.tenant.id, self.tenant.budgets, self.request_id, hold.wave, cost
+        entry = SpendEntry(
+            self.model,
+            hold.samples,
+            prompt_tokens,
+            completion_tokens,
+            self.caller.key_prefix,
+            self.caller.user,
         )
+        out = await self.provider.ledger.settle(
+            self.tenant.id, self.tenant.budgets, self.request_id, hold.wave, cost, entry
+        )
+        self.settled_waves += 1
         if hold.wave in self.held:
             del self.held[hold.wave]
             self.spent = self.spent + out.cost
         self.provider.remember(self.tenant, out.usage, self.pricer)
         return out.cost.of(self.cost_unit)
 
+    def finish(self, stop_reason: str | None, status: int, samples: int) -> None:
+        self.ending = (stop_reason, status, samples)
+
     async def close(self) -> None:
-        """Release holds of waves that were reserved but never settled (an error in between)."""
+        """Note how the request ended on its spend-log record; release holds of waves that were
+        reserved but never settled (an error in between)."""
+        if self.ending is not None and self.settled_waves:
+            try:
+                await self.provider.ledger.store.finish_log(
+                    self.tenant.id, self.request_id, self.ending[0], self.ending[1]
+                )
+            except Exception:  # the record's money is already right; only its label is missing
+                log.exception("noting the end of %s in the spend log failed", self.request_id)
+            with contextlib.suppress(Exception):
+                await self.provider.purge_logs()
         for wave in list(self.held):
             try:
                 await self.provider.ledger.release(self.tenant.id, self.request_id, wave)
