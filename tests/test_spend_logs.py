@@ -6,9 +6,9 @@ report (JSON and CSV), the caller's key prefix and `user`, and retention."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import io
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ async def live(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
             ],
         }
     )
-    engine = ScriptedEngine(cycle("7+8=15;15-9=6;A: 6", "A: 5", "7+8=15;A: 6"), token_s=0.004)
+    engine = ScriptedEngine(cycle("7+8=15;15-9=6;A: 6", "A: 5", "7+8=15;A: 6"), token_s=0.01)
     async with serve_in_loop(create_app(config, engine=engine)) as server:
         yield server
 
@@ -106,31 +106,35 @@ async def test_records_sum_to_settled_spend_after_a_run_with_disconnects(
 
         async def one(i: int) -> int | None:
             headers = key_auth if i % 2 else auth
-            if i % 4 == 3:  # hang up mid-wave: billed for what was generated
-                with contextlib.suppress(httpx.TimeoutException):
-                    async with httpx.AsyncClient(base_url=live.base_url, timeout=0.03) as quick:
-                        await quick.post("/v1/chat/completions", json=body(i), headers=headers)
+            if i % 4 == 3:  # hang up mid-wave (at the first keep-alive): billed for what ran
+                async with http.stream(
+                    "POST", "/v1/chat/completions", json=body(i, stream=True), headers=headers
+                ) as resp:
+                    async for line in resp.aiter_lines():
+                        if line.startswith(":"):
+                            break
                 return None
             r = await http.post("/v1/chat/completions", json=body(i), headers=headers)
             assert r.status_code == 200, r.text
             return int(r.json()["usage"]["completion_tokens"])
 
         done = await asyncio.gather(*(one(i) for i in range(REQUESTS)))
-        await asyncio.sleep(0.5)  # the hung-up requests finish settling
+        await asyncio.sleep(1.0)  # the hung-up requests finish settling
         records = await _all_logs(http, tenant="acme", limit=5)
         spent = await _ledger_spent(live, "acme")
 
         assert len(records) == len({r["request_id"] for r in records})  # one per request
-        assert REQUESTS - 6 <= len(records) <= REQUESTS
+        assert len(records) == REQUESTS
         money = sum(r["money"] for r in records)
         assert money == pytest.approx(spent, rel=1e-12, abs=1e-12)
         tokens = sum(r["completion_tokens"] + r["prompt_tokens"] / 1000 for r in records)
         assert tokens == pytest.approx(spent, rel=1e-12, abs=1e-12)
-        completed = sorted(c for c in done if c is not None)
-        finished = sorted(r["completion_tokens"] for r in records if r["status"] == 200)
-        assert completed == finished  # each answered request's usage is its record's
+        completed = Counter(c for c in done if c is not None)
+        finished = Counter(r["completion_tokens"] for r in records if r["status"] == 200)
+        # each answered request's usage is its record's (a hang-up may still have finished)
+        assert completed <= finished and finished.total() <= completed.total() + 6
         cut = [r for r in records if r["status"] == 499]
-        assert cut, "no request was cut short by its client"
+        assert cut, [(r["status"], r["stop_reason"], r["completion_tokens"]) for r in records]
         for r in records:
             assert r["tenant"] == "acme" and r["model"] == "m" and r["waves"] >= 1
             assert r["user"] in {"user-0", "user-1", "user-2"}

@@ -32,6 +32,7 @@ from controller.budget.ledger import (
     SpendRecord,
     WindowUsage,
     fit_samples,
+    scopes_of,
 )
 from controller.budget.pricing import ZERO, Cost
 
@@ -47,7 +48,8 @@ CREATE TABLE IF NOT EXISTS spend (
 CREATE TABLE IF NOT EXISTS reservations (
     tenant TEXT NOT NULL, request_id TEXT NOT NULL, wave INTEGER NOT NULL,
     money REAL NOT NULL, flops REAL NOT NULL, granted INTEGER NOT NULL, expires_at REAL NOT NULL,
-    PRIMARY KEY (tenant, request_id, wave)
+    scope TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (tenant, request_id, wave, scope)
 );
 CREATE INDEX IF NOT EXISTS reservations_expiry ON reservations (expires_at);
 CREATE TABLE IF NOT EXISTS spend_logs (
@@ -91,6 +93,7 @@ class SQLiteStore:
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
+        _migrate(conn)
         conn.executescript(SCHEMA)
         return conn
 
@@ -126,7 +129,7 @@ class SQLiteStore:
             self._purged_at = h.now
         row = c.execute(
             "SELECT money, flops, granted FROM reservations "
-            "WHERE tenant=? AND request_id=? AND wave=? AND expires_at>?",
+            "WHERE tenant=? AND request_id=? AND wave=? AND expires_at>? AND scope=''",
             (h.tenant, h.request_id, h.wave, h.now),
         ).fetchone()
         if row is not None:  # a retried reserve: answer as the first time did
@@ -135,11 +138,15 @@ class SQLiteStore:
         usage = self._usage(c, h.tenant, h.limits, h.now)
         granted, binding = fit_samples(h.samples, h.fixed, h.per_sample, usage)
         held = ZERO
-        if granted >= 1:
+        if granted >= 1:  # held at every level: it counts against each level's windows
             held = h.fixed + h.per_sample.scale(granted)
-            c.execute(
-                "INSERT OR REPLACE INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (h.tenant, h.request_id, h.wave, held.money, held.flops, granted, h.now + h.ttl_s),
+            expires = h.now + h.ttl_s
+            c.executemany(
+                "INSERT OR REPLACE INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (h.tenant, h.request_id, h.wave, held.money, held.flops, granted, expires, s)
+                    for s in scopes_of(h.limits)
+                ],
             )
             for u in usage:
                 u.reserved = u.reserved + held
@@ -221,10 +228,10 @@ class SQLiteStore:
     async def reserved_holds(self, tenant: str | None = None) -> int:
         def go(c: sqlite3.Connection) -> int:
             if tenant is None:
-                row = c.execute("SELECT count(*) FROM reservations").fetchone()
+                row = c.execute("SELECT count(*) FROM reservations WHERE scope=''").fetchone()
             else:
                 row = c.execute(
-                    "SELECT count(*) FROM reservations WHERE tenant=?", (tenant,)
+                    "SELECT count(*) FROM reservations WHERE tenant=? AND scope=''", (tenant,)
                 ).fetchone()
             return int(row[0])
 
@@ -279,30 +286,43 @@ class SQLiteStore:
         c: sqlite3.Connection, tenant: str, limits: Sequence[Limit], now: float
     ) -> list[WindowUsage]:
         """Live holds and each window's spend, in one statement of primary-key range scans."""
+        scopes = scopes_of(limits)
         held = (
-            "SELECT '~held', coalesce(sum(money), 0), coalesce(sum(flops), 0), NULL "
-            "FROM reservations WHERE tenant=? AND expires_at>?"
+            "SELECT '~held' || ?, coalesce(sum(money), 0), coalesce(sum(flops), 0), NULL "
+            "FROM reservations WHERE tenant=? AND expires_at>? AND scope=?"
         )
         part = (
             "SELECT win, sum(money), sum(flops), min(bucket) FROM spend "
             "WHERE tenant=? AND win=? AND bucket>=?"
         )
-        params: list[object] = [tenant, now]
+        params: list[object] = []
+        for scope in scopes:
+            params += [scope, tenant, now, scope]
         for lim in limits:
             params += [tenant, lim.key, lim.cutoff]
-        rows = c.execute(" UNION ALL ".join([held] + [part] * len(limits)), params).fetchall()
+        sql = " UNION ALL ".join([held] * len(scopes) + [part] * len(limits))
+        rows = c.execute(sql, params).fetchall()
         by_win = {r[0]: r for r in rows if r[0] is not None}
-        res = by_win["~held"]
-        reserved = Cost(float(res[1]), float(res[2]))
+        reserved = {
+            s: Cost(float(by_win["~held" + s][1]), float(by_win["~held" + s][2])) for s in scopes
+        }
         out: list[WindowUsage] = []
         for lim in limits:
             row = by_win.get(lim.key)
             if row is None:
-                out.append(WindowUsage(lim, Cost(), reserved, None))
+                out.append(WindowUsage(lim, Cost(), reserved[lim.scope], None))
             else:
                 spent = Cost(float(row[1]), float(row[2]))
-                out.append(WindowUsage(lim, spent, reserved, float(row[3])))
+                out.append(WindowUsage(lim, spent, reserved[lim.scope], float(row[3])))
         return out
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Files from before budget levels: their reservations table has no `scope`. Holds are
+    short-lived, so the table is recreated (holds live at the upgrade lapse, as after a crash)."""
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(reservations)").fetchall()]
+    if cols and "scope" not in cols:
+        conn.execute("DROP TABLE reservations")
 
 
 def _distinct(limits: Sequence[Limit]) -> list[Limit]:
