@@ -97,6 +97,11 @@ class TenantConfig(_Strict):
     allow_raising_caps: bool = False
     prices: Prices | None = Field(default=None, description="per-model prices (controller.budget)")
     budgets: Budgets | None = Field(default=None, description="per-request and window budgets")
+    user_budgets: Budgets | None = Field(
+        default=None,
+        description="window budgets for each end user (the request's `user` field), on top of "
+        "the tenant's; `request` is not used here",
+    )
     pacing: PacingSettings = Field(default_factory=lambda: PacingSettings())
     verifier: VerifierConfig | None = None
 

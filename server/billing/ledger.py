@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller.budget import (
+    Budgets,
     Cost,
     Ledger,
     Pricer,
@@ -32,7 +34,7 @@ from controller.budget import (
 from controller.budget.ledger import DEFAULT_TTL_S, SpendEntry, SpendRecord
 from controller.pacing import ComputePrice, TenantPacer, default_initial_price
 from server import metrics
-from server.billing.identity import current_caller
+from server.billing.identity import Caller, current_caller
 from server.billing.protocol import Billing, WaveHold
 from server.billing.unmetered import UnmeteredBilling, unmetered_report
 from server.config import AppConfig, TenantConfig
@@ -109,7 +111,11 @@ class BudgetProvider:
         return self._ledger
 
     def metered(self, tenant: TenantConfig) -> bool:
-        return tenant.prices is not None or tenant.budgets is not None
+        return (
+            tenant.prices is not None
+            or tenant.budgets is not None
+            or tenant.user_budgets is not None
+        )
 
     def pricer(self, tenant: TenantConfig, model: str) -> Pricer:
         return Pricer(tenant.prices, model, self._params.get(model))
@@ -129,7 +135,7 @@ class BudgetProvider:
         return pacer
 
     def for_request(self, tenant: TenantConfig, model: str, request_id: str) -> Billing:
-        if not self.metered(tenant):
+        if not self.metered(tenant) and not current_caller().key_budgets:
             return UnmeteredBilling()
         return LedgerBilling(self, tenant, model, request_id)
 
@@ -253,6 +259,33 @@ def _lam(price: ComputePrice | None) -> float | None:
     return price.lam if price is not None else None
 
 
+def _budget_param(scope: str, window: str | None) -> str:
+    """Which budget bound, as its config/admin field: `budgets.day` (the tenant's),
+    `key.budgets.day` (the key's own), `user_budgets.day` (the tenant's per-user budget)."""
+    kind = scope.partition(":")[0]
+    base = {"key": "key.budgets", "user": "user_budgets"}.get(kind, "budgets")
+    return f"{base}.{window}"
+
+
+def budget_levels(
+    tenant: TenantConfig, caller: Caller
+) -> tuple[list[tuple[str, Budgets]], dict[str, str]]:
+    """The levels below the tenant this request is also budgeted at (its key's own budgets,
+    the tenant's per-user budgets when it names a `user`), and how each is named in errors.
+    A user's scope is a digest of the id: any string is safe as a storage key."""
+    levels: list[tuple[str, Budgets]] = []
+    names: dict[str, str] = {}
+    if caller.key_budgets and caller.key_prefix:
+        scope = f"key:{caller.key_prefix}"
+        levels.append((scope, Budgets.model_validate(caller.key_budgets)))
+        names[scope] = f"key {caller.key_prefix}"
+    if tenant.user_budgets is not None and caller.user:
+        scope = "user:" + hashlib.sha256(caller.user.encode()).hexdigest()[:24]
+        levels.append((scope, tenant.user_budgets))
+        names[scope] = f"user '{caller.user}'"
+    return levels, names
+
+
 class LedgerBilling:
     """One request's billing handle (see server/billing/protocol.py for the call order)."""
 
@@ -267,6 +300,8 @@ class LedgerBilling:
         self.unit: str = self.cost_unit  # the protocol's name for it (metrics file spend by it)
         self.model = model
         self.caller = current_caller()
+        self.levels, self.level_names = budget_levels(tenant, self.caller)
+        self.last_usage: list[WindowUsage] = []
         self.held: dict[int, Cost] = {}
         self.spent = Cost()
         self.settled_waves = 0
@@ -305,8 +340,16 @@ class LedgerBilling:
         samples = self._request_cap(max(1, hold.samples), fixed, per)
         ledger = self.provider.ledger
         out = await ledger.reserve(
-            self.tenant.id, self.tenant.budgets, self.request_id, hold.wave, samples, fixed, per
+            self.tenant.id,
+            self.tenant.budgets,
+            self.request_id,
+            hold.wave,
+            samples,
+            fixed,
+            per,
+            self.levels,
         )
+        self.last_usage = out.usage
         self.provider.remember(self.tenant, out.usage, self.pricer)
         if out.granted < 1:
             binding = next((u for u in out.usage if u.name == out.binding), None)
@@ -314,13 +357,17 @@ class LedgerBilling:
             retry = binding.reset_in(now) if binding is not None else None
             left = binding.remaining if binding is not None else None
             unit = self._unit_name(binding.limit.unit if binding else self.cost_unit)
+            scope = binding.limit.scope if binding else ""
+            level = self.level_names.get(scope, f"tenant '{self.tenant.id}'")
+            window = binding.limit.span.name if binding else out.binding
             raise InsufficientQuota(
-                f"You exceeded your current quota: tenant '{self.tenant.id}' has "
+                f"You exceeded your current quota: {level} has "
                 f"{max(0.0, left or 0.0):.6g} {unit} "
-                f"left in its {out.binding} budget, less than one sample's worst case; "
+                f"left in its {window} budget, less than one sample's worst case; "
                 f"it frees up in {math.ceil(retry or 0)} s.",
                 retry_after_s=retry,
-                window=out.binding,
+                window=window,
+                param=_budget_param(scope, window),
             )
         self.held[hold.wave] = out.held
         self._check_soft(out.usage)
@@ -337,9 +384,16 @@ class LedgerBilling:
             self.caller.user,
         )
         out = await self.provider.ledger.settle(
-            self.tenant.id, self.tenant.budgets, self.request_id, hold.wave, cost, entry
+            self.tenant.id,
+            self.tenant.budgets,
+            self.request_id,
+            hold.wave,
+            cost,
+            entry,
+            self.levels,
         )
         self.settled_waves += 1
+        self.last_usage = out.usage
         if hold.wave in self.held:
             del self.held[hold.wave]
             self.spent = self.spent + out.cost
@@ -369,7 +423,8 @@ class LedgerBilling:
             del self.held[wave]
 
     def remaining(self) -> float | None:
-        usage = self.provider.window_figures(self.tenant)
+        """The tightest hard window left at any level (this request's key and user too)."""
+        usage = self.last_usage or self.provider.window_figures(self.tenant)
         left = [u.remaining for u in usage if u.limit.hard and u.limit.unit == self.cost_unit]
         values = [x for x in left if x is not None]
         return max(0.0, min(values)) if values else None
