@@ -16,6 +16,7 @@ import pytest
 from controller.budget import Budget, Budgets, Cost, Ledger, LedgerStore
 from controller.budget.redis_store import RedisStore
 from controller.budget.sqlite_store import SQLiteStore
+from server import metrics
 from server.app import create_app, serve_in_loop
 from server.config import hash_key, parse_config
 from tests.fakes import ScriptedEngine, cycle
@@ -152,3 +153,8 @@ async def test_the_429_names_the_binding_level(tmp_path: Path) -> None:
         err = r.json()["error"]
         assert err["param"] == "key.budgets.day"
         assert f"key {made.json()['prefix']}" in err["message"]
+        # keys and users never become metric labels, nor enter the tenant's pacing figures
+        body, _ = metrics.render_latest()
+        assert b'window="day"' in body and b"key:" not in body and b"user:" not in body
+        provider = live.app.state.t2.billing
+        assert all(not u.limit.scope for u in provider.window_figures(config.tenants[0]))

@@ -84,6 +84,8 @@ class BudgetProvider:
         self._published: dict[str, float] = {}
         self._trailing: set[str] = set()
         self._logs_purged_at = -math.inf
+        # told the tenant's window figures after each ledger call (the alert webhooks)
+        self.on_usage: Callable[[TenantConfig, list[WindowUsage]], None] | None = None
         self.reload(config)
 
     def reload(self, config: AppConfig) -> None:
@@ -154,8 +156,15 @@ class BudgetProvider:
     ) -> None:
         """Keep the ledger's latest figures for λ and `remaining`, and publish them as metrics at
         most every METRICS_INTERVAL_S per tenant (publishing costs more than a ledger call); a
-        deferred publish makes sure the latest figures are shown once that interval is over."""
+        deferred publish makes sure the latest figures are shown once that interval is over.
+        Only the tenant's own windows: keys and users never become labels, nor drive λ."""
+        usage = [u for u in usage if not u.limit.scope]
         self._usage[tenant.id] = usage
+        if self.on_usage is not None and tenant.alerts is not None:
+            try:
+                self.on_usage(tenant, usage)
+            except Exception:  # alerts never fail a request
+                log.exception("budget alert check failed for %s", tenant.id)
         if not self.publish_metrics:
             return
         now = time.monotonic()
