@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
+from server.alerts import AlertDispatcher
 from server.api import admin
 from server.api.errors import install_error_handlers
 from server.api.router import router
@@ -90,6 +91,9 @@ def create_app(
     (it opens its store on the first metered request) and is closed on shutdown."""
     provider = billing or BudgetProvider(config, model_params=model_sizes(config.models))
     state = ServingState(config, engine_services(config, engine), provider)
+    alerts = AlertDispatcher(state.admin)
+    if isinstance(provider, BudgetProvider):
+        provider.on_usage = alerts.check  # budget alert webhooks (tenants' `alerts:`)
     metrics.configure_labels(tenants=[t.id for t in config.tenants], models=config.model_ids)
 
     @contextlib.asynccontextmanager
@@ -107,6 +111,7 @@ def create_app(
                     starter.cancel()
                     with contextlib.suppress(BaseException):
                         await starter
+            await alerts.aclose()
             await state.aclose()
             metrics.set_engine_ready(False)
             if billing is None:

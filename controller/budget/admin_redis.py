@@ -4,7 +4,8 @@ Keys (prefix `{t2admin}`, one slot, so the scripts also run on a cluster):
 - `:version` the change counter replicas poll (a GET);
 - `:overrides` hash "tenant|field" → {"value", "file_value", "updated_at"} (JSON);
 - `:keys` hash sha256 → the key's immutable record (JSON); `:prefix` hash prefix → sha256;
-- `:revoked` hash sha256 → revocation time; `:used` hash sha256 → last use.
+- `:revoked` hash sha256 → revocation time; `:used` hash sha256 → last use;
+- `:alert:<event>` a sent alert's claim (SET NX, expires with its window).
 """
 
 from __future__ import annotations
@@ -180,6 +181,10 @@ class RedisAdminStore:
         if last_used:
             args = [x for sha, t in last_used.items() for x in (sha, repr(t))]
             await self._touch(keys=[USED], args=args)
+
+    async def claim_alert(self, event_id: str, now: float, ttl_s: float) -> bool:
+        key = f"{_B}:alert:{event_id}"
+        return bool(await self.client.set(key, repr(now), nx=True, ex=max(1, int(ttl_s))))
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS admin_overrides (
     tenant TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, file_value TEXT NOT NULL,
     updated_at REAL NOT NULL, PRIMARY KEY (tenant, field)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alerts_sent (
+    event_id TEXT PRIMARY KEY, claimed_at REAL NOT NULL, expires_at REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS api_keys (
     sha256 TEXT PRIMARY KEY, tenant TEXT NOT NULL, prefix TEXT NOT NULL UNIQUE,
     label TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL, revoked_at REAL,
@@ -184,6 +187,18 @@ class SQLiteAdminStore:
 
         if last_used:
             await self._run(go)
+
+    async def claim_alert(self, event_id: str, now: float, ttl_s: float) -> bool:
+        def go(c: sqlite3.Connection) -> bool:
+            c.execute("DELETE FROM alerts_sent WHERE expires_at <= ?", (now,))
+            return bool(
+                c.execute(
+                    "INSERT OR IGNORE INTO alerts_sent VALUES (?, ?, ?)",
+                    (event_id, now, now + ttl_s),
+                ).rowcount
+            )
+
+        return await self._run(go)
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._conn.close)

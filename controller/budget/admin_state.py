@@ -117,6 +117,10 @@ class AdminStore(Protocol):
         """Record last use per digest (no version bump: nothing to re-apply)."""
         ...
 
+    async def claim_alert(self, event_id: str, now: float, ttl_s: float) -> bool:
+        """True for the first caller (any replica) to claim this alert event: it sends it."""
+        ...
+
     async def close(self) -> None: ...
 
 
