@@ -147,6 +147,9 @@ async def test_the_429_names_the_binding_level(tmp_path: Path) -> None:
         # the key's own budget (15) binds: one full request, a shrunk one, then 429
         first = await http.post("/v1/chat/completions", json=chat(), headers=key)
         assert first.status_code == 200 and first.headers["x-t2-budget-remaining"] == "11"
+        assert first.headers["x-t2-budget-level"] == "key"
+        assert alice.headers["x-t2-budget-level"] == "user"
+        assert nobody.headers["x-t2-budget-level"] == "tenant"
         for _ in range(3):
             r = await http.post("/v1/chat/completions", json=chat(), headers=key)
         assert r.status_code == 429

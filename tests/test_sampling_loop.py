@@ -54,6 +54,9 @@ class RecordingBilling:
     def remaining(self) -> float | None:
         return None
 
+    def remaining_level(self) -> str | None:
+        return None
+
     def price_of_compute(self) -> ComputePrice | None:
         return self.price
 

@@ -431,12 +431,23 @@ class LedgerBilling:
                 log.exception("releasing wave %s of %s failed", wave, self.request_id)
             del self.held[wave]
 
-    def remaining(self) -> float | None:
-        """The tightest hard window left at any level (this request's key and user too)."""
+    def _tightest(self) -> tuple[float, str] | None:
+        """The least left in any hard window of any level (this request's key and user too)."""
         usage = self.last_usage or self.provider.window_figures(self.tenant)
-        left = [u.remaining for u in usage if u.limit.hard and u.limit.unit == self.cost_unit]
-        values = [x for x in left if x is not None]
-        return max(0.0, min(values)) if values else None
+        left = [
+            (u.remaining, u.limit.scope)
+            for u in usage
+            if u.limit.hard and u.limit.unit == self.cost_unit and u.remaining is not None
+        ]
+        return min(left) if left else None
+
+    def remaining(self) -> float | None:
+        tightest = self._tightest()
+        return max(0.0, tightest[0]) if tightest else None
+
+    def remaining_level(self) -> str | None:
+        tightest = self._tightest()
+        return (tightest[1].partition(":")[0] or "tenant") if tightest else None
 
     def price_of_compute(self) -> ComputePrice | None:
         return self.provider.price(self.tenant, self.pricer, self.cost_unit)

@@ -78,6 +78,10 @@ class Billing(Protocol):
         """Budget left after this request (tightest window), or None when unlimited."""
         ...
 
+    def remaining_level(self) -> str | None:
+        """Which level that tightest window is at: "tenant", "key" or "user" (None: unlimited)."""
+        ...
+
     def price_of_compute(self) -> ComputePrice | None:
         """The budget's price of compute, per unit of this billing's cost (the request's policy
         converts it, pricing a sample at its worst-case `quote`), or None: no pressure."""

@@ -41,6 +41,9 @@ class UnmeteredBilling:
     def remaining(self) -> float | None:
         return None
 
+    def remaining_level(self) -> str | None:
+        return None
+
     def price_of_compute(self) -> ComputePrice | None:
         return None
 
