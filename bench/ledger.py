@@ -75,7 +75,7 @@ class NoopStore:
         return 0
 
     async def finish_log(
-        self, tenant: str, request_id: str, stop_reason: str | None, status: int
+        self, tenant: str, request_id: str, stop_reason: str | None, status: int, samples: int
     ) -> None:
         return None
 

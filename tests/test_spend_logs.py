@@ -137,6 +137,8 @@ async def test_records_sum_to_settled_spend_after_a_run_with_disconnects(
         assert cut, [(r["status"], r["stop_reason"], r["completion_tokens"]) for r in records]
         for r in records:
             assert r["tenant"] == "acme" and r["model"] == "m" and r["waves"] >= 1
+            # the samples drawn: all 3 when answered, at most those when cut short
+            assert r["samples"] == 3 if r["status"] == 200 else r["samples"] <= 3
             assert r["user"] in {"user-0", "user-1", "user-2"}
         assert {r["key_prefix"] for r in records} == {None, prefix}
 

@@ -215,9 +215,9 @@ class LedgerStore(Protocol):
     async def reserved_holds(self, tenant: str | None = None) -> int: ...
 
     async def finish_log(
-        self, tenant: str, request_id: str, stop_reason: str | None, status: int
+        self, tenant: str, request_id: str, stop_reason: str | None, status: int, samples: int
     ) -> None:
-        """Note how a logged request ended (no money moves)."""
+        """Note how a logged request ended and the samples it drew (no money moves)."""
         ...
 
     async def spend_logs(self, tenant: str, since: float, until: float) -> list[SpendRecord]:

@@ -223,10 +223,10 @@ return table.concat(out, ',')  -- one bulk string: cheaper to parse than an arra
 """
 )
 
-# KEYS: log record.  ARGV: stop_reason, status.
+# KEYS: log record.  ARGV: stop_reason, status, samples.
 FINISH_LOG = r"""
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'stop_reason', ARGV[1], 'status', ARGV[2])
+  redis.call('HSET', KEYS[1], 'stop_reason', ARGV[1], 'status', ARGV[2], 'samples', ARGV[3])
 end
 return 0
 """
@@ -360,10 +360,10 @@ class RedisStore:
         return f"{self._base(tenant)}:log:{request_id}"
 
     async def finish_log(
-        self, tenant: str, request_id: str, stop_reason: str | None, status: int
+        self, tenant: str, request_id: str, stop_reason: str | None, status: int, samples: int
     ) -> None:
         await self._finish(
-            keys=[self._log_key(tenant, request_id)], args=[stop_reason or "", status]
+            keys=[self._log_key(tenant, request_id)], args=[stop_reason or "", status, samples]
         )
 
     async def spend_logs(self, tenant: str, since: float, until: float) -> list[SpendRecord]:

@@ -238,12 +238,13 @@ class SQLiteStore:
         return await self._run(go)
 
     async def finish_log(
-        self, tenant: str, request_id: str, stop_reason: str | None, status: int
+        self, tenant: str, request_id: str, stop_reason: str | None, status: int, samples: int
     ) -> None:
         def go(c: sqlite3.Connection) -> None:
             c.execute(
-                "UPDATE spend_logs SET stop_reason=?, status=? WHERE tenant=? AND request_id=?",
-                (stop_reason, status, tenant, request_id),
+                "UPDATE spend_logs SET stop_reason=?, status=?, samples=? "
+                "WHERE tenant=? AND request_id=?",
+                (stop_reason, status, samples, tenant, request_id),
             )
 
         await self._run(go)

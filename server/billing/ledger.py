@@ -418,7 +418,7 @@ class LedgerBilling:
         if self.ending is not None and self.settled_waves:
             try:
                 await self.provider.ledger.store.finish_log(
-                    self.tenant.id, self.request_id, self.ending[0], self.ending[1]
+                    self.tenant.id, self.request_id, *self.ending
                 )
             except Exception:  # the record's money is already right; only its label is missing
                 log.exception("noting the end of %s in the spend log failed", self.request_id)
