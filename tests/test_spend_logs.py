@@ -145,6 +145,10 @@ async def test_records_sum_to_settled_spend_after_a_run_with_disconnects(
         # filters
         by_key = await _all_logs(http, tenant="acme", key=prefix)
         assert by_key and all(r["key_prefix"] == prefix for r in by_key)
+        # the key list shows the key's spend: its records' sum
+        [listed] = (await http.get("/admin/tenants/acme/keys", headers=ADMIN)).json()["data"]
+        assert listed["spend"]["money"] == pytest.approx(sum(r["money"] for r in by_key))
+        assert 0 < listed["spend"]["money"] < spent
         by_user = await _all_logs(http, user="user-1")
         assert by_user and all(r["user"] == "user-1" for r in by_user)
         assert await _all_logs(http, model="nope") == []

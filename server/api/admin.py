@@ -180,6 +180,9 @@ class KeyInfo(BaseModel):
     revoked_at: float | None
     last_used_at: float | None
     budgets: dict[str, Any] | None
+    spend: dict[str, float] | None = Field(
+        default=None, description="money and FLOPs settled with this key (spend logs' retention)"
+    )
 
 
 class KeyCreated(KeyInfo):
@@ -279,13 +282,25 @@ async def list_keys(
     request: Request,
     prefix: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    """The tenant's stored keys (by prefix), with status and last use."""
+    """The tenant's stored keys (by prefix), with status, last use and spend."""
     state = require_admin(request)
-    _tenant(state, tenant_id)
+    tenant = _tenant(state, tenant_id)
     sync = await state.admin.ensure()
     now = sync.clock()
     keys = [k for k in await sync.keys(tenant_id) if prefix is None or k.prefix.startswith(prefix)]
-    return {"object": "list", "data": [_info(k, now).model_dump() for k in keys]}
+    spend: dict[str, dict[str, float]] = {}
+    if keys:
+        for r in await state.billing.spend_logs([tenant], 0.0, now + 1.0):
+            if r.key_prefix is not None:
+                total = spend.setdefault(r.key_prefix, {"money": 0.0, "flops": 0.0})
+                total["money"] += r.money
+                total["flops"] += r.flops
+    data = []
+    for k in keys:
+        info = _info(k, now)
+        info.spend = spend.get(k.prefix, {"money": 0.0, "flops": 0.0})
+        data.append(info.model_dump())
+    return {"object": "list", "data": data}
 
 
 @router.delete("/tenants/{tenant_id}/keys/{prefix}")
