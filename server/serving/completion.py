@@ -223,10 +223,13 @@ class CompletionService:
             )
 
     async def _group(self, tenant: TenantConfig, body: SamplingRequest) -> tuple[RunGroup, Reply]:
-        """The request's jobs, run as one group. Rendering and tokenizing run in a worker
-        thread: a large prompt must not stall the event loop (and /healthz) meanwhile."""
+        """The request's jobs, run as one group. Rendering and tokenizing a large prompt run
+        in a worker thread: it must not stall the event loop (and /healthz) meanwhile."""
         self.check_model(tenant, body.model)
-        jobs, reply = await asyncio.to_thread(self._jobs, tenant, body)
+        if _text_size(body) > OFFLOAD_CHARS:
+            jobs, reply = await asyncio.to_thread(self._jobs, tenant, body)
+        else:  # a thread hop costs more than rendering and tokenizing a short prompt
+            jobs, reply = self._jobs(tenant, body)
         return RunGroup(self.state, tenant, body.model, jobs), reply
 
     def _jobs(self, tenant: TenantConfig, body: SamplingRequest) -> tuple[list[SamplingJob], Reply]:
@@ -391,6 +394,17 @@ async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncItera
         if status != 200:
             group.cancel_now()
             await asyncio.shield(group.cancel())
+
+
+OFFLOAD_CHARS = 16_384
+
+
+def _text_size(body: SamplingRequest) -> int:
+    """Characters of prompt text in the request (what rendering and tokenizing work on)."""
+    if isinstance(body, ChatCompletionRequest):
+        return sum(len(m.text()) for m in body.messages)
+    assert isinstance(body, CompletionRequest)
+    return sum(len(p) for p in body.prompts())
 
 
 def usage(outcomes: list[Outcome]) -> Usage:
