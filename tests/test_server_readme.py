@@ -21,7 +21,6 @@ from tests.support import need
 pytestmark = pytest.mark.engine
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE = "http://127.0.0.1:8000"
 START_TIMEOUT_S = 600  # a loaded 2-core CI box can take minutes to start vLLM
 
 
