@@ -29,9 +29,10 @@ WORKERS = 3
 REQUESTS = 150  # per worker: 450 in all, more than twice the largest budget
 
 
+@pytest.mark.parametrize("attempt", [1, 2, 3])  # a race: each run is one more chance to lose
 @pytest.mark.parametrize("limit", [4 * LIMIT_50, LIMIT_50, LIMIT_50 / 10])
 async def test_worker_processes_on_one_sqlite_file_share_the_budget(
-    tmp_path: Path, limit: float
+    tmp_path: Path, limit: float, attempt: int
 ) -> None:
     where = str(tmp_path / "ledger.sqlite")
     # The file exists before the workers start, as a deployed ledger does. (Several processes
@@ -57,7 +58,7 @@ async def test_worker_processes_on_one_sqlite_file_share_the_budget(
     settled = {}
     for i in range(WORKERS):
         settled.update(logged(tmp_path / f"w{i}.log"))
-XX
+    if limit > LIMIT_50:  # a budget this size outlasts the workers' start: they overlap
         assert len({request.split("-")[0] for request, _ in settled}) >= 2
     cfg = config("sqlite", where, limit)
     provider = BudgetProvider(cfg, publish_metrics=False)
