@@ -4,5 +4,6 @@ pytest_plugins: list[str] = [
     "tests.fixtures.prometheus",
     "tests.fixtures.engine",
     "tests.fixtures.server",
+    "tests.fixtures.fixed_length",
     "tests.fixtures.redis",
 ]

@@ -167,14 +167,22 @@ async def wait_for(cond: object, timeout_s: float = 15.0) -> None:
 async def test_leaving_the_stream_early_aborts_in_the_engine(engine: SampleEngine) -> None:
     await wait_idle(engine)
     prompt = fresh_prompt(engine)
-    stream = engine.sample(prompt, 4, engine.params(max_tokens=400, ignore_eos=True), "early")
+    max_tokens = engine.max_model_len - engine.count_tokens(prompt)  # as long as fits
+    params = engine.params(max_tokens=max_tokens, ignore_eos=True)
+    generated_before = vllm_counter("vllm:generation_tokens_total")
+    stream = engine.sample(prompt, 4, params, f"early-{uuid.uuid4().hex}")
     task = asyncio.ensure_future(stream.__anext__())
     await wait_for(lambda: engine.num_running >= 1)
+    # generating, not just scheduled
+    await wait_for(lambda: vllm_counter("vllm:generation_tokens_total") > generated_before)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     await stream.aclose()
-    await wait_idle(engine)
+    await wait_idle(engine, timeout_s=60)
+    # Left to run, the four samples would have generated 4 × max_tokens tokens.
+    generated = vllm_counter("vllm:generation_tokens_total") - generated_before
+    assert 0 < generated < 4 * max_tokens, (generated, max_tokens)
 
 
 async def test_a_prompt_longer_than_the_context_is_a_typed_error(engine: SampleEngine) -> None:

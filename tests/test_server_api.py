@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from controller.aggregate import get_extractor
 from tests.fixtures.server import DEMO_KEY, MODEL, LiveServer, vllm_counter
 
 pytestmark = pytest.mark.engine
@@ -16,6 +17,7 @@ pytestmark = pytest.mark.engine
 PROMPT = "Q: 7+8-9=?"
 # The tiny model is a chat model; a text completion gets the chat template rendered by hand.
 TEXT_PROMPT = "<|system|>Work it out step by step.<|user|>Q: 7+8-9=?<|assistant|>"
+last_number = get_extractor("last_number")  # the test config's extractor
 
 
 def client(live: LiveServer, key: str = DEMO_KEY) -> openai.AsyncOpenAI:
@@ -49,8 +51,10 @@ async def test_text_completion(live_server: LiveServer) -> None:
     resp = await client(live_server).completions.create(
         model=MODEL, prompt=TEXT_PROMPT, max_tokens=12, extra_body={"t2": {"policy": "fixed:3"}}
     )
-    assert resp.object == "text_completion" and isinstance(resp.choices[0].text, str)
-    assert resp.model_extra and resp.model_extra["t2"]["samples"] == 3
+    assert resp.object == "text_completion" and resp.model_extra
+    t2 = resp.model_extra["t2"]
+    assert t2["samples"] == 3
+    assert last_number(resp.choices[0].text) == t2["answer"]  # the text is the voted sample
 
 
 async def test_n_gives_n_answers(live_server: LiveServer) -> None:
@@ -66,13 +70,17 @@ async def test_n_gives_n_answers(live_server: LiveServer) -> None:
 
 
 async def test_streaming_parses_with_official_client(live_server: LiveServer) -> None:
-    stream = await client(live_server).chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": PROMPT}],
-        max_tokens=16,
-        stream=True,
-        extra_body={"t2": {"policy": "fixed:4"}},
-    )
+    """A seeded request draws the same samples streamed or not: the streamed text must be the
+    very sample the non-streamed answer returns, and carry the voted answer."""
+    request: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": 16,
+        "seed": 4242,
+        "extra_body": {"t2": {"policy": "fixed:4"}},
+    }
+    whole = await client(live_server).chat.completions.create(**request)
+    stream = await client(live_server).chat.completions.create(stream=True, **request)
     text, finish, final = "", None, None
     async for chunk in stream:
         if chunk.choices:
@@ -81,26 +89,49 @@ async def test_streaming_parses_with_official_client(live_server: LiveServer) ->
         else:
             final = chunk
     assert finish in {"stop", "length"} and final is not None and final.usage is not None
-    t2 = final.model_extra["t2"]  # type: ignore[index]
+    t2 = final.model_extra["t2"]
     assert t2["samples"] == 4 and final.usage.completion_tokens >= 4
-    # the streamed text is the same kind of answer the non-streamed call returns
-    assert isinstance(text, str)
+    assert whole.model_extra is not None
+    assert t2["votes"] == whole.model_extra["t2"]["votes"]  # the same four samples
+    assert text == whole.choices[0].message.content
+    assert finish == whole.choices[0].finish_reason
+    assert last_number(text) == t2["answer"]
 
 
-async def test_stream_sends_keepalives_then_done(live_server: LiveServer) -> None:
+async def test_the_content_is_a_sample_the_vote_chose(live_server: LiveServer) -> None:
+    """Over several seeds (so some first samples lose the vote), the returned text is always
+    one that says the winning answer."""
+    for seed in range(8):
+        resp = await client(live_server).chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": PROMPT}],
+            max_tokens=24,
+            seed=seed,
+            extra_body={"t2": {"policy": "fixed:5"}},
+        )
+        t2: dict[str, Any] = resp.model_extra["t2"]  # type: ignore[index]
+        content = resp.choices[0].message.content or ""
+        assert last_number(content) == t2["answer"], (seed, content, t2["votes"])
+        if t2["answer"] is not None:
+            assert t2["votes"][t2["answer"]] == max(t2["votes"].values())
+
+
+async def test_stream_sends_keepalives_then_done(fixed_length_server: LiveServer) -> None:
+    """A wave of 96-token samples (EOS ignored) outlasts the 0.1 s keep-alive interval: the
+    stream must send keep-alive comments before any data, then the answer, then [DONE]."""
     body = {
         "model": MODEL,
         "prompt": TEXT_PROMPT,
-        "max_tokens": 24,
+        "max_tokens": 96,
         "stream": True,
         "t2": {"policy": "fixed:8"},
     }
     lines: list[str] = []
     async with (
-        httpx.AsyncClient(timeout=60) as http,
+        httpx.AsyncClient(timeout=120) as http,
         http.stream(
             "POST",
-            f"{live_server.v1}/completions",
+            f"{fixed_length_server.v1}/completions",
             json=body,
             headers={"Authorization": f"Bearer {DEMO_KEY}"},
         ) as resp,
@@ -109,10 +140,15 @@ async def test_stream_sends_keepalives_then_done(live_server: LiveServer) -> Non
             "text/event-stream"
         )
         async for line in resp.aiter_lines():
-            lines.append(line)
+            if line:
+                lines.append(line)
+    first_data = next(i for i, ln in enumerate(lines) if ln.startswith("data: "))
+    assert first_data > 0, lines[:3]  # something came before the answer ...
+    assert all(ln.startswith(": keep-alive") for ln in lines[:first_data])  # ... keep-alives
     data = [ln for ln in lines if ln.startswith("data: ")]
     assert data[-1] == "data: [DONE]"
     assert '"usage"' in data[-2] and '"t2"' in data[-2]
+    assert '"completion_tokens":768' in data[-2].replace(" ", "")  # 8 × 96: EOS was ignored
 
 
 async def test_fixed_policy_draws_exactly_k_and_t2_stops_early(live_server: LiveServer) -> None:

@@ -36,13 +36,20 @@ def _settled(live: LiveServer, marker: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("stream", [True, False])
-async def test_disconnect_aborts_outstanding_samples(live_server: LiveServer, stream: bool) -> None:
-    recorder = live_server.billing_recorder
+async def test_disconnect_aborts_outstanding_samples(
+    fixed_length_server: LiveServer, stream: bool
+) -> None:
+    """48 samples of exactly 400 tokens (EOS ignored) would take the engine many seconds; the
+    client leaves once they are generating. Had they not been aborted, vLLM would generate all
+    48 × 400 tokens, and the bill (taken at the abort) would not match what it generated."""
+    live = fixed_length_server
+    recorder = live.billing_recorder
     before = len(recorder.calls)
+    max_tokens = 400
     body = {
         "model": MODEL,
         "prompt": "<|user|>Q: 6+7-5=?<|assistant|>",
-        "max_tokens": 64,
+        "max_tokens": max_tokens,
         "stream": stream,
         "temperature": 1.0,
         "t2": BIG_WAVE,
@@ -51,33 +58,38 @@ async def test_disconnect_aborts_outstanding_samples(live_server: LiveServer, st
 
     async def call() -> None:
         async with (
-            httpx.AsyncClient(base_url=live_server.v1, timeout=60) as http,
+            httpx.AsyncClient(base_url=live.v1, timeout=120) as http,
             http.stream("POST", "/completions", json=body, headers=headers) as resp,
         ):
             async for _ in resp.aiter_lines():
                 pass
 
+    assert await _engine_idle(live, 60.0), "the engine was busy before the test"
     generated_before = vllm_counter("vllm:generation_tokens_total")
     task = asyncio.create_task(call())
-    engine = live_server.app.state.t2.engines[MODEL]
-    deadline = time.monotonic() + 20
+    engine = live.app.state.t2.engines[MODEL]
+    deadline = time.monotonic() + 60
     while (engine.queue_depth() or 0) == 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert (engine.queue_depth() or 0) > 0, "the wave never reached the engine"
-    await asyncio.sleep(0.05)
+    # the samples are generating (the request is in flight, not just queued)
+    while vllm_counter("vllm:generation_tokens_total") == generated_before:
+        assert time.monotonic() < deadline, "no token was generated"
+        await asyncio.sleep(0.01)
+    assert not task.done()
     task.cancel()  # closes the connection mid-wave
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    assert await _engine_idle(live_server, 5.0), "samples kept running after the disconnect"
-    for _ in range(100):  # settlement follows the abort
+    assert await _engine_idle(live, 60.0), "samples kept running after the disconnect"
+    for _ in range(500):  # settlement follows the abort
         if len(recorder.calls) > before:
             break
         await asyncio.sleep(0.02)
     settled = recorder.calls[before:]
     assert len(settled) == 1, settled
-    assert settled[0]["completion_tokens"] < 48 * 64  # billed what was generated, not reserved
-    # ... and every generated token, the aborted samples' partial ones included.
     generated = vllm_counter("vllm:generation_tokens_total") - generated_before
+    assert 0 < generated < 48 * max_tokens, generated  # cut short: not every token was made
+    # billed every generated token, the aborted samples' partial ones included, and no more
     assert settled[0]["completion_tokens"] == generated
 
 
