@@ -16,7 +16,6 @@ from server.api.protocol import (
     ModelCard,
     ModelList,
 )
-from server.billing.identity import bind_user
 from server.config import TenantConfig
 from server.errors import APIError
 from server.serving import CompletionService
@@ -68,7 +67,6 @@ async def _complete(
     body: ChatCompletionRequest | CompletionRequest, request: Request, tenant: TenantConfig
 ) -> Response:
     request.state.model = body.model
-    bind_user(body.user)  # spend logs and per-user budgets (server.billing.identity)
     service = CompletionService(get_state(request))
     if body.stream:
         events = await service.stream(tenant, body)
