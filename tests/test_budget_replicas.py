@@ -12,6 +12,8 @@ engine on the shipped model) share one Redis ledger.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -234,11 +236,16 @@ async def test_kill_9_under_load_keeps_spend_and_expires_holds(replicas: Replica
                 w.exception() for w in workers if w.done()
             ]
             await asyncio.sleep(0.05)
-        # kill it with waves in flight: wait until the shared ledger shows the victim's holds
-        # (on a busy box every request can be between waves, rendering or queued, for a while)
-        while day_window(survivor, "crash")["reserved"] <= 0:
+        # kill it with waves in flight: freeze the victim (SIGSTOP) until the shared ledger
+        # shows it holding budget, then SIGKILL it; its waves are too short to catch otherwise
+        group = victim.process.pid
+        while True:
+            os.killpg(group, signal.SIGSTOP)
+            if day_window(survivor, "crash")["reserved"] > 0:
+                break
+            os.killpg(group, signal.SIGCONT)
             assert time.monotonic() < deadline, "the victim never held budget under load"
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.005)
         stop.set()
         victim.kill()
         killed_at = time.monotonic()
