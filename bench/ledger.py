@@ -10,7 +10,10 @@ run, through the same asyncio harness:
 - `redis-ping`: two PING round trips per pair on the same connection pool (the network floor).
 
 Latency: the p50 of one reserve+settle pair is what the ledger adds to a one-wave request (a
-request with w waves pays it w times). Run: `python -m bench ledger` (or `make bench`).
+request with w waves pays it w times). `sqlite-levels` / `redis-levels` hold and charge each
+wave at three budget levels (tenant, the request's key, its user) and log it; their ratio
+against the tenant-only rows of the same run is what levels cost. Run: `python -m bench ledger`
+(or `make bench`).
 """
 
 from __future__ import annotations
@@ -32,10 +35,18 @@ from pathlib import Path
 from typing import Any
 
 from controller.budget import Cost, Ledger
-from controller.budget.ledger import Hold, Limit, ReserveOutcome, SettleOutcome, WindowUsage
+from controller.budget.ledger import (
+    Hold,
+    Limit,
+    ReserveOutcome,
+    SettleOutcome,
+    SpendRecord,
+    WindowUsage,
+)
 from controller.budget.redis_store import RedisStore
 from controller.budget.sqlite_store import SQLiteStore
 from server.billing import BudgetProvider, WaveHold
+from server.billing.identity import bind_key, bind_user
 from server.config import AppConfig, hash_key, parse_config
 
 PAIRS = {1: 1500, 32: 4000}
@@ -63,6 +74,17 @@ class NoopStore:
     async def reserved_holds(self, tenant: str | None = None) -> int:
         return 0
 
+    async def finish_log(
+        self, tenant: str, request_id: str, stop_reason: str | None, status: int, samples: int
+    ) -> None:
+        return None
+
+    async def spend_logs(self, tenant: str, since: float, until: float) -> list[SpendRecord]:
+        return []
+
+    async def purge_logs(self, before: float) -> int:
+        return 0
+
     async def close(self) -> None:
         return None
 
@@ -79,6 +101,7 @@ def config(path: str) -> AppConfig:
                     "policy": "t2",
                     "prices": {"models": {"*": {"prompt_per_1m": 1.0, "completion_per_1m": 2.0}}},
                     "budgets": {"day": {"limit": 1e12}, "month": {"limit": 1e13}},
+                    "user_budgets": {"day": {"limit": 1e12}},
                 }
             ],
         },
@@ -86,10 +109,17 @@ def config(path: str) -> AppConfig:
     )
 
 
-def billing_pair(provider: BudgetProvider, cfg: AppConfig, tag: str) -> Pair:
+def billing_pair(provider: BudgetProvider, cfg: AppConfig, tag: str, levels: bool = False) -> Pair:
+    """One wave's reserve+settle. `levels`: also at a key's own day budget and a user's (one of
+    8 users), as a request with an API-made key and a `user` field is."""
     tenant = cfg.tenants[0]
 
     async def pair(i: int) -> None:
+        if levels:
+            bind_key("t2-benchkey0", {"day": {"limit": 1e12}})
+            bind_user(f"user-{i % 8}")
+        else:
+            bind_key(None)
         billing = provider.for_request(tenant, "m", f"{tag}-{i}")
         hold = await billing.reserve(WaveHold(0, 4, 100, 64))
         await billing.settle(hold, prompt_tokens=100, completion_tokens=150)
@@ -196,6 +226,7 @@ async def run(workdir: Path) -> dict[str, Any]:
     cfg = config(str(workdir / "ledger.sqlite"))
     sqlite_provider = BudgetProvider(cfg, ledger=Ledger(SQLiteStore(workdir / "ledger.sqlite")))
     await row("sqlite", billing_pair(sqlite_provider, cfg, "sqlite"))
+    await row("sqlite-levels", billing_pair(sqlite_provider, cfg, "sqlite-l", levels=True))
     await sqlite_provider.close()
     raw, close_raw = raw_sqlite_pair(workdir / "raw.sqlite")
     await row("sqlite-raw", raw)
@@ -210,6 +241,7 @@ async def run(workdir: Path) -> dict[str, Any]:
         store = RedisStore(url)
         redis_provider = BudgetProvider(cfg, ledger=Ledger(store))
         await row("redis", billing_pair(redis_provider, cfg, "redis"))
+        await row("redis-levels", billing_pair(redis_provider, cfg, "redis-l", levels=True))
 
         async def ping(_: int) -> None:
             await store.client.ping()
@@ -233,6 +265,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for backend, base in (
+        ("sqlite-levels", "sqlite"),
+        ("redis-levels", "redis"),
         ("sqlite", "sqlite-raw"),
         ("redis", "redis-ping"),
         ("sqlite", "noop"),

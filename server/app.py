@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from server import metrics
+from server.alerts import AlertDispatcher
 from server.api import admin
 from server.api.errors import install_error_handlers
 from server.api.middleware import BodyLimit, RequestMetrics
@@ -59,6 +60,9 @@ def create_app(
     (it opens its store on the first metered request) and is closed on shutdown."""
     provider = billing or BudgetProvider(config, model_params=model_sizes(config.models))
     state = ServingState(config, engine_services(config, engine), provider)
+    alerts = AlertDispatcher(state.admin)
+    if isinstance(provider, BudgetProvider):
+        provider.on_usage = alerts.check  # budget alert webhooks (tenants' `alerts:`)
     metrics.configure_labels(tenants=[t.id for t in config.tenants], models=config.model_ids)
 
     @contextlib.asynccontextmanager
@@ -66,6 +70,8 @@ def create_app(
         starters: list[asyncio.Task[None]] = []
         if engine is None:
             starters = [asyncio.create_task(e.start()) for e in state.engines.values()]
+        if admin.admin_digests(config):  # lasting admin state: keys, budget overrides
+            await state.admin.start()
         try:
             yield
         finally:
@@ -74,6 +80,7 @@ def create_app(
                     starter.cancel()
                     with contextlib.suppress(BaseException):
                         await starter
+            await alerts.aclose()
             await state.aclose()
             metrics.set_engine_ready(False)
             if billing is None:

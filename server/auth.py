@@ -1,11 +1,18 @@
 """Bearer-key authentication: `Authorization: Bearer <key>` → the tenant that owns the key.
 
 Keys are compared by sha256 digest, so the config (and this process's memory) holds no usable
-secret; a plain key in the demo config is hashed on load like any other.
+secret; a plain key in the demo config is hashed on load like any other. Keys made through the
+admin API (controller.budget.admin_state.StoredKey) carry their expiry and revocation times, so
+the ring checks them against its clock at every lookup: no store call per request.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable
+
+from controller.budget.admin_state import StoredKey
+from server.billing.identity import bind_key
 from server.config import AppConfig, TenantConfig, hash_key
 from server.errors import APIError
 
@@ -19,15 +26,48 @@ def bearer_key(authorization: str | None) -> str | None:
 
 
 class KeyRing:
-    """Digest → tenant lookup; rebuilt from the config on start and on reload."""
+    """Digest → tenant lookup; rebuilt from the config (and the stored keys) on every change.
 
-    def __init__(self, config: AppConfig) -> None:
+    `uses` collects the last use of each stored key (server.admin_state flushes it to the store).
+    """
+
+    def __init__(
+        self,
+        config: AppConfig,
+        stored: Iterable[StoredKey] = (),
+        *,
+        clock: Callable[[], float] = time.time,
+        uses: dict[str, float] | None = None,
+    ) -> None:
         self._by_digest: dict[str, TenantConfig] = {
             key.digest(): tenant for tenant in config.tenants for key in tenant.api_keys
         }
+        tenants = {t.id: t for t in config.tenants}
+        self._stored = {k.sha256: (k, tenants[k.tenant]) for k in stored if k.tenant in tenants}
+        self._clock = clock
+        self._uses = uses if uses is not None else {}
+
+    def lookup(self, key: str) -> tuple[TenantConfig, StoredKey | None] | str | None:
+        """(tenant, the stored key or None for a config key); or why a stored key no longer
+        works ("revoked", "expired"); or None for an unknown key."""
+        digest = hash_key(key)
+        tenant = self._by_digest.get(digest)
+        if tenant is not None:
+            return tenant, None
+        entry = self._stored.get(digest)
+        if entry is None:
+            return None
+        stored, tenant = entry
+        now = self._clock()
+        status = stored.status(now)
+        if status != "active":
+            return status
+        self._uses[digest] = now
+        return tenant, stored
 
     def tenant_for_key(self, key: str) -> TenantConfig | None:
-        return self._by_digest.get(hash_key(key))
+        found = self.lookup(key)
+        return found[0] if isinstance(found, tuple) else None
 
     def authenticate(self, authorization: str | None) -> TenantConfig:
         """The tenant for an Authorization header, or a 401 saying what is wrong with it."""
@@ -44,7 +84,11 @@ class KeyRing:
                 "Malformed Authorization header: expected 'Bearer <key>'.",
                 code="invalid_api_key",
             )
-        tenant = self.tenant_for_key(key)
-        if tenant is None:
+        found = self.lookup(key)
+        if isinstance(found, str):
+            raise APIError(401, f"This API key has been {found}.", code="invalid_api_key")
+        if found is None:
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+        tenant, stored = found
+        bind_key(stored.prefix if stored else None, stored.budgets if stored else None)
         return tenant

@@ -77,6 +77,30 @@ class VerifierConfig(_Strict):
     concurrency: int = Field(default=8, ge=1, le=256, description="samples scored at once")
 
 
+class AlertSettings(_Strict):
+    """Budget alerts by webhook: a JSON event POSTed once per window and threshold crossed,
+    signed with HMAC-SHA256 over the body (`X-T2-Signature: sha256=<hex>`)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    url: str = Field(pattern=r"^https?://", description="receives the events")
+    secret: str = Field(min_length=16, description="the HMAC key")
+    thresholds: list[float] = Field(
+        default_factory=lambda: [0.8, 1.0], min_length=1, description="fractions of a limit"
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    retries: int = Field(default=5, ge=0, le=20, description="after the first attempt")
+    backoff_s: float = Field(default=0.5, gt=0, le=60, description="doubles per retry")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _in_range(cls, values: list[float]) -> list[float]:
+        for v in values:
+            if not 0 < v <= 10:
+                raise ValueError(f"threshold {v:g} must be in (0, 10]")
+        return sorted(set(values))
+
+
 class TenantConfig(_Strict):
     """A tenant: who it is (keys), what it may use (models) and how its requests are sampled.
 
@@ -97,8 +121,14 @@ class TenantConfig(_Strict):
     allow_raising_caps: bool = False
     prices: Prices | None = Field(default=None, description="per-model prices (controller.budget)")
     budgets: Budgets | None = Field(default=None, description="per-request and window budgets")
+    user_budgets: Budgets | None = Field(
+        default=None,
+        description="window budgets for each end user (the request's `user` field), on top of "
+        "the tenant's; `request` is not used here",
+    )
     pacing: PacingSettings = Field(default_factory=lambda: PacingSettings())
     verifier: VerifierConfig | None = None
+    alerts: AlertSettings | None = None
 
     def may_use(self, model: str) -> bool:
         return "*" in self.models or model in self.models
@@ -132,6 +162,9 @@ class LedgerConfig(_Strict):
         gt=0,
         description="a wave's hold expires after this (crash safety); must exceed "
         "server.request_timeout_s, the longest a wave can run (default: that plus a minute)",
+    )
+    spend_log_retention_days: float = Field(
+        default=90.0, gt=0, le=3660, allow_inf_nan=False, description="spend logs kept this long"
     )
 
 

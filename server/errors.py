@@ -83,13 +83,22 @@ class InsufficientQuota(APIError):
     """Not even one sample fits the tenant's budget: 429 with Retry-After (window reset)."""
 
     def __init__(
-        self, message: str, retry_after_s: float | None = None, window: str | None = None
+        self,
+        message: str,
+        retry_after_s: float | None = None,
+        window: str | None = None,
+        param: str | None = None,
     ) -> None:
         headers = {}
         if retry_after_s is not None:
             headers["Retry-After"] = str(max(1, int(retry_after_s + 0.999)))
         super().__init__(
-            429, message, type="insufficient_quota", code="insufficient_quota", headers=headers
+            429,
+            message,
+            type="insufficient_quota",
+            param=param,
+            code="insufficient_quota",
+            headers=headers,
         )
         self.retry_after_s = retry_after_s
         self.window = window

@@ -28,6 +28,7 @@ class RecordingBilling:
     reserved: list[WaveHold] = field(default_factory=list)
     settled: list[tuple[WaveHold, int, int]] = field(default_factory=list)
     closed: int = 0
+    finished: tuple[str | None, int, int] | None = None
     price: ComputePrice | None = None
 
     def quote(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -44,10 +45,16 @@ class RecordingBilling:
         self.settled.append((hold, prompt_tokens, completion_tokens))
         return float(prompt_tokens + completion_tokens)
 
+    def finish(self, stop_reason: str | None, status: int, samples: int) -> None:
+        self.finished = (stop_reason, status, samples)
+
     async def close(self) -> None:
         self.closed += 1
 
     def remaining(self) -> float | None:
+        return None
+
+    def remaining_level(self) -> str | None:
         return None
 
     def price_of_compute(self) -> ComputePrice | None:

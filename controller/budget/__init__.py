@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from controller.budget.admin_state import AdminStore
 from controller.budget.ledger import (
     DEFAULT_TTL_S,
     Ledger,
@@ -38,9 +39,14 @@ from controller.budget.pricing import Cost, Pricer
 
 
 def open_store(
-    backend: str, *, path: str | Path = "var/ledger.sqlite", url: str | None = None
+    backend: str,
+    *,
+    path: str | Path = "var/ledger.sqlite",
+    url: str | None = None,
+    log_retention_s: float = 90 * 86400,
 ) -> LedgerStore:
-    """The configured backend: "sqlite" (one file, the default) or "redis" (several replicas)."""
+    """The configured backend: "sqlite" (one file, the default) or "redis" (several replicas).
+    `log_retention_s`: Redis expires spend-log records itself (SQLite: `purge_logs`)."""
     if backend == "sqlite":
         from controller.budget.sqlite_store import SQLiteStore
 
@@ -48,13 +54,29 @@ def open_store(
     if backend == "redis":
         from controller.budget.redis_store import RedisStore
 
-        return RedisStore(url or "redis://127.0.0.1:6379/0")
+        return RedisStore(url or "redis://127.0.0.1:6379/0", log_retention_s=log_retention_s)
+    raise ValueError(f"unknown ledger backend {backend!r}; choose sqlite or redis")
+
+
+def open_admin_store(
+    backend: str, *, path: str | Path = "var/ledger.sqlite", url: str | None = None
+) -> AdminStore:
+    """The admin store beside the configured ledger: the same SQLite file or the same Redis."""
+    if backend == "sqlite":
+        from controller.budget.admin_sqlite import SQLiteAdminStore
+
+        return SQLiteAdminStore(path)
+    if backend == "redis":
+        from controller.budget.admin_redis import RedisAdminStore
+
+        return RedisAdminStore(url or "redis://127.0.0.1:6379/0")
     raise ValueError(f"unknown ledger backend {backend!r}; choose sqlite or redis")
 
 
 __all__ = [
     "DEFAULT_TTL_S",
     "WINDOW_NAMES",
+    "AdminStore",
     "Budget",
     "Budgets",
     "Cost",
@@ -71,5 +93,6 @@ __all__ = [
     "Unit",
     "WindowName",
     "WindowUsage",
+    "open_admin_store",
     "open_store",
 ]

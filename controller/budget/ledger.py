@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from controller.budget.models import Budgets, Unit, WindowName
@@ -40,10 +40,17 @@ class Limit:
     unit: Unit
     limit: float
     hard: bool
+    scope: str = ""  # "" the tenant; "key:<prefix>" or "user:<id>" a level below it
 
     @property
     def key(self) -> str:
-        return f"{self.span.name}~r" if self.span.rolling else self.span.name
+        win = f"{self.span.name}~r" if self.span.rolling else self.span.name
+        return f"{self.scope}|{win}" if self.scope else win
+
+    @property
+    def label(self) -> str:
+        """How a binding limit is named: "day" for the tenant, "key:<prefix> day" below it."""
+        return f"{self.scope} {self.span.name}" if self.scope else self.span.name
 
     @property
     def bucket(self) -> int:
@@ -56,6 +63,39 @@ class Limit:
     @property
     def limited(self) -> bool:
         return self.limit > 0
+
+
+@dataclass(frozen=True)
+class SpendEntry:
+    """What one settled wave adds to its request's spend-log record (the store sums them in
+    the settle's own transaction, so the log can never disagree with settled spend)."""
+
+    model: str
+    samples: int
+    prompt_tokens: int
+    completion_tokens: int
+    key_prefix: str | None = None
+    user: str | None = None
+
+
+@dataclass
+class SpendRecord:
+    """One request's spend-log record: the sum of its settled waves, then how it ended."""
+
+    request_id: str
+    tenant: str
+    time: float
+    model: str
+    key_prefix: str | None
+    user: str | None
+    samples: int
+    waves: int
+    prompt_tokens: int
+    completion_tokens: int
+    money: float
+    flops: float
+    stop_reason: str | None = None
+    status: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +115,7 @@ class Hold:
     limits: tuple[Limit, ...]
     now: float
     ttl_s: float
+    entry: SpendEntry | None = None  # settle only: log this wave under its request
 
 
 @dataclass
@@ -88,7 +129,7 @@ class WindowUsage:
 
     @property
     def name(self) -> str:
-        return self.limit.span.name
+        return self.limit.label
 
     @property
     def spent_value(self) -> float:
@@ -150,6 +191,12 @@ def fit_samples(
     return granted, binding
 
 
+def scopes_of(limits: Sequence[Limit]) -> list[str]:
+    """The distinct scopes of a hold's limits, tenant ("") first: a hold is kept in each."""
+    seen = dict.fromkeys(["", *(lim.scope for lim in limits)])
+    return list(seen)
+
+
 class LedgerStore(Protocol):
     """A storage backend; each method is one atomic step (see the module docstring)."""
 
@@ -166,6 +213,20 @@ class LedgerStore(Protocol):
     async def purge_expired(self, now: float) -> int: ...
 
     async def reserved_holds(self, tenant: str | None = None) -> int: ...
+
+    async def finish_log(
+        self, tenant: str, request_id: str, stop_reason: str | None, status: int, samples: int
+    ) -> None:
+        """Note how a logged request ended and the samples it drew (no money moves)."""
+        ...
+
+    async def spend_logs(self, tenant: str, since: float, until: float) -> list[SpendRecord]:
+        """The tenant's records with since ≤ time < until, oldest first."""
+        ...
+
+    async def purge_logs(self, before: float) -> int:
+        """Retention: drop records older than `before`."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -186,8 +247,14 @@ class Ledger:
         self.clock = clock
         self.ttl_s = ttl_s
 
-    def limits(self, budgets: Budgets | None, now: float | None = None) -> tuple[Limit, ...]:
-        """The tenant's window limits at `now`, plus calendar day/month tracked without a limit."""
+    def limits(
+        self,
+        budgets: Budgets | None,
+        now: float | None = None,
+        levels: Sequence[tuple[str, Budgets]] = (),
+    ) -> tuple[Limit, ...]:
+        """The tenant's window limits at `now`, plus calendar day/month tracked without a limit;
+        then each level's (a key's, a user's) windows, every one checked and charged too."""
         now = self.clock() if now is None else now
         out: list[Limit] = []
         configured = budgets.windows() if budgets is not None else []
@@ -199,6 +266,10 @@ class Ledger:
         for name in TRACKED:
             if (name, False) not in names:
                 out.append(Limit(span(name, False, now), "currency", 0.0, False))
+        for scope, level in levels:
+            for name, budget in level.windows():
+                window = span(name, budget.rolling, now)
+                out.append(Limit(window, budget.unit, budget.limit, budget.hard, scope))
         return tuple(out)
 
     def hold(
@@ -210,10 +281,11 @@ class Ledger:
         samples: int = 0,
         fixed: Cost = ZERO,
         per_sample: Cost = ZERO,
+        levels: Sequence[tuple[str, Budgets]] = (),
     ) -> Hold:
         """A wave's `Hold` with the tenant's limits at the current time (what a store checks)."""
         now = self.clock()
-        limits = self.limits(budgets, now)
+        limits = self.limits(budgets, now, levels)
         return Hold(tenant, request_id, wave, samples, fixed, per_sample, limits, now, self.ttl_s)
 
     async def reserve(
@@ -225,22 +297,37 @@ class Ledger:
         samples: int,
         fixed: Cost,
         per_sample: Cost,
+        levels: Sequence[tuple[str, Budgets]] = (),
     ) -> ReserveOutcome:
-        hold = self.hold(tenant, budgets, request_id, wave, samples, fixed, per_sample)
+        """Hold the wave at every level at once: the tightest hard window binds."""
+        hold = self.hold(tenant, budgets, request_id, wave, samples, fixed, per_sample, levels)
         return await self.store.reserve(hold)
 
     async def settle(
-        self, tenant: str, budgets: Budgets | None, request_id: str, wave: int, cost: Cost
+        self,
+        tenant: str,
+        budgets: Budgets | None,
+        request_id: str,
+        wave: int,
+        cost: Cost,
+        entry: SpendEntry | None = None,
+        levels: Sequence[tuple[str, Budgets]] = (),
     ) -> SettleOutcome:
-        """Charge `cost` to the windows current now (not those of the reserve), exactly once."""
-        return await self.store.settle(self.hold(tenant, budgets, request_id, wave), cost)
+        """Charge `cost` to the windows current now (not those of the reserve), at every level,
+        exactly once, and add `entry` to the request's spend-log record in the same step."""
+        hold = self.hold(tenant, budgets, request_id, wave, levels=levels)
+        if entry is not None:
+            hold = replace(hold, entry=entry)
+        return await self.store.settle(hold, cost)
 
     async def release(self, tenant: str, request_id: str, wave: int) -> None:
         await self.store.release(tenant, request_id, wave)
 
-    async def usage(self, tenant: str, budgets: Budgets | None) -> list[WindowUsage]:
+    async def usage(
+        self, tenant: str, budgets: Budgets | None, levels: Sequence[tuple[str, Budgets]] = ()
+    ) -> list[WindowUsage]:
         now = self.clock()
-        return await self.store.usage(tenant, self.limits(budgets, now), now)
+        return await self.store.usage(tenant, self.limits(budgets, now, levels), now)
 
     async def purge_expired(self) -> int:
         return await self.store.purge_expired(self.clock())

@@ -16,7 +16,8 @@ WINDOW_NAMES: tuple[WindowName, ...] = ("minute", "hour", "day", "month")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no NaN or Infinity
+    # NaN and Infinity are never a limit or a price: JSON and YAML both let them through.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelPrice(_Strict):

@@ -8,7 +8,9 @@ Keys per tenant (prefix `{t2:<tenant>}`):
 - `:res` hash "<request>|<wave>" → "money|flops|granted": live holds;
 - `:exp` sorted set of the same members scored by expiry; `:tot` hash m/f: their running sum;
 - `:w:<window>` hash "m<bucket>"/"f<bucket>" → spend (expires after two window lengths);
-- `:s:<request>|<wave>` string "money|flops": the settle idempotency record (kept `settled_ttl_s`).
+- `:s:<request>|<wave>` string "money|flops": the settle idempotency record (kept `settled_ttl_s`);
+- `:log:<request>` hash: the request's spend-log record, summed by each settle script;
+  `:logs` sorted set of request ids by first settle time (both kept `log_retention_s`).
 
 Durability of settled spend is Redis's own: run it with `appendonly yes` in production.
 """
@@ -20,24 +22,47 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from controller.budget.ledger import Hold, Limit, ReserveOutcome, SettleOutcome, WindowUsage
+from controller.budget.ledger import (
+    Hold,
+    Limit,
+    ReserveOutcome,
+    SettleOutcome,
+    SpendRecord,
+    WindowUsage,
+)
 from controller.budget.pricing import Cost
 from controller.budget.windows import LENGTH_S
 
-# Shared Lua: purge expired holds; sum a window hash from a cutoff (dropping older buckets).
+# Shared Lua. A hold is "money|flops|granted|scope;scope..." in `res`; it counts in the tenant's
+# `tot` and in the `tot:<scope>` of every level below the tenant it was held at (with a count
+# `n`, so a level's total disappears with its last hold). Window hashes sum from a cutoff.
 _COMMON = r"""
+local function totkey(tot, scope)
+  if scope == '' then return tot end
+  return tot .. ':' .. scope
+end
+local function unhold(res, exp, tot, f)
+  local v = redis.call('HGET', res, f)
+  if v then
+    local m, fl, g, sc = string.match(v, '^([^|]+)|([^|]+)|([^|]+)|?(.*)$')
+    redis.call('HINCRBYFLOAT', tot, 'm', -tonumber(m))
+    redis.call('HINCRBYFLOAT', tot, 'f', -tonumber(fl))
+    for scope in string.gmatch(sc, '[^;]+') do
+      local k = totkey(tot, scope)
+      if redis.call('HINCRBY', k, 'n', -1) <= 0 then
+        redis.call('DEL', k)
+      else
+        redis.call('HINCRBYFLOAT', k, 'm', -tonumber(m))
+        redis.call('HINCRBYFLOAT', k, 'f', -tonumber(fl))
+      end
+    end
+    redis.call('HDEL', res, f)
+  end
+  redis.call('ZREM', exp, f)
+end
 local function purge(res, exp, tot, now)
   local gone = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
-  for _, f in ipairs(gone) do
-    local v = redis.call('HGET', res, f)
-    if v then
-      local m, fl = string.match(v, '^([^|]+)|([^|]+)')
-      redis.call('HINCRBYFLOAT', tot, 'm', -tonumber(m))
-      redis.call('HINCRBYFLOAT', tot, 'f', -tonumber(fl))
-      redis.call('HDEL', res, f)
-    end
-    redis.call('ZREM', exp, f)
-  end
+  for _, f in ipairs(gone) do unhold(res, exp, tot, f) end
   if redis.call('ZCARD', exp) == 0 then redis.call('DEL', tot) end
   return #gone
 end
@@ -61,23 +86,35 @@ local function window(key, cutoff)
   return m, f, oldest
 end
 local function fmt(x) return string.format('%.17g', x) end
+local function emit(out, w)
+  table.insert(out, fmt(w[1]))
+  table.insert(out, fmt(w[2]))
+  table.insert(out, w[3] and fmt(w[3]) or '')
+  table.insert(out, fmt(w[4]))
+  table.insert(out, fmt(w[5]))
+end
 """
 
 # KEYS: res, exp, tot, window hashes...  ARGV: now, ttl, member, samples, fixed_m, fixed_f,
-# per_m, per_f, then per window: unit ('m'|'f'), limit (<= 0: none), hard (0|1), cutoff.
+# per_m, per_f, then per window: unit ('m'|'f'), limit (<= 0: none), hard (0|1), cutoff, scope.
 RESERVE = (
     _COMMON
     + r"""
 local now = tonumber(ARGV[1])
 purge(KEYS[1], KEYS[2], KEYS[3], now)
 local nwin = #KEYS - 3
-local spent = {}
+local w, scopes, seen = {}, {}, {}
 for i = 1, nwin do
-  local c = 8 + (i - 1) * 4
+  local c = 8 + (i - 1) * 5
   local m, f, oldest = window(KEYS[3 + i], tonumber(ARGV[c + 4]))
-  spent[i] = {m, f, oldest}
+  local rm, rf = reserved(totkey(KEYS[3], ARGV[c + 5]))
+  w[i] = {m, f, oldest, rm, rf}
+  local scope = ARGV[c + 5]
+  if scope ~= '' and not seen[scope] then
+    seen[scope] = true
+    table.insert(scopes, scope)
+  end
 end
-local rm, rf = reserved(KEYS[3])
 local prior = redis.call('HGET', KEYS[1], ARGV[3])
 local granted, binding = tonumber(ARGV[4]), 0
 local hm, hf = 0, 0
@@ -87,13 +124,12 @@ if prior then
 else
   local fixed = {tonumber(ARGV[5]), tonumber(ARGV[6])}
   local per = {tonumber(ARGV[7]), tonumber(ARGV[8])}
-  local res = {rm, rf}
   for i = 1, nwin do
-    local c = 8 + (i - 1) * 4
+    local c = 8 + (i - 1) * 5
     local u = (ARGV[c + 1] == 'm') and 1 or 2
     local limit = tonumber(ARGV[c + 2])
     if ARGV[c + 3] == '1' and limit > 0 then
-      local avail = limit - spent[i][u] - res[u] - fixed[u]
+      local avail = limit - w[i][u] - w[i][3 + u] - fixed[u]
       local fits
       if avail < -1e-9 * math.max(1, limit) then fits = 0
       elseif per[u] <= 0 then fits = granted
@@ -104,44 +140,44 @@ else
       end
     end
   end
-  if granted >= 1 then
+  if granted >= 1 then  -- held at every level: it counts against each level's windows
     hm = fixed[1] + granted * per[1]
     hf = fixed[2] + granted * per[2]
-    redis.call('HSET', KEYS[1], ARGV[3], fmt(hm) .. '|' .. fmt(hf) .. '|' .. granted)
+    local v = fmt(hm) .. '|' .. fmt(hf) .. '|' .. granted .. '|' .. table.concat(scopes, ';')
+    redis.call('HSET', KEYS[1], ARGV[3], v)
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
     redis.call('HINCRBYFLOAT', KEYS[3], 'm', hm)
     redis.call('HINCRBYFLOAT', KEYS[3], 'f', hf)
-    rm, rf = rm + hm, rf + hf
+    for _, scope in ipairs(scopes) do
+      local k = totkey(KEYS[3], scope)
+      redis.call('HINCRBYFLOAT', k, 'm', hm)
+      redis.call('HINCRBYFLOAT', k, 'f', hf)
+      redis.call('HINCRBY', k, 'n', 1)
+    end
+    for i = 1, nwin do
+      w[i][4], w[i][5] = w[i][4] + hm, w[i][5] + hf
+    end
   end
 end
-local out = {tostring(granted), tostring(binding), fmt(hm), fmt(hf), fmt(rm), fmt(rf)}
-for i = 1, nwin do
-  table.insert(out, fmt(spent[i][1]))
-  table.insert(out, fmt(spent[i][2]))
-  table.insert(out, spent[i][3] and fmt(spent[i][3]) or '')
-end
+local out = {tostring(granted), tostring(binding), fmt(hm), fmt(hf)}
+for i = 1, nwin do emit(out, w[i]) end
 return table.concat(out, ',')  -- one bulk string: cheaper to parse than an array
 """
 )
 
-# KEYS: res, exp, tot, settled, window hashes...  ARGV: now, member, cost_m, cost_f, settled_ttl,
-# then per window: bucket, cutoff, expire_s.
+# KEYS: res, exp, tot, settled, log record, log index, window hashes...
+# ARGV: now, member, cost_m, cost_f, settled_ttl, has_log, request_id, model, key_prefix, user,
+# samples, prompt_tokens, completion_tokens, log_ttl, then per window: bucket, cutoff, expire_s,
+# scope.
 SETTLE = (
     _COMMON
     + r"""
 local now = tonumber(ARGV[1])
-local v = redis.call('HGET', KEYS[1], ARGV[2])
-if v then
-  local m, fl = string.match(v, '^([^|]+)|([^|]+)')
-  redis.call('HINCRBYFLOAT', KEYS[3], 'm', -tonumber(m))
-  redis.call('HINCRBYFLOAT', KEYS[3], 'f', -tonumber(fl))
-  redis.call('HDEL', KEYS[1], ARGV[2])
-  redis.call('ZREM', KEYS[2], ARGV[2])
-end
+unhold(KEYS[1], KEYS[2], KEYS[3], ARGV[2])
 purge(KEYS[1], KEYS[2], KEYS[3], now)
 local dup = redis.call('GET', KEYS[4])
 local cm, cf = tonumber(ARGV[3]), tonumber(ARGV[4])
-local nwin = #KEYS - 4
+local nwin = #KEYS - 6
 if dup then
   local m, fl = string.match(dup, '^([^|]+)|([^|]+)')
   cm, cf = tonumber(m), tonumber(fl)
@@ -149,59 +185,76 @@ else
   redis.call('SET', KEYS[4], fmt(cm) .. '|' .. fmt(cf), 'EX', tonumber(ARGV[5]))
   local seen = {}
   for i = 1, nwin do
-    local key = KEYS[4 + i]
+    local key = KEYS[6 + i]
     if not seen[key] then
       seen[key] = true
-      local c = 5 + (i - 1) * 3
+      local c = 14 + (i - 1) * 4
       redis.call('HINCRBYFLOAT', key, 'm' .. ARGV[c + 1], cm)
       redis.call('HINCRBYFLOAT', key, 'f' .. ARGV[c + 1], cf)
       redis.call('EXPIRE', key, tonumber(ARGV[c + 3]))
     end
   end
+  if ARGV[6] == '1' then  -- the request's spend-log record, in this same script
+    local log, ttl = KEYS[5], tonumber(ARGV[14])
+    if redis.call('HSETNX', log, 'time', ARGV[1]) == 1 then
+      redis.call('HSET', log, 'request_id', ARGV[7], 'model', ARGV[8], 'key_prefix', ARGV[9],
+                 'user', ARGV[10])
+      redis.call('ZADD', KEYS[6], now, ARGV[7])
+      redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - ttl)
+      redis.call('EXPIRE', KEYS[6], ttl)
+    end
+    redis.call('HINCRBY', log, 'samples', tonumber(ARGV[11]))
+    redis.call('HINCRBY', log, 'waves', 1)
+    redis.call('HINCRBY', log, 'prompt_tokens', tonumber(ARGV[12]))
+    redis.call('HINCRBY', log, 'completion_tokens', tonumber(ARGV[13]))
+    redis.call('HINCRBYFLOAT', log, 'money', cm)
+    redis.call('HINCRBYFLOAT', log, 'flops', cf)
+    redis.call('EXPIRE', log, ttl)
+  end
 end
-local rm, rf = reserved(KEYS[3])
-local out = {dup and '1' or '0', fmt(cm), fmt(cf), fmt(rm), fmt(rf)}
+local out = {dup and '1' or '0', fmt(cm), fmt(cf)}
 for i = 1, nwin do
-  local c = 5 + (i - 1) * 3
-  local m, f, oldest = window(KEYS[4 + i], tonumber(ARGV[c + 2]))
-  table.insert(out, fmt(m))
-  table.insert(out, fmt(f))
-  table.insert(out, oldest and fmt(oldest) or '')
+  local c = 14 + (i - 1) * 4
+  local m, f, oldest = window(KEYS[6 + i], tonumber(ARGV[c + 2]))
+  local rm, rf = reserved(totkey(KEYS[3], ARGV[c + 4]))
+  emit(out, {m, f, oldest, rm, rf})
 end
 return table.concat(out, ',')  -- one bulk string: cheaper to parse than an array
 """
 )
 
-# KEYS: res, exp, tot, window hashes...  ARGV: now, then per window: cutoff.
+# KEYS: log record.  ARGV: stop_reason, status, samples.
+FINISH_LOG = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'stop_reason', ARGV[1], 'status', ARGV[2], 'samples', ARGV[3])
+end
+return 0
+"""
+
+# KEYS: res, exp, tot, window hashes...  ARGV: now, then per window: cutoff, scope.
 USAGE = (
     _COMMON
     + r"""
 purge(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]))
-local rm, rf = reserved(KEYS[3])
-local out = {fmt(rm), fmt(rf)}
+local out = {}
 for i = 1, #KEYS - 3 do
-  local m, f, oldest = window(KEYS[3 + i], tonumber(ARGV[1 + i]))
-  table.insert(out, fmt(m))
-  table.insert(out, fmt(f))
-  table.insert(out, oldest and fmt(oldest) or '')
+  local m, f, oldest = window(KEYS[3 + i], tonumber(ARGV[2 * i]))
+  local rm, rf = reserved(totkey(KEYS[3], ARGV[2 * i + 1]))
+  emit(out, {m, f, oldest, rm, rf})
 end
 return table.concat(out, ',')  -- one bulk string: cheaper to parse than an array
 """
 )
 
 # KEYS: res, exp, tot.  ARGV: member.
-RELEASE = r"""
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-if v then
-  local m, fl = string.match(v, '^([^|]+)|([^|]+)')
-  redis.call('HINCRBYFLOAT', KEYS[3], 'm', -tonumber(m))
-  redis.call('HINCRBYFLOAT', KEYS[3], 'f', -tonumber(fl))
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
-end
+RELEASE = (
+    _COMMON
+    + r"""
+unhold(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
+if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
 return 0
 """
+)
 
 # KEYS: res, exp, tot.  ARGV: now.
 PURGE = _COMMON + "return purge(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]))"
@@ -217,6 +270,7 @@ class RedisStore:
         client: aioredis.Redis | None = None,
         settled_ttl_s: float = 3 * 86400,
         max_connections: int = 64,
+        log_retention_s: float = 90 * 86400,
     ) -> None:
         self.url = url
         self._owns_pool = client is None
@@ -228,6 +282,8 @@ class RedisStore:
             client = aioredis.Redis(connection_pool=pool)
         self.client: aioredis.Redis = client
         self.settled_ttl_s = int(settled_ttl_s)
+        self.log_retention_s = int(log_retention_s)
+        self._finish = self.client.register_script(FINISH_LOG)
         self._reserve = self.client.register_script(RESERVE)
         self._settle = self.client.register_script(SETTLE)
         self._usage = self.client.register_script(USAGE)
@@ -263,42 +319,85 @@ class RedisStore:
         ]
         for lim in hold.limits:
             unit = "m" if lim.unit == "currency" else "f"
-            args += [unit, repr(lim.limit), "1" if lim.hard else "0", lim.cutoff]
+            args += [unit, repr(lim.limit), "1" if lim.hard else "0", lim.cutoff, lim.scope]
         out = str(await self._reserve(keys=keys, args=args)).split(",")
         granted, binding = int(out[0]), int(out[1])
-        reserved = Cost(float(out[4]), float(out[5]))
-        usage = _usage(hold.limits, reserved, out[6:])
-        name = hold.limits[binding - 1].span.name if binding > 0 else None
+        usage = _usage(hold.limits, out[4:])
+        name = hold.limits[binding - 1].label if binding > 0 else None
         return ReserveOutcome(granted, Cost(float(out[2]), float(out[3])), name, usage)
 
     async def settle(self, hold: Hold, cost: Cost) -> SettleOutcome:
         tenant, limits = hold.tenant, hold.limits
         member = self._member(hold.request_id, hold.wave)
         keys = [*self._keys(tenant), f"{self._base(tenant)}:s:{member}"]
+        keys += [self._log_key(tenant, hold.request_id), f"{self._base(tenant)}:logs"]
         keys += [self._window_key(tenant, lim) for lim in limits]
+        e = hold.entry
         args: list[Any] = [
             repr(hold.now),
             member,
             repr(cost.money),
             repr(cost.flops),
             self.settled_ttl_s,
+            "1" if e is not None else "0",
+            hold.request_id,
+            e.model if e else "",
+            (e.key_prefix or "") if e else "",
+            (e.user or "") if e else "",
+            e.samples if e else 0,
+            e.prompt_tokens if e else 0,
+            e.completion_tokens if e else 0,
+            self.log_retention_s,
         ]
         for lim in limits:
             expire = int(2 * max(LENGTH_S[lim.span.name], lim.span.end - lim.span.start)) + 60
-            args += [lim.bucket, lim.cutoff, expire]
+            args += [lim.bucket, lim.cutoff, expire, lim.scope]
         out = str(await self._settle(keys=keys, args=args)).split(",")
         charged = Cost(float(out[1]), float(out[2]))
-        reserved = Cost(float(out[3]), float(out[4]))
-        return SettleOutcome(charged, out[0] == "1", _usage(limits, reserved, out[5:]))
+        return SettleOutcome(charged, out[0] == "1", _usage(limits, out[3:]))
+
+    def _log_key(self, tenant: str, request_id: str) -> str:
+        return f"{self._base(tenant)}:log:{request_id}"
+
+    async def finish_log(
+        self, tenant: str, request_id: str, stop_reason: str | None, status: int, samples: int
+    ) -> None:
+        await self._finish(
+            keys=[self._log_key(tenant, request_id)], args=[stop_reason or "", status, samples]
+        )
+
+    async def spend_logs(self, tenant: str, since: float, until: float) -> list[SpendRecord]:
+        ids = await self.client.zrangebyscore(
+            f"{self._base(tenant)}:logs", repr(since), f"({until!r}"
+        )
+        pipe = self.client.pipeline(transaction=False)
+        for rid in ids:
+            pipe.hgetall(self._log_key(tenant, str(rid)))
+        out = []
+        for raw in await pipe.execute() if ids else []:
+            if raw:  # expired by retention in between
+                out.append(_record(tenant, raw))
+        out.sort(key=lambda r: (r.time, r.request_id))
+        return out
+
+    async def purge_logs(self, before: float) -> int:
+        total = 0
+        async for index in self.client.scan_iter(match="{t2:*}:logs", count=500):
+            base = str(index)[: -len(":logs")]
+            old = await self.client.zrangebyscore(index, "-inf", f"({before!r}")
+            if old:
+                await self.client.delete(*[f"{base}:log:{rid!s}" for rid in old])
+                total += int(await self.client.zrem(index, *old))
+        return total
 
     async def release(self, tenant: str, request_id: str, wave: int) -> None:
         await self._release(keys=self._keys(tenant), args=[self._member(request_id, wave)])
 
     async def usage(self, tenant: str, limits: Sequence[Limit], now: float) -> list[WindowUsage]:
         keys = self._keys(tenant) + [self._window_key(tenant, lim) for lim in limits]
-        cutoffs = [lim.cutoff for lim in limits]
-        out = str(await self._usage(keys=keys, args=[repr(now), *cutoffs])).split(",")
-        return _usage(limits, Cost(float(out[0]), float(out[1])), out[2:])
+        per_window = [x for lim in limits for x in (lim.cutoff, lim.scope)]
+        out = str(await self._usage(keys=keys, args=[repr(now), *per_window])).split(",")
+        return _usage(limits, out)
 
     async def purge_expired(self, now: float) -> int:
         total = 0
@@ -323,11 +422,30 @@ class RedisStore:
             await self.client.connection_pool.disconnect()
 
 
-def _usage(limits: Sequence[Limit], reserved: Cost, flat: Sequence[str]) -> list[WindowUsage]:
+def _record(tenant: str, raw: dict[str, str]) -> SpendRecord:
+    return SpendRecord(
+        request_id=raw["request_id"],
+        tenant=tenant,
+        time=float(raw["time"]),
+        model=raw["model"],
+        key_prefix=raw.get("key_prefix") or None,
+        user=raw.get("user") or None,
+        samples=int(raw.get("samples", 0)),
+        waves=int(raw.get("waves", 0)),
+        prompt_tokens=int(raw.get("prompt_tokens", 0)),
+        completion_tokens=int(raw.get("completion_tokens", 0)),
+        money=float(raw.get("money", 0)),
+        flops=float(raw.get("flops", 0)),
+        stop_reason=raw.get("stop_reason") or None,
+        status=int(raw["status"]) if raw.get("status") else None,
+    )
+
+
+def _usage(limits: Sequence[Limit], flat: Sequence[str]) -> list[WindowUsage]:
+    """Per window: spend (money, FLOPs), oldest bucket, and the holds of the window's level."""
     out: list[WindowUsage] = []
     for i, lim in enumerate(limits):
-        m, f, oldest = flat[3 * i], flat[3 * i + 1], flat[3 * i + 2]
-        out.append(
-            WindowUsage(lim, Cost(float(m), float(f)), reserved, float(oldest) if oldest else None)
-        )
+        m, f, oldest, rm, rf = flat[5 * i : 5 * i + 5]
+        spent, held = Cost(float(m), float(f)), Cost(float(rm), float(rf))
+        out.append(WindowUsage(lim, spent, held, float(oldest) if oldest else None))
     return out

@@ -9,8 +9,9 @@ With WAL and `synchronous=NORMAL` a committed settle survives a killed process (
 crash can lose the last commits); `synchronous="FULL"` trades throughput for power-loss safety.
 
 Tables: `spend` (per tenant, window and bucket: the aggregates budgets are checked against),
-`settlements` (the journal: one row per settled wave, also the idempotency key) and
-`reservations` (live holds with an expiry).
+`settlements` (the journal: one row per settled wave, also the idempotency key),
+`reservations` (live holds with an expiry) and `spend_logs` (one row per request, summed by
+each of its settles in the same transaction).
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from controller.budget.ledger import (
     Limit,
     ReserveOutcome,
     SettleOutcome,
+    SpendRecord,
     WindowUsage,
     fit_samples,
+    scopes_of,
 )
 from controller.budget.pricing import ZERO, Cost
 
@@ -45,9 +48,18 @@ CREATE TABLE IF NOT EXISTS spend (
 CREATE TABLE IF NOT EXISTS reservations (
     tenant TEXT NOT NULL, request_id TEXT NOT NULL, wave INTEGER NOT NULL,
     money REAL NOT NULL, flops REAL NOT NULL, granted INTEGER NOT NULL, expires_at REAL NOT NULL,
-    PRIMARY KEY (tenant, request_id, wave)
+    scope TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (tenant, request_id, wave, scope)
 );
 CREATE INDEX IF NOT EXISTS reservations_expiry ON reservations (expires_at);
+CREATE TABLE IF NOT EXISTS spend_logs (
+    tenant TEXT NOT NULL, request_id TEXT NOT NULL, time REAL NOT NULL, model TEXT NOT NULL,
+    key_prefix TEXT, user TEXT, samples INTEGER NOT NULL, waves INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    money REAL NOT NULL, flops REAL NOT NULL, stop_reason TEXT, status INTEGER,
+    PRIMARY KEY (tenant, request_id)
+);
+CREATE INDEX IF NOT EXISTS spend_logs_time ON spend_logs (tenant, time);
 CREATE TABLE IF NOT EXISTS settlements (
     tenant TEXT NOT NULL, request_id TEXT NOT NULL, wave INTEGER NOT NULL,
     money REAL NOT NULL, flops REAL NOT NULL, settled_at REAL NOT NULL,
@@ -81,6 +93,7 @@ class SQLiteStore:
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
+        _migrate(conn)
         conn.executescript(SCHEMA)
         return conn
 
@@ -116,7 +129,7 @@ class SQLiteStore:
             self._purged_at = h.now
         row = c.execute(
             "SELECT money, flops, granted FROM reservations "
-            "WHERE tenant=? AND request_id=? AND wave=? AND expires_at>?",
+            "WHERE tenant=? AND request_id=? AND wave=? AND expires_at>? AND scope=''",
             (h.tenant, h.request_id, h.wave, h.now),
         ).fetchone()
         if row is not None:  # a retried reserve: answer as the first time did
@@ -125,11 +138,15 @@ class SQLiteStore:
         usage = self._usage(c, h.tenant, h.limits, h.now)
         granted, binding = fit_samples(h.samples, h.fixed, h.per_sample, usage)
         held = ZERO
-        if granted >= 1:
+        if granted >= 1:  # held at every level: it counts against each level's windows
             held = h.fixed + h.per_sample.scale(granted)
-            c.execute(
-                "INSERT OR REPLACE INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (h.tenant, h.request_id, h.wave, held.money, held.flops, granted, h.now + h.ttl_s),
+            expires = h.now + h.ttl_s
+            c.executemany(
+                "INSERT OR REPLACE INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (h.tenant, h.request_id, h.wave, held.money, held.flops, granted, expires, s)
+                    for s in scopes_of(h.limits)
+                ],
             )
             for u in usage:
                 u.reserved = u.reserved + held
@@ -158,6 +175,29 @@ class SQLiteStore:
             "money = money + excluded.money, flops = flops + excluded.flops",
             [(tenant, lim.key, lim.bucket, cost.money, cost.flops) for lim in _distinct(limits)],
         )
+        if h.entry is not None:  # the request's log record, in the settle's own transaction
+            e = h.entry
+            c.execute(
+                "INSERT INTO spend_logs VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL) "
+                "ON CONFLICT (tenant, request_id) DO UPDATE SET samples = samples + "
+                "excluded.samples, waves = waves + 1, prompt_tokens = prompt_tokens + "
+                "excluded.prompt_tokens, completion_tokens = completion_tokens + "
+                "excluded.completion_tokens, money = money + excluded.money, "
+                "flops = flops + excluded.flops",
+                (
+                    tenant,
+                    h.request_id,
+                    now,
+                    e.model,
+                    e.key_prefix,
+                    e.user,
+                    e.samples,
+                    e.prompt_tokens,
+                    e.completion_tokens,
+                    cost.money,
+                    cost.flops,
+                ),
+            )
         for lim in limits:  # rolling windows' old buckets no longer count: keep the table small
             if lim.span.rolling:
                 c.execute(
@@ -188,14 +228,44 @@ class SQLiteStore:
     async def reserved_holds(self, tenant: str | None = None) -> int:
         def go(c: sqlite3.Connection) -> int:
             if tenant is None:
-                row = c.execute("SELECT count(*) FROM reservations").fetchone()
+                row = c.execute("SELECT count(*) FROM reservations WHERE scope=''").fetchone()
             else:
                 row = c.execute(
-                    "SELECT count(*) FROM reservations WHERE tenant=?", (tenant,)
+                    "SELECT count(*) FROM reservations WHERE tenant=? AND scope=''", (tenant,)
                 ).fetchone()
             return int(row[0])
 
         return await self._run(go)
+
+    async def finish_log(
+        self, tenant: str, request_id: str, stop_reason: str | None, status: int, samples: int
+    ) -> None:
+        def go(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE spend_logs SET stop_reason=?, status=?, samples=? "
+                "WHERE tenant=? AND request_id=?",
+                (stop_reason, status, samples, tenant, request_id),
+            )
+
+        await self._run(go)
+
+    async def spend_logs(self, tenant: str, since: float, until: float) -> list[SpendRecord]:
+        def go(c: sqlite3.Connection) -> list[SpendRecord]:
+            rows = c.execute(
+                "SELECT request_id, tenant, time, model, key_prefix, user, samples, waves, "
+                "prompt_tokens, completion_tokens, money, flops, stop_reason, status "
+                "FROM spend_logs WHERE tenant=? AND time>=? AND time<? "
+                "ORDER BY time, request_id",
+                (tenant, since, until),
+            ).fetchall()
+            return [SpendRecord(*r) for r in rows]
+
+        return await self._run(go)
+
+    async def purge_logs(self, before: float) -> int:
+        return await self._run(
+            lambda c: c.execute("DELETE FROM spend_logs WHERE time < ?", (before,)).rowcount
+        )
 
     async def close(self) -> None:
         def go() -> None:
@@ -217,30 +287,43 @@ class SQLiteStore:
         c: sqlite3.Connection, tenant: str, limits: Sequence[Limit], now: float
     ) -> list[WindowUsage]:
         """Live holds and each window's spend, in one statement of primary-key range scans."""
+        scopes = scopes_of(limits)
         held = (
-            "SELECT '~held', coalesce(sum(money), 0), coalesce(sum(flops), 0), NULL "
-            "FROM reservations WHERE tenant=? AND expires_at>?"
+            "SELECT '~held' || ?, coalesce(sum(money), 0), coalesce(sum(flops), 0), NULL "
+            "FROM reservations WHERE tenant=? AND expires_at>? AND scope=?"
         )
         part = (
             "SELECT win, sum(money), sum(flops), min(bucket) FROM spend "
             "WHERE tenant=? AND win=? AND bucket>=?"
         )
-        params: list[object] = [tenant, now]
+        params: list[object] = []
+        for scope in scopes:
+            params += [scope, tenant, now, scope]
         for lim in limits:
             params += [tenant, lim.key, lim.cutoff]
-        rows = c.execute(" UNION ALL ".join([held] + [part] * len(limits)), params).fetchall()
+        sql = " UNION ALL ".join([held] * len(scopes) + [part] * len(limits))
+        rows = c.execute(sql, params).fetchall()
         by_win = {r[0]: r for r in rows if r[0] is not None}
-        res = by_win["~held"]
-        reserved = Cost(float(res[1]), float(res[2]))
+        reserved = {
+            s: Cost(float(by_win["~held" + s][1]), float(by_win["~held" + s][2])) for s in scopes
+        }
         out: list[WindowUsage] = []
         for lim in limits:
             row = by_win.get(lim.key)
             if row is None:
-                out.append(WindowUsage(lim, Cost(), reserved, None))
+                out.append(WindowUsage(lim, Cost(), reserved[lim.scope], None))
             else:
                 spent = Cost(float(row[1]), float(row[2]))
-                out.append(WindowUsage(lim, spent, reserved, float(row[3])))
+                out.append(WindowUsage(lim, spent, reserved[lim.scope], float(row[3])))
         return out
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Files from before budget levels: their reservations table has no `scope`. Holds are
+    short-lived, so the table is recreated (holds live at the upgrade lapse, as after a crash)."""
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(reservations)").fetchall()]
+    if cols and "scope" not in cols:
+        conn.execute("DROP TABLE reservations")
 
 
 def _distinct(limits: Sequence[Limit]) -> list[Limit]:

@@ -7,23 +7,37 @@ the routes answer 403 too, so the API is off by default.
 
 Reload (POST /admin/reload, or SIGHUP: see server.app.enable_reload) parses and validates the
 whole file first and swaps it in only if it is valid; requests already running keep the tenant
-objects they resolved, so nothing in flight is dropped. Budget changes made with PUT apply to
-this replica's config in memory until the next reload: put lasting changes in the file.
+objects they resolved, so nothing in flight is dropped.
+
+Budget changes (PUT) and keys (POST/GET/DELETE .../keys) are stored in the ledger's store and
+reach every replica within 2 s (server.admin_state); a PUT wins over the file until the file
+changes that same budget field. Bodies are pydantic models that refuse NaN and Infinity.
 """
 
 from __future__ import annotations
 
+import base64
+import csv
 import hmac
+import io
+import json
 import logging
 import os
-from typing import Any
+import secrets
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from controller.budget import Budgets
+from controller.budget.admin_state import DuplicateLabel, KeyNotFound, Override, StoredKey
+from controller.budget.ledger import SpendRecord
+from server.admin_state import BUDGET_FIELDS, file_budget_values, overlay
 from server.api.deps import get_state
 from server.auth import bearer_key
-from server.config import AppConfig, TenantConfig, hash_key, parse_config
+from server.config import AppConfig, TenantConfig, hash_key
 from server.errors import APIError, ConfigError
 from server.serving import ServingState
 
@@ -109,19 +123,228 @@ async def get_tenant(tenant_id: str, request: Request) -> dict[str, Any]:
 
 @router.put("/tenants/{tenant_id}/budgets")
 async def put_budgets(tenant_id: str, budgets: Budgets, request: Request) -> dict[str, Any]:
-    """Replace the tenant's budgets on this replica (until the next reload)."""
+    """Replace the tenant's budgets on every replica, lastingly: each field wins over the file
+    until the file changes that field."""
     state = require_admin(request)
     _tenant(state, tenant_id)
-    data = state.config.model_dump(mode="python")
-    for tenant in data["tenants"]:
-        if tenant["id"] == tenant_id:
-            tenant["budgets"] = budgets.model_dump()
+    sync = await state.admin.ensure()
+    file_tenant = next((t for t in state.file_config.tenants if t.id == tenant_id), None)
+    file_values = file_budget_values(file_tenant)
+    new = budgets.model_dump()
+    now = sync.clock()
+    changes = [Override(tenant_id, f, new[f], file_values[f], now) for f in BUDGET_FIELDS]
+    kept = [o for o in sync.snapshot.overrides if o.tenant != tenant_id]
     try:
-        new = parse_config(data, "budgets")
+        overlay(state.file_config, kept + changes)  # the whole config must stay valid
     except ConfigError as exc:
         raise APIError(400, str(exc), param="budgets", code="invalid_budgets") from None
-    state.apply(new)
+    await sync.put_overrides(changes)
     return await _report(state, tenant_id)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+MAX_GRACE_S = 30 * 86400.0
+
+
+class CreateKey(_Body):
+    """A new key: `label` names it (unique among the tenant's live keys); `expires_at` (Unix
+    seconds) or `expires_in_s` ends it; `budgets` are its own, on top of the tenant's."""
+
+    label: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@ -]+$")
+    expires_at: float | None = Field(default=None, gt=0)
+    expires_in_s: float | None = Field(default=None, gt=0)
+    budgets: Budgets | None = None
+
+
+class RotateKey(_Body):
+    """Rotation: a new key with the old one's label (unless given); the old one is revoked
+    `grace_s` seconds from now, so clients can switch over."""
+
+    grace_s: float = Field(default=0.0, ge=0, le=MAX_GRACE_S)
+    label: str | None = Field(default=None, min_length=1, max_length=64)
+    expires_at: float | None = Field(default=None, gt=0)
+    expires_in_s: float | None = Field(default=None, gt=0)
+    budgets: Budgets | None = None
+
+
+class KeyInfo(BaseModel):
+    prefix: str
+    label: str
+    tenant: str
+    status: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    last_used_at: float | None
+    budgets: dict[str, Any] | None
+    spend: dict[str, float] | None = Field(
+        default=None, description="money and FLOPs settled with this key (spend logs' retention)"
+    )
+
+
+class KeyCreated(KeyInfo):
+    key: str = Field(description="the key itself: shown once, never stored")
+    revokes: KeyInfo | None = None
+
+
+KEY_PREFIX_LEN = 12  # "t2-" and 9 random characters: enough to tell keys apart in a list
+
+
+def _info(key: StoredKey, now: float) -> KeyInfo:
+    return KeyInfo(
+        prefix=key.prefix,
+        label=key.label,
+        tenant=key.tenant,
+        status=key.status(now),
+        created_at=key.created_at,
+        expires_at=key.expires_at,
+        revoked_at=key.revoked_at,
+        last_used_at=key.last_used_at,
+        budgets=key.budgets,
+    )
+
+
+def _expiry(body: CreateKey | RotateKey, now: float) -> float | None:
+    if body.expires_at is not None and body.expires_in_s is not None:
+        raise APIError(400, "Give 'expires_at' or 'expires_in_s', not both.", param="expires_at")
+    expires = body.expires_at
+    if body.expires_in_s is not None:
+        expires = now + body.expires_in_s
+    if expires is not None and expires <= now:
+        raise APIError(
+            400,
+            f"'expires_at' ({expires:.0f}) is in the past; the time now is {now:.0f}.",
+            param="expires_at",
+            code="invalid_value",
+        )
+    return expires
+
+
+async def _create(
+    state: ServingState,
+    tenant_id: str,
+    label: str,
+    expires_at: float | None,
+    budgets: Budgets | None,
+    revoke: tuple[str, float] | None = None,
+) -> KeyCreated:
+    sync = await state.admin.ensure()
+    now = sync.clock()
+    secret = "t2-" + secrets.token_urlsafe(32)
+    stored = StoredKey(
+        sha256=hash_key(secret),
+        tenant=tenant_id,
+        prefix=secret[:KEY_PREFIX_LEN],
+        label=label,
+        created_at=now,
+        expires_at=expires_at,
+        budgets=budgets.model_dump(exclude_none=True) if budgets is not None else None,
+    )
+    try:
+        await sync.create_key(stored, revoke)
+    except DuplicateLabel:
+        raise APIError(
+            409,
+            f"Tenant '{tenant_id}' already has a live key labelled '{label}'.",
+            param="label",
+            code="duplicate_label",
+        ) from None
+    except KeyNotFound:
+        raise _no_key(tenant_id, revoke[0] if revoke else "") from None
+    created = KeyCreated(key=secret, **_info(stored, now).model_dump())
+    if revoke is not None:
+        old = next(k for k in sync.snapshot.keys if k.prefix == revoke[0])
+        created.revokes = _info(old, now)
+    return created
+
+
+def _no_key(tenant_id: str, prefix: str) -> APIError:
+    return APIError(
+        404, f"Tenant '{tenant_id}' has no key '{prefix}'.", param="prefix", code="key_not_found"
+    )
+
+
+@router.post("/tenants/{tenant_id}/keys", status_code=201)
+async def create_key(tenant_id: str, body: CreateKey, request: Request) -> KeyCreated:
+    """A new key for the tenant; the key itself is in this response only."""
+    state = require_admin(request)
+    _tenant(state, tenant_id)
+    now = state.admin.clock()
+    return await _create(state, tenant_id, body.label, _expiry(body, now), body.budgets)
+
+
+@router.get("/tenants/{tenant_id}/keys")
+async def list_keys(
+    tenant_id: str,
+    request: Request,
+    prefix: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    """The tenant's stored keys (by prefix), with status, last use and spend."""
+    state = require_admin(request)
+    tenant = _tenant(state, tenant_id)
+    sync = await state.admin.ensure()
+    now = sync.clock()
+    keys = [k for k in await sync.keys(tenant_id) if prefix is None or k.prefix.startswith(prefix)]
+    spend: dict[str, dict[str, float]] = {}
+    if keys:
+        for r in await state.billing.spend_logs([tenant], 0.0, now + 1.0):
+            if r.key_prefix is not None:
+                total = spend.setdefault(r.key_prefix, {"money": 0.0, "flops": 0.0})
+                total["money"] += r.money
+                total["flops"] += r.flops
+    data = []
+    for k in keys:
+        info = _info(k, now)
+        info.spend = spend.get(k.prefix, {"money": 0.0, "flops": 0.0})
+        data.append(info.model_dump())
+    return {"object": "list", "data": data}
+
+
+@router.delete("/tenants/{tenant_id}/keys/{prefix}")
+async def revoke_key(
+    tenant_id: str,
+    prefix: str,
+    request: Request,
+    grace_s: Annotated[float, Query(ge=0, le=MAX_GRACE_S, allow_inf_nan=False)] = 0.0,
+) -> KeyInfo:
+    """Revoke a key now, or `grace_s` seconds from now; every replica refuses it within 2 s."""
+    state = require_admin(request)
+    _tenant(state, tenant_id)
+    sync = await state.admin.ensure()
+    now = sync.clock()
+    try:
+        key = await sync.revoke_key(tenant_id, prefix, now + grace_s)
+    except KeyNotFound:
+        raise _no_key(tenant_id, prefix) from None
+    return _info(key, now)
+
+
+@router.post("/tenants/{tenant_id}/keys/{prefix}/rotate", status_code=201)
+async def rotate_key(tenant_id: str, prefix: str, body: RotateKey, request: Request) -> KeyCreated:
+    """A new key, and the old one revoked after `grace_s`, in one step."""
+    state = require_admin(request)
+    _tenant(state, tenant_id)
+    sync = await state.admin.ensure()
+    now = sync.clock()
+    old = next(
+        (k for k in sync.snapshot.keys if k.tenant == tenant_id and k.prefix == prefix), None
+    )
+    if old is None:
+        raise _no_key(tenant_id, prefix)
+    budgets = body.budgets
+    if budgets is None and old.budgets is not None:
+        budgets = Budgets.model_validate(old.budgets)
+    return await _create(
+        state,
+        tenant_id,
+        body.label or old.label,
+        _expiry(body, now),
+        budgets,
+        revoke=(prefix, now + body.grace_s),
+    )
 
 
 @router.post("/reload")
@@ -138,3 +361,161 @@ async def reload(request: Request) -> dict[str, Any]:
         "ledger_restart_needed": ledger_changed,
         "in_flight_kept": True,
     }
+
+
+# -- spend logs and reports -------------------------------------------------------------------
+
+MAX_PAGE = 1000
+GROUPS = ("day", "model", "key", "user", "tenant")
+
+
+class SpendFilter(_Body):
+    """Which records: one tenant (default all), key prefix, user, model, and since ≤ time < until
+    (Unix seconds)."""
+
+    tenant: str | None = None
+    key: str | None = None
+    user: str | None = None
+    model: str | None = None
+    since: float = Field(default=0.0, ge=0)
+    until: float | None = Field(default=None, gt=0)
+
+
+def _filter(
+    tenant: str | None,
+    key: str | None,
+    user: str | None,
+    model: str | None,
+    since: float,
+    until: float | None,
+) -> SpendFilter:
+    return SpendFilter(tenant=tenant, key=key, user=user, model=model, since=since, until=until)
+
+
+async def _records(state: ServingState, f: SpendFilter) -> list[SpendRecord]:
+    if f.tenant is not None and not any(t.id == f.tenant for t in state.config.tenants):
+        raise APIError(404, f"No tenant '{f.tenant}'.", param="tenant", code="tenant_not_found")
+    tenants = [t for t in state.config.tenants if f.tenant is None or t.id == f.tenant]
+    until = f.until if f.until is not None else state.admin.clock() + 1.0
+    records = await state.billing.spend_logs(tenants, f.since, until)
+    return [
+        r
+        for r in records
+        if (f.key is None or r.key_prefix == f.key)
+        and (f.user is None or r.user == f.user)
+        and (f.model is None or r.model == f.model)
+    ]
+
+
+def _encode_cursor(r: SpendRecord) -> str:
+    raw = json.dumps([r.time, r.tenant, r.request_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        t, tenant, rid = json.loads(raw)
+        return float(t), str(tenant), str(rid)
+    except (ValueError, TypeError):
+        raise APIError(
+            400, "Invalid 'cursor': pass back a next_cursor.", param="cursor", code="invalid_value"
+        ) from None
+
+
+Num = Annotated[float, Query(ge=0, allow_inf_nan=False)]
+Text = Annotated[str | None, Query(max_length=256)]
+
+
+@router.get("/spend/logs")
+async def spend_logs(
+    request: Request,
+    tenant: Text = None,
+    key: Text = None,
+    user: Text = None,
+    model: Text = None,
+    since: Num = 0.0,
+    until: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
+    limit: int = 100,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+) -> dict[str, Any]:
+    """One record per request (oldest first), `limit` per page; pass `next_cursor` back as
+    `cursor` for the next page."""
+    state = require_admin(request)
+    if not 1 <= limit <= MAX_PAGE:
+        raise APIError(
+            400,
+            f"'limit' must be between 1 and {MAX_PAGE}, got {limit}.",
+            param="limit",
+            code="invalid_value",
+        )
+    records = await _records(state, _filter(tenant, key, user, model, since, until))
+    if cursor is not None:
+        after = _decode_cursor(cursor)
+        records = [r for r in records if (r.time, r.tenant, r.request_id) > after]
+    page = records[:limit]
+    more = len(records) > limit
+    return {
+        "object": "list",
+        "data": [asdict(r) for r in page],
+        "next_cursor": _encode_cursor(page[-1]) if more and page else None,
+    }
+
+
+def _group_of(r: SpendRecord, by: str) -> str:
+    if by == "day":
+        return datetime.fromtimestamp(r.time, tz=UTC).strftime("%Y-%m-%d")
+    if by == "key":
+        return r.key_prefix or ""
+    return {"model": r.model, "user": r.user or "", "tenant": r.tenant}[by]
+
+
+REPORT_COLUMNS = (
+    "requests",
+    "samples",
+    "waves",
+    "prompt_tokens",
+    "completion_tokens",
+    "money",
+    "flops",
+)
+
+
+@router.get("/spend/report", response_model=None)
+async def spend_report(
+    request: Request,
+    group_by: str = "day",
+    format: str = "json",
+    tenant: Text = None,
+    key: Text = None,
+    user: Text = None,
+    model: Text = None,
+    since: Num = 0.0,
+    until: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
+) -> dict[str, Any] | Response:
+    """Spend summed by day (UTC), model, key prefix, user or tenant; JSON, or CSV with
+    `format=csv`. An empty key or user is a request without one (file keys, no `user`)."""
+    state = require_admin(request)
+    if group_by not in GROUPS:
+        raise APIError(
+            400,
+            f"'group_by' must be one of {', '.join(GROUPS)}.",
+            param="group_by",
+            code="invalid_value",
+        )
+    if format not in ("json", "csv"):
+        raise APIError(400, "'format' must be json or csv.", param="format", code="invalid_value")
+    rows: dict[str, dict[str, float]] = {}
+    for r in await _records(state, _filter(tenant, key, user, model, since, until)):
+        row = rows.setdefault(_group_of(r, group_by), dict.fromkeys(REPORT_COLUMNS, 0))
+        row["requests"] += 1
+        for col in REPORT_COLUMNS[1:]:
+            row[col] += getattr(r, col)
+    data = [{group_by: group, **row} for group, row in sorted(rows.items())]
+    if format == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=[group_by, *REPORT_COLUMNS])
+        writer.writeheader()
+        writer.writerows(data)
+        return Response(out.getvalue(), media_type="text/csv")
+    return {"object": "spend.report", "group_by": group_by, "data": data}

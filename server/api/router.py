@@ -16,6 +16,7 @@ from server.api.protocol import (
     ModelCard,
     ModelList,
 )
+from server.billing.identity import bind_user
 from server.config import TenantConfig
 from server.errors import APIError
 from server.serving import CompletionService
@@ -67,6 +68,7 @@ async def _complete(
     body: ChatCompletionRequest | CompletionRequest, request: Request, tenant: TenantConfig
 ) -> Response:
     request.state.model = body.model
+    bind_user(body.user)  # spend logs and per-user budgets (server.billing.identity)
     service = CompletionService(get_state(request))
     if body.stream:
         events = await service.stream(tenant, body)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller.budget import (
+    Budgets,
     Cost,
     Ledger,
     Pricer,
@@ -29,10 +31,11 @@ from controller.budget import (
     WindowUsage,
     open_store,
 )
-from controller.budget.ledger import DEFAULT_TTL_S
+from controller.budget.ledger import DEFAULT_TTL_S, SpendEntry, SpendRecord
 from controller.pacing import ComputePrice, TenantPacer, default_initial_price
 from server import metrics
 from server.billing.admission import HOLD_RETRY_S, POLL_S, SettleSignal
+from server.billing.identity import Caller, current_caller
 from server.billing.protocol import Billing, WaveHold
 from server.billing.unmetered import UnmeteredBilling, unmetered_report
 from server.config import AppConfig, TenantConfig
@@ -40,6 +43,7 @@ from server.errors import InsufficientQuota
 
 log = logging.getLogger("t2serve.billing")
 METRICS_INTERVAL_S = 0.25
+LOG_PURGE_EVERY_S = 3600.0
 
 
 def billing_unit(tenant: TenantConfig, pricer: Pricer) -> Unit:
@@ -81,6 +85,9 @@ class BudgetProvider:
         self._published: dict[str, float] = {}
         self._trailing: set[str] = set()
         self.settles = SettleSignal()
+        self._logs_purged_at = -math.inf
+        # told the tenant's window figures after each ledger call (the alert webhooks)
+        self.on_usage: Callable[[TenantConfig, list[WindowUsage]], None] | None = None
         self.reload(config)
 
     def reload(self, config: AppConfig) -> None:
@@ -96,14 +103,23 @@ class BudgetProvider:
     def ledger(self) -> Ledger:
         if self._ledger is None:
             cfg = self.config.ledger
-            store = open_store(cfg.backend, path=cfg.path, url=cfg.redis_url)
+            store = open_store(
+                cfg.backend,
+                path=cfg.path,
+                url=cfg.redis_url,
+                log_retention_s=cfg.spend_log_retention_days * 86400,
+            )
             self._ledger = Ledger(
                 store, clock=self.clock, ttl_s=cfg.reservation_ttl_s or DEFAULT_TTL_S
             )
         return self._ledger
 
     def metered(self, tenant: TenantConfig) -> bool:
-        return tenant.prices is not None or tenant.budgets is not None
+        return (
+            tenant.prices is not None
+            or tenant.budgets is not None
+            or tenant.user_budgets is not None
+        )
 
     def pricer(self, tenant: TenantConfig, model: str) -> Pricer:
         return Pricer(tenant.prices, model, self._params.get(model))
@@ -123,7 +139,7 @@ class BudgetProvider:
         return pacer
 
     def for_request(self, tenant: TenantConfig, model: str, request_id: str) -> Billing:
-        if not self.metered(tenant):
+        if not self.metered(tenant) and not current_caller().key_budgets:
             return UnmeteredBilling()
         return LedgerBilling(self, tenant, model, request_id)
 
@@ -142,8 +158,15 @@ class BudgetProvider:
     ) -> None:
         """Keep the ledger's latest figures for λ and `remaining`, and publish them as metrics at
         most every METRICS_INTERVAL_S per tenant (publishing costs more than a ledger call); a
-        deferred publish makes sure the latest figures are shown once that interval is over."""
+        deferred publish makes sure the latest figures are shown once that interval is over.
+        Only the tenant's own windows: keys and users never become labels, nor drive λ."""
+        usage = [u for u in usage if not u.limit.scope]
         self._usage[tenant.id] = usage
+        if self.on_usage is not None and tenant.alerts is not None:
+            try:
+                self.on_usage(tenant, usage)
+            except Exception:  # alerts never fail a request
+                log.exception("budget alert check failed for %s", tenant.id)
         if not self.publish_metrics:
             return
         now = time.monotonic()
@@ -217,6 +240,26 @@ class BudgetProvider:
             "pacing_mode": tenant.pacing.mode,
         }
 
+    async def spend_logs(
+        self, tenants: list[TenantConfig], since: float, until: float
+    ) -> list[SpendRecord]:
+        """Spend-log records of these tenants with since ≤ time < until, oldest first."""
+        out: list[SpendRecord] = []
+        for tenant in tenants:
+            if self.metered(tenant):
+                out += await self.ledger.store.spend_logs(tenant.id, since, until)
+        out.sort(key=lambda r: (r.time, r.tenant, r.request_id))
+        return out
+
+    async def purge_logs(self, force: bool = False) -> int:
+        """Retention: drop records past `ledger.spend_log_retention_days`, at most hourly."""
+        now = self.clock()
+        if not force and now - self._logs_purged_at < LOG_PURGE_EVERY_S:
+            return 0
+        self._logs_purged_at = now
+        keep_s = self.config.ledger.spend_log_retention_days * 86400
+        return await self.ledger.store.purge_logs(now - keep_s)
+
     async def close(self) -> None:
         if self._ledger is not None:
             await self._ledger.close()
@@ -225,6 +268,33 @@ class BudgetProvider:
 
 def _lam(price: ComputePrice | None) -> float | None:
     return price.lam if price is not None else None
+
+
+def _budget_param(scope: str, window: str | None) -> str:
+    """Which budget bound, as its config/admin field: `budgets.day` (the tenant's),
+    `key.budgets.day` (the key's own), `user_budgets.day` (the tenant's per-user budget)."""
+    kind = scope.partition(":")[0]
+    base = {"key": "key.budgets", "user": "user_budgets"}.get(kind, "budgets")
+    return f"{base}.{window}"
+
+
+def budget_levels(
+    tenant: TenantConfig, caller: Caller
+) -> tuple[list[tuple[str, Budgets]], dict[str, str]]:
+    """The levels below the tenant this request is also budgeted at (its key's own budgets,
+    the tenant's per-user budgets when it names a `user`), and how each is named in errors.
+    A user's scope is a digest of the id: any string is safe as a storage key."""
+    levels: list[tuple[str, Budgets]] = []
+    names: dict[str, str] = {}
+    if caller.key_budgets and caller.key_prefix:
+        scope = f"key:{caller.key_prefix}"
+        levels.append((scope, Budgets.model_validate(caller.key_budgets)))
+        names[scope] = f"key {caller.key_prefix}"
+    if tenant.user_budgets is not None and caller.user:
+        scope = "user:" + hashlib.sha256(caller.user.encode()).hexdigest()[:24]
+        levels.append((scope, tenant.user_budgets))
+        names[scope] = f"user '{caller.user}'"
+    return levels, names
 
 
 class LedgerBilling:
@@ -239,8 +309,14 @@ class LedgerBilling:
         self.pricer = provider.pricer(tenant, model)
         self.cost_unit: Unit = billing_unit(tenant, self.pricer)
         self.unit: str = self.cost_unit  # the protocol's name for it (metrics file spend by it)
+        self.model = model
+        self.caller = current_caller()
+        self.levels, self.level_names = budget_levels(tenant, self.caller)
+        self.last_usage: list[WindowUsage] = []
         self.held: dict[int, Cost] = {}
         self.spent = Cost()
+        self.settled_waves = 0
+        self.ending: tuple[str | None, int, int] | None = None
         self._soft_warned: set[str] = set()
 
     def quote(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -277,8 +353,16 @@ class LedgerBilling:
         give_up = time.monotonic() + self.provider.config.ledger.admission_wait_s
         while True:
             out = await ledger.reserve(
-                self.tenant.id, self.tenant.budgets, self.request_id, hold.wave, samples, fixed, per
+                self.tenant.id,
+                self.tenant.budgets,
+                self.request_id,
+                hold.wave,
+                samples,
+                fixed,
+                per,
+                self.levels,
             )
+            self.last_usage = out.usage
             self.provider.remember(self.tenant, out.usage, self.pricer)
             binding = next((u for u in out.usage if u.name == out.binding), None)
             held = binding.reserved_value if binding is not None else 0.0
@@ -294,13 +378,17 @@ class LedgerBilling:
                 retry = min(retry, HOLD_RETRY_S)
             left = binding.remaining if binding is not None else None
             unit = self._unit_name(binding.limit.unit if binding else self.cost_unit)
+            scope = binding.limit.scope if binding else ""
+            level = self.level_names.get(scope, f"tenant '{self.tenant.id}'")
+            window = binding.limit.span.name if binding else out.binding
             raise InsufficientQuota(
-                f"You exceeded your current quota: tenant '{self.tenant.id}' has "
+                f"You exceeded your current quota: {level} has "
                 f"{max(0.0, left or 0.0):.6g} {unit} "
-                f"left in its {out.binding} budget, less than one sample's worst case; "
+                f"left in its {window} budget, less than one sample's worst case; "
                 f"it frees up in {math.ceil(retry or 0)} s.",
                 retry_after_s=retry,
-                window=out.binding,
+                window=window,
+                param=_budget_param(scope, window),
             )
         self.held[hold.wave] = out.held
         self._check_soft(out.usage)
@@ -308,9 +396,25 @@ class LedgerBilling:
 
     async def settle(self, hold: WaveHold, *, prompt_tokens: int, completion_tokens: int) -> float:
         cost = self.pricer.cost(prompt_tokens, completion_tokens)
-        out = await self.provider.ledger.settle(
-            self.tenant.id, self.tenant.budgets, self.request_id, hold.wave, cost
+        entry = SpendEntry(
+            self.model,
+            hold.samples,
+            prompt_tokens,
+            completion_tokens,
+            self.caller.key_prefix,
+            self.caller.user,
         )
+        out = await self.provider.ledger.settle(
+            self.tenant.id,
+            self.tenant.budgets,
+            self.request_id,
+            hold.wave,
+            cost,
+            entry,
+            self.levels,
+        )
+        self.settled_waves += 1
+        self.last_usage = out.usage
         if hold.wave in self.held:
             del self.held[hold.wave]
             self.spent = self.spent + out.cost
@@ -318,8 +422,21 @@ class LedgerBilling:
         self.provider.settles.fire(self.tenant.id)
         return out.cost.of(self.cost_unit)
 
+    def finish(self, stop_reason: str | None, status: int, samples: int) -> None:
+        self.ending = (stop_reason, status, samples)
+
     async def close(self) -> None:
-        """Release holds of waves that were reserved but never settled (an error in between)."""
+        """Note how the request ended on its spend-log record; release holds of waves that were
+        reserved but never settled (an error in between)."""
+        if self.ending is not None and self.settled_waves:
+            try:
+                await self.provider.ledger.store.finish_log(
+                    self.tenant.id, self.request_id, *self.ending
+                )
+            except Exception:  # the record's money is already right; only its label is missing
+                log.exception("noting the end of %s in the spend log failed", self.request_id)
+            with contextlib.suppress(Exception):
+                await self.provider.purge_logs()
         for wave in list(self.held):
             try:
                 await self.provider.ledger.release(self.tenant.id, self.request_id, wave)
@@ -328,11 +445,23 @@ class LedgerBilling:
             del self.held[wave]
             self.provider.settles.fire(self.tenant.id)
 
+    def _tightest(self) -> tuple[float, str] | None:
+        """The least left in any hard window of any level (this request's key and user too)."""
+        usage = self.last_usage or self.provider.window_figures(self.tenant)
+        left = [
+            (u.remaining, u.limit.scope)
+            for u in usage
+            if u.limit.hard and u.limit.unit == self.cost_unit and u.remaining is not None
+        ]
+        return min(left) if left else None
+
     def remaining(self) -> float | None:
-        usage = self.provider.window_figures(self.tenant)
-        left = [u.remaining for u in usage if u.limit.hard and u.limit.unit == self.cost_unit]
-        values = [x for x in left if x is not None]
-        return max(0.0, min(values)) if values else None
+        tightest = self._tightest()
+        return max(0.0, tightest[0]) if tightest else None
+
+    def remaining_level(self) -> str | None:
+        tightest = self._tightest()
+        return (tightest[1].partition(":")[0] or "tenant") if tightest else None
 
     def price_of_compute(self) -> ComputePrice | None:
         return self.provider.price(self.tenant, self.pricer, self.cost_unit)

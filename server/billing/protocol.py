@@ -7,6 +7,7 @@ The sampling loop calls, per request:
         hold = await billing.reserve(WaveHold(wave=i, samples=w, prompt_tokens=p, max_tokens=m))
         ...  # draw hold.samples samples (1 ≤ hold.samples ≤ w)
         cost = await billing.settle(hold, prompt_tokens=p_used, completion_tokens=c_used)
+    billing.finish(stop_reason, status, samples)
     await billing.close()
 
 `reserve` holds the wave's worst case (prompt + w × max_tokens, priced). It may grant fewer
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from controller.budget.ledger import SpendRecord
     from controller.pacing import ComputePrice
     from server.config import AppConfig, TenantConfig
 
@@ -63,12 +65,21 @@ class Billing(Protocol):
         """Charge what the engine reported for this wave, release the rest; return its cost."""
         ...
 
+    def finish(self, stop_reason: str | None, status: int, samples: int) -> None:
+        """How the request ended (the sampling loop's stop reason and status, the samples it
+        drew), noted on its spend-log record by `close`."""
+        ...
+
     async def close(self) -> None:
         """Release anything still held (called once, even after errors)."""
         ...
 
     def remaining(self) -> float | None:
         """Budget left after this request (tightest window), or None when unlimited."""
+        ...
+
+    def remaining_level(self) -> str | None:
+        """Which level that tightest window is at: "tenant", "key" or "user" (None: unlimited)."""
         ...
 
     def price_of_compute(self) -> ComputePrice | None:
@@ -92,6 +103,12 @@ class BillingProvider(Protocol):
 
     def reload(self, config: AppConfig) -> None:
         """Take a new config; budgets apply from the next reserve."""
+        ...
+
+    async def spend_logs(
+        self, tenants: list[TenantConfig], since: float, until: float
+    ) -> list[SpendRecord]:
+        """The tenants' spend-log records with since ≤ time < until, oldest first."""
         ...
 
     async def close(self) -> None:

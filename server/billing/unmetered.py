@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from server.billing.protocol import Billing, WaveHold
 
 if TYPE_CHECKING:
+    from controller.budget.ledger import SpendRecord
     from controller.pacing import ComputePrice
     from server.config import AppConfig, TenantConfig
 
@@ -31,10 +32,16 @@ class UnmeteredBilling:
         self.spent += cost
         return cost
 
+    def finish(self, stop_reason: str | None, status: int, samples: int) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 
     def remaining(self) -> float | None:
+        return None
+
+    def remaining_level(self) -> str | None:
         return None
 
     def price_of_compute(self) -> ComputePrice | None:
@@ -60,6 +67,11 @@ class UnmeteredProvider:
 
     def reload(self, config: AppConfig) -> None:
         return None
+
+    async def spend_logs(
+        self, tenants: list[TenantConfig], since: float, until: float
+    ) -> list[SpendRecord]:
+        return []  # nothing is metered, nothing is logged
 
     async def close(self) -> None:
         return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable
 from typing import Protocol
@@ -32,7 +33,7 @@ from server import metrics
 from server.billing.protocol import Billing, WaveHold
 from server.engine.base import Sample
 from server.engine.service import EngineService
-from server.errors import InsufficientQuota, UpstreamTimeout
+from server.errors import APIError, InsufficientQuota, UpstreamTimeout
 from server.sampling.job import Outcome, SamplingJob, WaveTally
 from server.sampling.policies import PolicyBook
 
@@ -48,6 +49,15 @@ class RunListener(Protocol):
 
     def wave_done(self, wave: int, drawn: int) -> None:
         """Wave `wave` (1-based count) finished; `drawn` samples so far."""
+
+
+def _status(exc: BaseException | None) -> int:
+    """The HTTP status a request leaving the wave loop this way gets (for its spend log)."""
+    if exc is None:
+        return 200
+    if isinstance(exc, APIError):
+        return exc.status
+    return 499 if isinstance(exc, asyncio.CancelledError) else 500
 
 
 class Sampler:
@@ -128,6 +138,7 @@ class Sampler:
             out.samples = len(drawn)
             paced = billing.price_of_compute()
             out.price_of_compute = paced.lam if paced is not None else None
+            billing.finish(out.stop_reason, _status(sys.exc_info()[1]), out.samples)
             try:
                 await _uncancellable(billing.close())
             except Exception:

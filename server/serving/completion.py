@@ -149,11 +149,17 @@ class RunGroup:
     def headers(self) -> dict[str, str]:
         outcomes = self.outcomes()
         remaining = [r for r in (b.remaining() for b in self.billings) if r is not None]
-        return {
+        headers = {
             "x-t2-samples": str(sum(o.samples for o in outcomes)),
             "x-t2-cost": _num(sum(o.cost for o in outcomes)),
             "x-t2-budget-remaining": _num(min(remaining)) if remaining else "unlimited",
         }
+        levels = [
+            (r, b.remaining_level()) for b in self.billings if (r := b.remaining()) is not None
+        ]
+        if levels:  # which budget level that tightest figure is at: tenant, key or user
+            headers["x-t2-budget-level"] = str(min(levels, key=lambda x: x[0])[1])
+        return headers
 
     def record(self, ttft_s: float | None = None) -> None:
         """The one place answered jobs reach the metrics module (statuses: see app middleware)."""

@@ -3,6 +3,8 @@ policies and verifiers. One per app (`app.state.t2`); the routers read it, nothi
 
 `apply` swaps in a new config (keys, tenants, budgets; the ledger backend needs a restart), so
 requests already running keep the tenant objects they resolved and nothing in flight is dropped.
+`config` is the file's config with the admin store's lasting changes over it (server.admin_state);
+`file_config` is the file alone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 from server import metrics
+from server.admin_state import AdminSync
 from server.api.protocol import MAX_CHOICES
 from server.auth import KeyRing
 from server.billing.protocol import BillingProvider
@@ -29,8 +32,9 @@ class ServingState:
     def __init__(
         self, config: AppConfig, engines: dict[str, EngineService], billing: BillingProvider
     ) -> None:
-        self.config = config
+        self.config = self.file_config = config
         self.keyring = KeyRing(config)
+        self.admin = AdminSync(config.ledger, lambda: self.apply(self.file_config))
         self.engines = engines
         self.billing = billing
         self.policies = PolicyBook()
@@ -70,8 +74,10 @@ class ServingState:
         if config.ledger != self.config.ledger:
             log.warning("ledger settings changed; they apply after a restart")
         config = config.model_copy(update={"ledger": self.config.ledger})
+        self.file_config = config
+        config = self.admin.effective(config)
         self.config = config
-        self.keyring = KeyRing(config)
+        self.keyring = self.admin.keyring(config)
         self.billing.reload(config)
         metrics.configure_labels(tenants=[t.id for t in config.tenants], models=config.model_ids)
 
@@ -93,3 +99,4 @@ class ServingState:
         for engine in self.engines.values():
             await engine.shutdown()
         await self.verifiers.aclose()
+        await self.admin.aclose()

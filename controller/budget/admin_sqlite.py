@@ -1,0 +1,219 @@
+"""`AdminStore` in the ledger's SQLite file: three small tables, one transaction per change.
+
+Changes are rare (an operator's API call), so every call runs on one worker thread with a busy
+timeout; the version read that replicas poll is a single-row primary-key lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from controller.budget.admin_state import (
+    AdminSnapshot,
+    DuplicateLabel,
+    KeyNotFound,
+    Override,
+    StoredKey,
+    canonical,
+    label_taken,
+)
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS admin_version (
+    id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO admin_version VALUES (0, 0);
+CREATE TABLE IF NOT EXISTS admin_overrides (
+    tenant TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, file_value TEXT NOT NULL,
+    updated_at REAL NOT NULL, PRIMARY KEY (tenant, field)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alerts_sent (
+    event_id TEXT PRIMARY KEY, claimed_at REAL NOT NULL, expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS api_keys (
+    sha256 TEXT PRIMARY KEY, tenant TEXT NOT NULL, prefix TEXT NOT NULL UNIQUE,
+    label TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL, revoked_at REAL,
+    budgets TEXT, last_used_at REAL
+);
+"""
+_COLUMNS = (
+    "sha256, tenant, prefix, label, created_at, expires_at, revoked_at, budgets, last_used_at"
+)
+
+
+class SQLiteAdminStore:
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2-admin-sqlite")
+        self._conn = self._pool.submit(self._connect, busy_timeout_ms).result()
+
+    def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA)
+        return conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
+        def go() -> T:
+            if not write:
+                return fn(self._conn)
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self._conn)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            return result
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, go)
+
+    @staticmethod
+    def _bump(c: sqlite3.Connection) -> int:
+        c.execute("UPDATE admin_version SET version = version + 1 WHERE id = 0")
+        return int(c.execute("SELECT version FROM admin_version WHERE id = 0").fetchone()[0])
+
+    async def version(self) -> int:
+        def go(c: sqlite3.Connection) -> int:
+            return int(c.execute("SELECT version FROM admin_version WHERE id = 0").fetchone()[0])
+
+        return await self._run(go, write=False)
+
+    async def snapshot(self) -> AdminSnapshot:
+        def go(c: sqlite3.Connection) -> AdminSnapshot:
+            c.execute("BEGIN")  # one consistent read of all three tables
+            try:
+                version = int(c.execute("SELECT version FROM admin_version").fetchone()[0])
+                rows = c.execute(
+                    "SELECT tenant, field, value, file_value, updated_at FROM admin_overrides"
+                ).fetchall()
+                overrides = [
+                    Override(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4]) for r in rows
+                ]
+                keys = [_key(r) for r in c.execute(f"SELECT {_COLUMNS} FROM api_keys")]
+            finally:
+                c.execute("COMMIT")
+            return AdminSnapshot(version, overrides, keys)
+
+        return await self._run(go, write=False)
+
+    async def put_overrides(self, overrides: list[Override]) -> int:
+        def go(c: sqlite3.Connection) -> int:
+            c.executemany(
+                "INSERT OR REPLACE INTO admin_overrides VALUES (?, ?, ?, ?, ?)",
+                [
+                    (o.tenant, o.field, canonical(o.value), canonical(o.file_value), o.updated_at)
+                    for o in overrides
+                ],
+            )
+            return self._bump(c)
+
+        return await self._run(go)
+
+    async def create_key(
+        self, key: StoredKey, now: float, revoke: tuple[str, float] | None = None
+    ) -> int:
+        def go(c: sqlite3.Connection) -> int:
+            if revoke is not None:
+                self._revoke(c, key.tenant, revoke[0], revoke[1])
+            same = [
+                _key(r)
+                for r in c.execute(
+                    f"SELECT {_COLUMNS} FROM api_keys WHERE tenant=? AND label=?",
+                    (key.tenant, key.label),
+                )
+            ]
+            if label_taken(same, key.tenant, key.label, now):
+                raise DuplicateLabel(key.label)
+            c.execute(
+                f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.sha256,
+                    key.tenant,
+                    key.prefix,
+                    key.label,
+                    key.created_at,
+                    key.expires_at,
+                    key.revoked_at,
+                    None if key.budgets is None else canonical(key.budgets),
+                    None,
+                ),
+            )
+            return self._bump(c)
+
+        return await self._run(go)
+
+    @staticmethod
+    def _revoke(c: sqlite3.Connection, tenant: str, prefix: str, at: float) -> StoredKey:
+        row = c.execute(
+            f"SELECT {_COLUMNS} FROM api_keys WHERE tenant=? AND prefix=?", (tenant, prefix)
+        ).fetchone()
+        if row is None:
+            raise KeyNotFound(prefix)
+        c.execute(
+            "UPDATE api_keys SET revoked_at = min(coalesce(revoked_at, ?), ?) WHERE sha256=?",
+            (at, at, row[0]),
+        )
+        return _key(
+            c.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE sha256=?", (row[0],)).fetchone()
+        )
+
+    async def revoke_key(self, tenant: str, prefix: str, at: float) -> StoredKey:
+        def go(c: sqlite3.Connection) -> StoredKey:
+            key = self._revoke(c, tenant, prefix, at)
+            self._bump(c)
+            return key
+
+        return await self._run(go)
+
+    async def touch_keys(self, last_used: dict[str, float]) -> None:
+        def go(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?) "
+                "WHERE sha256 = ?",
+                [(t, sha) for sha, t in last_used.items()],
+            )
+
+        if last_used:
+            await self._run(go)
+
+    async def claim_alert(self, event_id: str, now: float, ttl_s: float) -> bool:
+        def go(c: sqlite3.Connection) -> bool:
+            c.execute("DELETE FROM alerts_sent WHERE expires_at <= ?", (now,))
+            return bool(
+                c.execute(
+                    "INSERT OR IGNORE INTO alerts_sent VALUES (?, ?, ?)",
+                    (event_id, now, now + ttl_s),
+                ).rowcount
+            )
+
+        return await self._run(go)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._conn.close)
+        self._pool.shutdown(wait=True)
+
+
+def _key(row: Any) -> StoredKey:
+    return StoredKey(
+        sha256=row[0],
+        tenant=row[1],
+        prefix=row[2],
+        label=row[3],
+        created_at=row[4],
+        expires_at=row[5],
+        revoked_at=row[6],
+        budgets=None if row[7] is None else json.loads(row[7]),
+        last_used_at=row[8],
+    )

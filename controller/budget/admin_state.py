@@ -1,0 +1,135 @@
+"""Lasting admin state: budget overrides and API keys made through the admin API.
+
+It lives next to the spend it governs (the ledger's SQLite file, or its Redis), so every replica
+sharing a ledger shares it too. Each method of an `AdminStore` is one atomic step (one SQLite
+transaction, one Redis Lua script) and every change bumps one version counter: replicas poll
+that counter (one cheap read) and reload the whole state only when it moved.
+
+Precedence: an override stores the API's value *and the file's value of that field when the
+override was made*. While the file still says the same, the override wins; once the operator
+edits that field in the file, the file wins again (`effective_value`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+KEY_FIELDS = ("sha256", "tenant", "prefix", "label", "created_at", "expires_at", "revoked_at")
+
+
+class DuplicateLabel(ValueError):
+    """The tenant already has a live key with this label."""
+
+
+class KeyNotFound(LookupError):
+    """No key with this prefix for this tenant."""
+
+
+def canonical(value: Any) -> str:
+    """One JSON text per value, so a file value read back compares equal to the stored one."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True)
+class Override:
+    """`value` replaces the tenant's `field` while the file's value is still `file_value`
+    (both JSON-able; None: the field is absent)."""
+
+    tenant: str
+    field: str
+    value: Any
+    file_value: Any
+    updated_at: float
+
+    def effective(self, file_value_now: Any) -> Any:
+        """The override while the file is unchanged in this field; the file once it changed."""
+        if canonical(file_value_now) == canonical(self.file_value):
+            return self.value
+        return file_value_now
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """An API key as stored: its digest and metadata, never the key itself."""
+
+    sha256: str
+    tenant: str
+    prefix: str
+    label: str
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None  # in force from then on (a future time: rotation's grace)
+    budgets: dict[str, Any] | None = None
+    last_used_at: float | None = None
+
+    def status(self, now: float) -> str:
+        if self.revoked_at is not None and now >= self.revoked_at:
+            return "revoked"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        return "active"
+
+    def live(self, now: float) -> bool:
+        return self.status(now) == "active"
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> StoredKey:
+        return cls(**json.loads(text))
+
+
+@dataclass
+class AdminSnapshot:
+    version: int
+    overrides: list[Override] = field(default_factory=list)
+    keys: list[StoredKey] = field(default_factory=list)
+
+
+class AdminStore(Protocol):
+    async def version(self) -> int:
+        """The change counter (0 before any change)."""
+        ...
+
+    async def snapshot(self) -> AdminSnapshot: ...
+
+    async def put_overrides(self, overrides: list[Override]) -> int:
+        """Store these overrides (replacing the same tenant and field); the new version."""
+        ...
+
+    async def create_key(
+        self, key: StoredKey, now: float, revoke: tuple[str, float] | None = None
+    ) -> int:
+        """Add `key`; with `revoke` = (prefix, at), also schedule that key of the same tenant's
+        revocation at `at` (rotation), in the same step. Raises DuplicateLabel when the tenant
+        has a key with this label that is neither expired nor scheduled for revocation, and
+        KeyNotFound when `revoke` names no key."""
+        ...
+
+    async def revoke_key(self, tenant: str, prefix: str, at: float) -> StoredKey:
+        """Revoke the key from `at` on (earlier revocations stand); KeyNotFound if absent."""
+        ...
+
+    async def touch_keys(self, last_used: dict[str, float]) -> None:
+        """Record last use per digest (no version bump: nothing to re-apply)."""
+        ...
+
+    async def claim_alert(self, event_id: str, now: float, ttl_s: float) -> bool:
+        """True for the first caller (any replica) to claim this alert event: it sends it."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def label_taken(keys: list[StoredKey], tenant: str, label: str, now: float) -> bool:
+    """Whether a key of `tenant` still claims `label`: not expired, not (being) revoked."""
+    return any(
+        k.tenant == tenant
+        and k.label == label
+        and k.revoked_at is None
+        and (k.expires_at is None or k.expires_at > now)
+        for k in keys
+    )

@@ -1,0 +1,191 @@
+"""Admin changes that last: applies the admin store's overrides and keys over the config file,
+and keeps every replica in step with the store.
+
+Each replica polls the store's version counter every `POLL_S` (one cheap read) and reloads the
+whole admin state only when it moved, so a budget change, a new key or a revocation made on any
+replica is in force everywhere within `POLL_S` plus one snapshot read (well under 2 s). Expiry
+and scheduled revocations (a rotation's grace period) need no poll at all: each stored key
+carries its times, checked at every authentication.
+
+Precedence (documented in README, "Operating t2serve"): the file seeds tenants and budgets; an
+override made through the API wins over the file's value of that same field for as long as the
+file still holds the value it had when the override was made (controller.budget.admin_state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from controller.budget import open_admin_store
+from controller.budget.admin_state import (
+    AdminSnapshot,
+    AdminStore,
+    Override,
+    StoredKey,
+)
+from controller.budget.models import Budgets
+from server.auth import KeyRing
+from server.config import AppConfig, ConfigError, LedgerConfig, TenantConfig, parse_config
+
+log = logging.getLogger("t2serve.admin_state")
+
+POLL_S = 0.5
+FLUSH_USES_S = 5.0
+BUDGET_FIELDS = ("request", "minute", "hour", "day", "month")
+
+
+def file_budget_values(tenant: TenantConfig | None) -> dict[str, object]:
+    """The tenant's budget fields as the file gives them (absent fields are None)."""
+    dumped = tenant.budgets.model_dump() if tenant is not None and tenant.budgets else {}
+    return {name: dumped.get(name) for name in BUDGET_FIELDS}
+
+
+def overlay(file_config: AppConfig, overrides: list[Override]) -> AppConfig:
+    """The file config with the overrides that still apply; ConfigError if the result is not
+    a valid config (the caller refuses the change)."""
+    if not overrides:
+        return file_config
+    data = file_config.model_dump(mode="python")
+    tenants = {t["id"]: t for t in data["tenants"]}
+    for o in overrides:
+        tenant = tenants.get(o.tenant)
+        if tenant is None or o.field not in BUDGET_FIELDS:
+            continue  # a tenant the file no longer has
+        budgets = dict(tenant.get("budgets") or {})
+        value = o.effective(budgets.get(o.field))
+        budgets[o.field] = value
+        tenant["budgets"] = budgets if any(v is not None for v in budgets.values()) else None
+    return parse_config(data, "admin overrides")
+
+
+class AdminSync:
+    """The replica's copy of the admin store, and the loop that keeps it current.
+
+    `on_change` re-applies the config (ServingState.apply) whenever the snapshot changed.
+    """
+
+    def __init__(
+        self,
+        ledger: LedgerConfig,
+        on_change: Callable[[], None],
+        *,
+        clock: Callable[[], float] = time.time,
+        poll_s: float = POLL_S,
+        store: AdminStore | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.on_change = on_change
+        self.clock = clock
+        self.poll_s = poll_s
+        self._store = store
+        self.snapshot = AdminSnapshot(-1)  # -1: never loaded
+        self.uses: dict[str, float] = {}  # digest → last use on this replica, not yet stored
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def store(self) -> AdminStore:
+        if self._store is None:
+            self._store = open_admin_store(
+                self.ledger.backend, path=self.ledger.path, url=self.ledger.redis_url
+            )
+        return self._store
+
+    @property
+    def loaded(self) -> bool:
+        return self.snapshot.version >= 0
+
+    def effective(self, file_config: AppConfig) -> AppConfig:
+        """The file with the stored overrides that still win; the file alone if that fails."""
+        try:
+            return overlay(file_config, self.snapshot.overrides)
+        except ConfigError as exc:  # e.g. the file dropped a tenant's prices: keep serving
+            log.error("admin overrides not applied: %s", exc)
+            return file_config
+
+    def keyring(self, config: AppConfig) -> KeyRing:
+        return KeyRing(config, self.snapshot.keys, clock=self.clock, uses=self.uses)
+
+    async def ensure(self) -> AdminSync:
+        """Load the store's state once (admin routes call this; the lifespan too)."""
+        if not self.loaded:
+            await self.refresh()
+        return self
+
+    async def refresh(self, force: bool = False) -> bool:
+        """Reload if the version moved; whether anything changed."""
+        async with self._lock:
+            version = await self.store.version()
+            if not force and version == self.snapshot.version:
+                return False
+            self.snapshot = await self.store.snapshot()
+        self.on_change()
+        return True
+
+    async def put_overrides(self, overrides: list[Override]) -> None:
+        await self.store.put_overrides(overrides)
+        await self.refresh()
+
+    async def create_key(self, key: StoredKey, revoke: tuple[str, float] | None = None) -> None:
+        await self.store.create_key(key, self.clock(), revoke)
+        await self.refresh()
+
+    async def revoke_key(self, tenant: str, prefix: str, at: float) -> StoredKey:
+        key = await self.store.revoke_key(tenant, prefix, at)
+        await self.refresh()
+        return key
+
+    async def keys(self, tenant: str) -> list[StoredKey]:
+        """The tenant's keys read fresh from the store, with this replica's unflushed uses."""
+        await self.flush_uses()
+        snap = await self.store.snapshot()
+        return sorted((k for k in snap.keys if k.tenant == tenant), key=lambda k: k.created_at)
+
+    async def flush_uses(self) -> None:
+        if self.uses:
+            uses = self.uses.copy()
+            self.uses.clear()  # the same dict: the key ring keeps writing into it
+            try:
+                await self.store.touch_keys(uses)
+            except BaseException:
+                for digest, at in uses.items():
+                    self.uses[digest] = max(at, self.uses.get(digest, at))
+                raise
+
+    async def start(self) -> None:
+        """Load now (a restarted replica serves stored keys from its first request), then poll."""
+        await self.ensure()
+        self._task = asyncio.create_task(self._poll(), name="t2-admin-sync")
+
+    async def _poll(self) -> None:
+        flushed = time.monotonic()
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                await self.refresh()
+                if time.monotonic() - flushed >= FLUSH_USES_S:
+                    flushed = time.monotonic()
+                    await self.flush_uses()
+            except Exception:  # a store outage: keep the last state, try again
+                log.exception("admin state poll failed")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._store is not None:
+            with contextlib.suppress(Exception):
+                await self.flush_uses()
+            await self._store.close()
+            self._store = None
+
+
+def budgets_of(key: StoredKey) -> Budgets | None:
+    """A stored key's own budget, if it has one."""
+    return Budgets.model_validate(key.budgets) if key.budgets else None

@@ -1,0 +1,130 @@
+"""Kill and restart: budgets, keys and revocations made through the admin API, and the spend
+logs, are all still in force after `kill -9` of the server process and a restart, on SQLite and
+on Redis (a real server process, a scripted engine so it starts in a second)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from server.config import hash_key
+from tests.fixtures.prometheus import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN = {"Authorization": "Bearer kill9-admin"}
+
+
+def start(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fixtures.scripted_serve", str(config), str(port)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.1)
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def config_file(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    ledger: dict[str, Any]
+    if request.param == "sqlite":
+        ledger = {"backend": "sqlite", "path": str(tmp_path / "ledger.sqlite")}
+    else:
+        ledger = {"backend": "redis", "redis_url": request.getfixturevalue("redis_url")}
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "models": [{"id": "m", "path": "models/tiny-arith"}],
+                "ledger": ledger,
+                "admin": {"key_sha256": hash_key("kill9-admin")},
+                "defaults": {"policy": "fixed:2", "max_tokens": 8},
+                "tenants": [
+                    {
+                        "id": "acme",
+                        "api_keys": [{"sha256": hash_key("kill9-acme")}],
+                        "prices": {"models": {"*": {"completion_per_1m": 1e6}}},
+                        "budgets": {"day": {"limit": 1000}},
+                    }
+                ],
+            }
+        )
+    )
+    yield path
+
+
+def test_admin_changes_survive_kill_9(config_file: Path, tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    proc = start(config_file, port, log)
+    try:
+        put = httpx.put(
+            f"{base}/admin/tenants/acme/budgets",
+            json={"day": {"limit": 40}, "hour": {"limit": 30}},
+            headers=ADMIN,
+        )
+        assert put.status_code == 200, put.text
+        keep = httpx.post(
+            f"{base}/admin/tenants/acme/keys",
+            json={"label": "keep", "budgets": {"day": {"limit": 20}}},
+            headers=ADMIN,
+        ).json()
+        drop = httpx.post(
+            f"{base}/admin/tenants/acme/keys", json={"label": "drop"}, headers=ADMIN
+        ).json()
+        assert httpx.delete(
+            f"{base}/admin/tenants/acme/keys/{drop['prefix']}", headers=ADMIN
+        ).is_success
+        chat = {"model": "m", "messages": [{"role": "user", "content": "Q: 1+5=?"}]}
+        done = httpx.post(
+            f"{base}/v1/chat/completions",
+            json=chat,
+            headers={"Authorization": f"Bearer {keep['key']}"},
+            timeout=30,
+        )
+        assert done.status_code == 200, done.text
+        kill9(proc)
+        proc = start(config_file, port, log)
+        tenant = httpx.get(f"{base}/admin/tenants/acme", headers=ADMIN).json()
+        limits = {w["window"]: w["limit"] for w in tenant["windows"]}
+        assert limits["day"] == 40 and limits["hour"] == 30
+        day = next(w for w in tenant["windows"] if w["window"] == "day")
+        assert day["spent"] == done.json()["usage"]["completion_tokens"]  # settled spend kept
+        assert httpx.get(
+            f"{base}/v1/models", headers={"Authorization": f"Bearer {keep['key']}"}
+        ).is_success
+        revoked = httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {drop['key']}"})
+        assert revoked.status_code == 401
+        [record] = httpx.get(f"{base}/admin/spend/logs", headers=ADMIN).json()["data"]
+        assert record["key_prefix"] == keep["prefix"] and record["money"] == day["spent"]
+        listed = httpx.get(f"{base}/admin/tenants/acme/keys", headers=ADMIN).json()["data"]
+        assert {k["label"]: k["status"] for k in listed} == {"keep": "active", "drop": "revoked"}
+        assert listed[0]["budgets"]["day"]["limit"] == 20
+    finally:
+        kill9(proc)

@@ -1,0 +1,106 @@
+"""The admin store's contract on both real backends (a SQLite file, a real redis-server):
+overrides and keys survive a reopen, every change bumps the version, labels stay unique among
+live keys, revocation keeps the earliest time, and rotation is one step that either fully
+happens or not at all."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from controller.budget import open_admin_store
+from controller.budget.admin_state import (
+    AdminStore,
+    DuplicateLabel,
+    KeyNotFound,
+    Override,
+    StoredKey,
+)
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], AdminStore]:
+    if request.param == "sqlite":
+        return lambda: open_admin_store("sqlite", path=tmp_path / "ledger.sqlite")
+    url = request.getfixturevalue("redis_url")
+    return lambda: open_admin_store("redis", url=url)
+
+
+@pytest.fixture
+async def store(opener: Callable[[], AdminStore]) -> AsyncIterator[AdminStore]:
+    s = opener()
+    yield s
+    await s.close()
+
+
+def key(sha: str, label: str = "ci", tenant: str = "acme", **kw: object) -> StoredKey:
+    return StoredKey(sha, tenant, f"t2-{sha[:6]}", label, NOW, **kw)  # type: ignore[arg-type]
+
+
+async def test_changes_bump_the_version_and_survive_a_reopen(
+    store: AdminStore, opener: Callable[[], AdminStore]
+) -> None:
+    assert await store.version() == 0
+    day = {"limit": 5.0, "unit": "currency", "hard": True, "rolling": False}
+    v1 = await store.put_overrides([Override("acme", "day", day, None, NOW)])
+    v2 = await store.create_key(key("a" * 64, budgets={"day": {"limit": 1.0}}), NOW)
+    assert 0 < v1 < v2 == await store.version()
+    await store.touch_keys({"a" * 64: NOW + 5})
+    assert await store.version() == v2  # last use is not a change to re-apply
+    other = opener()
+    try:
+        snap = await other.snapshot()
+    finally:
+        await other.close()
+    assert snap.version == v2
+    assert snap.overrides == [Override("acme", "day", day, None, NOW)]
+    (k,) = snap.keys
+    assert (k.tenant, k.label, k.budgets, k.last_used_at) == (
+        "acme",
+        "ci",
+        {"day": {"limit": 1.0}},
+        NOW + 5,
+    )
+
+
+async def test_labels_are_unique_among_live_keys(store: AdminStore) -> None:
+    await store.create_key(key("a" * 64), NOW)
+    with pytest.raises(DuplicateLabel):
+        await store.create_key(key("b" * 64), NOW)
+    await store.create_key(key("c" * 64, tenant="other"), NOW)  # another tenant's label
+    await store.create_key(key("d" * 64, label="old", expires_at=NOW - 1), NOW - 10)
+    await store.create_key(key("e" * 64, label="old"), NOW)  # the holder expired
+    assert len((await store.snapshot()).keys) == 4
+
+
+async def test_revocation_keeps_the_earliest_time_and_names_missing_keys(store: AdminStore) -> None:
+    await store.create_key(key("a" * 64), NOW)
+    assert (await store.revoke_key("acme", "t2-aaaaaa", NOW + 100)).revoked_at == NOW + 100
+    assert (await store.revoke_key("acme", "t2-aaaaaa", NOW)).revoked_at == NOW
+    assert (await store.revoke_key("acme", "t2-aaaaaa", NOW + 500)).revoked_at == NOW
+    with pytest.raises(KeyNotFound):
+        await store.revoke_key("other", "t2-aaaaaa", NOW)  # not that tenant's key
+    with pytest.raises(KeyNotFound):
+        await store.revoke_key("acme", "t2-nope", NOW)
+
+
+async def test_rotation_is_one_step(store: AdminStore) -> None:
+    await store.create_key(key("a" * 64), NOW)
+    await store.create_key(key("b" * 64, label="other"), NOW)
+    # a clash with another live key's label: nothing happens, the old key stays unrevoked
+    with pytest.raises(DuplicateLabel):
+        await store.create_key(key("c" * 64, label="other"), NOW, revoke=("t2-aaaaaa", NOW + 60))
+    snap = await store.snapshot()
+    assert {k.sha256: k.revoked_at for k in snap.keys} == {"a" * 64: None, "b" * 64: None}
+    # the same label as the key being rotated out is fine
+    await store.create_key(key("d" * 64), NOW, revoke=("t2-aaaaaa", NOW + 60))
+    by_sha = {k.sha256: k for k in (await store.snapshot()).keys}
+    assert by_sha["a" * 64].revoked_at == NOW + 60 and by_sha["d" * 64].revoked_at is None
+    assert by_sha["a" * 64].status(NOW + 59) == "active"
+    assert by_sha["a" * 64].status(NOW + 60) == "revoked"
+    with pytest.raises(KeyNotFound):
+        await store.create_key(key("e" * 64, label="x"), NOW, revoke=("t2-zzzzzz", NOW))

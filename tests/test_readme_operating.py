@@ -1,0 +1,108 @@
+"""README "Operating t2serve": its bash block runs verbatim (curl, a real shell) against the real
+app over HTTP, on the shipped default config (SQLite ledger in a temp dir, a scripted engine
+instead of vLLM), and every step does what the text says."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.api.admin import ADMIN_KEY_ENV
+from server.app import create_app, serve_in_loop
+from server.config import load_config
+from tests.fakes import ScriptedEngine, cycle
+from tests.support import need
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_KEY = "readme-operating-admin"
+
+
+def operating_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"^## Operating t2serve\n(.*?)(?=^## )", text, flags=re.M | re.S)
+    assert match, "README.md has no '## Operating t2serve' section"
+    blocks = re.findall(r"^```bash\n(.*?)^```", match.group(1), flags=re.M | re.S)
+    assert len(blocks) == 1
+    return str(blocks[0])
+
+
+async def test_the_operating_examples_run_verbatim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need(shutil.which("curl") is not None, "curl")
+    monkeypatch.setenv(ADMIN_KEY_ENV, ADMIN_KEY)
+    config = load_config(ROOT / "configs" / "default.yaml")
+    config.ledger.path = str(tmp_path / "ledger.sqlite")
+    app = create_app(config, engine=ScriptedEngine(cycle("7+8=15;15-9=6;A: 6")))
+    code = operating_block()
+    async with serve_in_loop(app) as live:
+        env = {
+            **os.environ,
+            "T2": live.base_url,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            "-euo",
+            "pipefail",
+            "-c",
+            code,
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out_b, err_b = await asyncio.wait_for(proc.communicate(), timeout=120)
+        out, err = out_b.decode(), err_b.decode()
+        assert proc.returncode == 0, f"{code}\n{out}\n{err}"
+        state = app.state.t2
+        assert state.config.tenants[0].budgets.day.limit == 2.0  # the PUT
+        keys = await state.admin.keys("demo")
+        assert len(keys) == 2  # the new key and its rotated successor
+        old, new = keys
+        assert old.status(state.admin.clock()) == "revoked"  # DELETE beat the grace period
+        assert new.status(state.admin.clock()) == "active" and new.label == old.label
+        assert (
+            new.budgets
+            == old.budgets
+            == {"day": {"limit": 0.1, "unit": "currency", "hard": True, "rolling": False}}
+        )
+    # the printed answers, in order: budgets, the completion, the key list, the rotation, the
+    # revocation, the spend log, the CSV report
+    decoder = json.JSONDecoder()
+    docs, rest = [], out.strip()
+    while rest.startswith("{"):
+        doc, end = decoder.raw_decode(rest)
+        docs.append(doc)
+        rest = rest[end:].strip()
+    budgets, completion, listed, rotated, revoked, logs = docs
+    assert budgets["windows"][0]["limit"] == 2.0
+    assert completion["t2"]["samples"] == 2 and completion["choices"][0]["message"]["content"]
+    assert [k["prefix"] for k in listed["data"]] == [old.prefix]
+    assert rotated["revokes"]["prefix"] == old.prefix and rotated["key"].startswith("t2-")
+    assert revoked["status"] == "revoked"
+    [record] = logs["data"]
+    assert record["user"] == "alice" and record["key_prefix"] == old.prefix
+    assert record["completion_tokens"] == completion["usage"]["completion_tokens"]
+    report = list(csv.DictReader(io.StringIO(rest)))
+    assert report == [
+        {
+            "key": old.prefix,
+            "requests": "1",
+            "samples": "2",
+            "waves": "1",
+            "prompt_tokens": str(record["prompt_tokens"]),
+            "completion_tokens": str(record["completion_tokens"]),
+            "money": str(record["money"]),
+            "flops": str(record["flops"]),
+        }
+    ]
