@@ -67,11 +67,13 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The admin store connects first: an in-process vLLM start blocks the event loop,
+        # which would time out a Redis connect made while it runs.
+        if admin.admin_digests(config):  # lasting admin state: keys, budget overrides
+            await state.admin.start()
         starters: list[asyncio.Task[None]] = []
         if engine is None:
             starters = [asyncio.create_task(e.start()) for e in state.engines.values()]
-        if admin.admin_digests(config):  # lasting admin state: keys, budget overrides
-            await state.admin.start()
         try:
             yield
         finally:
