@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import betaln
 
+from controller.policy.base import top_two
 from controller.scaling.beta import fit_beta_binomial
+
+MAX_PAIR_VOTES = 64
+"""Finished questions with more top-two votes are scaled down to this many (c in proportion)
+before they enter a count table, which so holds at most ~2,100 distinct pairs."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,18 @@ class LeaderPrior:
 
 UNIFORM = LeaderPrior(1.0, 1.0)
 """The cold-start prior before any traffic: Adaptive-Consistency's uniform Beta(1, 1)."""
+
+
+def leader_pair(answers: Sequence[str | None]) -> tuple[int, int] | None:
+    """A finished question's (n, c): top-two votes and leader votes, n capped at MAX_PAIR_VOTES;
+    None when no sample answered."""
+    _, v1, v2 = top_two(answers)
+    if v1 == 0:
+        return None
+    n, c = v1 + v2, v1
+    if n > MAX_PAIR_VOTES:
+        n, c = MAX_PAIR_VOTES, round(c * MAX_PAIR_VOTES / n)
+    return n, c
 
 
 def anchor_pairs(prior: LeaderPrior, weight: int, n: int = 8) -> list[tuple[int, int]]:

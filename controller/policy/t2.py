@@ -40,7 +40,10 @@ from scipy.special import betainc, betaln, gammaln
 
 from controller.pacing import ComputePrice
 from controller.policy.base import Caps, Decision, Policy, PolicyRun, top_two
-from controller.policy.prior import UNIFORM, LeaderPrior, fit_leader_prior
+from controller.policy.prior import (
+    MAX_PAIR_VOTES as MAX_PAIR_VOTES,  # re-exported: the count table's bound
+)
+from controller.policy.prior import UNIFORM, LeaderPrior, fit_leader_prior, leader_pair
 
 LOOKAHEAD: tuple[int, ...] = (1, 2, 4, 8, 16)
 MAX_TABLE = 256
@@ -49,9 +52,6 @@ DEFAULT_LAM = 0.0005
 protocol (`t2serve replay --loo`, controller.replay.loo.choose) with all five dev replay files
 as training data: the cheapest λ on the grid within 0.2 points of majority-of-all on every
 file. Each dev file's own figures use the λ chosen without it (BENCHMARKS.md)."""
-MAX_PAIR_VOTES = 64
-"""Finished questions with more top-two votes are scaled down to this many (c in proportion)
-before they enter the count table, which so holds at most ~2,100 distinct pairs."""
 
 
 @lru_cache(maxsize=64)
@@ -270,13 +270,10 @@ class T2(Policy):
 
     def observe(self, answers: Sequence[str | None]) -> None:
         """Count a finished question's top-two votes; refit the prior on schedule."""
-        _, v1, v2 = top_two(answers)
-        if v1 == 0:
+        pair = leader_pair(answers)
+        if pair is None:
             return
-        n, c = v1 + v2, v1
-        if n > MAX_PAIR_VOTES:
-            n, c = MAX_PAIR_VOTES, round(c * MAX_PAIR_VOTES / n)
-        self.counts[(n, c)] += 1
+        self.counts[pair] += 1
         self.seen += 1
         if self.refit and self.seen >= self.min_history and self._on_schedule(self.seen):
             self.prior = fit_leader_prior(self.counts, anchor=self.initial_prior)

@@ -3,6 +3,11 @@
 One approach per file: `loss` (Approach 1, pass@k reported as exp(-L)), `accuracy` (Approach 2,
 Beta-regression links on Chinchilla's L(N, D)) or `beta` (one Beta per model). The file also
 records the data it came from (path, sha256, filter) and the fit diagnostics.
+
+An optional `serving` block (written by `t2serve calibrate`, read by the server through
+`controller.scaling.served`) holds, per served model id, what serving needs beyond the Beta in
+`models`: N, the measured majority-vote curve Acc(k) and the t2 leader prior. Files without it
+read as before.
 """
 
 from __future__ import annotations
@@ -93,6 +98,40 @@ class DataInfo(_Strict):
     where: str | None = None
 
 
+class PriorParams(_Strict):
+    """The t2 leader prior Beta(a, b) (controller.policy.prior.LeaderPrior)."""
+
+    a: float = Field(gt=0)
+    b: float = Field(gt=0)
+
+
+class ServingModel(_Strict):
+    """What serving one model needs, measured on its calibration questions.
+
+    accuracy[k - 1] is the majority-vote accuracy with k samples, k = 1..samples (the vote as
+    `controller.aggregate.vote` breaks ties). Its difficulty Beta is `models[<same id>]`.
+    """
+
+    params: float = Field(gt=0)
+    tokens: float | None = Field(default=None, gt=0)
+    accuracy: list[float] = Field(min_length=1)
+    leader_prior: PriorParams
+    questions: int = Field(ge=1)
+    samples: int = Field(ge=1)
+    calibration: str = Field(min_length=1, description="which questions calibrated it")
+    data: DataInfo | None = None
+
+    @model_validator(mode="after")
+    def _curve_is_a_curve(self) -> ServingModel:
+        if len(self.accuracy) != self.samples:
+            raise ValueError(
+                f"accuracy holds {len(self.accuracy)} values, samples is {self.samples}"
+            )
+        if any(not (0.0 <= v <= 1.0) for v in self.accuracy):
+            raise ValueError("accuracy values must lie in [0, 1]")
+        return self
+
+
 class Curves(BaseModel):
     """A fitted curves document. Build it with the fitters in controller.scaling.fit."""
 
@@ -104,6 +143,7 @@ class Curves(BaseModel):
     models: dict[str, BetaModel] | None = None
     data: DataInfo | None = None
     diagnostics: dict[str, Any] = Field(default_factory=dict)
+    serving: dict[str, ServingModel] | None = None
 
     @model_validator(mode="after")
     def _section_matches_approach(self) -> Curves:
@@ -115,6 +155,11 @@ class Curves(BaseModel):
             )
         if self.approach == "beta" and not self.models:
             raise ValueError("approach 'beta' needs a non-empty 'models' mapping")
+        for model_id in self.serving or {}:
+            if model_id not in (self.models or {}):
+                raise ValueError(
+                    f"serving.{model_id} needs its difficulty Beta in models.{model_id}"
+                )
         return self
 
     # ---- queries -------------------------------------------------------------------------------

@@ -148,3 +148,59 @@ def maj_at_k(
     if not too_big and _exact_cost(others, gold_count, k) <= exact_limit:
         return _maj_exact(gold_count, others, k)
     return _maj_monte_carlo(gold_count, others, k, seed, mc_draws)
+
+
+def _free_pool_weights(pool: int, size: int) -> FloatArray:
+    """C(pool, s) for s = 0..size: the ways to draw s from classes that can never tie (Vandermonde
+    merges any number of them, so they cost one array, not one pass each)."""
+    s = np.arange(size + 1, dtype=np.float64)
+    out = np.zeros(size + 1)
+    ok = s <= pool
+    out[ok] = np.exp(gammaln(pool + 1.0) - gammaln(s[ok] + 1.0) - gammaln(pool - s[ok] + 1.0))
+    return out
+
+
+def maj_curve(gold_count: int, others: list[int], k_max: int, *, abstained: int = 0) -> FloatArray:
+    """Exact maj@k for k = 1..k_max at once: P(k draws without replacement vote for gold).
+
+    The vote is `controller.aggregate.vote`'s: abstentions (`abstained` samples, no answer) do
+    not vote, a draw of only abstentions answers nothing (wrong), and ties go to the answer
+    seen first. In a uniformly random draw order each of t tied answers is first with
+    probability 1/t, so a tie with gold counts 1/(1 + other tied answers), exactly.
+
+    For gold drawn j times the other classes must each draw at most j. Classes holding fewer
+    than j samples (and the abstentions) can never reach j, so they merge into one pool
+    (Vandermonde); the rest go through a small programme over (draws, ties at j).
+    Returns acc[k - 1]. Needs C(n, k_max) below ~1e300 (n up to about a thousand samples).
+    """
+    n = gold_count + sum(others) + abstained
+    if k_max < 1 or k_max > n:
+        raise ValueError(f"k_max must be in [1, n={n}], got {k_max}")
+    if any(c < 0 for c in others) or gold_count < 0 or abstained < 0:
+        raise ValueError("answer counts must be non-negative")
+    ks = np.arange(1, k_max + 1, dtype=np.float64)
+    log_total = gammaln(n + 1.0) - gammaln(ks + 1.0) - gammaln(n - ks + 1.0)
+    if float(log_total.max()) > 690.0:
+        raise ValueError(f"C({n}, k) overflows a float for k up to {k_max}; lower k_max")
+    acc = np.zeros(k_max)
+    for j in range(1, min(gold_count, k_max) + 1):
+        size = k_max - j  # draws left for the other classes, for the largest k
+        big = [c for c in others if c >= j]
+        pool = n - gold_count - sum(big)
+        w = np.zeros((size + 1, len(big) + 1))
+        w[:, 0] = _free_pool_weights(pool, size)
+        for c_i in big:
+            new = np.zeros_like(w)
+            for x in range(min(j, size) + 1):
+                weight = float(comb(c_i, x))
+                if x < j:
+                    new[x:, :] += weight * w[: size + 1 - x, :]
+                else:
+                    new[x:, 1:] += weight * w[: size + 1 - x, :-1]
+            w = new
+        share = w @ (1.0 / (1.0 + np.arange(len(big) + 1)))  # share[s], s = k - j
+        k_idx = np.arange(j, k_max + 1)  # k values with s = k - j >= 0
+        log_gold = lgamma(gold_count + 1) - lgamma(j + 1) - lgamma(gold_count - j + 1)
+        with np.errstate(divide="ignore"):
+            acc[k_idx - 1] += np.exp(np.log(share[k_idx - j]) + log_gold - log_total[k_idx - 1])
+    return np.clip(acc, 0.0, 1.0)
