@@ -40,13 +40,12 @@ from server.serving import ServingState
 
 log = logging.getLogger("t2serve.app")
 
+
 def engine_services(config: AppConfig, engine: SampleEngine | None) -> dict[str, EngineService]:
-    """One `EngineService` per configured model: the given engine for all, or each its own."""
+    """One `EngineService` per configured model: the given engine for all, or each its own
+    (the shared `engine:` settings with the model's own `engine:` over them)."""
     return {
-        m.id: EngineService(
-            m.id, {"model_path": m.path, "served_name": m.id, **config.engine}, engine
-        )
-        for m in config.models
+        m.id: EngineService(m.id, m.engine_settings(config.engine), engine) for m in config.models
     }
 
 
@@ -112,7 +111,10 @@ def create_app(
         """Readiness: 200 only once every model's engine can serve requests."""
         ready = state.ready()
         metrics.set_engine_ready(ready)
-        models = {m: ("ready" if e.ready() else "starting") for m, e in state.engines.items()}
+        models = {m: _engine_status(e) for m, e in state.engines.items()}
+        for route_id, route in state.routes.items():  # a route serves once all its models do
+            members = [models[c.model] for c in route.candidates]
+            models[route_id] = "ready" if all(m == "ready" for m in members) else "starting"
         if ready:
             return JSONResponse({"status": "ready", "models": models})
         detail = "; ".join(state.failures()) or "engine starting"
@@ -131,6 +133,12 @@ def create_app(
         return Response(body, media_type=content_type)
 
     return app
+
+
+def _engine_status(engine: EngineService) -> str:
+    if engine.ready():
+        return "ready"
+    return "failed" if engine.failure() is not None else "starting"
 
 
 def enable_reload(app: FastAPI, config_path: str | os.PathLike[str] | None) -> None:

@@ -135,13 +135,37 @@ class TenantConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """A served model name and where its weights are."""
+    """A served model: its name, where its weights are, and its own engine settings."""
 
     id: str = Field(min_length=1)
     path: str = Field(min_length=1)
     owned_by: str = "t2serve"
     params: float | None = Field(
         default=None, gt=0, description="N for FLOPs (2·N per token); default: from the weights"
+    )
+    engine: dict[str, Any] = Field(
+        default_factory=dict,
+        description="this model's engine settings over the top-level `engine:` (its KV cache "
+        "size, or `backend: remote` with its own `remote.urls`)",
+    )
+
+    def engine_settings(self, shared: dict[str, Any]) -> dict[str, Any]:
+        """What this model's engine starts with: the shared settings, then its own."""
+        return {"model_path": self.path, "served_name": self.id, **shared, **self.engine}
+
+
+class RouteConfig(_Strict):
+    """A model id that routes each request to one of several served models (T² routing,
+    controller.routing): `{id: auto, route: [small, large]}`, cheapest first."""
+
+    id: str = Field(min_length=1)
+    route: list[str] = Field(min_length=1, description="served model ids, cheapest first")
+    owned_by: str = "t2serve"
+    policy: str | None = Field(
+        default=None,
+        pattern=r"^t2(:.*)?$",
+        description="the route's t2 spec (its λ prices a sample of the first model) when the "
+        "request names none",
     )
 
 
@@ -200,6 +224,9 @@ class AppConfig(_Strict):
     )
     server: ServerSettings = Field(default_factory=lambda: ServerSettings())
     models: list[ModelConfig] = Field(min_length=1)
+    routes: list[RouteConfig] = Field(
+        default_factory=list, description="route entries of `models:` (those with `route:`)"
+    )
     engine: dict[str, Any] = Field(default_factory=dict)
     ledger: LedgerConfig = Field(default_factory=lambda: LedgerConfig())
     admin: AdminSettings = Field(default_factory=lambda: AdminSettings())
@@ -218,6 +245,32 @@ class AppConfig(_Strict):
             raise ValueError("the same API key is configured for more than one tenant or twice")
         return tenants
 
+    @model_validator(mode="before")
+    @classmethod
+    def _split_routes(cls, data: Any) -> Any:
+        """`models:` lists served models and routes alike (a route is a model id to clients);
+        route entries move to `routes`, and a route naming a model that is not served is
+        refused here, with the entry's place in `models:`."""
+        if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+            return data
+        entries = data["models"]
+        served = [m.get("id") for m in entries if isinstance(m, dict) and "route" not in m]
+        routes = list(data.get("routes") or [])
+        models = []
+        for i, entry in enumerate(entries):
+            if not (isinstance(entry, dict) and "route" in entry):
+                models.append(entry)
+                continue
+            names = entry["route"] if isinstance(entry["route"], list) else []
+            for j, name in enumerate(names):
+                if name not in served:
+                    raise ValueError(
+                        f"models.{i}.route.{j}: unknown model {name!r} in route "
+                        f"{entry.get('id')!r}; served models: {', '.join(map(str, served))}"
+                    )
+            routes.append(entry)
+        return {**data, "models": models, "routes": routes}
+
     @field_validator("engine")
     @classmethod
     def _engine_settings(cls, engine: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +279,30 @@ class AppConfig(_Strict):
 
         EngineConfig.model_validate({k: v for k, v in engine.items()})
         return engine
+
+    @model_validator(mode="after")
+    def _models_and_routes(self) -> AppConfig:
+        """Ids are unique across models and routes; each model's own engine settings are
+        valid over the shared ones; a route names served models only, each once."""
+        from server.engine.config import EngineConfig
+
+        ids = [m.id for m in self.models] + [r.id for r in self.routes]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"models: duplicate model or route id(s): {', '.join(dupes)}")
+        for i, m in enumerate(self.models):
+            try:
+                EngineConfig.model_validate(m.engine_settings(self.engine))
+            except ValidationError as exc:
+                raise ValueError(f"models.{i}.engine ({m.id}): {_describe(exc)}") from None
+        served = {m.id for m in self.models}
+        for i, r in enumerate(self.routes):
+            unknown = [name for name in r.route if name not in served]
+            if unknown:
+                raise ValueError(f"routes.{i}.route: unknown model(s) {', '.join(unknown)}")
+            if len(set(r.route)) != len(r.route):
+                raise ValueError(f"routes.{i}.route: route {r.id!r} names a model twice")
+        return self
 
     @model_validator(mode="after")
     def _holds_outlive_requests(self) -> AppConfig:
@@ -256,10 +333,14 @@ class AppConfig(_Strict):
 
     @property
     def model_ids(self) -> list[str]:
-        return [m.id for m in self.models]
+        """Every id a client may ask for: served models, then routes."""
+        return [m.id for m in self.models] + [r.id for r in self.routes]
 
     def model(self, model_id: str) -> ModelConfig | None:
         return next((m for m in self.models if m.id == model_id), None)
+
+    def route(self, model_id: str) -> RouteConfig | None:
+        return next((r for r in self.routes if r.id == model_id), None)
 
 
 def _describe(exc: ValidationError) -> str:

@@ -72,6 +72,7 @@ __all__ = [
     "metric_names",
     "observe_completion",
     "observe_request",
+    "observe_routed",
     "render_latest",
     "reset_multiprocess_dir",
     "set_budget",
@@ -258,6 +259,12 @@ TIME_TO_FIRST_TOKEN = Histogram(
     "Wall time from request arrival to the first content chunk of a streamed response.",
     buckets=_LATENCY_BUCKETS,
 )
+ROUTED = Counter(
+    "t2_routed_requests",
+    "Answers of a route (a model id such as `auto`), by the model that answered and whether "
+    "the question was escalated from the route's first choice.",
+    ["route", "model", "escalated"],
+)
 ENGINE_QUEUE_DEPTH = Gauge(
     "t2_engine_queue_depth",
     "Engine requests submitted by t2serve and not yet finished (all samples of all waves).",
@@ -288,6 +295,7 @@ _ALL = (
     PREDICTED_ACCURACY,
     REQUEST_DURATION,
     TIME_TO_FIRST_TOKEN,
+    ROUTED,
     ENGINE_QUEUE_DEPTH,
     ENGINE_READY,
 )
@@ -400,6 +408,13 @@ def observe_completion(
     REQUEST_DURATION.observe(max(duration_s, 0.0))
     if ttft_s is not None:
         TIME_TO_FIRST_TOKEN.observe(max(ttft_s, 0.0))
+
+
+def observe_routed(route: str, model: str, escalated: bool) -> None:
+    """Count one answer of a route by the model that answered (both configured ids)."""
+    ROUTED.labels(
+        route=_model(route), model=_model(model), escalated="true" if escalated else "false"
+    ).inc()
 
 
 def window_bounds(window: str, now: float) -> tuple[float, float] | None:

@@ -31,8 +31,13 @@ class RecordingBilling:
     finished: tuple[str | None, int, int] | None = None
     price: ComputePrice | None = None
 
-    def quote(self, prompt_tokens: int, completion_tokens: int) -> float:
+    models: list[str] = field(default_factory=list)
+
+    def quote(self, prompt_tokens: int, completion_tokens: int, model: str | None = None) -> float:
         return float(prompt_tokens + completion_tokens)
+
+    def use_model(self, model: str) -> None:
+        self.models.append(model)
 
     async def reserve(self, hold: WaveHold) -> WaveHold:
         self.reserved.append(hold)

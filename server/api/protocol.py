@@ -169,6 +169,34 @@ class CompletionRequest(SamplingRequest):
 # -- responses ------------------------------------------------------------------------------
 
 
+class RouteCandidateSummary(BaseModel):
+    """What the route predicted for starting on one candidate (then acting best once more)."""
+
+    model: str
+    first_wave: int
+    predicted_accuracy: float
+    predicted_cost: float
+
+
+class RouteWave(BaseModel):
+    model: str
+    samples: int
+
+
+class RouteSummary(BaseModel):
+    """`t2.route`: how a route (a model id such as `auto`) answered: the model that answered,
+    whether the question moved from the first choice, λ per unit of `cost_unit`, each
+    candidate's predictions and the waves drawn."""
+
+    route: str
+    model: str
+    escalated: bool
+    price_of_compute: float
+    cost_unit: str
+    candidates: list[RouteCandidateSummary]
+    waves: list[RouteWave]
+
+
 class T2Summary(BaseModel):
     """The response's `t2` object: how the controller answered (per choice when n > 1)."""
 
@@ -185,12 +213,14 @@ class T2Summary(BaseModel):
     aggregator: str
     note: str | None
     choices: list[T2Summary] | None = None
+    route: RouteSummary | None = None
 
     @model_serializer(mode="wrap")
     def _drop_empty_choices(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        if data.get("choices") is None:
-            data.pop("choices", None)
+        for key in ("choices", "route"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
 

@@ -17,7 +17,7 @@ from server.api.protocol import (
     ModelList,
 )
 from server.billing.identity import bind_user
-from server.config import TenantConfig
+from server.config import ModelConfig, RouteConfig, TenantConfig
 from server.errors import APIError
 from server.serving import CompletionService
 
@@ -33,9 +33,10 @@ async def client_gone(request: Request) -> None:
 @router.get("/v1/models")
 async def list_models(request: Request, tenant: Tenant) -> ModelList:
     state = get_state(request)
-    cards = [
+    entries: list[ModelConfig | RouteConfig] = [*state.config.models, *state.config.routes]
+    cards = [  # a route is a model id to clients
         ModelCard(id=m.id, created=state.started_at, owned_by=m.owned_by)
-        for m in state.config.models
+        for m in entries
         if tenant.may_use(m.id)
     ]
     return ModelList(data=cards)
@@ -44,7 +45,7 @@ async def list_models(request: Request, tenant: Tenant) -> ModelList:
 @router.get("/v1/models/{model_id}")
 async def get_model(model_id: str, request: Request, tenant: Tenant) -> ModelCard:
     state = get_state(request)
-    model = state.config.model(model_id)
+    model = state.config.model(model_id) or state.config.route(model_id)
     if model is None or not tenant.may_use(model_id):
         raise APIError(
             404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found"

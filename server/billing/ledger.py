@@ -319,8 +319,15 @@ class LedgerBilling:
         self.ending: tuple[str | None, int, int] | None = None
         self._soft_warned: set[str] = set()
 
-    def quote(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return self.pricer.cost(prompt_tokens, completion_tokens).of(self.cost_unit)
+    def quote(self, prompt_tokens: int, completion_tokens: int, model: str | None = None) -> float:
+        pricer = self.pricer if model is None else self.provider.pricer(self.tenant, model)
+        return pricer.cost(prompt_tokens, completion_tokens).of(self.cost_unit)
+
+    def use_model(self, model: str) -> None:
+        """Charge the next waves to `model` (its prices and N; spend logs name it per wave)."""
+        if model != self.model:
+            self.model = model
+            self.pricer = self.provider.pricer(self.tenant, model)
 
     def _request_cap(self, samples: int, fixed: Cost, per: Cost) -> int:
         """Apply the per-request budget: hard shrinks the wave (or refuses), soft only warns."""

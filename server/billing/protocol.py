@@ -53,8 +53,14 @@ class Billing(Protocol):
 
     unit: str
 
-    def quote(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """The cost of this many tokens for this tenant and model (no side effects)."""
+    def quote(self, prompt_tokens: int, completion_tokens: int, model: str | None = None) -> float:
+        """The cost of this many tokens for this tenant and model (or `model`: a route prices
+        each candidate), with no side effects."""
+        ...
+
+    def use_model(self, model: str) -> None:
+        """The waves from now on are drawn by `model` and charged at its prices (a route
+        moving a question to another candidate); the cost unit stays the request's."""
         ...
 
     async def reserve(self, hold: WaveHold) -> WaveHold:

@@ -21,8 +21,11 @@ class UnmeteredBilling:
     def __init__(self) -> None:
         self.spent = 0.0
 
-    def quote(self, prompt_tokens: int, completion_tokens: int) -> float:
+    def quote(self, prompt_tokens: int, completion_tokens: int, model: str | None = None) -> float:
         return float(prompt_tokens + completion_tokens)
+
+    def use_model(self, model: str) -> None:
+        return None
 
     async def reserve(self, hold: WaveHold) -> WaveHold:
         return hold

@@ -2,17 +2,20 @@
 the engine, settle it, repeat; then aggregate the samples into one answer.
 
 - `SamplingJob`, `Outcome` (`job`): what to produce and what was produced.
-- `Sampler` (`loop`): runs a job against one model's `EngineService` and a `Billing` handle.
+- `Sampler` (`loop`): runs a job against a model's `EngineService` and a `Billing` handle, or
+  a routed job across a route's models, switching model between waves.
 - `PolicyBook` (`policies`): long-lived policies per tenant and spec, bounded in memory.
 """
 
-from server.sampling.job import Outcome, SamplingJob, WaveTally
+from server.sampling.job import Outcome, RoutedJob, RouteReport, SamplingJob, WaveTally
 from server.sampling.loop import RunListener, Sampler
 from server.sampling.policies import PolicyBook, check_controller_names, samples_named
 
 __all__ = [
     "Outcome",
     "PolicyBook",
+    "RouteReport",
+    "RoutedJob",
     "RunListener",
     "Sampler",
     "SamplingJob",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from controller.routing import CandidatePlan
 from server.engine.base import Prompt
 
 
@@ -32,6 +34,28 @@ class SamplingJob:
     @property
     def prompt_tokens(self) -> int:
         return self.prompt.tokens
+
+
+@dataclass(frozen=True)
+class RoutedJob:
+    """A request for a route: one job per candidate model, each resolved against that
+    model's engine (its tokenizer and context), so any of them can draw the next wave."""
+
+    route: str
+    jobs: Mapping[str, SamplingJob]
+
+
+@dataclass
+class RouteReport:
+    """How a routed request went: who answered, at what λ, each candidate's predictions (in
+    the route's cost unit) and the waves as (model, samples)."""
+
+    route: str
+    model: str
+    lam: float
+    cost_unit: str
+    candidates: list[CandidatePlan]
+    waves: list[tuple[str, int]]
 
 
 @dataclass
@@ -65,3 +89,5 @@ class Outcome:
     cost_unit: str = "tokens"
     aggregator: str = ""
     note: str | None = None
+    model: str = ""  # the model that answered (a route's last candidate drawn)
+    route: RouteReport | None = None

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Protocol
 
 from controller.aggregate import (
@@ -28,13 +28,17 @@ from controller.aggregate import (
     get_extractor,
     score_candidates,
 )
+from controller.aggregate.vote import count_votes
+from controller.pacing import ComputePrice
 from controller.policy.base import Caps
+from controller.policy.factory import make_policy
+from controller.routing import Route, cascade_answer
 from server import metrics
 from server.billing.protocol import Billing, WaveHold
 from server.engine.base import Sample
 from server.engine.service import EngineService
 from server.errors import APIError, InsufficientQuota, UpstreamTimeout
-from server.sampling.job import Outcome, SamplingJob, WaveTally
+from server.sampling.job import Outcome, RoutedJob, RouteReport, SamplingJob, WaveTally
 from server.sampling.policies import PolicyBook
 
 log = logging.getLogger("t2serve.sampling")
@@ -61,11 +65,20 @@ def _status(exc: BaseException | None) -> int:
 
 
 class Sampler:
-    """Runs `SamplingJob`s against one model's engine. Safe to share between requests."""
+    """Runs `SamplingJob`s against the served models' engines (one model's, or a route's
+    candidates', switching model between waves). Safe to share between requests."""
 
-    def __init__(self, engine: EngineService, policies: PolicyBook) -> None:
-        self.engine = engine
+    def __init__(
+        self, engines: EngineService | Mapping[str, EngineService], policies: PolicyBook
+    ) -> None:
+        if isinstance(engines, EngineService):
+            engines = {engines.model_id: engines}
+        self.engines = dict(engines)
+        self.engine = next(iter(self.engines.values()))
         self.policies = policies
+
+    def _engine(self, job: SamplingJob) -> EngineService:
+        return self.engines.get(job.model, self.engine)
 
     async def run(
         self,
@@ -80,7 +93,7 @@ class Sampler:
         Cancellation (a client disconnect) aborts the wave in flight and still settles the
         tokens generated so far before the CancelledError propagates.
         """
-        out = Outcome(policy=job.policy, cost_unit=billing.unit)
+        out = Outcome(policy=job.policy, cost_unit=billing.unit, model=job.model)
         policy = self.policies.get(job.tenant, job.model, job.policy)
         price = billing.price_of_compute()
         per_sample = max(billing.quote(job.prompt_tokens, job.max_tokens), 1e-12)
@@ -89,79 +102,164 @@ class Sampler:
         extract = get_extractor(job.extractor)
         drawn: list[Sample] = []
         answers: list[str | None] = []
-        started = time.monotonic()
-        hard_stop = started + job.timeout_s
-        soft_stop = started + job.deadline_ms / 1000 if job.deadline_ms else None
+        clock = _Clock(job)
         try:
             while True:
                 step = run.decide(answers)
                 if step.stop:
                     out.stop_reason = step.reason or "policy"
                     break
-                if soft_stop is not None and drawn and time.monotonic() >= soft_stop:
-                    out.stop_reason = "deadline"
-                    break
-                size = min(step.wave, job.max_samples - len(drawn))
-                if job.max_cost is not None:
-                    size = _fit_cost(billing, size, job, job.max_cost - out.cost)
-                    if size < 1:
-                        if drawn:
-                            out.stop_reason = "max_cost"
-                            break
-                        size = 1  # the first sample is always tried; the ledger decides if it fits
-                asked = WaveHold(out.waves, size, job.prompt_tokens, job.max_tokens)
-                try:
-                    hold = await billing.reserve(asked)
-                except InsufficientQuota:
-                    if not drawn:
-                        raise  # not even one sample fits: the API answers 429
-                    out.stop_reason = "budget"  # ran out mid-request: answer with what we have
-                    break
-                if listener is not None:
-                    listener.reserved()
-                limit = hard_stop if soft_stop is None or not drawn else min(hard_stop, soft_stop)
-                samples, timed_out = await self._draw(job, hold, limit, billing, out)
-                out.waves += 1
+                samples, stop = await self._wave(
+                    job, self._engine(job), step.wave, len(drawn), clock, billing, out, listener
+                )
                 drawn.extend(samples)
                 answers.extend(extract(s.text) for s in samples)
-                if listener is not None:
-                    listener.wave_done(out.waves, len(drawn))
-                if timed_out:
-                    if not drawn:
-                        raise UpstreamTimeout(f"no sample finished within {job.timeout_s:g} s")
-                    out.stop_reason = "deadline"
-                    break
-                if hold.samples < size:
-                    out.stop_reason = "budget"  # the ledger shrank the wave: the budget is spent
+                if stop is not None:
+                    out.stop_reason = stop
                     break
         finally:
-            out.samples = len(drawn)
-            paced = billing.price_of_compute()
-            out.price_of_compute = paced.lam if paced is not None else None
-            billing.finish(out.stop_reason, _status(sys.exc_info()[1]), out.samples)
-            try:
-                await _uncancellable(billing.close())
-            except Exception:
-                log.exception("closing the billing of %s failed", job.request_id)
+            await self._close_run(job, billing, out, len(drawn))
 
         if not drawn:
             raise UpstreamTimeout("the engine returned no samples")
         policy.observe(answers)
         result = await _aggregate(job, answers, drawn, verifier)
-        chosen = drawn[result.chosen_index if result.chosen_index is not None else 0]
-        out.text = chosen.text
-        out.finish_reason = chosen.finish_reason or "stop"
-        out.answer = result.answer
-        out.votes = dict(result.votes)
-        out.agreement = result.agreement
-        out.chosen_index = result.chosen_index
-        out.aggregator = result.method
-        out.note = result.note
+        _fill(out, result, drawn)
         out.predicted_accuracy = run.predicted_accuracy
         return out
 
+    async def run_routed(
+        self,
+        routed: RoutedJob,
+        route: Route,
+        billing: Billing,
+        listener: RunListener | None = None,
+    ) -> Outcome:
+        """A routed request (controller.routing): each wave on the model the route picks; the
+        billing charges each wave to the model that drew it; the answer is the cascade's."""
+        first = routed.jobs[route.candidates[0].model]
+        out = Outcome(policy=first.policy, cost_unit=billing.unit, model=first.model)
+        costs, unit = _route_costs(routed, route, billing)
+        lam = _route_lam(first.policy, billing.price_of_compute(), costs[first.model], unit)
+        run = route.start(costs, lam, first.max_samples)
+        extract = get_extractor(first.extractor)
+        answers: dict[str, list[str | None]] = {}
+        drawn: dict[str, list[Sample]] = {}
+        waves: list[tuple[str, int]] = []
+        clock = _Clock(first)
+        total = 0
+        try:
+            while True:
+                step = run.decide(answers)
+                if step.stop:
+                    out.stop_reason = step.reason or "policy"
+                    break
+                job = routed.jobs[step.model]
+                billing.use_model(step.model)
+                samples, stop = await self._wave(
+                    job, self.engines[step.model], step.wave, total, clock, billing, out, listener
+                )
+                total += len(samples)
+                drawn.setdefault(step.model, []).extend(samples)
+                answers.setdefault(step.model, []).extend(extract(s.text) for s in samples)
+                waves.append((step.model, len(samples)))
+                if stop is not None:
+                    out.stop_reason = stop
+                    break
+        finally:
+            await self._close_run(first, billing, out, total)
+
+        if not total:
+            raise UpstreamTimeout("the engine returned no samples")
+        order = list(dict.fromkeys(m for m, _ in waves))
+        last = order[-1]
+        answer = cascade_answer(answers, order)
+        mine = answers[last]
+        result = aggregate([Candidate(answer=a) for a in mine], "majority")
+        chosen = next((i for i, a in enumerate(mine) if a == answer), 0)
+        _fill(out, result, drawn[last])
+        out.answer, out.chosen_index = answer, chosen
+        out.text = drawn[last][chosen].text
+        out.finish_reason = drawn[last][chosen].finish_reason or "stop"
+        out.votes = {f"{m}:{a}": v for m in order for a, v in count_votes(answers[m]).items()}
+        out.agreement = mine.count(answer) / len(mine) if answer is not None and mine else 0.0
+        out.model = last
+        out.predicted_accuracy = run.predicted_accuracy
+        out.route = RouteReport(
+            route=route.id,
+            model=last,
+            lam=lam,
+            cost_unit=unit,
+            candidates=list(run.plans),
+            waves=waves,
+        )
+        return out
+
+    async def _wave(
+        self,
+        job: SamplingJob,
+        engine: EngineService,
+        wanted: int,
+        drawn: int,
+        clock: _Clock,
+        billing: Billing,
+        out: Outcome,
+        listener: RunListener | None,
+    ) -> tuple[list[Sample], str | None]:
+        """Reserve, draw and settle one wave of up to `wanted` samples (`drawn` so far);
+        returns its samples and why sampling must stop now (None: the policy may go on).
+        Raises before the first sample when not even one fits the budget or arrives in time."""
+        if clock.soft_stop is not None and drawn and time.monotonic() >= clock.soft_stop:
+            return [], "deadline"
+        size = min(wanted, job.max_samples - drawn)
+        if job.max_cost is not None:
+            size = _fit_cost(billing, size, job, job.max_cost - out.cost)
+            if size < 1:
+                if drawn:
+                    return [], "max_cost"
+                size = 1  # the first sample is always tried; the ledger decides if it fits
+        asked = WaveHold(out.waves, size, job.prompt_tokens, job.max_tokens)
+        try:
+            hold = await billing.reserve(asked)
+        except InsufficientQuota:
+            if not drawn:
+                raise  # not even one sample fits: the API answers 429
+            return [], "budget"  # ran out mid-request: answer with what we have
+        if listener is not None:
+            listener.reserved()
+        limit = clock.limit(drawn)
+        samples, timed_out = await self._draw(job, hold, limit, billing, out, engine)
+        out.waves += 1
+        if listener is not None:
+            listener.wave_done(out.waves, drawn + len(samples))
+        if timed_out:
+            if not drawn and not samples:
+                raise UpstreamTimeout(f"no sample finished within {job.timeout_s:g} s")
+            return samples, "deadline"
+        if hold.samples < size:
+            return samples, "budget"  # the ledger shrank the wave: the budget is spent
+        return samples, None
+
+    async def _close_run(
+        self, job: SamplingJob, billing: Billing, out: Outcome, drawn: int
+    ) -> None:
+        out.samples = drawn
+        paced = billing.price_of_compute()
+        out.price_of_compute = paced.lam if paced is not None else None
+        billing.finish(out.stop_reason, _status(sys.exc_info()[1]), out.samples)
+        try:
+            await _uncancellable(billing.close())
+        except Exception:
+            log.exception("closing the billing of %s failed", job.request_id)
+
     async def _draw(
-        self, job: SamplingJob, hold: WaveHold, deadline: float, billing: Billing, out: Outcome
+        self,
+        job: SamplingJob,
+        hold: WaveHold,
+        deadline: float,
+        billing: Billing,
+        out: Outcome,
+        engine: EngineService,
     ) -> tuple[list[Sample], bool]:
         """Draw one wave and settle it whatever happens; True when the time limit cut it short."""
         engine_id = f"{job.request_id}-w{hold.wave}"
@@ -169,7 +267,7 @@ class Sampler:
         samples: list[Sample] = []
         timed_out = False
         try:
-            params = self.engine.params(
+            params = engine.params(
                 max_tokens=job.max_tokens,
                 temperature=job.temperature,
                 top_p=job.top_p,
@@ -178,7 +276,7 @@ class Sampler:
                 wave=hold.wave,
             )
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                async for sample in self.engine.sample(job.prompt, hold.samples, params, engine_id):
+                async for sample in engine.sample(job.prompt, hold.samples, params, engine_id):
                     tally.prompt_tokens = sample.prompt_tokens_computed
                     tally.completion_tokens += sample.completion_tokens
                     samples.append(sample)
@@ -189,7 +287,7 @@ class Sampler:
             # while doing so: the tenant pays for exactly the tokens the engine generated.
             unfinished = len(samples) < hold.samples
             await _uncancellable(
-                self._close_wave(job, hold, engine_id, unfinished, tally, billing, out)
+                self._close_wave(job, hold, engine_id, unfinished, tally, billing, out, engine)
             )
         return samples, timed_out
 
@@ -202,15 +300,16 @@ class Sampler:
         tally: WaveTally,
         billing: Billing,
         out: Outcome,
+        engine: EngineService,
     ) -> None:
         if unfinished:
             try:
-                await self.engine.abort(engine_id)
+                await engine.abort(engine_id)
             except Exception:
                 log.exception("aborting %s failed", engine_id)
             # Samples cut off part-way were never delivered, but their tokens were generated:
             # the engine's own per-request figures are the bill.
-            usage = self.engine.undelivered_usage(engine_id)
+            usage = engine.undelivered_usage(engine_id)
             if usage is not None:
                 tally.prompt_tokens = max(tally.prompt_tokens, usage.prompt_tokens_computed)
                 tally.completion_tokens = max(tally.completion_tokens, usage.completion_tokens)
@@ -231,6 +330,63 @@ class Sampler:
             metrics.add_spend(job.tenant, currency=cost)
         elif billing.unit == "flops":
             metrics.add_spend(job.tenant, flops=cost)
+
+
+class _Clock:
+    """A request's time limits: the hard timeout, and the soft `deadline_ms` after which no
+    new wave starts (the first wave always may)."""
+
+    def __init__(self, job: SamplingJob) -> None:
+        started = time.monotonic()
+        self.hard_stop = started + job.timeout_s
+        self.soft_stop = started + job.deadline_ms / 1000 if job.deadline_ms else None
+
+    def limit(self, drawn: int) -> float:
+        if self.soft_stop is None or not drawn:
+            return self.hard_stop
+        return min(self.hard_stop, self.soft_stop)
+
+
+def _fill(out: Outcome, result: AggregateResult, drawn: list[Sample]) -> None:
+    chosen = drawn[result.chosen_index if result.chosen_index is not None else 0]
+    out.text = chosen.text
+    out.finish_reason = chosen.finish_reason or "stop"
+    out.answer = result.answer
+    out.votes = dict(result.votes)
+    out.agreement = result.agreement
+    out.chosen_index = result.chosen_index
+    out.aggregator = result.method
+    out.note = result.note
+
+
+def _route_costs(routed: RoutedJob, route: Route, billing: Billing) -> tuple[dict[str, float], str]:
+    """Each candidate's worst-case cost of one sample, in the tenant's unit (currency or
+    FLOPs); for unmetered tenants, whose unit is tokens, in FLOPs (2·N per token): a token of
+    the larger model is not as cheap as one of the smaller."""
+    costs: dict[str, float] = {}
+    metered = billing.unit in ("currency", "flops")
+    for cand in route.candidates:
+        job = routed.jobs[cand.model]
+        if metered:
+            cost = billing.quote(job.prompt_tokens, job.max_tokens, model=cand.model)
+        else:
+            cost = 2.0 * cand.params * (job.prompt_tokens + job.max_tokens)
+        costs[cand.model] = max(cost, 1e-12)
+    return costs, billing.unit if metered else "flops"
+
+
+def _route_lam(spec: str, price: ComputePrice | None, reference: float, unit: str) -> float:
+    """λ per unit of cost. The policy's own λ (`t2:lam=...`) prices one sample of the route's
+    first (cheapest) candidate, so `reference` converts it; the budget's price combines with
+    it as for any policy (a cap only raises it, a spend target replaces it)."""
+    policy = make_policy(spec)
+    own = policy.own_sample_price / reference
+    if price is None:
+        return own
+    paced = price.lam / reference if price.unit == "sample" else price.lam
+    if price.unit not in ("sample", unit):
+        return own
+    return max(own, paced) if price.mode == "cap" else paced
 
 
 async def _uncancellable(work: Awaitable[None]) -> None:

@@ -28,6 +28,9 @@ from server.api.protocol import (
     CompletionChunkChoice,
     CompletionRequest,
     CompletionResponse,
+    RouteCandidateSummary,
+    RouteSummary,
+    RouteWave,
     SamplingRequest,
     StreamChunk,
     T2Summary,
@@ -35,9 +38,9 @@ from server.api.protocol import (
 )
 from server.config import TenantConfig
 from server.errors import APIError, ClientClosed, InsufficientQuota, bad_request
-from server.sampling import Outcome, SamplingJob
+from server.sampling import Outcome, RoutedJob, SamplingJob
 from server.serving.events import Done, KeepAlive, StreamError, StreamEvent
-from server.serving.jobs import resolve_job
+from server.serving.jobs import resolve_job, routed_job
 from server.serving.state import ServingState
 
 Kind = Literal["chat", "text"]
@@ -56,11 +59,17 @@ class RunGroup:
     (this is the sampling loop's `RunListener`), cancellation, headers and metrics."""
 
     def __init__(
-        self, state: ServingState, tenant: TenantConfig, model: str, jobs: list[SamplingJob]
+        self,
+        state: ServingState,
+        tenant: TenantConfig,
+        model: str,
+        jobs: list[SamplingJob] | list[RoutedJob],
     ) -> None:
         self.state, self.tenant, self.model, self.jobs = state, tenant, model, jobs
-        self.sampler = state.samplers[model]
-        self.billings = [state.billing.for_request(tenant, model, job.request_id) for job in jobs]
+        self.route = state.route(model)
+        first = self.route.candidates[0].model if self.route is not None else model
+        self.sampler = state.samplers[first]
+        self.billings = [state.billing.for_request(tenant, first, _request_id(job)) for job in jobs]
         self.tasks: list[asyncio.Task[Outcome]] = []
         self.started = asyncio.Event()
         self.progressed = asyncio.Event()
@@ -80,8 +89,13 @@ class RunGroup:
 
     def start(self) -> None:
         verifier = self.state.verifiers.get(self.tenant)
+        route = self.route
         self.tasks = [
-            asyncio.create_task(self.sampler.run(job, billing, self, verifier))
+            asyncio.create_task(
+                self.sampler.run_routed(job, route, billing, self)
+                if isinstance(job, RoutedJob) and route is not None
+                else self.sampler.run(job, billing, self, verifier)  # type: ignore[arg-type]
+            )
             for job, billing in zip(self.jobs, self.billings, strict=True)
         ]
 
@@ -177,6 +191,9 @@ class RunGroup:
                 duration_s=duration,
                 ttft_s=ttft_s,
             )
+            if o.route is not None:
+                escalated = len({m for m, _ in o.route.waves}) > 1
+                metrics.observe_routed(o.route.route, o.model, escalated)
 
 
 class CompletionService:
@@ -205,8 +222,9 @@ class CompletionService:
         return body.prompts(), "text"
 
     def check_model(self, tenant: TenantConfig, model: str) -> None:
-        """404 for an unknown model, 403 for one the tenant may not use, 503 while it starts."""
-        engine = self.state.engine(model)
+        """404 for an unknown model, 403 for one the tenant may not use (for a route: or any
+        model it routes to), 503 while it (any model it routes to) starts."""
+        self.state.engine(model)  # 404 first: an unknown model is not a forbidden one
         if not tenant.may_use(model):
             raise APIError(
                 403,
@@ -214,10 +232,23 @@ class CompletionService:
                 param="model",
                 code="model_not_allowed",
             )
-        if not engine.ready():
+        route = self.state.route(model)
+        members = [c.model for c in route.candidates] if route is not None else [model]
+        for member in members:
+            if not tenant.may_use(member):
+                raise APIError(
+                    403,
+                    f"Tenant '{tenant.id}' may not use the model '{member}', which the route "
+                    f"'{model}' routes to.",
+                    param="model",
+                    code="model_not_allowed",
+                )
+        starting = [m for m in members if not self.state.engine(m).ready()]
+        if starting:
+            which = "" if route is None else f" (for '{', '.join(starting)}')"
             raise APIError(
                 503,
-                "The engine is not ready yet; retry shortly.",
+                f"The engine{which} is not ready yet; retry shortly.",
                 code="engine_not_ready",
                 headers={"Retry-After": "5"},
             )
@@ -232,20 +263,30 @@ class CompletionService:
             jobs, reply = self._jobs(tenant, body)
         return RunGroup(self.state, tenant, body.model, jobs), reply
 
-    def _jobs(self, tenant: TenantConfig, body: SamplingRequest) -> tuple[list[SamplingJob], Reply]:
+    def _jobs(
+        self, tenant: TenantConfig, body: SamplingRequest
+    ) -> tuple[list[SamplingJob] | list[RoutedJob], Reply]:
         prompts, kind = self.prompts(body)
         param = "messages" if kind == "chat" else "prompt"
         if any(not p for p in prompts):
             raise bad_request("The prompt is empty.", param=param)
         request_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
-        engine = self.state.engine(body.model)
-        jobs = [
-            resolve_job(
-                self.state.config, engine, tenant, body, prompt, f"{request_id}-{p}-{c}", param
-            )
-            for p, prompt in enumerate(prompts)
-            for c in range(body.n)
-        ]
+        config = self.state.config
+        route = config.route(body.model)
+        jobs: list[SamplingJob] | list[RoutedJob]
+        if route is not None:
+            jobs = [
+                routed_job(self.state, route, tenant, body, prompt, f"{request_id}-{p}-{c}", param)
+                for p, prompt in enumerate(prompts)
+                for c in range(body.n)
+            ]
+        else:
+            engine = self.state.engine(body.model)
+            jobs = [
+                resolve_job(config, engine, tenant, body, prompt, f"{request_id}-{p}-{c}", param)
+                for p, prompt in enumerate(prompts)
+                for c in range(body.n)
+            ]
         echo = prompts if isinstance(body, CompletionRequest) and body.echo else None
         return jobs, Reply(request_id, kind, body.model, echo, body.n)
 
@@ -415,8 +456,32 @@ def usage(outcomes: list[Outcome]) -> Usage:
     )
 
 
+def _route_summary(o: Outcome) -> RouteSummary | None:
+    r = o.route
+    if r is None:
+        return None
+    return RouteSummary(
+        route=r.route,
+        model=r.model,
+        escalated=len({m for m, _ in r.waves}) > 1,
+        price_of_compute=r.lam,
+        cost_unit=r.cost_unit,
+        candidates=[
+            RouteCandidateSummary(
+                model=c.model,
+                first_wave=c.first_wave,
+                predicted_accuracy=c.predicted_accuracy,
+                predicted_cost=c.predicted_cost,
+            )
+            for c in r.candidates
+        ],
+        waves=[RouteWave(model=m, samples=n) for m, n in r.waves],
+    )
+
+
 def _summary(o: Outcome) -> T2Summary:
     return T2Summary(
+        route=_route_summary(o),
         samples=o.samples,
         waves=o.waves,
         votes=o.votes,
@@ -441,6 +506,12 @@ def t2_summary(outcomes: list[Outcome]) -> T2Summary:
         summary.cost = sum(o.cost for o in outcomes)
         summary.choices = [_summary(o) for o in outcomes]
     return summary
+
+
+def _request_id(job: SamplingJob | RoutedJob) -> str:
+    if isinstance(job, RoutedJob):
+        return next(iter(job.jobs.values())).request_id
+    return job.request_id
 
 
 def _num(value: float) -> str:

@@ -10,11 +10,17 @@ same: such a job draws one.
 
 from __future__ import annotations
 
-from server.api.protocol import MAX_SAMPLES, SamplingRequest
-from server.config import AppConfig, TenantConfig
+import dataclasses
+from typing import TYPE_CHECKING
+
+from server.api.protocol import MAX_SAMPLES, SamplingRequest, T2Options
+from server.config import AppConfig, RouteConfig, TenantConfig
 from server.engine.service import EngineService
 from server.errors import APIError, bad_request
-from server.sampling import SamplingJob, check_controller_names, samples_named
+from server.sampling import RoutedJob, SamplingJob, check_controller_names, samples_named
+
+if TYPE_CHECKING:
+    from server.serving.state import ServingState
 
 
 def resolve_job(
@@ -104,6 +110,57 @@ def resolve_job(
         deadline_ms=int(deadline_ms) if deadline_ms is not None else None,
         timeout_s=config.server.request_timeout_s,
     )
+
+
+def routed_job(
+    state: ServingState,
+    route: RouteConfig,
+    tenant: TenantConfig,
+    body: SamplingRequest,
+    prompt: str,
+    request_id: str,
+    prompt_param: str,
+) -> RoutedJob:
+    """The jobs of one prompt of a routed request, one per candidate (each model tokenizes
+    and checks the context itself). A route runs the T² router, so its policy is t2 (the
+    request's, the route's, the tenant's or the default t2 spec; its λ prices a sample of the
+    first candidate) and its answer a majority vote: other names are a 400 naming the field."""
+    opts = body.t2
+    if opts is not None and opts.policy is not None and not _is_t2(opts.policy):
+        raise bad_request(
+            f"The model '{route.id}' is a route, which runs the t2 router; t2.policy must be "
+            f"'t2' or 't2:...', not {opts.policy!r}.",
+            param="t2.policy",
+            code="invalid_t2_option",
+        )
+    aggregator = (opts and opts.aggregator) or tenant.aggregator or state.config.defaults.aggregator
+    if aggregator != "majority":
+        raise bad_request(
+            f"The model '{route.id}' is a route, whose answer is a majority vote (controller."
+            f"routing.cascade_answer); t2.aggregator {aggregator!r} is not supported there.",
+            param="t2.aggregator",
+            code="invalid_t2_option",
+        )
+    fallback = tenant.policy or state.config.defaults.policy
+    spec = (opts and opts.policy) or route.policy or (fallback if _is_t2(fallback) else "t2")
+    narrowed = body.model_copy(
+        update={"t2": (opts or _no_options()).model_copy(update={"policy": spec})}
+    )
+    jobs = {}
+    for name in route.route:
+        job = resolve_job(
+            state.config, state.engine(name), tenant, narrowed, prompt, request_id, prompt_param
+        )
+        jobs[name] = dataclasses.replace(job, model=name)
+    return RoutedJob(route.id, jobs)
+
+
+def _is_t2(spec: str) -> bool:
+    return spec.strip().lower().partition(":")[0] == "t2"
+
+
+def _no_options() -> T2Options:
+    return T2Options()
 
 
 def _capped(

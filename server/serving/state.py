@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+from controller.routing import Route
 from server import metrics
 from server.admin_state import AdminSync
 from server.api.protocol import MAX_CHOICES
@@ -22,6 +23,7 @@ from server.config import AppConfig, load_config
 from server.engine.service import EngineService
 from server.errors import APIError
 from server.sampling import PolicyBook, Sampler
+from server.serving.routes import route_table
 from server.verifiers import VerifierBook
 
 log = logging.getLogger("t2serve.serving")
@@ -38,13 +40,23 @@ class ServingState:
         self.engines = engines
         self.billing = billing
         self.policies = PolicyBook()
-        self.samplers = {model: Sampler(engine, self.policies) for model, engine in engines.items()}
+        sampler = Sampler(engines, self.policies)  # one for all: a route draws from several
+        self.samplers = {model: sampler for model in engines}
+        self.routes = route_table(config)
         self.verifiers = VerifierBook()
         self.started_at = int(time.time())
         self.config_path: Path | None = None
 
+    def route(self, model: str) -> Route | None:
+        """The route a model id names (None: a served model, or unknown)."""
+        return self.routes.get(model)
+
     def engine(self, model: str) -> EngineService:
-        """The model's engine; 404 for a model that is not served, 503 while it starts."""
+        """The model's engine (a route's first candidate's); 404 for a model that is not
+        served."""
+        route = self.routes.get(model)
+        if route is not None:
+            model = route.candidates[0].model
         engine = self.engines.get(model)
         if engine is None:
             raise APIError(
@@ -75,6 +87,7 @@ class ServingState:
             log.warning("ledger settings changed; they apply after a restart")
         config = config.model_copy(update={"ledger": self.config.ledger})
         self.file_config = config
+        self.routes = route_table(config)
         config = self.admin.effective(config)
         self.config = config
         self.keyring = self.admin.keyring(config)

@@ -1,0 +1,484 @@
+"""T² routing: which served model answers a request, with how many samples, and after every
+wave whether to stop, draw more on the same model, or move the question to another (a cascade).
+
+Objective. Value a correct answer at 1 and compute at λ per unit of the tenant's cost (FLOPs at
+2·N per token, or money: the pacing λ of controller.pacing, which budgets raise). Every choice
+maximises predicted accuracy − λ · predicted cost.
+
+What the predictions come from. Each candidate's calibration questions (the ones its served
+curves were fitted on, controller.scaling.served) give its Acc(k) and, from `VoteStats`, how
+its votes behave: for every vote state s = (n drawn, v1 leader votes, v2 runner-up votes),
+- P(s) after n samples, and P(the leader is right | s);
+- P(the leader after n + d samples is right | s) for d in LOOKAHEAD (another wave's worth);
+- for another candidate B calibrated on the same questions, P(B's k-sample majority is right |
+  this model's state s) (`CrossStats`); without shared questions, B's marginal Acc_B(k).
+All are measured by replaying seeded random draw orders of the recorded samples (the server's
+draw is such an order), shrunk toward the curve where a state was seldom seen. Nothing is tuned
+on the questions a benchmark scores: those are held back from calibration.
+
+Decisions (`RouteRun`).
+- First wave: for each candidate m and k, the value of drawing k on m and then acting best in
+  the state that follows (stop, one more wave, or escalate), averaged over P(s): a one-step
+  look-ahead cascade value. The best (m, k) is drawn; every candidate's figures are reported.
+- After a wave on m in state s: stop = P(right | s); more = P(right at n + d | s) − λ·c_m·d;
+  escalate to B = P(B right after k | s) − λ·c_B·k. The largest wins; easy questions (a clear
+  leader on the cheap model) stop there, unsure ones pay for the larger model.
+
+The final answer (`cascade_answer`). After an escalation the answer is the majority of the
+last model's votes; earlier models' votes only break its ties. Why: a question is escalated
+exactly when the earlier model's votes were not convincing, and on the shipped pair one vote
+of the larger model is worth more than many of the smaller (a 1-vote answer of
+tiny-chain-252k is right 0.88 of the time, an 8-of-8 unanimous tiny-chain-31k answer 0.85),
+so pooling votes equally would let the weaker model outvote the stronger. As tie-breakers they
+still carry information at no cost. The predictions above score the last model's own majority,
+so they are, if anything, conservative about the combined answer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from controller.aggregate.vote import count_votes
+from controller.policy.base import top_two
+
+LOOKAHEAD: tuple[int, ...] = (1, 2, 4, 8)
+N_MAX = 16
+"""Vote states are tabulated up to this many samples per model (the default sample cap)."""
+PATHS = 128
+"""Random draw orders replayed per calibration question."""
+PLAN_CACHE = 256
+"""First decisions kept per route (bounded, oldest out)."""
+SHRINK = 0.5
+"""Pseudo-questions pulling a seldom-seen state's estimate toward the curve's value."""
+
+FloatArray = NDArray[np.float64]
+
+
+class AccuracyCurve(Protocol):
+    """What routing needs of a served model's curves (controller.scaling.served.ServedCurves)."""
+
+    def accuracy(self, k: float) -> float: ...
+
+
+@dataclass(frozen=True)
+class CalibrationQuestion:
+    """One calibration question of one model: its key (to align models), gold and answers."""
+
+    key: str
+    gold: str
+    answers: tuple[str | None, ...]
+
+
+def _paths(
+    q: CalibrationQuestion, n_max: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For PATHS random draw orders of q's answers: (v1, v2, leader right) after each of the
+    first n_max draws, each of shape (PATHS, n_max), and the answers' ids (for cross tables)."""
+    ids: dict[str, int] = {}
+    coded = np.array([-1 if a is None else ids.setdefault(a, len(ids)) for a in q.answers])
+    n = min(n_max, len(coded))
+    order = np.argsort(rng.random((PATHS, len(coded))), axis=1)[:, :n]
+    drawn = coded[order]  # (P, n)
+    width = max(1, len(ids))
+    onehot = np.zeros((PATHS, n, width), dtype=np.int32)
+    rows, steps = np.nonzero(drawn >= 0)
+    onehot[rows, steps, drawn[rows, steps]] = 1
+    counts = np.cumsum(onehot, axis=1)  # (P, n, A)
+    seen = onehot.any(axis=1)
+    first = np.where(seen, np.argmax(onehot, axis=1), n)  # first draw of each answer
+    score = counts * (n + 1) - first[:, None, :]  # most votes, then earliest seen
+    leader = np.argmax(score, axis=2)
+    top = np.sort(counts, axis=2)
+    v1 = top[:, :, -1]
+    v2 = top[:, :, -2] if width > 1 else np.zeros_like(v1)
+    gold = ids.get(q.gold, -2)
+    right = (leader == gold) & (v1 > 0)
+    return v1, v2, right, drawn
+
+
+@dataclass
+class VoteStats:
+    """How one model's votes behave, measured on its calibration questions (module doc)."""
+
+    n_max: int
+    weight: FloatArray  # [n, v1, v2]: questions-worth of paths in that state
+    right: FloatArray  # [n, v1, v2]: of those, with the leader right
+    ahead: dict[int, FloatArray]  # d → [n, v1, v2]: leader right after n + d
+    acc: FloatArray  # acc[n]: mean leader-right after n (the curve, as these paths see it)
+    questions: int
+    keys: tuple[str, ...] = ()
+    _state_ids: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def fit(
+        cls, questions: Sequence[CalibrationQuestion], n_max: int = N_MAX, seed: int = 0
+    ) -> VoteStats:
+        if not questions:
+            raise ValueError("vote statistics need at least one calibration question")
+        n_max = min(n_max, min(len(q.answers) for q in questions))
+        rng = np.random.default_rng(seed)
+        shape = (n_max + 1, n_max + 1, n_max + 1)
+        weight, right = np.zeros(shape), np.zeros(shape)
+        ahead = {d: np.zeros(shape) for d in LOOKAHEAD if d < n_max}
+        w = 1.0 / PATHS
+        state_ids: list[np.ndarray] = []
+        ns = np.arange(1, n_max + 1)[None, :].repeat(PATHS, axis=0)
+        for q in questions:
+            v1, v2, ok, _ = _paths(q, n_max, rng)
+            np.add.at(weight, (ns, v1, v2), w)
+            np.add.at(right, (ns, v1, v2), w * ok)
+            for d, table in ahead.items():
+                np.add.at(table, (ns[:, :-d], v1[:, :-d], v2[:, :-d]), w * ok[:, d:])
+            state_ids.append(np.stack([v1, v2]))
+        acc = np.zeros(n_max + 1)
+        acc[1:] = right.sum(axis=(1, 2))[1:] / len(questions)
+        return cls(n_max, weight, right, ahead, acc, len(questions),
+                   tuple(q.key for q in questions), state_ids)  # fmt: skip
+
+    def p_state(self, n: int) -> list[tuple[int, int, float]]:
+        """[(v1, v2, P)] of the states after n draws."""
+        table = self.weight[n] / self.questions
+        v1, v2 = np.nonzero(table)
+        return [(int(a), int(b), float(table[a, b])) for a, b in zip(v1, v2, strict=True)]
+
+    def _shrunk(self, total: FloatArray, n: int, v1: int, v2: int, toward: float) -> float:
+        w = float(self.weight[n, v1, v2])
+        return (float(total[n, v1, v2]) + SHRINK * toward) / (w + SHRINK)
+
+    def p_right(self, n: int, v1: int, v2: int) -> float:
+        """P(the leader of n draws in state (v1, v2) is right)."""
+        if n < 1 or v1 < 1:
+            return 0.0
+        n = min(n, self.n_max)
+        v1, v2 = min(v1, n), min(v2, n - min(v1, n))
+        return self._shrunk(self.right, n, v1, v2, float(self.acc[n]))
+
+    def p_right_after(self, n: int, v1: int, v2: int, d: int) -> float | None:
+        """P(the leader after d more draws is right | state now); None beyond the table."""
+        table = self.ahead.get(d)
+        if table is None or n < 1 or n + d > self.n_max:
+            return None
+        return self._shrunk(table, n, v1, v2, float(self.acc[n + d]))
+
+
+@dataclass
+class CrossStats:
+    """P(model B's k-vote majority is right | model A's state), on questions both calibrated."""
+
+    table: FloatArray  # [n, v1, v2, k]
+    weight: FloatArray  # [n, v1, v2]
+    marginal: FloatArray  # [k]: B's accuracy on the shared questions
+
+    @classmethod
+    def fit(cls, a: VoteStats, b_curves: Mapping[str, FloatArray], k_max: int) -> CrossStats | None:
+        """`b_curves`: B's exact per-question maj@k (k = 1..k_max) by question key."""
+        shared = [i for i, key in enumerate(a.keys) if key in b_curves]
+        if not shared:
+            return None
+        n = a.n_max
+        table = np.zeros((n + 1, n + 1, n + 1, k_max))
+        weight = np.zeros((n + 1, n + 1, n + 1))
+        ns = np.arange(1, n + 1)[None, :].repeat(PATHS, axis=0)
+        w = 1.0 / PATHS
+        for i in shared:
+            v1, v2 = a._state_ids[i]
+            curve = b_curves[a.keys[i]][:k_max]
+            np.add.at(weight, (ns, v1, v2), w)
+            np.add.at(table, (ns, v1, v2), w * curve[None, None, :])
+        marginal = np.mean([b_curves[a.keys[i]][:k_max] for i in shared], axis=0)
+        return cls(table, weight, marginal)
+
+    def p_right(self, n: int, v1: int, v2: int, k: int) -> float:
+        n = min(n, self.weight.shape[0] - 1)
+        k = min(k, self.table.shape[3])
+        w = float(self.weight[n, v1, v2])
+        return (float(self.table[n, v1, v2, k - 1]) + SHRINK * float(self.marginal[k - 1])) / (
+            w + SHRINK
+        )
+
+
+@dataclass(frozen=True)
+class RouteCandidate:
+    """One model a route may send a question to."""
+
+    model: str
+    curve: AccuracyCurve
+    stats: VoteStats
+    params: float
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route's candidates (cheapest first) and their cross-model statistics."""
+
+    id: str
+    candidates: tuple[RouteCandidate, ...]
+    cross: Mapping[tuple[str, str], CrossStats] = field(default_factory=dict)
+    plans: dict[tuple[float, tuple[float, ...], int], list[CandidatePlan]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    """First decisions already planned, by (λ, costs, allowed): requests alike plan once."""
+
+    def candidate(self, model: str) -> RouteCandidate:
+        return next(c for c in self.candidates if c.model == model)
+
+    def escalation(self, src: str, dst: str, n: int, v1: int, v2: int, k: int) -> float:
+        """P(dst's k-vote majority is right | src's votes so far)."""
+        cross = self.cross.get((src, dst))
+        if cross is not None:
+            return cross.p_right(n, v1, v2, k)
+        return self.candidate(dst).curve.accuracy(k)
+
+    def start(self, costs: Mapping[str, float], lam: float, allowed: int) -> RouteRun:
+        """A run for one request: `costs` per sample of each candidate in the tenant's unit,
+        `lam` the price of one unit of that cost, `allowed` samples at most in all."""
+        return RouteRun(self, dict(costs), lam, allowed)
+
+
+@dataclass(frozen=True)
+class Option:
+    """An action's predicted accuracy and cost (cost in the tenant's unit)."""
+
+    accuracy: float
+    cost: float
+    model: str
+    wave: int  # 0 = stop
+
+    def value(self, lam: float) -> float:
+        return self.accuracy - lam * self.cost
+
+
+@dataclass(frozen=True)
+class CandidatePlan:
+    """What the first decision predicted for starting on one candidate (the `t2.route` entry)."""
+
+    model: str
+    first_wave: int
+    predicted_accuracy: float
+    predicted_cost: float
+    value: float
+
+
+@dataclass(frozen=True)
+class RouteStep:
+    """Draw `wave` samples on `model`, or stop (wave 0) for `reason`."""
+
+    model: str
+    wave: int
+    reason: str | None = None
+
+    @property
+    def stop(self) -> bool:
+        return self.wave == 0
+
+
+class RouteRun:
+    """One request's routing state. `decide(answers_by_model)` after every wave."""
+
+    def __init__(self, route: Route, costs: dict[str, float], lam: float, allowed: int) -> None:
+        if not (math.isfinite(lam) and lam >= 0):
+            raise ValueError("the price of compute must be finite and >= 0")
+        self.route = route
+        self.costs = costs
+        self.lam = lam
+        self.allowed = allowed
+        self.current: str | None = None
+        self.visited: list[str] = []
+        self.plans: list[CandidatePlan] = []
+        self.predicted_accuracy: float | None = None
+
+    # -- the options in a state ------------------------------------------------------------------
+
+    def _after(self, model: str, n: int, v1: int, v2: int, left: int) -> Option:
+        """The best action in state (n, v1, v2) on `model` with `left` samples allowed."""
+        cand = self.route.candidate(model)
+        best = Option(cand.stats.p_right(n, v1, v2), 0.0, model, 0)
+        for d in LOOKAHEAD:
+            if d > left:
+                break
+            p = cand.stats.p_right_after(n, v1, v2, d)
+            if p is None:
+                break
+            opt = Option(p, self.costs[model] * d, model, d)
+            if opt.value(self.lam) > best.value(self.lam):
+                best = opt
+        for other in self._others(model):
+            for k in range(1, min(left, N_MAX) + 1):
+                p = self.route.escalation(model, other.model, n, v1, v2, k)
+                opt = Option(p, self.costs[other.model] * k, other.model, k)
+                if opt.value(self.lam) > best.value(self.lam):
+                    best = opt
+        return best
+
+    def _others(self, model: str) -> list[RouteCandidate]:
+        """Where a question may still move: candidates not yet drawn from."""
+        return [
+            c for c in self.route.candidates if c.model != model and c.model not in self.visited
+        ]
+
+    def plan(self, model: str, k: int) -> CandidatePlan:
+        """Starting on `model` with k samples, then acting best once: expected accuracy, cost."""
+        cand = self.route.candidate(model)
+        n = min(k, cand.stats.n_max)
+        acc, cost = 0.0, self.costs[model] * k
+        left = self.allowed - k
+        self.visited = [model]
+        for v1, v2, p in cand.stats.p_state(n):
+            opt = self._after(model, n, v1, v2, left)
+            acc += p * opt.accuracy
+            cost += p * opt.cost
+        self.visited = []
+        return CandidatePlan(model, k, acc, cost, acc - self.lam * cost)
+
+    # -- deciding --------------------------------------------------------------------------------
+
+    def decide(self, answers: Mapping[str, Sequence[str | None]]) -> RouteStep:
+        """The next step given every model's answers so far (in draw order)."""
+        drawn = sum(len(a) for a in answers.values())
+        left = self.allowed - drawn
+        if self.current is None:
+            return self._first()
+        model = self.current
+        mine = answers.get(model, ())
+        _, v1, v2 = top_two(mine)
+        n = len(mine)
+        cand = self.route.candidate(model)
+        self.predicted_accuracy = cand.stats.p_right(n, v1, v2) if v1 else None
+        if left <= 0:
+            return RouteStep(model, 0, "max_samples")
+        opt = self._after(model, min(n, cand.stats.n_max), v1, v2, left)
+        if opt.wave == 0:
+            return RouteStep(model, 0, "marginal_value")
+        if opt.model != model:
+            self.current = opt.model
+            self.visited.append(opt.model)
+        return RouteStep(opt.model, min(opt.wave, left))
+
+    def _first(self) -> RouteStep:
+        key = (
+            float(f"{self.lam:.6g}"),
+            tuple(float(f"{self.costs[c.model]:.6g}") for c in self.route.candidates),
+            self.allowed,
+        )
+        plans = self.route.plans.get(key)
+        if plans is None:
+            limit = max(1, min(self.allowed, N_MAX))
+            best: dict[str, CandidatePlan] = {}
+            for cand in self.route.candidates:
+                for k in range(1, min(limit, cand.stats.n_max) + 1):
+                    plan = self.plan(cand.model, k)
+                    if cand.model not in best or plan.value > best[cand.model].value:
+                        best[cand.model] = plan
+            plans = [best[c.model] for c in self.route.candidates]
+            if len(self.route.plans) >= PLAN_CACHE:
+                self.route.plans.pop(next(iter(self.route.plans)))
+            self.route.plans[key] = plans
+        self.plans = plans
+        chosen = max(self.plans, key=lambda p: p.value)  # first (cheapest) on ties
+        self.current = chosen.model
+        self.visited = [chosen.model]
+        return RouteStep(chosen.model, chosen.first_wave)
+
+
+def cascade_answer(answers: Mapping[str, Sequence[str | None]], order: Sequence[str]) -> str | None:
+    """The final answer (module doc): the last model's majority; earlier models break its ties
+    (then the first seen among the tied wins, as `controller.aggregate.vote` breaks ties)."""
+    last = [m for m in order if answers.get(m)]
+    if not last:
+        return None
+    votes = count_votes(answers[last[-1]])
+    if not votes:
+        return None
+    top = max(votes.values())
+    tied = [a for a, v in votes.items() if v == top]
+    if len(tied) == 1:
+        return tied[0]
+    earlier = count_votes([a for m in last[:-1] for a in answers[m]])
+    return max(tied, key=lambda a: earlier.get(a, 0))  # max keeps the first on equal counts
+
+
+def calibration_questions(
+    rows: Sequence[tuple[str, str | None, Sequence[str | None]]],
+) -> list[CalibrationQuestion]:
+    """(key, gold, answers) rows → calibration questions; rows without gold are skipped."""
+    return [CalibrationQuestion(k, g, tuple(a)) for k, g, a in rows if g is not None]
+
+
+def per_question_majority(q: CalibrationQuestion, k_max: int) -> FloatArray:
+    """q's exact maj@k, k = 1..k_max (controller.scaling.estimators.maj_curve)."""
+    from controller.scaling.estimators import maj_curve
+
+    votes = count_votes(q.answers)
+    abstained = sum(1 for a in q.answers if a is None)
+    others = [v for a, v in votes.items() if a != q.gold]
+    return maj_curve(votes.get(q.gold, 0), others, k_max, abstained=abstained)
+
+
+@dataclass(frozen=True)
+class RouteMember:
+    """A served model as a route sees it: its curve, N and its calibration questions."""
+
+    model: str
+    curve: AccuracyCurve
+    params: float
+    questions: Sequence[CalibrationQuestion]
+
+
+def build_route(route_id: str, members: Sequence[RouteMember], seed: int = 0) -> Route:
+    """Fit every member's vote statistics and, for every ordered pair of members calibrated on
+    shared questions (matched by key), the cross-model table."""
+    stats = {m.model: VoteStats.fit(m.questions, seed=seed) for m in members}
+    majority: dict[str, dict[str, FloatArray]] = {}
+    for m in members:
+        k_max = min(N_MAX, min(len(q.answers) for q in m.questions))
+        majority[m.model] = {q.key: per_question_majority(q, k_max) for q in m.questions}
+    cross: dict[tuple[str, str], CrossStats] = {}
+    for a in members:
+        for b in members:
+            if a.model == b.model:
+                continue
+            curves = majority[b.model]
+            k_max = min(len(v) for v in curves.values())
+            table = CrossStats.fit(stats[a.model], curves, k_max)
+            if table is not None:
+                cross[(a.model, b.model)] = table
+    candidates = tuple(RouteCandidate(m.model, m.curve, stats[m.model], m.params) for m in members)
+    return Route(route_id, candidates, cross)
+
+
+def served_calibration(curves_path: str, model_id: str) -> list[CalibrationQuestion]:
+    """The calibration questions a served model's curves were fitted on: the replay file its
+    curves.json `serving` entry names, restricted to the documented calibration split
+    (controller.scaling.served.split_calibration: even positions) when the entry says so."""
+    import json
+    from pathlib import Path
+
+    from controller.aggregate.extract import last_number
+    from controller.replay.data import load_replay
+    from controller.scaling.served import ServedCurvesError, split_calibration
+
+    doc = json.loads(Path(curves_path).read_text())
+    entry = (doc.get("serving") or {}).get(model_id) or {}
+    data = entry.get("data") or {}
+    path = data.get("path")
+    if not path:
+        raise ServedCurvesError(
+            f"model {model_id!r}: curves file {curves_path}: serving.{model_id}.data.path: "
+            "missing; a route needs the calibration samples"
+        )
+    questions, _ = load_replay(path, last_number)
+    if data.get("where") == "even positions":
+        questions = split_calibration(questions)[0]
+    rows = [(_question_key(q.id), q.gold, [s.answer for s in q.samples]) for q in questions]
+    return calibration_questions(rows)
+
+
+def _question_key(replay_id: str) -> str:
+    """Replay ids are `<model>-<index>`; the index names the question across models."""
+    return replay_id.rsplit("-", 1)[-1]

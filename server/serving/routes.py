@@ -1,0 +1,62 @@
+"""The config's routes as the controller's `Route`s, built once per process.
+
+A route's members are served models with calibrated curves (their `curves:` file, else
+`<model dir>/curves.json`); its vote statistics are measured on those curves' calibration
+samples (controller.routing), which takes a few seconds, so built routes are kept by what they
+were built from and a config reload or a second app reuses them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from controller.routing import Route, RouteMember, build_route, served_calibration
+from controller.scaling.served import ServedCurvesError, load_served
+from server.config import AppConfig, ModelConfig, RouteConfig
+from server.errors import ConfigError
+
+_BUILT: dict[tuple[object, ...], Route] = {}
+MAX_BUILT = 16
+
+
+def curves_path(model: ModelConfig) -> Path:
+    """The model's curves file: its `curves:` entry, else curves.json beside its weights."""
+    configured = getattr(model, "curves", None)
+    return Path(configured) if configured else Path(model.path) / "curves.json"
+
+
+def _member(model: ModelConfig) -> tuple[RouteMember, tuple[str, float]]:
+    path = curves_path(model)
+    curves = load_served(path, model.id)
+    questions = served_calibration(str(path), model.id)
+    params = model.params or curves.params
+    return RouteMember(model.id, curves, params, questions), (str(path), os.path.getmtime(path))
+
+
+def build(config: AppConfig, route: RouteConfig, index: int) -> Route:
+    members = []
+    keys: list[object] = [route.id]
+    for name in route.route:
+        model = config.model(name)
+        assert model is not None  # the config validator refused unknown members
+        try:
+            member, key = _member(model)
+        except (ServedCurvesError, OSError, ValueError) as exc:
+            raise ConfigError(f"routes.{index} ({route.id}): model {name!r}: {exc}") from None
+        members.append(member)
+        keys += [name, key, member.params]
+    cache_key = tuple(keys)
+    built = _BUILT.get(cache_key)
+    if built is None:
+        built = build_route(route.id, members)
+        if len(_BUILT) >= MAX_BUILT:
+            _BUILT.pop(next(iter(_BUILT)))
+        _BUILT[cache_key] = built
+    return built
+
+
+def route_table(config: AppConfig) -> dict[str, Route]:
+    """Every configured route by id; ConfigError names the route and member that cannot be
+    built (no curves, no calibration samples)."""
+    return {r.id: build(config, r, i) for i, r in enumerate(config.routes)}
