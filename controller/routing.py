@@ -102,7 +102,7 @@ def _paths(
     return v1, v2, right, drawn
 
 
-@dataclass
+@dataclass(repr=False)
 class VoteStats:
     """How one model's votes behave, measured on its calibration questions (module doc)."""
 
@@ -167,7 +167,7 @@ class VoteStats:
         return self._shrunk(table, n, v1, v2, float(self.acc[n + d]))
 
 
-@dataclass
+@dataclass(repr=False)
 class CrossStats:
     """P(model B's k-vote majority is right | model A's state), on questions both calibrated."""
 
@@ -235,10 +235,14 @@ class Route:
             return cross.p_right(n, v1, v2, k)
         return self.candidate(dst).curve.accuracy(k)
 
-    def start(self, costs: Mapping[str, float], lam: float, allowed: int) -> RouteRun:
+    def start(
+        self, costs: Mapping[str, float], lam: float, allowed: int, cheapest_first: bool = False
+    ) -> RouteRun:
         """A run for one request: `costs` per sample of each candidate in the tenant's unit,
-        `lam` the price of one unit of that cost, `allowed` samples at most in all."""
-        return RouteRun(self, dict(costs), lam, allowed)
+        `lam` the price of one unit of that cost, `allowed` samples at most in all.
+        `cheapest_first`: always start on the first candidate (a classic cascade, as in Yue et
+        al.'s mixture-of-thought cascades) instead of on the best plan."""
+        return RouteRun(self, dict(costs), lam, allowed, cheapest_first)
 
 
 @dataclass(frozen=True)
@@ -281,13 +285,21 @@ class RouteStep:
 class RouteRun:
     """One request's routing state. `decide(answers_by_model)` after every wave."""
 
-    def __init__(self, route: Route, costs: dict[str, float], lam: float, allowed: int) -> None:
+    def __init__(
+        self,
+        route: Route,
+        costs: dict[str, float],
+        lam: float,
+        allowed: int,
+        cheapest_first: bool = False,
+    ) -> None:
         if not (math.isfinite(lam) and lam >= 0):
             raise ValueError("the price of compute must be finite and >= 0")
         self.route = route
         self.costs = costs
         self.lam = lam
         self.allowed = allowed
+        self.cheapest_first = cheapest_first
         self.current: str | None = None
         self.visited: list[str] = []
         self.plans: list[CandidatePlan] = []
@@ -381,6 +393,8 @@ class RouteRun:
             self.route.plans[key] = plans
         self.plans = plans
         chosen = max(self.plans, key=lambda p: p.value)  # first (cheapest) on ties
+        if self.cheapest_first:
+            chosen = self.plans[0]
         self.current = chosen.model
         self.visited = [chosen.model]
         return RouteStep(chosen.model, chosen.first_wave)

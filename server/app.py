@@ -71,8 +71,8 @@ def create_app(
         if admin.admin_digests(config):  # lasting admin state: keys, budget overrides
             await state.admin.start()
         starters: list[asyncio.Task[None]] = []
-        if engine is None:
-            starters = [asyncio.create_task(e.start()) for e in state.engines.values()]
+        if engine is None:  # one after another (each in a thread): the first serves meanwhile
+            starters = [asyncio.create_task(_start_in_order(list(state.engines.values())))]
         try:
             yield
         finally:
@@ -133,6 +133,11 @@ def create_app(
         return Response(body, media_type=content_type)
 
     return app
+
+
+async def _start_in_order(engines: list[EngineService]) -> None:
+    for engine in engines:
+        await engine.start()
 
 
 def _engine_status(engine: EngineService) -> str:

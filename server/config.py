@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -161,6 +161,11 @@ class RouteConfig(_Strict):
     id: str = Field(min_length=1)
     route: list[str] = Field(min_length=1, description="served model ids, cheapest first")
     owned_by: str = "t2serve"
+    start: Literal["best", "cheapest"] = Field(
+        default="best",
+        description="best: start on the candidate and first wave with the best predicted value; "
+        "cheapest: always start on the first candidate and escalate from there (a cascade)",
+    )
     policy: str | None = Field(
         default=None,
         pattern=r"^t2(:.*)?$",

@@ -135,13 +135,17 @@ class InProcessEngine(PromptingMixin):
 
     @classmethod
     async def start(cls, cfg: EngineConfig) -> InProcessEngine:
-        """Build the engine (≈ 30 s on the CPU); the event loop keeps serving meanwhile."""
+        """Build the engine (≈ 30 s on the CPU) in a worker thread: the event loop keeps
+        serving meanwhile (other models' requests, /healthz). AsyncLLM built outside a running
+        loop starts its output handler on the first request, in the serving loop."""
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = engine_args(cfg)
         sink = _StatsSink()
         started = time.monotonic()
-        llm = AsyncLLM.from_engine_args(args, stat_loggers=[_stats_tap_factory(sink)])
+        llm = await asyncio.to_thread(
+            AsyncLLM.from_engine_args, args, stat_loggers=[_stats_tap_factory(sink)]
+        )
         log.info("engine ready in %.1f s: %s", time.monotonic() - started, cfg.model_path)
         return cls(cfg, llm, sink)
 

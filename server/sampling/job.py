@@ -43,6 +43,7 @@ class RoutedJob:
 
     route: str
     jobs: Mapping[str, SamplingJob]
+    cheapest_first: bool = False
 
 
 @dataclass

@@ -141,7 +141,7 @@ class Sampler:
         out = Outcome(policy=first.policy, cost_unit=billing.unit, model=first.model)
         costs, unit = _route_costs(routed, route, billing)
         lam = _route_lam(first.policy, billing.price_of_compute(), costs[first.model], unit)
-        run = route.start(costs, lam, first.max_samples)
+        run = route.start(costs, lam, first.max_samples, routed.cheapest_first)
         extract = get_extractor(first.extractor)
         answers: dict[str, list[str | None]] = {}
         drawn: dict[str, list[Sample]] = {}

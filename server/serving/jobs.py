@@ -152,7 +152,7 @@ def routed_job(
             state.config, state.engine(name), tenant, narrowed, prompt, request_id, prompt_param
         )
         jobs[name] = dataclasses.replace(job, model=name)
-    return RoutedJob(route.id, jobs)
+    return RoutedJob(route.id, jobs, cheapest_first=route.start == "cheapest")
 
 
 def _is_t2(spec: str) -> bool:
