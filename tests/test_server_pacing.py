@@ -35,7 +35,7 @@ async def answers(engine: Any, config: Any, policy: str) -> list[dict[str, Any]]
         out = []
         for i, q in enumerate(QUESTIONS):
             resp = await api.chat.completions.create(
-                model="tiny-arith",
+                model="tiny-chain-31k",  # a default-config id; the session engine serves it
                 messages=[{"role": "user", "content": q}],
                 seed=i,  # the same samples on every run
                 extra_body={"t2": {"policy": policy}},

@@ -40,7 +40,10 @@ def _port_free(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def t2serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
-    need((ROOT / "models/tiny-arith").is_dir(), "the shipped model models/tiny-arith")
+    need(
+        all((ROOT / "models" / m).is_dir() for m in ("tiny-chain-31k", "tiny-chain-252k")),
+        "the shipped grid models",
+    )
     assert _port_free(8000), "127.0.0.1:8000 is taken; the README examples need it"
     log_path = tmp_path_factory.mktemp("serve") / "t2serve.log"
     server = start_t2serve(ROOT / "configs" / "default.yaml", 8000, log_path)

@@ -21,7 +21,7 @@ from server.auth import KeyRing
 from server.billing.protocol import BillingProvider
 from server.config import AppConfig, load_config
 from server.engine.service import EngineService
-from server.errors import APIError
+from server.errors import APIError, ConfigError
 from server.sampling import PolicyBook, Sampler
 from server.serving.routes import route_table
 from server.verifiers import VerifierBook
@@ -86,8 +86,16 @@ class ServingState:
         if config.ledger != self.config.ledger:
             log.warning("ledger settings changed; they apply after a restart")
         config = config.model_copy(update={"ledger": self.config.ledger})
+        routes = route_table(config)  # before anything changes: a bad route leaves all as it was
+        for route in routes.values():
+            missing = [c.model for c in route.candidates if c.model not in self.engines]
+            if missing:
+                raise ConfigError(
+                    f"route {route.id!r} routes to {', '.join(missing)}, which this server does "
+                    "not run; new models need a restart"
+                )
         self.file_config = config
-        self.routes = route_table(config)
+        self.routes = routes
         config = self.admin.effective(config)
         self.config = config
         self.keyring = self.admin.keyring(config)
