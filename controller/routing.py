@@ -45,6 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from controller.aggregate.vote import count_votes
+from controller.pacing import SAMPLE, ComputePrice
 from controller.policy.base import top_two
 
 LOOKAHEAD: tuple[int, ...] = (1, 2, 4, 8)
@@ -398,6 +399,24 @@ class RouteRun:
         self.current = chosen.model
         self.visited = [chosen.model]
         return RouteStep(chosen.model, chosen.first_wave)
+
+
+def route_price(own: float, price: ComputePrice | None, reference: float, unit: str) -> float:
+    """λ per unit of cost for a route. `own` is the request's t2 λ per sample, which prices one
+    sample of the route's first (cheapest) candidate, costing `reference` in `unit`; the
+    budget's price combines with it as for any policy (Policy.sample_price): a cap only raises
+    it, a spend target replaces it. A price in another unit than the route's is not comparable
+    and is left out."""
+    base = own / reference
+    if price is None:
+        return base
+    if price.unit == SAMPLE:
+        paced = price.lam / reference
+    elif price.unit == unit:
+        paced = price.lam
+    else:
+        return base
+    return max(base, paced) if price.mode == "cap" else paced
 
 
 def cascade_answer(answers: Mapping[str, Sequence[str | None]], order: Sequence[str]) -> str | None:

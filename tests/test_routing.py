@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from controller.pacing import ComputePrice
 from controller.routing import (
     Route,
     RouteMember,
     build_route,
     cascade_answer,
+    route_price,
     served_calibration,
 )
 from controller.scaling.served import load_served
@@ -146,3 +148,28 @@ def test_models_take_their_own_engine_settings() -> None:
     assert cfg.model_ids == [SMALL, LARGE, "auto"] and cfg.route("auto") is not None
     with pytest.raises(ConfigError, match=r"models\.0\.engine \(tiny-chain-31k\): .*block_size"):
         parse_config(_config([{"id": SMALL, "path": "x", "engine": {"block_size": 33}}], ["*"]))
+
+
+def test_the_budgets_price_of_compute_sets_the_routes_lambda() -> None:
+    ref = 4e6  # FLOPs of one small-model sample
+    assert route_price(0.02, None, ref, "flops") == pytest.approx(0.02 / ref)
+    tight = ComputePrice(1e-6, "flops", "cap")  # a budget burning ahead of pace
+    assert route_price(0.02, tight, ref, "flops") == pytest.approx(1e-6)
+    slack = ComputePrice(1e-12, "flops", "cap")  # a cap never lowers the route's own price
+    assert route_price(0.02, slack, ref, "flops") == pytest.approx(0.02 / ref)
+    spend = ComputePrice(1e-12, "flops", "spend")  # a spend target replaces it
+    assert route_price(0.02, spend, ref, "flops") == pytest.approx(1e-12)
+    per_sample = ComputePrice(0.5, "sample", "cap")
+    assert route_price(0.02, per_sample, ref, "flops") == pytest.approx(0.5 / ref)
+    assert route_price(0.02, ComputePrice(9.0, "currency"), ref, "flops") == 0.02 / ref
+
+
+def test_a_tightening_budget_moves_the_route_to_the_cheap_model(route: Route) -> None:
+    """The pacing λ a budget sets, through route_price, shifts the choice as λ itself does."""
+    own = 0.0005  # t2's default λ per small sample
+    picks = []
+    for lam in (1e-9, 1e-3, 1e-2, 0.2):  # the budget's λ per small-sample cost unit, rising
+        price = ComputePrice(lam, "flops", "cap")
+        picks.append(chosen(route, route_price(own, price, 1.0, "flops")))
+    assert picks[0][0] == LARGE and picks[-1][0] == SMALL
+    assert [p[2] for p in picks] == sorted((p[2] for p in picks), reverse=True)

@@ -29,10 +29,9 @@ from controller.aggregate import (
     score_candidates,
 )
 from controller.aggregate.vote import count_votes
-from controller.pacing import ComputePrice
 from controller.policy.base import Caps
 from controller.policy.factory import make_policy
-from controller.routing import Route, cascade_answer
+from controller.routing import Route, cascade_answer, route_price
 from server import metrics
 from server.billing.protocol import Billing, WaveHold
 from server.engine.base import Sample
@@ -140,7 +139,8 @@ class Sampler:
         first = routed.jobs[route.candidates[0].model]
         out = Outcome(policy=first.policy, cost_unit=billing.unit, model=first.model)
         costs, unit = _route_costs(routed, route, billing)
-        lam = _route_lam(first.policy, billing.price_of_compute(), costs[first.model], unit)
+        own = make_policy(first.policy).own_sample_price
+        lam = route_price(own, billing.price_of_compute(), costs[first.model], unit)
         run = route.start(costs, lam, first.max_samples, routed.cheapest_first)
         extract = get_extractor(first.extractor)
         answers: dict[str, list[str | None]] = {}
@@ -373,20 +373,6 @@ def _route_costs(routed: RoutedJob, route: Route, billing: Billing) -> tuple[dic
             cost = 2.0 * cand.params * (job.prompt_tokens + job.max_tokens)
         costs[cand.model] = max(cost, 1e-12)
     return costs, billing.unit if metered else "flops"
-
-
-def _route_lam(spec: str, price: ComputePrice | None, reference: float, unit: str) -> float:
-    """λ per unit of cost. The policy's own λ (`t2:lam=...`) prices one sample of the route's
-    first (cheapest) candidate, so `reference` converts it; the budget's price combines with
-    it as for any policy (a cap only raises it, a spend target replaces it)."""
-    policy = make_policy(spec)
-    own = policy.own_sample_price / reference
-    if price is None:
-        return own
-    paced = price.lam / reference if price.unit == "sample" else price.lam
-    if price.unit not in ("sample", unit):
-        return own
-    return max(own, paced) if price.mode == "cap" else paced
 
 
 async def _uncancellable(work: Awaitable[None]) -> None:
