@@ -113,6 +113,12 @@ def engine_args(cfg: EngineConfig) -> Any:
     )
 
 
+def _shutdown_built(done: asyncio.Future[Any]) -> None:
+    """An engine finished building after its start was cancelled (a shutdown mid-start)."""
+    if not done.cancelled() and done.exception() is None:
+        done.result().shutdown()
+
+
 class InProcessEngine(PromptingMixin):
     """`SampleEngine` over an in-process vLLM `AsyncLLM`."""
 
@@ -143,9 +149,16 @@ class InProcessEngine(PromptingMixin):
         args = engine_args(cfg)
         sink = _StatsSink()
         started = time.monotonic()
-        llm = await asyncio.to_thread(
-            AsyncLLM.from_engine_args, args, stat_loggers=[_stats_tap_factory(sink)]
+        building = asyncio.ensure_future(
+            asyncio.to_thread(
+                AsyncLLM.from_engine_args, args, stat_loggers=[_stats_tap_factory(sink)]
+            )
         )
+        try:
+            llm = await asyncio.shield(building)
+        except asyncio.CancelledError:  # the thread cannot be stopped: stop what it builds
+            building.add_done_callback(_shutdown_built)
+            raise
         log.info("engine ready in %.1f s: %s", time.monotonic() - started, cfg.model_path)
         return cls(cfg, llm, sink)
 
