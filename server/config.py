@@ -143,6 +143,22 @@ class ModelConfig(_Strict):
     params: float | None = Field(
         default=None, gt=0, description="N for FLOPs (2·N per token); default: from the weights"
     )
+    curves: Path | None = Field(
+        default=None,
+        description="curves.json with this model's `serving` entry (`t2serve calibrate`): t2 "
+        "starts from its leader prior and Acc(k); relative to the working directory, as `path`",
+    )
+
+    @model_validator(mode="after")
+    def _curves_load(self) -> ModelConfig:
+        if self.curves is not None:
+            from controller.scaling.served import ServedCurvesError, load_served
+
+            try:
+                load_served(self.curves, self.id)
+            except ServedCurvesError as exc:
+                raise ValueError(f"curves: {exc}") from None
+        return self
 
 
 class LedgerConfig(_Strict):

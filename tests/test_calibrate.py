@@ -22,8 +22,8 @@ from cli.calibrate import (
     calibrate,
     load_questions,
 )
-from controller.replay.data import load_replay
 from controller.aggregate.extract import last_number
+from controller.replay.data import load_replay
 from controller.scaling.served import load_served
 from server.engine.base import Prompt, Sample, SampleEngine, SamplingParams
 from tests.fakes import ScriptedEngine, cycle
@@ -54,8 +54,9 @@ async def test_calibrates_through_the_real_engine(engine: SampleEngine, tmp_path
     data = _question_file(tmp_path / "q.jsonl", 6)
     questions, _ = load_questions(data)
     out = tmp_path / "out"
-    outcome = await calibrate(engine, questions, out, _settings(), params=252384.0,
-                              tokens=566400.0, source=data)  # fmt: skip
+    outcome = await calibrate(
+        engine, questions, out, _settings(), params=252384.0, tokens=566400.0, source=data
+    )
     assert outcome.recorded == 6 and outcome.resumed == 0
     replay, _ = load_replay(out / "replay.jsonl", last_number)
     assert [q.id for q in replay] == [q.id for q in questions]
@@ -81,7 +82,7 @@ class DiesAfter(ScriptedEngine):
 
     after: int = 2
 
-    async def sample(  # type: ignore[override]
+    async def sample(
         self, prompt: str | Prompt, n: int, params: SamplingParams, request_id: str
     ) -> AsyncGenerator[Sample, None]:
         if len(self.calls) >= self.after:
@@ -103,8 +104,9 @@ async def test_an_engine_failing_mid_way_keeps_what_was_recorded_and_resumes(
     settings = Settings(model_id="m", samples=3, max_tokens=8, concurrency=1)
     failing = DiesAfter(script=cycle("A: 1", "A: 2"), after=2)
     with pytest.raises(EngineStopped, match=r"question 'q2' \(line 3\)"):
-        await calibrate(failing, questions, tmp_path, settings, params=1.0, tokens=None,
-                        source=data)  # fmt: skip
+        await calibrate(
+            failing, questions, tmp_path, settings, params=1.0, tokens=None, source=data
+        )
     journal = tmp_path / ".calibrate-m.journal.jsonl"
     kept = [json.loads(line) for line in journal.read_text().splitlines()[1:]]
     assert [r["id"] for r in kept] == ["q0", "q1"]
@@ -112,8 +114,9 @@ async def test_an_engine_failing_mid_way_keeps_what_was_recorded_and_resumes(
     with journal.open("a") as fh:
         fh.write('{"id": "q2", "samp')  # a crash tore the last line
     healthy = ScriptedEngine(script=cycle("A: 1"))
-    outcome = await calibrate(healthy, questions, tmp_path, settings, params=1.0, tokens=None,
-                              source=data)  # fmt: skip
+    outcome = await calibrate(
+        healthy, questions, tmp_path, settings, params=1.0, tokens=None, source=data
+    )
     assert outcome.resumed == 2
     assert len(healthy.calls) == 3  # only q2, q3, q4 were sampled again
     replay, _ = load_replay(tmp_path / "replay.jsonl", last_number)
@@ -125,13 +128,25 @@ async def test_a_journal_from_other_settings_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "q.jsonl"
     data.write_text("x\n")
     with pytest.raises(EngineStopped):
-        await calibrate(DiesAfter(after=1), _qs(3), tmp_path,
-                        Settings(model_id="m", samples=3, max_tokens=8, concurrency=1),
-                        params=1.0, tokens=None, source=data)  # fmt: skip
+        await calibrate(
+            DiesAfter(after=1),
+            _qs(3),
+            tmp_path,
+            Settings(model_id="m", samples=3, max_tokens=8, concurrency=1),
+            params=1.0,
+            tokens=None,
+            source=data,
+        )
     with pytest.raises(CalibrateError, match=r"recorded with samples=3, this run has 5"):
-        await calibrate(ScriptedEngine(), _qs(3), tmp_path,
-                        Settings(model_id="m", samples=5, max_tokens=8, concurrency=1),
-                        params=1.0, tokens=None, source=data)  # fmt: skip
+        await calibrate(
+            ScriptedEngine(),
+            _qs(3),
+            tmp_path,
+            Settings(model_id="m", samples=5, max_tokens=8, concurrency=1),
+            params=1.0,
+            tokens=None,
+            source=data,
+        )
 
 
 BAD_LINES = [
@@ -161,10 +176,25 @@ def test_the_command_refuses_bad_input_with_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "q.jsonl"
     path.write_text('{"id": "a", "question": "Q: 1+1=?"}\n')
     out = subprocess.run(
-        [sys.executable, "-m", "cli.app", "calibrate", "--config", "configs/default.yaml",
-         "--model", "tiny-arith", "--data", str(path), "--out", str(tmp_path / "o")],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cli.app",
+            "calibrate",
+            "--config",
+            "configs/default.yaml",
+            "--model",
+            "tiny-arith",
+            "--data",
+            str(path),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 2, out.stderr
     assert f"{path}:1: no `gold` answer" in out.stderr
 
@@ -181,10 +211,31 @@ def test_the_command_samples_through_the_configured_engine(tmp_path: Path) -> No
     )
     data = _question_file(tmp_path / "q.jsonl", 3)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "cli.app", "calibrate", "--config", str(config), "--model",
-           "tiny-arith", "--data", str(data), "--out", str(out), "--samples", "4", "--json"]  # fmt: skip
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli.app",
+        "calibrate",
+        "--config",
+        str(config),
+        "--model",
+        "tiny-arith",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--samples",
+        "4",
+        "--json",
+    ]
+    run = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads(run.stdout)
     assert report["questions"] == 3 and report["samples_per_question"] == 4

@@ -81,7 +81,7 @@ class Sampler:
         tokens generated so far before the CancelledError propagates.
         """
         out = Outcome(policy=job.policy, cost_unit=billing.unit)
-        policy = self.policies.get(job.tenant, job.model, job.policy)
+        policy = await self.policies.get(job.tenant, job.model, job.policy)
         price = billing.price_of_compute()
         per_sample = max(billing.quote(job.prompt_tokens, job.max_tokens), 1e-12)
         caps = Caps(max_samples=job.max_samples, cost_per_sample=per_sample, cost_unit=billing.unit)
@@ -146,7 +146,7 @@ class Sampler:
 
         if not drawn:
             raise UpstreamTimeout("the engine returned no samples")
-        policy.observe(answers)
+        await self.policies.observe(job.tenant, job.model, policy, answers)
         result = await _aggregate(job, answers, drawn, verifier)
         chosen = drawn[result.chosen_index if result.chosen_index is not None else 0]
         out.text = chosen.text

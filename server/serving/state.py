@@ -21,7 +21,8 @@ from server.billing.protocol import BillingProvider
 from server.config import AppConfig, load_config
 from server.engine.service import EngineService
 from server.errors import APIError
-from server.sampling import PolicyBook, Sampler
+from server.sampling import Sampler
+from server.sampling.policies import policy_book
 from server.verifiers import VerifierBook
 
 log = logging.getLogger("t2serve.serving")
@@ -37,7 +38,7 @@ class ServingState:
         self.admin = AdminSync(config.ledger, lambda: self.apply(self.file_config))
         self.engines = engines
         self.billing = billing
-        self.policies = PolicyBook()
+        self.policies = policy_book(config)
         self.samplers = {model: Sampler(engine, self.policies) for model, engine in engines.items()}
         self.verifiers = VerifierBook()
         self.started_at = int(time.time())
@@ -100,3 +101,4 @@ class ServingState:
             await engine.shutdown()
         await self.verifiers.aclose()
         await self.admin.aclose()
+        await self.policies.aclose()
