@@ -21,7 +21,12 @@ the per-sample price (`Policy.sample_price`: the policy's own λ, combined with 
 `ComputePrice`); otherwise stop with "marginal_value". Caps are enforced by PolicyRun.
 
 Up-front mode (latency-bound callers): k = argmax_k value·Acc(k) − λ·k from the curve
-(by default the prior's majority-vote curve), drawn in one wave.
+(the served model's measured Acc(k), controller.scaling.served; without one, the prior's
+majority-vote curve), drawn in one wave.
+
+Calibrated start. A served model with curves gives t2 its leader prior fitted on calibration
+questions, so the first requests already stop where that model's votes are decisive; online
+refits stay anchored at it (`initial_prior`), and `load` continues from a persisted table.
 
 Memory. What t2 learns from traffic is a count table of (n, c) pairs, with n capped at
 MAX_PAIR_VOTES, so it stays bounded however long it serves; value tables are shared between
@@ -225,7 +230,7 @@ class T2(Policy):
     lam: λ, the price of one sample, in units of value_per_correct (a budget's ComputePrice
         can raise it; see `Policy.sample_price`).
     value_per_correct: what a correct answer is worth.
-    prior: the starting LeaderPrior (from the deployment's curves; uniform if unknown).
+    prior: the starting LeaderPrior (the served model's calibrated one; uniform if unknown).
     refit: refit the prior online from observed questions (`observe`) every `refit_every`
         questions once `min_history` have been seen.
     wave: the largest wave drawn at once (1 = most sample-efficient; larger = lower latency).
