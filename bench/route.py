@@ -7,9 +7,9 @@ token), and two routes: `auto` (start on the best predicted plan) and `cascade` 
 on the small model and escalate by value). Every configuration answers the same questions, one
 seeded request each.
 
-Questions: `models.chain.val_questions()`, the 256 validation questions: never trained on, and
-disjoint from the calibration questions (the even positions of the models' replays of
-`eval_questions`, controller.scaling.served.split_calibration) the routes' statistics come from.
+Questions: `models.chain.eval_questions()`, the 320 held-back questions: never trained on, and
+disjoint from the calibration questions the models' curves and the routes' vote statistics come
+from (chain's 256 validation questions, `models/<model>/calibration/replay.jsonl`).
 
 Writes var/bench/route.json and docs/route-frontier.png; prints the frontier comparison.
 """
@@ -222,7 +222,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 
 async def run(n_questions: int, concurrency: int, quiet: bool) -> dict[str, Any]:
-    questions = chain.val_questions()[:n_questions]
+    questions = chain.eval_questions()[:n_questions]
     ledger = Path("var/bench/route-ledger.sqlite")
     ledger.parent.mkdir(parents=True, exist_ok=True)
     ledger.unlink(missing_ok=True)
@@ -251,7 +251,7 @@ async def run(n_questions: int, concurrency: int, quiet: bool) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench route", description=__doc__)
-    parser.add_argument("--questions", type=int, default=256)
+    parser.add_argument("--questions", type=int, default=320)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
     raw = sys.argv[1:] if argv is None else argv

@@ -2,11 +2,15 @@
 
 import typer
 
-from cli import replay, scaling, serve
+from cli import calibrate, replay, scaling, serve
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Budget-aware test-time scaling server."
 )
 
-for group in (serve, scaling, replay):
+for group in (serve, scaling, replay, calibrate):
     group.register(app)
+
+
+if __name__ == "__main__":
+    app()

@@ -118,3 +118,30 @@ def batches(tokenizer: Any, batch: int, seed: int) -> Iterator[tuple[Any, Any, i
     encoded = {q: encode(tokenizer, q) for q in pool}
     while True:
         yield collate(tokenizer, [encoded[rng.choice(pool)] for _ in range(batch)])
+
+
+def question_rows(split: str) -> list[dict[str, str]]:
+    """A question set as `t2serve calibrate --data` reads it: id, question, gold.
+
+    `val` (256, never trained on) calibrates the served chain models; `eval` (320, the
+    shipped replays' questions, in the same order) is held back for evaluation.
+    """
+    sets = {"eval": eval_questions, "val": val_questions}
+    if split not in sets:
+        raise ValueError(f"unknown split {split!r}; choose eval or val")
+    return [
+        {"id": f"chain-{split}-{i:04d}", "question": question_text(q), "gold": gold(q)}
+        for i, q in enumerate(sets[split]())
+    ]
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Write a chain question set as JSON Lines.")
+    parser.add_argument("--split", choices=("eval", "val"), default="val")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    with open(args.out, "w") as fh:
+        fh.writelines(json.dumps(row) + "\n" for row in question_rows(args.split))

@@ -18,10 +18,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cli.calibrate import measured_summary as summarize
 from controller.scaling.data import load_counts
 from controller.scaling.fit import fit_beta_models
 from models import chain
-from models.record_replay import summarize
 
 GRID = Path("models/mini-t2")
 SHIPPED = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",

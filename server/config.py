@@ -153,6 +153,23 @@ class ModelConfig(_Strict):
         """What this model's engine starts with: the shared settings, then its own."""
         return {"model_path": self.path, "served_name": self.id, **shared, **self.engine}
 
+    curves: Path | None = Field(
+        default=None,
+        description="curves.json with this model's `serving` entry (`t2serve calibrate`): t2 "
+        "starts from its leader prior and Acc(k); relative to the working directory, as `path`",
+    )
+
+    @model_validator(mode="after")
+    def _curves_load(self) -> ModelConfig:
+        if self.curves is not None:
+            from controller.scaling.served import ServedCurvesError, load_served
+
+            try:
+                load_served(self.curves, self.id)
+            except ServedCurvesError as exc:
+                raise ValueError(f"curves: {exc}") from None
+        return self
+
 
 class RouteConfig(_Strict):
     """A model id that routes each request to one of several served models (T² routing,

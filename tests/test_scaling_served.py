@@ -95,24 +95,45 @@ def test_questions_without_gold_are_refused_naming_the_line() -> None:
 
 
 @pytest.mark.parametrize("model", SHIPPED)
-def test_shipped_models_carry_serving_curves_from_their_calibration_half(model: str) -> None:
+def test_shipped_models_carry_serving_curves_from_questions_not_held_back(model: str) -> None:
+    """The chain models are calibrated on chain's 256 validation questions (`t2serve calibrate`
+    output in models/<model>/calibration/), tiny-arith on the even half of its replay; the
+    held-back evaluation questions never enter a fit."""
     path = ROOT / "models" / model / "curves.json"
     served = load_served(path, model)
     training = json.loads((ROOT / "models" / model / "training.json").read_text())
     assert served.params == training["params"]
-    assert served.k_max == 64 and served.questions == 160
     assert served.leader_prior.a > served.leader_prior.b
+    assert len(served.leader_table) == 32
     replay = ROOT / "models" / model / "replay.jsonl"
-    questions, _ = load_replay(replay, last_number)
-    calibration, held_back = split_calibration(questions)
+    held_back, _ = load_replay(replay, last_number)
+    if model == "tiny-arith":
+        calibration, held_back = split_calibration(held_back)
+        refit = fit_served_replay(
+            replay, model_id=model, params=served.params, tokens=served.tokens
+        )
+    else:
+        source = ROOT / "models" / model / "calibration" / "replay.jsonl"
+        calibration, _ = load_replay(source, last_number)
+        refit = fit_served(calibration, model_id=model, params=served.params)
+    assert served.questions == len(calibration) and served.k_max == 64
     assert {q.id for q in calibration}.isdisjoint({q.id for q in held_back})
-    refit = fit_served_replay(replay, model_id=model, params=served.params,
-                              tokens=served.tokens)  # fmt: skip
     assert tuple(refit.serving.accuracy) == pytest.approx(served.curve)
     doc = load_curves(path)
     assert doc.serving is not None
     info = doc.serving[model].data
-    assert info is not None and info.rows == 160
+    assert info is not None and info.rows == len(calibration)
+
+
+def test_chain_calibration_questions_are_not_the_held_back_ones() -> None:
+    from models import chain
+
+    val = {chain.question_text(q) for q in chain.val_questions()}
+    held = {chain.question_text(q) for q in chain.eval_questions()}
+    assert val.isdisjoint(held)
+    for model in ("tiny-chain-31k", "tiny-chain-252k"):
+        rows = (ROOT / "models" / model / "calibration" / "replay.jsonl").read_text().splitlines()
+        assert {json.loads(r)["question"] for r in rows} == val
 
 
 def test_files_without_a_serving_block_still_load() -> None:

@@ -36,6 +36,7 @@ from controller.budget.models import (
     WindowName,
 )
 from controller.budget.pricing import Cost, Pricer
+from controller.policy.learned import LearnedStore
 
 
 def open_store(
@@ -70,6 +71,21 @@ def open_admin_store(
         from controller.budget.admin_redis import RedisAdminStore
 
         return RedisAdminStore(url or "redis://127.0.0.1:6379/0")
+    raise ValueError(f"unknown ledger backend {backend!r}; choose sqlite or redis")
+
+
+def open_learned_store(
+    backend: str, *, path: str | Path = "var/ledger.sqlite", url: str | None = None
+) -> LearnedStore:
+    """t2's learned state beside the configured ledger: the same SQLite file or Redis."""
+    if backend == "sqlite":
+        from controller.budget.learned_sqlite import SQLiteLearnedStore
+
+        return SQLiteLearnedStore(path)
+    if backend == "redis":
+        from controller.budget.learned_redis import RedisLearnedStore
+
+        return RedisLearnedStore(url or "redis://127.0.0.1:6379/0")
     raise ValueError(f"unknown ledger backend {backend!r}; choose sqlite or redis")
 
 

@@ -21,7 +21,12 @@ the per-sample price (`Policy.sample_price`: the policy's own λ, combined with 
 `ComputePrice`); otherwise stop with "marginal_value". Caps are enforced by PolicyRun.
 
 Up-front mode (latency-bound callers): k = argmax_k value·Acc(k) − λ·k from the curve
-(by default the prior's majority-vote curve), drawn in one wave.
+(the served model's measured Acc(k), controller.scaling.served; without one, the prior's
+majority-vote curve), drawn in one wave.
+
+Calibrated start. A served model with curves gives t2 its leader prior fitted on calibration
+questions, so the first requests already stop where that model's votes are decisive; online
+refits stay anchored at it (`initial_prior`), and `load` continues from a persisted table.
 
 Memory. What t2 learns from traffic is a count table of (n, c) pairs, with n capped at
 MAX_PAIR_VOTES, so it stays bounded however long it serves; value tables are shared between
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -162,10 +167,12 @@ class T2Run(PolicyRun):
         self.lam = lam
         self.prior = policy.prior
         self._q: float | None = None
+        self._answers: Sequence[str | None] = ()
         self._upfront_done = False
 
     def want(self, answers: Sequence[str | None], allowed: int) -> Decision:
         p = self.policy
+        self._answers = tuple(answers)
         if p.upfront:
             if self._upfront_done or answers:
                 self._update_q(answers)
@@ -201,7 +208,20 @@ class T2Run(PolicyRun):
 
     @property
     def predicted_accuracy(self) -> float | None:
-        return self._q
+        """P(the answer is right), from the votes and, where the model has them, its curves.
+
+        With the model's calibrated table (`accuracy_given_votes(k, v)`, measured on its
+        calibration questions, shrunk towards Acc(k)): that table at the k samples drawn and
+        the leader's v votes. Without one: q, the chance the leader is what unlimited sampling
+        would pick.
+        """
+        if self._q is None:
+            return None
+        table = self.policy.accuracy_given_votes
+        if table is None:
+            return self._q
+        _, v1, _ = top_two(self._answers)
+        return float(table(len(self._answers), v1))
 
 
 class T2(Policy):
@@ -210,7 +230,7 @@ class T2(Policy):
     lam: λ, the price of one sample, in units of value_per_correct (a budget's ComputePrice
         can raise it; see `Policy.sample_price`).
     value_per_correct: what a correct answer is worth.
-    prior: the starting LeaderPrior (from the deployment's curves; uniform if unknown).
+    prior: the starting LeaderPrior (the served model's calibrated one; uniform if unknown).
     refit: refit the prior online from observed questions (`observe`) every `refit_every`
         questions once `min_history` have been seen.
     wave: the largest wave drawn at once (1 = most sample-efficient; larger = lower latency).
@@ -218,6 +238,7 @@ class T2(Policy):
     calibrated: scale the gain by the leader's estimated share (see module doc).
     upfront: choose k once from the curve and draw it in one wave.
     curve: Acc(k) for up-front mode; default: the prior's majority-vote curve.
+    accuracy_given_votes: (k, leader votes) -> P(right), for `predicted_accuracy`.
     """
 
     def __init__(
@@ -234,6 +255,7 @@ class T2(Policy):
         calibrated: bool = True,
         upfront: bool = False,
         curve: Callable[[int], float] | None = None,
+        accuracy_given_votes: Callable[[int, int], float] | None = None,
     ) -> None:
         if not (math.isfinite(lam) and lam >= 0):
             raise ValueError("t2 λ must be a finite number >= 0")
@@ -255,6 +277,7 @@ class T2(Policy):
         self.calibrated = calibrated
         self.upfront = upfront
         self.curve = curve
+        self.accuracy_given_votes = accuracy_given_votes
         self.counts: Counter[tuple[int, int]] = Counter()
         self.seen = 0
         self._table: ValueTable | None = None
@@ -277,6 +300,20 @@ class T2(Policy):
         self.seen += 1
         if self.refit and self.seen >= self.min_history and self._on_schedule(self.seen):
             self.prior = fit_leader_prior(self.counts, anchor=self.initial_prior)
+
+    def load(self, counts: Mapping[tuple[int, int], int]) -> None:
+        """Continue from a learned (n, c) count table (persisted, or merged across replicas):
+        the prior is refitted from it, anchored at the initial prior as online refits are."""
+        self.counts = Counter({(int(n), int(c)): int(v) for (n, c), v in counts.items() if v > 0})
+        self.seen = self.counts.total()
+        if self.refit and self.seen >= self.min_history:
+            self.prior = fit_leader_prior(self.counts, anchor=self.initial_prior)
+        else:
+            self.prior = self.initial_prior
+
+    def refit_due(self) -> bool:
+        """True right after `observe` refitted (the book then merges the shared table)."""
+        return self.refit and self.seen >= self.min_history and self._on_schedule(self.seen)
 
     def _on_schedule(self, seen: int) -> bool:
         """Refit at min_history·2^k questions, then every refit_every (refits clear the cache)."""

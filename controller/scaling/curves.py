@@ -120,6 +120,10 @@ class ServingModel(_Strict):
     samples: int = Field(ge=1)
     calibration: str = Field(min_length=1, description="which questions calibrated it")
     data: DataInfo | None = None
+    leader_accuracy: list[list[float]] | None = Field(
+        default=None,
+        description="[k-1][v-1]: P(the majority answer is right | k samples, v for the leader)",
+    )
 
     @model_validator(mode="after")
     def _curve_is_a_curve(self) -> ServingModel:
@@ -129,6 +133,9 @@ class ServingModel(_Strict):
             )
         if any(not (0.0 <= v <= 1.0) for v in self.accuracy):
             raise ValueError("accuracy values must lie in [0, 1]")
+        for k, row in enumerate(self.leader_accuracy or [], start=1):
+            if len(row) != k or any(not (0.0 <= v <= 1.0) for v in row):
+                raise ValueError(f"leader_accuracy row {k} needs {k} values in [0, 1]")
         return self
 
 

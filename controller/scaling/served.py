@@ -44,6 +44,10 @@ from controller.scaling.curves import (
 from controller.scaling.estimators import maj_curve
 
 FloatArray = NDArray[np.float64]
+LEADER_TABLE_K = 32
+"""P(right | k, leader votes) is tabulated up to this k (beyond it, by the leader's share)."""
+LEADER_TABLE_ORDERS = 24
+"""Random draw orders per calibration question for that table."""
 MAX_CURVE_K = 256
 """Acc(k) is measured up to this k at most (t2 never plans beyond `t2.MAX_TABLE` = 256)."""
 EVEN_ODD = "even positions of {path} (0, 2, 4, ...); odd positions are held back for evaluation"
@@ -74,6 +78,7 @@ class ServedCurves:
     leader_prior: LeaderPrior
     questions: int
     source: str
+    leader_table: tuple[tuple[float, ...], ...] = ()
 
     @property
     def k_max(self) -> int:
@@ -95,6 +100,17 @@ class ServedCurves:
         if frac == 0.0:
             return self.curve[lo - 1]
         return (1.0 - frac) * self.curve[lo - 1] + frac * self.curve[lo]
+
+    def accuracy_given_votes(self, k: int, leader_votes: int) -> float:
+        """P(the majority answer is right | k samples drawn, `leader_votes` of them for it),
+        measured on the calibration questions; Acc(k) where no table was calibrated."""
+        if not self.leader_table or leader_votes < 1 or k < 1:
+            return self.accuracy(max(k, 1))
+        kt = len(self.leader_table)
+        if k > kt:  # beyond the table: the same leader share at the table's largest k
+            leader_votes = max(1, round(leader_votes * kt / k))
+            k = kt
+        return self.leader_table[k - 1][min(leader_votes, k) - 1]
 
     def accuracy_curve(self, k_max: int) -> FloatArray:
         """[Acc(1), ..., Acc(k_max)]."""
@@ -121,6 +137,52 @@ def accuracy_curve(questions: Sequence[ReplayQuestion], k_max: int, where: str) 
         gold, others, abstained = _answer_counts(q, where)
         total += maj_curve(gold, others, k_max, abstained=abstained)
     return total / len(questions)
+
+
+def leader_accuracy_table(
+    questions: Sequence[ReplayQuestion],
+    curve: Sequence[float],
+    k_max: int = LEADER_TABLE_K,
+    orders: int = LEADER_TABLE_ORDERS,
+    seed: int = 0,
+) -> list[list[float]]:
+    """table[k-1][v-1] = P(the vote's answer is right | k samples, v of them for it).
+
+    Counted over `orders` seeded random draw orders of every question's samples (the vote as
+    controller.aggregate.vote: ties to the answer seen first), each cell shrunk towards Acc(k)
+    by one pseudo-question so that rare cells stay sane.
+    """
+    k_max = min(k_max, len(curve), min(len(q.samples) for q in questions))
+    hits = np.zeros((k_max + 1, k_max + 1))
+    seen = np.zeros((k_max + 1, k_max + 1))
+    rng = np.random.default_rng(seed)
+    for q in questions:
+        answers = [s.answer for s in q.samples]
+        for _ in range(orders):
+            order = rng.permutation(len(answers))[:k_max]
+            counts: dict[str, int] = {}
+            first: dict[str, int] = {}
+            lead: str | None = None
+            for k, i in enumerate(order, start=1):
+                a = answers[int(i)]
+                if a is not None:
+                    counts[a] = counts.get(a, 0) + 1
+                    first.setdefault(a, k)
+                    if (
+                        lead is None
+                        or counts[a] > counts[lead]
+                        or (counts[a] == counts[lead] and first[a] < first[lead])
+                    ):
+                        lead = a
+                if lead is not None:
+                    v = counts[lead]
+                    seen[k, v] += 1
+                    hits[k, v] += lead == q.gold
+    table = []
+    for k in range(1, k_max + 1):
+        prior = curve[k - 1]
+        table.append([float((hits[k, v] + prior) / (seen[k, v] + 1.0)) for v in range(1, k + 1)])
+    return table
 
 
 def leader_pairs(questions: Sequence[ReplayQuestion]) -> Counter[tuple[int, int]]:
@@ -178,6 +240,7 @@ def fit_served(
         samples=k_max,
         calibration=calibration,
         data=data,
+        leader_accuracy=leader_accuracy_table(questions, [float(v) for v in acc], seed=seed),
     )
     return ServedFit(model_id, beta, serving)
 
@@ -247,6 +310,7 @@ def load_served(path: str | Path, model_id: str) -> ServedCurves:
         leader_prior=LeaderPrior(serving.leader_prior.a, serving.leader_prior.b),
         questions=serving.questions,
         source=str(p),
+        leader_table=tuple(tuple(row) for row in serving.leader_accuracy or ()),
     )
 
 

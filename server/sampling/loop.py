@@ -93,7 +93,7 @@ class Sampler:
         tokens generated so far before the CancelledError propagates.
         """
         out = Outcome(policy=job.policy, cost_unit=billing.unit, model=job.model)
-        policy = self.policies.get(job.tenant, job.model, job.policy)
+        policy = await self.policies.get(job.tenant, job.model, job.policy)
         price = billing.price_of_compute()
         per_sample = max(billing.quote(job.prompt_tokens, job.max_tokens), 1e-12)
         caps = Caps(max_samples=job.max_samples, cost_per_sample=per_sample, cost_unit=billing.unit)
@@ -121,7 +121,7 @@ class Sampler:
 
         if not drawn:
             raise UpstreamTimeout("the engine returned no samples")
-        policy.observe(answers)
+        await self.policies.observe(job.tenant, job.model, policy, answers)
         result = await _aggregate(job, answers, drawn, verifier)
         _fill(out, result, drawn)
         out.predicted_accuracy = run.predicted_accuracy

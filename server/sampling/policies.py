@@ -4,18 +4,34 @@ A t2 policy learns a prior from the traffic it serves, so it must outlive one re
 spec string comes from the client (`t2.policy`), so the book that keeps policies must not grow
 with the number of distinct specs. It keeps at most `capacity` of them, least recently used
 out first; each holds only a bounded count table (controller.policy.t2).
+
+A model with calibrated curves (its config entry's `curves:`, controller.scaling.served) gives
+every new t2 policy on it the model's leader prior and Acc(k) instead of the uniform prior.
+What t2 learns per (tenant, model) goes to a `LearnedStore` beside the ledger, so a restart
+keeps it and replicas sharing the store pool their traffic: each finished question adds its
+(n, c) cell there, and on t2's refit schedule the policy reloads the merged table.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 
 from controller.aggregate import get_extractor
 from controller.aggregate.vote import METHODS
 from controller.policy.base import Policy
 from controller.policy.factory import make_policy
+from controller.policy.learned import LearnedStore
+from controller.policy.prior import leader_pair
 from controller.policy.rules import Fixed
-from server.errors import ControllerOptionError
+from controller.policy.t2 import T2
+from controller.scaling.served import ServedCurves
+from server.config import AppConfig
+from server.errors import ConfigError, ControllerOptionError
+
+log = logging.getLogger("t2serve.policies")
 
 DEFAULT_CAPACITY = 256
 FIXED_ALL_SPEC = "fixed:all"  # every sample the caps allow: no number of its own
@@ -48,24 +64,121 @@ def samples_named(spec: str) -> int | None:
 
 class PolicyBook:
     """Long-lived `Policy` objects per (tenant, model, spec), at most `capacity` of them (LRU):
-    what t2 learns is specific to one tenant's traffic on one model."""
+    what t2 learns is specific to one tenant's traffic on one model.
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+    curves: served models' calibrated curves by model id (t2's starting prior and Acc(k)).
+    store: where t2's learned tables persist (None: in memory only); `open_store` instead
+        opens it on first use (a server that never runs t2 never creates it).
+    """
+
+    def __init__(
+        self,
+        capacity: int = DEFAULT_CAPACITY,
+        *,
+        curves: Mapping[str, ServedCurves] | None = None,
+        store: LearnedStore | None = None,
+        open_store: Callable[[], LearnedStore] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if capacity < 1:
             raise ValueError("the policy book needs a capacity >= 1")
         self.capacity = capacity
+        self.curves = dict(curves or {})
+        self._store = store
+        self._open_store = open_store
+        self._opened = False
+        self.clock = clock
         self._policies: OrderedDict[tuple[str, str, str], Policy] = OrderedDict()
 
-    def get(self, tenant: str, model: str, spec: str) -> Policy:
+    @property
+    def store(self) -> LearnedStore | None:
+        if self._store is None and self._open_store is not None:
+            self._store, self._open_store = self._open_store(), None
+            self._opened = True
+        return self._store
+
+    def make(self, model: str, spec: str) -> Policy:
+        """A fresh policy for `spec`; a t2 on a calibrated model starts from its curves."""
+        policy = make_policy(spec)
+        served = self.curves.get(model)
+        if isinstance(policy, T2) and served is not None:
+            policy = make_policy(
+                spec,
+                prior=served.leader_prior,
+                curve=served.accuracy,
+                accuracy_given_votes=served.accuracy_given_votes,
+            )
+        return policy
+
+    async def get(self, tenant: str, model: str, spec: str) -> Policy:
         key = (tenant, model, spec.strip())
         policy = self._policies.get(key)
-        if policy is None:
-            policy = self._policies[key] = make_policy(spec)
-            while len(self._policies) > self.capacity:
-                self._policies.popitem(last=False)
-        else:
+        if policy is not None:
             self._policies.move_to_end(key)
+            return policy
+        policy = self.make(model, spec)
+        if isinstance(policy, T2):
+            await self._restore(tenant, model, policy)
+        policy = self._policies.setdefault(key, policy)  # a concurrent first request won
+        self._policies.move_to_end(key)
+        while len(self._policies) > self.capacity:
+            self._policies.popitem(last=False)
         return policy
+
+    async def observe(
+        self, tenant: str, model: str, policy: Policy, answers: Sequence[str | None]
+    ) -> None:
+        """Let the policy learn from a finished question, and persist what t2 learned."""
+        policy.observe(answers)
+        store = self.store
+        pair = leader_pair(answers)
+        if store is None or not isinstance(policy, T2) or pair is None:
+            return
+        try:
+            await store.add(tenant, model, pair, self.clock())
+            if policy.refit_due():
+                await self._restore(tenant, model, policy)
+                await store.set_prior(tenant, model, policy.prior, self.clock())
+        except Exception:
+            log.warning("t2's learned state for %s/%s was not saved", tenant, model, exc_info=True)
+
+    async def _restore(self, tenant: str, model: str, policy: T2) -> None:
+        store = self.store
+        if store is None:
+            return
+        try:
+            learned = await store.load(tenant, model, self.clock())
+        except Exception:
+            log.warning("t2's learned state for %s/%s was not read", tenant, model, exc_info=True)
+            return
+        if learned.counts:
+            policy.load(learned.counts)
+
+    async def aclose(self) -> None:
+        """Close the store if this book opened it (a given store is the caller's)."""
+        if self._store is not None and self._opened:
+            await self._store.close()
 
     def __len__(self) -> int:
         return len(self._policies)
+
+
+def policy_book(config: AppConfig) -> PolicyBook:
+    """The server's book: each model's curves, and t2's learned state beside the ledger."""
+    from controller.budget import open_learned_store
+    from controller.scaling.served import ServedCurvesError, load_served
+
+    curves: dict[str, ServedCurves] = {}
+    for i, m in enumerate(config.models):
+        if m.curves is not None:
+            try:
+                curves[m.id] = load_served(m.curves, m.id)
+            except ServedCurvesError as exc:
+                raise ConfigError(f"models.{i}.curves: {exc}") from None
+    ledger = config.ledger
+    return PolicyBook(
+        curves=curves,
+        open_store=lambda: open_learned_store(
+            ledger.backend, path=ledger.path, url=ledger.redis_url
+        ),
+    )

@@ -22,7 +22,8 @@ from server.billing.protocol import BillingProvider
 from server.config import AppConfig, load_config
 from server.engine.service import EngineService
 from server.errors import APIError, ConfigError
-from server.sampling import PolicyBook, Sampler
+from server.sampling import Sampler
+from server.sampling.policies import policy_book
 from server.serving.routes import route_table
 from server.verifiers import VerifierBook
 
@@ -39,7 +40,7 @@ class ServingState:
         self.admin = AdminSync(config.ledger, lambda: self.apply(self.file_config))
         self.engines = engines
         self.billing = billing
-        self.policies = PolicyBook()
+        self.policies = policy_book(config)
         sampler = Sampler(engines, self.policies)  # one for all: a route draws from several
         self.samplers = {model: sampler for model in engines}
         self.routes = route_table(config)
@@ -121,3 +122,4 @@ class ServingState:
             await engine.shutdown()
         await self.verifiers.aclose()
         await self.admin.aclose()
+        await self.policies.aclose()

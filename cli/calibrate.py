@@ -1,0 +1,610 @@
+"""`t2serve calibrate`: sample a gold-labelled question set through a served model, as configured,
+and fit the serving curves the controller starts from (controller/scaling/served.py).
+
+Writes into --out: `replay.jsonl` (the shared replay schema), `passk.csv` (model,params,tokens,
+problem,samples,correct, for `t2serve fit`), `measured.json` (single-sample and majority-of-16
+accuracy) and `curves.json` (the model's Beta and `serving` entry, merged into a file already
+there). Every final file is written whole (temp file + rename).
+
+Resuming: each finished question is appended to `.calibrate-<model>.journal.jsonl` in --out and
+fsynced; a rerun with the same settings skips the questions already there (a torn last line from
+a crash is dropped). An engine that fails mid-way leaves the journal as it was and the command
+says which question it stopped at (exit 1). Bad input exits 2 naming the line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from controller.aggregate.extract import Extractor, get_extractor
+from controller.aggregate.normalize import normalize_answer
+from controller.replay.data import ReplayQuestion, parse_question
+from controller.scaling.curves import CurvesError, load_curves
+from controller.scaling.served import data_info, fit_served, with_served
+
+if TYPE_CHECKING:
+    from server.config import AppConfig
+    from server.engine.base import SampleEngine
+
+JOURNAL_FORMAT = "t2serve.calibrate-journal/1"
+MAJORITY_K = 16
+
+
+class CalibrateError(ValueError):
+    """Bad input or settings (exit 2); the message names the line, field or flag."""
+
+
+class EngineStopped(RuntimeError):
+    """The engine failed mid-way; what was recorded stays in the journal (exit 1)."""
+
+
+# ---- the question file -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Question:
+    """One line of the question file: `id`, `question` (or chat `messages`) and `gold`."""
+
+    id: str
+    messages: tuple[tuple[str, str], ...]
+    gold: str
+    line: int
+
+    @property
+    def text(self) -> str:
+        return self.messages[-1][1]
+
+
+def _parse_line(raw: str, line: int, where: str) -> Question:
+    here = f"{where}:{line}"
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CalibrateError(f"{here}: not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise CalibrateError(f"{here}: expected a JSON object")
+    gold = obj.get("gold")
+    if gold is None or isinstance(gold, bool) or not isinstance(gold, str | int | float):
+        raise CalibrateError(f"{here}: no `gold` answer (a string or number is needed)")
+    if str(gold).strip() == "":
+        raise CalibrateError(f"{here}: empty `gold`")
+    if isinstance(obj.get("messages"), list):
+        msgs: list[tuple[str, str]] = []
+        for m in obj["messages"]:
+            if not (
+                isinstance(m, dict)
+                and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)
+            ):
+                raise CalibrateError(f"{here}: each of `messages` needs a `role` and `content`")
+            msgs.append((m["role"], m["content"]))
+        if not msgs:
+            raise CalibrateError(f"{here}: empty `messages`")
+    elif isinstance(obj.get("question"), str) and obj["question"].strip():
+        msgs = [("user", obj["question"])]
+    else:
+        raise CalibrateError(f"{here}: needs a `question` string or a `messages` list")
+    qid = obj.get("id", f"line-{line}")
+    if not isinstance(qid, str | int) or isinstance(qid, bool):
+        raise CalibrateError(f"{here}: `id` must be a string or integer")
+    return Question(str(qid), tuple(msgs), str(gold), line)
+
+
+def load_questions(path: Path, skip_bad: bool = False) -> tuple[list[Question], list[str]]:
+    """The questions, and (with skip_bad) one "file:line: reason" per line skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CalibrateError(f"--data: {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CalibrateError(f"--data: cannot read {path}: {exc}") from None
+    questions: list[Question] = []
+    skipped: list[str] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            q = _parse_line(raw, number, str(path))
+            if q.id in seen:
+                raise CalibrateError(
+                    f"{path}:{number}: duplicate id {q.id!r} (first on line {seen[q.id]})"
+                )
+        except CalibrateError as exc:
+            if not skip_bad:
+                raise
+            skipped.append(str(exc))
+            continue
+        seen[q.id] = number
+        questions.append(q)
+    if not questions:
+        raise CalibrateError(f"--data: {path} holds no usable questions")
+    return questions, skipped
+
+
+# ---- the journal -------------------------------------------------------------------------------
+
+
+def _write_line(fh: io.TextIOWrapper, obj: dict[str, Any]) -> None:
+    fh.write(json.dumps(obj) + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def read_journal(path: Path, header: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Recorded questions by id. A torn last line (crash mid-write) is cut off; a journal made
+    with other settings is refused, naming the setting."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):  # the tail was torn by a crash: drop it
+        with path.open("r+b") as fh:
+            fh.truncate(keep)
+        data = data[:keep]
+    lines = data.decode("utf-8").splitlines()
+    if not lines:
+        return {}
+    try:
+        first = json.loads(lines[0])
+    except json.JSONDecodeError:
+        raise CalibrateError(
+            f"{path}:1: not a calibrate journal; delete it to start over"
+        ) from None
+    if not isinstance(first, dict) or first.get("format") != JOURNAL_FORMAT:
+        raise CalibrateError(f"{path}:1: not a calibrate journal; delete it to start over")
+    for key, value in header.items():
+        if first.get(key) != value:
+            raise CalibrateError(
+                f"{path}: recorded with {key}={first.get(key)!r}, this run has {value!r}; rerun "
+                "with the same settings to resume, or delete the journal to start over"
+            )
+    done: dict[str, dict[str, Any]] = {}
+    for number, raw in enumerate(lines[1:], start=2):
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError:
+            raise CalibrateError(f"{path}:{number}: corrupt journal line") from None
+        done[str(row["id"])] = row
+    return done
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# ---- sampling ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    model_id: str
+    samples: int
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int = 2026
+    concurrency: int = 4
+    extractor: str = "last_number"
+
+
+@dataclass
+class Outcome:
+    recorded: int
+    total: int
+    resumed: int
+    skipped: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _question_seed(seed: int, qid: str) -> int:
+    """A seed per question from its id: the same on resume, whatever order questions run in."""
+    digest = hashlib.sha256(f"{seed}:{qid}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 2**31
+
+
+async def record(
+    engine: SampleEngine,
+    questions: Sequence[Question],
+    journal: Path,
+    settings: Settings,
+    header: dict[str, Any],
+    on_done: Callable[[], None] = lambda: None,
+) -> dict[str, dict[str, Any]]:
+    """Sample every question not yet in the journal, appending each as it finishes.
+
+    Raises EngineStopped at the first engine failure, after cancelling the questions in flight;
+    the journal keeps every question finished before it.
+    """
+    extract: Extractor = get_extractor(settings.extractor)
+    done = read_journal(journal, header)
+    todo = [q for q in questions if q.id not in done]
+    params = engine.params(
+        max_tokens=settings.max_tokens, temperature=settings.temperature, top_p=settings.top_p
+    )
+    seeded = engine.capabilities.request_seed
+    fresh = not journal.exists() or journal.stat().st_size == 0
+    with journal.open("a", encoding="utf-8") as fh:
+        if fresh:
+            _write_line(fh, {"format": JOURNAL_FORMAT, **header})
+        sem = asyncio.Semaphore(settings.concurrency)
+
+        async def one(q: Question) -> None:
+            prompt = engine.apply_chat_template([{"role": r, "content": c} for r, c in q.messages])
+            p = replace(params, seed=_question_seed(settings.seed, q.id)) if seeded else params
+            async with sem:
+                try:
+                    got = [
+                        s
+                        async for s in engine.sample(
+                            prompt, settings.samples, p, f"calibrate-{q.id}"
+                        )
+                    ]
+                except Exception as exc:
+                    raise EngineStopped(f"question {q.id!r} (line {q.line}): {exc}") from exc
+            if len(got) != settings.samples:
+                raise EngineStopped(
+                    f"question {q.id!r} (line {q.line}): the engine returned {len(got)} of "
+                    f"{settings.samples} samples"
+                )
+            got.sort(key=lambda s: s.index)
+            gold = normalize_answer(q.gold)
+            samples = []
+            for s in got:
+                answer = extract(s.text)
+                samples.append(
+                    {
+                        "text": s.text,
+                        "answer": answer,
+                        "correct": answer is not None and normalize_answer(answer) == gold,
+                        "tokens": s.completion_tokens,
+                    }
+                )
+            row = {
+                "id": q.id,
+                "question": q.text,
+                "gold": q.gold,
+                "samples": samples,
+                "model": settings.model_id,
+            }
+            _write_line(fh, row)
+            done[q.id] = row
+            on_done()
+
+        tasks = [asyncio.create_task(one(q)) for q in todo]
+        try:
+            for finished in asyncio.as_completed(tasks):
+                await finished
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+    return done
+
+
+# ---- outputs -----------------------------------------------------------------------------------
+
+
+def measured_summary(rows: Sequence[dict[str, Any]], vote_k: int = MAJORITY_K) -> dict[str, Any]:
+    """Single-sample accuracy and majority-of-k accuracy (over disjoint groups of k): the
+    numbers a model card quotes (ties go to the answer seen first, as the server votes)."""
+    from controller.aggregate.vote import count_votes, leader
+
+    single: list[float] = []
+    voted: list[float] = []
+    for row in rows:
+        answers = [s["answer"] for s in row["samples"]]
+        single.append(sum(bool(s["correct"]) for s in row["samples"]) / len(answers))
+        groups = [answers[i : i + vote_k] for i in range(0, len(answers) - vote_k + 1, vote_k)]
+        if groups:
+            voted.append(sum(leader(count_votes(g)) == row["gold"] for g in groups) / len(groups))
+    n = len(rows)
+    out: dict[str, Any] = {
+        "questions": n,
+        "samples_per_question": len(rows[0]["samples"]) if rows else 0,
+        "single_sample_accuracy": round(sum(single) / n, 4),
+    }
+    if voted:
+        out[f"majority_of_{vote_k}_accuracy"] = round(sum(voted) / len(voted), 4)
+    out["pass_at_1_questions_never_right"] = round(sum(s == 0 for s in single) / n, 4)
+    return out
+
+
+def write_outputs(
+    out: Path,
+    rows: Sequence[dict[str, Any]],
+    *,
+    model_id: str,
+    params: float,
+    tokens: float | None,
+    source: str,
+    extractor: Extractor,
+    curves_path: Path | None = None,
+) -> dict[str, str]:
+    """replay.jsonl, passk.csv, measured.json and curves.json (or `curves_path`), each whole."""
+    replay = out / "replay.jsonl"
+    atomic_write(replay, "".join(json.dumps(r) + "\n" for r in rows))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["model", "params", "tokens", "problem", "samples", "correct"])
+    for r in rows:
+        right = sum(bool(s["correct"]) for s in r["samples"])
+        w.writerow(
+            [
+                model_id,
+                f"{params:g}",
+                "" if tokens is None else f"{tokens:g}",
+                r["id"],
+                len(r["samples"]),
+                right,
+            ]
+        )
+    atomic_write(out / "passk.csv", buf.getvalue())
+    atomic_write(out / "measured.json", json.dumps(measured_summary(rows), indent=2) + "\n")
+    questions: list[ReplayQuestion] = []
+    for i, r in enumerate(rows, start=1):
+        q = parse_question(json.dumps(r), i, extractor, str(replay))
+        assert q is not None
+        questions.append(q)
+    fit = fit_served(
+        questions,
+        model_id=model_id,
+        params=params,
+        tokens=tokens,
+        calibration=f"all {len(rows)} questions of {source}",
+        data=data_info(replay, len(rows)),
+        where=str(replay),
+    )
+    curves_path = curves_path or out / "curves.json"
+    existing = None
+    if curves_path.exists():
+        try:
+            existing = load_curves(curves_path)
+        except CurvesError as exc:
+            raise CalibrateError(
+                f"--out: an existing {curves_path} cannot be merged: {exc}"
+            ) from None
+    with_served(existing, fit).save(curves_path)
+    files = {k: str(out / k) for k in ("replay.jsonl", "passk.csv", "measured.json")}
+    return {**files, "curves.json": str(curves_path)}
+
+
+def model_facts(config: AppConfig, model_id: str) -> tuple[float, float | None]:
+    """(N, D): N from the config or the weights; D from the model's training.json, if shipped."""
+    from server.engine.weights import model_sizes
+
+    entry = config.model(model_id)
+    if entry is None:
+        raise CalibrateError(
+            f"--model: {model_id!r} is not in the config (have: {', '.join(config.model_ids)})"
+        )
+    params = model_sizes([entry])[model_id]
+    if params is None:
+        idx = config.model_ids.index(model_id)
+        raise CalibrateError(f"models.{idx}.params: N is unknown for {model_id!r}; set it")
+    tokens = None
+    training = Path(entry.path) / "training.json"
+    if training.is_file():
+        raw = json.loads(training.read_text()).get("train_tokens")
+        tokens = float(raw) if isinstance(raw, int | float) and raw > 0 else None
+    return float(params), tokens
+
+
+async def calibrate(
+    engine: SampleEngine,
+    questions: Sequence[Question],
+    out: Path,
+    settings: Settings,
+    *,
+    params: float,
+    tokens: float | None,
+    source: Path,
+    curves_path: Path | None = None,
+    on_done: Callable[[], None] = lambda: None,
+) -> Outcome:
+    """Record what is missing, then write the outputs (the engine is the caller's)."""
+    out.mkdir(parents=True, exist_ok=True)
+    journal = out / f".calibrate-{settings.model_id}.journal.jsonl"
+    header = {
+        "model": settings.model_id,
+        "data_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+        "samples": settings.samples,
+        "max_tokens": settings.max_tokens,
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "seed": settings.seed,
+        "extractor": settings.extractor,
+    }
+    before = len(read_journal(journal, header))
+    done = await record(engine, questions, journal, settings, header, on_done)
+    rows = [done[q.id] for q in questions]
+    files = write_outputs(
+        out,
+        rows,
+        model_id=settings.model_id,
+        params=params,
+        tokens=tokens,
+        source=str(source),
+        extractor=get_extractor(settings.extractor),
+        curves_path=curves_path,
+    )
+    journal.unlink()
+    return Outcome(
+        recorded=len(rows),
+        total=len(questions),
+        resumed=before,
+        files=files,
+        summary=measured_summary(rows),
+    )
+
+
+# ---- the command -------------------------------------------------------------------------------
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+async def _run(
+    config: AppConfig,
+    questions: list[Question],
+    out: Path,
+    settings: Settings,
+    data: Path,
+    quiet: bool,
+    curves_path: Path | None,
+) -> Outcome:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from server.app import engine_services
+
+    params, tokens = model_facts(config, settings.model_id)
+    service = engine_services(config, None)[settings.model_id]
+    console = Console(stderr=True)
+    if not quiet:
+        console.print(f"starting the engine for {settings.model_id} ...")
+    await service.start()
+    engine = service.engine
+    if engine is None:
+        raise EngineStopped(service.failure() or "the engine did not start")
+    try:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=quiet or not console.is_terminal,
+        ) as bar:
+            task = bar.add_task(f"calibrating {settings.model_id}", total=len(questions))
+            return await calibrate(
+                engine,
+                questions,
+                out,
+                settings,
+                params=params,
+                tokens=tokens,
+                source=data,
+                curves_path=curves_path,
+                on_done=lambda: bar.advance(task),
+            )
+    finally:
+        await service.shutdown()
+
+
+def calibrate_command(
+    config: Annotated[Path, typer.Option("--config", "-c", help="the server's config YAML")],
+    model: Annotated[str, typer.Option("--model", help="a model id from the config")],
+    data: Annotated[Path, typer.Option("--data", help="questions .jsonl: id, question, gold")],
+    out: Annotated[Path, typer.Option("--out", help="directory for the outputs")],
+    samples: Annotated[int, typer.Option(min=1, max=1024, help="samples per question")] = 64,
+    max_tokens: Annotated[
+        int | None, typer.Option(min=1, help="per sample (default: defaults.max_tokens)")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(min=0, help="default: the engine's configured default")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option(min=0, max=1)] = None,
+    seed: Annotated[int, typer.Option(help="per-question seeds derive from it")] = 2026,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="questions in flight")] = 4,
+    extractor: Annotated[
+        str | None, typer.Option(help="answer extractor (default: defaults.extractor)")
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="skip malformed or gold-less lines, listing them")
+    ] = False,
+    curves: Annotated[
+        Path | None,
+        typer.Option(help="merge the fitted curves into this file (default: OUT/curves.json)"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print only a JSON summary")] = False,
+) -> None:
+    """Sample a gold-labelled question set through a configured model; fit its serving curves."""
+    # stdout carries the result (--json); the engine's logs go to stderr, quieter with --json
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    if as_json:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    from server.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    try:
+        questions, skipped = load_questions(data, skip_bad)
+        name = extractor or cfg.defaults.extractor
+        get_extractor(name)
+    except (CalibrateError, ValueError) as exc:
+        _fail(str(exc))
+    settings = Settings(
+        model_id=model,
+        samples=samples,
+        max_tokens=max_tokens or cfg.defaults.max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        concurrency=concurrency,
+        extractor=name,
+    )
+    try:
+        outcome = asyncio.run(_run(cfg, questions, out, settings, data, as_json, curves))
+    except CalibrateError as exc:
+        _fail(str(exc))
+    except EngineStopped as exc:
+        journal = out / f".calibrate-{model}.journal.jsonl"
+        kept = max(0, sum(1 for _ in journal.open()) - 1) if journal.exists() else 0
+        _fail(
+            f"the engine failed at {exc}; {kept} of {len(questions)} questions are recorded in "
+            f"{journal}; rerun the same command to resume",
+            code=1,
+        )
+    outcome.skipped = skipped
+    report = {
+        "model": model,
+        "questions": outcome.total,
+        "resumed": outcome.resumed,
+        "skipped_lines": skipped,
+        "files": outcome.files,
+        **outcome.summary,
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    for line in skipped:
+        typer.echo(f"skipped {line}", err=True)
+    typer.echo(
+        f"calibrated {model} on {outcome.total} questions x {samples} samples "
+        f"({outcome.resumed} resumed)"
+    )
+    for key, value in outcome.summary.items():
+        if key.endswith("accuracy"):
+            typer.echo(f"  {key}: {value}")
+    for name_, path in outcome.files.items():
+        typer.echo(f"  wrote {name_}: {path}")
+    sys.stdout.flush()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate")(calibrate_command)
