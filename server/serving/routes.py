@@ -22,8 +22,7 @@ MAX_BUILT = 16
 
 def curves_path(model: ModelConfig) -> Path:
     """The model's curves file: its `curves:` entry, else curves.json beside its weights."""
-    configured = getattr(model, "curves", None)
-    return Path(configured) if configured else Path(model.path) / "curves.json"
+    return Path(model.curves) if model.curves else Path(model.path) / "curves.json"
 
 
 def _member(model: ModelConfig) -> tuple[RouteMember, tuple[str, float]]:
