@@ -61,11 +61,13 @@ def bench_config(ledger: Path) -> Any:
                 {
                     "id": SMALL,
                     "path": f"models/{SMALL}",
+                    "curves": f"models/{SMALL}/curves.json",  # single-model t2 starts calibrated
                     "engine": {"kv_cache_memory_bytes": 2**26},
                 },
                 {
                     "id": LARGE,
                     "path": f"models/{LARGE}",
+                    "curves": f"models/{LARGE}/curves.json",  # single-model t2 starts calibrated
                     "engine": {"kv_cache_memory_bytes": 2**27},
                 },
                 {"id": "auto", "route": [SMALL, LARGE]},

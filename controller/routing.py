@@ -27,11 +27,11 @@ Decisions (`RouteRun`).
 The final answer (`cascade_answer`). After an escalation the answer is the majority of the
 last model's votes; earlier models' votes only break its ties. Why: a question is escalated
 exactly when the earlier model's votes were not convincing, and on the shipped pair one vote
-of the larger model is worth more than many of the smaller (a 1-vote answer of
-tiny-chain-252k is right 0.88 of the time, an 8-of-8 unanimous tiny-chain-31k answer 0.85),
-so pooling votes equally would let the weaker model outvote the stronger. As tie-breakers they
-still carry information at no cost. The predictions above score the last model's own majority,
-so they are, if anything, conservative about the combined answer.
+of the larger model is worth as much as many of the smaller (on their replays a one-vote
+tiny-chain-252k answer is right 0.86 of the time, an 8-of-8 unanimous tiny-chain-31k one
+0.85), so pooling votes equally would let the weaker model outvote the stronger. As
+tie-breakers they still carry information at no cost. The predictions above score the last
+model's own majority, so they are, if anything, conservative about the combined answer.
 """
 
 from __future__ import annotations
