@@ -27,7 +27,7 @@ from server import metrics
 from server.alerts import AlertDispatcher
 from server.api import admin
 from server.api.errors import install_error_handlers
-from server.api.middleware import BodyLimit, RequestMetrics
+from server.api.middleware import BodyLimit, Drain, DrainDeadline, RequestMetrics
 from server.api.openapi import install_openapi
 from server.api.router import router
 from server.billing import BillingProvider, BudgetProvider
@@ -39,6 +39,7 @@ from server.errors import ConfigError
 from server.serving import ServingState
 
 log = logging.getLogger("t2serve.app")
+
 
 def engine_services(config: AppConfig, engine: SampleEngine | None) -> dict[str, EngineService]:
     """One `EngineService` per configured model: the given engine for all, or each its own."""
@@ -98,6 +99,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(admin.router)  # /admin/*: tenants, budgets, reload
+    app.state.drain = Drain()  # started by the server on SIGTERM (cli/serve.py)
+    app.add_middleware(DrainDeadline, drain=app.state.drain)
     app.add_middleware(RequestMetrics)
     app.add_middleware(BodyLimit, limit=state.body_limit)  # outermost
     install_openapi(app, config.model_ids)
@@ -178,6 +181,24 @@ def listening_socket(host: str, port: int = 0) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     return sock
+
+
+DRAIN_GRACE_S = 2
+"""Seconds uvicorn waits beyond the drain time: enough to send the 503s and settle spend."""
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, starting the app's drain deadline (DrainDeadline) as shutdown begins.
+    uvicorn's own cut-off (timeout_graceful_shutdown) must come DRAIN_GRACE_S later."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain, drain_s: float) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.drain_s = drain_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.drain.begin(self.drain_s)
+        await super().shutdown(sockets)
 
 
 @contextlib.asynccontextmanager
