@@ -38,6 +38,8 @@ from controller.budget import Cost, Ledger
 from controller.budget.ledger import (
     Hold,
     Limit,
+    RequestLimit,
+    RequestUsage,
     ReserveOutcome,
     SettleOutcome,
     SpendRecord,
@@ -66,6 +68,11 @@ class NoopStore:
         return None
 
     async def usage(self, tenant: str, limits: Sequence[Limit], now: float) -> list[WindowUsage]:
+        return []
+
+    async def requests(
+        self, tenant: str, limits: Sequence[RequestLimit], now: float
+    ) -> list[RequestUsage]:
         return []
 
     async def purge_expired(self, now: float) -> int:

@@ -63,6 +63,7 @@ class StoredKey:
     revoked_at: float | None = None  # in force from then on (a future time: rotation's grace)
     budgets: dict[str, Any] | None = None
     last_used_at: float | None = None
+    rate_limits: dict[str, Any] | None = None  # {"rpm": …, "tpm": …}, on top of the tenant's
 
     def status(self, now: float) -> str:
         if self.revoked_at is not None and now >= self.revoked_at:

@@ -33,8 +33,9 @@ from server.api.protocol import (
     T2Summary,
     Usage,
 )
+from server.billing.identity import bind_request
 from server.config import TenantConfig
-from server.errors import APIError, ClientClosed, InsufficientQuota, bad_request
+from server.errors import APIError, ClientClosed, InsufficientQuota, RateLimited, bad_request
 from server.sampling import Outcome, SamplingJob
 from server.serving.events import Done, KeepAlive, StreamError, StreamEvent
 from server.serving.jobs import resolve_job
@@ -133,7 +134,9 @@ class RunGroup:
                 task.cancel()
 
     def api_error(self, exc: BaseException | None) -> APIError:
-        if isinstance(exc, InsufficientQuota):
+        if isinstance(exc, RateLimited):
+            metrics.inc_rate_limited(self.tenant.id, exc.limit)
+        elif isinstance(exc, InsufficientQuota):
             metrics.inc_budget_rejection(self.tenant.id)
         if isinstance(exc, APIError):
             return exc
@@ -159,6 +162,11 @@ class RunGroup:
         ]
         if levels:  # which budget level that tightest figure is at: tenant, key or user
             headers["x-t2-budget-level"] = str(min(levels, key=lambda x: x[0])[1])
+        for b in self.billings:  # rpm/tpm as OpenAI reports them (the first job counted them)
+            rate = b.rate_limit_headers()
+            if rate:
+                headers.update(rate)
+                break
         return headers
 
     def record(self, ttft_s: float | None = None) -> None:
@@ -221,6 +229,13 @@ class CompletionService:
                 code="engine_not_ready",
                 headers={"Retry-After": "5"},
             )
+        if self.state.admin.blocking:  # stored keys, revocations and budgets not loaded yet
+            raise APIError(
+                503,
+                f"The {self.state.admin.failure or 'admin state is loading'}; retry shortly.",
+                code="admin_store_unavailable",
+                headers={"Retry-After": "5"},
+            )
 
     async def _group(self, tenant: TenantConfig, body: SamplingRequest) -> tuple[RunGroup, Reply]:
         """The request's jobs, run as one group. Rendering and tokenizing a large prompt run
@@ -230,6 +245,7 @@ class CompletionService:
             jobs, reply = await asyncio.to_thread(self._jobs, tenant, body)
         else:  # a thread hop costs more than rendering and tokenizing a short prompt
             jobs, reply = self._jobs(tenant, body)
+        bind_request(reply.id)  # rpm counts this HTTP request once, whatever its jobs
         return RunGroup(self.state, tenant, body.model, jobs), reply
 
     def _jobs(self, tenant: TenantConfig, body: SamplingRequest) -> tuple[list[SamplingJob], Reply]:
