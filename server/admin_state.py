@@ -203,6 +203,13 @@ class AdminSync:
         await self.refresh()
         return key
 
+    async def set_key_rate_limits(
+        self, tenant: str, prefix: str, rate_limits: dict[str, object] | None
+    ) -> StoredKey:
+        key = await self.store.set_key_rate_limits(tenant, prefix, rate_limits)
+        await self.refresh()
+        return key
+
     async def keys(self, tenant: str) -> list[StoredKey]:
         """The tenant's keys read fresh from the store, with this replica's unflushed uses."""
         await self.flush_uses()

@@ -98,10 +98,15 @@ class AlertSettings(_Strict):
     @field_validator("thresholds")
     @classmethod
     def _in_range(cls, values: list[float]) -> list[float]:
-        for v in values:
-            if not 0 < v <= 10:
-                raise ValueError(f"threshold {v:g} must be in (0, 10]")
-        return sorted(set(values))
+        return alert_thresholds(values)
+
+
+def alert_thresholds(values: list[float]) -> list[float]:
+    """Thresholds as kept: each a fraction in (0, 10] of a limit, sorted, no repeats."""
+    for v in values:
+        if not 0 < v <= 10:
+            raise ValueError(f"threshold {v:g} must be in (0, 10]")
+    return sorted(set(values))
 
 
 class TenantConfig(_Strict):

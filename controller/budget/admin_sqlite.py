@@ -182,6 +182,25 @@ class SQLiteAdminStore:
 
         return await self._run(go)
 
+    async def set_key_rate_limits(
+        self, tenant: str, prefix: str, rate_limits: dict[str, Any] | None
+    ) -> StoredKey:
+        def go(c: sqlite3.Connection) -> StoredKey:
+            text = None if rate_limits is None else canonical(rate_limits)
+            changed = c.execute(
+                "UPDATE api_keys SET rate_limits=? WHERE tenant=? AND prefix=?",
+                (text, tenant, prefix),
+            ).rowcount
+            if not changed:
+                raise KeyNotFound(prefix)
+            self._bump(c)
+            row = c.execute(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE tenant=? AND prefix=?", (tenant, prefix)
+            ).fetchone()
+            return _key(row)
+
+        return await self._run(go)
+
     async def touch_keys(self, last_used: dict[str, float]) -> None:
         def go(c: sqlite3.Connection) -> None:
             c.executemany(

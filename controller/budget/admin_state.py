@@ -114,6 +114,12 @@ class AdminStore(Protocol):
         """Revoke the key from `at` on (earlier revocations stand); KeyNotFound if absent."""
         ...
 
+    async def set_key_rate_limits(
+        self, tenant: str, prefix: str, rate_limits: dict[str, Any] | None
+    ) -> StoredKey:
+        """Replace a key's own rpm/tpm (None: none); KeyNotFound if absent."""
+        ...
+
     async def touch_keys(self, last_used: dict[str, float]) -> None:
         """Record last use per digest (no version bump: nothing to re-apply)."""
         ...

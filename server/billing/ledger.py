@@ -219,11 +219,14 @@ class BudgetProvider:
         model = model or self.config.model_ids[0]
         pricer = self.pricer(tenant, model)
         unit = billing_unit(tenant, pricer)
-        usage = await self.ledger.usage(tenant.id, tenant.budgets)
+        rates = rate_levels(tenant, Caller())  # the tenant's own, no key's
+        usage = await self.ledger.usage(tenant.id, tenant.budgets, rates=rates)
         self.remember(tenant, usage, pricer, force=True)
         now = self.clock()
         windows = []
         for u in usage:
+            if u.limit.kind == "rate":
+                continue
             windows.append(
                 {
                     "window": u.name,
@@ -248,6 +251,27 @@ class BudgetProvider:
             "windows": windows,
             "price_of_compute": _lam(self.price(tenant, pricer, unit)),
             "pacing_mode": tenant.pacing.mode,
+            "rate_limits": await self._rate_report(tenant, rates, usage),
+        }
+
+    async def _rate_report(
+        self,
+        tenant: TenantConfig,
+        rates: list[tuple[str, RateLimits]],
+        usage: list[WindowUsage],
+    ) -> dict[str, Any] | None:
+        """The tenant's rpm/tpm and what the last 60 s used of them (requests admitted; tokens
+        settled plus held)."""
+        if not rates:
+            return None
+        limits = rates[0][1]
+        requests = await self.ledger.requests(tenant.id, rates)
+        tpm = next((u for u in usage if u.limit.kind == "rate"), None)
+        return {
+            "rpm": limits.rpm,
+            "tpm": limits.tpm,
+            "requests_last_minute": requests[0].count if requests else None,
+            "tokens_last_minute": (tpm.spent_value + tpm.reserved_value) if tpm else None,
         }
 
     async def spend_logs(
