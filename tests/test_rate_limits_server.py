@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import openai
 import pytest
 import yaml
@@ -74,6 +75,7 @@ def replica(config_file: Path) -> Replica:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t2.test") as c:
+                c.app = app  # type: ignore[attr-defined]
                 yield c
 
     return start
@@ -115,8 +117,9 @@ async def test_rpm_answers_as_openai_does(replica: Replica) -> None:
         assert refused.headers["x-ratelimit-remaining-requests"] == "0"
         assert refused.headers["x-ratelimit-limit-requests"] == "3"
         # the official client sees OpenAI's rate-limit error
+        asgi = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=c.app))  # type: ignore[attr-defined]
         client = openai.AsyncOpenAI(
-            api_key=TENANT_KEY, base_url="http://t2.test/v1", http_client=c, max_retries=0
+            api_key=TENANT_KEY, base_url="http://t2.test/v1", http_client=asgi, max_retries=0
         )
         with pytest.raises(openai.RateLimitError) as caught:
             await client.chat.completions.create(**ask())
