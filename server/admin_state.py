@@ -173,7 +173,7 @@ class AdminSync:
                 self.failure = self._describe(exc)
                 raise APIError(
                     503,
-                    f"The {self.failure}; retry shortly.",
+                    f"Admin state not loaded: {self.failure}; retry shortly.",
                     code="admin_store_unavailable",
                     headers={"Retry-After": "5"},
                 ) from exc

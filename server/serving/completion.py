@@ -232,7 +232,7 @@ class CompletionService:
         if self.state.admin.blocking:  # stored keys, revocations and budgets not loaded yet
             raise APIError(
                 503,
-                f"The {self.state.admin.failure or 'admin state is loading'}; retry shortly.",
+                f"Admin state not loaded: {self.state.admin.failure or 'loading'}; retry shortly.",
                 code="admin_store_unavailable",
                 headers={"Retry-After": "5"},
             )
