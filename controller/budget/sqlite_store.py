@@ -12,7 +12,8 @@ Tables: `spend` (per tenant, window and bucket: the aggregates budgets are check
 `settlements` (the journal: one row per settled wave, also the idempotency key),
 `reservations` (live holds with an expiry), `spend_logs` (one row per request, summed by
 each of its settles in the same transaction) and `rate_requests` (the `rpm` sliding log: one row
-per admitted request and level, dropped once it is older than the window).
+per admitted request and level, dropped once it is older than the window; `rate_counts` keeps
+each level's row count in the same transactions).
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ CREATE TABLE IF NOT EXISTS rate_requests (
     PRIMARY KEY (tenant, scope, request_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rate_requests_at ON rate_requests (tenant, scope, at);
+CREATE TABLE IF NOT EXISTS rate_counts (
+    tenant TEXT NOT NULL, scope TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (tenant, scope)
+) WITHOUT ROWID;
 """
 
 
@@ -173,6 +178,11 @@ class SQLiteStore:
                     c.execute(
                         "INSERT OR IGNORE INTO rate_requests VALUES (?, ?, ?, ?)",
                         (h.tenant, r.limit.scope, h.count_request, h.now),
+                    )
+                    c.execute(
+                        "INSERT INTO rate_counts VALUES (?, ?, 1) "
+                        "ON CONFLICT (tenant, scope) DO UPDATE SET n = n + 1",
+                        (h.tenant, r.limit.scope),
                     )
                     r.count += 1
                     r.oldest = h.now if r.oldest is None else r.oldest
@@ -332,17 +342,24 @@ class SQLiteStore:
         request_id: str | None,
     ) -> list[tuple[RequestUsage, bool]]:
         """Each level's rpm log at `now` (entries older than the window dropped first), and
-        whether `request_id` is in it already (admitted by an earlier job or wave)."""
+        whether `request_id` is in it already (admitted by an earlier job or wave). The count
+        is kept in `rate_counts` beside the log, so a busy level costs no scan of its log."""
         out: list[tuple[RequestUsage, bool]] = []
         for lim in limits:
-            c.execute(
+            key = (tenant, lim.scope)
+            gone = c.execute(
                 "DELETE FROM rate_requests WHERE tenant=? AND scope=? AND at<=?",
-                (tenant, lim.scope, now - lim.window_s),
-            )
-            count, oldest = c.execute(
-                "SELECT count(*), min(at) FROM rate_requests WHERE tenant=? AND scope=?",
-                (tenant, lim.scope),
-            ).fetchone()
+                (*key, now - lim.window_s),
+            ).rowcount
+            if gone:
+                c.execute(
+                    "UPDATE rate_counts SET n = n - ? WHERE tenant=? AND scope=?", (gone, *key)
+                )
+            row = c.execute("SELECT n FROM rate_counts WHERE tenant=? AND scope=?", key).fetchone()
+            count = row[0] if row else 0
+            oldest = c.execute(
+                "SELECT min(at) FROM rate_requests WHERE tenant=? AND scope=?", key
+            ).fetchone()[0]
             seen = request_id is not None and (
                 c.execute(
                     "SELECT 1 FROM rate_requests WHERE tenant=? AND scope=? AND request_id=?",
