@@ -135,6 +135,7 @@ async def test_tpm_shrinks_then_refuses_and_is_trued_up_to_the_tokens_used(
         assert first.status_code == 200, first.text
         assert first.json()["t2"]["samples"] == 1
         used = first.json()["usage"]["total_tokens"]
+        assert first.json()["t2"]["cost"] == used  # no prices: cost counts tokens, as unmetered
         assert first.headers["x-ratelimit-limit-tokens"] == "1000"
         assert "x-ratelimit-limit-requests" not in first.headers  # no rpm configured
         second = await complete(c, AUTH, max_tokens=300)

@@ -117,6 +117,7 @@ async def list_tenants(request: Request) -> dict[str, Any]:
             "models": t.models,
             "metered": state.billing.metered(t),
             "budgets": t.budgets.model_dump() if t.budgets else None,
+            "rate_limits": _dump(t.rate_limits),
         }
         for t in state.config.tenants
     ]

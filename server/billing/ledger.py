@@ -152,11 +152,11 @@ class BudgetProvider:
             return UnmeteredBilling()
         return LedgerBilling(self, tenant, model, request_id)
 
-    def price(self, tenant: TenantConfig, pricer: Pricer, unit: Unit) -> ComputePrice | None:
+    def price(self, tenant: TenantConfig, pricer: Pricer, unit: LimitUnit) -> ComputePrice | None:
         """The tenant's price of compute now, from the last ledger figures this replica saw
-        (None: nothing limited, pacing off, or a cap not under pressure)."""
+        (None: nothing limited, pacing off, or a cap not under pressure, or no budget at all)."""
         usage = self._usage.get(tenant.id)
-        if not usage:
+        if not usage or unit == "tokens":
             return None
         other: Unit = "flops" if unit == "currency" else "currency"
         ratio = pricer.per_token(unit) / pricer.per_token(other) if pricer.per_token(other) else 0
@@ -356,10 +356,13 @@ class LedgerBilling:
         self.tenant = tenant
         self.request_id = request_id
         self.pricer = provider.pricer(tenant, model)
-        self.cost_unit: Unit = billing_unit(tenant, self.pricer)
+        self.caller = current_caller()
+        self.cost_unit: LimitUnit = billing_unit(tenant, self.pricer)
+        priced = tenant.prices or tenant.budgets or tenant.user_budgets or self.caller.key_budgets
+        if not priced:  # metered only for rate limits: cost counts tokens, as when unmetered
+            self.cost_unit = "tokens"
         self.unit: str = self.cost_unit  # the protocol's name for it (metrics file spend by it)
         self.model = model
-        self.caller = current_caller()
         self.levels, self.level_names = budget_levels(tenant, self.caller)
         self.rates = rate_levels(tenant, self.caller)
         self.group = self.caller.request_id or request_id  # what rpm counts once
