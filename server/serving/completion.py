@@ -162,12 +162,16 @@ class RunGroup:
         ]
         if levels:  # which budget level that tightest figure is at: tenant, key or user
             headers["x-t2-budget-level"] = str(min(levels, key=lambda x: x[0])[1])
-        for b in self.billings:  # rpm/tpm as OpenAI reports them (the first job counted them)
+        headers.update(self.rate_headers())
+        return headers
+
+    def rate_headers(self) -> dict[str, str]:
+        """rpm/tpm as OpenAI reports them, from the first job that has reserved a wave."""
+        for b in self.billings:
             rate = b.rate_limit_headers()
             if rate:
-                headers.update(rate)
-                break
-        return headers
+                return rate
+        return {}
 
     def record(self, ttft_s: float | None = None) -> None:
         """The one place answered jobs reach the metrics module (statuses: see app middleware)."""
@@ -280,14 +284,15 @@ class CompletionService:
 
     async def stream(
         self, tenant: TenantConfig, body: SamplingRequest
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> tuple[AsyncIterator[StreamEvent], dict[str, str]]:
         """Start the jobs and wait for the first wave, so that errors before it still get their
-        own status; then return the stream of events (keep-alives while waves run)."""
+        own status; then return the stream of events (keep-alives while waves run) and the
+        headers known by then (the x-ratelimit-* ones; the x-t2-* figures end the stream)."""
         group, req = await self._group(tenant, body)
         group.start()
         await group.first_wave_or_error()
         keepalive = self.state.config.server.keepalive_interval_s
-        return _events(group, req, keepalive)
+        return _events(group, req, keepalive), group.rate_headers()
 
 
 class Reply:
