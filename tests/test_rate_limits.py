@@ -4,12 +4,14 @@ tokens held at the worst case and trued up at settle, both checked in the reserv
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from controller.budget import Budget, Budgets, Cost, Ledger, LedgerStore
+from controller.budget import Budget, Budgets, Cost, Ledger, LedgerStore, open_admin_store
+from controller.budget.admin_state import StoredKey
 from controller.budget.models import RateLimits
 from controller.budget.redis_store import RedisStore
 from controller.budget.sqlite_store import SQLiteStore
@@ -158,3 +160,68 @@ async def test_tpm_shares_storage_with_a_rolling_minute_budget_without_double_ch
     by_name = {u.name: u for u in out.usage}
     assert by_name["minute"].spent_value == 1.0
     assert by_name["tpm"].spent_value == 25.0
+
+
+OLD_LEDGER = """
+CREATE TABLE spend (
+    tenant TEXT NOT NULL, win TEXT NOT NULL, bucket INTEGER NOT NULL,
+    money REAL NOT NULL DEFAULT 0, flops REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, win, bucket)
+) WITHOUT ROWID;
+CREATE TABLE reservations (
+    tenant TEXT NOT NULL, request_id TEXT NOT NULL, wave INTEGER NOT NULL,
+    money REAL NOT NULL, flops REAL NOT NULL, granted INTEGER NOT NULL, expires_at REAL NOT NULL,
+    scope TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (tenant, request_id, wave, scope)
+);
+CREATE TABLE settlements (
+    tenant TEXT NOT NULL, request_id TEXT NOT NULL, wave INTEGER NOT NULL,
+    money REAL NOT NULL, flops REAL NOT NULL, settled_at REAL NOT NULL,
+    PRIMARY KEY (tenant, request_id, wave)
+) WITHOUT ROWID;
+CREATE TABLE api_keys (
+    sha256 TEXT PRIMARY KEY, tenant TEXT NOT NULL, prefix TEXT NOT NULL UNIQUE,
+    label TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL, revoked_at REAL,
+    budgets TEXT, last_used_at REAL
+);
+"""
+
+
+async def test_a_ledger_file_from_before_rate_limits_keeps_its_spend_and_gains_them(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_LEDGER)
+        day = int(utc(2026, 3, 14))
+        conn.execute("INSERT INTO spend VALUES ('acme', 'day', ?, 0.25, 9.0)", (day,))
+        conn.execute(
+            "INSERT INTO api_keys VALUES ('ab', 'acme', 't2-old', 'old', 1.0, NULL, NULL, NULL, "
+            "NULL)"
+        )
+    store = SQLiteStore(path)
+    try:
+        ledger = Ledger(store, clock=clock)
+        budgets = Budgets(day=Budget(limit=1.0))
+        rates = tenant(rpm=1, tpm=100)
+        out = await ledger.reserve(
+            "acme", budgets, "r1", 0, 8, FIXED, PER, rates=rates, count_request="r1"
+        )
+        assert out.granted == 4
+        assert next(u for u in out.usage if u.name == "day").spent_value == 0.25  # kept
+        settled = await ledger.settle("acme", budgets, "r1", 0, Cost(0.1, 1.0, 30.0), rates=rates)
+        assert next(u for u in settled.usage if u.name == "tpm").spent_value == 30
+        assert await admit(ledger, "r2", rates) == 0  # rpm 1, counted in the old file
+    finally:
+        await store.close()
+    admin = open_admin_store("sqlite", path=path)
+    try:
+        [old] = (await admin.snapshot()).keys
+        assert old.prefix == "t2-old" and old.rate_limits is None
+        await admin.create_key(
+            StoredKey("cd", "acme", "t2-new", "new", 2.0, rate_limits={"rpm": 3}), 2.0
+        )
+        new = next(k for k in (await admin.snapshot()).keys if k.prefix == "t2-new")
+        assert new.rate_limits == {"rpm": 3}
+    finally:
+        await admin.close()
