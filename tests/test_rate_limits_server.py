@@ -21,6 +21,7 @@ import httpx2
 import openai
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from server.app import create_app
 from server.config import hash_key, load_config, parse_config
@@ -110,8 +111,11 @@ async def test_rpm_answers_as_openai_does(replica: Replica) -> None:
             seen.append(streamed.headers["x-ratelimit-remaining-requests"])
             assert "data: [DONE]" in (await streamed.aread()).decode()
         assert seen == ["2", "1", "0"]
+        labels = {"tenant": "acme", "limit": "requests"}
+        before = REGISTRY.get_sample_value("t2_rate_limited_total", labels) or 0.0
         refused = await complete(c, AUTH)
         assert refused.status_code == 429
+        assert REGISTRY.get_sample_value("t2_rate_limited_total", labels) == before + 1
         error = refused.json()["error"]
         assert (error["type"], error["code"], error["param"]) == (
             "requests",
