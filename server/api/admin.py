@@ -154,9 +154,8 @@ async def _put_section(
         Override(tenant_id, override_field(section, f), new.get(f), in_file[f], now)
         for f in SECTIONS[section]
     ]
-    fields = {c.field for c in changes}
-    kept = [o for o in sync.snapshot.overrides if (o.tenant, o.field) not in
-            {(tenant_id, f) for f in fields}]
+    replaced = {(tenant_id, c.field) for c in changes}
+    kept = [o for o in sync.snapshot.overrides if (o.tenant, o.field) not in replaced]
     try:
         overlay(state.file_config, kept + changes)  # the whole config must stay valid
     except ConfigError as exc:
