@@ -299,6 +299,9 @@ async def test_an_unreachable_admin_store_starts_not_ready_and_recovers(tmp_path
             assert refused.status_code == 503
             assert refused.json()["error"]["code"] == "admin_store_unavailable"
             assert "Retry-After" in refused.headers
+            keys = await c.get("/admin/tenants/acme/keys", headers=ADMIN)
+            assert keys.status_code == 503
+            assert keys.json()["error"]["code"] == "admin_store_unavailable"
             redis = subprocess.Popen(
                 [binary, "--port", str(port), "--save", "", "--requirepass", "hunter2"],
                 cwd=tmp_path,
