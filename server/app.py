@@ -205,7 +205,11 @@ class DrainingServer(uvicorn.Server):
 async def serve_in_loop(app: FastAPI, host: str = "127.0.0.1") -> AsyncIterator[RunningServer]:
     """Serve `app` under uvicorn in the current event loop, on a free port, until the block
     exits. Tests and benchmarks use it to put real HTTP in front of an engine they share."""
-    config = uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="on")
+    # Keep-alive outlasts httpx's 5 s pool expiry, so a loaded test box cannot hit the race
+    # of the server closing an idle connection just as the client reuses it (a ReadError).
+    config = uvicorn.Config(
+        app, host=host, port=0, log_level="warning", lifespan="on", timeout_keep_alive=30
+    )
     server = _InLoopServer(config)
     with listening_socket(host) as sock:
         port = sock.getsockname()[1]
