@@ -33,8 +33,9 @@ from server.api.router import router
 from server.billing import BillingProvider, BudgetProvider
 from server.config import AppConfig
 from server.engine.base import SampleEngine
+from server.engine.pooling import PoolingService
 from server.engine.service import EngineService
-from server.engine.weights import model_sizes
+from server.engine.weights import model_sizes, verifier_model_sizes
 from server.errors import ConfigError
 from server.serving import ServingState
 
@@ -54,12 +55,16 @@ def create_app(
     config: AppConfig,
     engine: SampleEngine | None = None,
     billing: BillingProvider | None = None,
+    pooling: dict[str, PoolingService] | None = None,
 ) -> FastAPI:
     """Build the app. `engine`: an already-started engine adapter (not stopped on shutdown).
     `billing`: a provider the caller owns; by default the budget ledger bills metered tenants
-    (it opens its store on the first metered request) and is closed on shutdown."""
-    provider = billing or BudgetProvider(config, model_params=model_sizes(config.models))
-    state = ServingState(config, engine_services(config, engine), provider)
+    (it opens its store on the first metered request) and is closed on shutdown. `pooling`:
+    reward-model services the caller started (default: started from `verifier_models`)."""
+    sizes = {**model_sizes(config.models), **verifier_model_sizes(config.verifier_models)}
+    provider = billing or BudgetProvider(config, model_params=sizes)
+    state = ServingState(config, engine_services(config, engine), provider, pooling)
+    start_pooling = pooling is None
     alerts = AlertDispatcher(state.admin)
     if isinstance(provider, BudgetProvider):
         provider.on_usage = alerts.check  # budget alert webhooks (tenants' `alerts:`)
@@ -74,6 +79,8 @@ def create_app(
         starters: list[asyncio.Task[None]] = []
         if engine is None:
             starters = [asyncio.create_task(e.start()) for e in state.engines.values()]
+        if start_pooling:  # reward models beside the generators, each with its own readiness
+            starters.append(asyncio.create_task(state.verifiers.start()))
         try:
             yield
         finally:
@@ -113,6 +120,8 @@ def create_app(
         ready = state.ready()
         metrics.set_engine_ready(ready)
         models = {m: ("ready" if e.ready() else "starting") for m, e in state.engines.items()}
+        for m, p in state.verifiers.pooling.items():
+            models[m] = "ready" if p.ready() else "starting"
         if ready:
             return JSONResponse({"status": "ready", "models": models})
         detail = "; ".join(state.failures()) or "engine starting"

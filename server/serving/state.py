@@ -19,6 +19,7 @@ from server.api.protocol import MAX_CHOICES
 from server.auth import KeyRing
 from server.billing.protocol import BillingProvider
 from server.config import AppConfig, load_config
+from server.engine.pooling import PoolingService
 from server.engine.service import EngineService
 from server.errors import APIError
 from server.sampling import PolicyBook, Sampler
@@ -30,7 +31,11 @@ BODY_SLACK = 64 * 1024
 
 class ServingState:
     def __init__(
-        self, config: AppConfig, engines: dict[str, EngineService], billing: BillingProvider
+        self,
+        config: AppConfig,
+        engines: dict[str, EngineService],
+        billing: BillingProvider,
+        pooling: dict[str, PoolingService] | None = None,
     ) -> None:
         self.config = self.file_config = config
         self.keyring = KeyRing(config)
@@ -39,7 +44,9 @@ class ServingState:
         self.billing = billing
         self.policies = PolicyBook()
         self.samplers = {model: Sampler(engine, self.policies) for model, engine in engines.items()}
-        self.verifiers = VerifierBook()
+        if pooling is None:
+            pooling = {m.id: PoolingService(m) for m in config.verifier_models}
+        self.verifiers = VerifierBook(engines, pooling)
         self.started_at = int(time.time())
         self.config_path: Path | None = None
 
@@ -64,10 +71,12 @@ class ServingState:
         return min(configured, widest * 12 * MAX_CHOICES + BODY_SLACK)
 
     def ready(self) -> bool:
-        return all(engine.ready() for engine in self.engines.values())
+        """Every generator and every reward model can serve."""
+        return all(engine.ready() for engine in self.engines.values()) and self.verifiers.ready()
 
     def failures(self) -> list[str]:
-        return [f for engine in self.engines.values() if (f := engine.failure()) is not None]
+        mine = [f for engine in self.engines.values() if (f := engine.failure()) is not None]
+        return mine + self.verifiers.failures()
 
     def apply(self, config: AppConfig) -> None:
         """Swap the config in: keys, tenants, budgets. The ledger backend needs a restart."""
