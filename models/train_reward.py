@@ -153,7 +153,7 @@ def prefix_labels(tokenizer: Any, example: Example) -> list[tuple[int, float]]:
     """(token position, label) over the sample's tokens: 1 while the text so far is a prefix
     of the right worked answer. Dense supervision: the head learns to flag a wrong step where
     it happens, and the last token (what vLLM reads) to carry the flag; outcome rules there."""
-    text, label, _, n_prompt, right = example
+    text, _, _, n_prompt, right = example
     pos = len(tokenizer.encode(text[:n_prompt], add_special_tokens=False))
     answer = text[n_prompt:]
     if len(tokenizer.encode(answer, add_special_tokens=False)) != len(answer):
