@@ -122,18 +122,32 @@ def auc(scores: list[float], labels: list[int]) -> float:
     return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def build_model(trunk: Path) -> Any:
+def build_model(trunk: Path, extra_layers: int) -> Any:
+    """The generator's trunk plus `extra_layers` new layers on top, which start as the identity
+    (zero output projections). Why more layers: a token's hidden state only sees the layers
+    below it at earlier positions, so in the 2-layer generator no position can compare the
+    token it reads with what the model predicted for it; the layers on top can (the dense
+    labels teach them to flag the step where a chain goes wrong)."""
     import torch
     from transformers import AutoConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     cfg = AutoConfig.from_pretrained(trunk)
+    base_layers = int(cfg.num_hidden_layers)
+    cfg.num_hidden_layers = base_layers + extra_layers
     cfg.architectures = ["LlamaForSequenceClassification"]
     cfg.num_labels = 1
     cfg.id2label, cfg.label2id = {0: "correct"}, {"correct": 0}
     model = LlamaForSequenceClassification(cfg)
     lm = LlamaForCausalLM.from_pretrained(trunk, dtype=torch.float32)
-    missing, _ = model.model.load_state_dict(lm.model.state_dict(), strict=False)
-    assert not missing, missing
+    state = lm.model.state_dict()
+    final_norm = {k: v for k, v in state.items() if k.startswith("norm.")}
+    missing, _ = model.model.load_state_dict(state, strict=False)
+    assert all(k.startswith("layers.") and int(k.split(".")[1]) >= base_layers for k in missing)
+    with torch.no_grad():
+        for layer in model.model.layers[base_layers:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.copy_(final_norm["norm.weight"])
     return model
 
 
@@ -190,7 +204,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     replay_count = len(data)
     data += synthetic(args.synthetic, args.seed)
     tokenizer = AutoTokenizer.from_pretrained(TRUNK)
-    model = build_model(TRUNK)
+    model = build_model(TRUNK, args.extra_layers)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     started = time.monotonic()
@@ -223,10 +237,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "replay_samples": replay_count,
         "synthetic_samples": args.synthetic,
         "dense_weight": args.dense,
+        "layers": int(model.config.num_hidden_layers),
         "auc_held_back": {},
     }
     for name, recorded in replays.items():
         held = labelled(recorded, keep_held_back=True)
+        held = random.Random(args.seed).sample(held, min(len(held), args.eval_samples))
         scores = logits(model, tokenizer, [h[0] for h in held])
         report["auc_held_back"][name] = {
             "questions": len({h[2] for h in held}),
@@ -234,7 +250,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "auc": round(auc(scores, [h[1] for h in held]), 4),
         }
     train_rows = [x for rows in replays.values() for x in labelled(rows, keep_held_back=False)]
-    train_rows = random.Random(args.seed).sample(train_rows, min(len(train_rows), 6000))
+    train_rows = random.Random(args.seed).sample(train_rows, min(len(train_rows), 4000))
     report["calibration_fit_on"] = f"{len(train_rows)} samples of the training questions"
     save(model, tokenizer, Path(args.out), report, train_rows)
     return report
@@ -260,13 +276,15 @@ def save(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="models/tiny-chain-rm")
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=450)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--synthetic", type=int, default=20000)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dense", type=float, default=0.5, help="weight of the per-token labels")
+    p.add_argument("--extra-layers", type=int, default=2, help="new layers on the trunk")
+    p.add_argument("--eval-samples", type=int, default=3072, help="held-back samples per file")
     return p.parse_args(argv)
 
 

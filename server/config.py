@@ -164,12 +164,17 @@ class VerifierModelConfig(_Strict):
     max_model_len: int = Field(default=512, ge=16)
     timeout_s: float = Field(default=30.0, gt=0, le=600)
 
+    @field_validator("path")
+    @classmethod
+    def _weights_there(cls, path: str | None) -> str | None:
+        if path is not None and not (Path(path) / "config.json").is_file():
+            raise ValueError(f"no model at {path!r} (config.json missing)")
+        return path
+
     @model_validator(mode="after")
     def _where(self) -> VerifierModelConfig:
         if (self.path is None) == (self.url is None):
             raise ValueError("give exactly one of 'path' (in-process) or 'url' (remote)")
-        if self.path is not None and not (Path(self.path) / "config.json").is_file():
-            raise ValueError(f"path: no model at {self.path!r} (config.json missing)")
         return self
 
 

@@ -191,7 +191,8 @@ class ServedVerifier:
         self, cfg: VerifierConfig, scorer: Verifier, calibrator: TrafficCalibrator
     ) -> None:
         self.cfg = cfg
-        self.name = cfg.label
+        self.label = cfg.label  # what t2.verifier names it
+        self.name = getattr(scorer, "name", cfg.label)  # what its failures are reported as
         self.kind = cfg.kind
         self.scorer = scorer
         self.calibrator = calibrator
@@ -264,7 +265,7 @@ class VerifierBook:
             timeout_s=cfg.timeout_s,
             headers=cfg.headers,
             concurrency=cfg.concurrency,
-            name=f"verifier {cfg.label} of {key[0]}",
+            name=f"verifier {cfg.name} of {key[0]}" if cfg.name else f"verifier of {key[0]}",
         )
         self._http[key] = (cfg, verifier)
         return verifier

@@ -99,7 +99,7 @@ class Sampler:
         verdicts = _Verdicts(verifier)
         if verifier is not None:
             run.stop_at = verifier.stop_at
-            out.verifier = verifier.name
+            out.verifier = verifier.label
         started = time.monotonic()
         hard_stop = started + job.timeout_s
         soft_stop = started + job.deadline_ms / 1000 if job.deadline_ms else None
