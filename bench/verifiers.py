@@ -291,7 +291,7 @@ def plot(summary: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(11, 5.5))
     groups: dict[str, list[tuple[float, float, list[float]]]] = {}
     for label, row in summary["methods"].items():
         name = label.split("@")[0]
@@ -314,7 +314,7 @@ def plot(summary: dict[str, Any]) -> None:
         f"tiny-chain-31k: verifiers vs majority at equal compute ({QUESTIONS} questions, 95% CI)"
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOT, dpi=110)
