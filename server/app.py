@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +33,9 @@ from server.api.router import router
 from server.billing import BillingProvider, BudgetProvider
 from server.config import AppConfig
 from server.engine.base import SampleEngine
+from server.engine.pooling import PoolingService
 from server.engine.service import EngineService
-from server.engine.weights import model_sizes
+from server.engine.weights import model_sizes, verifier_model_sizes
 from server.errors import ConfigError
 from server.serving import ServingState
 
@@ -53,12 +54,16 @@ def create_app(
     config: AppConfig,
     engine: SampleEngine | None = None,
     billing: BillingProvider | None = None,
+    pooling: dict[str, PoolingService] | None = None,
 ) -> FastAPI:
     """Build the app. `engine`: an already-started engine adapter (not stopped on shutdown).
     `billing`: a provider the caller owns; by default the budget ledger bills metered tenants
-    (it opens its store on the first metered request) and is closed on shutdown."""
-    provider = billing or BudgetProvider(config, model_params=model_sizes(config.models))
-    state = ServingState(config, engine_services(config, engine), provider)
+    (it opens its store on the first metered request) and is closed on shutdown. `pooling`:
+    reward-model services the caller started (default: started from `verifier_models`)."""
+    sizes = {**model_sizes(config.models), **verifier_model_sizes(config.verifier_models)}
+    provider = billing or BudgetProvider(config, model_params=sizes)
+    state = ServingState(config, engine_services(config, engine), provider, pooling)
+    start_pooling = pooling is None
     alerts = AlertDispatcher(state.admin)
     if isinstance(provider, BudgetProvider):
         provider.on_usage = alerts.check  # budget alert webhooks (tenants' `alerts:`)
@@ -71,8 +76,10 @@ def create_app(
         if admin.admin_digests(config):  # lasting admin state: keys, budget overrides
             await state.admin.start()
         starters: list[asyncio.Task[None]] = []
-        if engine is None:  # one after another (each in a thread): the first serves meanwhile
-            starters = [asyncio.create_task(_start_in_order(list(state.engines.values())))]
+        if engine is None or start_pooling:  # one after another, each in a thread
+            todo = list(state.engines.values()) if engine is None else []
+            then = state.verifiers.start if start_pooling else None
+            starters = [asyncio.create_task(_start_in_order(todo, then))]
         try:
             yield
         finally:
@@ -117,6 +124,8 @@ def create_app(
         for route_id, route in state.routes.items():  # a route serves once all its models do
             members = [models[c.model] for c in route.candidates]
             models[route_id] = "ready" if all(m == "ready" for m in members) else "starting"
+        for m, p in state.verifiers.pooling.items():  # reward models: their own readiness
+            models[m] = "ready" if p.ready() else ("failed" if p.failure() else "starting")
         if ready:
             return JSONResponse({"status": "ready", "models": models})
         detail = "; ".join(state.failures()) or "engine starting"
@@ -137,9 +146,15 @@ def create_app(
     return app
 
 
-async def _start_in_order(engines: list[EngineService]) -> None:
+async def _start_in_order(
+    engines: list[EngineService], then: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Engines start one at a time (two vLLM builds at once would share the two cores): the
+    first model serves while the next builds. Reward models (`then`) come last."""
     for engine in engines:
         await engine.start()
+    if then is not None:
+        await then()
 
 
 def _engine_status(engine: EngineService) -> str:

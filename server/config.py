@@ -65,19 +65,120 @@ class ControllerDefaults(_Strict):
     )
 
 
-class VerifierConfig(_Strict):
-    """An HTTP scoring service for the `verifier` and `best_of_n` aggregators.
+VERIFIER_KINDS = ("http", "reward_model", "judge", "checker")
 
-    Each sample is POSTed as {"question": <rendered prompt>, "candidate": <sample text>} and
-    must answer {"score": <number>}, higher is better (`verifier` weighs votes by it, so scores
-    should be ≥ 0, e.g. a probability). A failure or timeout degrades that request to a
-    majority vote, noted in `t2.note`; it never fails the request.
+
+class VerifierConfig(_Strict):
+    """One verifier for the `verifier`, `best_of_n` and `vote_score` aggregators (and for
+    choosing which winning sample's text a majority vote returns).
+
+    kind `http` (the default, for configs written before kinds): each sample is POSTed to `url`
+    as {"question", "candidate"} and must answer {"score": <number>}, higher is better.
+    kind `reward_model`: `model` names an entry of the top-level `verifier_models` (a
+    sequence-classification model on vLLM's pooling runner); `template` renders its input.
+    kind `judge`: `model` names a served model (`models`), asked with `template` at
+    temperature 0; `read` says how its reply becomes a score (`text`: the number `pattern`
+    captures, over `scale`; `yes_no`: P(yes) from the reply's logprobs; `answer`: whether the
+    judge's own answer to `{question}` equals the candidate's, a reference-guided grade).
+    kind `checker`: `checker` names a programmatic checker (controller.aggregate.CHECKERS).
+
+    Any failure or timeout degrades the request to a majority vote, noted in `t2.note`; what
+    the verifier spent is still billed. `calibration` (a calibration.json of
+    controller.aggregate.calibrate) maps scores to P(correct); `stop_at` stops sampling as
+    soon as one sample's calibrated P(correct) reaches it.
     """
 
-    url: str = Field(pattern=r"^https?://", description="scoring endpoint")
+    kind: Literal["http", "reward_model", "judge", "checker"] = "http"
+    name: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="t2.verifier selects it"
+    )
+    url: str | None = Field(default=None, pattern=r"^https?://", description="http: endpoint")
     timeout_s: float = Field(default=10.0, gt=0, le=600, description="all samples of a request")
     headers: dict[str, str] = Field(default_factory=dict, description="e.g. Authorization")
     concurrency: int = Field(default=8, ge=1, le=256, description="samples scored at once")
+    model: str | None = Field(default=None, description="reward_model / judge: which model")
+    template: str | None = Field(
+        default=None, description="input of the model: {question} and {candidate}"
+    )
+    read: Literal["text", "yes_no", "answer"] = "text"
+    pattern: str = Field(default=r"(-?\d+(?:\.\d+)?)", description="judge text: the score")
+    scale: float = Field(default=1.0, gt=0, description="judge text: score / scale")
+    max_tokens: int = Field(default=16, ge=1, le=4096, description="judge: reply length")
+    checker: str | None = Field(default=None, description="checker: its name")
+    calibration: str | None = Field(default=None, description="calibration.json: score → P")
+    stop_at: float | None = Field(
+        default=None, gt=0, lt=1, description="stop once a sample's P(correct) reaches this"
+    )
+
+    @field_validator("checker")
+    @classmethod
+    def _known_checker(cls, name: str | None) -> str | None:
+        from controller.aggregate.checkers import CHECKERS
+
+        if name is not None and name not in CHECKERS:
+            raise ValueError(f"unknown checker {name!r}; choose from {', '.join(CHECKERS)}")
+        return name
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        import re
+
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return pattern
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration_file(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"no calibration file at {path!r}")
+        return path
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> VerifierConfig:
+        needs = {"http": "url", "reward_model": "model", "judge": "model", "checker": "checker"}
+        field = needs[self.kind]
+        if getattr(self, field) is None:
+            raise ValueError(f"{field}: a verifier of kind {self.kind!r} needs '{field}'")
+        return self
+
+    @property
+    def label(self) -> str:
+        """Its name: as configured, else the kind (and the model or checker it uses)."""
+        return self.name or (self.checker or self.model or self.kind)
+
+
+class VerifierModelConfig(_Strict):
+    """A reward model on vLLM's pooling runner: started in-process beside the generators, or a
+    remote `vllm serve --runner pooling` reached at `url` by its /pooling or /score API."""
+
+    id: str = Field(min_length=1)
+    path: str | None = Field(default=None, description="weights dir (in-process)")
+    url: str | None = Field(default=None, pattern=r"^https?://", description="remote base URL")
+    api: Literal["pooling", "score"] = "pooling"
+    served_name: str | None = Field(default=None, description="remote: model name to send")
+    params: float | None = Field(
+        default=None, gt=0, description="N for FLOPs (2·N per scored token); default: weights"
+    )
+    kv_cache_memory_bytes: int = Field(default=64 * 2**20, ge=2**20)
+    max_model_len: int = Field(default=512, ge=16)
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+
+    @field_validator("path")
+    @classmethod
+    def _weights_there(cls, path: str | None) -> str | None:
+        if path is not None and not (Path(path) / "config.json").is_file():
+            raise ValueError(f"no model at {path!r} (config.json missing)")
+        return path
+
+    @model_validator(mode="after")
+    def _where(self) -> VerifierModelConfig:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give exactly one of 'path' (in-process) or 'url' (remote)")
+        return self
 
 
 class AlertSettings(_Strict):
@@ -139,10 +240,31 @@ class TenantConfig(_Strict):
     )
     pacing: PacingSettings = Field(default_factory=lambda: PacingSettings())
     verifier: VerifierConfig | None = None
+    verifiers: list[VerifierConfig] = Field(
+        default_factory=list, description="more verifiers; a request picks one by t2.verifier"
+    )
     alerts: AlertSettings | None = None
 
     def may_use(self, model: str) -> bool:
         return "*" in self.models or model in self.models
+
+    def verifier_list(self) -> list[VerifierConfig]:
+        """`verifier` then `verifiers`: the first is the default."""
+        return ([self.verifier] if self.verifier is not None else []) + list(self.verifiers)
+
+    def verifier_named(self, name: str | None) -> VerifierConfig | None:
+        listed = self.verifier_list()
+        if name is None:
+            return listed[0] if listed else None
+        return next((v for v in listed if v.label == name), None)
+
+    @model_validator(mode="after")
+    def _unique_verifier_names(self) -> TenantConfig:
+        names = [v.label for v in self.verifier_list()]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"verifiers: duplicate name(s) {', '.join(dupes)}; set 'name'")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -260,6 +382,9 @@ class AppConfig(_Strict):
     routes: list[RouteConfig] = Field(
         default_factory=list, description="route entries of `models:` (those with `route:`)"
     )
+    verifier_models: list[VerifierModelConfig] = Field(
+        default_factory=list, description="reward models on vLLM's pooling runner"
+    )
     engine: dict[str, Any] = Field(default_factory=dict)
     ledger: LedgerConfig = Field(default_factory=lambda: LedgerConfig())
     admin: AdminSettings = Field(default_factory=lambda: AdminSettings())
@@ -361,6 +486,26 @@ class AppConfig(_Strict):
                     raise ValueError(
                         f"tenants.{i}.api_keys.{j}.plain: plain-text keys are allowed only with "
                         "'demo: true'; store the sha256 hex digest instead"
+                    )
+        return self
+
+    @model_validator(mode="after")
+    def _verifiers_name_known_models(self) -> AppConfig:
+        """A verifier's `model` must be configured: a typo must not start a server whose
+        best-of-N silently falls back to voting on every request."""
+        served = {m.id for m in self.models}
+        pooled = {m.id for m in self.verifier_models}
+        for i, tenant in enumerate(self.tenants):
+            offset = 0 if tenant.verifier is None else 1
+            for j, v in enumerate(tenant.verifier_list()):
+                where = "verifier" if (j == 0 and offset) else f"verifiers.{j - offset}"
+                known = pooled if v.kind == "reward_model" else served
+                if v.kind in ("reward_model", "judge") and v.model not in known:
+                    listed = "verifier_models" if v.kind == "reward_model" else "models"
+                    raise ValueError(
+                        f"tenants.{i}.{where}.model: unknown model {v.model!r} for a "
+                        f"{v.kind} verifier; configured {listed}: "
+                        f"{', '.join(sorted(known)) or 'none'}"
                     )
         return self
 

@@ -1,21 +1,43 @@
-"""Verifiers that do I/O: an HTTP scoring service and a vLLM-served reward model.
+"""Verifiers by kind, as a tenant configures them (server.config.VerifierConfig).
 
-Both implement `controller.aggregate.Verifier` (`name`, `async score(question, candidates)`).
-They raise on failure; the request loop wraps them in `controller.aggregate.score_candidates`,
-which turns any failure into an error string so the answer degrades to a plain vote.
+- `http`: an external scoring service (`HttpVerifier`); not billed (it is the tenant's own).
+- `reward_model`: a sequence-classification model on vLLM's pooling runner
+  (server/engine/pooling.py); billed per scored token like generation.
+- `judge`: a served model grading each candidate at temperature 0; billed like generation.
+- `checker`: a programmatic checker (controller.aggregate.checkers); free.
+
+Each implements `controller.aggregate.Verifier` (`name`, `async score(question, candidates)`)
+and records what it spent in a `VerifierSpend` as it goes, so a failure part-way still bills the
+tokens already read. `ServedVerifier` adds the config's calibration (score → P(correct)) and
+stopping threshold. The request loop (server/sampling/loop.py) scores each wave, bills the
+spend, and degrades to a plain vote when a verifier fails.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, Protocol
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
+from controller.aggregate import ProgrammaticVerifier, Verifier, get_extractor
+from controller.aggregate.calibrate import IsotonicCalibrator, TrafficCalibrator
+from controller.aggregate.checkers import get_checker
 from server.config import TenantConfig, VerifierConfig
 from server.errors import VerifierError
+
+if TYPE_CHECKING:
+    from server.engine.pooling import PoolingService
+    from server.engine.service import EngineService
+
+log = logging.getLogger("t2serve.verifiers")
+DEFAULT_TEMPLATE = "{question}{candidate}"
 
 
 class HttpVerifier:
@@ -71,87 +93,205 @@ class HttpVerifier:
             await self._client.aclose()
 
 
-class PoolingEngine(Protocol):
-    """The part of vLLM's AsyncLLM a reward verifier needs (`AsyncLLM.encode`)."""
+@dataclass
+class VerifierSpend:
+    """Tokens a verifier's model read and wrote for one request (billed to `model`)."""
 
-    def encode(self, prompt: Any, pooling_params: Any, request_id: str) -> AsyncIterator[Any]: ...
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
-class VllmRewardVerifier:
-    """Score candidates with a reward model served by vLLM's pooling runner.
+class RewardModelVerifier:
+    """Score candidates with a reward model on vLLM's pooling runner (in-process or remote)."""
 
-    The engine is an `AsyncLLM` started with a sequence-classification / reward model
-    (`runner="pooling"`). Each candidate is rendered with `template` and encoded with
-    `PoolingParams(task=task)`; the score is element `index` of the pooled output
-    (a reward head's single logit, or the "correct" label's probability).
-    """
-
-    _ids = itertools.count()
-
-    def __init__(
-        self,
-        engine: PoolingEngine,
-        *,
-        template: str = "{question}\n\n{candidate}",
-        task: str = "classify",
-        index: int = -1,
-        name: str = "reward_model",
-    ) -> None:
-        self.engine = engine
+    def __init__(self, pooling: PoolingService, template: str, name: str) -> None:
+        self.pooling = pooling
         self.template = template
-        self.task = task
-        self.index = index
         self.name = name
-
-    async def _one(self, question: str, candidate: str) -> float:
-        from vllm import PoolingParams  # the engine is vLLM; import only when used
-
-        prompt = self.template.format(question=question, candidate=candidate)
-        request_id = f"verify-{next(self._ids)}"
-        final = None
-        async for output in self.engine.encode(prompt, PoolingParams(task=self.task), request_id):
-            final = output
-        if final is None:
-            raise VerifierError("reward model returned no output")
-        data = final.outputs.data
-        values = data.flatten().tolist() if hasattr(data, "flatten") else list(data)
-        if not values:
-            raise VerifierError("reward model returned an empty output")
-        return float(values[self.index])
+        self.spend = VerifierSpend(pooling.model_id)
 
     async def score(self, question: str, candidates: Sequence[str]) -> list[float]:
-        return list(await asyncio.gather(*(self._one(question, c) for c in candidates)))
+        texts = [self.template.format(question=question, candidate=c) for c in candidates]
+        scored = await self.pooling.classify(texts)
+        self.spend.prompt_tokens += scored.tokens
+        return scored.scores
+
+
+class JudgeVerifier:
+    """Ask a served model to grade each candidate at temperature 0 (see VerifierConfig.read).
+
+    Renders `template` with {question} and {candidate}; identical prompts (a template without
+    {candidate}, as `read: answer` uses) are asked once per call.
+    """
+
+    def __init__(
+        self, engine: EngineService, cfg: VerifierConfig, extractor: str, name: str
+    ) -> None:
+        self.engine = engine
+        self.cfg = cfg
+        self.template = cfg.template or "{question}{candidate}"
+        self.pattern = re.compile(cfg.pattern)
+        self.extract = get_extractor(extractor)
+        self.name = name
+        self.spend = VerifierSpend(engine.model_id)
+        self._calls = 0
+
+    async def _ask(self, prompt_text: str) -> tuple[str, float]:
+        prompt = self.engine.tokenize(prompt_text)
+        params = self.engine.params(
+            max_tokens=self.cfg.max_tokens, temperature=0.0, top_p=None, stop=[], seed=None, wave=0
+        )
+        self._calls += 1
+        rid = f"judge-{id(self)}-{self._calls}"
+        text, logprob = "", 0.0
+        self.spend.prompt_tokens += prompt.tokens
+        async for sample in self.engine.sample(prompt, 1, params, rid):
+            self.spend.completion_tokens += sample.completion_tokens
+            text = sample.text
+            logprob = sample.mean_logprob if sample.mean_logprob is not None else 0.0
+        return text, logprob
+
+    async def score(self, question: str, candidates: Sequence[str]) -> list[float]:
+        asked: dict[str, tuple[str, float]] = {}
+        scores = []
+        for cand in candidates:
+            prompt = self.template.format(question=question, candidate=cand)
+            if prompt not in asked:
+                asked[prompt] = await self._ask(prompt)
+            scores.append(self._read(*asked[prompt], cand))
+        return scores
+
+    def _read(self, reply: str, mean_logprob: float, candidate: str) -> float:
+        confidence = min(1.0, max(0.0, 2.718281828459045**mean_logprob))
+        if self.cfg.read == "answer":
+            mine = self.extract(reply)
+            return 1.0 if mine is not None and mine == self.extract(candidate) else 0.0
+        if self.cfg.read == "yes_no":
+            yes = self.pattern.search(reply) is not None
+            return confidence if yes else 1.0 - confidence
+        found = self.pattern.search(reply)
+        if found is None:
+            raise VerifierError(f"judge reply has no score: {reply[:60]!r}")
+        return float(found.group(1) if found.groups() else found.group(0)) / self.cfg.scale
+
+
+class ServedVerifier:
+    """A tenant's verifier for one request: the kind's scorer, its spend, and calibration.
+
+    Built per request (the scorers are cheap; the engines and clients they use are shared), so
+    the spend is this request's alone.
+    """
+
+    def __init__(
+        self, cfg: VerifierConfig, scorer: Verifier, calibrator: TrafficCalibrator
+    ) -> None:
+        self.cfg = cfg
+        self.label = cfg.label  # what t2.verifier names it
+        self.name = getattr(scorer, "name", cfg.label)  # what its failures are reported as
+        self.kind = cfg.kind
+        self.scorer = scorer
+        self.calibrator = calibrator
+        self.stop_at = cfg.stop_at
+        self.timeout_s = cfg.timeout_s
+
+    @property
+    def spend(self) -> VerifierSpend:
+        return getattr(self.scorer, "spend", None) or VerifierSpend()
+
+    async def score(self, question: str, candidates: Sequence[str]) -> list[float]:
+        return await self.scorer.score(question, candidates)
+
+    def calibrated(self, scores: Sequence[float]) -> list[float]:
+        return self.calibrator.predict(scores)
+
+
+def load_calibration(path: str | None) -> IsotonicCalibrator | None:
+    if path is None:
+        return None
+    return IsotonicCalibrator.from_dict(json.loads(Path(path).read_text()))
 
 
 class VerifierBook:
-    """Each tenant's configured `HttpVerifier`, built on first use and rebuilt when a config
-    reload changes it; `aclose` releases every client (the app's shutdown calls it)."""
+    """The verifiers tenants configured: HTTP clients (rebuilt when a reload changes them),
+    calibrators (kept per tenant and verifier, refreshed from traffic), and the engines they
+    use (the app's generators for judges, its pooling services for reward models)."""
 
-    def __init__(self) -> None:
-        self._by_tenant: dict[str, tuple[VerifierConfig, HttpVerifier]] = {}
+    def __init__(
+        self,
+        engines: dict[str, EngineService] | None = None,
+        pooling: dict[str, PoolingService] | None = None,
+    ) -> None:
+        self.engines = engines or {}
+        self.pooling = pooling or {}
+        self._http: dict[tuple[str, str], tuple[VerifierConfig, HttpVerifier]] = {}
+        self._calibrators: dict[tuple[str, str], tuple[VerifierConfig, TrafficCalibrator]] = {}
         self._retired: list[HttpVerifier] = []
 
-    def get(self, tenant: TenantConfig) -> HttpVerifier | None:
-        cfg = tenant.verifier
+    def get(
+        self, tenant: TenantConfig, name: str | None = None, extractor: str = "last_number"
+    ) -> ServedVerifier | None:
+        """The tenant's verifier `name` (its first when None) for one request, or None."""
+        cfg = tenant.verifier_named(name)
         if cfg is None:
             return None
-        held = self._by_tenant.get(tenant.id)
+        key = (tenant.id, cfg.label)
+        return ServedVerifier(cfg, self._scorer(key, cfg, extractor), self._calibrator(key, cfg))
+
+    def _scorer(self, key: tuple[str, str], cfg: VerifierConfig, extractor: str) -> Verifier:
+        if cfg.kind == "checker":
+            return ProgrammaticVerifier(cfg.label, get_checker(cfg.checker or ""))
+        if cfg.kind == "reward_model":
+            pooling = self.pooling.get(cfg.model or "")
+            if pooling is None:
+                raise VerifierError(f"reward model {cfg.model!r} is not served")
+            return RewardModelVerifier(pooling, cfg.template or DEFAULT_TEMPLATE, cfg.label)
+        if cfg.kind == "judge":
+            engine = self.engines.get(cfg.model or "")
+            if engine is None:
+                raise VerifierError(f"judge model {cfg.model!r} is not served")
+            return JudgeVerifier(engine, cfg, extractor, cfg.label)
+        held = self._http.get(key)
         if held is not None and held[0] == cfg:
             return held[1]
         if held is not None:  # requests in flight may still use it: close at shutdown
             self._retired.append(held[1])
         verifier = HttpVerifier(
-            cfg.url,
+            cfg.url or "",
             timeout_s=cfg.timeout_s,
             headers=cfg.headers,
             concurrency=cfg.concurrency,
-            name=f"verifier of {tenant.id}",
+            name=f"verifier {cfg.name} of {key[0]}" if cfg.name else f"verifier of {key[0]}",
         )
-        self._by_tenant[tenant.id] = (cfg, verifier)
+        self._http[key] = (cfg, verifier)
         return verifier
 
+    def _calibrator(self, key: tuple[str, str], cfg: VerifierConfig) -> TrafficCalibrator:
+        held = self._calibrators.get(key)
+        if held is not None and held[0].calibration == cfg.calibration:
+            return held[1]
+        calibrator = TrafficCalibrator(load_calibration(cfg.calibration))
+        self._calibrators[key] = (cfg, calibrator)
+        return calibrator
+
+    def ready(self) -> bool:
+        return all(p.ready() for p in self.pooling.values())
+
+    def failures(self) -> list[str]:
+        return [f for p in self.pooling.values() if (f := p.failure()) is not None]
+
+    async def start(self) -> None:
+        for pooling in self.pooling.values():
+            await pooling.start()
+
     async def aclose(self) -> None:
-        for verifier in [v for _, v in self._by_tenant.values()] + self._retired:
+        for verifier in [v for _, v in self._http.values()] + self._retired:
             await verifier.aclose()
-        self._by_tenant.clear()
+        self._http.clear()
         self._retired.clear()
+        for pooling in self.pooling.values():
+            await pooling.shutdown()

@@ -6,9 +6,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 
 from controller.aggregate import Candidate, aggregate, get_extractor, score_candidates
-from server.verifiers import HttpVerifier, VllmRewardVerifier
+from server.config import VerifierModelConfig
+from server.engine.pooling import PoolingService
+from server.verifiers import HttpVerifier, RewardModelVerifier
 from tests.fixtures.scorer import json_score, serve_scorer
 
 
@@ -83,7 +86,10 @@ async def test_http_verifier_slower_than_its_timeout_is_an_error() -> None:
 
 
 class PoolingStandIn:
-    """Yields outputs shaped like vLLM's PoolingRequestOutput (no reward model ships here)."""
+    """Yields outputs shaped like vLLM's PoolingRequestOutput (the real engine: see
+    tests/test_reward_model.py)."""
+
+    errored = False
 
     def __init__(self) -> None:
         self.prompts: list[str] = []
@@ -91,12 +97,16 @@ class PoolingStandIn:
     async def encode(self, prompt: Any, pooling_params: Any, request_id: str) -> AsyncIterator[Any]:
         self.prompts.append(prompt)
         assert pooling_params.task == "classify"
-        yield SimpleNamespace(outputs=SimpleNamespace(data=[0.2, 0.9 if "18" in prompt else 0.1]))
+        data = torch.tensor([0.9 if "18" in prompt else 0.1])
+        yield SimpleNamespace(outputs=SimpleNamespace(data=data), prompt_token_ids=[1] * 7)
 
 
-async def test_reward_model_verifier_reads_the_pooled_score() -> None:
+async def test_reward_model_verifier_reads_the_pooled_score_and_counts_tokens() -> None:
     engine = PoolingStandIn()
-    verifier = VllmRewardVerifier(engine, template="Q: {question}\nA: {candidate}")
+    cfg = VerifierModelConfig(id="rm", url="http://unused")
+    pooling = PoolingService(cfg.model_copy(update={"url": None, "path": "x"}), llm=engine)
+    verifier = RewardModelVerifier(pooling, "Q: {question}\nA: {candidate}", "rm")
     scores = await verifier.score("ducks?", ["18", "20"])
-    assert scores == [0.9, 0.1]
+    assert scores == pytest.approx([0.9, 0.1])
     assert engine.prompts[0] == "Q: ducks?\nA: 18"
+    assert verifier.spend.prompt_tokens == 14 and verifier.spend.model == "rm"

@@ -27,6 +27,7 @@ class RecordingBilling:
     unit: str = "tokens"
     reserved: list[WaveHold] = field(default_factory=list)
     settled: list[tuple[WaveHold, int, int]] = field(default_factory=list)
+    charged: list[tuple[str, int, int, int]] = field(default_factory=list)
     closed: int = 0
     finished: tuple[str | None, int, int] | None = None
     price: ComputePrice | None = None
@@ -48,6 +49,12 @@ class RecordingBilling:
 
     async def settle(self, hold: WaveHold, *, prompt_tokens: int, completion_tokens: int) -> float:
         self.settled.append((hold, prompt_tokens, completion_tokens))
+        return float(prompt_tokens + completion_tokens)
+
+    async def charge(
+        self, model: str, wave: int, *, prompt_tokens: int, completion_tokens: int
+    ) -> float:
+        self.charged.append((model, wave, prompt_tokens, completion_tokens))
         return float(prompt_tokens + completion_tokens)
 
     def finish(self, stop_reason: str | None, status: int, samples: int) -> None:

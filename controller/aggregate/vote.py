@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-Method = Literal["majority", "logprob", "verifier", "best_of_n"]
-METHODS: tuple[str, ...] = ("majority", "logprob", "verifier", "best_of_n")
+Method = Literal["majority", "logprob", "verifier", "best_of_n", "vote_score"]
+METHODS: tuple[str, ...] = ("majority", "logprob", "verifier", "best_of_n", "vote_score")
+VERIFIED: tuple[str, ...] = ("verifier", "best_of_n", "vote_score")
+"""The methods that need a verifier's scores (they fall back to majority without them)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,11 @@ def aggregate(
         weight of the others (so a partial report does not silently drop samples).
     verifier: votes weighted by verifier score (scores must be >= 0, e.g. probabilities).
     best_of_n: the single highest-scoring sample (earliest on ties).
+    vote_score: votes and scores combined: an answer weighs its vote count times the best
+        score among its samples (a well-supported answer needs one convincing sample; a
+        lone high-scoring sample needs support).
+    With scores present, every method returns the text of the best-scored sample among those
+    carrying the chosen answer (a majority vote's winner may be carried by a broken chain).
     verifier_error: set by the caller when the verifier call failed; forces the fallback.
     """
     if method not in METHODS:
@@ -100,7 +107,7 @@ def aggregate(
     degraded = False
     note: str | None = None
 
-    if method in ("verifier", "best_of_n"):
+    if method in VERIFIED:
         missing = sum(1 for c in candidates if c.answer is not None and c.score is None)
         if verifier_error is not None or missing:
             degraded = True
@@ -134,6 +141,10 @@ def aggregate(
                 if c.answer is not None:
                     w = math.exp(c.logprob) if c.logprob is not None else fill
                     weights[c.answer] = weights.get(c.answer, 0.0) + w
+        elif method_used == "vote_score":
+            for a, count in votes.items():
+                best = max(max(0.0, c.score or 0.0) for c in candidates if c.answer == a)
+                weights[a] = count * best
         else:  # verifier-weighted
             for c in candidates:
                 if c.answer is not None:
@@ -156,18 +167,18 @@ def aggregate(
 
 
 def _chosen_for(candidates: Sequence[Candidate], answer: str | None, method: str) -> int | None:
-    """Which sample's text to return: the best-supported sample among those with the answer."""
+    """Which sample's text to return: the best-supported sample among those with the answer:
+    by verifier score wherever the samples were scored, else by logprob for `logprob`, else
+    the first."""
     if answer is None:
         return 0 if candidates else None
-    best_i: int | None = None
-    for i, cand in enumerate(candidates):
-        if cand.answer != answer:
-            continue
-        if best_i is None:
-            best_i = i
-            continue
-        key = cand.score if method == "verifier" else cand.logprob if method == "logprob" else None
-        best_key = candidates[best_i].score if method == "verifier" else candidates[best_i].logprob
-        if key is not None and (best_key is None or key > best_key):
-            best_i = i
-    return best_i if best_i is not None else _first_index(candidates, answer)
+    carrying = [i for i, c in enumerate(candidates) if c.answer == answer]
+    if not carrying:
+        return _first_index(candidates, answer)
+    if all(candidates[i].score is not None for i in carrying):
+        return max(carrying, key=lambda i: (candidates[i].score or 0.0, -i))
+    if method == "logprob":
+        known = [i for i in carrying if candidates[i].logprob is not None]
+        if known:
+            return max(known, key=lambda i: (candidates[i].logprob or 0.0, -i))
+    return carrying[0]

@@ -20,7 +20,14 @@ from controller.aggregate.vote import count_votes
 from controller.pacing import REFERENCE_SAMPLE_PRICE, SAMPLE, ComputePrice
 
 StopReason = Literal[
-    "converged", "max_samples", "max_cost", "budget", "exhausted", "marginal_value", "fixed"
+    "converged",
+    "max_samples",
+    "max_cost",
+    "budget",
+    "exhausted",
+    "marginal_value",
+    "fixed",
+    "verified",
 ]
 STOP_REASONS: tuple[str, ...] = (
     "converged",  # the policy's confidence rule is met (adaptive_consistency, esc, margin)
@@ -30,6 +37,7 @@ STOP_REASONS: tuple[str, ...] = (
     "exhausted",  # no more samples can be had (the replay ran out of recorded samples)
     "marginal_value",  # t2: one more wave is worth less than it costs
     "fixed",  # fixed:k drew its k
+    "verified",  # a sample's calibrated P(correct) reached the verifier's `stop_at`
 )
 
 
@@ -104,14 +112,25 @@ def top_two(answers: Sequence[str | None]) -> tuple[str | None, int, int]:
 class PolicyRun(ABC):
     """One request's stopping state. Subclasses implement `want`."""
 
+    stop_at: float | None = None
+    """Verifier-aware stopping: halt ("verified") once any sample's calibrated P(correct)
+    reaches this, whatever the policy's own rule says (None: off). Set by the caller from the
+    verifier's config; the threshold is chosen on calibration data, not on the request."""
+
     def __init__(self, caps: Caps) -> None:
         self.caps = caps
         self.last_reason: StopReason | None = None
 
-    def decide(self, answers: Sequence[str | None]) -> Decision:
-        """Stop or draw: the policy's wish, clamped by the caps."""
+    def decide(
+        self, answers: Sequence[str | None], confidences: Sequence[float] | None = None
+    ) -> Decision:
+        """Stop or draw: the policy's wish, clamped by the caps. `confidences`, when a verifier
+        scores the samples as they arrive, is each sample's calibrated P(correct)."""
         drawn = len(answers)
         allowed, cap = self.caps.remaining(drawn)
+        if confidences and self.stop_at is not None and max(confidences) >= self.stop_at:
+            self.last_reason = "verified"
+            return Decision.halt("verified")
         wish = self.want(answers, allowed)
         if wish.stop:
             decision = wish

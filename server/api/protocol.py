@@ -90,6 +90,9 @@ class T2Options(BaseModel):
     deadline_ms: Millis | None = Field(
         default=None, description="stop drawing waves after this"
     )
+    verifier: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = Field(
+        default=None, description="which of the tenant's verifiers scores samples (its name)"
+    )
 
 
 class TextPart(BaseModel):
@@ -212,6 +215,9 @@ class T2Summary(BaseModel):
     price_of_compute: float | None
     aggregator: str
     note: str | None
+    verifier: str | None = None
+    verifier_tokens: int = 0
+    verifier_cost: float = 0.0
     choices: list[T2Summary] | None = None
     route: RouteSummary | None = None
 
@@ -225,9 +231,13 @@ class T2Summary(BaseModel):
 
 
 class Usage(BaseModel):
+    """OpenAI's usage; `verifier_tokens` (tokens a reward model or judge read and wrote for
+    this answer, billed like generation) is ours and is not in `total_tokens`."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    verifier_tokens: int = 0
 
 
 class AssistantMessage(BaseModel):

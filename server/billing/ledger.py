@@ -51,6 +51,7 @@ from server.errors import InsufficientQuota, RateLimited
 log = logging.getLogger("t2serve.billing")
 METRICS_INTERVAL_S = 0.25
 LOG_PURGE_EVERY_S = 3600.0
+VERIFIER_WAVES = 1_000_000  # settlement keys of verifier charges, apart from generation waves
 
 
 def billing_unit(tenant: TenantConfig, pricer: Pricer) -> Unit:
@@ -499,6 +500,30 @@ class LedgerBilling:
             self.spent = self.spent + out.cost
         self.provider.remember(self.tenant, out.usage, self.pricer)
         self.provider.settles.fire(self.tenant.id)
+        return out.cost.of(self.cost_unit)
+
+    async def charge(
+        self, model: str, wave: int, *, prompt_tokens: int, completion_tokens: int
+    ) -> float:
+        """Settle a verifier's work straight away (it is done; nothing to hold first), at the
+        tenant's price for `model`, as its own spend-log entry."""
+        cost = self.provider.pricer(self.tenant, model).cost(prompt_tokens, completion_tokens)
+        entry = SpendEntry(
+            model, 0, prompt_tokens, completion_tokens, self.caller.key_prefix, self.caller.user
+        )
+        out = await self.provider.ledger.settle(
+            self.tenant.id,
+            self.tenant.budgets,
+            self.request_id,
+            VERIFIER_WAVES + wave,
+            cost,
+            entry,
+            self.levels,
+        )
+        self.settled_waves += 1
+        self.last_usage = out.usage
+        self.spent = self.spent + out.cost
+        self.provider.remember(self.tenant, out.usage, self.pricer)
         return out.cost.of(self.cost_unit)
 
     def finish(self, stop_reason: str | None, status: int, samples: int) -> None:

@@ -7,6 +7,7 @@ The sampling loop calls, per request:
         hold = await billing.reserve(WaveHold(wave=i, samples=w, prompt_tokens=p, max_tokens=m))
         ...  # draw hold.samples samples (1 ≤ hold.samples ≤ w)
         cost = await billing.settle(hold, prompt_tokens=p_used, completion_tokens=c_used)
+        cost = await billing.charge(model, k, prompt_tokens=..., completion_tokens=...)  # verifier
     billing.finish(stop_reason, status, samples)
     await billing.close()
 
@@ -69,6 +70,14 @@ class Billing(Protocol):
 
     async def settle(self, hold: WaveHold, *, prompt_tokens: int, completion_tokens: int) -> float:
         """Charge what the engine reported for this wave, release the rest; return its cost."""
+        ...
+
+    async def charge(
+        self, model: str, wave: int, *, prompt_tokens: int, completion_tokens: int
+    ) -> float:
+        """Bill work already done on another model for this request (a verifier's reward model
+        or judge), priced for `model` (its price entry, else 2·N FLOPs per token); `wave` is a
+        settlement key of its own (the verifier's call number, apart from generation waves)."""
         ...
 
     def finish(self, stop_reason: str | None, status: int, samples: int) -> None:

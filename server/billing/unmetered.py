@@ -35,6 +35,13 @@ class UnmeteredBilling:
         self.spent += cost
         return cost
 
+    async def charge(
+        self, model: str, wave: int, *, prompt_tokens: int, completion_tokens: int
+    ) -> float:
+        cost = self.quote(prompt_tokens, completion_tokens)
+        self.spent += cost
+        return cost
+
     def finish(self, stop_reason: str | None, status: int, samples: int) -> None:
         return None
 

@@ -113,7 +113,7 @@ def engine_args(cfg: EngineConfig) -> Any:
     )
 
 
-def _shutdown_built(done: asyncio.Future[Any]) -> None:
+def shutdown_built(done: asyncio.Future[Any]) -> None:
     """An engine finished building after its start was cancelled (a shutdown mid-start)."""
     if not done.cancelled() and done.exception() is None:
         done.result().shutdown()
@@ -157,7 +157,7 @@ class InProcessEngine(PromptingMixin):
         try:
             llm = await asyncio.shield(building)
         except asyncio.CancelledError:  # the thread cannot be stopped: stop what it builds
-            building.add_done_callback(_shutdown_built)
+            building.add_done_callback(shutdown_built)
             raise
         log.info("engine ready in %.1f s: %s", time.monotonic() - started, cfg.model_path)
         return cls(cfg, llm, sink)

@@ -55,3 +55,24 @@ def parameter_count(path: str | Path) -> float | None:
 def model_sizes(models: Iterable[SizedModel]) -> dict[str, float | None]:
     """N per model id: the configured `params`, else counted from the weights."""
     return {m.id: m.params if m.params is not None else parameter_count(m.path) for m in models}
+
+
+class SizedVerifierModel(Protocol):
+    """A reward model's config entry: weights on disk (in-process) or none (remote)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def path(self) -> str | None: ...
+
+    @property
+    def params(self) -> float | None: ...
+
+
+def verifier_model_sizes(models: Iterable[SizedVerifierModel]) -> dict[str, float | None]:
+    """N per reward model: the configured `params`, else counted from local weights."""
+    return {
+        m.id: m.params if m.params is not None else (parameter_count(m.path) if m.path else None)
+        for m in models
+    }

@@ -30,6 +30,7 @@ class SamplingJob:
     max_cost: float | None
     deadline_ms: int | None
     timeout_s: float
+    verifier: str | None = None  # the tenant's verifier to use (None: its first)
 
     @property
     def prompt_tokens(self) -> int:
@@ -92,3 +93,8 @@ class Outcome:
     note: str | None = None
     model: str = ""  # the model that answered (a route's last candidate drawn)
     route: RouteReport | None = None
+    verifier: str | None = None
+    verifier_tokens: int = 0  # tokens the verifier's model read and wrote (billed)
+    verifier_cost: float = 0.0  # included in `cost`
+    verifier_billed_prompt: int = 0
+    verifier_billed_completion: int = 0

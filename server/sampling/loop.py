@@ -18,17 +18,17 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Mapping
+from dataclasses import replace
 from typing import Protocol
 
 from controller.aggregate import (
     AggregateResult,
     Candidate,
-    Verifier,
     aggregate,
     get_extractor,
     score_candidates,
 )
-from controller.aggregate.vote import count_votes
+from controller.aggregate.vote import VERIFIED, count_votes
 from controller.policy.base import Caps
 from controller.policy.factory import make_policy
 from controller.routing import Route, cascade_answer, route_price
@@ -39,9 +39,10 @@ from server.engine.service import EngineService
 from server.errors import APIError, InsufficientQuota, UpstreamTimeout
 from server.sampling.job import Outcome, RoutedJob, RouteReport, SamplingJob, WaveTally
 from server.sampling.policies import PolicyBook
+from server.verifiers import ServedVerifier
 
 log = logging.getLogger("t2serve.sampling")
-VERIFIED_METHODS = ("verifier", "best_of_n")
+VERIFIED_METHODS = VERIFIED
 
 
 class RunListener(Protocol):
@@ -84,10 +85,15 @@ class Sampler:
         job: SamplingJob,
         billing: Billing,
         listener: RunListener | None = None,
-        verifier: Verifier | None = None,
+        verifier: ServedVerifier | None = None,
     ) -> Outcome:
-        """Sample until the policy stops (or a cap does), settling each wave; then aggregate
-        (scoring the samples with `verifier` for the `verifier` and `best_of_n` methods).
+        """Sample until the policy stops (or a cap does), settling each wave; then aggregate.
+
+        With a `verifier`, each wave's samples are scored as they arrive and its compute billed
+        like generation; the policy sees their calibrated P(correct) (verifier-aware stopping),
+        the verifier methods use the scores, and any method returns the best-scored sample
+        carrying the chosen answer. A verifier failure stops the scoring and the request
+        degrades to a majority vote (its note says why); what was spent is still billed.
 
         Cancellation (a client disconnect) aborts the wave in flight and still settles the
         tokens generated so far before the CancelledError propagates.
@@ -102,9 +108,13 @@ class Sampler:
         drawn: list[Sample] = []
         answers: list[str | None] = []
         clock = _Clock(job)
+        verdicts = _Verdicts(verifier)
+        if verifier is not None:
+            run.stop_at = verifier.stop_at
+            out.verifier = verifier.label
         try:
             while True:
-                step = run.decide(answers)
+                step = run.decide(answers, verdicts.confidences())
                 if step.stop:
                     out.stop_reason = step.reason or "policy"
                     break
@@ -113,6 +123,7 @@ class Sampler:
                 )
                 drawn.extend(samples)
                 answers.extend(extract(s.text) for s in samples)
+                await verdicts.score(job, samples, billing, out)
                 if stop is not None:
                     out.stop_reason = stop
                     break
@@ -122,7 +133,8 @@ class Sampler:
         if not drawn:
             raise UpstreamTimeout("the engine returned no samples")
         await self.policies.observe(job.tenant, job.model, policy, answers)
-        result = await _aggregate(job, answers, drawn, verifier)
+        result = _aggregate(job, answers, drawn, verdicts)
+        verdicts.learn(answers, result.answer)
         _fill(out, result, drawn)
         out.predicted_accuracy = run.predicted_accuracy
         return out
@@ -396,24 +408,96 @@ def _fit_cost(billing: Billing, size: int, job: SamplingJob, left: float) -> int
     return size
 
 
-async def _aggregate(
-    job: SamplingJob,
-    answers: list[str | None],
-    drawn: list[Sample],
-    verifier: Verifier | None,
-) -> AggregateResult:
-    """Vote over the drawn samples. Verifier methods score them first; without a verifier, or
-    when it fails, they fall back to majority and the result's note says why."""
-    scores: list[float] | None = None
-    error: str | None = None
-    if job.aggregator in VERIFIED_METHODS:
-        if verifier is None:
-            error = "no verifier is configured for this tenant"
+class _Verdicts:
+    """One request's verifier scores, wave by wave: scoring, billing the verifier's compute,
+    and remembering the first failure (after which nothing more is scored)."""
+
+    def __init__(self, verifier: ServedVerifier | None) -> None:
+        self.verifier = verifier
+        self.scores: list[float] = []
+        self.error: str | None = None
+        self.calls = 0
+
+    def confidences(self) -> list[float] | None:
+        if self.verifier is None or self.error is not None or not self.scores:
+            return None
+        return self.verifier.calibrated(self.scores)
+
+    async def score(
+        self, job: SamplingJob, samples: list[Sample], billing: Billing, out: Outcome
+    ) -> None:
+        verifier = self.verifier
+        if verifier is None or self.error is not None or not samples:
+            return
+        spent_before = verifier.spend.tokens
+        try:
+            scored = await score_candidates(
+                verifier, job.prompt.text, [s.text for s in samples], verifier.timeout_s
+            )
+        finally:
+            await _uncancellable(self._bill(job, verifier, spent_before, billing, out))
+        if scored.scores is None:
+            self.error = scored.error or f"{verifier.name}: failed"
+            log.warning("verifier failed for %s: %s", job.request_id, self.error)
         else:
-            scored = await score_candidates(verifier, job.prompt.text, [s.text for s in drawn])
-            scores, error = scored.scores, scored.error
+            self.scores.extend(scored.scores)
+
+    async def _bill(
+        self,
+        job: SamplingJob,
+        verifier: ServedVerifier,
+        before: int,
+        billing: Billing,
+        out: Outcome,
+    ) -> None:
+        """Charge the tokens this call read and wrote (also when it failed part-way)."""
+        spend = verifier.spend
+        tokens = spend.tokens - before
+        out.verifier_tokens = spend.tokens
+        if spend.model is None or tokens <= 0:
+            return
+        self.calls += 1
+        try:
+            cost = await billing.charge(
+                spend.model,
+                self.calls,
+                prompt_tokens=spend.prompt_tokens - out.verifier_billed_prompt,
+                completion_tokens=spend.completion_tokens - out.verifier_billed_completion,
+            )
+        except Exception:
+            log.exception("billing the verifier of %s failed", out.verifier)
+            return
+        out.verifier_billed_prompt = spend.prompt_tokens
+        out.verifier_billed_completion = spend.completion_tokens
+        out.cost += cost
+        out.verifier_cost += cost
+        if billing.unit == "currency":
+            metrics.add_spend(job.tenant, currency=cost)
+        elif billing.unit == "flops":
+            metrics.add_spend(job.tenant, flops=cost)
+
+    def learn(self, answers: list[str | None], final: str | None) -> None:
+        """Refresh the calibration from this request (agreement with a clear answer)."""
+        if self.verifier is not None and self.error is None and len(self.scores) == len(answers):
+            self.verifier.calibrator.observe(self.scores, answers, final)
+
+
+def _aggregate(
+    job: SamplingJob, answers: list[str | None], drawn: list[Sample], verdicts: _Verdicts
+) -> AggregateResult:
+    """Vote over the drawn samples with their scores. Verifier methods without a verifier, or
+    whose verifier failed, fall back to majority and the result's note says why."""
+    error = verdicts.error
+    complete = error is None and verdicts.verifier is not None
+    scores = verdicts.scores if complete and len(verdicts.scores) == len(drawn) else None
+    if job.aggregator in VERIFIED_METHODS and verdicts.verifier is None:
+        error = "no verifier is configured for this tenant"
     candidates = [
         Candidate(answer=a, logprob=s.mean_logprob, score=scores[i] if scores else None)
         for i, (a, s) in enumerate(zip(answers, drawn, strict=True))
     ]
-    return aggregate(candidates, job.aggregator, verifier_error=error)
+    result = aggregate(candidates, job.aggregator, verifier_error=error)
+    if error is not None and verdicts.verifier is not None and not result.degraded:
+        note = f"verifier failed ({error}); the returned text is the first with the answer"
+        result = replace(result, note=note)
+    return result

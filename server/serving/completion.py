@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 import uuid
@@ -38,11 +39,21 @@ from server.api.protocol import (
 )
 from server.billing.identity import bind_request
 from server.config import TenantConfig
-from server.errors import APIError, ClientClosed, InsufficientQuota, RateLimited, bad_request
+from server.errors import (
+    APIError,
+    ClientClosed,
+    InsufficientQuota,
+    RateLimited,
+    VerifierError,
+    bad_request,
+)
 from server.sampling import Outcome, RoutedJob, SamplingJob
 from server.serving.events import Done, KeepAlive, StreamError, StreamEvent
 from server.serving.jobs import resolve_job, routed_job
 from server.serving.state import ServingState
+from server.verifiers import ServedVerifier
+
+log = logging.getLogger("t2serve.serving")
 
 Kind = Literal["chat", "text"]
 _PIECE = re.compile(r"\s*\S+\s*|\s+")
@@ -89,16 +100,26 @@ class RunGroup:
     # -- running -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        verifier = self.state.verifiers.get(self.tenant)
         route = self.route
         self.tasks = [
             asyncio.create_task(
                 self.sampler.run_routed(job, route, billing, self)
                 if isinstance(job, RoutedJob) and route is not None
-                else self.sampler.run(job, billing, self, verifier)  # type: ignore[arg-type]
+                else self.sampler.run(job, billing, self, self._verifier(job))  # type: ignore[arg-type]
             )
             for job, billing in zip(self.jobs, self.billings, strict=True)
         ]
+
+    def _verifier(self, job: SamplingJob) -> ServedVerifier | None:
+        """The job's verifier (one per job: each bills its own spend), or None when the
+        tenant has none or the job cannot use one (logprob-weighted votes)."""
+        if job.aggregator == "logprob":
+            return None
+        try:
+            return self.state.verifiers.get(self.tenant, job.verifier, job.extractor)
+        except VerifierError:  # its model is not served: the request degrades to a vote
+            log.exception("verifier of %s unavailable", self.tenant.id)
+            return None
 
     async def first_wave_or_error(self) -> None:
         """Wait until sampling has begun or failed: errors before that still get a real status."""
@@ -473,7 +494,10 @@ def usage(outcomes: list[Outcome]) -> Usage:
     prompt = sum(o.prompt_tokens for o in outcomes)
     completion = sum(o.completion_tokens for o in outcomes)
     return Usage(
-        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        verifier_tokens=sum(o.verifier_tokens for o in outcomes),
     )
 
 
@@ -515,6 +539,9 @@ def _summary(o: Outcome) -> T2Summary:
         price_of_compute=o.price_of_compute,
         aggregator=o.aggregator,
         note=o.note,
+        verifier=o.verifier,
+        verifier_tokens=o.verifier_tokens,
+        verifier_cost=o.verifier_cost,
     )
 
 

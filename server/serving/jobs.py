@@ -39,6 +39,14 @@ def resolve_job(
     aggregator = (opts and opts.aggregator) or tenant.aggregator or defaults.aggregator
     extractor = (opts and opts.extractor) or tenant.extractor or defaults.extractor
     check_controller_names(policy, aggregator, extractor)
+    verifier = opts.verifier if opts else None
+    if verifier is not None and tenant.verifier_named(verifier) is None:
+        names = ", ".join(v.label for v in tenant.verifier_list()) or "none"
+        raise bad_request(
+            f"t2.verifier: this tenant has no verifier named {verifier!r} (it has: {names}).",
+            param="t2.verifier",
+            code="invalid_t2_option",
+        )
 
     cap_samples = tenant.max_samples or defaults.max_samples
     cap_cost = tenant.max_cost if tenant.max_cost is not None else defaults.max_cost
@@ -109,6 +117,7 @@ def resolve_job(
         max_cost=max_cost,
         deadline_ms=int(deadline_ms) if deadline_ms is not None else None,
         timeout_s=config.server.request_timeout_s,
+        verifier=verifier,
     )
 
 

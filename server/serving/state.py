@@ -20,6 +20,7 @@ from server.api.protocol import MAX_CHOICES
 from server.auth import KeyRing
 from server.billing.protocol import BillingProvider
 from server.config import AppConfig, load_config
+from server.engine.pooling import PoolingService
 from server.engine.service import EngineService
 from server.errors import APIError, ConfigError
 from server.sampling import Sampler
@@ -33,7 +34,11 @@ BODY_SLACK = 64 * 1024
 
 class ServingState:
     def __init__(
-        self, config: AppConfig, engines: dict[str, EngineService], billing: BillingProvider
+        self,
+        config: AppConfig,
+        engines: dict[str, EngineService],
+        billing: BillingProvider,
+        pooling: dict[str, PoolingService] | None = None,
     ) -> None:
         self.config = self.file_config = config
         self.keyring = KeyRing(config)
@@ -44,7 +49,9 @@ class ServingState:
         sampler = Sampler(engines, self.policies)  # one for all: a route draws from several
         self.samplers = {model: sampler for model in engines}
         self.routes = route_table(config)
-        self.verifiers = VerifierBook()
+        if pooling is None:
+            pooling = {m.id: PoolingService(m) for m in config.verifier_models}
+        self.verifiers = VerifierBook(engines, pooling)
         self.started_at = int(time.time())
         self.config_path: Path | None = None
 
@@ -77,11 +84,16 @@ class ServingState:
         return min(configured, widest * 12 * MAX_CHOICES + BODY_SLACK)
 
     def ready(self) -> bool:
-        """Every engine can serve, and the admin state (if used) has been loaded."""
-        return not self.admin.blocking and all(e.ready() for e in self.engines.values())
+        """Every generator and reward model can serve, and the admin state (if used) is loaded."""
+        return (
+            not self.admin.blocking
+            and all(e.ready() for e in self.engines.values())
+            and self.verifiers.ready()
+        )
 
     def failures(self) -> list[str]:
         out = [f for engine in self.engines.values() if (f := engine.failure()) is not None]
+        out += self.verifiers.failures()
         if self.admin.blocking:
             out.append(f"{self.admin.failure or 'admin state loading'}; retrying")
         return out
