@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from server.engine.base import Prompt
+from server.engine.base import GenerationOptions, Prompt, TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class SamplingJob:
     max_cost: float | None
     deadline_ms: int | None
     timeout_s: float
+    options: GenerationOptions = field(default_factory=GenerationOptions)  # pass-through fields
+    json_field: str | None = None  # the `json_field` extractor's field, when it is used
 
     @property
     def prompt_tokens(self) -> int:
@@ -65,3 +67,8 @@ class Outcome:
     cost_unit: str = "tokens"
     aggregator: str = ""
     note: str | None = None
+    # `prompt_tokens` above is what billing charged (computed, prefix-cache hits excluded, every
+    # wave); these are what OpenAI's `usage` reports: the prompt once, and what wave 1 found cached
+    prompt_length: int = 0
+    cached_prompt_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] | None = None  # the returned sample's, when asked

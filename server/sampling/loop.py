@@ -80,13 +80,14 @@ class Sampler:
         Cancellation (a client disconnect) aborts the wave in flight and still settles the
         tokens generated so far before the CancelledError propagates.
         """
-        out = Outcome(policy=job.policy, cost_unit=billing.unit)
+        out = Outcome(policy=job.policy, cost_unit=billing.unit, prompt_length=job.prompt_tokens)
         policy = self.policies.get(job.tenant, job.model, job.policy)
         price = billing.price_of_compute()
         per_sample = max(billing.quote(job.prompt_tokens, job.max_tokens), 1e-12)
         caps = Caps(max_samples=job.max_samples, cost_per_sample=per_sample, cost_unit=billing.unit)
         run = policy.start(caps, price)
-        extract = get_extractor(job.extractor)
+        field = {"field": job.json_field} if job.json_field else {}
+        extract = get_extractor(job.extractor, **field)
         drawn: list[Sample] = []
         answers: list[str | None] = []
         started = time.monotonic()
@@ -150,6 +151,7 @@ class Sampler:
         result = await _aggregate(job, answers, drawn, verifier)
         chosen = drawn[result.chosen_index if result.chosen_index is not None else 0]
         out.text = chosen.text
+        out.logprobs = chosen.logprobs
         out.finish_reason = chosen.finish_reason or "stop"
         out.answer = result.answer
         out.votes = dict(result.votes)
@@ -176,6 +178,7 @@ class Sampler:
                 stop=job.stop,
                 seed=job.seed,
                 wave=hold.wave,
+                options=job.options,
             )
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 async for sample in self.engine.sample(job.prompt, hold.samples, params, engine_id):
@@ -214,6 +217,8 @@ class Sampler:
             if usage is not None:
                 tally.prompt_tokens = max(tally.prompt_tokens, usage.prompt_tokens_computed)
                 tally.completion_tokens = max(tally.completion_tokens, usage.completion_tokens)
+        if hold.wave == 0:  # what OpenAI's usage calls cached: the first request's cache hits
+            out.cached_prompt_tokens = max(0, job.prompt_tokens - tally.prompt_tokens)
         out.prompt_tokens += tally.prompt_tokens
         out.completion_tokens += tally.completion_tokens
         metrics.add_tokens(
