@@ -376,6 +376,10 @@ class T2Summary(BaseModel):
     price_of_compute: float | None
     aggregator: str
     note: str | None
+    billed_prompt_tokens: int = Field(
+        default=0, description="prompt tokens the engine computed, every wave: what was billed"
+    )
+    billed_completion_tokens: int = Field(default=0, description="completion tokens billed")
     choices: list[T2Summary] | None = None
 
     @model_serializer(mode="wrap")
@@ -386,10 +390,45 @@ class T2Summary(BaseModel):
         return data
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
 class Usage(BaseModel):
+    """OpenAI's convention: `prompt_tokens` is the whole prompt (once per answer, as vLLM
+    reports it), its prefix-cache hits in `prompt_tokens_details.cached_tokens`; completion
+    tokens are every internal sample's. What billing charged is in `t2.billed_*_tokens`."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobEntry(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """Chat's `choices[].logprobs`: the returned sample's tokens (OpenAI's shape)."""
+
+    content: list[TokenLogprobEntry] | None
+    refusal: list[TokenLogprobEntry] | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """Text completions' `choices[].logprobs` (OpenAI's legacy shape)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
 
 
 class AssistantMessage(BaseModel):
@@ -401,7 +440,7 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -418,7 +457,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):
@@ -448,20 +487,21 @@ class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class CompletionChunkChoice(BaseModel):
     index: int
     text: str
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class StreamChunk(BaseModel):
     """One `data:` event of a stream: `chat.completion.chunk` or `text_completion`. The last
-    one has no choices and carries `usage`, `t2` and `t2_headers` (a stream cannot set the
-    x-t2-* headers at its end, so it repeats them here)."""
+    ones have no choices: the `t2` summary with `t2_headers` (a stream cannot set the x-t2-*
+    headers at its end, so it repeats them here), then, with `stream_options.include_usage`,
+    OpenAI's usage chunk. A keep-alive is an empty delta carrying `t2_progress`."""
 
     id: str
     object: Literal["chat.completion.chunk", "text_completion"]
@@ -471,11 +511,12 @@ class StreamChunk(BaseModel):
     usage: Usage | None = None
     t2: T2Summary | None = None
     t2_headers: dict[str, str] | None = None
+    t2_progress: str | None = None
 
     @model_serializer(mode="wrap")
     def _final_fields_only_at_the_end(self, handler: SerializerFunctionWrapHandler) -> Any:
         data: dict[str, Any] = handler(self)
-        for key in ("usage", "t2", "t2_headers"):
+        for key in ("usage", "t2", "t2_headers", "t2_progress"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
