@@ -216,6 +216,8 @@ IGNORED_FIELDS = (
     "include_reasoning",
     "return_token_ids",
     "prompt_cache_key",
+    "prompt_cache_retention",
+    "prompt_cache_options",
     "safety_identifier",
     "verbosity",
 )
@@ -310,6 +312,8 @@ class SamplingRequest(BaseModel):
     include_reasoning: Any = Field(default=None, description="accepted and ignored")
     return_token_ids: Any = Field(default=None, description="accepted and ignored")
     prompt_cache_key: Any = Field(default=None, description="accepted and ignored")
+    prompt_cache_retention: Any = Field(default=None, description="accepted and ignored")
+    prompt_cache_options: Any = Field(default=None, description="accepted and ignored")
     safety_identifier: Any = Field(default=None, description="accepted and ignored")
     verbosity: Any = Field(default=None, description="accepted and ignored")
 
@@ -336,6 +340,17 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool | None = None
     top_logprobs: TopLogprobs | None = None
+    echo: Any = Field(default=None, description="refused (vLLM's chat echo) unless false")
+
+    @field_validator("echo", mode="before")
+    @classmethod
+    def _refuse_chat_echo(cls, value: Any) -> Any:
+        if value is None or value is False:
+            return value
+        raise PydanticCustomError(
+            "unsupported_parameter",
+            "'echo' is not supported on chat completions (see the README's request-field table)",
+        )
 
     def top_logprobs_asked(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
