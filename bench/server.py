@@ -243,9 +243,9 @@ async def live_accuracy(
                 right = normalize_answer(str(q["gold"])) == extract(
                     resp.choices[0].message.content or ""
                 )
-                usage = resp.usage
-                total = usage.total_tokens if usage else 0
-                return right, int(t2["samples"]), total, usage.completion_tokens if usage else 0
+                # what the ledger bills (usage counts the whole prompt once, as OpenAI does)
+                billed = int(t2["billed_prompt_tokens"]) + int(t2["billed_completion_tokens"])
+                return right, int(t2["samples"]), billed, int(t2["billed_completion_tokens"])
 
             return call
 

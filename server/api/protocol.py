@@ -223,6 +223,17 @@ IGNORED_FIELDS = (
 )
 
 
+def _off_values_schema(schema: dict[str, Any]) -> None:
+    """The OpenAPI document states what a refused field accepts: only its "off" values."""
+    props = schema.get("properties", {})
+    for name, offs in REFUSED_FIELDS.items():
+        if name in props:
+            props[name] = {
+                "anyOf": [{"type": "null"} if v is None else {"const": v} for v in offs],
+                "description": "not supported by t2serve: 400 unsupported_parameter unless off",
+            }
+
+
 def _unsupported(name: str, value: Any) -> Any:
     if any(value == off and type(value) is type(off) for off in REFUSED_FIELDS[name]):
         return value
@@ -236,7 +247,9 @@ def _unsupported(name: str, value: Any) -> Any:
 class SamplingRequest(BaseModel):
     """Fields shared by chat and text completions."""
 
-    model_config = STRICT
+    model_config = ConfigDict(
+        extra="ignore", strict=True, allow_inf_nan=False, json_schema_extra=_off_values_schema
+    )
 
     model: Text = Field(min_length=1, max_length=256)
     temperature: float | None = Field(default=None, ge=0, le=2)

@@ -393,7 +393,7 @@ async def _translate_errors(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         raise EngineDead(f"the engine died: {exc}") from exc
     except EngineGenerateError as exc:
         raise EngineError(f"the engine failed this request: {exc.__cause__ or exc}") from exc
-    except VLLMClientError as exc:
+    except (VLLMClientError, ValueError) as exc:  # ValueError: vLLM's request checks
         text = str(exc)
         if "maximum model length" in text or "context length" in text:
             raise PromptTooLong(-1, -1, -1) from exc

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
+
 from server.api.protocol import (
     MAX_SAMPLES,
     ChatCompletionRequest,
@@ -194,6 +196,13 @@ def _structured(engine: EngineService, body: SamplingRequest) -> StructuredOutpu
             param="response_format.json_schema",
         )
     schema = fmt.json_schema.json_schema or {"type": "object"}
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise bad_request(
+            f"response_format.json_schema.schema is not a valid JSON Schema: {exc.message}",
+            param="response_format.json_schema.schema",
+        ) from None
     return StructuredOutput(json_schema=json.dumps(schema, sort_keys=True))
 
 
