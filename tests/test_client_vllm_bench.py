@@ -30,7 +30,11 @@ async def test_vllm_bench_serve_runs_unchanged_with_no_failures(
     argv = bench_argv(live_server.base_url, dataset, 8, PROMPTS, tmp_path / "r.json", extra)
     argv[argv.index("--custom-output-len") + 1] = "48"
     argv[argv.index("--header") + 1] = f"Authorization=Bearer {DEMO_KEY}"
+    argv.append("--save-detailed")
     result = await asyncio.to_thread(run_vllm_bench, argv, 600)
     assert result["failed"] == 0, json.dumps(result.get("errors", [])[:2])
     assert result["completed"] == PROMPTS
-    assert result["total_output_tokens"] > 0
+    # Every event reached it: each answer's text, and the usage chunk, sent last (8 samples of
+    # 48 tokens each). A swallowed event loses the text or leaves the count to its tokenizer.
+    assert all(result["generated_texts"]), result["generated_texts"]
+    assert result["output_lens"] == [8 * 48] * PROMPTS, result["output_lens"]
