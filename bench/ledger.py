@@ -12,7 +12,10 @@ run, through the same asyncio harness:
 Latency: the p50 of one reserve+settle pair is what the ledger adds to a one-wave request (a
 request with w waves pays it w times). `sqlite-levels` / `redis-levels` hold and charge each
 wave at three budget levels (tenant, the request's key, its user) and log it; their ratio
-against the tenant-only rows of the same run is what levels cost. Run: `python -m bench ledger`
+against the tenant-only rows of the same run is what levels cost. `sqlite-rated` /
+`redis-rated` add the rate limits on top: the tenant's rpm and tpm and the key's rpm, checked in
+the same reserve, each pair a new HTTP request entering both rpm logs (limits set high enough
+never to refuse, so the logs grow as a busy tenant's do). Run: `python -m bench ledger`
 (or `make bench`).
 """
 
@@ -38,6 +41,8 @@ from controller.budget import Cost, Ledger
 from controller.budget.ledger import (
     Hold,
     Limit,
+    RequestLimit,
+    RequestUsage,
     ReserveOutcome,
     SettleOutcome,
     SpendRecord,
@@ -46,7 +51,7 @@ from controller.budget.ledger import (
 from controller.budget.redis_store import RedisStore
 from controller.budget.sqlite_store import SQLiteStore
 from server.billing import BudgetProvider, WaveHold
-from server.billing.identity import bind_key, bind_user
+from server.billing.identity import bind_key, bind_request, bind_user
 from server.config import AppConfig, hash_key, parse_config
 
 PAIRS = {1: 1500, 32: 4000}
@@ -66,6 +71,11 @@ class NoopStore:
         return None
 
     async def usage(self, tenant: str, limits: Sequence[Limit], now: float) -> list[WindowUsage]:
+        return []
+
+    async def requests(
+        self, tenant: str, limits: Sequence[RequestLimit], now: float
+    ) -> list[RequestUsage]:
         return []
 
     async def purge_expired(self, now: float) -> int:
@@ -89,7 +99,8 @@ class NoopStore:
         return None
 
 
-def config(path: str) -> AppConfig:
+def config(path: str, rated: bool = False) -> AppConfig:
+    limits = {"rate_limits": {"rpm": 10**9, "tpm": 10**12}} if rated else {}
     return parse_config(
         {
             "models": [{"id": "m", "path": "/nonexistent"}],
@@ -102,6 +113,7 @@ def config(path: str) -> AppConfig:
                     "prices": {"models": {"*": {"prompt_per_1m": 1.0, "completion_per_1m": 2.0}}},
                     "budgets": {"day": {"limit": 1e12}, "month": {"limit": 1e13}},
                     "user_budgets": {"day": {"limit": 1e12}},
+                    **limits,
                 }
             ],
         },
@@ -109,15 +121,20 @@ def config(path: str) -> AppConfig:
     )
 
 
-def billing_pair(provider: BudgetProvider, cfg: AppConfig, tag: str, levels: bool = False) -> Pair:
+def billing_pair(
+    provider: BudgetProvider, cfg: AppConfig, tag: str, levels: bool = False, rated: bool = False
+) -> Pair:
     """One wave's reserve+settle. `levels`: also at a key's own day budget and a user's (one of
-    8 users), as a request with an API-made key and a `user` field is."""
+    8 users), as a request with an API-made key and a `user` field is. `rated`: and the key's
+    own rpm (the tenant's rate limits come with its config)."""
     tenant = cfg.tenants[0]
 
     async def pair(i: int) -> None:
         if levels:
-            bind_key("t2-benchkey0", {"day": {"limit": 1e12}})
+            rates = {"rpm": 10**9} if rated else None
+            bind_key("t2-benchkey0", {"day": {"limit": 1e12}}, rates)
             bind_user(f"user-{i % 8}")
+            bind_request(f"{tag}-{i}")
         else:
             bind_key(None)
         billing = provider.for_request(tenant, "m", f"{tag}-{i}")
@@ -228,6 +245,10 @@ async def run(workdir: Path) -> dict[str, Any]:
     await row("sqlite", billing_pair(sqlite_provider, cfg, "sqlite"))
     await row("sqlite-levels", billing_pair(sqlite_provider, cfg, "sqlite-l", levels=True))
     await sqlite_provider.close()
+    rated = config(str(workdir / "ledger.sqlite"), rated=True)
+    rated_provider = BudgetProvider(rated, ledger=Ledger(SQLiteStore(workdir / "ledger.sqlite")))
+    await row("sqlite-rated", billing_pair(rated_provider, rated, "sqlite-r", True, True))
+    await rated_provider.close()
     raw, close_raw = raw_sqlite_pair(workdir / "raw.sqlite")
     await row("sqlite-raw", raw)
     close_raw()
@@ -242,6 +263,9 @@ async def run(workdir: Path) -> dict[str, Any]:
         redis_provider = BudgetProvider(cfg, ledger=Ledger(store))
         await row("redis", billing_pair(redis_provider, cfg, "redis"))
         await row("redis-levels", billing_pair(redis_provider, cfg, "redis-l", levels=True))
+        rated_redis = BudgetProvider(rated, ledger=Ledger(RedisStore(url)))
+        await row("redis-rated", billing_pair(rated_redis, rated, "redis-r", True, True))
+        await rated_redis.close()
 
         async def ping(_: int) -> None:
             await store.client.ping()
@@ -265,6 +289,10 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for backend, base in (
+        ("sqlite-rated", "sqlite"),
+        ("redis-rated", "redis"),
+        ("sqlite-rated", "sqlite-levels"),
+        ("redis-rated", "redis-levels"),
         ("sqlite-levels", "sqlite"),
         ("redis-levels", "redis"),
         ("sqlite", "sqlite-raw"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -36,7 +37,7 @@ def serve(
 
     import uvicorn
 
-    from server.app import create_app, enable_reload
+    from server.app import DRAIN_GRACE_S, DrainingServer, create_app, enable_reload
 
     settings = cfg.server
     logging.basicConfig(
@@ -44,14 +45,17 @@ def serve(
     )
     app = create_app(cfg)
     enable_reload(app, resolve_config_path(config))  # POST /admin/reload and SIGHUP
-    uvicorn.run(
+    drain_s = settings.drain_timeout_s
+    uv_config = uvicorn.Config(
         app,
         host=host or settings.host,
         port=settings.port if port is None else port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s + 0.999),
+        # uvicorn's own cut-off comes after ours, so requests get our 503, not its bare 500
+        timeout_graceful_shutdown=math.ceil(drain_s) + DRAIN_GRACE_S,
         timeout_keep_alive=5,
     )
+    DrainingServer(uv_config, app.state.drain, drain_s).run()
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,13 @@ carries its times, checked at every authentication.
 Precedence (documented in README, "Operating t2serve"): the file seeds tenants and budgets; an
 override made through the API wins over the file's value of that same field for as long as the
 file still holds the value it had when the override was made (controller.budget.admin_state).
+The fields an override can set (`SECTIONS`): a tenant's `budgets.*` (stored under the bare
+window name, as before there were other sections), `user_budgets.*`, `rate_limits.rpm|tpm` and
+`alerts.thresholds` (the webhook's url and secret stay in the file).
+
+An admin store that cannot be reached when the server starts does not stop it: the replica
+starts not ready (/readyz says why), refuses completions with 503 rather than serve without the
+stored keys, revocations and budget changes, and keeps retrying in the background.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from controller.budget import open_admin_store
 from controller.budget.admin_state import (
@@ -30,18 +38,43 @@ from controller.budget.admin_state import (
 from controller.budget.models import Budgets
 from server.auth import KeyRing
 from server.config import AppConfig, ConfigError, LedgerConfig, TenantConfig, parse_config
+from server.errors import APIError
 
 log = logging.getLogger("t2serve.admin_state")
 
 POLL_S = 0.5
+RETRY_MAX_S = 5.0  # the longest wait between attempts while the store is unreachable
 FLUSH_USES_S = 5.0
 BUDGET_FIELDS = ("request", "minute", "hour", "day", "month")
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "budgets": BUDGET_FIELDS,
+    "user_budgets": BUDGET_FIELDS,
+    "rate_limits": ("rpm", "tpm"),
+    "alerts": ("thresholds",),
+}
+
+
+def override_field(section: str, name: str) -> str:
+    """How an override names its field: the bare window for `budgets` (as stored before other
+    sections existed), "section.name" for the rest."""
+    return name if section == "budgets" else f"{section}.{name}"
+
+
+def split_field(field: str) -> tuple[str, str]:
+    section, _, name = field.rpartition(".")
+    return section or "budgets", name
+
+
+def file_values(tenant: TenantConfig | None, section: str = "budgets") -> dict[str, object]:
+    """One section's fields as the file gives them (absent fields are None)."""
+    value = getattr(tenant, section, None) if tenant is not None else None
+    dumped = value.model_dump() if value is not None else {}
+    return {name: dumped.get(name) for name in SECTIONS[section]}
 
 
 def file_budget_values(tenant: TenantConfig | None) -> dict[str, object]:
     """The tenant's budget fields as the file gives them (absent fields are None)."""
-    dumped = tenant.budgets.model_dump() if tenant is not None and tenant.budgets else {}
-    return {name: dumped.get(name) for name in BUDGET_FIELDS}
+    return file_values(tenant, "budgets")
 
 
 def overlay(file_config: AppConfig, overrides: list[Override]) -> AppConfig:
@@ -53,12 +86,17 @@ def overlay(file_config: AppConfig, overrides: list[Override]) -> AppConfig:
     tenants = {t["id"]: t for t in data["tenants"]}
     for o in overrides:
         tenant = tenants.get(o.tenant)
-        if tenant is None or o.field not in BUDGET_FIELDS:
+        section, name = split_field(o.field)
+        if tenant is None or name not in SECTIONS.get(section, ()):
             continue  # a tenant the file no longer has
-        budgets = dict(tenant.get("budgets") or {})
-        value = o.effective(budgets.get(o.field))
-        budgets[o.field] = value
-        tenant["budgets"] = budgets if any(v is not None for v in budgets.values()) else None
+        current = tenant.get(section)
+        if section == "alerts":  # only the thresholds; the url and secret are the file's
+            if current is not None:
+                tenant[section] = {**current, name: o.effective(current.get(name))}
+            continue
+        values = dict(current or {})
+        values[name] = o.effective(values.get(name))
+        tenant[section] = values if any(v is not None for v in values.values()) else None
     return parse_config(data, "admin overrides")
 
 
@@ -86,6 +124,8 @@ class AdminSync:
         self.uses: dict[str, float] = {}  # digest → last use on this replica, not yet stored
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self.started = False  # the lifespan started it: the replica depends on its state
+        self.failure: str | None = None  # why the store could not be read, while it cannot
 
     @property
     def store(self) -> AdminStore:
@@ -99,6 +139,19 @@ class AdminSync:
     def loaded(self) -> bool:
         return self.snapshot.version >= 0
 
+    @property
+    def blocking(self) -> bool:
+        """Started but never loaded: serving now would ignore stored revocations and budgets."""
+        return self.started and not self.loaded
+
+    def _describe(self, exc: BaseException) -> str:
+        where = self.ledger.path
+        if self.ledger.backend == "redis":  # never show a password from the URL in /readyz
+            url = urlsplit(self.ledger.redis_url or "redis://127.0.0.1:6379/0")
+            where = f"{url.scheme}://{url.hostname}:{url.port or 6379}{url.path}"
+        reason = str(exc) or type(exc).__name__
+        return f"admin store unreachable ({self.ledger.backend} {where}): {reason}"
+
     def effective(self, file_config: AppConfig) -> AppConfig:
         """The file with the stored overrides that still win; the file alone if that fails."""
         try:
@@ -111,9 +164,20 @@ class AdminSync:
         return KeyRing(config, self.snapshot.keys, clock=self.clock, uses=self.uses)
 
     async def ensure(self) -> AdminSync:
-        """Load the store's state once (admin routes call this; the lifespan too)."""
+        """Load the store's state once (admin routes call this; the lifespan too); 503 while
+        the store cannot be reached."""
         if not self.loaded:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception as exc:
+                self.failure = self._describe(exc)
+                raise APIError(
+                    503,
+                    f"Admin state not loaded: {self.failure}; retry shortly.",
+                    code="admin_store_unavailable",
+                    headers={"Retry-After": "5"},
+                ) from exc
+            self.failure = None
         return self
 
     async def refresh(self, force: bool = False) -> bool:
@@ -139,6 +203,13 @@ class AdminSync:
         await self.refresh()
         return key
 
+    async def set_key_rate_limits(
+        self, tenant: str, prefix: str, rate_limits: dict[str, object] | None
+    ) -> StoredKey:
+        key = await self.store.set_key_rate_limits(tenant, prefix, rate_limits)
+        await self.refresh()
+        return key
+
     async def keys(self, tenant: str) -> list[StoredKey]:
         """The tenant's keys read fresh from the store, with this replica's unflushed uses."""
         await self.flush_uses()
@@ -157,14 +228,29 @@ class AdminSync:
                 raise
 
     async def start(self) -> None:
-        """Load now (a restarted replica serves stored keys from its first request), then poll."""
-        await self.ensure()
+        """Load now (a restarted replica serves stored keys from its first request), then poll.
+        An unreachable store does not fail the start: the replica stays not ready, refusing
+        completions, and the poll keeps trying (backing off to RETRY_MAX_S) until it loads."""
+        self.started = True
+        try:
+            await self.ensure()
+        except APIError:
+            log.error("%s; starting not ready, retrying in the background", self.failure)
         self._task = asyncio.create_task(self._poll(), name="t2-admin-sync")
 
     async def _poll(self) -> None:
         flushed = time.monotonic()
+        wait = self.poll_s
         while True:
-            await asyncio.sleep(self.poll_s)
+            await asyncio.sleep(wait)
+            if not self.loaded:
+                try:
+                    await self.ensure()
+                    log.warning("admin store reachable: admin state loaded, replica ready")
+                except APIError:
+                    wait = min(RETRY_MAX_S, wait * 2)
+                    continue
+                wait = self.poll_s
             try:
                 await self.refresh()
                 if time.monotonic() - flushed >= FLUSH_USES_S:

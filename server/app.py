@@ -27,7 +27,7 @@ from server import metrics
 from server.alerts import AlertDispatcher
 from server.api import admin
 from server.api.errors import install_error_handlers
-from server.api.middleware import BodyLimit, RequestMetrics
+from server.api.middleware import BodyLimit, Drain, DrainDeadline, RequestMetrics
 from server.api.openapi import install_openapi
 from server.api.router import router
 from server.billing import BillingProvider, BudgetProvider
@@ -39,6 +39,7 @@ from server.errors import ConfigError
 from server.serving import ServingState
 
 log = logging.getLogger("t2serve.app")
+
 
 def engine_services(config: AppConfig, engine: SampleEngine | None) -> dict[str, EngineService]:
     """One `EngineService` per configured model: the given engine for all, or each its own."""
@@ -98,6 +99,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(admin.router)  # /admin/*: tenants, budgets, reload
+    app.state.drain = Drain()  # started by the server on SIGTERM (cli/serve.py)
+    app.add_middleware(DrainDeadline, drain=app.state.drain)
     app.add_middleware(RequestMetrics)
     app.add_middleware(BodyLimit, limit=state.body_limit)  # outermost
     install_openapi(app, config.model_ids)
@@ -180,11 +183,33 @@ def listening_socket(host: str, port: int = 0) -> socket.socket:
     return sock
 
 
+DRAIN_GRACE_S = 2
+"""Seconds uvicorn waits beyond the drain time: enough to send the 503s and settle spend."""
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, starting the app's drain deadline (DrainDeadline) as shutdown begins.
+    uvicorn's own cut-off (timeout_graceful_shutdown) must come DRAIN_GRACE_S later."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain, drain_s: float) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.drain_s = drain_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.drain.begin(self.drain_s)
+        await super().shutdown(sockets)
+
+
 @contextlib.asynccontextmanager
 async def serve_in_loop(app: FastAPI, host: str = "127.0.0.1") -> AsyncIterator[RunningServer]:
     """Serve `app` under uvicorn in the current event loop, on a free port, until the block
     exits. Tests and benchmarks use it to put real HTTP in front of an engine they share."""
-    config = uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="on")
+    # Keep-alive outlasts httpx's 5 s pool expiry, so a loaded test box cannot hit the race
+    # of the server closing an idle connection just as the client reuses it (a ReadError).
+    config = uvicorn.Config(
+        app, host=host, port=0, log_level="warning", lifespan="on", timeout_keep_alive=30
+    )
     server = _InLoopServer(config)
     with listening_socket(host) as sock:
         port = sock.getsockname()[1]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 from controller.budget.admin_state import StoredKey
 from server.billing.identity import bind_key
-from server.config import AppConfig, TenantConfig, hash_key
+from server.config import ApiKey, AppConfig, TenantConfig, hash_key
 from server.errors import APIError
 
 
@@ -39,8 +39,8 @@ class KeyRing:
         clock: Callable[[], float] = time.time,
         uses: dict[str, float] | None = None,
     ) -> None:
-        self._by_digest: dict[str, TenantConfig] = {
-            key.digest(): tenant for tenant in config.tenants for key in tenant.api_keys
+        self._by_digest: dict[str, tuple[TenantConfig, ApiKey]] = {
+            key.digest(): (tenant, key) for tenant in config.tenants for key in tenant.api_keys
         }
         tenants = {t.id: t for t in config.tenants}
         self._stored = {k.sha256: (k, tenants[k.tenant]) for k in stored if k.tenant in tenants}
@@ -51,9 +51,9 @@ class KeyRing:
         """(tenant, the stored key or None for a config key); or why a stored key no longer
         works ("revoked", "expired"); or None for an unknown key."""
         digest = hash_key(key)
-        tenant = self._by_digest.get(digest)
-        if tenant is not None:
-            return tenant, None
+        file_key = self._by_digest.get(digest)
+        if file_key is not None:
+            return file_key[0], None
         entry = self._stored.get(digest)
         if entry is None:
             return None
@@ -90,5 +90,14 @@ class KeyRing:
         if found is None:
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
         tenant, stored = found
-        bind_key(stored.prefix if stored else None, stored.budgets if stored else None)
+        if stored is not None:
+            bind_key(stored.prefix, stored.budgets, stored.rate_limits)
+            return tenant
+        digest = hash_key(key)
+        file_key = self._by_digest[digest][1]
+        rates = file_key.rate_limits
+        if rates is None or not rates.any():
+            bind_key(None)
+        else:  # a file key's level is named by its digest: the config holds no other id
+            bind_key(None, None, rates.model_dump(exclude_none=True), f"file:{digest[:12]}")
         return tenant

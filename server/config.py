@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from controller.budget.models import Budgets, PacingSettings, Prices
+from controller.budget.models import Budgets, PacingSettings, Prices, RateLimits
 from server.errors import ConfigError as ConfigError  # raised by the loaders below
 
 CONFIG_ENV = "T2SERVE_CONFIG"
@@ -37,6 +37,9 @@ class ApiKey(_Strict):
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     plain: str | None = Field(default=None, min_length=1)
     name: str | None = None
+    rate_limits: RateLimits | None = Field(
+        default=None, description="this key's own rpm/tpm, on top of the tenant's"
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ApiKey:
@@ -95,10 +98,15 @@ class AlertSettings(_Strict):
     @field_validator("thresholds")
     @classmethod
     def _in_range(cls, values: list[float]) -> list[float]:
-        for v in values:
-            if not 0 < v <= 10:
-                raise ValueError(f"threshold {v:g} must be in (0, 10]")
-        return sorted(set(values))
+        return alert_thresholds(values)
+
+
+def alert_thresholds(values: list[float]) -> list[float]:
+    """Thresholds as kept: each a fraction in (0, 10] of a limit, sorted, no repeats."""
+    for v in values:
+        if not 0 < v <= 10:
+            raise ValueError(f"threshold {v:g} must be in (0, 10]")
+    return sorted(set(values))
 
 
 class TenantConfig(_Strict):
@@ -127,8 +135,11 @@ class TenantConfig(_Strict):
     budgets: Budgets | None = Field(default=None, description="per-request and window budgets")
     user_budgets: Budgets | None = Field(
         default=None,
-        description="window budgets for each end user (the request's `user` field), on top of "
-        "the tenant's; `request` is not used here",
+        description="budgets for each end user (the request's `user` field), on top of the "
+        "tenant's: windows, and `request` (a ceiling on each of the user's requests)",
+    )
+    rate_limits: RateLimits | None = Field(
+        default=None, description="requests and tokens per minute (sliding), for the tenant"
     )
     pacing: PacingSettings = Field(default_factory=lambda: PacingSettings())
     verifier: VerifierConfig | None = None

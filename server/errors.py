@@ -104,6 +104,27 @@ class InsufficientQuota(APIError):
         self.window = window
 
 
+class RateLimited(InsufficientQuota):
+    """A tenant's or key's `rpm` or `tpm` is used up: 429 as OpenAI answers it, `type`
+    "requests" or "tokens" and `code` "rate_limit_exceeded", with Retry-After and the
+    x-ratelimit-* headers. A subclass of InsufficientQuota so the sampling loop degrades the same
+    way (a later wave refused: answer with the samples drawn)."""
+
+    def __init__(
+        self,
+        message: str,
+        limit: str,
+        retry_after_s: float | None,
+        headers: dict[str, str],
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, window="minute", param=param)
+        self.type = limit  # "requests" or "tokens", as OpenAI's rate-limit errors say
+        self.code = "rate_limit_exceeded"
+        self.limit = limit
+        self.headers.update(headers)
+
+
 class ClientClosed(APIError):
     """The client went away before the answer was ready (nginx's 499)."""
 

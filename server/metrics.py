@@ -238,6 +238,11 @@ BUDGET_REJECTIONS = Counter(
     "Requests refused with 429 insufficient_quota because not even one sample fit the budget.",
     ["tenant"],
 )
+RATE_LIMITED = Counter(
+    "t2_rate_limited",
+    "Requests refused with 429 rate_limit_exceeded, by the limit that bound (requests, tokens).",
+    ["tenant", "limit"],
+)
 VOTE_AGREEMENT = Histogram(
     "t2_vote_agreement",
     "Share of samples that agree with the chosen answer (the leader's share).",
@@ -284,6 +289,7 @@ _ALL = (
     BUDGET_WINDOW_END,
     PRICE_OF_COMPUTE,
     BUDGET_REJECTIONS,
+    RATE_LIMITED,
     VOTE_AGREEMENT,
     PREDICTED_ACCURACY,
     REQUEST_DURATION,
@@ -451,6 +457,12 @@ def set_price_of_compute(tenant: str, lam: float) -> None:
 def inc_budget_rejection(tenant: str | None) -> None:
     """Count one 429 insufficient_quota refusal."""
     BUDGET_REJECTIONS.labels(tenant=_tenant(tenant)).inc()
+
+
+def inc_rate_limited(tenant: str | None, limit: str) -> None:
+    """Count one 429 rate_limit_exceeded refusal; `limit` is "requests" or "tokens"."""
+    kind = "tokens" if limit == "tokens" else "requests"
+    RATE_LIMITED.labels(tenant=_tenant(tenant), limit=kind).inc()
 
 
 def set_engine_queue_depth(depth: int) -> None:

@@ -104,3 +104,23 @@ async def test_rotation_is_one_step(store: AdminStore) -> None:
     assert by_sha["a" * 64].status(NOW + 60) == "revoked"
     with pytest.raises(KeyNotFound):
         await store.create_key(key("e" * 64, label="x"), NOW, revoke=("t2-zzzzzz", NOW))
+
+
+async def test_a_keys_rate_limits_are_stored_changed_and_cleared(
+    store: AdminStore, opener: Callable[[], AdminStore]
+) -> None:
+    v1 = await store.create_key(key("a" * 64, rate_limits={"rpm": 5}), NOW)
+    assert (await store.snapshot()).keys[0].rate_limits == {"rpm": 5}
+    changed = await store.set_key_rate_limits("acme", "t2-aaaaaa", {"rpm": 7, "tpm": 900})
+    assert changed.rate_limits == {"rpm": 7, "tpm": 900}
+    assert await store.version() > v1  # every replica re-applies it
+    with pytest.raises(KeyNotFound):
+        await store.set_key_rate_limits("other", "t2-aaaaaa", {"rpm": 1})  # not that tenant's
+    other = opener()
+    try:
+        assert (await other.snapshot()).keys[0].rate_limits == {"rpm": 7, "tpm": 900}
+        cleared = await other.set_key_rate_limits("acme", "t2-aaaaaa", None)
+    finally:
+        await other.close()
+    assert cleared.rate_limits is None
+    assert (await store.snapshot()).keys[0].rate_limits is None

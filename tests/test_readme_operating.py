@@ -65,7 +65,13 @@ async def test_the_operating_examples_run_verbatim(
         out, err = out_b.decode(), err_b.decode()
         assert proc.returncode == 0, f"{code}\n{out}\n{err}"
         state = app.state.t2
-        assert state.config.tenants[0].budgets.day.limit == 2.0  # the PUT
+        demo = state.config.tenants[0]
+        assert demo.budgets.day.limit == 2.0  # the PUTs
+        assert demo.rate_limits is not None and (demo.rate_limits.rpm, demo.rate_limits.tpm) == (
+            60,
+            20000,
+        )
+        assert demo.user_budgets is not None and demo.user_budgets.day.limit == 0.5
         keys = await state.admin.keys("demo")
         assert len(keys) == 2  # the new key and its rotated successor
         old, new = keys
@@ -76,15 +82,30 @@ async def test_the_operating_examples_run_verbatim(
             == old.budgets
             == {"day": {"limit": 0.1, "unit": "currency", "hard": True, "rolling": False}}
         )
-    # the printed answers, in order: budgets, the completion, the key list, the rotation, the
+        assert new.rate_limits == old.rate_limits == {"rpm": 20}  # the key's PUT, inherited
+    # the printed answers, in order: budgets, rate limits, user budgets, the completion (with
+    # its HTTP head: curl -i), the key list, the key's rate limits, the rotation, the
     # revocation, the spend log, the CSV report
+    head = re.search(r"HTTP/1\.1 200 OK\r\n(.*?)\r\n\r\n", out, flags=re.S)
+    assert head, out
+    headers = dict(line.lower().split(": ", 1) for line in head.group(1).split("\r\n"))
+    out = out[: head.start()] + out[head.end() :]
+    assert headers["x-ratelimit-limit-requests"] == "10"  # the key's rpm is the tighter
+    assert headers["x-ratelimit-remaining-requests"] == "9"
+    assert headers["x-ratelimit-limit-tokens"] == "20000"
     decoder = json.JSONDecoder()
     docs, rest = [], out.strip()
     while rest.startswith("{"):
         doc, end = decoder.raw_decode(rest)
         docs.append(doc)
         rest = rest[end:].strip()
-    budgets, completion, listed, rotated, revoked, logs = docs
+    budgets, rates, users, completion, listed, key_rates, rotated, revoked, logs = docs
+    assert rates["rate_limits"]["rpm"] == 60 and rates["rate_limits"]["tpm"] == 20000
+    assert users["user_budgets"]["day"]["limit"] == 0.5
+    assert key_rates["rate_limits"] == {"rpm": 20}
+    assert int(headers["x-ratelimit-remaining-tokens"]) == 20000 - (
+        completion["t2"]["billed_prompt_tokens"] + completion["t2"]["billed_completion_tokens"]
+    )
     assert budgets["windows"][0]["limit"] == 2.0
     assert completion["t2"]["samples"] == 2 and completion["choices"][0]["message"]["content"]
     assert [k["prefix"] for k in listed["data"]] == [old.prefix]

@@ -60,6 +60,9 @@ class RecordingBilling:
     def price_of_compute(self) -> ComputePrice | None:
         return self.price
 
+    def rate_limit_headers(self) -> dict[str, str]:
+        return {}
+
 
 def make(engine: ScriptedEngine) -> tuple[Sampler, EngineService]:
     service = EngineService("m", {}, engine)

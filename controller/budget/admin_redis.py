@@ -5,6 +5,7 @@ Keys (prefix `{t2admin}`, one slot, so the scripts also run on a cluster):
 - `:overrides` hash "tenant|field" → {"value", "file_value", "updated_at"} (JSON);
 - `:keys` hash sha256 → the key's immutable record (JSON); `:prefix` hash prefix → sha256;
 - `:revoked` hash sha256 → revocation time; `:used` hash sha256 → last use;
+- `:limits` hash sha256 → the key's rpm/tpm as changed after creation (JSON; null: none);
 - `:alert:<event>` a sent alert's claim (SET NX, expires with its window).
 """
 
@@ -25,13 +26,14 @@ from controller.budget.admin_state import (
 )
 
 _B = "{t2admin}"
-VERSION, OVERRIDES, KEYS, PREFIX, REVOKED, USED = (
+VERSION, OVERRIDES, KEYS, PREFIX, REVOKED, USED, LIMITS = (
     f"{_B}:version",
     f"{_B}:overrides",
     f"{_B}:keys",
     f"{_B}:prefix",
     f"{_B}:revoked",
     f"{_B}:used",
+    f"{_B}:limits",
 )
 
 # The digest of `prefix` if it is a key of `tenant`; and revoking it from `at` (earlier
@@ -91,6 +93,18 @@ return tostring(redis.call('INCR', KEYS[1]))
 """
 )
 
+# KEYS: version, keys, prefix, revoked, limits.  ARGV: tenant, prefix, limits JSON.
+SET_LIMITS = (
+    _REVOKE
+    + r"""
+local sha = find(ARGV[1], ARGV[2])
+if not sha then return 'nf' end
+redis.call('HSET', KEYS[5], sha, ARGV[3])
+redis.call('INCR', KEYS[1])
+return sha
+"""
+)
+
 # KEYS: version, overrides.  ARGV: member, value, member, value, ...
 PUT_OVERRIDES = r"""
 for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
@@ -106,29 +120,36 @@ end
 return 0
 """
 
-# KEYS: version, overrides, keys, revoked, used.  One consistent read of everything.
+# KEYS: version, overrides, keys, revoked, used, limits.  One consistent read of everything.
 SNAPSHOT = r"""
 return {redis.call('GET', KEYS[1]) or '0', redis.call('HGETALL', KEYS[2]),
         redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]),
-        redis.call('HGETALL', KEYS[5])}
+        redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6])}
 """
 
 
 class RedisAdminStore:
     def __init__(self, url: str = "redis://127.0.0.1:6379/0") -> None:
-        self.client: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True)
+        # a bounded connect: an unreachable store must not hold up a replica's start for the
+        # OS's TCP timeout (minutes); the server retries in the background instead
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=5
+        )
         self._revoke = self.client.register_script(REVOKE)
         self._create = self.client.register_script(CREATE)
         self._put = self.client.register_script(PUT_OVERRIDES)
         self._touch = self.client.register_script(TOUCH)
         self._snapshot = self.client.register_script(SNAPSHOT)
+        self._set_limits = self.client.register_script(SET_LIMITS)
 
     async def version(self) -> int:
         return int(await self.client.get(VERSION) or 0)
 
     async def snapshot(self) -> AdminSnapshot:
-        out: list[Any] = await self._snapshot(keys=[VERSION, OVERRIDES, KEYS, REVOKED, USED])
-        version, overrides, keys, revoked, used = out
+        out: list[Any] = await self._snapshot(
+            keys=[VERSION, OVERRIDES, KEYS, REVOKED, USED, LIMITS]
+        )
+        version, overrides, keys, revoked, used, limits = out
         snap = AdminSnapshot(int(version))
         for member, text in _pairs(overrides):
             tenant, _, name = member.partition("|")
@@ -138,9 +159,12 @@ class RedisAdminStore:
             )
         revoked_at = {sha: float(t) for sha, t in _pairs(revoked)}
         used_at = {sha: float(t) for sha, t in _pairs(used)}
+        rate_limits = {sha: json.loads(t) for sha, t in _pairs(limits)}
         for sha, text in _pairs(keys):
             rec = json.loads(text)
             rec.update(revoked_at=revoked_at.get(sha), last_used_at=used_at.get(sha))
+            if sha in rate_limits:
+                rec["rate_limits"] = rate_limits[sha]
             snap.keys.append(StoredKey(**rec))
         return snap
 
@@ -170,6 +194,20 @@ class RedisAdminStore:
         out = str(
             await self._revoke(
                 keys=[VERSION, KEYS, PREFIX, REVOKED], args=[tenant, prefix, repr(at)]
+            )
+        )
+        if out == "nf":
+            raise KeyNotFound(prefix)
+        snap = await self.snapshot()
+        return next(k for k in snap.keys if k.sha256 == out)
+
+    async def set_key_rate_limits(
+        self, tenant: str, prefix: str, rate_limits: dict[str, Any] | None
+    ) -> StoredKey:
+        out = str(
+            await self._set_limits(
+                keys=[VERSION, KEYS, PREFIX, REVOKED, LIMITS],
+                args=[tenant, prefix, canonical(rate_limits)],
             )
         )
         if out == "nf":

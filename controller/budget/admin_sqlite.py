@@ -41,11 +41,12 @@ CREATE TABLE IF NOT EXISTS alerts_sent (
 CREATE TABLE IF NOT EXISTS api_keys (
     sha256 TEXT PRIMARY KEY, tenant TEXT NOT NULL, prefix TEXT NOT NULL UNIQUE,
     label TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL, revoked_at REAL,
-    budgets TEXT, last_used_at REAL
+    budgets TEXT, last_used_at REAL, rate_limits TEXT
 );
 """
 _COLUMNS = (
-    "sha256, tenant, prefix, label, created_at, expires_at, revoked_at, budgets, last_used_at"
+    "sha256, tenant, prefix, label, created_at, expires_at, revoked_at, budgets, last_used_at, "
+    "rate_limits"
 )
 
 
@@ -61,6 +62,9 @@ class SQLiteAdminStore:
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(SCHEMA)
+        cols = [r[1] for r in conn.execute("PRAGMA table_info(api_keys)").fetchall()]
+        if "rate_limits" not in cols:  # a file from before rate limits
+            conn.execute("ALTER TABLE api_keys ADD COLUMN rate_limits TEXT")
         return conn
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
@@ -137,7 +141,7 @@ class SQLiteAdminStore:
             if label_taken(same, key.tenant, key.label, now):
                 raise DuplicateLabel(key.label)
             c.execute(
-                f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.sha256,
                     key.tenant,
@@ -148,6 +152,7 @@ class SQLiteAdminStore:
                     key.revoked_at,
                     None if key.budgets is None else canonical(key.budgets),
                     None,
+                    None if key.rate_limits is None else canonical(key.rate_limits),
                 ),
             )
             return self._bump(c)
@@ -174,6 +179,25 @@ class SQLiteAdminStore:
             key = self._revoke(c, tenant, prefix, at)
             self._bump(c)
             return key
+
+        return await self._run(go)
+
+    async def set_key_rate_limits(
+        self, tenant: str, prefix: str, rate_limits: dict[str, Any] | None
+    ) -> StoredKey:
+        def go(c: sqlite3.Connection) -> StoredKey:
+            text = None if rate_limits is None else canonical(rate_limits)
+            changed = c.execute(
+                "UPDATE api_keys SET rate_limits=? WHERE tenant=? AND prefix=?",
+                (text, tenant, prefix),
+            ).rowcount
+            if not changed:
+                raise KeyNotFound(prefix)
+            self._bump(c)
+            row = c.execute(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE tenant=? AND prefix=?", (tenant, prefix)
+            ).fetchone()
+            return _key(row)
 
         return await self._run(go)
 
@@ -216,4 +240,5 @@ def _key(row: Any) -> StoredKey:
         revoked_at=row[6],
         budgets=None if row[7] is None else json.loads(row[7]),
         last_used_at=row[8],
+        rate_limits=None if row[9] is None else json.loads(row[9]),
     )

@@ -63,6 +63,7 @@ class StoredKey:
     revoked_at: float | None = None  # in force from then on (a future time: rotation's grace)
     budgets: dict[str, Any] | None = None
     last_used_at: float | None = None
+    rate_limits: dict[str, Any] | None = None  # {"rpm": …, "tpm": …}, on top of the tenant's
 
     def status(self, now: float) -> str:
         if self.revoked_at is not None and now >= self.revoked_at:
@@ -111,6 +112,12 @@ class AdminStore(Protocol):
 
     async def revoke_key(self, tenant: str, prefix: str, at: float) -> StoredKey:
         """Revoke the key from `at` on (earlier revocations stand); KeyNotFound if absent."""
+        ...
+
+    async def set_key_rate_limits(
+        self, tenant: str, prefix: str, rate_limits: dict[str, Any] | None
+    ) -> StoredKey:
+        """Replace a key's own rpm/tpm (None: none); KeyNotFound if absent."""
         ...
 
     async def touch_keys(self, last_used: dict[str, float]) -> None:

@@ -12,6 +12,17 @@ Invariants every backend keeps:
 - settle is idempotent by (tenant, request id, wave) and charges even when its hold has expired,
   so settled spend is never lost;
 - a hold lives at most `ttl_s`: after a crash, stale holds are purged on the next call.
+
+Rate limits are checked in the same atomic step as the budgets:
+- `tpm` is one more window `Limit`, in tokens (`Cost.tokens`), over a rolling minute (60 buckets
+  of 1 s, sliding): held at the wave's worst case and trued up at settle like money;
+- `rpm` is a `RequestLimit`: a sliding log of admitted requests per level (one entry per HTTP
+  request, keyed by its id, so the jobs and waves of one request count once), exact to the
+  clock's resolution. A reserve that counts a request (`Hold.count_request`) is refused when
+  the log already holds `rpm` entries of the last 60 s; the entry is added only if the wave is
+  granted, in the same step, so a refused request never uses up the limit.
+Sliding, not fixed windows: a fixed minute lets a client send its whole limit at 00:59 and again
+at 01:00, twice the rate for a moment, and every client retries at the same boundary.
 """
 
 from __future__ import annotations
@@ -20,13 +31,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Literal, Protocol
 
-from controller.budget.models import Budgets, Unit, WindowName
+from controller.budget.models import Budgets, LimitUnit, RateLimits, WindowName
 from controller.budget.pricing import ZERO, Cost
 from controller.budget.windows import WindowSpan, span
 
 DEFAULT_TTL_S = 120.0
+RATE_WINDOW_S = 60.0  # rpm and tpm are per minute, sliding
 TRACKED: tuple[WindowName, ...] = ("day", "month")  # always recorded, for admin and metrics
 _EPS = 1e-9
 
@@ -37,10 +49,11 @@ class Limit:
     limit ≤ 0 means tracked only (no limit)."""
 
     span: WindowSpan
-    unit: Unit
+    unit: LimitUnit
     limit: float
     hard: bool
     scope: str = ""  # "" the tenant; "key:<prefix>" or "user:<id>" a level below it
+    kind: Literal["budget", "rate"] = "budget"  # rate: a `tpm` limit (unit tokens)
 
     @property
     def key(self) -> str:
@@ -49,8 +62,10 @@ class Limit:
 
     @property
     def label(self) -> str:
-        """How a binding limit is named: "day" for the tenant, "key:<prefix> day" below it."""
-        return f"{self.scope} {self.span.name}" if self.scope else self.span.name
+        """How a binding limit is named: "day" for the tenant, "key:<prefix> day" below it
+        ("tpm", "key:<prefix> tpm" for a tokens-per-minute limit)."""
+        name = "tpm" if self.kind == "rate" else self.span.name
+        return f"{self.scope} {name}" if self.scope else name
 
     @property
     def bucket(self) -> int:
@@ -63,6 +78,43 @@ class Limit:
     @property
     def limited(self) -> bool:
         return self.limit > 0
+
+
+@dataclass(frozen=True)
+class RequestLimit:
+    """An `rpm` limit at one level: at most `limit` admitted requests in any `window_s`."""
+
+    scope: str
+    limit: int
+    window_s: float = RATE_WINDOW_S
+
+    @property
+    def label(self) -> str:
+        return f"{self.scope} rpm" if self.scope else "rpm"
+
+
+@dataclass
+class RequestUsage:
+    """An `rpm` level after a call: requests in the window (this one included if admitted) and
+    when the oldest of them was admitted (it leaves the window `window_s` later)."""
+
+    limit: RequestLimit
+    count: int
+    oldest: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.limit.label
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit.limit - self.count)
+
+    def reset_in(self, now: float) -> float:
+        """Seconds until the next request slot frees (the oldest entry slides out)."""
+        if self.oldest is None:
+            return 0.0
+        return max(0.0, self.oldest + self.limit.window_s - now)
 
 
 @dataclass(frozen=True)
@@ -116,6 +168,8 @@ class Hold:
     now: float
     ttl_s: float
     entry: SpendEntry | None = None  # settle only: log this wave under its request
+    count_request: str | None = None  # reserve only: count this HTTP request id against rpm
+    request_limits: tuple[RequestLimit, ...] = ()
 
 
 @dataclass
@@ -157,6 +211,7 @@ class ReserveOutcome:
     held: Cost
     binding: str | None
     usage: list[WindowUsage] = field(default_factory=list)
+    requests: list[RequestUsage] = field(default_factory=list)
 
 
 @dataclass
@@ -212,6 +267,12 @@ class LedgerStore(Protocol):
 
     async def purge_expired(self, now: float) -> int: ...
 
+    async def requests(
+        self, tenant: str, limits: Sequence[RequestLimit], now: float
+    ) -> list[RequestUsage]:
+        """The `rpm` logs of these levels at `now` (read only)."""
+        ...
+
     async def reserved_holds(self, tenant: str | None = None) -> int: ...
 
     async def finish_log(
@@ -252,9 +313,11 @@ class Ledger:
         budgets: Budgets | None,
         now: float | None = None,
         levels: Sequence[tuple[str, Budgets]] = (),
+        rates: Sequence[tuple[str, RateLimits]] = (),
     ) -> tuple[Limit, ...]:
         """The tenant's window limits at `now`, plus calendar day/month tracked without a limit;
-        then each level's (a key's, a user's) windows, every one checked and charged too."""
+        then each level's (a key's, a user's) windows, every one checked and charged too; then
+        each level's `tpm` (scope "" the tenant's), a hard rolling minute in tokens."""
         now = self.clock() if now is None else now
         out: list[Limit] = []
         configured = budgets.windows() if budgets is not None else []
@@ -270,7 +333,15 @@ class Ledger:
             for name, budget in level.windows():
                 window = span(name, budget.rolling, now)
                 out.append(Limit(window, budget.unit, budget.limit, budget.hard, scope))
+        for scope, rate in rates:
+            if rate.tpm is not None:
+                window = span("minute", True, now)
+                out.append(Limit(window, "tokens", float(rate.tpm), True, scope, "rate"))
         return tuple(out)
+
+    @staticmethod
+    def request_limits(rates: Sequence[tuple[str, RateLimits]]) -> tuple[RequestLimit, ...]:
+        return tuple(RequestLimit(scope, r.rpm) for scope, r in rates if r.rpm is not None)
 
     def hold(
         self,
@@ -282,11 +353,25 @@ class Ledger:
         fixed: Cost = ZERO,
         per_sample: Cost = ZERO,
         levels: Sequence[tuple[str, Budgets]] = (),
+        rates: Sequence[tuple[str, RateLimits]] = (),
+        count_request: str | None = None,
     ) -> Hold:
         """A wave's `Hold` with the tenant's limits at the current time (what a store checks)."""
         now = self.clock()
-        limits = self.limits(budgets, now, levels)
-        return Hold(tenant, request_id, wave, samples, fixed, per_sample, limits, now, self.ttl_s)
+        limits = self.limits(budgets, now, levels, rates)
+        return Hold(
+            tenant,
+            request_id,
+            wave,
+            samples,
+            fixed,
+            per_sample,
+            limits,
+            now,
+            self.ttl_s,
+            count_request=count_request,
+            request_limits=self.request_limits(rates) if count_request is not None else (),
+        )
 
     async def reserve(
         self,
@@ -298,9 +383,24 @@ class Ledger:
         fixed: Cost,
         per_sample: Cost,
         levels: Sequence[tuple[str, Budgets]] = (),
+        rates: Sequence[tuple[str, RateLimits]] = (),
+        count_request: str | None = None,
     ) -> ReserveOutcome:
-        """Hold the wave at every level at once: the tightest hard window binds."""
-        hold = self.hold(tenant, budgets, request_id, wave, samples, fixed, per_sample, levels)
+        """Hold the wave at every level at once: the tightest hard window binds. With
+        `count_request` (an HTTP request id), also admit that request against each level's
+        `rpm` in the same step (a request already admitted is not counted again)."""
+        hold = self.hold(
+            tenant,
+            budgets,
+            request_id,
+            wave,
+            samples,
+            fixed,
+            per_sample,
+            levels,
+            rates,
+            count_request,
+        )
         return await self.store.reserve(hold)
 
     async def settle(
@@ -312,10 +412,11 @@ class Ledger:
         cost: Cost,
         entry: SpendEntry | None = None,
         levels: Sequence[tuple[str, Budgets]] = (),
+        rates: Sequence[tuple[str, RateLimits]] = (),
     ) -> SettleOutcome:
         """Charge `cost` to the windows current now (not those of the reserve), at every level,
         exactly once, and add `entry` to the request's spend-log record in the same step."""
-        hold = self.hold(tenant, budgets, request_id, wave, levels=levels)
+        hold = self.hold(tenant, budgets, request_id, wave, levels=levels, rates=rates)
         if entry is not None:
             hold = replace(hold, entry=entry)
         return await self.store.settle(hold, cost)
@@ -324,10 +425,21 @@ class Ledger:
         await self.store.release(tenant, request_id, wave)
 
     async def usage(
-        self, tenant: str, budgets: Budgets | None, levels: Sequence[tuple[str, Budgets]] = ()
+        self,
+        tenant: str,
+        budgets: Budgets | None,
+        levels: Sequence[tuple[str, Budgets]] = (),
+        rates: Sequence[tuple[str, RateLimits]] = (),
     ) -> list[WindowUsage]:
         now = self.clock()
-        return await self.store.usage(tenant, self.limits(budgets, now, levels), now)
+        return await self.store.usage(tenant, self.limits(budgets, now, levels, rates), now)
+
+    async def requests(
+        self, tenant: str, rates: Sequence[tuple[str, RateLimits]]
+    ) -> list[RequestUsage]:
+        """Each level's `rpm` log as it stands now (no request counted)."""
+        now = self.clock()
+        return await self.store.requests(tenant, self.request_limits(rates), now)
 
     async def purge_expired(self) -> int:
         return await self.store.purge_expired(self.clock())

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Unit = Literal["currency", "flops"]
+LimitUnit = Literal["currency", "flops", "tokens"]  # tokens: rate limits only (`tpm`)
 WindowName = Literal["minute", "hour", "day", "month"]
 WINDOW_NAMES: tuple[WindowName, ...] = ("minute", "hour", "day", "month")
 
@@ -75,6 +76,22 @@ class Budgets(_Strict):
             if budget is not None:
                 out.append((name, budget))
         return out
+
+
+class RateLimits(_Strict):
+    """Requests and tokens per minute, over a sliding 60 s window (controller.budget.ledger).
+
+    `rpm` counts admitted HTTP requests (`n` > 1 or several prompts are still one request);
+    `tpm` counts prompt + completion tokens of every sample, held at the wave's worst case
+    (prompt + w × max_tokens) when it is reserved and trued up to what the engine reported when
+    it settles. A wave that `tpm` cannot cover in full is shrunk, as a budget does.
+    """
+
+    rpm: int | None = Field(default=None, ge=1, description="requests per minute")
+    tpm: int | None = Field(default=None, ge=1, description="prompt + completion tokens per minute")
+
+    def any(self) -> bool:
+        return self.rpm is not None or self.tpm is not None
 
 
 class PacingSettings(_Strict):

@@ -5,26 +5,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller.budget.models import ModelPrice, Prices, Unit
+from controller.budget.models import LimitUnit, ModelPrice, Prices, Unit
 
 PER_MILLION = 1_000_000.0
 
 
 @dataclass(frozen=True)
 class Cost:
-    """A charge in both units; `of(unit)` picks the one a budget is expressed in."""
+    """A charge in both units, and the tokens it is for (what a `tpm` rate limit counts);
+    `of(unit)` picks the one a limit is expressed in."""
 
     money: float = 0.0
     flops: float = 0.0
+    tokens: float = 0.0
 
-    def of(self, unit: Unit) -> float:
-        return self.money if unit == "currency" else self.flops
+    def of(self, unit: LimitUnit) -> float:
+        if unit == "currency":
+            return self.money
+        return self.tokens if unit == "tokens" else self.flops
 
     def __add__(self, other: Cost) -> Cost:
-        return Cost(self.money + other.money, self.flops + other.flops)
+        return Cost(self.money + other.money, self.flops + other.flops, self.tokens + other.tokens)
 
     def scale(self, factor: float) -> Cost:
-        return Cost(self.money * factor, self.flops * factor)
+        return Cost(self.money * factor, self.flops * factor, self.tokens * factor)
 
 
 ZERO = Cost()
@@ -46,8 +50,8 @@ class Pricer:
             prompt_tokens * self.entry.prompt_per_1m
             + completion_tokens * self.entry.completion_per_1m
         ) / PER_MILLION
-        flops = 2.0 * self.params * (prompt_tokens + completion_tokens)
-        return Cost(money, flops)
+        tokens = prompt_tokens + completion_tokens
+        return Cost(money, 2.0 * self.params * tokens, float(tokens))
 
     def per_token(self, unit: Unit) -> float:
         """What one completion token costs in `unit` (0 when that unit is not priced)."""

@@ -5,10 +5,13 @@ windows, fit the samples, hold them" is atomic across every replica talking to t
 All of a tenant's keys share the hash tag `{t2:<tenant>}`, so the scripts also run on a cluster.
 
 Keys per tenant (prefix `{t2:<tenant>}`):
-- `:res` hash "<request>|<wave>" → "money|flops|granted": live holds;
-- `:exp` sorted set of the same members scored by expiry; `:tot` hash m/f: their running sum;
-- `:w:<window>` hash "m<bucket>"/"f<bucket>" → spend (expires after two window lengths);
-- `:s:<request>|<wave>` string "money|flops": the settle idempotency record (kept `settled_ttl_s`);
+- `:res` hash "<request>|<wave>" → "money|flops|granted|scopes|tokens": live holds;
+- `:exp` sorted set of the same members scored by expiry; `:tot` hash m/f/t: their running sum;
+- `:w:<window>` hash "m<bucket>"/"f<bucket>"/"t<bucket>" → spend, FLOPs and tokens (expires
+  after two window lengths);
+- `:rq:<scope>` sorted set of admitted request ids scored by time: the `rpm` sliding log;
+- `:s:<request>|<wave>` string "money|flops|tokens": the settle idempotency record (kept
+  `settled_ttl_s`);
 - `:log:<request>` hash: the request's spend-log record, summed by each settle script;
   `:logs` sorted set of request ids by first settle time (both kept `log_retention_s`).
 
@@ -25,6 +28,8 @@ import redis.asyncio as aioredis
 from controller.budget.ledger import (
     Hold,
     Limit,
+    RequestLimit,
+    RequestUsage,
     ReserveOutcome,
     SettleOutcome,
     SpendRecord,
@@ -33,27 +38,34 @@ from controller.budget.ledger import (
 from controller.budget.pricing import Cost
 from controller.budget.windows import LENGTH_S
 
-# Shared Lua. A hold is "money|flops|granted|scope;scope..." in `res`; it counts in the tenant's
-# `tot` and in the `tot:<scope>` of every level below the tenant it was held at (with a count
-# `n`, so a level's total disappears with its last hold). Window hashes sum from a cutoff.
+# Shared Lua. A hold is "money|flops|granted|scope;scope...|tokens" in `res` (holds written
+# before rate limits have no tokens part: 0); it counts in the tenant's `tot` and in the
+# `tot:<scope>` of every level below the tenant it was held at (with a count `n`, so a level's
+# total disappears with its last hold). Window hashes sum from a cutoff.
 _COMMON = r"""
 local function totkey(tot, scope)
   if scope == '' then return tot end
   return tot .. ':' .. scope
 end
+local function parse(v)
+  local m, fl, g, sc, t = string.match(v, '^([^|]+)|([^|]+)|([^|]+)|?([^|]*)|?(.*)$')
+  return tonumber(m), tonumber(fl), tonumber(g), sc, tonumber(t) or 0
+end
 local function unhold(res, exp, tot, f)
   local v = redis.call('HGET', res, f)
   if v then
-    local m, fl, g, sc = string.match(v, '^([^|]+)|([^|]+)|([^|]+)|?(.*)$')
-    redis.call('HINCRBYFLOAT', tot, 'm', -tonumber(m))
-    redis.call('HINCRBYFLOAT', tot, 'f', -tonumber(fl))
+    local m, fl, g, sc, t = parse(v)
+    redis.call('HINCRBYFLOAT', tot, 'm', -m)
+    redis.call('HINCRBYFLOAT', tot, 'f', -fl)
+    if t ~= 0 then redis.call('HINCRBYFLOAT', tot, 't', -t) end
     for scope in string.gmatch(sc, '[^;]+') do
       local k = totkey(tot, scope)
       if redis.call('HINCRBY', k, 'n', -1) <= 0 then
         redis.call('DEL', k)
       else
-        redis.call('HINCRBYFLOAT', k, 'm', -tonumber(m))
-        redis.call('HINCRBYFLOAT', k, 'f', -tonumber(fl))
+        redis.call('HINCRBYFLOAT', k, 'm', -m)
+        redis.call('HINCRBYFLOAT', k, 'f', -fl)
+        if t ~= 0 then redis.call('HINCRBYFLOAT', k, 't', -t) end
       end
     end
     redis.call('HDEL', res, f)
@@ -67,69 +79,94 @@ local function purge(res, exp, tot, now)
   return #gone
 end
 local function reserved(tot)
-  local v = redis.call('HMGET', tot, 'm', 'f')
-  return tonumber(v[1] or '0') or 0, tonumber(v[2] or '0') or 0
+  local v = redis.call('HMGET', tot, 'm', 'f', 't')
+  return tonumber(v[1] or '0') or 0, tonumber(v[2] or '0') or 0, tonumber(v[3] or '0') or 0
 end
 local function window(key, cutoff)
   local all = redis.call('HGETALL', key)
-  local m, f, oldest = 0, 0, nil
+  local m, f, t, oldest = 0, 0, 0, nil
   for i = 1, #all, 2 do
     local b = tonumber(string.sub(all[i], 2))
     if b < cutoff then
       redis.call('HDEL', key, all[i])
     else
       local v = tonumber(all[i + 1])
-      if string.sub(all[i], 1, 1) == 'm' then m = m + v else f = f + v end
+      local kind = string.sub(all[i], 1, 1)
+      if kind == 'm' then m = m + v elseif kind == 'f' then f = f + v else t = t + v end
       if oldest == nil or b < oldest then oldest = b end
     end
   end
-  return m, f, oldest
+  return m, f, t, oldest
+end
+local function usage(key, cutoff, tot, scope)
+  local m, f, t, oldest = window(key, cutoff)
+  local rm, rf, rt = reserved(totkey(tot, scope))
+  return {m, f, t, oldest, rm, rf, rt}
 end
 local function fmt(x) return string.format('%.17g', x) end
 local function emit(out, w)
-  table.insert(out, fmt(w[1]))
-  table.insert(out, fmt(w[2]))
-  table.insert(out, w[3] and fmt(w[3]) or '')
-  table.insert(out, fmt(w[4]))
-  table.insert(out, fmt(w[5]))
+  for j = 1, 7 do
+    if j == 4 then table.insert(out, w[4] and fmt(w[4]) or '')
+    else table.insert(out, fmt(w[j])) end
+  end
 end
 """
 
-# KEYS: res, exp, tot, window hashes...  ARGV: now, ttl, member, samples, fixed_m, fixed_f,
-# per_m, per_f, then per window: unit ('m'|'f'), limit (<= 0: none), hard (0|1), cutoff, scope.
+# KEYS: res, exp, tot, window hashes..., rpm logs...
+# ARGV: now, ttl, member, samples, fixed m/f/t, per-sample m/f/t, request id to count ('' =
+# none), number of rpm logs, then per window: unit ('m'|'f'|'t'), limit (<= 0: none), hard
+# (0|1), cutoff, scope; then per rpm log: limit, window seconds.
+# Returns granted, binding (i > 0 window i, -j rpm log j, 0 none), held m/f/t, then 7 figures
+# per window, then per rpm log: requests in the window, oldest entry's time ('' none).
 RESERVE = (
     _COMMON
     + r"""
 local now = tonumber(ARGV[1])
 purge(KEYS[1], KEYS[2], KEYS[3], now)
-local nwin = #KEYS - 3
+local nreq = tonumber(ARGV[12])
+local nwin = #KEYS - 3 - nreq
+local counted = ARGV[11]
 local w, scopes, seen = {}, {}, {}
 for i = 1, nwin do
-  local c = 8 + (i - 1) * 5
-  local m, f, oldest = window(KEYS[3 + i], tonumber(ARGV[c + 4]))
-  local rm, rf = reserved(totkey(KEYS[3], ARGV[c + 5]))
-  w[i] = {m, f, oldest, rm, rf}
+  local c = 12 + (i - 1) * 5
+  w[i] = usage(KEYS[3 + i], tonumber(ARGV[c + 4]), KEYS[3], ARGV[c + 5])
   local scope = ARGV[c + 5]
   if scope ~= '' and not seen[scope] then
     seen[scope] = true
     table.insert(scopes, scope)
   end
 end
+local rq = {}
+for j = 1, nreq do  -- the rpm sliding logs: drop what left the window, count the rest
+  local key = KEYS[3 + nwin + j]
+  local c = 12 + nwin * 5 + (j - 1) * 2
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - tonumber(ARGV[c + 2]))
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  local already = counted ~= '' and redis.call('ZSCORE', key, counted)
+  rq[j] = {redis.call('ZCARD', key), first[2], already, tonumber(ARGV[c + 1])}
+end
 local prior = redis.call('HGET', KEYS[1], ARGV[3])
 local granted, binding = tonumber(ARGV[4]), 0
-local hm, hf = 0, 0
+local hm, hf, ht = 0, 0, 0
 if prior then
-  local pm, pf, pg = string.match(prior, '^([^|]+)|([^|]+)|([^|]+)')
-  granted, hm, hf = tonumber(pg), tonumber(pm), tonumber(pf)
+  local pm, pf, pg, _, pt = parse(prior)
+  granted, hm, hf, ht = pg, pm, pf, pt
 else
-  local fixed = {tonumber(ARGV[5]), tonumber(ARGV[6])}
-  local per = {tonumber(ARGV[7]), tonumber(ARGV[8])}
+  for j = 1, nreq do
+    if binding == 0 and not rq[j][3] and rq[j][1] >= rq[j][4] then
+      granted, binding = 0, -j
+    end
+  end
+  local fixed = {tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])}
+  local per = {tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])}
   for i = 1, nwin do
-    local c = 8 + (i - 1) * 5
-    local u = (ARGV[c + 1] == 'm') and 1 or 2
+    if binding < 0 then break end
+    local c = 12 + (i - 1) * 5
+    local unit = ARGV[c + 1]
+    local u = (unit == 'm') and 1 or ((unit == 'f') and 2 or 3)
     local limit = tonumber(ARGV[c + 2])
     if ARGV[c + 3] == '1' and limit > 0 then
-      local avail = limit - w[i][u] - w[i][3 + u] - fixed[u]
+      local avail = limit - w[i][u] - w[i][4 + u] - fixed[u]
       local fits
       if avail < -1e-9 * math.max(1, limit) then fits = 0
       elseif per[u] <= 0 then fits = granted
@@ -143,32 +180,62 @@ else
   if granted >= 1 then  -- held at every level: it counts against each level's windows
     hm = fixed[1] + granted * per[1]
     hf = fixed[2] + granted * per[2]
+    ht = fixed[3] + granted * per[3]
     local v = fmt(hm) .. '|' .. fmt(hf) .. '|' .. granted .. '|' .. table.concat(scopes, ';')
+      .. '|' .. fmt(ht)
     redis.call('HSET', KEYS[1], ARGV[3], v)
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
     redis.call('HINCRBYFLOAT', KEYS[3], 'm', hm)
     redis.call('HINCRBYFLOAT', KEYS[3], 'f', hf)
+    redis.call('HINCRBYFLOAT', KEYS[3], 't', ht)
     for _, scope in ipairs(scopes) do
       local k = totkey(KEYS[3], scope)
       redis.call('HINCRBYFLOAT', k, 'm', hm)
       redis.call('HINCRBYFLOAT', k, 'f', hf)
+      redis.call('HINCRBYFLOAT', k, 't', ht)
       redis.call('HINCRBY', k, 'n', 1)
     end
     for i = 1, nwin do
-      w[i][4], w[i][5] = w[i][4] + hm, w[i][5] + hf
+      w[i][5], w[i][6], w[i][7] = w[i][5] + hm, w[i][6] + hf, w[i][7] + ht
+    end
+    for j = 1, nreq do  -- admitted: the request enters each level's rpm log
+      if not rq[j][3] then
+        local key = KEYS[3 + nwin + j]
+        local len = tonumber(ARGV[12 + nwin * 5 + (j - 1) * 2 + 2])
+        redis.call('ZADD', key, now, counted)
+        redis.call('EXPIRE', key, math.ceil(len) + 60)
+        rq[j][1] = rq[j][1] + 1
+        if not rq[j][2] then rq[j][2] = ARGV[1] end
+      end
     end
   end
 end
-local out = {tostring(granted), tostring(binding), fmt(hm), fmt(hf)}
+local out = {tostring(granted), tostring(binding), fmt(hm), fmt(hf), fmt(ht)}
 for i = 1, nwin do emit(out, w[i]) end
+for j = 1, nreq do
+  table.insert(out, tostring(rq[j][1]))
+  table.insert(out, rq[j][2] or '')
+end
 return table.concat(out, ',')  -- one bulk string: cheaper to parse than an array
 """
 )
 
+# KEYS: rpm logs...  ARGV: now, then per log: window seconds.  Per log: count, oldest.
+REQUESTS = r"""
+local out = {}
+for j = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[j], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[j + 1]))
+  local first = redis.call('ZRANGE', KEYS[j], 0, 0, 'WITHSCORES')
+  table.insert(out, tostring(redis.call('ZCARD', KEYS[j])))
+  table.insert(out, first[2] or '')
+end
+return table.concat(out, ',')
+"""
+
 # KEYS: res, exp, tot, settled, log record, log index, window hashes...
 # ARGV: now, member, cost_m, cost_f, settled_ttl, has_log, request_id, model, key_prefix, user,
-# samples, prompt_tokens, completion_tokens, log_ttl, then per window: bucket, cutoff, expire_s,
-# scope.
+# samples, prompt_tokens, completion_tokens, log_ttl, cost_t, then per window: bucket, cutoff,
+# expire_s, scope.
 SETTLE = (
     _COMMON
     + r"""
@@ -176,21 +243,23 @@ local now = tonumber(ARGV[1])
 unhold(KEYS[1], KEYS[2], KEYS[3], ARGV[2])
 purge(KEYS[1], KEYS[2], KEYS[3], now)
 local dup = redis.call('GET', KEYS[4])
-local cm, cf = tonumber(ARGV[3]), tonumber(ARGV[4])
+local cm, cf, ct = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[15])
 local nwin = #KEYS - 6
 if dup then
-  local m, fl = string.match(dup, '^([^|]+)|([^|]+)')
-  cm, cf = tonumber(m), tonumber(fl)
+  local m, fl, t = string.match(dup, '^([^|]+)|([^|]+)|?(.*)$')
+  cm, cf, ct = tonumber(m), tonumber(fl), tonumber(t) or 0
 else
-  redis.call('SET', KEYS[4], fmt(cm) .. '|' .. fmt(cf), 'EX', tonumber(ARGV[5]))
+  redis.call('SET', KEYS[4], fmt(cm) .. '|' .. fmt(cf) .. '|' .. fmt(ct), 'EX',
+             tonumber(ARGV[5]))
   local seen = {}
   for i = 1, nwin do
     local key = KEYS[6 + i]
     if not seen[key] then
       seen[key] = true
-      local c = 14 + (i - 1) * 4
+      local c = 15 + (i - 1) * 4
       redis.call('HINCRBYFLOAT', key, 'm' .. ARGV[c + 1], cm)
       redis.call('HINCRBYFLOAT', key, 'f' .. ARGV[c + 1], cf)
+      if ct ~= 0 then redis.call('HINCRBYFLOAT', key, 't' .. ARGV[c + 1], ct) end
       redis.call('EXPIRE', key, tonumber(ARGV[c + 3]))
     end
   end
@@ -212,12 +281,10 @@ else
     redis.call('EXPIRE', log, ttl)
   end
 end
-local out = {dup and '1' or '0', fmt(cm), fmt(cf)}
+local out = {dup and '1' or '0', fmt(cm), fmt(cf), fmt(ct)}
 for i = 1, nwin do
-  local c = 14 + (i - 1) * 4
-  local m, f, oldest = window(KEYS[6 + i], tonumber(ARGV[c + 2]))
-  local rm, rf = reserved(totkey(KEYS[3], ARGV[c + 4]))
-  emit(out, {m, f, oldest, rm, rf})
+  local c = 15 + (i - 1) * 4
+  emit(out, usage(KEYS[6 + i], tonumber(ARGV[c + 2]), KEYS[3], ARGV[c + 4]))
 end
 return table.concat(out, ',')  -- one bulk string: cheaper to parse than an array
 """
@@ -238,9 +305,7 @@ USAGE = (
 purge(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]))
 local out = {}
 for i = 1, #KEYS - 3 do
-  local m, f, oldest = window(KEYS[3 + i], tonumber(ARGV[2 * i]))
-  local rm, rf = reserved(totkey(KEYS[3], ARGV[2 * i + 1]))
-  emit(out, {m, f, oldest, rm, rf})
+  emit(out, usage(KEYS[3 + i], tonumber(ARGV[2 * i]), KEYS[3], ARGV[2 * i + 1]))
 end
 return table.concat(out, ',')  -- one bulk string: cheaper to parse than an array
 """
@@ -285,6 +350,7 @@ class RedisStore:
         self.log_retention_s = int(log_retention_s)
         self._finish = self.client.register_script(FINISH_LOG)
         self._reserve = self.client.register_script(RESERVE)
+        self._requests = self.client.register_script(REQUESTS)
         self._settle = self.client.register_script(SETTLE)
         self._usage = self.client.register_script(USAGE)
         self._release = self.client.register_script(RELEASE)
@@ -301,30 +367,53 @@ class RedisStore:
     def _window_key(self, tenant: str, lim: Limit) -> str:
         return f"{self._base(tenant)}:w:{lim.key}"
 
+    def _rpm_key(self, tenant: str, lim: RequestLimit) -> str:
+        return f"{self._base(tenant)}:rq:{lim.scope}"
+
     @staticmethod
     def _member(request_id: str, wave: int) -> str:
         return f"{request_id}|{wave}"
 
     async def reserve(self, hold: Hold) -> ReserveOutcome:
-        keys = self._keys(hold.tenant) + [self._window_key(hold.tenant, lim) for lim in hold.limits]
+        tenant, rpm = hold.tenant, hold.request_limits
+        keys = self._keys(tenant) + [self._window_key(tenant, lim) for lim in hold.limits]
+        keys += [self._rpm_key(tenant, lim) for lim in rpm]
+        f, p = hold.fixed, hold.per_sample
         args: list[Any] = [
             repr(hold.now),
             repr(hold.ttl_s),
             self._member(hold.request_id, hold.wave),
             hold.samples,
-            repr(hold.fixed.money),
-            repr(hold.fixed.flops),
-            repr(hold.per_sample.money),
-            repr(hold.per_sample.flops),
+            *(repr(x) for x in (f.money, f.flops, f.tokens, p.money, p.flops, p.tokens)),
+            hold.count_request or "",
+            len(rpm),
         ]
         for lim in hold.limits:
-            unit = "m" if lim.unit == "currency" else "f"
+            unit = _UNIT[lim.unit]
             args += [unit, repr(lim.limit), "1" if lim.hard else "0", lim.cutoff, lim.scope]
+        for r in rpm:
+            args += [r.limit, repr(r.window_s)]
         out = str(await self._reserve(keys=keys, args=args)).split(",")
         granted, binding = int(out[0]), int(out[1])
-        usage = _usage(hold.limits, out[4:])
-        name = hold.limits[binding - 1].label if binding > 0 else None
-        return ReserveOutcome(granted, Cost(float(out[2]), float(out[3])), name, usage)
+        n = len(hold.limits)
+        usage = _usage(hold.limits, out[5 : 5 + 7 * n])
+        requests = _requests(rpm, out[5 + 7 * n :])
+        name = None
+        if binding > 0:
+            name = hold.limits[binding - 1].label
+        elif binding < 0:
+            name = rpm[-binding - 1].label
+        held = Cost(float(out[2]), float(out[3]), float(out[4]))
+        return ReserveOutcome(granted, held, name, usage, requests)
+
+    async def requests(
+        self, tenant: str, limits: Sequence[RequestLimit], now: float
+    ) -> list[RequestUsage]:
+        if not limits:
+            return []
+        keys = [self._rpm_key(tenant, lim) for lim in limits]
+        args = [repr(now), *(repr(lim.window_s) for lim in limits)]
+        return _requests(limits, str(await self._requests(keys=keys, args=args)).split(","))
 
     async def settle(self, hold: Hold, cost: Cost) -> SettleOutcome:
         tenant, limits = hold.tenant, hold.limits
@@ -348,13 +437,14 @@ class RedisStore:
             e.prompt_tokens if e else 0,
             e.completion_tokens if e else 0,
             self.log_retention_s,
+            repr(cost.tokens),
         ]
         for lim in limits:
             expire = int(2 * max(LENGTH_S[lim.span.name], lim.span.end - lim.span.start)) + 60
             args += [lim.bucket, lim.cutoff, expire, lim.scope]
         out = str(await self._settle(keys=keys, args=args)).split(",")
-        charged = Cost(float(out[1]), float(out[2]))
-        return SettleOutcome(charged, out[0] == "1", _usage(limits, out[3:]))
+        charged = Cost(float(out[1]), float(out[2]), float(out[3]))
+        return SettleOutcome(charged, out[0] == "1", _usage(limits, out[4:]))
 
     def _log_key(self, tenant: str, request_id: str) -> str:
         return f"{self._base(tenant)}:log:{request_id}"
@@ -441,11 +531,24 @@ def _record(tenant: str, raw: dict[str, str]) -> SpendRecord:
     )
 
 
+_UNIT = {"currency": "m", "flops": "f", "tokens": "t"}
+
+
 def _usage(limits: Sequence[Limit], flat: Sequence[str]) -> list[WindowUsage]:
-    """Per window: spend (money, FLOPs), oldest bucket, and the holds of the window's level."""
+    """Per window: spend (money, FLOPs, tokens), oldest bucket, and the holds of its level."""
     out: list[WindowUsage] = []
     for i, lim in enumerate(limits):
-        m, f, oldest, rm, rf = flat[5 * i : 5 * i + 5]
-        spent, held = Cost(float(m), float(f)), Cost(float(rm), float(rf))
+        m, f, t, oldest, rm, rf, rt = flat[7 * i : 7 * i + 7]
+        spent = Cost(float(m), float(f), float(t))
+        held = Cost(float(rm), float(rf), float(rt))
         out.append(WindowUsage(lim, spent, held, float(oldest) if oldest else None))
+    return out
+
+
+def _requests(limits: Sequence[RequestLimit], flat: Sequence[str]) -> list[RequestUsage]:
+    """Per rpm log: requests in the window and the oldest one's time."""
+    out: list[RequestUsage] = []
+    for j, lim in enumerate(limits):
+        count, oldest = flat[2 * j : 2 * j + 2]
+        out.append(RequestUsage(lim, int(count), float(oldest) if oldest else None))
     return out

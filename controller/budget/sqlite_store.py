@@ -10,8 +10,10 @@ crash can lose the last commits); `synchronous="FULL"` trades throughput for pow
 
 Tables: `spend` (per tenant, window and bucket: the aggregates budgets are checked against),
 `settlements` (the journal: one row per settled wave, also the idempotency key),
-`reservations` (live holds with an expiry) and `spend_logs` (one row per request, summed by
-each of its settles in the same transaction).
+`reservations` (live holds with an expiry), `spend_logs` (one row per request, summed by
+each of its settles in the same transaction) and `rate_requests` (the `rpm` sliding log: one row
+per admitted request and level, dropped once it is older than the window; `rate_counts` keeps
+each level's row count in the same transactions).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Literal, TypeVar
 from controller.budget.ledger import (
     Hold,
     Limit,
+    RequestLimit,
+    RequestUsage,
     ReserveOutcome,
     SettleOutcome,
     SpendRecord,
@@ -43,12 +47,13 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS spend (
     tenant TEXT NOT NULL, win TEXT NOT NULL, bucket INTEGER NOT NULL,
     money REAL NOT NULL DEFAULT 0, flops REAL NOT NULL DEFAULT 0,
+    tokens REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, win, bucket)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reservations (
     tenant TEXT NOT NULL, request_id TEXT NOT NULL, wave INTEGER NOT NULL,
     money REAL NOT NULL, flops REAL NOT NULL, granted INTEGER NOT NULL, expires_at REAL NOT NULL,
-    scope TEXT NOT NULL DEFAULT '',
+    scope TEXT NOT NULL DEFAULT '', tokens REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, request_id, wave, scope)
 );
 CREATE INDEX IF NOT EXISTS reservations_expiry ON reservations (expires_at);
@@ -63,7 +68,17 @@ CREATE INDEX IF NOT EXISTS spend_logs_time ON spend_logs (tenant, time);
 CREATE TABLE IF NOT EXISTS settlements (
     tenant TEXT NOT NULL, request_id TEXT NOT NULL, wave INTEGER NOT NULL,
     money REAL NOT NULL, flops REAL NOT NULL, settled_at REAL NOT NULL,
+    tokens REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, request_id, wave)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rate_requests (
+    tenant TEXT NOT NULL, scope TEXT NOT NULL, request_id TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (tenant, scope, request_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rate_requests_at ON rate_requests (tenant, scope, at);
+CREATE TABLE IF NOT EXISTS rate_counts (
+    tenant TEXT NOT NULL, scope TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (tenant, scope)
 ) WITHOUT ROWID;
 """
 
@@ -128,29 +143,50 @@ class SQLiteStore:
             self._purge(c, h.now)  # housekeeping only: expired holds never count anyway
             self._purged_at = h.now
         row = c.execute(
-            "SELECT money, flops, granted FROM reservations "
+            "SELECT money, flops, granted, tokens FROM reservations "
             "WHERE tenant=? AND request_id=? AND wave=? AND expires_at>? AND scope=''",
             (h.tenant, h.request_id, h.wave, h.now),
         ).fetchone()
         if row is not None:  # a retried reserve: answer as the first time did
             usage = self._usage(c, h.tenant, h.limits, h.now)
-            return ReserveOutcome(int(row[2]), Cost(row[0], row[1]), None, usage)
+            requests = self._requests(c, h.tenant, h.request_limits, h.now, h.count_request)
+            held = Cost(row[0], row[1], row[3])
+            return ReserveOutcome(int(row[2]), held, None, usage, [r for r, _ in requests])
         usage = self._usage(c, h.tenant, h.limits, h.now)
+        requests = self._requests(c, h.tenant, h.request_limits, h.now, h.count_request)
+        full = next((r for r, seen in requests if not seen and r.remaining < 1), None)
+        if full is not None:  # rpm: this request would be one too many
+            return ReserveOutcome(0, ZERO, full.name, usage, [r for r, _ in requests])
         granted, binding = fit_samples(h.samples, h.fixed, h.per_sample, usage)
         held = ZERO
         if granted >= 1:  # held at every level: it counts against each level's windows
             held = h.fixed + h.per_sample.scale(granted)
             expires = h.now + h.ttl_s
             c.executemany(
-                "INSERT OR REPLACE INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO reservations (tenant, request_id, wave, money, flops, "
+                "granted, expires_at, scope, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (h.tenant, h.request_id, h.wave, held.money, held.flops, granted, expires, s)
+                    (*(h.tenant, h.request_id, h.wave, held.money, held.flops, granted, expires),
+                     s, held.tokens)
                     for s in scopes_of(h.limits)
                 ],
             )
             for u in usage:
                 u.reserved = u.reserved + held
-        return ReserveOutcome(granted, held, binding, usage)
+            for r, seen in requests:  # admitted: the request enters each level's rpm log
+                if not seen:
+                    c.execute(
+                        "INSERT OR IGNORE INTO rate_requests VALUES (?, ?, ?, ?)",
+                        (h.tenant, r.limit.scope, h.count_request, h.now),
+                    )
+                    c.execute(
+                        "INSERT INTO rate_counts VALUES (?, ?, 1) "
+                        "ON CONFLICT (tenant, scope) DO UPDATE SET n = n + 1",
+                        (h.tenant, r.limit.scope),
+                    )
+                    r.count += 1
+                    r.oldest = h.now if r.oldest is None else r.oldest
+        return ReserveOutcome(granted, held, binding, usage, [r for r, _ in requests])
 
     async def settle(self, hold: Hold, cost: Cost) -> SettleOutcome:
         return await self._run(lambda c: self._settle(c, hold, cost))
@@ -160,20 +196,27 @@ class SQLiteStore:
         key = (tenant, h.request_id, h.wave)
         c.execute("DELETE FROM reservations WHERE tenant=? AND request_id=? AND wave=?", key)
         fresh = c.execute(
-            "INSERT OR IGNORE INTO settlements VALUES (?, ?, ?, ?, ?, ?)",
-            (*key, cost.money, cost.flops, now),
+            "INSERT OR IGNORE INTO settlements (tenant, request_id, wave, money, flops, "
+            "settled_at, tokens) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (*key, cost.money, cost.flops, now, cost.tokens),
         ).rowcount
         if not fresh:  # settled before: answer with what was charged then
             row = c.execute(
-                "SELECT money, flops FROM settlements WHERE tenant=? AND request_id=? AND wave=?",
+                "SELECT money, flops, tokens FROM settlements "
+                "WHERE tenant=? AND request_id=? AND wave=?",
                 key,
             ).fetchone()
-            return SettleOutcome(Cost(row[0], row[1]), True, self._usage(c, tenant, limits, now))
+            charged = Cost(row[0], row[1], row[2])
+            return SettleOutcome(charged, True, self._usage(c, tenant, limits, now))
         c.executemany(
-            "INSERT INTO spend (tenant, win, bucket, money, flops) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (tenant, win, bucket) DO UPDATE SET "
-            "money = money + excluded.money, flops = flops + excluded.flops",
-            [(tenant, lim.key, lim.bucket, cost.money, cost.flops) for lim in _distinct(limits)],
+            "INSERT INTO spend (tenant, win, bucket, money, flops, tokens) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, win, bucket) DO UPDATE SET "
+            "money = money + excluded.money, flops = flops + excluded.flops, "
+            "tokens = tokens + excluded.tokens",
+            [
+                (tenant, lim.key, lim.bucket, cost.money, cost.flops, cost.tokens)
+                for lim in _distinct(limits)
+            ],
         )
         if h.entry is not None:  # the request's log record, in the settle's own transaction
             e = h.entry
@@ -224,6 +267,14 @@ class SQLiteStore:
 
     async def purge_expired(self, now: float) -> int:
         return await self._run(lambda c: self._purge(c, now))
+
+    async def requests(
+        self, tenant: str, limits: Sequence[RequestLimit], now: float
+    ) -> list[RequestUsage]:
+        def go(c: sqlite3.Connection) -> list[RequestUsage]:
+            return [r for r, _ in self._requests(c, tenant, limits, now, None)]
+
+        return await self._run(go)
 
     async def reserved_holds(self, tenant: str | None = None) -> int:
         def go(c: sqlite3.Connection) -> int:
@@ -283,17 +334,54 @@ class SQLiteStore:
         return c.execute("DELETE FROM reservations WHERE expires_at <= ?", (now,)).rowcount
 
     @staticmethod
+    def _requests(
+        c: sqlite3.Connection,
+        tenant: str,
+        limits: Sequence[RequestLimit],
+        now: float,
+        request_id: str | None,
+    ) -> list[tuple[RequestUsage, bool]]:
+        """Each level's rpm log at `now` (entries older than the window dropped first), and
+        whether `request_id` is in it already (admitted by an earlier job or wave). The count
+        is kept in `rate_counts` beside the log, so a busy level costs no scan of its log."""
+        out: list[tuple[RequestUsage, bool]] = []
+        for lim in limits:
+            key = (tenant, lim.scope)
+            gone = c.execute(
+                "DELETE FROM rate_requests WHERE tenant=? AND scope=? AND at<=?",
+                (*key, now - lim.window_s),
+            ).rowcount
+            if gone:
+                c.execute(
+                    "UPDATE rate_counts SET n = n - ? WHERE tenant=? AND scope=?", (gone, *key)
+                )
+            row = c.execute("SELECT n FROM rate_counts WHERE tenant=? AND scope=?", key).fetchone()
+            count = row[0] if row else 0
+            oldest = c.execute(
+                "SELECT min(at) FROM rate_requests WHERE tenant=? AND scope=?", key
+            ).fetchone()[0]
+            seen = request_id is not None and (
+                c.execute(
+                    "SELECT 1 FROM rate_requests WHERE tenant=? AND scope=? AND request_id=?",
+                    (tenant, lim.scope, request_id),
+                ).fetchone()
+                is not None
+            )
+            out.append((RequestUsage(lim, int(count), oldest), seen))
+        return out
+
+    @staticmethod
     def _usage(
         c: sqlite3.Connection, tenant: str, limits: Sequence[Limit], now: float
     ) -> list[WindowUsage]:
         """Live holds and each window's spend, in one statement of primary-key range scans."""
         scopes = scopes_of(limits)
         held = (
-            "SELECT '~held' || ?, coalesce(sum(money), 0), coalesce(sum(flops), 0), NULL "
-            "FROM reservations WHERE tenant=? AND expires_at>? AND scope=?"
+            "SELECT '~held' || ?, coalesce(sum(money), 0), coalesce(sum(flops), 0), NULL, "
+            "coalesce(sum(tokens), 0) FROM reservations WHERE tenant=? AND expires_at>? AND scope=?"
         )
         part = (
-            "SELECT win, sum(money), sum(flops), min(bucket) FROM spend "
+            "SELECT win, sum(money), sum(flops), min(bucket), sum(tokens) FROM spend "
             "WHERE tenant=? AND win=? AND bucket>=?"
         )
         params: list[object] = []
@@ -305,7 +393,7 @@ class SQLiteStore:
         rows = c.execute(sql, params).fetchall()
         by_win = {r[0]: r for r in rows if r[0] is not None}
         reserved = {
-            s: Cost(float(by_win["~held" + s][1]), float(by_win["~held" + s][2])) for s in scopes
+            s: Cost(*(float(by_win["~held" + s][i]) for i in (1, 2, 4))) for s in scopes
         }
         out: list[WindowUsage] = []
         for lim in limits:
@@ -313,17 +401,22 @@ class SQLiteStore:
             if row is None:
                 out.append(WindowUsage(lim, Cost(), reserved[lim.scope], None))
             else:
-                spent = Cost(float(row[1]), float(row[2]))
+                spent = Cost(float(row[1]), float(row[2]), float(row[4]))
                 out.append(WindowUsage(lim, spent, reserved[lim.scope], float(row[3])))
         return out
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Files from before budget levels: their reservations table has no `scope`. Holds are
-    short-lived, so the table is recreated (holds live at the upgrade lapse, as after a crash)."""
+    short-lived, so the table is recreated (holds live at the upgrade lapse, as after a crash).
+    Files from before rate limits: `tokens` is added to the tables that count them (0 so far)."""
     cols = [r[1] for r in conn.execute("PRAGMA table_info(reservations)").fetchall()]
     if cols and "scope" not in cols:
         conn.execute("DROP TABLE reservations")
+    for table in ("spend", "reservations", "settlements"):
+        cols = [r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()]
+        if cols and "tokens" not in cols:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN tokens REAL NOT NULL DEFAULT 0")
 
 
 def _distinct(limits: Sequence[Limit]) -> list[Limit]:

@@ -9,9 +9,10 @@ Reload (POST /admin/reload, or SIGHUP: see server.app.enable_reload) parses and 
 whole file first and swaps it in only if it is valid; requests already running keep the tenant
 objects they resolved, so nothing in flight is dropped.
 
-Budget changes (PUT) and keys (POST/GET/DELETE .../keys) are stored in the ledger's store and
-reach every replica within 2 s (server.admin_state); a PUT wins over the file until the file
-changes that same budget field. Bodies are pydantic models that refuse NaN and Infinity.
+Budget, user-budget, rate-limit and alert-threshold changes (PUT) and keys (POST/GET/DELETE
+.../keys, PUT .../keys/{prefix}/rate_limits) are stored in the ledger's store and reach every
+replica within 2 s (server.admin_state); a PUT wins over the file until the file changes that
+same field. Bodies are pydantic models that refuse NaN and Infinity.
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.budget import Budgets
 from controller.budget.admin_state import DuplicateLabel, KeyNotFound, Override, StoredKey
 from controller.budget.ledger import SpendRecord
-from server.admin_state import BUDGET_FIELDS, file_budget_values, overlay
+from controller.budget.models import RateLimits
+from server.admin_state import SECTIONS, file_values, overlay, override_field
 from server.api.deps import get_state
 from server.auth import bearer_key
-from server.config import AppConfig, TenantConfig, hash_key
+from server.config import AppConfig, TenantConfig, alert_thresholds, hash_key
 from server.errors import APIError, ConfigError
 from server.serving import ServingState
 
@@ -94,8 +96,15 @@ async def _report(state: ServingState, tenant_id: str) -> dict[str, Any]:
     tenant = _tenant(state, tenant_id)
     report = await state.billing.report(tenant)
     report["budgets"] = tenant.budgets.model_dump() if tenant.budgets else None
+    report["user_budgets"] = tenant.user_budgets.model_dump() if tenant.user_budgets else None
+    report.setdefault("rate_limits", _dump(tenant.rate_limits))
+    report["alert_thresholds"] = tenant.alerts.thresholds if tenant.alerts else None
     report["models"] = tenant.models
     return report
+
+
+def _dump(model: BaseModel | None) -> dict[str, Any] | None:
+    return model.model_dump() if model is not None else None
 
 
 @router.get("/tenants")
@@ -108,6 +117,7 @@ async def list_tenants(request: Request) -> dict[str, Any]:
             "models": t.models,
             "metered": state.billing.metered(t),
             "budgets": t.budgets.model_dump() if t.budgets else None,
+            "rate_limits": _dump(t.rate_limits),
         }
         for t in state.config.tenants
     ]
@@ -126,19 +136,77 @@ async def put_budgets(tenant_id: str, budgets: Budgets, request: Request) -> dic
     """Replace the tenant's budgets on every replica, lastingly: each field wins over the file
     until the file changes that field."""
     state = require_admin(request)
+    await _put_section(state, tenant_id, "budgets", budgets.model_dump())
+    return await _report(state, tenant_id)
+
+
+async def _put_section(
+    state: ServingState, tenant_id: str, section: str, new: dict[str, Any]
+) -> None:
+    """Store every field of one section of the tenant's config as a lasting override (each
+    remembers the file's value, so a later edit of that field in the file wins again)."""
     _tenant(state, tenant_id)
     sync = await state.admin.ensure()
     file_tenant = next((t for t in state.file_config.tenants if t.id == tenant_id), None)
-    file_values = file_budget_values(file_tenant)
-    new = budgets.model_dump()
+    in_file = file_values(file_tenant, section)
     now = sync.clock()
-    changes = [Override(tenant_id, f, new[f], file_values[f], now) for f in BUDGET_FIELDS]
-    kept = [o for o in sync.snapshot.overrides if o.tenant != tenant_id]
+    changes = [
+        Override(tenant_id, override_field(section, f), new.get(f), in_file[f], now)
+        for f in SECTIONS[section]
+    ]
+    replaced = {(tenant_id, c.field) for c in changes}
+    kept = [o for o in sync.snapshot.overrides if (o.tenant, o.field) not in replaced]
     try:
         overlay(state.file_config, kept + changes)  # the whole config must stay valid
     except ConfigError as exc:
-        raise APIError(400, str(exc), param="budgets", code="invalid_budgets") from None
+        raise APIError(400, str(exc), param=section, code=f"invalid_{section}") from None
     await sync.put_overrides(changes)
+
+
+@router.put("/tenants/{tenant_id}/user_budgets")
+async def put_user_budgets(tenant_id: str, budgets: Budgets, request: Request) -> dict[str, Any]:
+    """Replace the budgets each end user (`user` field) of the tenant has, lastingly, as
+    `PUT .../budgets` does for the tenant's own."""
+    state = require_admin(request)
+    await _put_section(state, tenant_id, "user_budgets", budgets.model_dump())
+    return await _report(state, tenant_id)
+
+
+@router.put("/tenants/{tenant_id}/rate_limits")
+async def put_rate_limits(tenant_id: str, limits: RateLimits, request: Request) -> dict[str, Any]:
+    """Replace the tenant's requests and tokens per minute (`{}` removes both), lastingly."""
+    state = require_admin(request)
+    await _put_section(state, tenant_id, "rate_limits", limits.model_dump())
+    return await _report(state, tenant_id)
+
+
+class AlertThresholds(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    thresholds: list[float] = Field(min_length=1, max_length=32)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _in_range(cls, values: list[float]) -> list[float]:
+        return alert_thresholds(values)
+
+
+@router.put("/tenants/{tenant_id}/alerts")
+async def put_alert_thresholds(
+    tenant_id: str, body: AlertThresholds, request: Request
+) -> dict[str, Any]:
+    """Replace the tenant's alert thresholds, lastingly; the webhook's url and secret stay in
+    the file (a tenant without `alerts:` there gets 400)."""
+    state = require_admin(request)
+    if _tenant(state, tenant_id).alerts is None:
+        raise APIError(
+            400,
+            f"Tenant '{tenant_id}' has no alert webhook: configure alerts.url and alerts.secret "
+            "in the config file first.",
+            param="alerts",
+            code="alerts_not_configured",
+        )
+    await _put_section(state, tenant_id, "alerts", {"thresholds": body.thresholds})
     return await _report(state, tenant_id)
 
 
@@ -157,6 +225,7 @@ class CreateKey(_Body):
     expires_at: float | None = Field(default=None, gt=0)
     expires_in_s: float | None = Field(default=None, gt=0)
     budgets: Budgets | None = None
+    rate_limits: RateLimits | None = None
 
 
 class RotateKey(_Body):
@@ -168,6 +237,7 @@ class RotateKey(_Body):
     expires_at: float | None = Field(default=None, gt=0)
     expires_in_s: float | None = Field(default=None, gt=0)
     budgets: Budgets | None = None
+    rate_limits: RateLimits | None = None
 
 
 class KeyInfo(BaseModel):
@@ -180,6 +250,7 @@ class KeyInfo(BaseModel):
     revoked_at: float | None
     last_used_at: float | None
     budgets: dict[str, Any] | None
+    rate_limits: dict[str, Any] | None = None
     spend: dict[str, float] | None = Field(
         default=None, description="money and FLOPs settled with this key (spend logs' retention)"
     )
@@ -204,6 +275,7 @@ def _info(key: StoredKey, now: float) -> KeyInfo:
         revoked_at=key.revoked_at,
         last_used_at=key.last_used_at,
         budgets=key.budgets,
+        rate_limits=key.rate_limits,
     )
 
 
@@ -230,6 +302,7 @@ async def _create(
     expires_at: float | None,
     budgets: Budgets | None,
     revoke: tuple[str, float] | None = None,
+    rate_limits: RateLimits | None = None,
 ) -> KeyCreated:
     sync = await state.admin.ensure()
     now = sync.clock()
@@ -242,6 +315,7 @@ async def _create(
         created_at=now,
         expires_at=expires_at,
         budgets=budgets.model_dump(exclude_none=True) if budgets is not None else None,
+        rate_limits=_limits(rate_limits),
     )
     try:
         await sync.create_key(stored, revoke)
@@ -261,6 +335,13 @@ async def _create(
     return created
 
 
+def _limits(rate_limits: RateLimits | None) -> dict[str, Any] | None:
+    """A key's rpm/tpm as stored: only what is set; None when nothing is."""
+    if rate_limits is None or not rate_limits.any():
+        return None
+    return rate_limits.model_dump(exclude_none=True)
+
+
 def _no_key(tenant_id: str, prefix: str) -> APIError:
     return APIError(
         404, f"Tenant '{tenant_id}' has no key '{prefix}'.", param="prefix", code="key_not_found"
@@ -273,7 +354,9 @@ async def create_key(tenant_id: str, body: CreateKey, request: Request) -> KeyCr
     state = require_admin(request)
     _tenant(state, tenant_id)
     now = state.admin.clock()
-    return await _create(state, tenant_id, body.label, _expiry(body, now), body.budgets)
+    return await _create(
+        state, tenant_id, body.label, _expiry(body, now), body.budgets, None, body.rate_limits
+    )
 
 
 @router.get("/tenants/{tenant_id}/keys")
@@ -337,6 +420,9 @@ async def rotate_key(tenant_id: str, prefix: str, body: RotateKey, request: Requ
     budgets = body.budgets
     if budgets is None and old.budgets is not None:
         budgets = Budgets.model_validate(old.budgets)
+    rate_limits = body.rate_limits
+    if rate_limits is None and old.rate_limits is not None:
+        rate_limits = RateLimits.model_validate(old.rate_limits)
     return await _create(
         state,
         tenant_id,
@@ -344,7 +430,24 @@ async def rotate_key(tenant_id: str, prefix: str, body: RotateKey, request: Requ
         _expiry(body, now),
         budgets,
         revoke=(prefix, now + body.grace_s),
+        rate_limits=rate_limits,
     )
+
+
+@router.put("/tenants/{tenant_id}/keys/{prefix}/rate_limits")
+async def put_key_rate_limits(
+    tenant_id: str, prefix: str, limits: RateLimits, request: Request
+) -> KeyInfo:
+    """Replace a stored key's own requests and tokens per minute (`{}` removes them), lastingly,
+    on every replica within 2 s. (Keys in the config file take `rate_limits` there.)"""
+    state = require_admin(request)
+    _tenant(state, tenant_id)
+    sync = await state.admin.ensure()
+    try:
+        key = await sync.set_key_rate_limits(tenant_id, prefix, _limits(limits))
+    except KeyNotFound:
+        raise _no_key(tenant_id, prefix) from None
+    return _info(key, sync.clock())
 
 
 @router.post("/reload")

@@ -5,10 +5,15 @@
   request, so it can follow what the served models can hold (ServingState.body_limit).
 - `RequestMetrics`: every completion request counted by its final status, 4xx and 5xx included;
   a client that leaves before the response is complete counts as 499, as nginx logs it.
+- `DrainDeadline`: when a SIGTERM's drain time runs out, requests still in flight are cancelled
+  (their spend settles in the serving code's `finally`) and answered 503 in OpenAI's shape.
+  Left to uvicorn, the cut-off would cancel them itself and send a bare-text 500.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 
@@ -120,3 +125,75 @@ class RequestMetrics:
             tenant = state.get("tenant")
             final = status if complete else 499  # the client left before the end
             metrics.observe_request(getattr(tenant, "id", None), state.get("model"), final)
+
+
+class Drain:
+    """The drain deadline of a shutdown: set once, by the server, when SIGTERM arrives."""
+
+    def __init__(self) -> None:
+        self._expired = asyncio.Event()
+
+    def begin(self, timeout_s: float) -> None:
+        """Start the clock: in-flight requests get `timeout_s` more seconds."""
+        asyncio.get_running_loop().call_later(max(timeout_s, 0.0), self._expired.set)
+
+    @property
+    def expired(self) -> bool:
+        return self._expired.is_set()
+
+    async def wait(self) -> None:
+        await self._expired.wait()
+
+
+def shutting_down() -> APIError:
+    return APIError(
+        503,
+        "The server is shutting down and could not finish this request in its drain time; "
+        "retry it.",
+        type="server_error",
+        code="server_shutting_down",
+        headers={"Retry-After": "1"},
+    )
+
+
+class DrainDeadline:
+    """Answer requests still running at the drain deadline with 503 (module docstring)."""
+
+    def __init__(self, app: ASGIApp, drain: Drain) -> None:
+        self.app = app
+        self.drain = drain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        work = asyncio.ensure_future(self.app(scope, receive, tracked))
+        deadline = asyncio.ensure_future(self.drain.wait())
+        try:
+            await asyncio.wait((work, deadline), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # our own cancellation (a disconnect, uvicorn's cut-off)
+            await _cancel(work)
+            raise
+        finally:
+            deadline.cancel()
+        if work.done():
+            work.result()  # the app's own outcome, exceptions included
+            return
+        await _cancel(work)  # the drain ran out: the serving code settles what was spent
+        if started:  # a stream already under way: end it cleanly
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            await _send_error(send, shutting_down())
+
+
+async def _cancel(task: asyncio.Future[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task

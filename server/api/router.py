@@ -71,11 +71,11 @@ async def _complete(
     bind_user(body.user)  # spend logs and per-user budgets (server.billing.identity)
     service = CompletionService(get_state(request))
     if body.stream:
-        events = await service.stream(tenant, body)
+        events, headers = await service.stream(tenant, body)
         return StreamingResponse(
             sse.encode_stream(events),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
         )
     response, headers = await service.complete(tenant, body, lambda: client_gone(request))
     return JSONResponse(response.model_dump(mode="json"), headers=headers)

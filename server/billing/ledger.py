@@ -31,15 +31,22 @@ from controller.budget import (
     WindowUsage,
     open_store,
 )
-from controller.budget.ledger import DEFAULT_TTL_S, SpendEntry, SpendRecord
+from controller.budget.ledger import (
+    DEFAULT_TTL_S,
+    RequestUsage,
+    SpendEntry,
+    SpendRecord,
+)
+from controller.budget.models import LimitUnit, RateLimits, RequestBudget
 from controller.pacing import ComputePrice, TenantPacer, default_initial_price
 from server import metrics
 from server.billing.admission import HOLD_RETRY_S, POLL_S, SettleSignal
 from server.billing.identity import Caller, current_caller
 from server.billing.protocol import Billing, WaveHold
+from server.billing.ratelimit import go_duration, ratelimit_headers
 from server.billing.unmetered import UnmeteredBilling, unmetered_report
 from server.config import AppConfig, TenantConfig
-from server.errors import InsufficientQuota
+from server.errors import InsufficientQuota, RateLimited
 
 log = logging.getLogger("t2serve.billing")
 METRICS_INTERVAL_S = 0.25
@@ -119,6 +126,7 @@ class BudgetProvider:
             tenant.prices is not None
             or tenant.budgets is not None
             or tenant.user_budgets is not None
+            or (tenant.rate_limits is not None and tenant.rate_limits.any())
         )
 
     def pricer(self, tenant: TenantConfig, model: str) -> Pricer:
@@ -139,15 +147,16 @@ class BudgetProvider:
         return pacer
 
     def for_request(self, tenant: TenantConfig, model: str, request_id: str) -> Billing:
-        if not self.metered(tenant) and not current_caller().key_budgets:
+        caller = current_caller()
+        if not self.metered(tenant) and not caller.key_budgets and not caller.key_rate_limits:
             return UnmeteredBilling()
         return LedgerBilling(self, tenant, model, request_id)
 
-    def price(self, tenant: TenantConfig, pricer: Pricer, unit: Unit) -> ComputePrice | None:
+    def price(self, tenant: TenantConfig, pricer: Pricer, unit: LimitUnit) -> ComputePrice | None:
         """The tenant's price of compute now, from the last ledger figures this replica saw
-        (None: nothing limited, pacing off, or a cap not under pressure)."""
+        (None: nothing limited, pacing off, or a cap not under pressure, or no budget at all)."""
         usage = self._usage.get(tenant.id)
-        if not usage:
+        if not usage or unit == "tokens":
             return None
         other: Unit = "flops" if unit == "currency" else "currency"
         ratio = pricer.per_token(unit) / pricer.per_token(other) if pricer.per_token(other) else 0
@@ -159,8 +168,9 @@ class BudgetProvider:
         """Keep the ledger's latest figures for λ and `remaining`, and publish them as metrics at
         most every METRICS_INTERVAL_S per tenant (publishing costs more than a ledger call); a
         deferred publish makes sure the latest figures are shown once that interval is over.
-        Only the tenant's own windows: keys and users never become labels, nor drive λ."""
-        usage = [u for u in usage if not u.limit.scope]
+        Only the tenant's own budget windows: keys and users never become labels, nor drive λ,
+        and rate limits are no budget (no pacing, no alerts, no budget metrics)."""
+        usage = [u for u in usage if not u.limit.scope and u.limit.kind == "budget"]
         self._usage[tenant.id] = usage
         if self.on_usage is not None and tenant.alerts is not None:
             try:
@@ -209,11 +219,14 @@ class BudgetProvider:
         model = model or self.config.model_ids[0]
         pricer = self.pricer(tenant, model)
         unit = billing_unit(tenant, pricer)
-        usage = await self.ledger.usage(tenant.id, tenant.budgets)
+        rates = rate_levels(tenant, Caller())  # the tenant's own, no key's
+        usage = await self.ledger.usage(tenant.id, tenant.budgets, rates=rates)
         self.remember(tenant, usage, pricer, force=True)
         now = self.clock()
         windows = []
         for u in usage:
+            if u.limit.kind == "rate":
+                continue
             windows.append(
                 {
                     "window": u.name,
@@ -238,6 +251,27 @@ class BudgetProvider:
             "windows": windows,
             "price_of_compute": _lam(self.price(tenant, pricer, unit)),
             "pacing_mode": tenant.pacing.mode,
+            "rate_limits": await self._rate_report(tenant, rates, usage),
+        }
+
+    async def _rate_report(
+        self,
+        tenant: TenantConfig,
+        rates: list[tuple[str, RateLimits]],
+        usage: list[WindowUsage],
+    ) -> dict[str, Any] | None:
+        """The tenant's rpm/tpm and what the last 60 s used of them (requests admitted; tokens
+        settled plus held)."""
+        if not rates:
+            return None
+        limits = rates[0][1]
+        requests = await self.ledger.requests(tenant.id, rates)
+        tpm = next((u for u in usage if u.limit.kind == "rate"), None)
+        return {
+            "rpm": limits.rpm,
+            "tpm": limits.tpm,
+            "requests_last_minute": requests[0].count if requests else None,
+            "tokens_last_minute": (tpm.spent_value + tpm.reserved_value) if tpm else None,
         }
 
     async def spend_logs(
@@ -278,6 +312,19 @@ def _budget_param(scope: str, window: str | None) -> str:
     return f"{base}.{window}"
 
 
+def rate_levels(tenant: TenantConfig, caller: Caller) -> list[tuple[str, RateLimits]]:
+    """The rpm/tpm levels of a request: the tenant's (scope "") and its key's own."""
+    levels: list[tuple[str, RateLimits]] = []
+    if tenant.rate_limits is not None and tenant.rate_limits.any():
+        levels.append(("", tenant.rate_limits))
+    scope = caller.key_scope
+    if caller.key_rate_limits and scope:
+        rates = RateLimits.model_validate(caller.key_rate_limits)
+        if rates.any():
+            levels.append((scope, rates))
+    return levels
+
+
 def budget_levels(
     tenant: TenantConfig, caller: Caller
 ) -> tuple[list[tuple[str, Budgets]], dict[str, str]]:
@@ -286,10 +333,12 @@ def budget_levels(
     A user's scope is a digest of the id: any string is safe as a storage key."""
     levels: list[tuple[str, Budgets]] = []
     names: dict[str, str] = {}
+    key_scope = caller.key_scope
+    if key_scope:
+        names[key_scope] = f"key {caller.key_prefix or caller.key_id}"
     if caller.key_budgets and caller.key_prefix:
         scope = f"key:{caller.key_prefix}"
         levels.append((scope, Budgets.model_validate(caller.key_budgets)))
-        names[scope] = f"key {caller.key_prefix}"
     if tenant.user_budgets is not None and caller.user:
         scope = "user:" + hashlib.sha256(caller.user.encode()).hexdigest()[:24]
         levels.append((scope, tenant.user_budgets))
@@ -307,11 +356,17 @@ class LedgerBilling:
         self.tenant = tenant
         self.request_id = request_id
         self.pricer = provider.pricer(tenant, model)
-        self.cost_unit: Unit = billing_unit(tenant, self.pricer)
+        self.caller = current_caller()
+        self.cost_unit: LimitUnit = billing_unit(tenant, self.pricer)
+        priced = tenant.prices or tenant.budgets or tenant.user_budgets or self.caller.key_budgets
+        if not priced:  # metered only for rate limits: cost counts tokens, as when unmetered
+            self.cost_unit = "tokens"
         self.unit: str = self.cost_unit  # the protocol's name for it (metrics file spend by it)
         self.model = model
-        self.caller = current_caller()
         self.levels, self.level_names = budget_levels(tenant, self.caller)
+        self.rates = rate_levels(tenant, self.caller)
+        self.group = self.caller.request_id or request_id  # what rpm counts once
+        self.requests: list[RequestUsage] = []  # the rpm logs at this request's admission
         self.last_usage: list[WindowUsage] = []
         self.held: dict[int, Cost] = {}
         self.spent = Cost()
@@ -322,28 +377,38 @@ class LedgerBilling:
     def quote(self, prompt_tokens: int, completion_tokens: int) -> float:
         return self.pricer.cost(prompt_tokens, completion_tokens).of(self.cost_unit)
 
+    def _request_budgets(self) -> list[tuple[str, RequestBudget]]:
+        """The per-request ceilings of every level: the tenant's, its key's, its user's."""
+        out: list[tuple[str, RequestBudget]] = []
+        if self.tenant.budgets is not None and self.tenant.budgets.request is not None:
+            out.append(("", self.tenant.budgets.request))
+        out += [(scope, b.request) for scope, b in self.levels if b.request is not None]
+        return out
+
     def _request_cap(self, samples: int, fixed: Cost, per: Cost) -> int:
-        """Apply the per-request budget: hard shrinks the wave (or refuses), soft only warns."""
-        rb = self.tenant.budgets.request if self.tenant.budgets else None
-        if rb is None:
-            return samples
+        """Apply the per-request budgets of every level: hard shrinks the wave (or refuses),
+        soft only warns."""
         committed = self.spent + sum(self.held.values(), Cost())
-        left = rb.limit - committed.of(rb.unit) - fixed.of(rb.unit)
-        unit_cost = per.of(rb.unit)
-        fits = samples if unit_cost <= 0 else max(0, math.floor(left / unit_cost + 1e-9))
-        if fits >= samples:
-            return samples
-        if not rb.hard:
-            self._warn_soft("request", rb.limit)
-            return samples
-        if fits < 1:
-            raise InsufficientQuota(
-                f"Tenant '{self.tenant.id}': one more sample would exceed the per-request budget "
-                f"of {rb.limit:g} {self._unit_name(rb.unit)}.",
-                retry_after_s=None,
-                window="request",
-            )
-        return fits
+        for scope, rb in self._request_budgets():
+            left = rb.limit - committed.of(rb.unit) - fixed.of(rb.unit)
+            unit_cost = per.of(rb.unit)
+            fits = samples if unit_cost <= 0 else max(0, math.floor(left / unit_cost + 1e-9))
+            if fits >= samples:
+                continue
+            if not rb.hard:
+                self._warn_soft(f"{scope} request".strip(), rb.limit)
+                continue
+            if fits < 1:
+                level = self.level_names.get(scope, f"Tenant '{self.tenant.id}'")
+                raise InsufficientQuota(
+                    f"{level[0].upper()}{level[1:]}: one more sample would exceed the "
+                    f"per-request budget of {rb.limit:g} {self._unit_name(rb.unit)}.",
+                    retry_after_s=None,
+                    window="request",
+                    param=_budget_param(scope, "request"),
+                )
+            samples = fits
+        return samples
 
     async def reserve(self, hold: WaveHold) -> WaveHold:
         fixed = self.pricer.cost(hold.prompt_tokens, 0)
@@ -361,8 +426,12 @@ class LedgerBilling:
                 fixed,
                 per,
                 self.levels,
+                self.rates,
+                self.group if hold.wave == 0 else None,
             )
             self.last_usage = out.usage
+            if out.requests:
+                self.requests = out.requests
             self.provider.remember(self.tenant, out.usage, self.pricer)
             binding = next((u for u in out.usage if u.name == out.binding), None)
             held = binding.reserved_value if binding is not None else 0.0
@@ -371,6 +440,8 @@ class LedgerBilling:
                 break
             # refused only because other waves hold budget: wait for them (see admission.py)
             await self.provider.settles.wait(self.tenant.id, min(POLL_S, left_s))
+        if out.granted < 1 and self._rate_bound(out.binding, binding):
+            raise self._rate_limited(out.binding, binding, held, samples, fixed, per)
         if out.granted < 1:
             now = ledger.clock()
             retry = binding.reset_in(now) if binding is not None else None
@@ -412,6 +483,7 @@ class LedgerBilling:
             cost,
             entry,
             self.levels,
+            self.rates,
         )
         self.settled_waves += 1
         self.last_usage = out.usage
@@ -424,6 +496,56 @@ class LedgerBilling:
 
     def finish(self, stop_reason: str | None, status: int, samples: int) -> None:
         self.ending = (stop_reason, status, samples)
+
+    # -- rate limits -------------------------------------------------------------------------
+
+    def _rate_bound(self, name: str | None, window: WindowUsage | None) -> bool:
+        """Whether a refusal was an rpm (a request log's name) or tpm limit's, not a budget's."""
+        if window is not None:
+            return window.limit.kind == "rate"
+        return any(r.name == name for r in self.requests)
+
+    def _rate_limited(
+        self,
+        name: str | None,
+        window: WindowUsage | None,
+        held: float,
+        samples: int,
+        fixed: Cost,
+        per: Cost,
+    ) -> RateLimited:
+        """The 429 for an rpm or tpm refusal, worded and headed as OpenAI's."""
+        now = self.provider.ledger.clock()
+        headers = ratelimit_headers(self.requests, self.last_usage, now)
+        if window is None:  # rpm: the next slot frees when the oldest request slides out
+            r = next(r for r in self.requests if r.name == name)
+            scope, limit, kind, short = r.limit.scope, r.limit.limit, "requests", "RPM"
+            used, asked = r.count, 1
+            retry = r.reset_in(now)
+        else:
+            scope, limit, kind, short = window.limit.scope, int(window.limit.limit), "tokens", "TPM"
+            used = math.ceil(window.spent_value + window.reserved_value)
+            asked = math.ceil(fixed.tokens + per.tokens)
+            retry = window.reset_in(now) if window.oldest_bucket is not None else HOLD_RETRY_S
+            if held > 0:  # holds outstanding: they settle below their worst case soon
+                retry = min(retry, HOLD_RETRY_S)
+            if asked > limit:
+                retry = 60.0
+        level = self.level_names.get(scope, f"tenant '{self.tenant.id}'")
+        field = "key.rate_limits" if scope else "rate_limits"
+        return RateLimited(
+            f"Rate limit reached for {kind} per min ({short}) of {level}: Limit {limit}, "
+            f"Used {used}, Requested {asked}. Please try again in {go_duration(retry)}.",
+            kind,
+            retry_after_s=max(retry, 0.001),
+            headers=headers,
+            param=f"{field}.{short.lower()}",
+        )
+
+    def rate_limit_headers(self) -> dict[str, str]:
+        if not self.rates:
+            return {}
+        return ratelimit_headers(self.requests, self.last_usage, self.provider.ledger.clock())
 
     async def close(self) -> None:
         """Note how the request ended on its spend-log record; release holds of waves that were
@@ -468,6 +590,8 @@ class LedgerBilling:
 
     def _check_soft(self, usage: list[WindowUsage]) -> None:
         for u in usage:
+            if u.limit.kind == "rate":
+                continue
             left = u.remaining
             if u.limit.limited and not u.limit.hard and left is not None and left < 0:
                 self._warn_soft(u.name, u.limit.limit)
@@ -483,7 +607,9 @@ class LedgerBilling:
             limit,
         )
 
-    def _unit_name(self, unit: Unit) -> str:
+    def _unit_name(self, unit: LimitUnit) -> str:
+        if unit == "tokens":
+            return "tokens"
         if unit == "flops":
             return "FLOPs"
         return self.tenant.prices.currency if self.tenant.prices else "currency units"

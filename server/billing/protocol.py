@@ -87,6 +87,10 @@ class Billing(Protocol):
         converts it, pricing a sample at its worst-case `quote`), or None: no pressure."""
         ...
 
+    def rate_limit_headers(self) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers for this request's rpm/tpm ({} when none apply)."""
+        ...
+
 
 class BillingProvider(Protocol):
     """What the app holds: a `Billing` per request, and the operator's view of a tenant."""

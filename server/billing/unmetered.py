@@ -47,6 +47,9 @@ class UnmeteredBilling:
     def price_of_compute(self) -> ComputePrice | None:
         return None
 
+    def rate_limit_headers(self) -> dict[str, str]:
+        return {}
+
 
 def unmetered_report(tenant: TenantConfig) -> dict[str, Any]:
     """The admin view of a tenant nothing is billed for."""

@@ -36,9 +36,10 @@ from server.api.protocol import (
     T2Summary,
     Usage,
 )
+from server.billing.identity import bind_request
 from server.config import TenantConfig
 from server.engine.base import TokenLogprob
-from server.errors import APIError, ClientClosed, InsufficientQuota, bad_request
+from server.errors import APIError, ClientClosed, InsufficientQuota, RateLimited, bad_request
 from server.sampling import Outcome, SamplingJob
 from server.serving.events import Done, KeepAlive, StreamError, StreamEvent
 from server.serving.jobs import resolve_job
@@ -139,7 +140,9 @@ class RunGroup:
                 task.cancel()
 
     def api_error(self, exc: BaseException | None) -> APIError:
-        if isinstance(exc, InsufficientQuota):
+        if isinstance(exc, RateLimited):
+            metrics.inc_rate_limited(self.tenant.id, exc.limit)
+        elif isinstance(exc, InsufficientQuota):
             metrics.inc_budget_rejection(self.tenant.id)
         if isinstance(exc, APIError):
             return exc
@@ -165,7 +168,16 @@ class RunGroup:
         ]
         if levels:  # which budget level that tightest figure is at: tenant, key or user
             headers["x-t2-budget-level"] = str(min(levels, key=lambda x: x[0])[1])
+        headers.update(self.rate_headers())
         return headers
+
+    def rate_headers(self) -> dict[str, str]:
+        """rpm/tpm as OpenAI reports them, from the first job that has reserved a wave."""
+        for b in self.billings:
+            rate = b.rate_limit_headers()
+            if rate:
+                return rate
+        return {}
 
     def record(self, ttft_s: float | None = None) -> None:
         """The one place answered jobs reach the metrics module (statuses: see app middleware)."""
@@ -227,6 +239,13 @@ class CompletionService:
                 code="engine_not_ready",
                 headers={"Retry-After": "5"},
             )
+        if self.state.admin.blocking:  # stored keys, revocations and budgets not loaded yet
+            raise APIError(
+                503,
+                f"Admin state not loaded: {self.state.admin.failure or 'loading'}; retry shortly.",
+                code="admin_store_unavailable",
+                headers={"Retry-After": "5"},
+            )
 
     async def _group(self, tenant: TenantConfig, body: SamplingRequest) -> tuple[RunGroup, Reply]:
         """The request's jobs, run as one group. Rendering and tokenizing a large prompt run
@@ -236,6 +255,7 @@ class CompletionService:
             jobs, reply = await asyncio.to_thread(self._jobs, tenant, body)
         else:  # a thread hop costs more than rendering and tokenizing a short prompt
             jobs, reply = self._jobs(tenant, body)
+        bind_request(reply.id)  # rpm counts this HTTP request once, whatever its jobs
         return RunGroup(self.state, tenant, body.model, jobs), reply
 
     def _jobs(self, tenant: TenantConfig, body: SamplingRequest) -> tuple[list[SamplingJob], Reply]:
@@ -273,14 +293,15 @@ class CompletionService:
 
     async def stream(
         self, tenant: TenantConfig, body: SamplingRequest
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> tuple[AsyncIterator[StreamEvent], dict[str, str]]:
         """Start the jobs and wait for the first wave, so that errors before it still get their
-        own status; then return the stream of events (keep-alives while waves run)."""
+        own status; then return the stream of events (keep-alives while waves run) and the
+        headers known by then (the x-ratelimit-* ones; the x-t2-* figures end the stream)."""
         group, req = await self._group(tenant, body)
         group.start()
         await group.first_wave_or_error()
         keepalive = self.state.config.server.keepalive_interval_s
-        return _events(group, req, keepalive)
+        return _events(group, req, keepalive), group.rate_headers()
 
 
 class Reply:

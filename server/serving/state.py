@@ -64,10 +64,14 @@ class ServingState:
         return min(configured, widest * 12 * MAX_CHOICES + BODY_SLACK)
 
     def ready(self) -> bool:
-        return all(engine.ready() for engine in self.engines.values())
+        """Every engine can serve, and the admin state (if used) has been loaded."""
+        return not self.admin.blocking and all(e.ready() for e in self.engines.values())
 
     def failures(self) -> list[str]:
-        return [f for engine in self.engines.values() if (f := engine.failure()) is not None]
+        out = [f for engine in self.engines.values() if (f := engine.failure()) is not None]
+        if self.admin.blocking:
+            out.append(f"{self.admin.failure or 'admin state loading'}; retrying")
+        return out
 
     def apply(self, config: AppConfig) -> None:
         """Swap the config in: keys, tenants, budgets. The ledger backend needs a restart."""
