@@ -8,6 +8,10 @@
    replay.jsonl) through the server with fixed:1, fixed:8 and t2. Accuracy, mean samples, tokens
    (goal: t2 ≥ fixed:8 accuracy at ≤ 0.5× its tokens).
 
+3. Overhead with structured outputs on (`T2_BENCH_PARTS=overhead_json`): the same as 1, with
+   both paths decoding to the same JSON schema (`response_format` served, vLLM's structured
+   outputs on the raw engine), so the ratio is the server's cost, not the grammar's.
+
 Run: `python -m bench server` (or `make bench`). Prints a JSON summary and writes it to
 var/bench/server.json; BENCHMARKS.md records the figures.
 """
@@ -30,6 +34,7 @@ import openai
 from controller.aggregate import get_extractor, normalize_answer
 from server.app import create_app, serve_in_loop
 from server.config import parse_config
+from server.engine.base import GenerationOptions, StructuredOutput
 from server.engine.service import EngineService
 
 MODEL_DIR = Path(os.environ.get("T2_BENCH_MODEL_DIR", "models/tiny-arith"))
@@ -43,6 +48,13 @@ HELD_BACK = int(os.environ.get("T2_BENCH_QUESTIONS", "320"))
 # Live-accuracy policies, `;`-separated (t2 options themselves use commas); fixed:8 is the base.
 DEFAULT_POLICIES = "fixed:1;fixed:8;t2;t2:lam=0.01;t2:lam=0.02,first_wave=2"
 POLICIES = os.environ.get("T2_BENCH_POLICIES", DEFAULT_POLICIES).split(";")
+ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"answer": {"type": "integer", "minimum": -99, "maximum": 99}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "a", "schema": ANSWER_SCHEMA}}
 
 
 def bench_config() -> dict[str, Any]:
@@ -82,20 +94,23 @@ async def timed_run(
 
 
 def served_run(
-    base_url: str, questions: list[str], concurrency: int
+    base_url: str, questions: list[str], concurrency: int, structured: bool = False
 ) -> tuple[float, list[float], int]:
     """The served path's load, run in the client process: (wall s, latencies s, tokens)."""
     api = openai.AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0, timeout=600)
 
     def served_call(question: str, i: int) -> Callable[[], Awaitable[int]]:
         async def call() -> int:
+            extra: dict[str, Any] = {"t2": {"policy": f"fixed:{K}"}}
+            if structured:
+                extra["response_format"] = RESPONSE_FORMAT
             resp = await api.chat.completions.create(
                 model="tiny-arith",
                 messages=[{"role": "user", "content": question}],
                 max_tokens=MAX_TOKENS,
                 temperature=1.0,
                 seed=i,
-                extra_body={"t2": {"policy": f"fixed:{K}"}},
+                extra_body=extra,
             )
             return resp.usage.completion_tokens if resp.usage else 0
 
@@ -110,6 +125,7 @@ async def overhead(
     api: openai.AsyncOpenAI,
     base_url: str,
     questions: list[str],
+    structured: bool = False,
 ) -> list[dict[str, Any]]:
     """The same chat prompts both ways: rendered by the engine's template for the raw path.
 
@@ -120,6 +136,11 @@ async def overhead(
     client = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     client.submit(int).result()  # start the client process before timing anything
     prompts = [engine_api.chat_prompt([{"role": "user", "content": q}]) for q in questions]
+    options = GenerationOptions(
+        structured=StructuredOutput(json_schema=json.dumps(ANSWER_SCHEMA, sort_keys=True))
+        if structured
+        else None
+    )
     rows = []
     # Warm the prefix cache with every prompt first, so neither path profits from the other.
     warm = [
@@ -138,7 +159,13 @@ async def overhead(
         def raw_call(prompt: str, i: int, level: int = level) -> Callable[[], Awaitable[int]]:
             async def call() -> int:
                 params = engine_api.params(  # the same request both ways
-                    max_tokens=MAX_TOKENS, temperature=1.0, top_p=None, stop=[], seed=i, wave=0
+                    max_tokens=MAX_TOKENS,
+                    temperature=1.0,
+                    top_p=None,
+                    stop=[],
+                    seed=i,
+                    wave=0,
+                    options=options,
                 )
                 tokens = 0
                 ready = engine_api.tokenize(prompt)
@@ -160,7 +187,7 @@ async def overhead(
             raw_s, raw_tok = raw_s + s, raw_tok + tok
             raw_lat += lat
             s, lat, tok = await asyncio.get_running_loop().run_in_executor(
-                client, served_run, base_url, [questions[j] for j in picks], level
+                client, served_run, base_url, [questions[j] for j in picks], level, structured
             )
             srv_s, srv_tok = srv_s + s, srv_tok + tok
             srv_lat += lat
@@ -168,6 +195,7 @@ async def overhead(
         rows.append(
             {
                 "concurrency": level,
+                "structured_outputs": structured,
                 "requests": len(picks) * ROUNDS,
                 "raw_tokens_per_s": round(raw_tps, 1),
                 "server_tokens_per_s": round(srv_tps, 1),
@@ -215,9 +243,9 @@ async def live_accuracy(
                 right = normalize_answer(str(q["gold"])) == extract(
                     resp.choices[0].message.content or ""
                 )
-                usage = resp.usage
-                total = usage.total_tokens if usage else 0
-                return right, int(t2["samples"]), total, usage.completion_tokens if usage else 0
+                # what the ledger bills (usage counts the whole prompt once, as OpenAI does)
+                billed = int(t2["billed_prompt_tokens"]) + int(t2["billed_completion_tokens"])
+                return right, int(t2["samples"]), billed, int(t2["billed_completion_tokens"])
 
             return call
 
@@ -260,6 +288,8 @@ async def run() -> dict[str, Any]:
             )  # warm-up
             parts = os.environ.get("T2_BENCH_PARTS", "overhead,accuracy").split(",")
             over = await overhead(engine_api, api, live.v1, prompts) if "overhead" in parts else []
+            if "overhead_json" in parts:
+                over += await overhead(engine_api, api, live.v1, prompts, structured=True)
             live_rows = await live_accuracy(api, questions) if "accuracy" in parts else []
     finally:
         await engine_api.shutdown()

@@ -224,6 +224,10 @@ class TenantConfig(_Strict):
     policy: str | None = None
     aggregator: str | None = None
     extractor: str | None = None
+    json_field: str | None = Field(
+        default=None,
+        description="with a JSON-schema response_format, vote over this (dotted) field",
+    )
     max_samples: int | None = Field(default=None, ge=1, le=1024)
     max_cost: float | None = Field(default=None, gt=0)
     deadline_ms: int | None = Field(default=None, ge=1)

@@ -50,6 +50,7 @@ class ScriptedEngine:
     token_s: float = 0.0
     context: int = 512
     request_seed: bool = False
+    structured_outputs: bool = False  # it cannot constrain its scripts, but may claim to
     calls: list[Call] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     dead: bool = False
@@ -63,7 +64,11 @@ class ScriptedEngine:
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(request_seed=self.request_seed, undelivered_usage=True)
+        return Capabilities(
+            request_seed=self.request_seed,
+            undelivered_usage=True,
+            structured_outputs=self.structured_outputs,
+        )
 
     @property
     def max_model_len(self) -> int:
@@ -109,6 +114,10 @@ class ScriptedEngine:
     @property
     def max_token_chars(self) -> int:
         return 1  # one character, one token
+
+    @property
+    def vocab_size(self) -> int:
+        return 0x110000  # token ids are code points
 
     def tokenize(self, prompt: str) -> Prompt:
         return Prompt(prompt, tuple(ord(c) for c in prompt))

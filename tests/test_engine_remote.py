@@ -8,6 +8,7 @@ typed errors; plus least-outstanding balancing and retry past a dead replica.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -30,6 +32,7 @@ from server.engine import (
     UpstreamError,
     start_engine,
 )
+from server.engine.base import StructuredOutput
 from server.engine.remote import RemoteEngine
 from tests.fixtures.engine import MODEL_DIR, engine_available
 from tests.support import need
@@ -228,3 +231,36 @@ async def test_unreachable_upstreams_are_a_typed_error() -> None:
     with pytest.raises(UpstreamError) as err:
         await start_engine(cfg)
     assert err.value.http_status == 502
+
+
+async def test_remote_passes_the_sampling_fields_through(remote: RemoteEngine) -> None:
+    """The same effects as on the in-process engine: the fields reach the upstream."""
+    prompt = fresh_prompt(remote)
+    greedy = SamplingParams(temperature=0.0, max_tokens=40)
+    [base] = await draw(remote, prompt, 1, greedy)
+    seven = remote.tokenize("7").token_ids[0]
+    [forced] = await draw(remote, prompt, 1, replace(greedy, logit_bias=((seven, 100.0),)))
+    assert forced.text == "7" * 40 != base.text
+    [full] = await draw(remote, prompt, 1, replace(greedy, ignore_eos=True))
+    assert full.completion_tokens == 40
+    [longer] = await draw(remote, prompt, 1, replace(greedy, min_tokens=base.completion_tokens + 3))
+    assert longer.completion_tokens >= base.completion_tokens + 3
+    semi = remote.tokenize(";").token_ids[0]
+    [cut] = await draw(remote, prompt, 1, replace(greedy, stop_token_ids=(semi,)))
+    assert cut.completion_tokens < base.completion_tokens
+    [lp] = await draw(remote, prompt, 1, replace(greedy, top_logprobs=2))
+    assert lp.logprobs is not None and all(len(t.top) == 2 for t in lp.logprobs)
+    assert "".join(t.token for t in lp.logprobs).startswith(lp.text)
+
+
+async def test_remote_structured_outputs(remote: RemoteEngine) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer", "minimum": -99, "maximum": 99}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    spec = StructuredOutput(json_schema=json.dumps(schema))
+    params = SamplingParams(temperature=1.0, max_tokens=80, seed=5, structured=spec)
+    for s in await draw(remote, fresh_prompt(remote), 3, params):
+        assert isinstance(json.loads(s.text)["answer"], int), s.text

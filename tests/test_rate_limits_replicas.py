@@ -25,6 +25,7 @@ from server.app import create_app, serve_in_loop
 from server.config import hash_key, parse_config
 from tests.fakes import ScriptedEngine, cycle
 from tests.fixtures.prometheus import free_port
+from tests.support import billed
 from tests.test_admin_kill9 import kill9, start
 
 ADMIN = {"Authorization": "Bearer rate-replicas-admin"}
@@ -112,7 +113,7 @@ async def test_two_replicas_on_one_redis_hold_rpm_and_tpm(redis_url: str) -> Non
         assert kinds["requests"] == 134 - TENANT_RPM
         # tpm: what the wordy tenant was served stays within its tokens per minute
         served = sum(
-            r.json()["usage"]["total_tokens"]
+            billed(r.json())
             for who, r in results
             if who == "wordy" and r.status_code == 200
         )

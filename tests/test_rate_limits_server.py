@@ -27,7 +27,7 @@ from server.app import create_app
 from server.config import hash_key, load_config, parse_config
 from tests.fakes import ScriptedEngine, cycle
 from tests.fixtures.redis import _free_port
-from tests.support import need
+from tests.support import billed, need
 
 ADMIN_KEY = "rate-admin"
 TENANT_KEY = "rate-acme"
@@ -144,16 +144,16 @@ async def test_tpm_shrinks_then_refuses_and_is_trued_up_to_the_tokens_used(
         first = await complete(c, AUTH, max_tokens=600)  # two samples' worst case > 1000
         assert first.status_code == 200, first.text
         assert first.json()["t2"]["samples"] == 1
-        used = first.json()["usage"]["total_tokens"]
+        used = billed(first.json())
         assert first.json()["t2"]["cost"] == used  # no prices: cost counts tokens, as unmetered
         assert first.headers["x-ratelimit-limit-tokens"] == "1000"
         assert "x-ratelimit-limit-requests" not in first.headers  # no rpm configured
         second = await complete(c, AUTH, max_tokens=300)
         assert second.status_code == 200
-        used += second.json()["usage"]["total_tokens"]
+        used += billed(second.json())
         third = await complete(c, AUTH, max_tokens=1)  # settled at what was used, not held
         assert int(third.headers["x-ratelimit-remaining-tokens"]) == 1000 - used - (
-            third.json()["usage"]["total_tokens"]
+            billed(third.json())
         )
         too_big = await complete(c, AUTH, max_tokens=2000)
         assert too_big.status_code == 429

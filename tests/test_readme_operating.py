@@ -104,7 +104,7 @@ async def test_the_operating_examples_run_verbatim(
     assert users["user_budgets"]["day"]["limit"] == 0.5
     assert key_rates["rate_limits"] == {"rpm": 20}
     assert int(headers["x-ratelimit-remaining-tokens"]) == 20000 - (
-        completion["usage"]["total_tokens"]
+        completion["t2"]["billed_prompt_tokens"] + completion["t2"]["billed_completion_tokens"]
     )
     assert budgets["windows"][0]["limit"] == 2.0
     assert completion["t2"]["samples"] == 2 and completion["choices"][0]["message"]["content"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import httpx
@@ -10,6 +11,7 @@ import openai
 import pytest
 
 from controller.aggregate import get_extractor
+from server.engine import SampleEngine
 from tests.fixtures.server import DEMO_KEY, MODEL, LiveServer, vllm_counter
 
 pytestmark = pytest.mark.engine
@@ -80,17 +82,22 @@ async def test_streaming_parses_with_official_client(live_server: LiveServer) ->
         "extra_body": {"t2": {"policy": "fixed:4"}},
     }
     whole = await client(live_server).chat.completions.create(**request)
-    stream = await client(live_server).chat.completions.create(stream=True, **request)
-    text, finish, final = "", None, None
+    stream = await client(live_server).chat.completions.create(
+        stream=True, stream_options={"include_usage": True}, **request
+    )
+    text, finish, final, used = "", None, None, None
     async for chunk in stream:
         if chunk.choices:
             text += chunk.choices[0].delta.content or ""
             finish = chunk.choices[0].finish_reason or finish
+        elif chunk.usage is not None:  # OpenAI's usage chunk, last
+            used = chunk.usage
         else:
             final = chunk
-    assert finish in {"stop", "length"} and final is not None and final.usage is not None
+    assert finish in {"stop", "length"} and final is not None and used is not None
     t2 = final.model_extra["t2"]
-    assert t2["samples"] == 4 and final.usage.completion_tokens >= 4
+    assert t2["samples"] == 4 and used.completion_tokens >= 4
+    assert whole.usage is not None and used == whole.usage
     assert whole.model_extra is not None
     assert t2["votes"] == whole.model_extra["t2"]["votes"]  # the same four samples
     assert text == whole.choices[0].message.content
@@ -118,12 +125,14 @@ async def test_the_content_is_a_sample_the_vote_chose(live_server: LiveServer) -
 
 async def test_stream_sends_keepalives_then_done(fixed_length_server: LiveServer) -> None:
     """A wave of 96-token samples (EOS ignored) outlasts the 0.1 s keep-alive interval: the
-    stream must send keep-alive comments before any data, then the answer, then [DONE]."""
+    stream must send the role chunk at once, keep-alives (empty deltas) while the wave runs,
+    then the answer, then [DONE]."""
     body = {
         "model": MODEL,
         "prompt": TEXT_PROMPT,
         "max_tokens": 96,
         "stream": True,
+        "stream_options": {"include_usage": True},
         "t2": {"policy": "fixed:8"},
     }
     lines: list[str] = []
@@ -142,12 +151,13 @@ async def test_stream_sends_keepalives_then_done(fixed_length_server: LiveServer
         async for line in resp.aiter_lines():
             if line:
                 lines.append(line)
-    first_data = next(i for i, ln in enumerate(lines) if ln.startswith("data: "))
-    assert first_data > 0, lines[:3]  # something came before the answer ...
-    assert all(ln.startswith(": keep-alive") for ln in lines[:first_data])  # ... keep-alives
-    data = [ln for ln in lines if ln.startswith("data: ")]
+    assert all(ln.startswith("data: ") for ln in lines), lines[:3]  # no SSE comments
+    progress = [i for i, ln in enumerate(lines) if '"t2_progress"' in ln]
+    assert progress and progress[0] == 1, lines[:3]  # the opening chunk, then keep-alives
+    data = lines
     assert data[-1] == "data: [DONE]"
-    assert '"usage"' in data[-2] and '"t2"' in data[-2]
+    assert '"t2"' in data[-3] and '"usage"' not in data[-3]
+    assert '"usage"' in data[-2]
     assert '"completion_tokens":768' in data[-2].replace(" ", "")  # 8 × 96: EOS was ignored
 
 
@@ -169,6 +179,30 @@ async def test_fixed_policy_draws_exactly_k_and_t2_stops_early(live_server: Live
     assert t2["predicted_accuracy"] is not None
 
 
+async def test_usage_counts_the_whole_prompt_and_cached_tokens(
+    live_server: LiveServer, engine: SampleEngine
+) -> None:
+    """The same prompt twice: the second finds it in the prefix cache, yet both report the
+    whole prompt as `prompt_tokens` (as vLLM does); the hits are `cached_tokens`."""
+    prompt = f"<|system|>Run {uuid.uuid4().hex}. Work it out step by step.<|user|>Q: 2+3-4=?"
+    prompt += "<|assistant|>"
+    size = engine.count_tokens(prompt)
+    assert size > 64  # two full 32-token KV blocks can be cached
+    seen = []
+    for _ in range(2):
+        r = await client(live_server).completions.create(
+            model=MODEL, prompt=prompt, max_tokens=4, extra_body={"t2": {"policy": "fixed:1"}}
+        )
+        assert r.usage is not None and r.usage.prompt_tokens_details is not None
+        assert r.model_extra is not None
+        cached = r.usage.prompt_tokens_details.cached_tokens or 0
+        seen.append((r.usage.prompt_tokens, cached, r.model_extra["t2"]["billed_prompt_tokens"]))
+    (first, cached1, billed1), (second, cached2, billed2) = seen
+    assert first == second == size
+    assert cached1 == 0 and billed1 == size
+    assert cached2 >= 64 and billed2 == size - cached2
+
+
 async def test_usage_equals_engine_reported_tokens(live_server: LiveServer) -> None:
     recorder = live_server.billing_recorder
     recorder.calls.clear()
@@ -178,12 +212,19 @@ async def test_usage_equals_engine_reported_tokens(live_server: LiveServer) -> N
     )
     assert resp.usage is not None
     settled = recorder.calls
-    assert sum(c["prompt_tokens"] for c in settled) == resp.usage.prompt_tokens
+    assert resp.model_extra is not None
+    t2 = resp.model_extra["t2"]
+    # usage as OpenAI and vLLM report it: the whole prompt once, its cache hits as cached
+    details = resp.usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens is not None
+    assert 0 <= details.cached_tokens < resp.usage.prompt_tokens
+    # billing charges only what the engine computed, and says so in t2
+    assert sum(c["prompt_tokens"] for c in settled) == t2["billed_prompt_tokens"]
+    assert t2["billed_prompt_tokens"] == resp.usage.prompt_tokens - details.cached_tokens
     assert sum(c["completion_tokens"] for c in settled) == resp.usage.completion_tokens
+    assert t2["billed_completion_tokens"] == resp.usage.completion_tokens
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
-    assert resp.model_extra and resp.model_extra["t2"]["cost"] == pytest.approx(
-        resp.usage.total_tokens
-    )
+    assert t2["cost"] == pytest.approx(t2["billed_prompt_tokens"] + resp.usage.completion_tokens)
     # and vLLM's own counter of generated tokens moved by exactly usage.completion_tokens
     for _ in range(50):
         generated = vllm_counter("vllm:generation_tokens_total") - generated_before

@@ -67,25 +67,34 @@ async def test_a_stream_keeps_alive_then_sends_exactly_the_chosen_text(
     lines: list[str] = []
     async with (
         httpx.AsyncClient(base_url=v1, headers=AUTH, timeout=30) as http,
-        http.stream("POST", "/chat/completions", json=chat(stream=True)) as resp,
+        http.stream(
+            "POST",
+            "/chat/completions",
+            json=chat(stream=True, stream_options={"include_usage": True}),
+        ) as resp,
     ):
         assert resp.status_code == 200
         async for line in resp.aiter_lines():
             if line:
                 lines.append(line)
-    first_data = next(i for i, line in enumerate(lines) if line.startswith("data:"))
-    assert first_data > 0 and all(ln.startswith(": keep-alive") for ln in lines[:first_data])
+    assert all(line.startswith("data: ") for line in lines)  # no comments: see server/api/sse
     assert lines[-1] == "data: [DONE]"
-    chunks = [json.loads(line[6:]) for line in lines[first_data:-1]]
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}  # at once
+    keepalives = [c for c in chunks if "t2_progress" in c]
+    assert len(keepalives) >= 2 and chunks[1] in keepalives
+    assert all(c["choices"][0]["delta"] == {"content": ""} for c in keepalives)
     streamed = "".join(
         c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]
     )
-    final = chunks[-1]
-    assert final["choices"] == [] and final["t2"]["answer"] == "6"
+    summary, final = chunks[-2], chunks[-1]
+    assert summary["choices"] == [] and summary["t2"]["answer"] == "6"
+    assert "usage" not in summary
     assert streamed.endswith("A: 6") and streamed in {SCRIPT(i) for i in range(4)}
+    assert final == {k: final[k] for k in ("id", "object", "created", "model", "choices", "usage")}
+    assert final["choices"] == []
     assert final["usage"]["completion_tokens"] == sum(len(SCRIPT(i)) for i in range(8))
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-3]["choices"][0]["finish_reason"] == "stop"
 
 
 async def _leave_mid_wave(v1: str, engine: ScriptedEngine, stream: bool) -> None:

@@ -58,6 +58,8 @@ def validation_error(exc: RequestValidationError) -> APIError:
             code="missing_required_parameter",
         )
     msg = str(first.get("msg", "Invalid value"))
+    if kind == "unsupported_parameter":
+        return bad_request(f"{msg}.", param=param, code="unsupported_parameter")
     where = f"'{param}'" if param else "the request body"
     return bad_request(f"Invalid value for {where}: {msg}.", param=param, code="invalid_value")
 

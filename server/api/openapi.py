@@ -44,8 +44,9 @@ ADMIN_ERRORS = (400, 401, 403, 404, 405, 413, 500)
 SSE_EVENT = {
     "type": "object",
     "description": "One event of a stream (`stream: true`): `data` is a JSON chunk "
-    "(chat.completion.chunk or text_completion; the last one carries usage and t2), an error "
-    "body, or [DONE]. Comments (`: keep-alive`) come while waves run.",
+    "(chat.completion.chunk or text_completion; the role chunk at once, empty deltas with "
+    "`t2_progress` while waves run, then the text, a chunk with t2, and with "
+    "stream_options.include_usage a last one with usage), an error body, or [DONE].",
     "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
     "required": ["data"],
 }

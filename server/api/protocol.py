@@ -9,6 +9,11 @@ which JSON can carry but UTF-8 cannot, is refused naming its field). Unknown top
 are ignored, as OpenAI's clients send newer options freely; unknown `t2` fields are refused,
 since a typo there silently changes what the tenant pays for.
 
+Honest fields: every field OpenAI or vLLM documents is declared here, as supported (it reaches
+the engine), refused (it would change what is generated and we cannot do it: 400
+`unsupported_parameter` naming it, see `REFUSED_FIELDS`) or ignored (it does not change
+generation: `IGNORED_FIELDS`). The README's request-field table lists the same three sets.
+
 Responses are built from these models by the serving layer and serialised as they are, so the
 non-streamed body and the streamed chunks cannot drift apart.
 """
@@ -24,8 +29,10 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    field_validator,
     model_serializer,
 )
+from pydantic_core import PydanticCustomError
 
 from controller.aggregate.extract import CHAIN_PATTERN
 from controller.aggregate.vote import METHODS
@@ -34,6 +41,9 @@ from controller.policy.factory import SPEC_PATTERN
 MAX_CHOICES = 8
 MAX_STOP_SEQUENCES = 4
 MAX_SAMPLES = 1024
+MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 1024
+MAX_STOP_TOKEN_IDS = 64
 STRICT = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
 
@@ -68,6 +78,12 @@ NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(valid_unicode)
 PolicySpec = Annotated[str, Field(pattern=SPEC_PATTERN), AfterValidator(valid_unicode)]
 ExtractorChain = Annotated[str, Field(pattern=CHAIN_PATTERN), AfterValidator(valid_unicode)]
 UserId = Annotated[str, Field(max_length=256), AfterValidator(valid_unicode)]
+JsonFieldPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,7}$")]
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1), Integral]
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), Integral]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+Bias = Annotated[float, Field(ge=-100, le=100)]
+TokenKey = Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]
 
 
 class T2Options(BaseModel):
@@ -87,6 +103,10 @@ class T2Options(BaseModel):
     )
     aggregator: Literal[METHODS] | None = None  # type: ignore[valid-type]
     extractor: ExtractorChain | None = None
+    json_field: JsonFieldPath | None = Field(
+        default=None,
+        description="with response_format json_schema: vote over this (dotted) field",
+    )
     deadline_ms: Millis | None = Field(
         default=None, description="stop drawing waves after this"
     )
@@ -123,10 +143,116 @@ class StreamOptions(BaseModel):
 Stop = NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=MAX_STOP_SEQUENCES)] | None
 
 
+class JsonSchemaSpec(BaseModel):
+    """`response_format.json_schema`: OpenAI's shape (`schema` is the JSON Schema itself)."""
+
+    model_config = ConfigDict(
+        extra="ignore", strict=True, allow_inf_nan=False, populate_by_name=True
+    )
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: Text | None = None
+    json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """`{"type": "text" | "json_object" | "json_schema", "json_schema": {...}}`."""
+
+    model_config = STRICT
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
+# Fields that would change what is generated and that t2serve does not do: refused with 400
+# `unsupported_parameter` naming the field, unless sent with the value that means "off".
+# Why each is refused is in the README's request-field table.
+REFUSED_FIELDS: dict[str, tuple[Any, ...]] = {
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "web_search_options": (None,),
+    "reasoning_effort": (None,),
+    "use_beam_search": (None, False),
+    "length_penalty": (None, 1, 1.0),
+    "allowed_token_ids": (None,),
+    "bad_words": (None, []),
+    "prompt_logprobs": (None,),
+    "logprob_token_ids": (None,),
+    "include_stop_str_in_output": (None, False),
+    "skip_special_tokens": (None, True),
+    "spaces_between_special_tokens": (None, True),
+    "truncate_prompt_tokens": (None,),
+    "structured_outputs": (None,),
+    "guided_json": (None,),
+    "guided_regex": (None,),
+    "guided_choice": (None,),
+    "guided_grammar": (None,),
+    "chat_template": (None,),
+    "chat_template_kwargs": (None,),
+    "add_generation_prompt": (None, True),
+    "continue_final_message": (None, False),
+    "documents": (None,),
+    "return_tokens_as_token_ids": (None, False),
+    "thinking_token_budget": (None,),
+    "repetition_detection": (None,),
+    "vllm_xargs": (None,),
+    "kv_transfer_params": (None,),
+    "mm_processor_kwargs": (None,),
+    "suffix": (None, ""),
+    "best_of": (None, 1),
+    "add_special_tokens": (None,),
+}
+# Fields that do not change what is generated: accepted and ignored (documented).
+IGNORED_FIELDS = (
+    "metadata",
+    "store",
+    "service_tier",
+    "parallel_tool_calls",
+    "request_id",
+    "session_id",
+    "cache_salt",
+    "priority",
+    "include_reasoning",
+    "return_token_ids",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "prompt_cache_options",
+    "safety_identifier",
+    "verbosity",
+)
+
+
+def _off_values_schema(schema: dict[str, Any]) -> None:
+    """The OpenAPI document states what a refused field accepts: only its "off" values."""
+    props = schema.get("properties", {})
+    for name, offs in REFUSED_FIELDS.items():
+        if name in props:
+            props[name] = {
+                "anyOf": [{"type": "null"} if v is None else {"const": v} for v in offs],
+                "description": "not supported by t2serve: 400 unsupported_parameter unless off",
+            }
+
+
+def _unsupported(name: str, value: Any) -> Any:
+    if any(value == off and type(value) is type(off) for off in REFUSED_FIELDS[name]):
+        return value
+    raise PydanticCustomError(
+        "unsupported_parameter",
+        "'{name}' is not supported by t2serve (see the README's request-field table)",
+        {"name": name},
+    )
+
+
 class SamplingRequest(BaseModel):
     """Fields shared by chat and text completions."""
 
-    model_config = STRICT
+    model_config = ConfigDict(
+        extra="ignore", strict=True, allow_inf_nan=False, json_schema_extra=_off_values_schema
+    )
 
     model: Text = Field(min_length=1, max_length=256)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -141,6 +267,80 @@ class SamplingRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: UserId | None = None
     t2: T2Options | None = None
+    # passed through to the engine for every sample of every wave (vLLM's sampling params)
+    top_k: Annotated[int, Field(ge=-1, le=2**31 - 1), Integral] | None = None
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=100)
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    min_tokens: Annotated[int, Field(ge=0, le=2**31 - 1), Integral] | None = None
+    logit_bias: Annotated[dict[TokenKey, Bias], Field(max_length=MAX_LOGIT_BIAS)] | None = None
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
+    ignore_eos: bool | None = None
+    response_format: ResponseFormat | None = None
+    # documented fields t2serve refuses or ignores; declared so the schema names them
+    tools: Any = Field(default=None, description="refused: 400 unsupported_parameter")
+    tool_choice: Any = Field(default=None, description="refused unless 'none'")
+    functions: Any = Field(default=None, description="refused: 400 unsupported_parameter")
+    function_call: Any = Field(default=None, description="refused unless 'none'")
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    reasoning_effort: Any = None
+    use_beam_search: Any = None
+    length_penalty: Any = None
+    allowed_token_ids: Any = None
+    bad_words: Any = None
+    prompt_logprobs: Any = None
+    logprob_token_ids: Any = None
+    include_stop_str_in_output: Any = None
+    skip_special_tokens: Any = None
+    spaces_between_special_tokens: Any = None
+    truncate_prompt_tokens: Any = None
+    structured_outputs: Any = Field(default=None, description="refused: use response_format")
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+    chat_template: Any = None
+    chat_template_kwargs: Any = None
+    add_generation_prompt: Any = None
+    continue_final_message: Any = None
+    documents: Any = None
+    return_tokens_as_token_ids: Any = None
+    thinking_token_budget: Any = None
+    repetition_detection: Any = None
+    vllm_xargs: Any = None
+    kv_transfer_params: Any = None
+    mm_processor_kwargs: Any = None
+    suffix: Any = None
+    best_of: Any = None
+    add_special_tokens: Any = None
+    metadata: Any = Field(default=None, description="accepted and ignored")
+    store: Any = Field(default=None, description="accepted and ignored")
+    service_tier: Any = Field(default=None, description="accepted and ignored")
+    parallel_tool_calls: Any = Field(default=None, description="accepted and ignored")
+    request_id: Any = Field(default=None, description="accepted and ignored")
+    session_id: Any = Field(default=None, description="accepted and ignored")
+    cache_salt: Any = Field(default=None, description="accepted and ignored")
+    priority: Any = Field(default=None, description="accepted and ignored")
+    include_reasoning: Any = Field(default=None, description="accepted and ignored")
+    return_token_ids: Any = Field(default=None, description="accepted and ignored")
+    prompt_cache_key: Any = Field(default=None, description="accepted and ignored")
+    prompt_cache_retention: Any = Field(default=None, description="accepted and ignored")
+    prompt_cache_options: Any = Field(default=None, description="accepted and ignored")
+    safety_identifier: Any = Field(default=None, description="accepted and ignored")
+    verbosity: Any = Field(default=None, description="accepted and ignored")
+
+    @field_validator(*REFUSED_FIELDS, mode="before")
+    @classmethod
+    def _refuse(cls, value: Any, info: Any) -> Any:
+        return _unsupported(str(info.field_name), value)
+
+    def top_logprobs_asked(self) -> int | None:
+        """How many alternatives per token the returned sample's logprobs carry (None: none)."""
+        return None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -154,6 +354,22 @@ class SamplingRequest(BaseModel):
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: PositiveInt | None = None
+    logprobs: bool | None = None
+    top_logprobs: TopLogprobs | None = None
+    echo: Any = Field(default=None, description="refused (vLLM's chat echo) unless false")
+
+    @field_validator("echo", mode="before")
+    @classmethod
+    def _refuse_chat_echo(cls, value: Any) -> Any:
+        if value is None or value is False:
+            return value
+        raise PydanticCustomError(
+            "unsupported_parameter",
+            "'echo' is not supported on chat completions (see the README's request-field table)",
+        )
+
+    def top_logprobs_asked(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -164,6 +380,10 @@ class CompletionRequest(SamplingRequest):
         list[NonEmptyText], Field(min_length=1, max_length=MAX_CHOICES)
     ]
     echo: bool = False
+    logprobs: TopLogprobs | None = None
+
+    def top_logprobs_asked(self) -> int | None:
+        return self.logprobs
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
@@ -218,6 +438,10 @@ class T2Summary(BaseModel):
     verifier: str | None = None
     verifier_tokens: int = 0
     verifier_cost: float = 0.0
+    billed_prompt_tokens: int = Field(
+        default=0, description="prompt tokens the engine computed, every wave: what was billed"
+    )
+    billed_completion_tokens: int = Field(default=0, description="completion tokens billed")
     choices: list[T2Summary] | None = None
     route: RouteSummary | None = None
 
@@ -230,14 +454,48 @@ class T2Summary(BaseModel):
         return data
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
 class Usage(BaseModel):
-    """OpenAI's usage; `verifier_tokens` (tokens a reward model or judge read and wrote for
-    this answer, billed like generation) is ours and is not in `total_tokens`."""
+    """OpenAI's convention: `prompt_tokens` is the whole prompt (once per answer, as vLLM
+    reports it), its prefix-cache hits in `prompt_tokens_details.cached_tokens`; completion
+    tokens are every internal sample's. What billing charged is in `t2.billed_*_tokens`.
+    `verifier_tokens` (tokens a reward model or judge read and wrote for this answer, billed
+    like generation) is ours and is not in `total_tokens`."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     verifier_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobEntry(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """Chat's `choices[].logprobs`: the returned sample's tokens (OpenAI's shape)."""
+
+    content: list[TokenLogprobEntry] | None
+    refusal: list[TokenLogprobEntry] | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """Text completions' `choices[].logprobs` (OpenAI's legacy shape)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
 
 
 class AssistantMessage(BaseModel):
@@ -249,7 +507,7 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -266,7 +524,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):
@@ -296,20 +554,21 @@ class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class CompletionChunkChoice(BaseModel):
     index: int
     text: str
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class StreamChunk(BaseModel):
     """One `data:` event of a stream: `chat.completion.chunk` or `text_completion`. The last
-    one has no choices and carries `usage`, `t2` and `t2_headers` (a stream cannot set the
-    x-t2-* headers at its end, so it repeats them here)."""
+    ones have no choices: the `t2` summary with `t2_headers` (a stream cannot set the x-t2-*
+    headers at its end, so it repeats them here), then, with `stream_options.include_usage`,
+    OpenAI's usage chunk. A keep-alive is an empty delta carrying `t2_progress`."""
 
     id: str
     object: Literal["chat.completion.chunk", "text_completion"]
@@ -319,11 +578,12 @@ class StreamChunk(BaseModel):
     usage: Usage | None = None
     t2: T2Summary | None = None
     t2_headers: dict[str, str] | None = None
+    t2_progress: str | None = None
 
     @model_serializer(mode="wrap")
     def _final_fields_only_at_the_end(self, handler: SerializerFunctionWrapHandler) -> Any:
         data: dict[str, Any] = handler(self)
-        for key in ("usage", "t2", "t2_headers"):
+        for key in ("usage", "t2", "t2_headers", "t2_progress"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data

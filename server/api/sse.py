@@ -1,8 +1,10 @@
 """Server-sent events, encoded: pure functions from the serving layer's stream events to bytes.
 
-A `StreamChunk` becomes `data: {json}`; a `KeepAlive` becomes an SSE comment (`: …`), which
-parsers ignore and proxies count as traffic while waves run; an error becomes OpenAI's error
-body as a `data:` event; the end is `data: [DONE]`.
+A `StreamChunk` becomes `data: {json}`; a `KeepAlive` becomes its empty-delta chunk, a `data:`
+event like any other (proxies count it as traffic while waves run). Not an SSE comment: clients
+that strip a network read's trailing blank line (vllm.benchmarks.serve does) glue a comment that
+arrives alone onto the next event and drop both. An error becomes OpenAI's error body as a
+`data:` event; the end is `data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -20,15 +22,11 @@ def data(payload: dict[str, Any] | str) -> bytes:
     return f"data: {body}\n\n".encode()
 
 
-def comment(text: str) -> bytes:
-    return f": {text}\n\n".encode()
-
-
 def encode(event: StreamEvent) -> bytes:
     if isinstance(event, StreamChunk):
         return data(event.model_dump(mode="json"))
     if isinstance(event, KeepAlive):
-        return comment(f"keep-alive {event.note}")
+        return data(event.chunk.model_dump(mode="json"))
     if isinstance(event, StreamError):
         return data(event.error.body())
     if isinstance(event, Done):

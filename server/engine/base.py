@@ -24,7 +24,53 @@ class SamplingParams:
     max_tokens: int = 32
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    ignore_eos: bool = False  # benchmarks and abort tests: fixed-length samples
+    ignore_eos: bool = False  # also benchmarks and abort tests: fixed-length samples
+    top_k: int = 0  # 0 (or -1): off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    min_tokens: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    top_logprobs: int | None = None  # None: no per-token logprobs; k: the sampled token's + top k
+    structured: StructuredOutput | None = None
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """Constrained decoding: any JSON object (`json_object`) or one matching `json_schema`
+    (a JSON Schema, serialised, so the params stay hashable and comparable)."""
+
+    json_object: bool = False
+    json_schema: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """The request's sampling fields beyond temperature/top_p/max_tokens/stop/seed, carried by
+    the job unchanged to every sample of every wave (`EngineService.params` applies them)."""
+
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    min_tokens: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    top_logprobs: int | None = None
+    structured: StructuredOutput | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log-probability and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -46,10 +92,12 @@ class Capabilities:
 
     request_seed: a per-request `SamplingParams.seed` is honoured and reproducible.
     undelivered_usage: `request_usage` reports the tokens of samples aborted part-way.
+    structured_outputs: `SamplingParams.structured` (JSON output) is enforced while decoding.
     """
 
     request_seed: bool = False
     undelivered_usage: bool = False
+    structured_outputs: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +118,7 @@ class Sample:
     cached_prompt_tokens: int = 0
     cumulative_logprob: float | None = None
     request_id: str = ""
+    logprobs: tuple[TokenLogprob, ...] | None = None  # only when `top_logprobs` was asked
 
     @property
     def prompt_tokens_computed(self) -> int:
@@ -159,6 +208,11 @@ class SampleEngine(Protocol):
         ...
 
     def count_tokens(self, prompt: str) -> int: ...
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids are below this (logit_bias and stop_token_ids are checked against it)."""
+        ...
 
     @property
     def max_token_chars(self) -> int:

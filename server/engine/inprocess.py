@@ -22,6 +22,8 @@ from server.engine.base import (
     RequestUsage,
     Sample,
     SamplingParams,
+    StructuredOutput,
+    TokenLogprob,
 )
 from server.engine.config import EngineConfig
 from server.engine.params import PromptingMixin, validate_params
@@ -131,6 +133,7 @@ class InProcessEngine(PromptingMixin):
         self._capabilities = Capabilities(
             request_seed=not (chunked and current_platform.is_cpu()),
             undelivered_usage=True,
+            structured_outputs=True,
         )
         self._sink = sink
         self._tokenizer = llm.get_tokenizer()
@@ -211,7 +214,17 @@ class InProcessEngine(PromptingMixin):
                 stop=list(params.stop) or None,
                 seed=params.seed,
                 ignore_eos=params.ignore_eos,
-                logprobs=0,  # the sampled token's logprob only: gives cumulative_logprob
+                # the sampled token's logprob at least: gives cumulative_logprob
+                logprobs=params.top_logprobs or 0,
+                top_k=params.top_k,
+                min_p=params.min_p,
+                repetition_penalty=params.repetition_penalty,
+                presence_penalty=params.presence_penalty,
+                frequency_penalty=params.frequency_penalty,
+                min_tokens=params.min_tokens,
+                logit_bias=dict(params.logit_bias) or None,
+                stop_token_ids=list(params.stop_token_ids) or None,
+                structured_outputs=_structured(params.structured),
             )
         except (ValueError, VLLMClientError) as exc:  # vLLM's own checks (n > 1 when greedy…)
             raise InvalidSamplingParam(str(exc)) from exc
@@ -231,7 +244,9 @@ class InProcessEngine(PromptingMixin):
         validate_params(params, n)
         ids = list(self.prepared(prompt, params.max_tokens, self._max_model_len).token_ids)
         vparams = self._vllm_params(params, n)
-        tracker = _SampleTracker(self._usage_for(request_id, len(ids)), request_id)
+        tracker = _SampleTracker(
+            self._usage_for(request_id, len(ids)), request_id, params.top_logprobs
+        )
         outputs: asyncio.Queue[Any] = asyncio.Queue()
         stream = self._llm.generate({"prompt_token_ids": ids}, vparams, request_id)
         reader = asyncio.create_task(_read_stream(stream, outputs))
@@ -288,9 +303,10 @@ class _SampleTracker:
     final once it has a finish reason ("abort" included: those tokens were generated too).
     """
 
-    def __init__(self, usage: RequestUsage, request_id: str) -> None:
+    def __init__(self, usage: RequestUsage, request_id: str, top_logprobs: int | None) -> None:
         self.usage = usage
         self.request_id = request_id
+        self.top_logprobs = top_logprobs
         self.done: set[int] = set()
         self.cached: int | None = None
 
@@ -321,9 +337,40 @@ class _SampleTracker:
                     cached_prompt_tokens=self.cached or 0,
                     cumulative_logprob=c.cumulative_logprob,
                     request_id=self.request_id,
+                    logprobs=None
+                    if self.top_logprobs is None
+                    else token_logprobs(c.token_ids, c.logprobs, self.top_logprobs),
                 )
             )
         return finished
+
+
+def token_logprobs(token_ids: Any, logprobs: Any, top: int) -> tuple[TokenLogprob, ...]:
+    """vLLM's per-position {token id: Logprob} (the sampled token plus the top ones) → ours."""
+    out: list[TokenLogprob] = []
+    for token_id, position in zip(token_ids, logprobs or (), strict=False):
+        chosen = position[token_id]
+        ranked = sorted(position.values(), key=lambda lp: -lp.logprob)[:top]
+        out.append(
+            TokenLogprob(
+                token=chosen.decoded_token or "",
+                logprob=float(chosen.logprob),
+                top=tuple((lp.decoded_token or "", float(lp.logprob)) for lp in ranked),
+            )
+        )
+    return tuple(out)
+
+
+def _structured(spec: StructuredOutput | None) -> Any:
+    """Our structured-output request → vLLM's `StructuredOutputsParams` (None: unconstrained)."""
+    if spec is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    # No free whitespace: a small model can pad JSON with spaces until max_tokens otherwise.
+    if spec.json_schema is not None:
+        return StructuredOutputsParams(json=spec.json_schema, disable_any_whitespace=True)
+    return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
 
 
 async def _read_stream(stream: AsyncIterator[Any], outputs: asyncio.Queue[Any]) -> None:
@@ -363,7 +410,7 @@ async def _translate_errors(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         raise EngineDead(f"the engine died: {exc}") from exc
     except EngineGenerateError as exc:
         raise EngineError(f"the engine failed this request: {exc.__cause__ or exc}") from exc
-    except VLLMClientError as exc:
+    except (VLLMClientError, ValueError) as exc:  # ValueError: vLLM's request checks
         text = str(exc)
         if "maximum model length" in text or "context length" in text:
             raise PromptTooLong(-1, -1, -1) from exc

@@ -11,6 +11,7 @@ from server.engine.config import EngineConfig, SamplingDefaults
 from server.errors import InvalidSamplingParam, PromptTooLong
 
 MAX_STOP_SEQUENCES = 16
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit, and vLLM's default max_logprobs
 
 
 def resolve_params(
@@ -58,6 +59,42 @@ def validate_params(params: SamplingParams, n: int = 1) -> None:
         raise bad("seed", f"must be a non-negative integer, got {params.seed!r}")
     if not isinstance(n, int) or n < 1:
         raise bad("n", f"must be an integer ≥ 1, got {n!r}")
+    _validate_options(params, bad)
+
+
+def _validate_options(params: SamplingParams, bad: Any) -> None:
+    """The pass-through fields, by vLLM's own rules (the API's models check them first)."""
+    if not isinstance(params.top_k, int) or params.top_k < -1:
+        raise bad("top_k", f"must be -1, 0 (off) or a positive integer, got {params.top_k!r}")
+    checks = (
+        ("min_p", params.min_p, 0.0, 1.0),
+        ("presence_penalty", params.presence_penalty, -2.0, 2.0),
+        ("frequency_penalty", params.frequency_penalty, -2.0, 2.0),
+    )
+    for name, value, low, high in checks:
+        number = isinstance(value, int | float) and math.isfinite(value)
+        if not number or not low <= value <= high:
+            raise bad(name, f"must be in [{low:g}, {high:g}], got {value!r}")
+    rp = params.repetition_penalty
+    if not isinstance(rp, int | float) or not math.isfinite(rp) or rp <= 0:
+        raise bad("repetition_penalty", f"must be a finite number > 0, got {rp!r}")
+    if not isinstance(params.min_tokens, int) or params.min_tokens < 0:
+        raise bad("min_tokens", f"must be an integer ≥ 0, got {params.min_tokens!r}")
+    if params.min_tokens > params.max_tokens:
+        raise bad(
+            "min_tokens",
+            f"must be at most max_tokens ({params.max_tokens}), got {params.min_tokens}",
+        )
+    for token, bias in params.logit_bias:
+        if not isinstance(token, int) or token < 0:
+            raise bad("logit_bias", f"keys must be token ids ≥ 0, got {token!r}")
+        if not isinstance(bias, int | float) or not math.isfinite(bias) or abs(bias) > 100:
+            raise bad("logit_bias", f"biases must be in [-100, 100], got {bias!r}")
+    if any(not isinstance(t, int) or t < 0 for t in params.stop_token_ids):
+        raise bad("stop_token_ids", "must be token ids ≥ 0")
+    k = params.top_logprobs
+    if k is not None and (not isinstance(k, int) or not 0 <= k <= MAX_TOP_LOGPROBS):
+        raise bad("top_logprobs", f"must be in [0, {MAX_TOP_LOGPROBS}], got {k!r}")
 
 
 def check_context(prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
@@ -103,6 +140,11 @@ class PromptingMixin:
             seed=seed,
             ignore_eos=ignore_eos,
         )
+
+    @property
+    def vocab_size(self) -> int:
+        """Every token id the tokenizer knows (added tokens included) is below this."""
+        return len(self._tokenizer)
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
         return str(

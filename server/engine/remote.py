@@ -20,7 +20,7 @@ import itertools
 import json
 import logging
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from server.engine.base import (
     RequestUsage,
     Sample,
     SamplingParams,
+    TokenLogprob,
 )
 from server.engine.config import EngineConfig
 from server.engine.params import PromptingMixin, validate_params
@@ -64,6 +65,7 @@ class _Choice:
     logprob: float = 0.0
     has_logprobs: bool = False
     finish_reason: str | None = None
+    tokens_lp: list[TokenLogprob] = field(default_factory=list)
 
 
 class RemoteEngine(PromptingMixin):
@@ -149,7 +151,12 @@ class RemoteEngine(PromptingMixin):
     @property
     def capabilities(self) -> Capabilities:
         # the upstream reports every choice's tokens, aborted ones included, in its usage
-        return Capabilities(request_seed=self.config.remote.forward_seed, undelivered_usage=True)
+        # structured outputs: passed through as `response_format` (vLLM and SGLang enforce it)
+        return Capabilities(
+            request_seed=self.config.remote.forward_seed,
+            undelivered_usage=True,
+            structured_outputs=True,
+        )
 
     async def upstream_counts(self) -> tuple[int, int]:
         """Running and waiting requests summed over the upstreams' own `/metrics` (vLLM's
@@ -197,7 +204,7 @@ class RemoteEngine(PromptingMixin):
             "temperature": params.temperature,
             "top_p": params.top_p,
             "max_tokens": params.max_tokens,
-            "logprobs": 0,
+            "logprobs": params.top_logprobs or 0,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -207,6 +214,7 @@ class RemoteEngine(PromptingMixin):
             body["seed"] = params.seed
         if params.ignore_eos:
             body["ignore_eos"] = True  # a vLLM extension of the OpenAI API
+        body.update(_pass_through(params))
         return body
 
     async def sample(
@@ -338,6 +346,7 @@ class RemoteEngine(PromptingMixin):
                     if token_lps:
                         ch.has_logprobs = True
                         ch.logprob += sum(x for x in token_lps if x is not None)
+                        ch.tokens_lp.extend(_token_logprobs(lp))
                     if c.get("finish_reason") is not None and ch.finish_reason is None:
                         ch.finish_reason = c["finish_reason"]
                         finished.append(int(c["index"]))
@@ -379,6 +388,7 @@ class RemoteEngine(PromptingMixin):
                     cached_prompt_tokens=cached,
                     cumulative_logprob=ch.logprob if ch.has_logprobs else None,
                     request_id=request_id,
+                    logprobs=tuple(ch.tokens_lp),  # the response shows them only if asked
                 )
             )
 
@@ -398,6 +408,54 @@ class RemoteEngine(PromptingMixin):
                 for task in tasks:
                     task.cancel()
             await self._client.aclose()
+
+
+def _pass_through(params: SamplingParams) -> dict[str, Any]:
+    """The sampling fields beyond OpenAI's basics, only where set (vLLM's names for them)."""
+    body: dict[str, Any] = {}
+    defaults = SamplingParams()
+    for name in (
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "min_tokens",
+    ):
+        if getattr(params, name) != getattr(defaults, name):
+            body[name] = getattr(params, name)
+    if params.logit_bias:
+        body["logit_bias"] = {str(t): b for t, b in params.logit_bias}
+    if params.stop_token_ids:
+        body["stop_token_ids"] = list(params.stop_token_ids)
+    spec = params.structured
+    if spec is not None and spec.json_schema is not None:
+        schema = json.loads(spec.json_schema)
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "t2serve", "schema": schema},
+        }
+    elif spec is not None:
+        body["response_format"] = {"type": "json_object"}
+    return body
+
+
+def _token_logprobs(lp: dict[str, Any]) -> list[TokenLogprob]:
+    """A completions chunk's `logprobs` (tokens, token_logprobs, top_logprobs) → ours."""
+    tokens = lp.get("tokens") or []
+    values = lp.get("token_logprobs") or []
+    tops = lp.get("top_logprobs") or [None] * len(tokens)
+    out = []
+    for token, value, top in zip(tokens, values, tops, strict=False):
+        ranked = sorted((top or {}).items(), key=lambda kv: -float(kv[1]))
+        out.append(
+            TokenLogprob(
+                token=str(token),
+                logprob=float(value) if value is not None else float("-inf"),
+                top=tuple((str(t), float(v)) for t, v in ranked),
+            )
+        )
+    return out
 
 
 def _http_error(status: int, text: str) -> EngineError:

@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Mapping
+from dataclasses import replace
 from typing import Any
 
-from server.engine.base import Prompt, RequestUsage, Sample, SampleEngine, SamplingParams
+from server.engine.base import (
+    GenerationOptions,
+    Prompt,
+    RequestUsage,
+    Sample,
+    SampleEngine,
+    SamplingParams,
+)
 from server.engine.factory import start_engine
 from server.errors import EngineNotReady
 
@@ -101,15 +109,26 @@ class EngineService:
         stop: list[str],
         seed: int | None,
         wave: int,
+        options: GenerationOptions | None = None,
     ) -> SamplingParams:
-        """One wave's sampling parameters; the seed only where the engine honours it."""
+        """One wave's sampling parameters; the seed only where the engine honours it, and
+        the request's pass-through `options` on top (the engine validates them)."""
         engine = self._require()
         forwarded = None
         if seed is not None and engine.capabilities.request_seed:
             forwarded = wave_seed(seed, wave)
-        return engine.params(
+        base = engine.params(
             max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=forwarded
         )
+        if options is None or options == GenerationOptions():
+            return base
+        return replace(base, **vars(options))
+
+    def honours_structured_outputs(self) -> bool:
+        return self._require().capabilities.structured_outputs
+
+    def vocab_size(self) -> int:
+        return self._require().vocab_size
 
     def sample(
         self, prompt: Prompt, n: int, params: SamplingParams, engine_id: str

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.routing import CandidatePlan
-from server.engine.base import Prompt
+from server.engine.base import GenerationOptions, Prompt, TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class SamplingJob:
     deadline_ms: int | None
     timeout_s: float
     verifier: str | None = None  # the tenant's verifier to use (None: its first)
+    options: GenerationOptions = field(default_factory=GenerationOptions)  # pass-through fields
+    json_field: str | None = None  # the `json_field` extractor's field, when it is used
 
     @property
     def prompt_tokens(self) -> int:
@@ -98,3 +100,8 @@ class Outcome:
     verifier_cost: float = 0.0  # included in `cost`
     verifier_billed_prompt: int = 0
     verifier_billed_completion: int = 0
+    # `prompt_tokens` above is what billing charged (computed, prefix-cache hits excluded, every
+    # wave); these are what OpenAI's `usage` reports: the prompt once, and what wave 1 found cached
+    prompt_length: int = 0
+    cached_prompt_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] | None = None  # the returned sample's, when asked

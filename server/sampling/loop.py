@@ -98,13 +98,19 @@ class Sampler:
         Cancellation (a client disconnect) aborts the wave in flight and still settles the
         tokens generated so far before the CancelledError propagates.
         """
-        out = Outcome(policy=job.policy, cost_unit=billing.unit, model=job.model)
+        out = Outcome(
+            policy=job.policy,
+            cost_unit=billing.unit,
+            model=job.model,
+            prompt_length=job.prompt_tokens,
+        )
         policy = await self.policies.get(job.tenant, job.model, job.policy)
         price = billing.price_of_compute()
         per_sample = max(billing.quote(job.prompt_tokens, job.max_tokens), 1e-12)
         caps = Caps(max_samples=job.max_samples, cost_per_sample=per_sample, cost_unit=billing.unit)
         run = policy.start(caps, price)
-        extract = get_extractor(job.extractor)
+        field = {"field": job.json_field} if job.json_field else {}
+        extract = get_extractor(job.extractor, **field)
         drawn: list[Sample] = []
         answers: list[str | None] = []
         clock = _Clock(job)
@@ -149,7 +155,12 @@ class Sampler:
         """A routed request (controller.routing): each wave on the model the route picks; the
         billing charges each wave to the model that drew it; the answer is the cascade's."""
         first = routed.jobs[route.candidates[0].model]
-        out = Outcome(policy=first.policy, cost_unit=billing.unit, model=first.model)
+        out = Outcome(
+            policy=first.policy,
+            cost_unit=billing.unit,
+            model=first.model,
+            prompt_length=first.prompt_tokens,
+        )
         costs, unit = _route_costs(routed, route, billing)
         own = make_policy(first.policy).own_sample_price
         lam = route_price(own, billing.price_of_compute(), costs[first.model], unit)
@@ -192,6 +203,7 @@ class Sampler:
         _fill(out, result, drawn[last])
         out.answer, out.chosen_index = answer, chosen
         out.text = drawn[last][chosen].text
+        out.logprobs = drawn[last][chosen].logprobs
         out.finish_reason = drawn[last][chosen].finish_reason or "stop"
         out.votes = {f"{m}:{a}": v for m in order for a, v in count_votes(answers[m]).items()}
         out.agreement = mine.count(answer) / len(mine) if answer is not None and mine else 0.0
@@ -286,6 +298,7 @@ class Sampler:
                 stop=job.stop,
                 seed=job.seed,
                 wave=hold.wave,
+                options=job.options,
             )
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 async for sample in engine.sample(job.prompt, hold.samples, params, engine_id):
@@ -325,6 +338,8 @@ class Sampler:
             if usage is not None:
                 tally.prompt_tokens = max(tally.prompt_tokens, usage.prompt_tokens_computed)
                 tally.completion_tokens = max(tally.completion_tokens, usage.completion_tokens)
+        if hold.wave == 0:  # what OpenAI's usage calls cached: the first request's cache hits
+            out.cached_prompt_tokens = max(0, job.prompt_tokens - tally.prompt_tokens)
         out.prompt_tokens += tally.prompt_tokens
         out.completion_tokens += tally.completion_tokens
         metrics.add_tokens(
@@ -362,6 +377,7 @@ class _Clock:
 def _fill(out: Outcome, result: AggregateResult, drawn: list[Sample]) -> None:
     chosen = drawn[result.chosen_index if result.chosen_index is not None else 0]
     out.text = chosen.text
+    out.logprobs = chosen.logprobs
     out.finish_reason = chosen.finish_reason or "stop"
     out.answer = result.answer
     out.votes = dict(result.votes)

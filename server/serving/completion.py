@@ -25,10 +25,13 @@ from server.api.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
+    ChatLogprobs,
     CompletionChoice,
     CompletionChunkChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    PromptTokensDetails,
     RouteCandidateSummary,
     RouteSummary,
     RouteWave,
@@ -39,6 +42,7 @@ from server.api.protocol import (
 )
 from server.billing.identity import bind_request
 from server.config import TenantConfig
+from server.engine.base import TokenLogprob
 from server.errors import (
     APIError,
     ClientClosed,
@@ -50,6 +54,8 @@ from server.errors import (
 from server.sampling import Outcome, RoutedJob, SamplingJob
 from server.serving.events import Done, KeepAlive, StreamError, StreamEvent
 from server.serving.jobs import resolve_job, routed_job
+from server.serving.logprobs import chat_logprobs, completion_logprobs, visible
+from server.serving.logprobs import pieces as token_pieces
 from server.serving.state import ServingState
 from server.verifiers import ServedVerifier
 
@@ -329,7 +335,10 @@ class CompletionService:
                 for c in range(body.n)
             ]
         echo = prompts if isinstance(body, CompletionRequest) and body.echo else None
-        return jobs, Reply(request_id, kind, body.model, echo, body.n)
+        reply = Reply(request_id, kind, body.model, echo, body.n)
+        reply.top_logprobs = body.top_logprobs_asked()
+        reply.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return jobs, reply
 
     async def complete(
         self,
@@ -366,6 +375,24 @@ class Reply:
         self.id, self.kind, self.model, self.echo = request_id, kind, model, echo
         self.per_prompt = per_prompt
         self.created = int(time.time())
+        self.top_logprobs: int | None = None  # None: the client asked for no logprobs
+        self.include_usage = False  # stream_options.include_usage
+
+    def logprobs(self, outcome: Outcome) -> tuple[TokenLogprob, ...] | None:
+        """The returned sample's visible tokens, when the client asked for logprobs."""
+        if self.top_logprobs is None:
+            return None
+        return visible(outcome.text, outcome.logprobs or ())
+
+    def chat_lp(self, tokens: tuple[TokenLogprob, ...] | None) -> ChatLogprobs | None:
+        return None if tokens is None else chat_logprobs(tokens, self.top_logprobs or 0)
+
+    def text_lp(
+        self, tokens: tuple[TokenLogprob, ...] | None, offset: int = 0
+    ) -> CompletionLogprobs | None:
+        if tokens is None:
+            return None
+        return completion_logprobs(tokens, self.top_logprobs or 0, offset)
 
     def text(self, i: int, outcome: Outcome) -> str:
         prefix = self.echo[i // self.per_prompt] if self.echo and self.kind == "text" else ""
@@ -382,6 +409,7 @@ class Reply:
                         index=i,
                         message=AssistantMessage(content=o.text),
                         finish_reason=o.finish_reason,
+                        logprobs=self.chat_lp(self.logprobs(o)),
                     )
                     for i, o in enumerate(outcomes)
                 ],
@@ -393,7 +421,12 @@ class Reply:
             created=self.created,
             model=self.model,
             choices=[
-                CompletionChoice(index=i, text=self.text(i, o), finish_reason=o.finish_reason)
+                CompletionChoice(
+                    index=i,
+                    text=self.text(i, o),
+                    finish_reason=o.finish_reason,
+                    logprobs=self.text_lp(self.logprobs(o)),
+                )
                 for i, o in enumerate(outcomes)
             ],
             usage=usage(outcomes),
@@ -417,11 +450,60 @@ class Reply:
             **final,  # type: ignore[arg-type]
         )
 
-    def piece(self, i: int, text: str, finish_reason: str | None = None) -> StreamChunk:
+    def piece(
+        self,
+        i: int,
+        text: str,
+        finish_reason: str | None = None,
+        tokens: tuple[TokenLogprob, ...] | None = None,
+        offset: int = 0,
+    ) -> StreamChunk:
         if self.kind == "chat":
             delta = ChatDelta(content=text) if finish_reason is None else ChatDelta()
-            return self.chunk([ChatChunkChoice(index=i, delta=delta, finish_reason=finish_reason)])
-        return self.chunk([CompletionChunkChoice(index=i, text=text, finish_reason=finish_reason)])
+            choice = ChatChunkChoice(
+                index=i, delta=delta, finish_reason=finish_reason, logprobs=self.chat_lp(tokens)
+            )
+            return self.chunk([choice])
+        return self.chunk(
+            [
+                CompletionChunkChoice(
+                    index=i,
+                    text=text,
+                    finish_reason=finish_reason,
+                    logprobs=self.text_lp(tokens, offset),
+                )
+            ]
+        )
+
+    def opening(self, choices: int) -> list[StreamChunk]:
+        """What goes out at once, as OpenAI sends it: each choice's role chunk (chat), or an
+        empty text chunk (completions), so the client sees data before any wave finishes."""
+        if self.kind == "chat":
+            role = ChatDelta(role="assistant", content="")
+            return [self.chunk([ChatChunkChoice(index=i, delta=role)]) for i in range(choices)]
+        return [self.chunk([CompletionChunkChoice(index=0, text="")])]
+
+    def keepalive(self, note: str) -> KeepAlive:
+        """An empty delta (`t2_progress` says how far the waves are). Not an SSE comment: a
+        client that strips a network read's trailing blank line (vllm.benchmarks.serve) glues
+        a lone comment to the next event and loses it; an empty delta parses everywhere."""
+        if self.kind == "chat":
+            chunk = self.chunk([ChatChunkChoice(index=0, delta=ChatDelta(content=""))])
+        else:
+            chunk = self.chunk([CompletionChunkChoice(index=0, text="")])
+        chunk.t2_progress = note
+        return KeepAlive(note, chunk)
+
+    def stream_pieces(
+        self, i: int, outcome: Outcome
+    ) -> list[tuple[str, tuple[TokenLogprob, ...] | None]]:
+        """The choice's text in pieces: a few words each, or a few tokens each with their
+        logprobs when the client asked for logprobs."""
+        text = self.text(i, outcome)
+        tokens = self.logprobs(outcome)
+        if tokens is None:
+            return [(p, None) for p in text_pieces(text)]
+        return list(token_pieces(text, tokens, WORDS_PER_CHUNK))
 
 
 async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncIterator[StreamEvent]:
@@ -433,6 +515,8 @@ async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncItera
     pending = asyncio.ensure_future(group.wait())
     waiter: asyncio.Future[Any] | None = None
     try:
+        for opening in req.opening(len(group.jobs)):
+            yield opening
         while not pending.done():
             tick = waiter = asyncio.ensure_future(group.progressed.wait())
             await asyncio.wait(
@@ -442,7 +526,7 @@ async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncItera
             if not pending.done():
                 note = f"wave {group.waves_done}" if group.progressed.is_set() else "sampling"
                 group.progressed.clear()
-                yield KeepAlive(note)
+                yield req.keepalive(note)
         try:
             outcomes = pending.result()
         except APIError as exc:
@@ -452,17 +536,16 @@ async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncItera
             return
         ttft: float | None = None
         for i, outcome in enumerate(outcomes):
-            if req.kind == "chat":
-                role = ChatDelta(role="assistant", content="")
-                yield req.chunk([ChatChunkChoice(index=i, delta=role)])
-            for piece in text_pieces(req.text(i, outcome)):
+            offset = 0
+            for piece, tokens in req.stream_pieces(i, outcome):
                 if ttft is None:
                     ttft = time.monotonic() - group.t0
-                yield req.piece(i, piece)
+                yield req.piece(i, piece, tokens=tokens, offset=offset)
+                offset += len(piece)
             yield req.piece(i, "", finish_reason=outcome.finish_reason)
-        yield req.chunk(
-            [], usage=usage(outcomes), t2=t2_summary(outcomes), t2_headers=group.headers()
-        )
+        yield req.chunk([], t2=t2_summary(outcomes), t2_headers=group.headers())
+        if req.include_usage:  # OpenAI's usage chunk: the last one, with no choices
+            yield req.chunk([], usage=usage(outcomes))
         yield Done()
         group.record(ttft)
     except (asyncio.CancelledError, GeneratorExit):
@@ -491,12 +574,17 @@ def _text_size(body: SamplingRequest) -> int:
 
 
 def usage(outcomes: list[Outcome]) -> Usage:
-    prompt = sum(o.prompt_tokens for o in outcomes)
+    """OpenAI's usage: each answer's whole prompt (its first request's cache hits as cached)
+    and every sample's completion tokens. Billing's figures are in `t2.billed_*_tokens`."""
+    prompt = sum(o.prompt_length for o in outcomes)
     completion = sum(o.completion_tokens for o in outcomes)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(
+            cached_tokens=sum(o.cached_prompt_tokens for o in outcomes)
+        ),
         verifier_tokens=sum(o.verifier_tokens for o in outcomes),
     )
 
@@ -542,6 +630,8 @@ def _summary(o: Outcome) -> T2Summary:
         verifier=o.verifier,
         verifier_tokens=o.verifier_tokens,
         verifier_cost=o.verifier_cost,
+        billed_prompt_tokens=o.prompt_tokens,
+        billed_completion_tokens=o.completion_tokens,
     )
 
 
@@ -552,6 +642,8 @@ def t2_summary(outcomes: list[Outcome]) -> T2Summary:
         summary.samples = sum(o.samples for o in outcomes)
         summary.waves = sum(o.waves for o in outcomes)
         summary.cost = sum(o.cost for o in outcomes)
+        summary.billed_prompt_tokens = sum(o.prompt_tokens for o in outcomes)
+        summary.billed_completion_tokens = sum(o.completion_tokens for o in outcomes)
         summary.choices = [_summary(o) for o in outcomes]
     return summary
 

@@ -10,9 +10,11 @@ from server.errors import APIError
 
 @dataclass(frozen=True)
 class KeepAlive:
-    """Nothing to send yet: waves are running (`note` says how far)."""
+    """Nothing to send yet: waves are running (`note` says how far); `chunk` is what goes out
+    (an empty delta, see `Reply.keepalive`)."""
 
     note: str
+    chunk: StreamChunk
 
 
 @dataclass(frozen=True)

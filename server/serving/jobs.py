@@ -6,15 +6,31 @@ the tenant allows; a policy that names its k, `fixed:k`, asks for k samples unde
 rule as `t2.max_samples`), the prompt's tokens and the context check. The wave loop then never
 tokenizes or checks again. `temperature: 0` is greedy decoding, where every sample would be the
 same: such a job draws one.
+
+The request's pass-through sampling fields (top_k, min_p, penalties, min_tokens, logit_bias,
+stop_token_ids, ignore_eos, logprobs, response_format) become one `GenerationOptions` that
+every sample of every wave gets; what needs the model (token ids below its vocabulary size,
+min_tokens within max_tokens, an engine that enforces structured outputs) is checked here, so a
+bad value is a 400 naming its field before any wave.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import TYPE_CHECKING
 
-from server.api.protocol import MAX_SAMPLES, SamplingRequest, T2Options
+import jsonschema
+
+from server.api.protocol import (
+    MAX_SAMPLES,
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingRequest,
+    T2Options,
+)
 from server.config import AppConfig, RouteConfig, TenantConfig
+from server.engine.base import GenerationOptions, StructuredOutput
 from server.engine.service import EngineService
 from server.errors import APIError, bad_request
 from server.sampling import RoutedJob, SamplingJob, check_controller_names, samples_named
@@ -47,6 +63,12 @@ def resolve_job(
             param="t2.verifier",
             code="invalid_t2_option",
         )
+    options = generation_options(engine, body)
+    json_field = (opts and opts.json_field) or tenant.json_field
+    if options.structured is not None and json_field and not (opts and opts.extractor):
+        extractor = "json_field"  # JSON output and a named field: the vote runs over that field
+    else:
+        json_field = None
 
     cap_samples = tenant.max_samples or defaults.max_samples
     cap_cost = tenant.max_cost if tenant.max_cost is not None else defaults.max_cost
@@ -100,6 +122,11 @@ def resolve_job(
             code="context_length_exceeded",
         )
     max_tokens = requested or min(defaults.max_tokens, context - tokens.tokens)
+    if options.min_tokens > max_tokens:
+        raise bad_request(
+            f"min_tokens ({options.min_tokens}) exceeds max_tokens ({max_tokens}).",
+            param="min_tokens",
+        )
     return SamplingJob(
         request_id=request_id,
         tenant=tenant.id,
@@ -118,6 +145,8 @@ def resolve_job(
         deadline_ms=int(deadline_ms) if deadline_ms is not None else None,
         timeout_s=config.server.request_timeout_s,
         verifier=verifier,
+        options=options,
+        json_field=json_field,
     )
 
 
@@ -170,6 +199,78 @@ def _is_t2(spec: str) -> bool:
 
 def _no_options() -> T2Options:
     return T2Options()
+
+
+
+def generation_options(engine: EngineService, body: SamplingRequest) -> GenerationOptions:
+    """The request's pass-through sampling fields, checked against the model."""
+    vocab = engine.vocab_size()
+    bias: list[tuple[int, float]] = []
+    for key, value in (body.logit_bias or {}).items():
+        if int(key) >= vocab:
+            raise bad_request(
+                f"logit_bias names token {key}; this model's token ids are below {vocab}.",
+                param="logit_bias",
+            )
+        bias.append((int(key), float(value)))
+    stop_ids = tuple(body.stop_token_ids or ())
+    if any(t >= vocab for t in stop_ids):
+        raise bad_request(
+            f"stop_token_ids: this model's token ids are below {vocab}.", param="stop_token_ids"
+        )
+    top = body.top_logprobs_asked()
+    if isinstance(body, CompletionRequest) and body.echo and top is not None:
+        raise APIError(
+            400,
+            "echo with logprobs (prompt logprobs) is not supported; send one of them.",
+            param="echo",
+            code="unsupported_parameter",
+        )
+    if isinstance(body, ChatCompletionRequest) and body.top_logprobs is not None and top is None:
+        raise bad_request("top_logprobs needs logprobs: true.", param="top_logprobs")
+    return GenerationOptions(
+        top_k=body.top_k if body.top_k is not None else 0,
+        min_p=body.min_p if body.min_p is not None else 0.0,
+        repetition_penalty=body.repetition_penalty if body.repetition_penalty is not None else 1.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        min_tokens=body.min_tokens or 0,
+        logit_bias=tuple(bias),
+        stop_token_ids=stop_ids,
+        ignore_eos=bool(body.ignore_eos),
+        top_logprobs=top,
+        structured=_structured(engine, body),
+    )
+
+
+def _structured(engine: EngineService, body: SamplingRequest) -> StructuredOutput | None:
+    """`response_format` as constrained decoding; 400 where the engine cannot enforce it."""
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if not engine.honours_structured_outputs():
+        raise APIError(
+            400,
+            "This model's engine cannot enforce structured outputs; send no response_format.",
+            param="response_format",
+            code="unsupported_parameter",
+        )
+    if fmt.type == "json_object":
+        return StructuredOutput(json_object=True)
+    if fmt.json_schema is None:
+        raise bad_request(
+            "response_format of type json_schema needs a json_schema object.",
+            param="response_format.json_schema",
+        )
+    schema = fmt.json_schema.json_schema or {"type": "object"}
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise bad_request(
+            f"response_format.json_schema.schema is not a valid JSON Schema: {exc.message}",
+            param="response_format.json_schema.schema",
+        ) from None
+    return StructuredOutput(json_schema=json.dumps(schema, sort_keys=True))
 
 
 def _capped(

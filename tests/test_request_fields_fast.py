@@ -1,0 +1,124 @@
+"""The request's pass-through sampling fields reach the engine for every wave, and bad values
+are 400s naming the field (scripted engine over real HTTP; runs in seconds)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from server.app import create_app, serve_in_loop
+from server.config import parse_config
+from server.engine.base import StructuredOutput
+from tests.fakes import ScriptedEngine, cycle
+from tests.fixtures.server import DEMO_KEY, MODEL, RecordingProvider, server_config_dict
+
+AUTH = {"Authorization": f"Bearer {DEMO_KEY}"}
+SCRIPT = cycle('{"answer": 6}', '{"answer": 5}', '{"answer": 6}')
+
+
+@pytest_asyncio.fixture
+async def served() -> AsyncIterator[tuple[httpx.AsyncClient, ScriptedEngine]]:
+    engine = ScriptedEngine(SCRIPT, structured_outputs=True)
+    config = parse_config(server_config_dict())
+    app = create_app(config, engine=engine, billing=RecordingProvider())
+    async with (
+        serve_in_loop(app) as live,
+        httpx.AsyncClient(base_url=live.v1, headers=AUTH, timeout=30) as http,
+    ):
+        yield http, engine
+
+
+def chat(**extra: Any) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Q: 7+8-9=?"}],
+        "max_tokens": 32,
+        "t2": {"policy": "esc:2"},  # waves of 2 until one agrees: 6,5 then 6,6
+        **extra,
+    }
+
+
+PASSED = {
+    "top_k": 5,
+    "min_p": 0.1,
+    "repetition_penalty": 1.3,
+    "presence_penalty": 0.5,
+    "frequency_penalty": -0.5,
+    "min_tokens": 3,
+    "logit_bias": {"55": 10, "7": -100},
+    "stop_token_ids": [10, 59],
+    "ignore_eos": True,
+}
+
+
+async def test_every_wave_gets_the_fields(
+    served: tuple[httpx.AsyncClient, ScriptedEngine],
+) -> None:
+    http, engine = served
+    r = await http.post("/chat/completions", json=chat(**PASSED))
+    assert r.status_code == 200, r.text
+    assert len(engine.calls) >= 2  # more than one wave
+    for call in engine.calls:
+        p = call.params
+        assert (p.top_k, p.min_p, p.repetition_penalty) == (5, 0.1, 1.3)
+        assert (p.presence_penalty, p.frequency_penalty, p.min_tokens) == (0.5, -0.5, 3)
+        assert dict(p.logit_bias) == {55: 10.0, 7: -100.0}
+        assert p.stop_token_ids == (10, 59) and p.ignore_eos
+        assert p.top_logprobs is None and p.structured is None
+
+
+async def test_response_format_and_json_field_vote(
+    served: tuple[httpx.AsyncClient, ScriptedEngine],
+) -> None:
+    http, engine = served
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+    t2 = {"policy": "fixed:3", "json_field": "answer"}
+    body = (await http.post("/chat/completions", json=chat(response_format=fmt, t2=t2))).json()
+    assert body["t2"]["answer"] == "6", body
+    assert body["t2"]["votes"] == {"6": 2, "5": 1}
+    spec = engine.calls[-1].params.structured
+    assert isinstance(spec, StructuredOutput) and spec.json_schema is not None
+    assert '"answer"' in spec.json_schema
+    obj = await http.post("/chat/completions", json=chat(response_format={"type": "json_object"}))
+    assert engine.calls[-1].params.structured == StructuredOutput(json_object=True), obj.text
+    engine.structured_outputs = False  # an engine that cannot enforce it: refused, not ignored
+    r = await http.post("/chat/completions", json=chat(response_format={"type": "json_object"}))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("top_k", -2),
+        ("top_k", 1.5),
+        ("min_p", 1.5),
+        ("repetition_penalty", 0),
+        ("presence_penalty", 2.5),
+        ("frequency_penalty", -3),
+        ("min_tokens", -1),
+        ("min_tokens", 33),  # more than max_tokens
+        ("logit_bias", {"x": 1}),
+        ("logit_bias", {"5": 101}),
+        ("logit_bias", {"9999999999": 1}),  # not a token of this model
+        ("stop_token_ids", [-1]),
+        ("stop_token_ids", ["a"]),
+        ("ignore_eos", "yes"),
+        ("response_format", {"type": "yaml"}),
+        ("top_logprobs", 3),  # without logprobs
+        ("top_logprobs", 21),
+        ("logprobs", 1),
+    ],
+)
+async def test_bad_values_are_400s_naming_the_field(
+    served: tuple[httpx.AsyncClient, ScriptedEngine], field: str, value: Any
+) -> None:
+    http, engine = served
+    r = await http.post("/chat/completions", json=chat(**{field: value}))
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"].split(".")[0] == field, r.text
+    assert engine.calls == []
