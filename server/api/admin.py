@@ -183,7 +183,8 @@ async def put_rate_limits(tenant_id: str, limits: RateLimits, request: Request) 
 class AlertThresholds(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    thresholds: list[float] = Field(min_length=1, max_length=32)
+    # the range is in the schema too, so the OpenAPI document says what is accepted
+    thresholds: list[Annotated[float, Field(gt=0, le=10)]] = Field(min_length=1, max_length=32)
 
     @field_validator("thresholds")
     @classmethod
