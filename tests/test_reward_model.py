@@ -103,5 +103,6 @@ async def test_best_of_n_with_the_reward_model_bills_two_n_flops_per_scored_toke
     assert (resp.usage.model_extra or {})["verifier_tokens"] == t2["verifier_tokens"]
     n_gen = parameter_count("models/tiny-arith")
     assert n_gen is not None
-    generated = 2 * n_gen * (resp.usage.prompt_tokens + resp.usage.completion_tokens)
+    billed = t2["billed_prompt_tokens"] + t2["billed_completion_tokens"]  # computed tokens
+    generated = 2 * n_gen * billed
     assert t2["cost"] == pytest.approx(generated + t2["verifier_cost"])

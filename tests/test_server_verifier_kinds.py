@@ -100,7 +100,9 @@ async def test_the_judge_grades_by_its_own_answer_and_its_compute_is_billed(
         assert t2["verifier"] == "grader" and t2["note"] is None
         # the judge answered greedily once per wave: its tokens are counted and billed
         assert t2["verifier_tokens"] > 0 and usage.model_extra["verifier_tokens"] > 0
-        generated = (usage.prompt_tokens * 1.0 + usage.completion_tokens * 2.0) / 1e6
+        # billing charges computed tokens (t2.billed_*), not usage's whole prompt
+        prompt, completion = t2["billed_prompt_tokens"], t2["billed_completion_tokens"]
+        generated = (prompt * 1.0 + completion * 2.0) / 1e6
         assert t2["cost"] == pytest.approx(generated + t2["verifier_cost"], rel=1e-6)
         assert t2["verifier_cost"] == pytest.approx(
             t2["verifier_tokens"] * 1.5e-6, rel=0.5
