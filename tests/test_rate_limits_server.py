@@ -234,7 +234,7 @@ async def test_admin_rate_limits_user_budgets_and_thresholds_last(
         assert users.status_code == 200, users.text
         assert users.json()["user_budgets"]["day"]["limit"] == 5
         bad = await c.put("/admin/tenants/acme/alerts", json={"thresholds": [0]}, headers=ADMIN)
-        assert bad.status_code == 400 and bad.json()["error"]["param"] == "thresholds"
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "thresholds.0"
         alerts = await c.put(
             "/admin/tenants/acme/alerts", json={"thresholds": [1.0, 0.5]}, headers=ADMIN
         )
