@@ -22,6 +22,7 @@ WORKDIR /opt/t2serve
 # The package first (its layer changes only with the code), then models and configs.
 COPY pyproject.toml README.md ./
 COPY controller/ controller/
+COPY storage/ storage/
 COPY server/ server/
 COPY cli/ cli/
 RUN if command -v uv >/dev/null 2>&1; then \

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.ledger import start_redis
-from controller.budget import Ledger, open_store
+from controller.budget import Ledger
 from server.billing import BudgetProvider, WaveHold
 from server.config import AppConfig, TenantConfig, parse_config
 from server.errors import InsufficientQuota
+from storage import open_store
 
 REQUESTS = 200
 PROMPT, MAX_TOKENS, WAVE, WAVES = 40, 64, 4, 2

@@ -48,11 +48,11 @@ from controller.budget.ledger import (
     SpendRecord,
     WindowUsage,
 )
-from controller.budget.redis_store import RedisStore
-from controller.budget.sqlite_store import SQLiteStore
 from server.billing import BudgetProvider, WaveHold
 from server.billing.identity import bind_key, bind_request, bind_user
 from server.config import AppConfig, hash_key, parse_config
+from storage.redis.ledger import RedisStore
+from storage.sqlite.ledger import SQLiteStore
 
 PAIRS = {1: 1500, 32: 4000}
 Pair = Callable[[int], Awaitable[None]]

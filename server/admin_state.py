@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from controller.budget import open_admin_store
 from controller.budget.admin_state import (
     AdminSnapshot,
     AdminStore,
@@ -39,6 +38,7 @@ from controller.budget.models import Budgets
 from server.auth import KeyRing
 from server.config import AppConfig, ConfigError, LedgerConfig, TenantConfig, parse_config
 from server.errors import APIError
+from storage import open_admin_store
 
 log = logging.getLogger("t2serve.admin_state")
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from controller.budget import open_admin_store
 from controller.budget.admin_state import (
     AdminStore,
     DuplicateLabel,
@@ -18,6 +17,7 @@ from controller.budget.admin_state import (
     Override,
     StoredKey,
 )
+from storage import open_admin_store
 
 NOW = 1_800_000_000.0
 

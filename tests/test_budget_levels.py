@@ -14,11 +14,11 @@ import httpx
 import pytest
 
 from controller.budget import Budget, Budgets, Cost, Ledger, LedgerStore
-from controller.budget.redis_store import RedisStore
-from controller.budget.sqlite_store import SQLiteStore
 from server import metrics
 from server.app import create_app, serve_in_loop
 from server.config import hash_key, parse_config
+from storage.redis.ledger import RedisStore
+from storage.sqlite.ledger import SQLiteStore
 from tests.fakes import ScriptedEngine, cycle
 
 PER = Cost(1.0, 0.0)  # one sample's worst case: 1 unit

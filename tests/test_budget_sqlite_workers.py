@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.budget.sqlite_store import SQLiteStore
 from server.billing import BudgetProvider
+from storage.sqlite.ledger import SQLiteStore
 from tests.test_budget_concurrency import (
     LIMIT_50,
     config,

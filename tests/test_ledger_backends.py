@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from controller.budget import Budget, Budgets, Cost, Ledger, LedgerStore, WindowUsage
-from controller.budget.redis_store import RedisStore
-from controller.budget.sqlite_store import SQLiteStore
+from storage.redis.ledger import RedisStore
+from storage.sqlite.ledger import SQLiteStore
 
 FIXED = Cost(0.01, 100.0)  # prompt part of a wave
 PER = Cost(0.1, 1000.0)  # one sample's worst case

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from controller.budget import Budget, Budgets, Cost, Ledger, LedgerStore, open_admin_store
+from controller.budget import Budget, Budgets, Cost, Ledger, LedgerStore
 from controller.budget.admin_state import StoredKey
 from controller.budget.models import RateLimits
-from controller.budget.redis_store import RedisStore
-from controller.budget.sqlite_store import SQLiteStore
+from storage import open_admin_store
+from storage.redis.ledger import RedisStore
+from storage.sqlite.ledger import SQLiteStore
 from tests.test_ledger_backends import ManualClock, utc
 
 FIXED = Cost(0.0, 0.0, 10.0)  # a 10-token prompt

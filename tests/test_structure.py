@@ -1,6 +1,7 @@
-"""The import graph of controller/, server/ and cli/, read from the source (AST): no cycles,
-controller/ never imports the server, and a request's path points one way:
-router → serving → sampling → engine/billing. Offline commands load no web stack."""
+"""The import graph of controller/, storage/, server/ and cli/, read from the source (AST): no
+cycles; layers point server/cli → storage → controller, never back, and only storage/ talks to a
+database (sqlite3, redis); a request's path points one way: router → serving → sampling →
+engine/billing. Offline commands load no web stack."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("controller", "server", "cli")
+PACKAGES = ("controller", "storage", "server", "cli")
+DB_CLIENTS = ("sqlite3", "redis")
 
 
 def module_name(path: Path) -> str:
@@ -115,6 +117,34 @@ def _violations(edges: dict[str, set[str]], source: str, forbidden: tuple[str, .
 
 def test_controller_never_imports_the_server_or_the_cli() -> None:
     assert _violations(graph(), "controller", ("server", "cli")) == []
+
+
+def test_controller_never_imports_storage_and_storage_never_the_server() -> None:
+    edges = graph()
+    assert _violations(edges, "controller", ("storage",)) == []
+    assert _violations(edges, "storage", ("server", "cli")) == []
+
+
+def _third_party(path: Path) -> set[str]:
+    """The top-level names of every module `path` imports (absolute imports only)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.partition(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("package", ["controller", "server", "cli"])
+def test_only_storage_imports_a_database_client(package: str) -> None:
+    """controller/ is pure logic, and the server reaches its data through storage/ only."""
+    talking = sorted(
+        f"{path.relative_to(ROOT)} imports {client}"
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for client in _third_party(path) & set(DB_CLIENTS)
+    )
+    assert talking == []
 
 
 @pytest.mark.parametrize(

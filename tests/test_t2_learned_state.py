@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from controller.budget.learned_redis import RedisLearnedStore
-from controller.budget.learned_sqlite import SQLiteLearnedStore
 from controller.policy.learned import LearnedStore, MemoryLearnedStore
 from controller.policy.prior import MAX_PAIR_VOTES, LeaderPrior, leader_pair
 from controller.policy.t2 import T2
 from server.sampling.policies import PolicyBook
+from storage.redis.learned import RedisLearnedStore
+from storage.sqlite.learned import SQLiteLearnedStore
 
 Opener = Callable[[int], LearnedStore]
 

@@ -2,7 +2,7 @@
 table its prior is fitted from (controller.policy.prior), and the prior last fitted.
 
 `LearnedStore` is the protocol of atomic steps the two backends (SQLite table, Redis hash, in
-controller.budget beside the ledger) implement. `add` increments one (n, c) cell atomically, so
+storage/ beside the ledger) implement. `add` increments one (n, c) cell atomically, so
 replicas sharing a store merge their traffic without a lost update; `load` reads the merged
 table. Size is bounded whatever the traffic: a table has at most ~2,100 cells (n is capped at
 MAX_PAIR_VOTES) and a store keeps at most `max_rows` (tenant, model) tables, dropping the

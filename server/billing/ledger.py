@@ -29,7 +29,6 @@ from controller.budget import (
     Pricer,
     Unit,
     WindowUsage,
-    open_store,
 )
 from controller.budget.ledger import (
     DEFAULT_TTL_S,
@@ -47,6 +46,7 @@ from server.billing.ratelimit import go_duration, ratelimit_headers
 from server.billing.unmetered import UnmeteredBilling, unmetered_report
 from server.config import AppConfig, TenantConfig
 from server.errors import InsufficientQuota, RateLimited
+from storage import open_store
 
 log = logging.getLogger("t2serve.billing")
 METRICS_INTERVAL_S = 0.25

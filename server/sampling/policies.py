@@ -165,8 +165,8 @@ class PolicyBook:
 
 def policy_book(config: AppConfig) -> PolicyBook:
     """The server's book: each model's curves, and t2's learned state beside the ledger."""
-    from controller.budget import open_learned_store
     from controller.scaling.served import ServedCurvesError, load_served
+    from storage import open_learned_store
 
     curves: dict[str, ServedCurves] = {}
     for i, m in enumerate(config.models):
