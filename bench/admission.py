@@ -25,7 +25,7 @@ from controller.budget import Ledger
 from server.billing import BudgetProvider, WaveHold
 from server.config import AppConfig, TenantConfig, parse_config
 from server.errors import InsufficientQuota
-from storage import open_store
+from storage import Stores
 
 REQUESTS = 200
 PROMPT, MAX_TOKENS, WAVE, WAVES = 40, 64, 4, 2
@@ -84,7 +84,7 @@ async def one(
 
 async def burst(backend: str, where: str, wait_s: float) -> dict[str, Any]:
     cfg = config(backend, where, wait_s)
-    store = open_store(backend, path=where, url=where if backend == "redis" else None)
+    store = Stores(backend, path=where, url=where if backend == "redis" else None).ledger()
     provider = BudgetProvider(cfg, ledger=Ledger(store), publish_metrics=False)
     tenant = cfg.tenants[0]
     started = time.monotonic()

@@ -52,6 +52,7 @@ from server.billing import BudgetProvider, WaveHold
 from server.billing.identity import bind_key, bind_request, bind_user
 from server.config import AppConfig, hash_key, parse_config
 from storage.redis.ledger import RedisStore
+from storage.sqlite.database import transaction
 from storage.sqlite.ledger import SQLiteStore
 
 PAIRS = {1: 1500, 32: 4000}
@@ -169,6 +170,9 @@ async def measure(pair: Pair, concurrency: int, n: int) -> dict[str, float]:
     }
 
 
+UPSERT = "INSERT INTO t VALUES ('k', 1) ON CONFLICT (k) DO UPDATE SET v = v + 1"
+
+
 def raw_sqlite_pair(path: Path) -> tuple[Pair, Callable[[], None]]:
     pool = ThreadPoolExecutor(max_workers=1)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -176,10 +180,8 @@ def raw_sqlite_pair(path: Path) -> tuple[Pair, Callable[[], None]]:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v REAL)")
 
-    def write() -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO t VALUES ('k', 1) ON CONFLICT (k) DO UPDATE SET v = v + 1")
-        conn.execute("COMMIT")
+    def write() -> None:  # the stores' own transaction runner, around the smallest write
+        transaction(conn, lambda c: c.execute(UPSERT))
 
     async def pair(_: int) -> None:  # like the store's fast path: on the loop's thread
         write()

@@ -38,7 +38,7 @@ from controller.budget.models import Budgets
 from server.auth import KeyRing
 from server.config import AppConfig, ConfigError, LedgerConfig, TenantConfig, parse_config
 from server.errors import APIError
-from storage import open_admin_store
+from storage import open_stores
 
 log = logging.getLogger("t2serve.admin_state")
 
@@ -130,9 +130,7 @@ class AdminSync:
     @property
     def store(self) -> AdminStore:
         if self._store is None:
-            self._store = open_admin_store(
-                self.ledger.backend, path=self.ledger.path, url=self.ledger.redis_url
-            )
+            self._store = open_stores(self.ledger).admin()
         return self._store
 
     @property

@@ -1,64 +1,95 @@
 """The persistent stores (the budget ledger, admin state and keys, t2's learned state), each on
 SQLite or Redis. `controller` holds their protocols and logic; this package owns every backend.
 
-- `open_store("sqlite", path=...)` / `open_store("redis", url=...)` → a `LedgerStore`;
-- `open_admin_store(...)` → an `AdminStore`; `open_learned_store(...)` → a `LearnedStore`.
+One entry point: `open_stores(config.ledger)` (or `Stores(backend, path=..., url=...)`) says
+where all three live, one SQLite file or one Redis, and `.ledger()`, `.admin()`, `.learned()`
+open each there. A backend module is imported only when its store is opened.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 from controller.budget.admin_state import AdminStore
 from controller.budget.ledger import LedgerStore
 from controller.policy.learned import LearnedStore
 
+BACKENDS = ("sqlite", "redis")
+DEFAULT_PATH = "var/ledger.sqlite"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
-def open_store(
-    backend: str,
-    *,
-    path: str | Path = "var/ledger.sqlite",
-    url: str | None = None,
-    log_retention_s: float = 90 * 86400,
-) -> LedgerStore:
-    """The configured backend: "sqlite" (one file, the default) or "redis" (several replicas).
-    `log_retention_s`: Redis expires spend-log records itself (SQLite: `purge_logs`)."""
-    if backend == "sqlite":
+
+class StoreSettings(Protocol):
+    """Where the stores live, as the server's `ledger:` config section says it."""
+
+    @property
+    def backend(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def redis_url(self) -> str | None: ...
+    @property
+    def spend_log_retention_days(self) -> float: ...
+
+
+class Stores:
+    """The three stores side by side: "sqlite" (one file, the default) or "redis" (several
+    replicas). `log_retention_s`: Redis expires spend-log records itself (SQLite: `purge_logs`)."""
+
+    def __init__(
+        self,
+        backend: str = "sqlite",
+        *,
+        path: str | Path = DEFAULT_PATH,
+        url: str | None = None,
+        log_retention_s: float = 90 * 86400,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown ledger backend {backend!r}; choose sqlite or redis")
+        self.backend = backend
+        self.path = path
+        self.url = url or DEFAULT_REDIS_URL
+        self.log_retention_s = log_retention_s
+
+    def ledger(self) -> LedgerStore:
+        if self.backend == "redis":
+            from storage.redis.ledger import RedisStore
+
+            return RedisStore(self.url, log_retention_s=self.log_retention_s)
         from storage.sqlite.ledger import SQLiteStore
 
-        return SQLiteStore(path)
-    if backend == "redis":
-        from storage.redis.ledger import RedisStore
+        return SQLiteStore(self.path)
 
-        return RedisStore(url or "redis://127.0.0.1:6379/0", log_retention_s=log_retention_s)
-    raise ValueError(f"unknown ledger backend {backend!r}; choose sqlite or redis")
+    def admin(self) -> AdminStore:
+        """Beside the ledger: the same SQLite file or the same Redis."""
+        if self.backend == "redis":
+            from storage.redis.admin import RedisAdminStore
 
-
-def open_admin_store(
-    backend: str, *, path: str | Path = "var/ledger.sqlite", url: str | None = None
-) -> AdminStore:
-    """The admin store beside the configured ledger: the same SQLite file or the same Redis."""
-    if backend == "sqlite":
+            return RedisAdminStore(self.url)
         from storage.sqlite.admin import SQLiteAdminStore
 
-        return SQLiteAdminStore(path)
-    if backend == "redis":
-        from storage.redis.admin import RedisAdminStore
+        return SQLiteAdminStore(self.path)
 
-        return RedisAdminStore(url or "redis://127.0.0.1:6379/0")
-    raise ValueError(f"unknown ledger backend {backend!r}; choose sqlite or redis")
+    def learned(self) -> LearnedStore:
+        """t2's learned state beside the ledger: the same SQLite file or the same Redis."""
+        if self.backend == "redis":
+            from storage.redis.learned import RedisLearnedStore
 
-
-def open_learned_store(
-    backend: str, *, path: str | Path = "var/ledger.sqlite", url: str | None = None
-) -> LearnedStore:
-    """t2's learned state beside the configured ledger: the same SQLite file or Redis."""
-    if backend == "sqlite":
+            return RedisLearnedStore(self.url)
         from storage.sqlite.learned import SQLiteLearnedStore
 
-        return SQLiteLearnedStore(path)
-    if backend == "redis":
-        from storage.redis.learned import RedisLearnedStore
+        return SQLiteLearnedStore(self.path)
 
-        return RedisLearnedStore(url or "redis://127.0.0.1:6379/0")
-    raise ValueError(f"unknown ledger backend {backend!r}; choose sqlite or redis")
+
+def open_stores(settings: StoreSettings) -> Stores:
+    """The stores where the config's `ledger:` section puts them."""
+    return Stores(
+        settings.backend,
+        path=settings.path,
+        url=settings.redis_url,
+        log_retention_s=settings.spend_log_retention_days * 86400,
+    )
+
+
+__all__ = ["BACKENDS", "StoreSettings", "Stores", "open_stores"]

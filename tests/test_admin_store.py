@@ -17,7 +17,7 @@ from controller.budget.admin_state import (
     Override,
     StoredKey,
 )
-from storage import open_admin_store
+from storage import Stores
 
 NOW = 1_800_000_000.0
 
@@ -25,9 +25,9 @@ NOW = 1_800_000_000.0
 @pytest.fixture(params=["sqlite", "redis"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], AdminStore]:
     if request.param == "sqlite":
-        return lambda: open_admin_store("sqlite", path=tmp_path / "ledger.sqlite")
+        return Stores("sqlite", path=tmp_path / "ledger.sqlite").admin
     url = request.getfixturevalue("redis_url")
-    return lambda: open_admin_store("redis", url=url)
+    return Stores("redis", url=url).admin
 
 
 @pytest.fixture

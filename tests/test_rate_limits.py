@@ -13,7 +13,7 @@ import pytest
 from controller.budget import Budget, Budgets, Cost, Ledger, LedgerStore
 from controller.budget.admin_state import StoredKey
 from controller.budget.models import RateLimits
-from storage import open_admin_store
+from storage import Stores
 from storage.redis.ledger import RedisStore
 from storage.sqlite.ledger import SQLiteStore
 from tests.test_ledger_backends import ManualClock, utc
@@ -215,7 +215,7 @@ async def test_a_ledger_file_from_before_rate_limits_keeps_its_spend_and_gains_t
         assert await admit(ledger, "r2", rates) == 0  # rpm 1, counted in the old file
     finally:
         await store.close()
-    admin = open_admin_store("sqlite", path=path)
+    admin = Stores("sqlite", path=path).admin()
     try:
         [old] = (await admin.snapshot()).keys
         assert old.prefix == "t2-old" and old.rate_limits is None

@@ -46,7 +46,7 @@ from server.billing.ratelimit import go_duration, ratelimit_headers
 from server.billing.unmetered import UnmeteredBilling, unmetered_report
 from server.config import AppConfig, TenantConfig
 from server.errors import InsufficientQuota, RateLimited
-from storage import open_store
+from storage import open_stores
 
 log = logging.getLogger("t2serve.billing")
 METRICS_INTERVAL_S = 0.25
@@ -111,12 +111,7 @@ class BudgetProvider:
     def ledger(self) -> Ledger:
         if self._ledger is None:
             cfg = self.config.ledger
-            store = open_store(
-                cfg.backend,
-                path=cfg.path,
-                url=cfg.redis_url,
-                log_retention_s=cfg.spend_log_retention_days * 86400,
-            )
+            store = open_stores(cfg).ledger()
             self._ledger = Ledger(
                 store, clock=self.clock, ttl_s=cfg.reservation_ttl_s or DEFAULT_TTL_S
             )

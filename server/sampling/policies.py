@@ -166,7 +166,7 @@ class PolicyBook:
 def policy_book(config: AppConfig) -> PolicyBook:
     """The server's book: each model's curves, and t2's learned state beside the ledger."""
     from controller.scaling.served import ServedCurvesError, load_served
-    from storage import open_learned_store
+    from storage import open_stores
 
     curves: dict[str, ServedCurves] = {}
     for i, m in enumerate(config.models):
@@ -175,10 +175,5 @@ def policy_book(config: AppConfig) -> PolicyBook:
                 curves[m.id] = load_served(m.curves, m.id)
             except ServedCurvesError as exc:
                 raise ConfigError(f"models.{i}.curves: {exc}") from None
-    ledger = config.ledger
-    return PolicyBook(
-        curves=curves,
-        open_store=lambda: open_learned_store(
-            ledger.backend, path=ledger.path, url=ledger.redis_url
-        ),
-    )
+    stores = open_stores(config.ledger)
+    return PolicyBook(curves=curves, open_store=stores.learned)

@@ -1,18 +1,16 @@
 """`AdminStore` in the ledger's SQLite file: three small tables, one transaction per change.
 
-Changes are rare (an operator's API call), so every call runs on one worker thread with a busy
-timeout; the version read that replicas poll is a single-row primary-key lookup.
+Changes are rare (an operator's API call), so every call runs on the worker thread of
+`storage.sqlite.database`, which waits for the lock; the version read that replicas poll is a
+single-row primary-key lookup.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from controller.budget.admin_state import (
     AdminSnapshot,
@@ -23,8 +21,7 @@ from controller.budget.admin_state import (
     canonical,
     label_taken,
 )
-
-T = TypeVar("T")
+from storage.sqlite.database import SQLiteDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS admin_version (
@@ -52,36 +49,11 @@ _COLUMNS = (
 
 class SQLiteAdminStore:
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2-admin-sqlite")
-        self._conn = self._pool.submit(self._connect, busy_timeout_ms).result()
-
-    def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(SCHEMA)
-        cols = [r[1] for r in conn.execute("PRAGMA table_info(api_keys)").fetchall()]
-        if "rate_limits" not in cols:  # a file from before rate limits
-            conn.execute("ALTER TABLE api_keys ADD COLUMN rate_limits TEXT")
-        return conn
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
-        def go() -> T:
-            if not write:
-                return fn(self._conn)
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(self._conn)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-            return result
-
-        return await asyncio.get_running_loop().run_in_executor(self._pool, go)
+        self._db = SQLiteDatabase(
+            path, _prepare, thread_name="t2-admin-sqlite", busy_timeout_ms=busy_timeout_ms
+        )
+        self.path = self._db.path
+        self._run = self._db.run
 
     @staticmethod
     def _bump(c: sqlite3.Connection) -> int:
@@ -225,8 +197,14 @@ class SQLiteAdminStore:
         return await self._run(go)
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._conn.close)
-        self._pool.shutdown(wait=True)
+        await self._db.close()
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(api_keys)").fetchall()]
+    if "rate_limits" not in cols:  # a file from before rate limits
+        conn.execute("ALTER TABLE api_keys ADD COLUMN rate_limits TEXT")
 
 
 def _key(row: Any) -> StoredKey:

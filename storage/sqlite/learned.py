@@ -1,24 +1,20 @@
 """`LearnedStore` in the ledger's SQLite file: t2's count tables, one row per (n, c) cell.
 
-Each step is one `BEGIN IMMEDIATE` transaction on a worker thread, so two processes sharing the
-file (workers) merge their counts without a lost update. `t2_learned_rows` holds one row per
-(tenant, model) with its last use; beyond `max_rows` the least recently used goes, cells too.
+Each step is one `BEGIN IMMEDIATE` transaction on a worker thread (`storage.sqlite.database`),
+so two processes sharing the file (workers) merge their counts without a lost update.
+`t2_learned_rows` holds one row per (tenant, model) with its last use; beyond `max_rows` the
+least recently used goes, cells too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 from controller.policy.learned import DEFAULT_MAX_ROWS, Learned, Pair
 from controller.policy.prior import LeaderPrior
-
-T = TypeVar("T")
+from storage.sqlite.database import SQLiteDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS t2_learned_rows (
@@ -37,33 +33,15 @@ class SQLiteLearnedStore:
     def __init__(
         self, path: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, busy_timeout_ms: int = 10_000
     ) -> None:
-        self.path = Path(path)
         self.max_rows = max_rows
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2-learned-sqlite")
-        self._conn = self._pool.submit(self._connect, busy_timeout_ms).result()
-        self._closed = False
-
-    def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(SCHEMA)
-        return conn
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def go() -> T:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(self._conn)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-            return result
-
-        return await asyncio.get_running_loop().run_in_executor(self._pool, go)
+        self._db = SQLiteDatabase(
+            path,
+            _prepare,
+            thread_name="t2-learned-sqlite",
+            busy_timeout_ms=busy_timeout_ms,
+        )
+        self.path = self._db.path
+        self._run = self._db.run
 
     def _touch(self, c: sqlite3.Connection, tenant: str, model: str, now: float) -> None:
         c.execute(
@@ -126,12 +104,8 @@ class SQLiteLearnedStore:
 
     async def close(self) -> None:
         """Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        await self._db.close()
 
-        def go() -> None:
-            self._conn.close()
 
-        await asyncio.get_running_loop().run_in_executor(self._pool, go)
-        self._pool.shutdown(wait=True)
+def _prepare(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)

@@ -4,9 +4,10 @@ reserve or settle.
 `BEGIN IMMEDIATE` takes the write lock before reading, so two processes sharing the file (several
 uvicorn workers) serialise their check-and-hold exactly like the Redis script does. A call first
 runs on the event loop's thread without waiting for the lock (~0.1 ms); only if another
-connection holds it does it move to a worker thread that waits, so the loop never blocks on it.
-With WAL and `synchronous=NORMAL` a committed settle survives a killed process (only an OS
-crash can lose the last commits); `synchronous="FULL"` trades throughput for power-loss safety.
+connection holds it does it move to a worker thread that waits, so the loop never blocks on it
+(`storage.sqlite.database`). With WAL and `synchronous=NORMAL` a committed settle survives a
+killed process (only an OS crash can lose the last commits); `synchronous="FULL"` trades
+throughput for power-loss safety.
 
 Tables: `spend` (per tenant, window and bucket: the aggregates budgets are checked against),
 `settlements` (the journal: one row per settled wave, also the idempotency key),
@@ -18,13 +19,11 @@ each level's row count in the same transactions).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import sqlite3
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 from controller.budget.ledger import (
     Hold,
@@ -39,8 +38,8 @@ from controller.budget.ledger import (
     scopes_of,
 )
 from controller.budget.pricing import ZERO, Cost
+from storage.sqlite.database import SQLiteDatabase
 
-T = TypeVar("T")
 PURGE_EVERY_S = 1.0  # delete expired holds at most this often (ledger clock)
 
 SCHEMA = """
@@ -93,45 +92,17 @@ class SQLiteStore:
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         busy_timeout_ms: int = 10_000,
     ) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2-ledger-sqlite")
-        self._conn = self._pool.submit(self._connect, synchronous, busy_timeout_ms).result()
-        # The fast path: the same transaction on the event loop's thread with busy_timeout=0,
-        # so it never waits; when another connection holds the write lock it falls back to
-        # the worker thread, which waits. A thread hop costs more than the transaction itself.
-        self._inline = self._connect(synchronous, 0)
+        self._db = SQLiteDatabase(
+            path,
+            _prepare,
+            thread_name="t2-ledger-sqlite",
+            busy_timeout_ms=busy_timeout_ms,
+            synchronous=synchronous,
+            inline=True,  # the hot path: try each step on the loop's thread first
+        )
+        self.path = self._db.path
+        self._run = self._db.run
         self._purged_at = -math.inf
-
-    def _connect(self, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-        _migrate(conn)
-        conn.executescript(SCHEMA)
-        return conn
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            return self._transaction(self._inline, fn)
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._transaction, self._conn, fn)
-
-    @staticmethod
-    def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return result
 
     # -- the atomic steps ------------------------------------------------------------------
 
@@ -319,13 +290,7 @@ class SQLiteStore:
         )
 
     async def close(self) -> None:
-        def go() -> None:
-            self._conn.close()
-
-        self._inline.close()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, go)
-        self._pool.shutdown(wait=True)
+        await self._db.close()
 
     # -- helpers (inside a transaction) ---------------------------------------------------
 
@@ -404,6 +369,11 @@ class SQLiteStore:
                 spent = Cost(float(row[1]), float(row[2]), float(row[4]))
                 out.append(WindowUsage(lim, spent, reserved[lim.scope], float(row[3])))
         return out
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    _migrate(conn)
+    conn.executescript(SCHEMA)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
