@@ -34,7 +34,6 @@ from controller.budget.admin_state import (
     Override,
     StoredKey,
 )
-from controller.budget.models import Budgets
 from server.auth import KeyRing
 from server.config import AppConfig, ConfigError, LedgerConfig, TenantConfig, parse_config
 from server.errors import APIError
@@ -70,11 +69,6 @@ def file_values(tenant: TenantConfig | None, section: str = "budgets") -> dict[s
     value = getattr(tenant, section, None) if tenant is not None else None
     dumped = value.model_dump() if value is not None else {}
     return {name: dumped.get(name) for name in SECTIONS[section]}
-
-
-def file_budget_values(tenant: TenantConfig | None) -> dict[str, object]:
-    """The tenant's budget fields as the file gives them (absent fields are None)."""
-    return file_values(tenant, "budgets")
 
 
 def overlay(file_config: AppConfig, overrides: list[Override]) -> AppConfig:
@@ -268,8 +262,3 @@ class AdminSync:
                 await self.flush_uses()
             await self._store.close()
             self._store = None
-
-
-def budgets_of(key: StoredKey) -> Budgets | None:
-    """A stored key's own budget, if it has one."""
-    return Budgets.model_validate(key.budgets) if key.budgets else None

@@ -6,4 +6,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.server",
     "tests.fixtures.fixed_length",
     "tests.fixtures.redis",
+    "tests.fixtures.stores",
 ]

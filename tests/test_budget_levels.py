@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +16,14 @@ from controller.budget import Budget, Budgets, Cost, Ledger, LedgerStore
 from server import metrics
 from server.app import create_app, serve_in_loop
 from server.config import hash_key, parse_config
-from storage.redis.ledger import RedisStore
-from storage.sqlite.ledger import SQLiteStore
 from tests.fakes import ScriptedEngine, cycle
 
 PER = Cost(1.0, 0.0)  # one sample's worst case: 1 unit
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
-    store: LedgerStore
-    if request.param == "sqlite":
-        store = SQLiteStore(tmp_path / "ledger.sqlite")
-    else:
-        store = RedisStore(request.getfixturevalue("redis_url"))
-    yield Ledger(store, ttl_s=60)
-    await store.close()
+@pytest.fixture
+def ledger(store: LedgerStore) -> Ledger:
+    return Ledger(store, ttl_s=60)
 
 
 def day(limit: float) -> Budgets:

@@ -6,15 +6,11 @@ Hold, shrink, refuse, settle exactly once, expire stale holds, reset windows at 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from controller.budget import Budget, Budgets, Cost, Ledger, LedgerStore, WindowUsage
-from storage.redis.ledger import RedisStore
-from storage.sqlite.ledger import SQLiteStore
 
 FIXED = Cost(0.01, 100.0)  # prompt part of a wave
 PER = Cost(0.1, 1000.0)  # one sample's worst case
@@ -35,17 +31,6 @@ class ManualClock:
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
     return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerStore]:
-    backend: LedgerStore
-    if request.param == "sqlite":
-        backend = SQLiteStore(tmp_path / "ledger.sqlite")
-    else:
-        backend = RedisStore(request.getfixturevalue("redis_url"))
-    yield backend
-    await backend.close()
 
 
 @pytest.fixture

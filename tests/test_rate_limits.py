@@ -5,7 +5,6 @@ tokens held at the worst case and trued up at settle, both checked in the reserv
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,23 +13,11 @@ from controller.budget import Budget, Budgets, Cost, Ledger, LedgerStore
 from controller.budget.admin_state import StoredKey
 from controller.budget.models import RateLimits
 from storage import Stores
-from storage.redis.ledger import RedisStore
 from storage.sqlite.ledger import SQLiteStore
 from tests.test_ledger_backends import ManualClock, utc
 
 FIXED = Cost(0.0, 0.0, 10.0)  # a 10-token prompt
 PER = Cost(0.0, 0.0, 20.0)  # max_tokens 20 per sample
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerStore]:
-    backend: LedgerStore
-    if request.param == "sqlite":
-        backend = SQLiteStore(tmp_path / "ledger.sqlite")
-    else:
-        backend = RedisStore(request.getfixturevalue("redis_url"))
-    yield backend
-    await backend.close()
 
 
 @pytest.fixture

@@ -16,8 +16,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-KEY_FIELDS = ("sha256", "tenant", "prefix", "label", "created_at", "expires_at", "revoked_at")
-
 
 class DuplicateLabel(ValueError):
     """The tenant already has a live key with this label."""
