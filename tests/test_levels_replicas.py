@@ -15,7 +15,7 @@ import pytest
 from controller.budget import Budgets
 from server.app import create_app, serve_in_loop
 from server.billing.identity import Caller
-from server.billing.ledger import budget_levels
+from server.billing.levels import budget_levels
 from server.config import hash_key, parse_config
 from tests.fakes import ScriptedEngine, cycle
 

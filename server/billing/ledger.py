@@ -13,291 +13,45 @@ the ledger returned on this replica's last call for the tenant; the request's po
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
 
 from controller.budget import (
-    Budgets,
     Cost,
-    Ledger,
-    Pricer,
-    Unit,
     WindowUsage,
 )
 from controller.budget.ledger import (
-    DEFAULT_TTL_S,
     RequestUsage,
     SpendEntry,
-    SpendRecord,
 )
-from controller.budget.models import LimitUnit, RateLimits, RequestBudget
-from controller.pacing import ComputePrice, TenantPacer, default_initial_price
-from server import metrics
-from server.billing.admission import HOLD_RETRY_S, POLL_S, SettleSignal
-from server.billing.identity import Caller, current_caller
+from controller.budget.models import LimitUnit, RequestBudget
+from controller.pacing import ComputePrice
+from server.billing.admission import HOLD_RETRY_S, POLL_S
+from server.billing.identity import current_caller
+from server.billing.levels import budget_levels, rate_levels
+from server.billing.prices import billing_unit
 from server.billing.protocol import Billing, WaveHold
+from server.billing.provider import BudgetProviderBase
 from server.billing.ratelimit import go_duration, ratelimit_headers
-from server.billing.unmetered import UnmeteredBilling, unmetered_report
-from server.config import AppConfig, TenantConfig
+from server.billing.unmetered import UnmeteredBilling
+from server.config import TenantConfig
 from server.errors import InsufficientQuota, RateLimited
-from storage import open_stores
 
 log = logging.getLogger("t2serve.billing")
-METRICS_INTERVAL_S = 0.25
-LOG_PURGE_EVERY_S = 3600.0
 VERIFIER_WAVES = 1_000_000  # settlement keys of verifier charges, apart from generation waves
 
 
-def billing_unit(tenant: TenantConfig, pricer: Pricer) -> Unit:
-    """The unit `quote`, `t2.cost` and λ are expressed in: the first budget's, else by price."""
-    budgets = tenant.budgets
-    if budgets is not None:
-        windows = budgets.windows()
-        if windows:
-            return windows[0][1].unit
-        if budgets.request is not None:
-            return budgets.request.unit
-    if pricer.per_token("currency") > 0 or pricer.per_token("flops") <= 0:
-        return "currency"
-    return "flops"
-
-
-class BudgetProvider:
-    """`BillingProvider` backed by the ledger; one per app (or per test).
-
-    `model_params` gives N per model id for FLOPs pricing (2·N per token) where a tenant's
-    price entry does not; the app counts it from the weights (server.engine.weights).
-    """
-
-    def __init__(
-        self,
-        config: AppConfig,
-        *,
-        ledger: Ledger | None = None,
-        clock: Callable[[], float] = time.time,
-        publish_metrics: bool = True,
-        model_params: Mapping[str, float | None] | None = None,
-    ) -> None:
-        self._ledger = ledger
-        self.clock = clock
-        self.publish_metrics = publish_metrics
-        self._pacers: dict[str, TenantPacer] = {}
-        self._usage: dict[str, list[WindowUsage]] = {}
-        self._params: dict[str, float | None] = dict(model_params or {})
-        self._published: dict[str, float] = {}
-        self._trailing: set[str] = set()
-        self.settles = SettleSignal()
-        self._logs_purged_at = -math.inf
-        # told the tenant's window figures after each ledger call (the alert webhooks)
-        self.on_usage: Callable[[TenantConfig, list[WindowUsage]], None] | None = None
-        self.reload(config)
-
-    def reload(self, config: AppConfig) -> None:
-        """Take a new config (budgets apply from the next reserve; the backend stays)."""
-        self.config = config
-        self.default_policy = config.defaults.policy
-        for tenant in config.tenants:
-            pacer = self._pacers.get(tenant.id)
-            if pacer is not None and pacer.settings != tenant.pacing:
-                del self._pacers[tenant.id]
-
-    @property
-    def ledger(self) -> Ledger:
-        if self._ledger is None:
-            cfg = self.config.ledger
-            store = open_stores(cfg).ledger()
-            self._ledger = Ledger(
-                store, clock=self.clock, ttl_s=cfg.reservation_ttl_s or DEFAULT_TTL_S
-            )
-        return self._ledger
-
-    def metered(self, tenant: TenantConfig) -> bool:
-        return (
-            tenant.prices is not None
-            or tenant.budgets is not None
-            or tenant.user_budgets is not None
-            or (tenant.rate_limits is not None and tenant.rate_limits.any())
-        )
-
-    def pricer(self, tenant: TenantConfig, model: str) -> Pricer:
-        return Pricer(tenant.prices, model, self._params.get(model))
-
-    def window_figures(self, tenant: TenantConfig) -> list[WindowUsage]:
-        """The ledger figures this replica saw last for the tenant (no ledger call)."""
-        return self._usage.get(tenant.id, [])
-
-    def pacer(self, tenant: TenantConfig, pricer: Pricer) -> TenantPacer:
-        pacer = self._pacers.get(tenant.id)
-        if pacer is None:
-            initial: dict[str, float] = {
-                "currency": default_initial_price(pricer.per_token("currency")),
-                "flops": default_initial_price(pricer.per_token("flops")),
-            }
-            pacer = self._pacers[tenant.id] = TenantPacer(tenant.pacing, initial)
-        return pacer
+class BudgetProvider(BudgetProviderBase):
+    """`BillingProvider` backed by the ledger (server.billing.provider): a `LedgerBilling` per
+    metered request, `UnmeteredBilling` for the rest."""
 
     def for_request(self, tenant: TenantConfig, model: str, request_id: str) -> Billing:
         caller = current_caller()
         if not self.metered(tenant) and not caller.key_budgets and not caller.key_rate_limits:
             return UnmeteredBilling()
         return LedgerBilling(self, tenant, model, request_id)
-
-    def price(self, tenant: TenantConfig, pricer: Pricer, unit: LimitUnit) -> ComputePrice | None:
-        """The tenant's price of compute now, from the last ledger figures this replica saw
-        (None: nothing limited, pacing off, or a cap not under pressure, or no budget at all)."""
-        usage = self._usage.get(tenant.id)
-        if not usage or unit == "tokens":
-            return None
-        other: Unit = "flops" if unit == "currency" else "currency"
-        ratio = pricer.per_token(unit) / pricer.per_token(other) if pricer.per_token(other) else 0
-        return self.pacer(tenant, pricer).price(usage, self.clock(), unit, ratio)
-
-    def remember(
-        self, tenant: TenantConfig, usage: list[WindowUsage], pricer: Pricer, force: bool = False
-    ) -> None:
-        """Keep the ledger's latest figures for λ and `remaining`, and publish them as metrics at
-        most every METRICS_INTERVAL_S per tenant (publishing costs more than a ledger call); a
-        deferred publish makes sure the latest figures are shown once that interval is over.
-        Only the tenant's own budget windows: keys and users never become labels, nor drive λ,
-        and rate limits are no budget (no pacing, no alerts, no budget metrics)."""
-        usage = [u for u in usage if not u.limit.scope and u.limit.kind == "budget"]
-        self._usage[tenant.id] = usage
-        if self.on_usage is not None and tenant.alerts is not None:
-            try:
-                self.on_usage(tenant, usage)
-            except Exception:  # alerts never fail a request
-                log.exception("budget alert check failed for %s", tenant.id)
-        if not self.publish_metrics:
-            return
-        now = time.monotonic()
-        wait = self._published.get(tenant.id, -1e9) + METRICS_INTERVAL_S - now
-        if not force and wait > 0:
-            if tenant.id not in self._trailing:  # publish the latest figures once it is due
-                self._trailing.add(tenant.id)
-                with contextlib.suppress(RuntimeError):  # no running loop: nothing to defer
-                    asyncio.get_running_loop().call_later(wait, self._flush, tenant, pricer)
-            return
-        self._published[tenant.id] = now
-        for u in usage:
-            if not u.limit.limited:
-                continue
-            metrics.set_budget(
-                tenant.id,
-                u.name,
-                limit=u.limit.limit,
-                remaining=max(0.0, u.remaining or 0.0),
-                reserved=u.reserved_value,
-                spent=u.spent_value,
-                window_start=u.limit.span.start,
-                window_end=u.limit.span.end,
-            )
-        unit = billing_unit(tenant, pricer)
-        price = self.price(tenant, pricer, unit)
-        metrics.set_price_of_compute(tenant.id, price.lam if price is not None else 0.0)
-
-    def _flush(self, tenant: TenantConfig, pricer: Pricer) -> None:
-        self._trailing.discard(tenant.id)
-        usage = self._usage.get(tenant.id)
-        if usage is not None:
-            self.remember(tenant, usage, pricer, force=True)
-
-    async def report(self, tenant: TenantConfig) -> dict[str, Any]:
-        """Spend, reserved, limit and remaining per window, and λ: the admin view of a tenant."""
-        if not self.metered(tenant):
-            return unmetered_report(tenant)
-        model = tenant.models[0] if tenant.models and tenant.models[0] != "*" else ""
-        model = model or self.config.model_ids[0]
-        pricer = self.pricer(tenant, model)
-        unit = billing_unit(tenant, pricer)
-        rates = rate_levels(tenant, Caller())  # the tenant's own, no key's
-        usage = await self.ledger.usage(tenant.id, tenant.budgets, rates=rates)
-        self.remember(tenant, usage, pricer, force=True)
-        now = self.clock()
-        windows = []
-        for u in usage:
-            if u.limit.kind == "rate":
-                continue
-            windows.append(
-                {
-                    "window": u.name,
-                    "rolling": u.limit.span.rolling,
-                    "unit": u.limit.unit,
-                    "hard": u.limit.hard if u.limit.limited else None,
-                    "limit": u.limit.limit if u.limit.limited else None,
-                    "spent": u.spent_value,
-                    "spent_money": u.spent.money,
-                    "spent_flops": u.spent.flops,
-                    "reserved": u.reserved_value,
-                    "remaining": u.remaining,
-                    "window_start": u.limit.span.start,
-                    "resets_in_s": u.reset_in(now),
-                }
-            )
-        return {
-            "id": tenant.id,
-            "unit": unit,
-            "currency": tenant.prices.currency if tenant.prices else None,
-            "metered": self.metered(tenant),
-            "windows": windows,
-            "price_of_compute": _lam(self.price(tenant, pricer, unit)),
-            "pacing_mode": tenant.pacing.mode,
-            "rate_limits": await self._rate_report(tenant, rates, usage),
-        }
-
-    async def _rate_report(
-        self,
-        tenant: TenantConfig,
-        rates: list[tuple[str, RateLimits]],
-        usage: list[WindowUsage],
-    ) -> dict[str, Any] | None:
-        """The tenant's rpm/tpm and what the last 60 s used of them (requests admitted; tokens
-        settled plus held)."""
-        if not rates:
-            return None
-        limits = rates[0][1]
-        requests = await self.ledger.requests(tenant.id, rates)
-        tpm = next((u for u in usage if u.limit.kind == "rate"), None)
-        return {
-            "rpm": limits.rpm,
-            "tpm": limits.tpm,
-            "requests_last_minute": requests[0].count if requests else None,
-            "tokens_last_minute": (tpm.spent_value + tpm.reserved_value) if tpm else None,
-        }
-
-    async def spend_logs(
-        self, tenants: list[TenantConfig], since: float, until: float
-    ) -> list[SpendRecord]:
-        """Spend-log records of these tenants with since ≤ time < until, oldest first."""
-        out: list[SpendRecord] = []
-        for tenant in tenants:
-            if self.metered(tenant):
-                out += await self.ledger.store.spend_logs(tenant.id, since, until)
-        out.sort(key=lambda r: (r.time, r.tenant, r.request_id))
-        return out
-
-    async def purge_logs(self, force: bool = False) -> int:
-        """Retention: drop records past `ledger.spend_log_retention_days`, at most hourly."""
-        now = self.clock()
-        if not force and now - self._logs_purged_at < LOG_PURGE_EVERY_S:
-            return 0
-        self._logs_purged_at = now
-        keep_s = self.config.ledger.spend_log_retention_days * 86400
-        return await self.ledger.store.purge_logs(now - keep_s)
-
-    async def close(self) -> None:
-        if self._ledger is not None:
-            await self._ledger.close()
-            self._ledger = None
-
-
-def _lam(price: ComputePrice | None) -> float | None:
-    return price.lam if price is not None else None
 
 
 def _budget_param(scope: str, window: str | None) -> str:
@@ -306,40 +60,6 @@ def _budget_param(scope: str, window: str | None) -> str:
     kind = scope.partition(":")[0]
     base = {"key": "key.budgets", "user": "user_budgets"}.get(kind, "budgets")
     return f"{base}.{window}"
-
-
-def rate_levels(tenant: TenantConfig, caller: Caller) -> list[tuple[str, RateLimits]]:
-    """The rpm/tpm levels of a request: the tenant's (scope "") and its key's own."""
-    levels: list[tuple[str, RateLimits]] = []
-    if tenant.rate_limits is not None and tenant.rate_limits.any():
-        levels.append(("", tenant.rate_limits))
-    scope = caller.key_scope
-    if caller.key_rate_limits and scope:
-        rates = RateLimits.model_validate(caller.key_rate_limits)
-        if rates.any():
-            levels.append((scope, rates))
-    return levels
-
-
-def budget_levels(
-    tenant: TenantConfig, caller: Caller
-) -> tuple[list[tuple[str, Budgets]], dict[str, str]]:
-    """The levels below the tenant this request is also budgeted at (its key's own budgets,
-    the tenant's per-user budgets when it names a `user`), and how each is named in errors.
-    A user's scope is a digest of the id: any string is safe as a storage key."""
-    levels: list[tuple[str, Budgets]] = []
-    names: dict[str, str] = {}
-    key_scope = caller.key_scope
-    if key_scope:
-        names[key_scope] = f"key {caller.key_prefix or caller.key_id}"
-    if caller.key_budgets and caller.key_prefix:
-        scope = f"key:{caller.key_prefix}"
-        levels.append((scope, Budgets.model_validate(caller.key_budgets)))
-    if tenant.user_budgets is not None and caller.user:
-        scope = "user:" + hashlib.sha256(caller.user.encode()).hexdigest()[:24]
-        levels.append((scope, tenant.user_budgets))
-        names[scope] = f"user '{caller.user}'"
-    return levels, names
 
 
 class LedgerBilling:

@@ -1,0 +1,60 @@
+"""A tenant's budget figures and λ as Prometheus gauges, published at most every
+METRICS_INTERVAL_S per tenant: publishing costs more than a ledger call, so a busy tenant's
+figures are shown at that rate, and a deferred publish makes sure the latest figures are shown
+once the interval is over."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from controller.budget import Pricer
+from server import metrics
+from server.billing.prices import PriceBook, billing_unit
+from server.config import TenantConfig
+
+METRICS_INTERVAL_S = 0.25
+
+
+class BudgetGauges:
+    """Publishes what `prices` last remembered for a tenant (nothing when not `enabled`)."""
+
+    def __init__(self, prices: PriceBook, *, enabled: bool = True) -> None:
+        self.prices = prices
+        self.enabled = enabled
+        self._published: dict[str, float] = {}
+        self._trailing: set[str] = set()
+
+    def publish(self, tenant: TenantConfig, pricer: Pricer, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        wait = self._published.get(tenant.id, -1e9) + METRICS_INTERVAL_S - now
+        if not force and wait > 0:
+            if tenant.id not in self._trailing:  # publish the latest figures once it is due
+                self._trailing.add(tenant.id)
+                with contextlib.suppress(RuntimeError):  # no running loop: nothing to defer
+                    asyncio.get_running_loop().call_later(wait, self._flush, tenant, pricer)
+            return
+        self._published[tenant.id] = now
+        for u in self.prices.figures(tenant) or []:
+            if not u.limit.limited:
+                continue
+            metrics.set_budget(
+                tenant.id,
+                u.name,
+                limit=u.limit.limit,
+                remaining=max(0.0, u.remaining or 0.0),
+                reserved=u.reserved_value,
+                spent=u.spent_value,
+                window_start=u.limit.span.start,
+                window_end=u.limit.span.end,
+            )
+        price = self.prices.price(tenant, pricer, billing_unit(tenant, pricer))
+        metrics.set_price_of_compute(tenant.id, price.lam if price is not None else 0.0)
+
+    def _flush(self, tenant: TenantConfig, pricer: Pricer) -> None:
+        self._trailing.discard(tenant.id)
+        if self.prices.figures(tenant) is not None:
+            self.publish(tenant, pricer, force=True)
