@@ -225,3 +225,32 @@ async def test_a_wave_waits_for_other_holds_to_settle_instead_of_a_false_429(
         assert granted.samples >= 1 and time.monotonic() - started < POLL_S
     finally:
         await provider.close()
+
+
+async def test_budget_gauges_follow_the_ledger_at_most_every_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each ledger call's figures reach the gauges: the first at once, a burst's later ones
+    once METRICS_INTERVAL_S is over (the latest figures, not the first)."""
+    from server.billing import gauges
+
+    published: list[tuple[str, str, float]] = []
+
+    def set_budget(tenant: str, window: str, *, remaining: float, **_: float) -> None:
+        published.append((tenant, window, remaining))
+
+    monkeypatch.setattr(gauges.metrics, "set_budget", set_budget)
+    cfg = make_config(tmp_path, budgets={"day": {"limit": 1.0, "hard": True}})
+    provider = BudgetProvider(cfg, clock=noon())
+    try:
+        billing = handle(provider, cfg, "r1")
+        await billing.settle(WaveHold(0, 1, 0, 0), prompt_tokens=0, completion_tokens=100)
+        assert published == [("acme", "day", pytest.approx(0.8))]  # 100 × 2e-3 spent
+        await billing.settle(WaveHold(1, 1, 0, 0), prompt_tokens=0, completion_tokens=50)
+        await billing.settle(WaveHold(2, 1, 0, 0), prompt_tokens=0, completion_tokens=50)
+        assert len(published) == 1  # within the interval: deferred
+        await asyncio.sleep(gauges.METRICS_INTERVAL_S + 0.1)
+        assert published[1:] == [("acme", "day", pytest.approx(0.6))]
+        await billing.close()
+    finally:
+        await provider.close()
