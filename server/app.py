@@ -60,24 +60,57 @@ def create_app(
     `billing`: a provider the caller owns; by default the budget ledger bills metered tenants
     (it opens its store on the first metered request) and is closed on shutdown. `pooling`:
     reward-model services the caller started (default: started from `verifier_models`)."""
-    sizes = {**model_sizes(config.models), **verifier_model_sizes(config.verifier_models)}
-    provider = billing or BudgetProvider(config, model_params=sizes)
+    provider = billing or default_billing(config)
     state = ServingState(config, engine_services(config, engine), provider, pooling)
-    start_pooling = pooling is None
     alerts = AlertDispatcher(state.admin)
     if isinstance(provider, BudgetProvider):
         provider.on_usage = alerts.check  # budget alert webhooks (tenants' `alerts:`)
     metrics.configure_labels(tenants=[t.id for t in config.tenants], models=config.model_ids)
+    lifespan = _lifespan(
+        state,
+        alerts,
+        start_engines=engine is None,
+        start_pooling=pooling is None,
+        close_billing=billing is None,
+    )
+    app = FastAPI(
+        title="t2serve",
+        version="0.1.0",
+        description="OpenAI-compatible, budget-aware test-time-scaling server.",
+        lifespan=lifespan,
+    )
+    app.state.t2 = state
+    _install_api(app, state)
+    _install_probes(app, state)
+    return app
+
+
+def default_billing(config: AppConfig) -> BudgetProvider:
+    """The budget ledger, pricing FLOPs by the served and verifier models' parameter counts."""
+    sizes = {**model_sizes(config.models), **verifier_model_sizes(config.verifier_models)}
+    return BudgetProvider(config, model_params=sizes)
+
+
+def _lifespan(
+    state: ServingState,
+    alerts: AlertDispatcher,
+    *,
+    start_engines: bool,
+    start_pooling: bool,
+    close_billing: bool,
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """Start-up (admin store, then engines and reward models in the background) and shutdown
+    (in reverse; the billing provider only if this app made it)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The admin store connects first: an in-process vLLM start blocks the event loop,
         # which would time out a Redis connect made while it runs.
-        if admin.admin_digests(config):  # lasting admin state: keys, budget overrides
+        if admin.admin_digests(state.config):  # lasting admin state: keys, budget overrides
             await state.admin.start()
         starters: list[asyncio.Task[None]] = []
-        if engine is None or start_pooling:  # one after another, each in a thread
-            todo = list(state.engines.values()) if engine is None else []
+        if start_engines or start_pooling:  # one after another, each in a thread
+            todo = list(state.engines.values()) if start_engines else []
             then = state.verifiers.start if start_pooling else None
             starters = [asyncio.create_task(_start_in_order(todo, then))]
         try:
@@ -91,16 +124,14 @@ def create_app(
             await alerts.aclose()
             await state.aclose()
             metrics.set_engine_ready(False)
-            if billing is None:
-                await provider.close()  # the ledger store this app opened
+            if close_billing:
+                await state.billing.close()  # the ledger store this app opened
 
-    app = FastAPI(
-        title="t2serve",
-        version="0.1.0",
-        description="OpenAI-compatible, budget-aware test-time-scaling server.",
-        lifespan=lifespan,
-    )
-    app.state.t2 = state
+    return lifespan
+
+
+def _install_api(app: FastAPI, state: ServingState) -> None:
+    """The OpenAI and admin routers, error bodies, middleware and the OpenAPI schema."""
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(admin.router)  # /admin/*: tenants, budgets, reload
@@ -108,7 +139,11 @@ def create_app(
     app.add_middleware(DrainDeadline, drain=app.state.drain)
     app.add_middleware(RequestMetrics)
     app.add_middleware(BodyLimit, limit=state.body_limit)  # outermost
-    install_openapi(app, config.model_ids)
+    install_openapi(app, state.config.model_ids)
+
+
+def _install_probes(app: FastAPI, state: ServingState) -> None:
+    """/healthz, /readyz and /metrics."""
 
     @app.get("/healthz", include_in_schema=True)
     async def healthz() -> dict[str, str]:
@@ -142,8 +177,6 @@ def create_app(
         metrics.set_engine_ready(state.ready())
         body, content_type = metrics.render_latest()
         return Response(body, media_type=content_type)
-
-    return app
 
 
 async def _start_in_order(
