@@ -24,6 +24,7 @@ from controller.budget.admin_state import (
     StoredKey,
     canonical,
 )
+from storage.redis.connection import connect
 
 _B = "{t2admin}"
 VERSION, OVERRIDES, KEYS, PREFIX, REVOKED, USED, LIMITS = (
@@ -130,11 +131,8 @@ return {redis.call('GET', KEYS[1]) or '0', redis.call('HGETALL', KEYS[2]),
 
 class RedisAdminStore:
     def __init__(self, url: str = "redis://127.0.0.1:6379/0") -> None:
-        # a bounded connect: an unreachable store must not hold up a replica's start for the
-        # OS's TCP timeout (minutes); the server retries in the background instead
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5
-        )
+        # a bounded connect: the server retries an unreachable store in the background
+        self.client: aioredis.Redis = connect(url, connect_timeout_s=5)
         self._revoke = self.client.register_script(REVOKE)
         self._create = self.client.register_script(CREATE)
         self._put = self.client.register_script(PUT_OVERRIDES)

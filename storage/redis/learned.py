@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from controller.policy.learned import DEFAULT_MAX_ROWS, Learned, Pair
 from controller.policy.prior import LeaderPrior
+from storage.redis.connection import connect
 
 _B = "{t2learn}"
 ROWS = f"{_B}:rows"
@@ -75,7 +76,7 @@ class RedisLearnedStore:
         client: aioredis.Redis | None = None,
     ) -> None:
         self._owns = client is None
-        self.client: aioredis.Redis = client or aioredis.Redis.from_url(url, decode_responses=True)
+        self.client: aioredis.Redis = client or connect(url)
         self.max_rows = max_rows
         self._add = self.client.register_script(ADD)
         self._load = self.client.register_script(LOAD)

@@ -37,6 +37,7 @@ from controller.budget.ledger import (
 )
 from controller.budget.pricing import Cost
 from controller.budget.windows import LENGTH_S
+from storage.redis.connection import connect
 
 # Shared Lua. A hold is "money|flops|granted|scope;scope...|tokens" in `res` (holds written
 # before rate limits have no tokens part: 0); it counts in the tenant's `tot` and in the
@@ -339,13 +340,7 @@ class RedisStore:
     ) -> None:
         self.url = url
         self._owns_pool = client is None
-        if client is None:
-            # a blocking pool waits for a free connection under load instead of raising
-            pool = aioredis.BlockingConnectionPool.from_url(
-                url, decode_responses=True, max_connections=max_connections, timeout=30
-            )
-            client = aioredis.Redis(connection_pool=pool)
-        self.client: aioredis.Redis = client
+        self.client: aioredis.Redis = client or connect(url, max_connections=max_connections)
         self.settled_ttl_s = int(settled_ttl_s)
         self.log_retention_s = int(log_retention_s)
         self._finish = self.client.register_script(FINISH_LOG)
