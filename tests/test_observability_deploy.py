@@ -9,6 +9,7 @@ import http.server
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,15 @@ def test_dockerfile_runs_as_a_non_root_user_with_readyz_healthcheck_and_entrypoi
     assert list(entrypoint.value) == ["t2serve", "serve", "--config", "/etc/t2serve/config.yaml"]
     copied_to = {c.value[-1] for c in _all("COPY")}
     assert "/etc/t2serve/config.yaml" in copied_to
+
+
+def test_the_dockerfile_copies_every_package_pyproject_installs() -> None:
+    """`pip install .` in the image finds only what was copied: a new top-level package
+    (storage/) left out of the COPY lines would install without it."""
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {p.rstrip("*") for p in find["packages"]["find"]["include"]}
+    copied = {c.value[0].rstrip("/") for c in _all("COPY")}
+    assert packages <= copied, packages - copied
 
 
 def test_every_file_the_dockerfile_copies_is_in_the_build_context() -> None:
