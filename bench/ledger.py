@@ -51,9 +51,9 @@ from controller.budget.ledger import (
 from server.billing import BudgetProvider, WaveHold
 from server.billing.identity import bind_key, bind_request, bind_user
 from server.config import AppConfig, hash_key, parse_config
+from storage import Stores, open_stores
 from storage.redis.ledger import RedisStore
 from storage.sqlite.database import transaction
-from storage.sqlite.ledger import SQLiteStore
 
 PAIRS = {1: 1500, 32: 4000}
 Pair = Callable[[int], Awaitable[None]]
@@ -243,12 +243,12 @@ async def run(workdir: Path) -> dict[str, Any]:
     await row("noop", billing_pair(noop, cfg, "noop"))
 
     cfg = config(str(workdir / "ledger.sqlite"))
-    sqlite_provider = BudgetProvider(cfg, ledger=Ledger(SQLiteStore(workdir / "ledger.sqlite")))
+    sqlite_provider = BudgetProvider(cfg, ledger=Ledger(open_stores(cfg.ledger).ledger()))
     await row("sqlite", billing_pair(sqlite_provider, cfg, "sqlite"))
     await row("sqlite-levels", billing_pair(sqlite_provider, cfg, "sqlite-l", levels=True))
     await sqlite_provider.close()
     rated = config(str(workdir / "ledger.sqlite"), rated=True)
-    rated_provider = BudgetProvider(rated, ledger=Ledger(SQLiteStore(workdir / "ledger.sqlite")))
+    rated_provider = BudgetProvider(rated, ledger=Ledger(open_stores(rated.ledger).ledger()))
     await row("sqlite-rated", billing_pair(rated_provider, rated, "sqlite-r", True, True))
     await rated_provider.close()
     raw, close_raw = raw_sqlite_pair(workdir / "raw.sqlite")
@@ -261,11 +261,11 @@ async def run(workdir: Path) -> dict[str, Any]:
         return results
     proc, url = redis
     try:
-        store = RedisStore(url)
+        store = RedisStore(url)  # its client is the ping baseline's pool too
         redis_provider = BudgetProvider(cfg, ledger=Ledger(store))
         await row("redis", billing_pair(redis_provider, cfg, "redis"))
         await row("redis-levels", billing_pair(redis_provider, cfg, "redis-l", levels=True))
-        rated_redis = BudgetProvider(rated, ledger=Ledger(RedisStore(url)))
+        rated_redis = BudgetProvider(rated, ledger=Ledger(Stores("redis", url=url).ledger()))
         await row("redis-rated", billing_pair(rated_redis, rated, "redis-r", True, True))
         await rated_redis.close()
 
