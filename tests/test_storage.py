@@ -50,6 +50,7 @@ async def test_sqlite_puts_every_store_in_the_one_configured_file(tmp_path: Path
     assert [p.name for p in path.parent.glob("*.sqlite")] == [path.name]
 
 
+@pytest.mark.redis
 async def test_redis_puts_every_store_in_the_one_configured_redis(redis_url: str) -> None:
     cfg = config({"backend": "redis", "redis_url": redis_url, "spend_log_retention_days": 2})
     stores = open_stores(cfg.ledger)
