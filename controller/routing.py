@@ -55,6 +55,9 @@ PATHS = 128
 """Random draw orders replayed per calibration question."""
 PLAN_CACHE = 256
 """First decisions kept per route (bounded, oldest out)."""
+DECISION_CACHE = 1 << 16
+"""Later decisions kept per route (bounded, cleared when full): a decision depends only on the
+run's settings and the vote state, so a replay's many draw orders reuse them."""
 SHRINK = 0.5
 """Pseudo-questions pulling a seldom-seen state's estimate toward the curve's value."""
 
@@ -221,10 +224,14 @@ class Route:
     id: str
     candidates: tuple[RouteCandidate, ...]
     cross: Mapping[tuple[str, str], CrossStats] = field(default_factory=dict)
-    plans: dict[tuple[float, tuple[float, ...], int], list[CandidatePlan]] = field(
+    plans: dict[tuple[object, ...], list[CandidatePlan]] = field(
         default_factory=dict, repr=False, compare=False
     )
-    """First decisions already planned, by (λ, costs, allowed): requests alike plan once."""
+    """First decisions already planned, by (λ, costs, allowed, ...): requests alike plan once."""
+    decisions: dict[tuple[object, ...], tuple[str, int, float | None]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    """Later decisions already taken, by the run's settings and vote state (bounded)."""
 
     def candidate(self, model: str) -> RouteCandidate:
         return next(c for c in self.candidates if c.model == model)
@@ -237,13 +244,29 @@ class Route:
         return self.candidate(dst).curve.accuracy(k)
 
     def start(
-        self, costs: Mapping[str, float], lam: float, allowed: int, cheapest_first: bool = False
+        self,
+        costs: Mapping[str, float],
+        lam: float,
+        allowed: int,
+        cheapest_first: bool = False,
+        *,
+        call_costs: Mapping[str, float] | None = None,
+        recall_costs: Mapping[str, float] | None = None,
+        caps: Mapping[str, int] | None = None,
+        descend: bool = True,
     ) -> RouteRun:
         """A run for one request: `costs` per sample of each candidate in the tenant's unit,
         `lam` the price of one unit of that cost, `allowed` samples at most in all.
         `cheapest_first`: always start on the first candidate (a classic cascade, as in Yue et
-        al.'s mixture-of-thought cascades) instead of on the best plan."""
-        return RouteRun(self, dict(costs), lam, allowed, cheapest_first)
+        al.'s mixture-of-thought cascades) instead of on the best plan.
+        `call_costs`: what one call (wave) costs on top of its samples (its prompt), per
+        candidate; `recall_costs` what a later call on an already-called candidate costs (0
+        where the prompt is a prefix-cache hit; default: `call_costs`). `caps`: at most this
+        many samples per candidate (what each can draw). `descend`: a question may move to a
+        cheaper candidate after a dearer one (module doc)."""
+        return RouteRun(self, dict(costs), lam, allowed, cheapest_first,
+                        call_costs=call_costs, recall_costs=recall_costs, caps=caps,
+                        descend=descend)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -293,6 +316,11 @@ class RouteRun:
         lam: float,
         allowed: int,
         cheapest_first: bool = False,
+        *,
+        call_costs: Mapping[str, float] | None = None,
+        recall_costs: Mapping[str, float] | None = None,
+        caps: Mapping[str, int] | None = None,
+        descend: bool = True,
     ) -> None:
         if not (math.isfinite(lam) and lam >= 0):
             raise ValueError("the price of compute must be finite and >= 0")
@@ -301,10 +329,29 @@ class RouteRun:
         self.lam = lam
         self.allowed = allowed
         self.cheapest_first = cheapest_first
+        self.call_costs = dict(call_costs or {})
+        self.recall_costs = dict(recall_costs) if recall_costs is not None else self.call_costs
+        self.caps = {c.model: N_MAX for c in route.candidates} | dict(caps or {})
+        self.descend = descend
         self.current: str | None = None
         self.visited: list[str] = []
         self.plans: list[CandidatePlan] = []
         self.predicted_accuracy: float | None = None
+        self._key = (
+            float(f"{lam:.6g}"),
+            tuple(float(f"{costs[c.model]:.6g}") for c in route.candidates),
+            allowed,
+            tuple(float(f"{self.call_costs.get(c.model, 0.0):.6g}") for c in route.candidates),
+            tuple(float(f"{self.recall_costs.get(c.model, 0.0):.6g}") for c in route.candidates),
+            tuple(self.caps[c.model] for c in route.candidates),
+            descend,
+        )
+
+    def wave_cost(self, model: str, k: int, called: bool) -> float:
+        """Predicted cost of one call drawing k samples on `model`: its prompt (a repeat call's
+        when `model` was called before) plus k samples, as the ledger bills a wave."""
+        fixed = (self.recall_costs if called else self.call_costs).get(model, 0.0)
+        return fixed + self.costs[model] * k
 
     # -- the options in a state ------------------------------------------------------------------
 
@@ -313,33 +360,39 @@ class RouteRun:
         cand = self.route.candidate(model)
         best = Option(cand.stats.p_right(n, v1, v2), 0.0, model, 0)
         for d in LOOKAHEAD:
-            if d > left:
+            if d > min(left, self.caps[model] - n):
                 break
             p = cand.stats.p_right_after(n, v1, v2, d)
             if p is None:
                 break
-            opt = Option(p, self.costs[model] * d, model, d)
+            opt = Option(p, self.wave_cost(model, d, True), model, d)
             if opt.value(self.lam) > best.value(self.lam):
                 best = opt
         for other in self._others(model):
-            for k in range(1, min(left, N_MAX) + 1):
+            for k in range(1, min(left, N_MAX, self.caps[other.model]) + 1):
                 p = self.route.escalation(model, other.model, n, v1, v2, k)
-                opt = Option(p, self.costs[other.model] * k, other.model, k)
+                opt = Option(p, self.wave_cost(other.model, k, False), other.model, k)
                 if opt.value(self.lam) > best.value(self.lam):
                     best = opt
         return best
 
     def _others(self, model: str) -> list[RouteCandidate]:
-        """Where a question may still move: candidates not yet drawn from."""
+        """Where a question may still move: candidates not yet drawn from (with `descend`
+        off, only the dearer ones: those after `model` in the route's order)."""
+        names = [c.model for c in self.route.candidates]
         return [
-            c for c in self.route.candidates if c.model != model and c.model not in self.visited
+            c
+            for i, c in enumerate(self.route.candidates)
+            if c.model != model
+            and c.model not in self.visited
+            and (self.descend or i > names.index(model))
         ]
 
     def plan(self, model: str, k: int) -> CandidatePlan:
         """Starting on `model` with k samples, then acting best once: expected accuracy, cost."""
         cand = self.route.candidate(model)
         n = min(k, cand.stats.n_max)
-        acc, cost = 0.0, self.costs[model] * k
+        acc, cost = 0.0, self.wave_cost(model, k, False)
         left = self.allowed - k
         self.visited = [model]
         for v1, v2, p in cand.stats.p_state(n):
@@ -361,30 +414,40 @@ class RouteRun:
         mine = answers.get(model, ())
         _, v1, v2 = top_two(mine)
         n = len(mine)
+        key = (self._key, model, tuple(self.visited), n, v1, v2, left)
+        known = self.route.decisions.get(key)
+        if known is None:
+            known = self._decide(model, n, v1, v2, left)
+            if len(self.route.decisions) >= DECISION_CACHE:
+                self.route.decisions.clear()
+            self.route.decisions[key] = known
+        to, wave, self.predicted_accuracy = known
+        if wave == 0:
+            return RouteStep(model, 0, "max_samples" if left <= 0 else "marginal_value")
+        if to != model:
+            self.current = to
+            self.visited.append(to)
+        return RouteStep(to, wave)
+
+    def _decide(
+        self, model: str, n: int, v1: int, v2: int, left: int
+    ) -> tuple[str, int, float | None]:
+        """(model to draw on, wave (0 = stop), predicted accuracy now) in a vote state."""
         cand = self.route.candidate(model)
-        self.predicted_accuracy = cand.stats.p_right(n, v1, v2) if v1 else None
+        predicted = cand.stats.p_right(n, v1, v2) if v1 else None
         if left <= 0:
-            return RouteStep(model, 0, "max_samples")
+            return model, 0, predicted
         opt = self._after(model, min(n, cand.stats.n_max), v1, v2, left)
-        if opt.wave == 0:
-            return RouteStep(model, 0, "marginal_value")
-        if opt.model != model:
-            self.current = opt.model
-            self.visited.append(opt.model)
-        return RouteStep(opt.model, min(opt.wave, left))
+        return opt.model, min(opt.wave, left), predicted
 
     def _first(self) -> RouteStep:
-        key = (
-            float(f"{self.lam:.6g}"),
-            tuple(float(f"{self.costs[c.model]:.6g}") for c in self.route.candidates),
-            self.allowed,
-        )
+        key = self._key
         plans = self.route.plans.get(key)
         if plans is None:
             limit = max(1, min(self.allowed, N_MAX))
             best: dict[str, CandidatePlan] = {}
             for cand in self.route.candidates:
-                for k in range(1, min(limit, cand.stats.n_max) + 1):
+                for k in range(1, min(limit, cand.stats.n_max, self.caps[cand.model]) + 1):
                     plan = self.plan(cand.model, k)
                     if cand.model not in best or plan.value > best[cand.model].value:
                         best[cand.model] = plan
