@@ -216,3 +216,16 @@ def test_replay_route_on_date_cot1_prints_the_documented_schema() -> None:
     assert base["oracle"]["accuracy"] > ref["accuracy"]
     cheap = [p for p in entry["route"] if p["lam_per_reference"] == 10]
     assert all(p["relative_cost"] < 0.1 for p in cheap)
+
+
+def test_each_model_has_its_own_sample_cap(tmp_path: Path) -> None:
+    """A route may not plan or draw beyond a model's cap, even with samples left in all."""
+    rs = load_routing_set(toy(tmp_path / "s"))
+    route = calibrate_route(rs, np.arange(rs.questions), ("weak",), seed=0)
+    costs = {"weak": 1e-6}
+    free = route.start(costs, 0.0, 10)
+    assert free.decide({}).wave == 2  # what the plan wants: two draws, then perhaps more
+    assert free.decide({"weak": ["1"]}).wave == 1
+    capped = route.start(costs, 0.0, 10, caps={"weak": 1})
+    assert capped.decide({}).wave == 1
+    assert capped.decide({"weak": ["1"]}).stop
