@@ -118,10 +118,15 @@ class VoteStats:
     questions: int
     keys: tuple[str, ...] = ()
     _state_ids: list[np.ndarray] = field(default_factory=list, repr=False)
+    shrink: float = SHRINK
 
     @classmethod
     def fit(
-        cls, questions: Sequence[CalibrationQuestion], n_max: int = N_MAX, seed: int = 0
+        cls,
+        questions: Sequence[CalibrationQuestion],
+        n_max: int = N_MAX,
+        seed: int = 0,
+        shrink: float = SHRINK,
     ) -> VoteStats:
         if not questions:
             raise ValueError("vote statistics need at least one calibration question")
@@ -143,7 +148,7 @@ class VoteStats:
         acc = np.zeros(n_max + 1)
         acc[1:] = right.sum(axis=(1, 2))[1:] / len(questions)
         return cls(n_max, weight, right, ahead, acc, len(questions),
-                   tuple(q.key for q in questions), state_ids)  # fmt: skip
+                   tuple(q.key for q in questions), state_ids, shrink)  # fmt: skip
 
     def p_state(self, n: int) -> list[tuple[int, int, float]]:
         """[(v1, v2, P)] of the states after n draws."""
@@ -153,7 +158,7 @@ class VoteStats:
 
     def _shrunk(self, total: FloatArray, n: int, v1: int, v2: int, toward: float) -> float:
         w = float(self.weight[n, v1, v2])
-        return (float(total[n, v1, v2]) + SHRINK * toward) / (w + SHRINK)
+        return (float(total[n, v1, v2]) + self.shrink * toward) / (w + self.shrink)
 
     def p_right(self, n: int, v1: int, v2: int) -> float:
         """P(the leader of n draws in state (v1, v2) is right)."""
@@ -178,6 +183,7 @@ class CrossStats:
     table: FloatArray  # [n, v1, v2, k]
     weight: FloatArray  # [n, v1, v2]
     marginal: FloatArray  # [k]: B's accuracy on the shared questions
+    shrink: float = SHRINK
 
     @classmethod
     def fit(cls, a: VoteStats, b_curves: Mapping[str, FloatArray], k_max: int) -> CrossStats | None:
@@ -196,15 +202,14 @@ class CrossStats:
             np.add.at(weight, (ns, v1, v2), w)
             np.add.at(table, (ns, v1, v2), w * curve[None, None, :])
         marginal = np.mean([b_curves[a.keys[i]][:k_max] for i in shared], axis=0)
-        return cls(table, weight, marginal)
+        return cls(table, weight, marginal, a.shrink)
 
     def p_right(self, n: int, v1: int, v2: int, k: int) -> float:
         n = min(n, self.weight.shape[0] - 1)
         k = min(k, self.table.shape[3])
         w = float(self.weight[n, v1, v2])
-        return (float(self.table[n, v1, v2, k - 1]) + SHRINK * float(self.marginal[k - 1])) / (
-            w + SHRINK
-        )
+        prior = self.shrink * float(self.marginal[k - 1])
+        return (float(self.table[n, v1, v2, k - 1]) + prior) / (w + self.shrink)
 
 
 @dataclass(frozen=True)
@@ -526,10 +531,13 @@ class RouteMember:
     questions: Sequence[CalibrationQuestion]
 
 
-def build_route(route_id: str, members: Sequence[RouteMember], seed: int = 0) -> Route:
+def build_route(
+    route_id: str, members: Sequence[RouteMember], seed: int = 0, shrink: float = SHRINK
+) -> Route:
     """Fit every member's vote statistics and, for every ordered pair of members calibrated on
-    shared questions (matched by key), the cross-model table."""
-    stats = {m.model: VoteStats.fit(m.questions, seed=seed) for m in members}
+    shared questions (matched by key), the cross-model table. `shrink`: pseudo-questions
+    pulling a seldom-seen state toward the curve (SHRINK)."""
+    stats = {m.model: VoteStats.fit(m.questions, seed=seed, shrink=shrink) for m in members}
     majority: dict[str, dict[str, FloatArray]] = {}
     for m in members:
         k_max = min(N_MAX, min(len(q.answers) for q in m.questions))

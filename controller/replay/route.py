@@ -23,6 +23,7 @@ from controller.replay.data import ReplayQuestion, ReplaySample
 from controller.replay.routing_set import RoutingSet
 from controller.routing import (
     N_MAX,
+    SHRINK,
     Route,
     RouteMember,
     build_route,
@@ -88,7 +89,9 @@ def _code(c: int) -> str | None:
     return None if c < 0 else str(c)
 
 
-def calibrate_route(rs: RoutingSet, rows: IntArray, models: Sequence[str], seed: int) -> Route:
+def calibrate_route(
+    rs: RoutingSet, rows: IntArray, models: Sequence[str], seed: int, shrink: float = SHRINK
+) -> Route:
     """A route over `models`, calibrated on the set's questions `rows` as a served model is:
     served curves (fit_served) plus routing's vote and cross statistics (build_route)."""
     members = []
@@ -103,7 +106,7 @@ def calibrate_route(rs: RoutingSet, rows: IntArray, models: Sequence[str], seed:
                          calibration=f"{len(rows)} questions of {rs.name}", seed=seed)  # fmt: skip
         qs = calibration_questions([(q.id, q.gold, [s.answer for s in q.samples]) for q in replay])
         members.append(RouteMember(model, served_curves(fit, rs.name), PLACEHOLDER_PARAMS, qs))
-    return build_route(f"{rs.name}:{'>'.join(models)}", members, seed=seed)
+    return build_route(f"{rs.name}:{'>'.join(models)}", members, seed=seed, shrink=shrink)
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,7 @@ class RouteSettings:
 
     models: tuple[str, ...]
     descend: bool = True
+    shrink: float = SHRINK
 
 
 def _run_one(
@@ -202,7 +206,7 @@ def replay_routes(
     points = {(mode, lam): _empty_point(mode, lam, q_all, models) for mode in modes for lam in lams}
     for f, rows in enumerate(fold_rows):
         calib = np.sort(np.concatenate([r for g, r in enumerate(fold_rows) if g != f]))
-        route = calibrate_route(rs, calib, models, seed)
+        route = calibrate_route(rs, calib, models, seed, settings.shrink)
         prices = Prices.measure(rs, calib, models)
         for i in rows:
             call = {m: float(rs.model(m).call_cost[i]) for m in models}

@@ -18,6 +18,7 @@ from controller.replay.route import (
 )
 from controller.replay.route_baselines import Scored, baselines, mean_interval
 from controller.replay.routing_set import RoutingSet
+from controller.routing import SHRINK
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class ReplayPlan:
     lams: Sequence[float] = LAM_GRID  # in units of 1 / the reference's cost
     descend: bool = True
     single_t2: bool = True
+    shrink: float = SHRINK
 
 
 def work(rs: RoutingSet, plan: ReplayPlan) -> int:
@@ -72,13 +74,13 @@ def replay_set(
     lams = [g / ref_cost for g in plan.lams]
     rows = folds(rs.questions, plan.folds, plan.seed)
     every = tuple(m.id for m in rs.models)
-    points = replay_routes(rs, draws, rows, RouteSettings(every, plan.descend), lams, MODES,
-                           plan.seed, tick)  # fmt: skip
+    settings = RouteSettings(every, plan.descend, plan.shrink)
+    points = replay_routes(rs, draws, rows, settings, lams, MODES, plan.seed, tick)
     t2: list[dict[str, Any]] = []
     if plan.single_t2:
         for model in every:
-            alone = replay_routes(rs, draws, rows, RouteSettings((model,)), lams, ("auto",),
-                                  plan.seed, tick)  # fmt: skip
+            settings = RouteSettings((model,), shrink=plan.shrink)
+            alone = replay_routes(rs, draws, rows, settings, lams, ("auto",), plan.seed, tick)
             t2 += [{"model": model, **_point(p, ref_cost)} for p in alone]
             for entry in t2[-len(alone):]:
                 entry.pop("mode"), entry.pop("share_by_model"), entry.pop("escalated")
