@@ -106,6 +106,26 @@ def _paths(
     return v1, v2, right, drawn
 
 
+def shrunk(
+    total: FloatArray,
+    weight: FloatArray,
+    v1: int,
+    v2: int,
+    toward: float,
+    shrink: float,
+    pool: bool = False,
+) -> float:
+    """A state's rate, `total[v1, v2] / weight[v1, v2]`, shrunk by `shrink` pseudo-questions
+    toward `toward` (the curve's value) or, with `pool`, toward the rate of every state with
+    the same leader votes v1, itself shrunk toward `toward`. Why pool: the runner-up's votes
+    split the calibration questions into many small cells; a rare cell borrows from its
+    leader-votes row, which knows more about it than the curve does."""
+    if pool:
+        row_w, row_t = float(weight[v1].sum()), float(total[v1].sum())
+        toward = (row_t + shrink * toward) / (row_w + shrink)
+    return (float(total[v1, v2]) + shrink * toward) / (float(weight[v1, v2]) + shrink)
+
+
 @dataclass(repr=False)
 class VoteStats:
     """How one model's votes behave, measured on its calibration questions (module doc)."""
@@ -119,6 +139,7 @@ class VoteStats:
     keys: tuple[str, ...] = ()
     _state_ids: list[np.ndarray] = field(default_factory=list, repr=False)
     shrink: float = SHRINK
+    pool: bool = False
 
     @classmethod
     def fit(
@@ -127,6 +148,7 @@ class VoteStats:
         n_max: int = N_MAX,
         seed: int = 0,
         shrink: float = SHRINK,
+        pool: bool = False,
     ) -> VoteStats:
         if not questions:
             raise ValueError("vote statistics need at least one calibration question")
@@ -148,7 +170,7 @@ class VoteStats:
         acc = np.zeros(n_max + 1)
         acc[1:] = right.sum(axis=(1, 2))[1:] / len(questions)
         return cls(n_max, weight, right, ahead, acc, len(questions),
-                   tuple(q.key for q in questions), state_ids, shrink)  # fmt: skip
+                   tuple(q.key for q in questions), state_ids, shrink, pool)  # fmt: skip
 
     def p_state(self, n: int) -> list[tuple[int, int, float]]:
         """[(v1, v2, P)] of the states after n draws."""
@@ -157,8 +179,7 @@ class VoteStats:
         return [(int(a), int(b), float(table[a, b])) for a, b in zip(v1, v2, strict=True)]
 
     def _shrunk(self, total: FloatArray, n: int, v1: int, v2: int, toward: float) -> float:
-        w = float(self.weight[n, v1, v2])
-        return (float(total[n, v1, v2]) + self.shrink * toward) / (w + self.shrink)
+        return shrunk(total[n], self.weight[n], v1, v2, toward, self.shrink, self.pool)
 
     def p_right(self, n: int, v1: int, v2: int) -> float:
         """P(the leader of n draws in state (v1, v2) is right)."""
@@ -184,6 +205,7 @@ class CrossStats:
     weight: FloatArray  # [n, v1, v2]
     marginal: FloatArray  # [k]: B's accuracy on the shared questions
     shrink: float = SHRINK
+    pool: bool = False
 
     @classmethod
     def fit(cls, a: VoteStats, b_curves: Mapping[str, FloatArray], k_max: int) -> CrossStats | None:
@@ -202,14 +224,14 @@ class CrossStats:
             np.add.at(weight, (ns, v1, v2), w)
             np.add.at(table, (ns, v1, v2), w * curve[None, None, :])
         marginal = np.mean([b_curves[a.keys[i]][:k_max] for i in shared], axis=0)
-        return cls(table, weight, marginal, a.shrink)
+        return cls(table, weight, marginal, a.shrink, a.pool)
 
     def p_right(self, n: int, v1: int, v2: int, k: int) -> float:
         n = min(n, self.weight.shape[0] - 1)
         k = min(k, self.table.shape[3])
-        w = float(self.weight[n, v1, v2])
-        prior = self.shrink * float(self.marginal[k - 1])
-        return (float(self.table[n, v1, v2, k - 1]) + prior) / (w + self.shrink)
+        toward = float(self.marginal[k - 1])
+        table = self.table[n, :, :, k - 1]
+        return shrunk(table, self.weight[n], v1, v2, toward, self.shrink, self.pool)
 
 
 @dataclass(frozen=True)
@@ -532,12 +554,20 @@ class RouteMember:
 
 
 def build_route(
-    route_id: str, members: Sequence[RouteMember], seed: int = 0, shrink: float = SHRINK
+    route_id: str,
+    members: Sequence[RouteMember],
+    seed: int = 0,
+    shrink: float = SHRINK,
+    pool: bool = False,
 ) -> Route:
     """Fit every member's vote statistics and, for every ordered pair of members calibrated on
     shared questions (matched by key), the cross-model table. `shrink`: pseudo-questions
-    pulling a seldom-seen state toward the curve (SHRINK)."""
-    stats = {m.model: VoteStats.fit(m.questions, seed=seed, shrink=shrink) for m in members}
+    pulling a seldom-seen state toward the curve (SHRINK); `pool`: through its leader-votes
+    row first (`shrunk`). The defaults are the server's; the route replay chose its own
+    leave-one-set-out (controller.replay.route)."""
+    stats = {
+        m.model: VoteStats.fit(m.questions, seed=seed, shrink=shrink, pool=pool) for m in members
+    }
     majority: dict[str, dict[str, FloatArray]] = {}
     for m in members:
         k_max = min(N_MAX, min(len(q.answers) for q in m.questions))

@@ -22,6 +22,7 @@ from controller.replay.route import (
 )
 from controller.replay.route_baselines import Votes, single, vote_cascade
 from controller.replay.routing_set import RoutingSetError, load_routing_set
+from controller.routing import SHRINK
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/routing/date_cot1"
 runner = CliRunner()
@@ -157,7 +158,8 @@ def test_routes_never_draw_more_than_recorded_and_escalate_the_unsure(tmp_path: 
     assert prices.caps == {"weak": 4, "strong": 2}
     strong_calls = rs.model("strong").call_cost + rs.model("strong").sample_cost.sum(axis=1)
     lam = 0.05 / float(strong_calls.mean())  # the strong model's call is worth 5 points
-    points = replay_routes(rs, draws, rows, RouteSettings(("weak", "strong")), [lam],
+    settings = RouteSettings(("weak", "strong"), shrink=SHRINK, pool=False)  # the server's
+    points = replay_routes(rs, draws, rows, settings, [lam],
                            ("cascade",))  # fmt: skip
     (p,) = points
     assert p.correct.mean() == pytest.approx(1.0)
@@ -221,7 +223,7 @@ def test_replay_route_on_date_cot1_prints_the_documented_schema() -> None:
 def test_each_model_has_its_own_sample_cap(tmp_path: Path) -> None:
     """A route may not plan or draw beyond a model's cap, even with samples left in all."""
     rs = load_routing_set(toy(tmp_path / "s"))
-    route = calibrate_route(rs, np.arange(rs.questions), ("weak",), seed=0)
+    route = calibrate_route(rs, np.arange(rs.questions), ("weak",), 0, SHRINK, pool=False)
     costs = {"weak": 1e-6}
     free = route.start(costs, 0.0, 10)
     assert free.decide({}).wave == 2  # what the plan wants: two draws, then perhaps more
@@ -229,3 +231,16 @@ def test_each_model_has_its_own_sample_cap(tmp_path: Path) -> None:
     capped = route.start(costs, 0.0, 10, caps={"weak": 1})
     assert capped.decide({}).wave == 1
     assert capped.decide({"weak": ["1"]}).stop
+
+
+def test_pooled_shrinkage_borrows_from_the_leader_votes_row() -> None:
+    """A seldom-seen cell moves toward its row (same leader votes), not straight to the curve."""
+    from controller.routing import shrunk
+
+    weight = np.array([[0.0, 0.0], [9.0, 1.0]])  # row v1=1: 9 questions at v2=0, 1 at v2=1
+    total = np.array([[0.0, 0.0], [9.0, 0.0]])  # right 9 of 9 at v2=0, 0 of 1 at v2=1
+    plain = shrunk(total, weight, 1, 1, toward=0.5, shrink=1.0)
+    pooled = shrunk(total, weight, 1, 1, toward=0.5, shrink=1.0, pool=True)
+    assert plain == pytest.approx(0.25)  # (0 + 1·0.5) / (1 + 1)
+    row = (9.0 + 0.5) / (10.0 + 1.0)
+    assert pooled == pytest.approx((0 + row) / 2)

@@ -23,7 +23,6 @@ from controller.replay.data import ReplayQuestion, ReplaySample
 from controller.replay.routing_set import RoutingSet
 from controller.routing import (
     N_MAX,
-    SHRINK,
     Route,
     RouteMember,
     build_route,
@@ -41,6 +40,12 @@ PLACEHOLDER_PARAMS = 1.0
 LAM_GRID = (0.0, *np.geomspace(0.01, 1000.0, 21).tolist())
 """λ in units of 1 / (the reference's cost per question): a route at g would pay the whole
 reference cost for g more accuracy. 0 … 1000 spans GPT-4 × all down to one cheap sample."""
+REPLAY_SHRINK = 4.0
+REPLAY_POOL = True
+"""The replay's shrinkage (controller.routing.shrunk), chosen leave-one-set-out on the two dev
+sets among shrink ∈ {0.5, 4, 16} × pool ∈ {off, on} by the worst margin of any baseline over
+the route's envelope: chosen on gsm8k_pot1 alone it is (4, on), and on date_cot1 alone the
+same; each set is scored with the choice made on the other (BENCHMARKS.md)."""
 MODES = ("auto", "cascade")
 """auto: start where the plan says; cascade: always start on the cheapest model."""
 
@@ -90,7 +95,12 @@ def _code(c: int) -> str | None:
 
 
 def calibrate_route(
-    rs: RoutingSet, rows: IntArray, models: Sequence[str], seed: int, shrink: float = SHRINK
+    rs: RoutingSet,
+    rows: IntArray,
+    models: Sequence[str],
+    seed: int,
+    shrink: float = REPLAY_SHRINK,
+    pool: bool = REPLAY_POOL,
 ) -> Route:
     """A route over `models`, calibrated on the set's questions `rows` as a served model is:
     served curves (fit_served) plus routing's vote and cross statistics (build_route)."""
@@ -106,7 +116,8 @@ def calibrate_route(
                          calibration=f"{len(rows)} questions of {rs.name}", seed=seed)  # fmt: skip
         qs = calibration_questions([(q.id, q.gold, [s.answer for s in q.samples]) for q in replay])
         members.append(RouteMember(model, served_curves(fit, rs.name), PLACEHOLDER_PARAMS, qs))
-    return build_route(f"{rs.name}:{'>'.join(models)}", members, seed=seed, shrink=shrink)
+    return build_route(f"{rs.name}:{'>'.join(models)}", members, seed=seed, shrink=shrink,
+                       pool=pool)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -145,7 +156,8 @@ class RouteSettings:
 
     models: tuple[str, ...]
     descend: bool = True
-    shrink: float = SHRINK
+    shrink: float = REPLAY_SHRINK
+    pool: bool = REPLAY_POOL
 
 
 def _run_one(
@@ -206,7 +218,7 @@ def replay_routes(
     points = {(mode, lam): _empty_point(mode, lam, q_all, models) for mode in modes for lam in lams}
     for f, rows in enumerate(fold_rows):
         calib = np.sort(np.concatenate([r for g, r in enumerate(fold_rows) if g != f]))
-        route = calibrate_route(rs, calib, models, seed, settings.shrink)
+        route = calibrate_route(rs, calib, models, seed, settings.shrink, settings.pool)
         prices = Prices.measure(rs, calib, models)
         for i in rows:
             call = {m: float(rs.model(m).call_cost[i]) for m in models}

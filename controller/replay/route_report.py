@@ -10,6 +10,8 @@ from typing import Any
 from controller.replay.route import (
     LAM_GRID,
     MODES,
+    REPLAY_POOL,
+    REPLAY_SHRINK,
     Draws,
     Point,
     RouteSettings,
@@ -18,7 +20,6 @@ from controller.replay.route import (
 )
 from controller.replay.route_baselines import Scored, baselines, mean_interval
 from controller.replay.routing_set import RoutingSet
-from controller.routing import SHRINK
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class ReplayPlan:
     lams: Sequence[float] = LAM_GRID  # in units of 1 / the reference's cost
     descend: bool = True
     single_t2: bool = True
-    shrink: float = SHRINK
+    shrink: float = REPLAY_SHRINK
+    pool: bool = REPLAY_POOL
 
 
 def work(rs: RoutingSet, plan: ReplayPlan) -> int:
@@ -74,12 +76,12 @@ def replay_set(
     lams = [g / ref_cost for g in plan.lams]
     rows = folds(rs.questions, plan.folds, plan.seed)
     every = tuple(m.id for m in rs.models)
-    settings = RouteSettings(every, plan.descend, plan.shrink)
+    settings = RouteSettings(every, plan.descend, plan.shrink, plan.pool)
     points = replay_routes(rs, draws, rows, settings, lams, MODES, plan.seed, tick)
     t2: list[dict[str, Any]] = []
     if plan.single_t2:
         for model in every:
-            settings = RouteSettings((model,), shrink=plan.shrink)
+            settings = RouteSettings((model,), shrink=plan.shrink, pool=plan.pool)
             alone = replay_routes(rs, draws, rows, settings, lams, ("auto",), plan.seed, tick)
             t2 += [{"model": model, **_point(p, ref_cost)} for p in alone]
             for entry in t2[-len(alone):]:
