@@ -160,7 +160,19 @@ class RouteSettings:
     pool: bool = REPLAY_POOL
 
 
-def _run_one(
+@dataclass(frozen=True)
+class Replayed:
+    """One question under one draw order: right or not, dollars, the first plan's predicted
+    accuracy, the models in the order used, and the waves as (model, samples)."""
+
+    right: bool
+    dollars: float
+    predicted: float
+    order: list[str]
+    waves: list[tuple[str, int]]
+
+
+def run_one(
     route: Route,
     prices: Prices,
     lam: float,
@@ -169,13 +181,16 @@ def _run_one(
     drawn: dict[str, list[str | None]],
     sample_cost: dict[str, FloatArray],
     call_cost: dict[str, float],
-) -> tuple[bool, float, float, list[str]]:
-    """One question under one draw order: (right, dollars, predicted accuracy, models used)."""
-    allowed = sum(prices.caps.values())
+    allowed: int | None = None,
+) -> Replayed:
+    """Replay one question: `drawn` is each model's answers in draw order (None abstains),
+    `allowed` the samples allowed in all (default: every model's cap)."""
+    allowed = sum(prices.caps.values()) if allowed is None else allowed
     run = route.start(prices.sample, lam, allowed, cheapest_first, call_costs=prices.call,
                       caps=prices.caps, descend=descend)  # fmt: skip
     answers: dict[str, list[str | None]] = {}
     order: list[str] = []
+    waves: list[tuple[str, int]] = []
     dollars = 0.0
     predicted = 0.0
     while True:
@@ -192,10 +207,11 @@ def _run_one(
             break
         have.extend(drawn[step.model][n : n + k])
         dollars += call_cost[step.model] + float(sample_cost[step.model][n : n + k].sum())
+        waves.append((step.model, k))
         if step.model not in order:
             order.append(step.model)
     right = cascade_answer(answers, order) == GOLD
-    return right, dollars, predicted, order
+    return Replayed(right, dollars, predicted, order, waves)
 
 
 def replay_routes(
@@ -226,16 +242,14 @@ def replay_routes(
                 drawn = {m: [_code(int(c)) for c in codes[m][p, i]] for m in models}
                 sample_cost = {m: costs[m][p, i] for m in models}
                 for (mode, lam), point in points.items():
-                    right, dollars, predicted, order = _run_one(
-                        route, prices, lam, mode == "cascade", settings.descend, drawn,
-                        sample_cost, call,
-                    )  # fmt: skip
-                    point.correct[i] += right / perms
-                    point.cost[i] += dollars / perms
-                    point.predicted[i] += predicted / perms
-                    point.escalated[i] += (len(order) > 1) / perms
-                    if order:
-                        point.last_model[order[-1]][i] += 1 / perms
+                    one = run_one(route, prices, lam, mode == "cascade", settings.descend,
+                                  drawn, sample_cost, call)  # fmt: skip
+                    point.correct[i] += one.right / perms
+                    point.cost[i] += one.dollars / perms
+                    point.predicted[i] += one.predicted / perms
+                    point.escalated[i] += (len(one.order) > 1) / perms
+                    if one.order:
+                        point.last_model[one.order[-1]][i] += 1 / perms
             if tick is not None:
                 tick(1)
     return list(points.values())
