@@ -632,7 +632,7 @@ def _from_replay(
     curves: Path | None,
     as_json: bool,
 ) -> None:
-    from cli.calibrate_replay import calibrate_from_replay, rows_from_replay
+    from cli.calibrate_replay import abstain, rows_from_replay
 
     tokens = None
     try:
@@ -647,11 +647,13 @@ def _from_replay(
             raise CalibrateError("--params: N is needed (or --config naming the model)")
         if extractor is not None:
             get_extractor(extractor)
-        files = calibrate_from_replay(path, out, model_id=model, params=params, tokens=tokens,
-                                      extractor=extractor, curves_path=curves)  # fmt: skip
+        rows = rows_from_replay(path, extractor)
+        out.mkdir(parents=True, exist_ok=True)
+        files = write_outputs(out, rows, model_id=model, params=params, tokens=tokens,
+                              source=str(path), extractor=abstain, curves_path=curves)  # fmt: skip
     except (CalibrateError, ValueError) as exc:
         _fail(str(exc))
-    summary = measured_summary(rows_from_replay(path, extractor))
+    summary = measured_summary(rows)
     report = {"model": model, "files": files, **summary}
     if as_json:
         typer.echo(json.dumps(report, indent=2))
