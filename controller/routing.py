@@ -24,6 +24,18 @@ Decisions (`RouteRun`).
   escalate to B = P(B right after k | s) − λ·c_B·k. The largest wins; easy questions (a clear
   leader on the cheap model) stop there, unsure ones pay for the larger model.
 
+What a wave costs (`RouteRun.wave_cost`). A call's fixed part (its prompt: `call_costs`, or
+`recall_costs` for a repeat call on a model already called, 0 when the prompt is a prefix-cache
+hit) plus its samples, as the ledger bills a wave; without call costs (the server's routes
+today) only the samples. Each candidate draws at most its own cap (`caps`), and `allowed` in
+all.
+
+Moving down (`descend`, on by default). A question may move to any candidate it has not
+visited, a cheaper one after a dearer one included (after a split vote of the large model the
+small model's votes, as tie-breakers of the last model's, can still settle it). Measured on
+real LLM logs both ways (BENCHMARKS.md, "Routing on recorded LLM outputs"): with call costs
+priced it is rare, never lowered accuracy, and moved cost by at most 0.07× of the reference.
+
 The final answer (`cascade_answer`). After an escalation the answer is the majority of the
 last model's votes; earlier models' votes only break its ties. Why: a question is escalated
 exactly when the earlier model's votes were not convincing, and on the shipped pair one vote
