@@ -515,10 +515,14 @@ async def _run(
 
 
 def calibrate_command(
-    config: Annotated[Path, typer.Option("--config", "-c", help="the server's config YAML")],
     model: Annotated[str, typer.Option("--model", help="a model id from the config")],
-    data: Annotated[Path, typer.Option("--data", help="questions .jsonl: id, question, gold")],
     out: Annotated[Path, typer.Option("--out", help="directory for the outputs")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="the server's config YAML")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="questions .jsonl: id, question, gold")
+    ] = None,
     samples: Annotated[int, typer.Option(min=1, max=1024, help="samples per question")] = 64,
     max_tokens: Annotated[
         int | None, typer.Option(min=1, help="per sample (default: defaults.max_tokens)")
@@ -540,8 +544,20 @@ def calibrate_command(
         typer.Option(help="merge the fitted curves into this file (default: OUT/curves.json)"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print only a JSON summary")] = False,
+    from_replay: Annotated[
+        Path | None,
+        typer.Option("--from-replay", help="fit from recorded samples (a replay file), no engine"),
+    ] = None,
+    params: Annotated[
+        float | None, typer.Option("--params", help="--from-replay without --config: N", min=0)
+    ] = None,
 ) -> None:
     """Sample a gold-labelled question set through a configured model; fit its serving curves."""
+    if from_replay is not None:
+        _from_replay(from_replay, out, model, config, params, extractor, curves, as_json)
+        return
+    if config is None or data is None:
+        _fail("--config and --data are required (or --from-replay)")
     # stdout carries the result (--json); the engine's logs go to stderr, quieter with --json
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     if as_json:
@@ -604,6 +620,47 @@ def calibrate_command(
     for name_, path in outcome.files.items():
         typer.echo(f"  wrote {name_}: {path}")
     sys.stdout.flush()
+
+
+def _from_replay(
+    path: Path,
+    out: Path,
+    model: str,
+    config: Path | None,
+    params: float | None,
+    extractor: str | None,
+    curves: Path | None,
+    as_json: bool,
+) -> None:
+    from cli.calibrate_replay import abstain, rows_from_replay
+
+    tokens = None
+    try:
+        if params is None and config is not None:
+            from server.config import ConfigError, load_config
+
+            try:
+                params, tokens = model_facts(load_config(config), model)
+            except ConfigError as exc:
+                raise CalibrateError(str(exc)) from None
+        if not params:
+            raise CalibrateError("--params: N is needed (or --config naming the model)")
+        if extractor is not None:
+            get_extractor(extractor)
+        rows = rows_from_replay(path, extractor)
+        out.mkdir(parents=True, exist_ok=True)
+        files = write_outputs(out, rows, model_id=model, params=params, tokens=tokens,
+                              source=str(path), extractor=abstain, curves_path=curves)  # fmt: skip
+    except (CalibrateError, ValueError) as exc:
+        _fail(str(exc))
+    summary = measured_summary(rows)
+    report = {"model": model, "files": files, **summary}
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(f"calibrated {model} from {path} ({summary['questions']} questions, no sampling)")
+    for name_, file in files.items():
+        typer.echo(f"  wrote {name_}: {file}")
 
 
 def register(app: typer.Typer) -> None:

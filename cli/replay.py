@@ -175,8 +175,9 @@ def _print_table(results: list[ReplayResult], title: str) -> None:
 
 def replay_command(
     data: Annotated[
-        Path, typer.Option("--data", help="replay file (JSON Lines); with --loo, a folder of them")
-    ],
+        Path | None,
+        typer.Option("--data", help="replay file (JSON Lines); with --loo, a folder of them"),
+    ] = None,
     policy: Annotated[
         list[str],
         typer.Option(
@@ -233,10 +234,31 @@ def replay_command(
     budgets: Annotated[
         str, typer.Option("--budgets", help="--loo: average budgets to pace to, comma-separated")
     ] = "4,8",
+    route: Annotated[
+        Path | None,
+        typer.Option("--route", help="routing set (manifest.json + one file per model), or a "
+                     "folder of them: routes vs models and cascades (docs/routing-replay.md)"),
+    ] = None,
+    folds: Annotated[int, typer.Option("--folds", help="--route: cross-fitting folds")] = 2,
+    lams: Annotated[
+        str | None, typer.Option("--lams", help="--route: λ list, in 1/(reference cost)")
+    ] = None,
+    descend: Annotated[
+        bool, typer.Option("--descend/--no-descend", help="--route: may move to a cheaper model")
+    ] = True,
 ) -> None:
     """Replay sampling policies over recorded samples: accuracy vs samples per question."""
     if perms < 1:
         raise _fail("--perms must be >= 1")
+    if route is not None:
+        from cli.replay_route import run_route_command
+
+        given = extractor if extractor != DEFAULT_EXTRACTOR else None
+        run_route_command(route, folds=folds, lams=lams, perms=perms, seed=seed, extractor=given,
+                          descend=descend, as_json=as_json, plot=plot)
+        return
+    if data is None:
+        raise _fail("--data is required (or --route)")
     if loo:
         if not data.is_dir():
             raise _fail(f"{data}: --loo needs a folder of replay files")

@@ -24,6 +24,18 @@ Decisions (`RouteRun`).
   escalate to B = P(B right after k | s) − λ·c_B·k. The largest wins; easy questions (a clear
   leader on the cheap model) stop there, unsure ones pay for the larger model.
 
+What a wave costs (`RouteRun.wave_cost`). A call's fixed part (its prompt: `call_costs`, or
+`recall_costs` for a repeat call on a model already called, 0 when the prompt is a prefix-cache
+hit) plus its samples, as the ledger bills a wave; without call costs (the server's routes
+today) only the samples. Each candidate draws at most its own cap (`caps`), and `allowed` in
+all.
+
+Moving down (`descend`, on by default). A question may move to any candidate it has not
+visited, a cheaper one after a dearer one included (after a split vote of the large model the
+small model's votes, as tie-breakers of the last model's, can still settle it). Measured on
+real LLM logs both ways (BENCHMARKS.md, "Routing on recorded LLM outputs"): with call costs
+priced it is rare, never lowered accuracy, and moved cost by at most 0.07× of the reference.
+
 The final answer (`cascade_answer`). After an escalation the answer is the majority of the
 last model's votes; earlier models' votes only break its ties. Why: a question is escalated
 exactly when the earlier model's votes were not convincing, and on the shipped pair one vote
@@ -55,6 +67,9 @@ PATHS = 128
 """Random draw orders replayed per calibration question."""
 PLAN_CACHE = 256
 """First decisions kept per route (bounded, oldest out)."""
+DECISION_CACHE = 1 << 16
+"""Later decisions kept per route (bounded, cleared when full): a decision depends only on the
+run's settings and the vote state, so a replay's many draw orders reuse them."""
 SHRINK = 0.5
 """Pseudo-questions pulling a seldom-seen state's estimate toward the curve's value."""
 
@@ -103,6 +118,26 @@ def _paths(
     return v1, v2, right, drawn
 
 
+def shrunk(
+    total: FloatArray,
+    weight: FloatArray,
+    v1: int,
+    v2: int,
+    toward: float,
+    shrink: float,
+    pool: bool = False,
+) -> float:
+    """A state's rate, `total[v1, v2] / weight[v1, v2]`, shrunk by `shrink` pseudo-questions
+    toward `toward` (the curve's value) or, with `pool`, toward the rate of every state with
+    the same leader votes v1, itself shrunk toward `toward`. Why pool: the runner-up's votes
+    split the calibration questions into many small cells; a rare cell borrows from its
+    leader-votes row, which knows more about it than the curve does."""
+    if pool:
+        row_w, row_t = float(weight[v1].sum()), float(total[v1].sum())
+        toward = (row_t + shrink * toward) / (row_w + shrink)
+    return (float(total[v1, v2]) + shrink * toward) / (float(weight[v1, v2]) + shrink)
+
+
 @dataclass(repr=False)
 class VoteStats:
     """How one model's votes behave, measured on its calibration questions (module doc)."""
@@ -115,10 +150,17 @@ class VoteStats:
     questions: int
     keys: tuple[str, ...] = ()
     _state_ids: list[np.ndarray] = field(default_factory=list, repr=False)
+    shrink: float = SHRINK
+    pool: bool = False
 
     @classmethod
     def fit(
-        cls, questions: Sequence[CalibrationQuestion], n_max: int = N_MAX, seed: int = 0
+        cls,
+        questions: Sequence[CalibrationQuestion],
+        n_max: int = N_MAX,
+        seed: int = 0,
+        shrink: float = SHRINK,
+        pool: bool = False,
     ) -> VoteStats:
         if not questions:
             raise ValueError("vote statistics need at least one calibration question")
@@ -140,7 +182,7 @@ class VoteStats:
         acc = np.zeros(n_max + 1)
         acc[1:] = right.sum(axis=(1, 2))[1:] / len(questions)
         return cls(n_max, weight, right, ahead, acc, len(questions),
-                   tuple(q.key for q in questions), state_ids)  # fmt: skip
+                   tuple(q.key for q in questions), state_ids, shrink, pool)  # fmt: skip
 
     def p_state(self, n: int) -> list[tuple[int, int, float]]:
         """[(v1, v2, P)] of the states after n draws."""
@@ -149,8 +191,7 @@ class VoteStats:
         return [(int(a), int(b), float(table[a, b])) for a, b in zip(v1, v2, strict=True)]
 
     def _shrunk(self, total: FloatArray, n: int, v1: int, v2: int, toward: float) -> float:
-        w = float(self.weight[n, v1, v2])
-        return (float(total[n, v1, v2]) + SHRINK * toward) / (w + SHRINK)
+        return shrunk(total[n], self.weight[n], v1, v2, toward, self.shrink, self.pool)
 
     def p_right(self, n: int, v1: int, v2: int) -> float:
         """P(the leader of n draws in state (v1, v2) is right)."""
@@ -175,6 +216,8 @@ class CrossStats:
     table: FloatArray  # [n, v1, v2, k]
     weight: FloatArray  # [n, v1, v2]
     marginal: FloatArray  # [k]: B's accuracy on the shared questions
+    shrink: float = SHRINK
+    pool: bool = False
 
     @classmethod
     def fit(cls, a: VoteStats, b_curves: Mapping[str, FloatArray], k_max: int) -> CrossStats | None:
@@ -193,15 +236,14 @@ class CrossStats:
             np.add.at(weight, (ns, v1, v2), w)
             np.add.at(table, (ns, v1, v2), w * curve[None, None, :])
         marginal = np.mean([b_curves[a.keys[i]][:k_max] for i in shared], axis=0)
-        return cls(table, weight, marginal)
+        return cls(table, weight, marginal, a.shrink, a.pool)
 
     def p_right(self, n: int, v1: int, v2: int, k: int) -> float:
         n = min(n, self.weight.shape[0] - 1)
         k = min(k, self.table.shape[3])
-        w = float(self.weight[n, v1, v2])
-        return (float(self.table[n, v1, v2, k - 1]) + SHRINK * float(self.marginal[k - 1])) / (
-            w + SHRINK
-        )
+        toward = float(self.marginal[k - 1])
+        table = self.table[n, :, :, k - 1]
+        return shrunk(table, self.weight[n], v1, v2, toward, self.shrink, self.pool)
 
 
 @dataclass(frozen=True)
@@ -221,10 +263,14 @@ class Route:
     id: str
     candidates: tuple[RouteCandidate, ...]
     cross: Mapping[tuple[str, str], CrossStats] = field(default_factory=dict)
-    plans: dict[tuple[float, tuple[float, ...], int], list[CandidatePlan]] = field(
+    plans: dict[tuple[object, ...], list[CandidatePlan]] = field(
         default_factory=dict, repr=False, compare=False
     )
-    """First decisions already planned, by (λ, costs, allowed): requests alike plan once."""
+    """First decisions already planned, by (λ, costs, allowed, ...): requests alike plan once."""
+    decisions: dict[tuple[object, ...], tuple[str, int, float | None]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    """Later decisions already taken, by the run's settings and vote state (bounded)."""
 
     def candidate(self, model: str) -> RouteCandidate:
         return next(c for c in self.candidates if c.model == model)
@@ -237,13 +283,29 @@ class Route:
         return self.candidate(dst).curve.accuracy(k)
 
     def start(
-        self, costs: Mapping[str, float], lam: float, allowed: int, cheapest_first: bool = False
+        self,
+        costs: Mapping[str, float],
+        lam: float,
+        allowed: int,
+        cheapest_first: bool = False,
+        *,
+        call_costs: Mapping[str, float] | None = None,
+        recall_costs: Mapping[str, float] | None = None,
+        caps: Mapping[str, int] | None = None,
+        descend: bool = True,
     ) -> RouteRun:
         """A run for one request: `costs` per sample of each candidate in the tenant's unit,
         `lam` the price of one unit of that cost, `allowed` samples at most in all.
         `cheapest_first`: always start on the first candidate (a classic cascade, as in Yue et
-        al.'s mixture-of-thought cascades) instead of on the best plan."""
-        return RouteRun(self, dict(costs), lam, allowed, cheapest_first)
+        al.'s mixture-of-thought cascades) instead of on the best plan.
+        `call_costs`: what one call (wave) costs on top of its samples (its prompt), per
+        candidate; `recall_costs` what a later call on an already-called candidate costs (0
+        where the prompt is a prefix-cache hit; default: `call_costs`). `caps`: at most this
+        many samples per candidate (what each can draw). `descend`: a question may move to a
+        cheaper candidate after a dearer one (module doc)."""
+        return RouteRun(self, dict(costs), lam, allowed, cheapest_first,
+                        call_costs=call_costs, recall_costs=recall_costs, caps=caps,
+                        descend=descend)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -293,6 +355,11 @@ class RouteRun:
         lam: float,
         allowed: int,
         cheapest_first: bool = False,
+        *,
+        call_costs: Mapping[str, float] | None = None,
+        recall_costs: Mapping[str, float] | None = None,
+        caps: Mapping[str, int] | None = None,
+        descend: bool = True,
     ) -> None:
         if not (math.isfinite(lam) and lam >= 0):
             raise ValueError("the price of compute must be finite and >= 0")
@@ -301,10 +368,29 @@ class RouteRun:
         self.lam = lam
         self.allowed = allowed
         self.cheapest_first = cheapest_first
+        self.call_costs = dict(call_costs or {})
+        self.recall_costs = dict(recall_costs) if recall_costs is not None else self.call_costs
+        self.caps = {c.model: N_MAX for c in route.candidates} | dict(caps or {})
+        self.descend = descend
         self.current: str | None = None
         self.visited: list[str] = []
         self.plans: list[CandidatePlan] = []
         self.predicted_accuracy: float | None = None
+        self._key = (
+            float(f"{lam:.6g}"),
+            tuple(float(f"{costs[c.model]:.6g}") for c in route.candidates),
+            allowed,
+            tuple(float(f"{self.call_costs.get(c.model, 0.0):.6g}") for c in route.candidates),
+            tuple(float(f"{self.recall_costs.get(c.model, 0.0):.6g}") for c in route.candidates),
+            tuple(self.caps[c.model] for c in route.candidates),
+            descend,
+        )
+
+    def wave_cost(self, model: str, k: int, called: bool) -> float:
+        """Predicted cost of one call drawing k samples on `model`: its prompt (a repeat call's
+        when `model` was called before) plus k samples, as the ledger bills a wave."""
+        fixed = (self.recall_costs if called else self.call_costs).get(model, 0.0)
+        return fixed + self.costs[model] * k
 
     # -- the options in a state ------------------------------------------------------------------
 
@@ -313,33 +399,39 @@ class RouteRun:
         cand = self.route.candidate(model)
         best = Option(cand.stats.p_right(n, v1, v2), 0.0, model, 0)
         for d in LOOKAHEAD:
-            if d > left:
+            if d > min(left, self.caps[model] - n):
                 break
             p = cand.stats.p_right_after(n, v1, v2, d)
             if p is None:
                 break
-            opt = Option(p, self.costs[model] * d, model, d)
+            opt = Option(p, self.wave_cost(model, d, True), model, d)
             if opt.value(self.lam) > best.value(self.lam):
                 best = opt
         for other in self._others(model):
-            for k in range(1, min(left, N_MAX) + 1):
+            for k in range(1, min(left, N_MAX, self.caps[other.model]) + 1):
                 p = self.route.escalation(model, other.model, n, v1, v2, k)
-                opt = Option(p, self.costs[other.model] * k, other.model, k)
+                opt = Option(p, self.wave_cost(other.model, k, False), other.model, k)
                 if opt.value(self.lam) > best.value(self.lam):
                     best = opt
         return best
 
     def _others(self, model: str) -> list[RouteCandidate]:
-        """Where a question may still move: candidates not yet drawn from."""
+        """Where a question may still move: candidates not yet drawn from (with `descend`
+        off, only the dearer ones: those after `model` in the route's order)."""
+        names = [c.model for c in self.route.candidates]
         return [
-            c for c in self.route.candidates if c.model != model and c.model not in self.visited
+            c
+            for i, c in enumerate(self.route.candidates)
+            if c.model != model
+            and c.model not in self.visited
+            and (self.descend or i > names.index(model))
         ]
 
     def plan(self, model: str, k: int) -> CandidatePlan:
         """Starting on `model` with k samples, then acting best once: expected accuracy, cost."""
         cand = self.route.candidate(model)
         n = min(k, cand.stats.n_max)
-        acc, cost = 0.0, self.costs[model] * k
+        acc, cost = 0.0, self.wave_cost(model, k, False)
         left = self.allowed - k
         self.visited = [model]
         for v1, v2, p in cand.stats.p_state(n):
@@ -361,30 +453,40 @@ class RouteRun:
         mine = answers.get(model, ())
         _, v1, v2 = top_two(mine)
         n = len(mine)
+        key = (self._key, model, tuple(self.visited), n, v1, v2, left)
+        known = self.route.decisions.get(key)
+        if known is None:
+            known = self._decide(model, n, v1, v2, left)
+            if len(self.route.decisions) >= DECISION_CACHE:
+                self.route.decisions.clear()
+            self.route.decisions[key] = known
+        to, wave, self.predicted_accuracy = known
+        if wave == 0:
+            return RouteStep(model, 0, "max_samples" if left <= 0 else "marginal_value")
+        if to != model:
+            self.current = to
+            self.visited.append(to)
+        return RouteStep(to, wave)
+
+    def _decide(
+        self, model: str, n: int, v1: int, v2: int, left: int
+    ) -> tuple[str, int, float | None]:
+        """(model to draw on, wave (0 = stop), predicted accuracy now) in a vote state."""
         cand = self.route.candidate(model)
-        self.predicted_accuracy = cand.stats.p_right(n, v1, v2) if v1 else None
+        predicted = cand.stats.p_right(n, v1, v2) if v1 else None
         if left <= 0:
-            return RouteStep(model, 0, "max_samples")
+            return model, 0, predicted
         opt = self._after(model, min(n, cand.stats.n_max), v1, v2, left)
-        if opt.wave == 0:
-            return RouteStep(model, 0, "marginal_value")
-        if opt.model != model:
-            self.current = opt.model
-            self.visited.append(opt.model)
-        return RouteStep(opt.model, min(opt.wave, left))
+        return opt.model, min(opt.wave, left), predicted
 
     def _first(self) -> RouteStep:
-        key = (
-            float(f"{self.lam:.6g}"),
-            tuple(float(f"{self.costs[c.model]:.6g}") for c in self.route.candidates),
-            self.allowed,
-        )
+        key = self._key
         plans = self.route.plans.get(key)
         if plans is None:
             limit = max(1, min(self.allowed, N_MAX))
             best: dict[str, CandidatePlan] = {}
             for cand in self.route.candidates:
-                for k in range(1, min(limit, cand.stats.n_max) + 1):
+                for k in range(1, min(limit, cand.stats.n_max, self.caps[cand.model]) + 1):
                     plan = self.plan(cand.model, k)
                     if cand.model not in best or plan.value > best[cand.model].value:
                         best[cand.model] = plan
@@ -463,10 +565,21 @@ class RouteMember:
     questions: Sequence[CalibrationQuestion]
 
 
-def build_route(route_id: str, members: Sequence[RouteMember], seed: int = 0) -> Route:
+def build_route(
+    route_id: str,
+    members: Sequence[RouteMember],
+    seed: int = 0,
+    shrink: float = SHRINK,
+    pool: bool = False,
+) -> Route:
     """Fit every member's vote statistics and, for every ordered pair of members calibrated on
-    shared questions (matched by key), the cross-model table."""
-    stats = {m.model: VoteStats.fit(m.questions, seed=seed) for m in members}
+    shared questions (matched by key), the cross-model table. `shrink`: pseudo-questions
+    pulling a seldom-seen state toward the curve (SHRINK); `pool`: through its leader-votes
+    row first (`shrunk`). The defaults are the server's; the route replay chose its own
+    leave-one-set-out (controller.replay.route)."""
+    stats = {
+        m.model: VoteStats.fit(m.questions, seed=seed, shrink=shrink, pool=pool) for m in members
+    }
     majority: dict[str, dict[str, FloatArray]] = {}
     for m in members:
         k_max = min(N_MAX, min(len(q.answers) for q in m.questions))

@@ -35,6 +35,15 @@ CASES: list[tuple[str, dict[str, str], str, str | None]] = [
     ("last_number", {}, "Total: 2,345,678 people", "2345678"),
     ("last_number", {}, POT_TEXT, "2"),
     ("last_number", {}, DATE_TEXT, "2021"),
+    # date (the routing sets' date answers as the models give them)
+    ("date", {}, DATE_TEXT, "05/01/2021"),
+    ("date", {}, "Today is 5/1/2021.", "05/01/2021"),
+    ("date", {}, "Today's date is 08/03/1997.", "08/03/1997"),
+    ("date", {}, "If you meant April 29, 2021, the answer would be 4/28/2021", "04/28/2021"),
+    ("date", {}, "The answer would be April 29, 2021.", "04/29/2021"),
+    ("date", {}, "It was Sept. 3rd 1999", "09/03/1999"),
+    ("date", {}, "Sorry, there is no date before that.", None),
+    ("date", {}, "The ratio is 3/4 and 12/2021 is not a day", None),
     # boxed
     ("boxed", {}, "Thus the answer is $\\boxed{18}$.", "18"),
     ("boxed", {}, "\\boxed{\\frac{3}{4}}", "0.75"),

@@ -5,7 +5,8 @@ Public interface (the server's request loop and the replay harness both use exac
 - `get_extractor(name: str, **options) -> Extractor`: an Extractor maps sample text to a
   normalised answer string, or None when the sample abstains. Names: last_number, boxed,
   choice, answer_is, regex (option `pattern` with a named group, preferably `answer`),
-  json_field (option `field`, dotted paths allowed), exact. "a,b" is a fallback chain.
+  json_field (option `field`, dotted paths allowed), exact, date (the last date as
+  MM/DD/YYYY). "a,b" is a fallback chain.
 - `normalize_answer(text) -> str | None`: the single normalisation used for vote keys and
   gold answers (numbers by value, simple LaTeX stripped, case and whitespace folded).
 - `aggregate(candidates: Sequence[Candidate], method="majority", *, verifier_error=None)

@@ -120,6 +120,34 @@ def answer_is(text: str) -> str | None:
     return None
 
 
+_NUMERIC_DATE = re.compile(r"(?<![\d/])(\d{1,2})/(\d{1,2})/(\d{4})(?![\d/])")
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august",
+           "september", "october", "november", "december")  # fmt: skip
+_WRITTEN_DATE = re.compile(
+    r"\b(" + "|".join(m[:3] for m in _MONTHS) + r")[a-z]*\.?\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+"
+    r"(\d{4})\b",
+    re.IGNORECASE,
+)
+
+
+def date(text: str) -> str | None:
+    """The last date in the text as MM/DD/YYYY: "Today is 5/1/2021." → "05/01/2021".
+
+    Why: models answer a date question as a sentence or without zero padding as often as in
+    the asked format; read as plain text those votes would split one answer into several.
+    Numeric M/D/YYYY dates win over written ones ("May 1, 2021"), which are the fallback."""
+    found = _NUMERIC_DATE.findall(text)
+    if found:
+        month, day, year = found[-1]
+        return f"{int(month):02d}/{int(day):02d}/{year}"
+    written = _WRITTEN_DATE.findall(text)
+    if not written:
+        return None
+    name, day, year = written[-1]
+    month = next(i for i, m in enumerate(_MONTHS, start=1) if m.startswith(name.lower()))
+    return f"{month:02d}/{int(day):02d}/{year}"
+
+
 def exact(text: str) -> str | None:
     """The whole text, normalised (case, whitespace, numbers by value)."""
     return normalize_answer(text)
@@ -201,6 +229,7 @@ _SIMPLE: dict[str, Extractor] = {
     "choice": choice,
     "answer_is": answer_is,
     "exact": exact,
+    "date": date,
 }
 EXTRACTOR_NAMES = (*_SIMPLE, "regex", "json_field")
 _NAME = "(" + "|".join(_SIMPLE) + ")"

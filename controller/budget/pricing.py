@@ -45,7 +45,7 @@ class Pricer:
         self.entry = entry or ModelPrice()
         self.params = self.entry.params or params or 0.0
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> Cost:
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> Cost:
         money = (
             prompt_tokens * self.entry.prompt_per_1m
             + completion_tokens * self.entry.completion_per_1m

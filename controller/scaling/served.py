@@ -301,15 +301,22 @@ def load_served(path: str | Path, model_id: str) -> ServedCurves:
             f"run `t2serve calibrate --model {model_id}`"
         )
     beta = (curves.models or {})[model_id]  # the document validator guarantees it
+    return served_curves(ServedFit(model_id, beta, serving), str(p))
+
+
+def served_curves(fit: ServedFit, source: str) -> ServedCurves:
+    """A fitted entry as the controller queries it (what `load_served` returns for it once
+    written): a replay calibrating in memory goes through the same conversion."""
+    serving = fit.serving
     return ServedCurves(
-        model_id=model_id,
+        model_id=fit.model_id,
         params=serving.params,
         tokens=serving.tokens,
-        beta=beta.fit(),
+        beta=fit.beta.fit(),
         curve=tuple(serving.accuracy),
         leader_prior=LeaderPrior(serving.leader_prior.a, serving.leader_prior.b),
         questions=serving.questions,
-        source=str(p),
+        source=source,
         leader_table=tuple(tuple(row) for row in serving.leader_accuracy or ()),
     )
 

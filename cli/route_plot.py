@@ -1,0 +1,56 @@
+"""The frontier panels of `t2serve replay --route --plot`: accuracy against cost relative to
+the reference (log axis), one panel per set, every baseline on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The upper-left envelope: points no cheaper point beats."""
+    out: list[tuple[float, float]] = []
+    for cost, acc in sorted(points):
+        if not out or acc > out[-1][1]:
+            out.append((cost, acc))
+    return out
+
+
+def draw_frontiers(path: Path, sets: dict[str, dict[str, Any]], subtitle: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 4.8), dpi=120, squeeze=False)
+    for ax, (name, entry) in zip(axes[0], sets.items(), strict=True):
+        ref = entry["reference"]
+        rel = ref["cost"]
+        for mode, style in (("auto", "-o"), ("cascade", "--s")):
+            pts = [(p["relative_cost"], p["accuracy"]) for p in entry["route"] if p["mode"] == mode]
+            env = _envelope(pts)
+            ax.plot(*zip(*env, strict=True), style, markersize=3, label=f"route ({mode})", zorder=4)
+        base = entry["baselines"]
+        models = dict.fromkeys(s["model"] for s in base["single"])
+        for model in models:
+            pts = [(s["cost"] / rel, s["accuracy"]) for s in base["single"] if s["model"] == model]
+            ax.plot(*zip(*pts, strict=True), ":^", markersize=4, label=f"{model} × k")
+        if base.get("t2"):
+            pts = _envelope([(p["relative_cost"], p["accuracy"]) for p in base["t2"]])
+            ax.plot(*zip(*pts, strict=True), ":", color="grey", label="one model, t2 stopping")
+        vc = _envelope([(c["cost"] / rel, c["accuracy"]) for c in base["vote_cascade"]])
+        ax.plot(*zip(*vc, strict=True), "-.x", markersize=4, label="vote cascade (best k, τ)")
+        o = base["oracle"]
+        ax.scatter([o["cost"] / rel], [o["accuracy"]], marker="*", s=90, label="oracle cascade")
+        ax.axhline(ref["accuracy"], color="black", lw=0.6, alpha=0.5)
+        ax.axhline(ref["accuracy"] - 0.005, color="black", lw=0.6, ls="--", alpha=0.4)
+        ax.set_xscale("log")
+        ax.set_xlabel("cost relative to the reference (dearest model, all its samples)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{name}: {subtitle}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,260 @@
+"""Replaying routes over a routing set (controller.replay.routing_set), with cross-fitting.
+
+Why this shape. A route is judged on questions it was not calibrated on: the set's questions
+are split into K seeded folds, and each fold is scored by a route built (controller.routing's
+`build_route`, from served curves fitted by controller.scaling.served) on the other folds.
+Decisions come from the `RouteRun` the server runs, priced as the ledger bills a wave: the
+call's prompt plus its samples. Each of `perms` seeded draw orders feeds every model's recorded
+samples in that order and never more than were recorded; a null answer abstains.
+
+The same orders also drive the baselines (controller.replay.route_baselines), so every point
+of a set's frontier is measured on the same draws with the same dollars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from controller.replay.data import ReplayQuestion, ReplaySample
+from controller.replay.routing_set import RoutingSet
+from controller.routing import (
+    N_MAX,
+    Route,
+    RouteMember,
+    build_route,
+    calibration_questions,
+    cascade_answer,
+)
+from controller.scaling.served import fit_served, served_curves
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+GOLD = "0"
+"""Answers are replayed by their code in the set (controller.replay.routing_set): gold is 0."""
+PLACEHOLDER_PARAMS = 1.0
+"""N of a model priced in dollars only: served curves need one, dollar routing never reads it."""
+LAM_GRID = (0.0, *np.geomspace(0.01, 1000.0, 21).tolist())
+"""λ in units of 1 / (the reference's cost per question): a route at g would pay the whole
+reference cost for g more accuracy. 0 … 1000 spans GPT-4 × all down to one cheap sample."""
+REPLAY_SHRINK = 4.0
+REPLAY_POOL = True
+"""The replay's shrinkage (controller.routing.shrunk), chosen leave-one-set-out on the two dev
+sets among shrink ∈ {0.5, 4, 16} × pool ∈ {off, on} by the worst margin of any baseline over
+the route's envelope: chosen on gsm8k_pot1 alone it is (4, on), and on date_cot1 alone the
+same; each set is scored with the choice made on the other (BENCHMARKS.md)."""
+MODES = ("auto", "cascade")
+"""auto: start where the plan says; cascade: always start on the cheapest model."""
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Seeded draw orders: per model, (perms, Q, S) indices of its recorded samples."""
+
+    orders: dict[str, IntArray]
+
+    @classmethod
+    def make(cls, rs: RoutingSet, perms: int, seed: int) -> Draws:
+        rng = np.random.default_rng(seed)
+        orders = {}
+        for m in rs.models:
+            keys = rng.random((perms, rs.questions, m.samples))
+            orders[m.id] = np.argsort(keys, axis=2)
+        return cls(orders)
+
+    @property
+    def perms(self) -> int:
+        return next(iter(self.orders.values())).shape[0]
+
+    def codes(self, rs: RoutingSet, model: str) -> IntArray:
+        """(perms, Q, S): the answer codes in draw order."""
+        m = rs.model(model)
+        order = self.orders[model]
+        return np.take_along_axis(np.broadcast_to(m.codes, order.shape), order, axis=2)
+
+    def costs(self, rs: RoutingSet, model: str) -> FloatArray:
+        """(perms, Q, S): each drawn sample's dollars, in draw order."""
+        m = rs.model(model)
+        order = self.orders[model]
+        return np.take_along_axis(np.broadcast_to(m.sample_cost, order.shape), order, axis=2)
+
+
+def folds(questions: int, k: int, seed: int) -> list[IntArray]:
+    """K seeded folds of the question indices (each sorted)."""
+    if not 2 <= k <= questions:
+        raise ValueError(f"--folds must be between 2 and the number of questions ({questions})")
+    perm = np.random.default_rng(seed).permutation(questions)
+    return [np.sort(part) for part in np.array_split(perm, k)]
+
+
+def _code(c: int) -> str | None:
+    return None if c < 0 else str(c)
+
+
+def calibrate_route(
+    rs: RoutingSet,
+    rows: IntArray,
+    models: Sequence[str],
+    seed: int,
+    shrink: float = REPLAY_SHRINK,
+    pool: bool = REPLAY_POOL,
+) -> Route:
+    """A route over `models`, calibrated on the set's questions `rows` as a served model is:
+    served curves (fit_served) plus routing's vote and cross statistics (build_route)."""
+    members = []
+    for model in models:
+        m = rs.model(model)
+        replay = [
+            ReplayQuestion(rs.ids[i], GOLD, tuple(ReplaySample(_code(int(c)), None, None)
+                                                  for c in m.codes[i]), int(i) + 1)
+            for i in rows
+        ]  # fmt: skip
+        fit = fit_served(replay, model_id=model, params=PLACEHOLDER_PARAMS,
+                         calibration=f"{len(rows)} questions of {rs.name}", seed=seed)  # fmt: skip
+        qs = calibration_questions([(q.id, q.gold, [s.answer for s in q.samples]) for q in replay])
+        members.append(RouteMember(model, served_curves(fit, rs.name), PLACEHOLDER_PARAMS, qs))
+    return build_route(f"{rs.name}:{'>'.join(models)}", members, seed=seed, shrink=shrink,
+                       pool=pool)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Prices:
+    """What a route's value arithmetic is told, from its calibration questions: the mean
+    dollars of a sample and of a call's prompt per model, and each model's sample cap."""
+
+    sample: dict[str, float]
+    call: dict[str, float]
+    caps: dict[str, int]
+
+    @classmethod
+    def measure(cls, rs: RoutingSet, rows: IntArray, models: Sequence[str]) -> Prices:
+        sample = {m: max(float(rs.model(m).sample_cost[rows].mean()), 1e-12) for m in models}
+        call = {m: float(rs.model(m).call_cost[rows].mean()) for m in models}
+        caps = {m: min(rs.model(m).samples, N_MAX) for m in models}
+        return cls(sample, call, caps)
+
+
+@dataclass
+class Point:
+    """One route setting's outcome, per question (mean over orders) so intervals can be had."""
+
+    mode: str
+    lam: float
+    correct: FloatArray  # (Q,)
+    cost: FloatArray  # (Q,)
+    predicted: FloatArray  # (Q,) the first plan's predicted accuracy
+    escalated: FloatArray  # (Q,) share of orders that drew on more than one model
+    last_model: dict[str, FloatArray] = field(default_factory=dict)  # model → (Q,) share
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    """How routes are replayed: which models, start mode, moving down allowed."""
+
+    models: tuple[str, ...]
+    descend: bool = True
+    shrink: float = REPLAY_SHRINK
+    pool: bool = REPLAY_POOL
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """One question under one draw order: right or not, dollars, the first plan's predicted
+    accuracy, the models in the order used, and the waves as (model, samples)."""
+
+    right: bool
+    dollars: float
+    predicted: float
+    order: list[str]
+    waves: list[tuple[str, int]]
+
+
+def run_one(
+    route: Route,
+    prices: Prices,
+    lam: float,
+    cheapest_first: bool,
+    descend: bool,
+    drawn: dict[str, list[str | None]],
+    sample_cost: dict[str, FloatArray],
+    call_cost: dict[str, float],
+    allowed: int | None = None,
+) -> Replayed:
+    """Replay one question: `drawn` is each model's answers in draw order (None abstains),
+    `allowed` the samples allowed in all (default: every model's cap)."""
+    allowed = sum(prices.caps.values()) if allowed is None else allowed
+    run = route.start(prices.sample, lam, allowed, cheapest_first, call_costs=prices.call,
+                      caps=prices.caps, descend=descend)  # fmt: skip
+    answers: dict[str, list[str | None]] = {}
+    order: list[str] = []
+    waves: list[tuple[str, int]] = []
+    dollars = 0.0
+    predicted = 0.0
+    while True:
+        step = run.decide(answers)
+        if not order:
+            plan = next(p for p in run.plans if p.model == step.model)
+            predicted = plan.predicted_accuracy
+        if step.stop:
+            break
+        have = answers.setdefault(step.model, [])
+        n = len(have)
+        k = min(step.wave, len(drawn[step.model]) - n)
+        if k <= 0:
+            break
+        have.extend(drawn[step.model][n : n + k])
+        dollars += call_cost[step.model] + float(sample_cost[step.model][n : n + k].sum())
+        waves.append((step.model, k))
+        if step.model not in order:
+            order.append(step.model)
+    right = cascade_answer(answers, order) == GOLD
+    return Replayed(right, dollars, predicted, order, waves)
+
+
+def replay_routes(
+    rs: RoutingSet,
+    draws: Draws,
+    fold_rows: Sequence[IntArray],
+    settings: RouteSettings,
+    lams: Sequence[float],
+    modes: Sequence[str] = MODES,
+    seed: int = 0,
+    tick: Callable[[int], None] | None = None,
+) -> list[Point]:
+    """Every (mode, λ) point of routes over `settings.models`, each fold scored by a route
+    calibrated on the other folds. λ is in dollars⁻¹. `tick(n)` reports finished questions."""
+    models = settings.models
+    codes = {m: draws.codes(rs, m) for m in models}
+    costs = {m: draws.costs(rs, m) for m in models}
+    q_all = rs.questions
+    perms = draws.perms
+    points = {(mode, lam): _empty_point(mode, lam, q_all, models) for mode in modes for lam in lams}
+    for f, rows in enumerate(fold_rows):
+        calib = np.sort(np.concatenate([r for g, r in enumerate(fold_rows) if g != f]))
+        route = calibrate_route(rs, calib, models, seed, settings.shrink, settings.pool)
+        prices = Prices.measure(rs, calib, models)
+        for i in rows:
+            call = {m: float(rs.model(m).call_cost[i]) for m in models}
+            for p in range(perms):
+                drawn = {m: [_code(int(c)) for c in codes[m][p, i]] for m in models}
+                sample_cost = {m: costs[m][p, i] for m in models}
+                for (mode, lam), point in points.items():
+                    one = run_one(route, prices, lam, mode == "cascade", settings.descend,
+                                  drawn, sample_cost, call)  # fmt: skip
+                    point.correct[i] += one.right / perms
+                    point.cost[i] += one.dollars / perms
+                    point.predicted[i] += one.predicted / perms
+                    point.escalated[i] += (len(one.order) > 1) / perms
+                    if one.order:
+                        point.last_model[one.order[-1]][i] += 1 / perms
+            if tick is not None:
+                tick(1)
+    return list(points.values())
+
+
+def _empty_point(mode: str, lam: float, q: int, models: Sequence[str]) -> Point:
+    return Point(mode, lam, np.zeros(q), np.zeros(q), np.zeros(q), np.zeros(q),
+                 {m: np.zeros(q) for m in models})  # fmt: skip

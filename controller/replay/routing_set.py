@@ -1,0 +1,238 @@
+"""Routing sets: several models' recorded samples on the same questions, priced in dollars.
+
+Format (../shared/data/routing/README.md): a folder with `manifest.json` (task, the few-shot
+prompt's `prompt_chars`, `tokens_per_char`, and per model, cheapest first, its `file` and
+`prompt_per_1m` / `completion_per_1m` prices) and one JSON Lines replay file per model, every
+file holding the same ids, question texts and gold in the same order.
+
+A set is priced as the ledger bills a wave (controller.budget.pricing.Pricer): one call's
+prompt (few-shot prompt + question) once, plus each sample's completion tokens; tokens are
+characters × `tokens_per_char`. Anything that would let a misaligned or unpriced set be scored
+is a `RoutingSetError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from controller.aggregate.extract import Extractor, get_extractor
+from controller.aggregate.normalize import normalize_answer
+from controller.budget.models import ModelPrice, Prices
+from controller.budget.pricing import Pricer
+
+MANIFEST = "manifest.json"
+TASK_EXTRACTORS: dict[str, str] = {"date_understanding": "date"}
+"""The answer extractor a task's recorded answers go through when neither the manifest
+(`extractor`) nor the caller names one; tasks not listed keep the recorded answers."""
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+
+class RoutingSetError(ValueError):
+    """A routing set that cannot be scored; the message names the file (and line)."""
+
+
+@dataclass(frozen=True)
+class SetModel:
+    """One model of a set: its recorded answers coded per question and its dollar costs."""
+
+    id: str
+    file: Path
+    price: ModelPrice
+    codes: IntArray  # (Q, S): answer code per sample (0 = the gold answer, -1 = abstained)
+    sample_cost: FloatArray  # (Q, S): dollars of each sample's completion
+    call_cost: FloatArray  # (Q,): dollars of one call's prompt (few-shot prompt + question)
+    answers: tuple[tuple[str | None, ...], ...]  # normalised answers, as recorded order
+
+    @property
+    def samples(self) -> int:
+        return int(self.codes.shape[1])
+
+
+@dataclass(frozen=True)
+class RoutingSet:
+    """A set: its questions (ids, gold) and its models, cheapest first."""
+
+    name: str
+    path: Path
+    task: str
+    extractor: str | None
+    ids: tuple[str, ...]
+    gold: tuple[str, ...]
+    models: tuple[SetModel, ...]
+
+    @property
+    def questions(self) -> int:
+        return len(self.ids)
+
+    def model(self, model_id: str) -> SetModel:
+        return next(m for m in self.models if m.id == model_id)
+
+
+def is_routing_set(path: Path) -> bool:
+    return (path / MANIFEST).is_file()
+
+
+def routing_sets(path: Path) -> list[Path]:
+    """`path` itself when it is a set, else the sets directly inside it (sorted by name)."""
+    if is_routing_set(path):
+        return [path]
+    if not path.is_dir():
+        raise RoutingSetError(f"{path}: not a folder")
+    sets = sorted(p for p in path.iterdir() if p.is_dir() and is_routing_set(p))
+    if not sets:
+        raise RoutingSetError(f"{path}: no {MANIFEST} in it or in its folders")
+    return sets
+
+
+def _number(entry: dict[str, Any], key: str, where: str) -> float:
+    value = entry.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RoutingSetError(f"{where}: {key}: missing or not a number")
+    if value < 0:
+        raise RoutingSetError(f"{where}: {key}: must be >= 0")
+    return float(value)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    where = str(path / MANIFEST)
+    try:
+        doc = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RoutingSetError(f"{where}: cannot read it ({exc})") from None
+    if not isinstance(doc, dict):
+        raise RoutingSetError(f"{where}: expected a JSON object")
+    models = doc.get("models")
+    if not isinstance(models, list) or not models:
+        raise RoutingSetError(f"{where}: models: missing or empty")
+    for i, entry in enumerate(models):
+        here = f"{where}: models.{i}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+            raise RoutingSetError(f"{here}: id: missing")
+        if not isinstance(entry.get("file"), str):
+            raise RoutingSetError(f"{here} ({entry['id']}): file: missing")
+        for key in ("prompt_per_1m", "completion_per_1m"):
+            _number(entry, key, f"{here} ({entry['id']})")
+    _number(doc, "tokens_per_char", where)
+    if doc.get("prompt_chars") is not None:
+        _number(doc, "prompt_chars", where)
+    return doc
+
+
+def _extractor(doc: dict[str, Any], override: str | None, where: str) -> str | None:
+    name = override or doc.get("extractor") or TASK_EXTRACTORS.get(str(doc.get("task")))
+    if name is None:
+        return None
+    try:
+        get_extractor(str(name))
+    except ValueError as exc:
+        raise RoutingSetError(f"{where}: extractor: {exc}") from None
+    return str(name)
+
+
+def _answer(raw: object, extract: Extractor | None) -> str | None:
+    if raw is None:
+        return None
+    text = str(raw)
+    return extract(text) if extract is not None else normalize_answer(text)
+
+
+@dataclass(frozen=True)
+class _Line:
+    id: str
+    question: str
+    gold: str
+    answers: tuple[str | None, ...]
+    chars: tuple[int, ...]
+
+
+def _read_lines(file: Path, extract: Extractor | None) -> list[_Line]:
+    if not file.is_file():
+        raise RoutingSetError(f"{file}: model file missing")
+    out: list[_Line] = []
+    with file.open(encoding="utf-8") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            here = f"{file}:{number}"
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise RoutingSetError(f"{here}: not valid JSON ({exc.msg})") from None
+            samples = obj.get("samples") if isinstance(obj, dict) else None
+            if not isinstance(samples, list) or not samples:
+                raise RoutingSetError(f"{here}: samples: missing or empty")
+            if not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in samples):
+                raise RoutingSetError(f"{here}: samples: each needs a `text`")
+            gold = _answer(obj.get("gold"), extract) or normalize_answer(str(obj.get("gold")))
+            if obj.get("gold") is None or gold is None:
+                raise RoutingSetError(f"{here}: gold: missing")
+            out.append(_Line(str(obj.get("id")), str(obj.get("question", "")), gold,
+                             tuple(_answer(s.get("answer"), extract) for s in samples),
+                             tuple(len(s["text"]) for s in samples)))  # fmt: skip
+    if not out:
+        raise RoutingSetError(f"{file}: no questions")
+    return out
+
+
+def _check_aligned(first: Sequence[_Line], lines: Sequence[_Line], file: Path, ref: Path) -> None:
+    if len(lines) != len(first):
+        raise RoutingSetError(
+            f"{file}:{min(len(lines), len(first)) + 1}: {len(lines)} questions, {ref.name} "
+            f"has {len(first)}"
+        )
+    for number, (a, b) in enumerate(zip(first, lines, strict=True), start=1):
+        for field in ("id", "question", "gold"):
+            if getattr(a, field) != getattr(b, field):
+                raise RoutingSetError(
+                    f"{file}:{number}: {field} {getattr(b, field)!r:.60} differs from "
+                    f"{ref.name}'s {getattr(a, field)!r:.60}"
+                )
+
+
+def load_routing_set(path: Path, extractor: str | None = None) -> RoutingSet:
+    """Read and check a set; `extractor` (a name, as a route or tenant names one) overrides
+    the manifest's `extractor` and the task's default (TASK_EXTRACTORS)."""
+    doc = _read_manifest(path)
+    where = str(path / MANIFEST)
+    name = _extractor(doc, extractor, where)
+    extract = get_extractor(name) if name is not None else None
+    per_token = float(doc["tokens_per_char"])
+    prompt_chars = float(doc.get("prompt_chars") or 0.0)
+    entries: list[dict[str, Any]] = doc["models"]
+    prices = Prices(models={e["id"]: ModelPrice(prompt_per_1m=e["prompt_per_1m"],
+                                                completion_per_1m=e["completion_per_1m"])
+                            for e in entries})  # fmt: skip
+    read = [(path / e["file"], _read_lines(path / e["file"], extract)) for e in entries]
+    ref_file, first = read[0]
+    for file, lines in read[1:]:
+        _check_aligned(first, lines, file, ref_file)
+    vocab: list[dict[str, int]] = [{line.gold: 0} for line in first]
+    models = []
+    for entry, (file, lines) in zip(entries, read, strict=True):
+        width = max(len(line.answers) for line in lines)
+        if any(len(line.answers) != width for line in lines):
+            short = next(i for i, line in enumerate(lines, 1) if len(line.answers) != width)
+            raise RoutingSetError(f"{file}:{short}: samples: every question needs {width}")
+        codes = np.array([[-1 if a is None else vocab[i].setdefault(a, len(vocab[i]))
+                           for a in line.answers] for i, line in enumerate(lines)])  # fmt: skip
+        pricer = Pricer(prices, entry["id"])
+        chars = np.array([line.chars for line in lines], dtype=float)
+        sample_cost = chars * per_token * pricer.cost(0, 1).money
+        prompts = np.array([prompt_chars + len(line.question) for line in lines]) * per_token
+        call_cost = np.array([pricer.cost(p, 0).money for p in prompts])
+        answers = tuple(line.answers for line in lines)
+        models.append(SetModel(entry["id"], file, prices.models[entry["id"]], codes,
+                               sample_cost, call_cost, answers))  # fmt: skip
+    return RoutingSet(path.name, path, str(doc.get("task", "")), name,
+                      tuple(line.id for line in first), tuple(line.gold for line in first),
+                      tuple(models))  # fmt: skip

@@ -1,0 +1,70 @@
+"""`t2serve calibrate --from-replay`: the served curves live calibration writes, from logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from controller.scaling.served import load_served
+
+runner = CliRunner()
+
+
+def write_replay(path: Path) -> Path:
+    """Four date questions, three samples each: a sentence, an unpadded date, a null."""
+    rows = []
+    for i in range(4):
+        gold = f"0{i + 1}/01/2021"
+        samples = [
+            {"text": f"A: Today is {i + 1}/1/2021.", "answer": f"Today is {i + 1}/1/2021."},
+            {"text": f"A: {gold}", "answer": gold if i % 2 == 0 else "12/31/1999"},
+            {"text": "no idea", "answer": None},
+        ]
+        rows.append({"id": f"d-{i}", "question": f"q{i}", "gold": gold, "samples": samples})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_from_replay_writes_the_served_curves_without_sampling(tmp_path: Path) -> None:
+    data = write_replay(tmp_path / "log.jsonl")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["calibrate", "--from-replay", str(data), "--model", "m",
+                                 "--params", "13e9", "--extractor", "date", "--out", str(out),
+                                 "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report["files"]) == {"replay.jsonl", "passk.csv", "measured.json", "curves.json"}
+    curves = load_served(out / "curves.json", "m")
+    # per question: the sentence is right (the date extractor), the second sample on even
+    # questions, the null abstains → 1 sample of 3 right on odd questions, 2 on even
+    assert curves.curve[0] == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert curves.params == 13e9
+    assert report["single_sample_accuracy"] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_from_replay_without_the_extractor_keeps_recorded_answers(tmp_path: Path) -> None:
+    data = write_replay(tmp_path / "log.jsonl")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["calibrate", "--from-replay", str(data), "--model", "m",
+                                 "--params", "1", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert load_served(out / "curves.json", "m").curve[0] == pytest.approx((1 / 3 + 0) / 2)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        ([], "--params"),
+        (["--params", "1", "--extractor", "nope"], "unknown extractor"),
+    ],
+)
+def test_from_replay_bad_input_exits_2(tmp_path: Path, args: list[str], says: str) -> None:
+    data = write_replay(tmp_path / "log.jsonl")
+    result = runner.invoke(app, ["calibrate", "--from-replay", str(data), "--model", "m",
+                                 "--out", str(tmp_path / "o"), *args])  # fmt: skip
+    assert result.exit_code == 2
+    assert says in result.stderr

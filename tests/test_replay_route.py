@@ -1,0 +1,246 @@
+"""`t2serve replay --route`: routing-set loading and bad input, dollar arithmetic, cross-fitting,
+the baselines' arithmetic, and one end-to-end run on the real date_cot1 set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from controller.replay.route import (
+    Draws,
+    Prices,
+    RouteSettings,
+    calibrate_route,
+    folds,
+    replay_routes,
+)
+from controller.replay.route_baselines import Votes, single, vote_cascade
+from controller.replay.routing_set import RoutingSetError, load_routing_set
+from controller.routing import SHRINK
+
+REAL = Path(__file__).resolve().parents[2] / "shared/data/routing/date_cot1"
+runner = CliRunner()
+
+PRICES = {"weak": (1.0, 2.0), "strong": (10.0, 20.0)}
+
+
+def _row(i: int, answers: list[str | None], gold: str = "7") -> dict[str, Any]:
+    return {"id": f"q{i}", "question": f"question {i}?", "gold": gold,
+            "samples": [{"text": "x" * 40, "answer": a} for a in answers]}  # fmt: skip
+
+
+def write_set(
+    root: Path,
+    weak: list[list[str | None]],
+    strong: list[list[str | None]],
+    manifest: dict[str, Any] | None = None,
+) -> Path:
+    """A two-model set: `weak`/`strong` answers per question, gold 7, 40-char texts."""
+    root.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {
+        "task": "toy", "questions": len(weak), "prompt_chars": 100, "tokens_per_char": 0.25,
+        "models": [
+            {"id": m, "file": f"{m}.jsonl", "prompt_per_1m": p, "completion_per_1m": c}
+            for m, (p, c) in PRICES.items()
+        ],
+    }  # fmt: skip
+    doc.update(manifest or {})
+    (root / "manifest.json").write_text(json.dumps(doc))
+    for model, rows in (("weak", weak), ("strong", strong)):
+        lines = [json.dumps(_row(i, a)) for i, a in enumerate(rows)]
+        (root / f"{model}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def toy(root: Path, n: int = 40) -> Path:
+    """Weak is right (4 of 4) on even questions and split on odd ones; strong always right."""
+    sure: list[str | None] = ["7"] * 4
+    split: list[str | None] = ["7", "8", "9", None]
+    weak = [sure if i % 2 == 0 else split for i in range(n)]
+    strong: list[list[str | None]] = [["7", "7"] for _ in range(n)]
+    return write_set(root, weak, strong)
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["replay", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+# -- loading and bad input ------------------------------------------------------------------------
+
+
+def test_costs_are_the_ledgers_prompt_once_per_call_and_completion_per_sample(
+    tmp_path: Path,
+) -> None:
+    rs = load_routing_set(toy(tmp_path / "s"))
+    weak = rs.model("weak")
+    prompt_tokens = (100 + len("question 0?")) * 0.25
+    assert weak.call_cost[0] == pytest.approx(prompt_tokens * 1.0 / 1e6)
+    assert weak.sample_cost[0, 0] == pytest.approx(40 * 0.25 * 2.0 / 1e6)
+    assert rs.model("strong").sample_cost[0, 1] == pytest.approx(40 * 0.25 * 20.0 / 1e6)
+    assert weak.codes[1].tolist() == [0, 1, 2, -1]  # gold is code 0, a null abstains
+
+
+@pytest.mark.parametrize(
+    ("breakage", "where"),
+    [
+        ("id", "strong.jsonl:3: id"),
+        ("question", "strong.jsonl:3: question"),
+        ("gold", "strong.jsonl:3: gold"),
+        ("price", "manifest.json: models.1 (strong): prompt_per_1m"),
+        ("file", "strong.jsonl: model file missing"),
+    ],
+)
+def test_a_misaligned_or_unpriced_set_exits_2_with_one_line(
+    tmp_path: Path, breakage: str, where: str
+) -> None:
+    root = toy(tmp_path / "s", n=5)
+    strong = root / "strong.jsonl"
+    rows = [json.loads(line) for line in strong.read_text().splitlines()]
+    if breakage in ("id", "question", "gold"):
+        rows[2][breakage] = "something else"
+        strong.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    elif breakage == "price":
+        doc = json.loads((root / "manifest.json").read_text())
+        del doc["models"][1]["prompt_per_1m"]
+        (root / "manifest.json").write_text(json.dumps(doc))
+    else:
+        strong.unlink()
+    code, out, err = invoke("--route", str(root), "--perms", "1", "--json")
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert where in err
+
+
+def test_the_extractor_is_named_by_the_manifest_or_the_caller(tmp_path: Path) -> None:
+    root = write_set(tmp_path / "d", [["Today is 5/1/2021."]], [["05/01/2021"]],
+                     {"extractor": "date"})  # fmt: skip
+    for row in ("weak", "strong"):
+        text = (root / f"{row}.jsonl").read_text().replace('"7"', '"05/01/2021"')
+        (root / f"{row}.jsonl").write_text(text)
+    assert load_routing_set(root).model("weak").codes.tolist() == [[0]]
+    assert load_routing_set(root, "exact").model("weak").codes.tolist() == [[1]]
+    with pytest.raises(RoutingSetError, match="extractor"):
+        load_routing_set(root, "no_such_extractor")
+
+
+# -- cross-fitting, caps, baselines ---------------------------------------------------------------
+
+
+def test_folds_cover_every_question_once_and_are_seeded() -> None:
+    parts = folds(11, 3, seed=4)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(11))
+    assert [p.tolist() for p in parts] == [p.tolist() for p in folds(11, 3, seed=4)]
+    assert [p.tolist() for p in parts] != [p.tolist() for p in folds(11, 3, seed=5)]
+
+
+def test_a_route_is_calibrated_only_on_the_other_folds(tmp_path: Path) -> None:
+    rs = load_routing_set(toy(tmp_path / "s"))
+    rows = folds(rs.questions, 2, seed=0)
+    route = calibrate_route(rs, rows[1], ("weak", "strong"), seed=0)
+    calibrated = set(route.candidate("weak").stats.keys)
+    assert calibrated == {rs.ids[i] for i in rows[1]}
+    assert not calibrated & {rs.ids[i] for i in rows[0]}
+
+
+def test_routes_never_draw_more_than_recorded_and_escalate_the_unsure(tmp_path: Path) -> None:
+    rs = load_routing_set(toy(tmp_path / "s"))
+    draws = Draws.make(rs, perms=3, seed=0)
+    rows = folds(rs.questions, 2, seed=0)
+    prices = Prices.measure(rs, rows[0], ("weak", "strong"))
+    assert prices.caps == {"weak": 4, "strong": 2}
+    strong_calls = rs.model("strong").call_cost + rs.model("strong").sample_cost.sum(axis=1)
+    lam = 0.05 / float(strong_calls.mean())  # the strong model's call is worth 5 points
+    settings = RouteSettings(("weak", "strong"), shrink=SHRINK, pool=False)  # the server's
+    points = replay_routes(rs, draws, rows, settings, [lam],
+                           ("cascade",))  # fmt: skip
+    (p,) = points
+    assert p.correct.mean() == pytest.approx(1.0)
+    weak_all = rs.model("weak").call_cost + rs.model("weak").sample_cost.sum(axis=1)
+    # never more than every recorded sample of both models
+    assert np.all(p.cost <= strong_calls + weak_all + 1e-12)
+    # the unsure (odd) questions end on the strong model, the sure ones on the weak
+    assert p.last_model["strong"][1::2].mean() == pytest.approx(1.0)
+    assert p.last_model["weak"][0::2].mean() == pytest.approx(1.0)
+
+
+def test_vote_cascade_accepts_the_weak_majority_at_tau_and_pays_only_what_it_draws(
+    tmp_path: Path,
+) -> None:
+    rs = load_routing_set(toy(tmp_path / "s", n=4))
+    draws = Draws.make(rs, perms=2, seed=1)
+    weak, strong = Votes.of(rs, draws, "weak"), Votes.of(rs, draws, "strong")
+    w, s = rs.model("weak"), rs.model("strong")
+    cascade = vote_cascade([weak, strong], 4, 1.0)
+    weak_cost = w.call_cost + w.sample_cost.sum(axis=1)
+    strong_cost = s.call_cost + s.sample_cost.sum(axis=1)
+    expected = np.where(np.arange(4) % 2 == 0, weak_cost, weak_cost + strong_cost)
+    assert cascade.cost == pytest.approx(expected)
+    assert cascade.accuracy == pytest.approx(1.0)
+    codes = draws.codes(rs, "weak")  # a 7/8/9/None tie goes to the answer drawn first
+    first = np.array([[next(c for c in row if c >= 0) for row in q] for q in codes])
+    expected_right = np.where(np.arange(4) % 2 == 0, 1.0, (first == 0).mean(axis=0))
+    assert single(weak, 4).correct == pytest.approx(expected_right)
+    oracle = vote_cascade([weak, strong], 1, 1.0, oracle=True)
+    assert oracle.accuracy == pytest.approx(1.0)
+
+
+# -- end to end on a real set ---------------------------------------------------------------------
+
+
+def test_replay_route_on_date_cot1_prints_the_documented_schema() -> None:
+    code, out, _ = invoke("--route", str(REAL), "--perms", "1", "--lams", "0,0.1,10", "--json")
+    assert code == 0, out
+    doc = json.loads(out.strip().splitlines()[-1])
+    entry = doc["sets"]["date_cot1"]
+    ref = entry["reference"]
+    assert (ref["model"], ref["k"]) == ("gpt-4", 3)
+    assert ref["accuracy"] == pytest.approx(0.889, abs=0.01)
+    assert ref["cost"] == pytest.approx(0.0214, abs=0.0002)
+    assert {p["mode"] for p in entry["route"]} == {"auto", "cascade"}
+    for p in entry["route"]:
+        assert set(p) >= {"mode", "lam", "accuracy", "cost", "relative_cost", "escalated",
+                          "share_by_model"}  # fmt: skip
+        assert p["relative_cost"] == pytest.approx(p["cost"] / ref["cost"], rel=1e-3)
+    base = entry["baselines"]
+    assert {s["model"] for s in base["single"]} == {"llama-2-13b", "gpt-3.5-turbo", "gpt-4"}
+    assert {tuple(c["models"]) for c in base["vote_cascade"]} >= {
+        ("llama-2-13b", "gpt-3.5-turbo", "gpt-4"), ("gpt-3.5-turbo", "gpt-4")}  # fmt: skip
+    assert set(c for c in base["vote_cascade"][0]) >= {"models", "k", "tau", "accuracy", "cost"}
+    assert set(base["oracle"]) >= {"accuracy", "cost"}
+    assert base["oracle"]["accuracy"] > ref["accuracy"]
+    cheap = [p for p in entry["route"] if p["lam_per_reference"] == 10]
+    assert all(p["relative_cost"] < 0.1 for p in cheap)
+
+
+def test_each_model_has_its_own_sample_cap(tmp_path: Path) -> None:
+    """A route may not plan or draw beyond a model's cap, even with samples left in all."""
+    rs = load_routing_set(toy(tmp_path / "s"))
+    route = calibrate_route(rs, np.arange(rs.questions), ("weak",), 0, SHRINK, pool=False)
+    costs = {"weak": 1e-6}
+    free = route.start(costs, 0.0, 10)
+    assert free.decide({}).wave == 2  # what the plan wants: two draws, then perhaps more
+    assert free.decide({"weak": ["1"]}).wave == 1
+    capped = route.start(costs, 0.0, 10, caps={"weak": 1})
+    assert capped.decide({}).wave == 1
+    assert capped.decide({"weak": ["1"]}).stop
+
+
+def test_pooled_shrinkage_borrows_from_the_leader_votes_row() -> None:
+    """A seldom-seen cell moves toward its row (same leader votes), not straight to the curve."""
+    from controller.routing import shrunk
+
+    weight = np.array([[0.0, 0.0], [9.0, 1.0]])  # row v1=1: 9 questions at v2=0, 1 at v2=1
+    total = np.array([[0.0, 0.0], [9.0, 0.0]])  # right 9 of 9 at v2=0, 0 of 1 at v2=1
+    plain = shrunk(total, weight, 1, 1, toward=0.5, shrink=1.0)
+    pooled = shrunk(total, weight, 1, 1, toward=0.5, shrink=1.0, pool=True)
+    assert plain == pytest.approx(0.25)  # (0 + 1·0.5) / (1 + 1)
+    row = (9.0 + 0.5) / (10.0 + 1.0)
+    assert pooled == pytest.approx((0 + row) / 2)
