@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy controller server cli tests bench models
+	$(BIN)/mypy controller server cli tests bench models mkdocs_hooks.py
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
