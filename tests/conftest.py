@@ -1,5 +1,7 @@
 """Session-wide fixtures live in tests/fixtures/*; each area registers its module here."""
 
+import pytest
+
 pytest_plugins: list[str] = [
     "tests.fixtures.prometheus",
     "tests.fixtures.engine",
@@ -7,3 +9,34 @@ pytest_plugins: list[str] = [
     "tests.fixtures.fixed_length",
     "tests.fixtures.redis",
 ]
+
+# `make test-fast` runs `-m "not engine and not redis and not prometheus and not slow"`: the
+# inner loop, no engine and no services. Tests get those markers here, not one by one: by the
+# fixtures they use, by a `redis` parameter (the store fixtures ask for Redis lazily), and, for
+# whole modules that start server processes, kill -9 them or load torch, by module name.
+MARK_BY_FIXTURE = {
+    "engine": "engine",
+    "live_server": "engine",
+    "fixed_length_server": "engine",
+    "redis_server": "redis",
+    "redis_url": "redis",
+    "prometheus": "prometheus",
+}
+SLOW_MODULES = {
+    "test_admin_kill9",  # t2serve subprocesses, kill -9 and restart
+    "test_budget_concurrency",  # worker processes, kill -9 under load
+    "test_budget_sqlite_workers",  # worker processes on one SQLite file
+    "test_aggregate_verifiers",  # the reward-model verifier loads torch
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marks = {MARK_BY_FIXTURE.get(name) for name in getattr(item, "fixturenames", ())}
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "redis" in callspec.id.split("-"):
+            marks.add("redis")
+        if item.path.stem in SLOW_MODULES:
+            marks.add("slow")
+        for mark in sorted(m for m in marks if m):
+            item.add_marker(mark)
