@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from models import chain
-from models.train_tiny import build_tokenizer
+from models.train_tiny import build_tokenizer, llama_config
 
 WARMUP_STEPS = 20
 
@@ -46,25 +46,6 @@ class TrainSettings:
     batch: int = 64
     lr: float = 3e-3
     threads: int = 1
-
-
-def llama_config(size: Size, tokenizer: Any) -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=128,
-        hidden_size=size.hidden,
-        intermediate_size=size.hidden * 3,
-        num_hidden_layers=size.layers,
-        num_attention_heads=size.hidden // 32,  # head dim 32: vLLM's CPU attention needs >= 32
-        num_key_value_heads=size.hidden // 32,
-        max_position_embeddings=512,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
 
 
 def count_params(size: Size) -> int:
@@ -159,7 +140,7 @@ def train_size(
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     tokenizer = build_tokenizer()
-    model = LlamaForCausalLM(llama_config(size, tokenizer))
+    model = LlamaForCausalLM(llama_config(size.hidden, size.layers, tokenizer))
     opt = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, weight_decay=0.01, betas=(0.9, 0.98)
     )
