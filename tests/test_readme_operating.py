@@ -39,7 +39,10 @@ async def test_the_operating_examples_run_verbatim(
     monkeypatch.setenv(ADMIN_KEY_ENV, ADMIN_KEY)
     config = load_config(ROOT / "configs" / "default.yaml")
     config.ledger.path = str(tmp_path / "ledger.sqlite")
-    app = create_app(config, engine=ScriptedEngine(cycle("7+8=15;15-9=6;A: 6")))
+    # pooling={}: the default config's reward model is not built (these steps never use it; it
+    # would start a vLLM pooling engine in the background of a test that needs none)
+    engine = ScriptedEngine(cycle("7+8=15;15-9=6;A: 6"))
+    app = create_app(config, engine=engine, pooling={})
     code = operating_block()
     async with serve_in_loop(app) as live:
         env = {
