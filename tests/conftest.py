@@ -37,6 +37,7 @@ SLOW_TESTS = {
     "test_two_worker_processes_add_up",  # worker processes
     "test_a_worker_that_exits_drops_its_live_gauges",
     "test_reset_multiprocess_dir_forgets_old_runs",
+    "test_rate_limits_and_their_window_survive_kill_9",  # server processes, kill -9
 }
 
 
