@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # brings back torchvision & co., which break vLLM's CPU build, so we remove them after.
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install serve test lint typecheck pytest bench clean
+.PHONY: install serve test test-fast lint typecheck pytest bench clean
 
 install: $(STAMP)
 
@@ -23,12 +23,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy controller storage server cli tests bench models
+	$(BIN)/mypy controller storage server cli tests bench models mkdocs_hooks.py
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# The inner loop: no engine, no services, no server processes (tests/conftest.py marks them).
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -m "not engine and not redis and not prometheus and not slow"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

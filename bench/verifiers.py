@@ -11,7 +11,7 @@ Every request is billed in FLOPs (2·N per token, the verifier's model included)
 is what the tenant paid. Methods: majority (no verifier configured: nothing spent on one);
 best_of_n with each verifier kind; score-weighted vote (`verifier`) and `vote_score` with the
 reward model; verifier-aware t2 (t2 stopping once a sample's calibrated P(correct) ≥ 0.9, the
-calibration fit on the *training* questions' samples, the threshold fixed beforehand).
+score map fit on the *training* questions' samples, the threshold fixed beforehand).
 
 Also: reward-model scoring throughput (tokens/s) against generation throughput (completion
 tokens/s) of tiny-chain-252k, the generator whose trunk the reward model extends, in the same
@@ -37,8 +37,8 @@ import numpy as np
 import openai
 
 from controller.aggregate import get_extractor, normalize_answer
-from controller.aggregate.calibrate import IsotonicCalibrator
 from controller.aggregate.checkers import chain_steps
+from controller.aggregate.score_map import IsotonicScoreMap
 from models.train_reward import REPLAYS, held_back, prompt_of, replay_rows
 from server.app import create_app, serve_in_loop
 from server.config import parse_config
@@ -55,7 +55,7 @@ PLOT = Path("docs/verifiers-accuracy-flops.png")
 VAR = Path("var/bench/verifiers")
 
 
-def calibration_files() -> dict[str, str]:
+def score_map_files() -> dict[str, str]:
     """The checker's score → P(correct) map, fit on the training questions' recorded samples
     of the generator (never the held-back ones); the reward model ships its own."""
     rows = [r for r in replay_rows(REPLAYS[0]) if not held_back(r["question"])]
@@ -66,15 +66,15 @@ def calibration_files() -> dict[str, str]:
             scores.append(chain_steps(prompt, s["text"]))
             labels.append(int(bool(s["correct"])))
     VAR.mkdir(parents=True, exist_ok=True)
-    path = VAR / "chain_steps-calibration.json"
-    path.write_text(json.dumps(IsotonicCalibrator().fit(scores, labels).to_dict()))
-    return {"chain_steps": str(path), RM: f"models/{RM}/calibration.json"}
+    path = VAR / "chain_steps-score_map.json"
+    path.write_text(json.dumps(IsotonicScoreMap().fit(scores, labels).to_dict()))
+    return {"chain_steps": str(path), RM: f"models/{RM}/score_map.json"}
 
 
-def bench_config(calibration: dict[str, str]) -> dict[str, Any]:
+def bench_config(score_maps: dict[str, str]) -> dict[str, Any]:
     flops = {"day": {"limit": 1e18, "unit": "flops"}}
     verifiers = [
-        {"kind": "reward_model", "name": "rm", "model": RM, "calibration": calibration[RM]},
+        {"kind": "reward_model", "name": "rm", "model": RM, "score_map": score_maps[RM]},
         {
             "kind": "judge",
             "name": "judge",
@@ -88,14 +88,14 @@ def bench_config(calibration: dict[str, str]) -> dict[str, Any]:
             "kind": "checker",
             "name": "steps-stop",
             "checker": "chain_steps",
-            "calibration": calibration["chain_steps"],
+            "score_map": score_maps["chain_steps"],
             "stop_at": STOP_AT,
         },
         {
             "kind": "reward_model",
             "name": "rm-stop",
             "model": RM,
-            "calibration": calibration[RM],
+            "score_map": score_maps[RM],
             "stop_at": STOP_AT,
         },
     ]
@@ -364,7 +364,7 @@ async def throughput(app: Any) -> dict[str, Any]:
 async def run() -> dict[str, Any]:
     rows = [r for r in replay_rows(REPLAYS[0]) if held_back(r["question"])]
     questions = random.Random(17).sample(rows, min(QUESTIONS, len(rows)))
-    config = parse_config(bench_config(calibration_files()), "bench verifiers")
+    config = parse_config(bench_config(score_map_files()), "bench verifiers")
     app = create_app(config)
     summary: dict[str, Any] = {}
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from models import chain
-from models.train_tiny import build_tokenizer
+from models.train_tiny import build_tokenizer, llama_config
 
 WARMUP_STEPS = 20
 
@@ -46,25 +46,6 @@ class TrainSettings:
     batch: int = 64
     lr: float = 3e-3
     threads: int = 1
-
-
-def llama_config(size: Size, tokenizer: Any) -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=128,
-        hidden_size=size.hidden,
-        intermediate_size=size.hidden * 3,
-        num_hidden_layers=size.layers,
-        num_attention_heads=size.hidden // 32,  # head dim 32: vLLM's CPU attention needs >= 32
-        num_key_value_heads=size.hidden // 32,
-        max_position_embeddings=512,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
 
 
 def count_params(size: Size) -> int:
@@ -153,80 +134,124 @@ def train_size(
     (the saved state continues the run exactly). Returns each target's info
     (params, tokens actually seen, steps, validation loss, seconds).
     """
-    import torch
-    from transformers import LlamaForCausalLM
-
-    torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
-    tokenizer = build_tokenizer()
-    model = LlamaForCausalLM(llama_config(size, tokenizer))
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=settings.lr, weight_decay=0.01, betas=(0.9, 0.98)
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP_STEPS))
-    data = _Batches(tokenizer, settings.batch, settings.seed)
     targets = sorted(targets)
-    step, seen, seconds = 0, 0, 0.0
 
     def done(target: int) -> bool:
         return (checkpoint_dir(root, size, target) / "training.json").is_file()
 
+    run = _Run.start(size, settings)
     missing = [t for t in targets if not done(t)]
     below = [t for t in targets if done(t) and missing and t < missing[0]]
     if below:  # resume from the latest complete checkpoint before the first missing one
-        state = torch.load(checkpoint_dir(root, size, below[-1]) / "state.pt", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        data.rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        step, seen, seconds = state["step"], state["tokens"], state["seconds"]
+        run.resume(checkpoint_dir(root, size, below[-1]) / "state.pt")
     by_target = {
         t: json.loads((checkpoint_dir(root, size, t) / "training.json").read_text())
         for t in targets
         if done(t)
     }
-    started = time.monotonic() - seconds
+    started = time.monotonic() - run.seconds
     for target in missing:
-        path = checkpoint_dir(root, size, target)
-        while seen < target:
-            ids, labels, real = data.next()
-            loss = model(input_ids=ids, labels=labels).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            seen += real
-        elapsed = time.monotonic() - started
-        info = {
-            "size": size.label,
-            "hidden": size.hidden,
-            "layers": size.layers,
-            "params": sum(p.numel() for p in model.parameters()),
-            "target_tokens": target,
-            "train_tokens": seen,
-            "steps": step,
-            "validation_loss": validation_loss(model, tokenizer),
-            "train_seconds": round(elapsed, 1),
-            "schedule": f"AdamW lr {settings.lr} constant after {WARMUP_STEPS} warm-up steps",
-            "batch": settings.batch,
-            "seed": settings.seed,
-            "task": "chain (models/chain.py)",
-        }
-        state = {
-            "model": model.state_dict(),
-            "opt": opt.state_dict(),
-            "sched": sched.state_dict(),
-            "rng": data.rng.getstate(),
-            "torch_rng": torch.get_rng_state(),
-            "step": step,
-            "tokens": seen,
-            "seconds": elapsed,
-        }
-        _save(path, model, tokenizer, state, info)
+        run.train_until(target)
+        run.seconds = time.monotonic() - started
+        info = run.info(target)
+        _save(checkpoint_dir(root, size, target), run.model, run.tokenizer, run.state(), info)
         by_target[target] = info
         if on_checkpoint is not None:
             on_checkpoint(target, info)
     return [by_target[t] for t in targets]
+
+
+@dataclass
+class _Run:
+    """One size's training run: model, optimiser, schedule and data order, and how far it got
+    (steps, tokens seen, seconds), all of which a checkpoint saves and a resume restores."""
+
+    size: Size
+    settings: TrainSettings
+    tokenizer: Any
+    model: Any
+    opt: Any
+    sched: Any
+    data: _Batches
+    step: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def start(cls, size: Size, settings: TrainSettings) -> _Run:
+        import torch
+        from transformers import LlamaForCausalLM
+
+        torch.set_num_threads(settings.threads)
+        torch.manual_seed(settings.seed)
+        tokenizer = build_tokenizer()
+        model = LlamaForCausalLM(llama_config(size.hidden, size.layers, tokenizer))
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=settings.lr, weight_decay=0.01, betas=(0.9, 0.98)
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / WARMUP_STEPS)
+        )
+        data = _Batches(tokenizer, settings.batch, settings.seed)
+        return cls(size, settings, tokenizer, model, opt, sched, data)
+
+    def resume(self, state_path: Path) -> None:
+        import torch
+
+        state = torch.load(state_path, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.data.rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.seen, self.seconds = state["step"], state["tokens"], state["seconds"]
+
+    def train_until(self, target: int) -> None:
+        """Optimiser steps until the tokens seen reach `target`."""
+        import torch
+
+        while self.seen < target:
+            ids, labels, real = self.data.next()
+            loss = self.model(input_ids=ids, labels=labels).loss
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.sched.step()
+            self.step += 1
+            self.seen += real
+
+    def info(self, target: int) -> dict[str, Any]:
+        """What a checkpoint's training.json records."""
+        return {
+            "size": self.size.label,
+            "hidden": self.size.hidden,
+            "layers": self.size.layers,
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "target_tokens": target,
+            "train_tokens": self.seen,
+            "steps": self.step,
+            "validation_loss": validation_loss(self.model, self.tokenizer),
+            "train_seconds": round(self.seconds, 1),
+            "schedule": (
+                f"AdamW lr {self.settings.lr} constant after {WARMUP_STEPS} warm-up steps"
+            ),
+            "batch": self.settings.batch,
+            "seed": self.settings.seed,
+            "task": "chain (models/chain.py)",
+        }
+
+    def state(self) -> dict[str, Any]:
+        """What `resume` needs to continue this run exactly."""
+        import torch
+
+        return {
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "rng": self.data.rng.getstate(),
+            "torch_rng": torch.get_rng_state(),
+            "step": self.step,
+            "tokens": self.seen,
+            "seconds": self.seconds,
+        }

@@ -14,8 +14,8 @@ Training data, labelled by the task's own checker (answer == gold):
   questions beyond the 160.
 
 Run: `python -m models.train_reward --out models/tiny-chain-rm` (about two minutes on one
-thread of the loaded 2-core box). Also writes `calibration.json`: an isotonic map score →
-P(correct) fit on the training questions' samples (`controller.aggregate.calibrate`).
+thread of the loaded 2-core box). Also writes `score_map.json`: an isotonic map score →
+P(correct) fit on the training questions' samples (`controller.aggregate.score_map`).
 """
 
 from __future__ import annotations
@@ -261,15 +261,15 @@ def save(
 ) -> None:
     import numpy as np
 
-    from controller.aggregate.calibrate import IsotonicCalibrator
+    from controller.aggregate.score_map import IsotonicScoreMap
 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     shutil.copy(TRUNK / "chat_template.jinja", out / "chat_template.jinja")
     probs = 1 / (1 + np.exp(-np.asarray(logits(model, tokenizer, [c[0] for c in calib]))))
-    cal = IsotonicCalibrator().fit(probs.tolist(), [c[1] for c in calib])
-    (out / "calibration.json").write_text(json.dumps(cal.to_dict(), indent=1) + "\n")
+    score_map = IsotonicScoreMap().fit(probs.tolist(), [c[1] for c in calib])
+    (out / "score_map.json").write_text(json.dumps(score_map.to_dict(), indent=1) + "\n")
     (out / "training.json").write_text(json.dumps(report, indent=1) + "\n")
 
 

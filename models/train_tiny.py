@@ -164,20 +164,18 @@ def sampled_accuracy(
     return hits / len(questions)
 
 
-def train(args: argparse.Namespace) -> dict[str, object]:
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+def llama_config(hidden: int, layers: int, tokenizer: Any) -> Any:
+    """The one Llama shape every model we train has (the tiny model and the Mini-T² grid), at a
+    width and depth: what vLLM's CPU build needs is set here once."""
+    from transformers import LlamaConfig
 
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    tokenizer = build_tokenizer()
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=128,  # 101 used; a round size
-        hidden_size=args.hidden,
-        intermediate_size=args.hidden * 3,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.hidden // 32,  # head dim 32: vLLM's CPU attention needs ≥ 32
-        num_key_value_heads=args.hidden // 32,
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 32,  # head dim 32: vLLM's CPU attention needs ≥ 32
+        num_key_value_heads=hidden // 32,
         max_position_embeddings=512,
         rms_norm_eps=1e-5,
         tie_word_embeddings=True,
@@ -185,6 +183,16 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def train(args: argparse.Namespace) -> dict[str, object]:
+    import torch
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    tokenizer = build_tokenizer()
+    config = llama_config(args.hidden, args.layers, tokenizer)
     model = LlamaForCausalLM(config)
     params = sum(p.numel() for p in model.parameters())
     heldout = set(heldout_questions(args.heldout, task=args.task))

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from controller.budget.models import Budgets, PacingSettings, Prices, RateLimits
 from server.errors import ConfigError as ConfigError  # raised by the loaders below
@@ -65,9 +73,6 @@ class ControllerDefaults(_Strict):
     )
 
 
-VERIFIER_KINDS = ("http", "reward_model", "judge", "checker")
-
-
 class VerifierConfig(_Strict):
     """One verifier for the `verifier`, `best_of_n` and `vote_score` aggregators (and for
     choosing which winning sample's text a majority vote returns).
@@ -83,9 +88,9 @@ class VerifierConfig(_Strict):
     kind `checker`: `checker` names a programmatic checker (controller.aggregate.CHECKERS).
 
     Any failure or timeout degrades the request to a majority vote, noted in `t2.note`; what
-    the verifier spent is still billed. `calibration` (a calibration.json of
-    controller.aggregate.calibrate) maps scores to P(correct); `stop_at` stops sampling as
-    soon as one sample's calibrated P(correct) reaches it.
+    the verifier spent is still billed. `score_map` (a score_map.json of
+    controller.aggregate.score_map; `calibration`, its older name, is read too) maps scores to
+    P(correct); `stop_at` stops sampling as soon as one sample's P(correct) reaches it.
     """
 
     kind: Literal["http", "reward_model", "judge", "checker"] = "http"
@@ -105,7 +110,11 @@ class VerifierConfig(_Strict):
     scale: float = Field(default=1.0, gt=0, description="judge text: score / scale")
     max_tokens: int = Field(default=16, ge=1, le=4096, description="judge: reply length")
     checker: str | None = Field(default=None, description="checker: its name")
-    calibration: str | None = Field(default=None, description="calibration.json: score → P")
+    score_map: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("score_map", "calibration"),
+        description="score_map.json: score → P(correct)",
+    )
     stop_at: float | None = Field(
         default=None, gt=0, lt=1, description="stop once a sample's P(correct) reaches this"
     )
@@ -130,11 +139,11 @@ class VerifierConfig(_Strict):
             raise ValueError(f"not a regular expression: {exc}") from None
         return pattern
 
-    @field_validator("calibration")
+    @field_validator("score_map")
     @classmethod
-    def _calibration_file(cls, path: str | None) -> str | None:
+    def _score_map_file(cls, path: str | None) -> str | None:
         if path is not None and not Path(path).is_file():
-            raise ValueError(f"no calibration file at {path!r}")
+            raise ValueError(f"no score map file at {path!r}")
         return path
 
     @model_validator(mode="after")

@@ -8,7 +8,7 @@
 
 Each implements `controller.aggregate.Verifier` (`name`, `async score(question, candidates)`)
 and records what it spent in a `VerifierSpend` as it goes, so a failure part-way still bills the
-tokens already read. `ServedVerifier` adds the config's calibration (score → P(correct)) and
+tokens already read. `ServedVerifier` adds the config's score map (score → P(correct)) and
 stopping threshold. The request loop (server/sampling/loop.py) scores each wave, bills the
 spend, and degrades to a plain vote when a verifier fails.
 """
@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 import httpx
 
 from controller.aggregate import ProgrammaticVerifier, Verifier, get_extractor
-from controller.aggregate.calibrate import IsotonicCalibrator, TrafficCalibrator
 from controller.aggregate.checkers import get_checker
+from controller.aggregate.score_map import IsotonicScoreMap, TrafficScoreMap
 from server.config import TenantConfig, VerifierConfig
 from server.errors import VerifierError
 
@@ -181,21 +181,21 @@ class JudgeVerifier:
 
 
 class ServedVerifier:
-    """A tenant's verifier for one request: the kind's scorer, its spend, and calibration.
+    """A tenant's verifier for one request: the kind's scorer, its spend, and its score map.
 
     Built per request (the scorers are cheap; the engines and clients they use are shared), so
     the spend is this request's alone.
     """
 
     def __init__(
-        self, cfg: VerifierConfig, scorer: Verifier, calibrator: TrafficCalibrator
+        self, cfg: VerifierConfig, scorer: Verifier, score_map: TrafficScoreMap
     ) -> None:
         self.cfg = cfg
         self.label = cfg.label  # what t2.verifier names it
         self.name = getattr(scorer, "name", cfg.label)  # what its failures are reported as
         self.kind = cfg.kind
         self.scorer = scorer
-        self.calibrator = calibrator
+        self.score_map = score_map
         self.stop_at = cfg.stop_at
         self.timeout_s = cfg.timeout_s
 
@@ -206,19 +206,19 @@ class ServedVerifier:
     async def score(self, question: str, candidates: Sequence[str]) -> list[float]:
         return await self.scorer.score(question, candidates)
 
-    def calibrated(self, scores: Sequence[float]) -> list[float]:
-        return self.calibrator.predict(scores)
+    def p_correct(self, scores: Sequence[float]) -> list[float]:
+        return self.score_map.predict(scores)
 
 
-def load_calibration(path: str | None) -> IsotonicCalibrator | None:
+def load_score_map(path: str | None) -> IsotonicScoreMap | None:
     if path is None:
         return None
-    return IsotonicCalibrator.from_dict(json.loads(Path(path).read_text()))
+    return IsotonicScoreMap.from_dict(json.loads(Path(path).read_text()))
 
 
 class VerifierBook:
     """The verifiers tenants configured: HTTP clients (rebuilt when a reload changes them),
-    calibrators (kept per tenant and verifier, refreshed from traffic), and the engines they
+    score maps (kept per tenant and verifier, refreshed from traffic), and the engines they
     use (the app's generators for judges, its pooling services for reward models)."""
 
     def __init__(
@@ -229,7 +229,7 @@ class VerifierBook:
         self.engines = engines or {}
         self.pooling = pooling or {}
         self._http: dict[tuple[str, str], tuple[VerifierConfig, HttpVerifier]] = {}
-        self._calibrators: dict[tuple[str, str], tuple[VerifierConfig, TrafficCalibrator]] = {}
+        self._score_maps: dict[tuple[str, str], tuple[VerifierConfig, TrafficScoreMap]] = {}
         self._retired: list[HttpVerifier] = []
 
     def get(
@@ -240,7 +240,7 @@ class VerifierBook:
         if cfg is None:
             return None
         key = (tenant.id, cfg.label)
-        return ServedVerifier(cfg, self._scorer(key, cfg, extractor), self._calibrator(key, cfg))
+        return ServedVerifier(cfg, self._scorer(key, cfg, extractor), self._score_map(key, cfg))
 
     def _scorer(self, key: tuple[str, str], cfg: VerifierConfig, extractor: str) -> Verifier:
         if cfg.kind == "checker":
@@ -270,13 +270,13 @@ class VerifierBook:
         self._http[key] = (cfg, verifier)
         return verifier
 
-    def _calibrator(self, key: tuple[str, str], cfg: VerifierConfig) -> TrafficCalibrator:
-        held = self._calibrators.get(key)
-        if held is not None and held[0].calibration == cfg.calibration:
+    def _score_map(self, key: tuple[str, str], cfg: VerifierConfig) -> TrafficScoreMap:
+        held = self._score_maps.get(key)
+        if held is not None and held[0].score_map == cfg.score_map:
             return held[1]
-        calibrator = TrafficCalibrator(load_calibration(cfg.calibration))
-        self._calibrators[key] = (cfg, calibrator)
-        return calibrator
+        score_map = TrafficScoreMap(load_score_map(cfg.score_map))
+        self._score_maps[key] = (cfg, score_map)
+        return score_map
 
     def ready(self) -> bool:
         return all(p.ready() for p in self.pooling.values())

@@ -4,11 +4,6 @@ on Redis (a real server process, a scripted engine so it starts in a second)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,34 +14,9 @@ import yaml
 
 from server.config import hash_key
 from tests.fixtures.prometheus import free_port
+from tests.fixtures.replicas import start_scripted
 
-ROOT = Path(__file__).resolve().parent.parent
 ADMIN = {"Authorization": "Bearer kill9-admin"}
-
-
-def start(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fixtures.scripted_serve", str(config), str(port)],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.1)
-
-
-def kill9(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -82,7 +52,7 @@ def test_admin_changes_survive_kill_9(config_file: Path, tmp_path: Path) -> None
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
-    proc = start(config_file, port, log)
+    proc = start_scripted(config_file, port, log)
     try:
         put = httpx.put(
             f"{base}/admin/tenants/acme/budgets",
@@ -109,8 +79,8 @@ def test_admin_changes_survive_kill_9(config_file: Path, tmp_path: Path) -> None
             timeout=30,
         )
         assert done.status_code == 200, done.text
-        kill9(proc)
-        proc = start(config_file, port, log)
+        proc.kill()
+        proc = start_scripted(config_file, port, log)
         tenant = httpx.get(f"{base}/admin/tenants/acme", headers=ADMIN).json()
         limits = {w["window"]: w["limit"] for w in tenant["windows"]}
         assert limits["day"] == 40 and limits["hour"] == 30
@@ -127,4 +97,4 @@ def test_admin_changes_survive_kill_9(config_file: Path, tmp_path: Path) -> None
         assert {k["label"]: k["status"] for k in listed} == {"keep": "active", "drop": "revoked"}
         assert listed[0]["budgets"]["day"]["limit"] == 20
     finally:
-        kill9(proc)
+        proc.kill()

@@ -25,8 +25,8 @@ from server.app import create_app, serve_in_loop
 from server.config import hash_key, parse_config
 from tests.fakes import ScriptedEngine, cycle
 from tests.fixtures.prometheus import free_port
+from tests.fixtures.replicas import start_scripted
 from tests.support import billed
-from tests.test_admin_kill9 import kill9, start
 
 ADMIN = {"Authorization": "Bearer rate-replicas-admin"}
 RPM_KEY, TPM_KEY = "rate-replicas-rpm", "rate-replicas-tpm"
@@ -143,7 +143,7 @@ def test_rate_limits_and_their_window_survive_kill_9(config_file: Path, tmp_path
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
-    proc = start(config_file, port, log)
+    proc = start_scripted(config_file, port, log)
     try:
         put = httpx.put(f"{base}/admin/tenants/busy/rate_limits", json={"rpm": 3}, headers=ADMIN)
         assert put.status_code == 200, put.text
@@ -161,8 +161,8 @@ def test_rate_limits_and_their_window_survive_kill_9(config_file: Path, tmp_path
         assert httpx.post(
             f"{base}/v1/chat/completions", json=chat(0), headers=key, timeout=30
         ).is_success
-        kill9(proc)
-        proc = start(config_file, port, log)
+        proc.kill()
+        proc = start_scripted(config_file, port, log)
         third = httpx.post(f"{base}/v1/chat/completions", json=chat(0), headers=tenant, timeout=30)
         assert third.status_code == 200, third.text
         assert third.headers["x-ratelimit-remaining-requests"] == "0"  # 2 counted before the kill
@@ -172,4 +172,4 @@ def test_rate_limits_and_their_window_survive_kill_9(config_file: Path, tmp_path
         assert again.status_code == 429, again.text  # the key's stored rpm and its one request
         assert again.json()["error"]["param"] == "key.rate_limits.rpm"
     finally:
-        kill9(proc)
+        proc.kill()

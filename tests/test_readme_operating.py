@@ -1,6 +1,6 @@
-"""README "Operating t2serve": its bash block runs verbatim (curl, a real shell) against the real
-app over HTTP, on the shipped default config (SQLite ledger in a temp dir, a scripted engine
-instead of vLLM), and every step does what the text says."""
+"""docs/budgets.md, "Operating t2serve": its bash block runs verbatim (curl, a real shell)
+against the real app over HTTP, on the shipped default config (SQLite ledger in a temp dir, a
+scripted engine instead of vLLM), and every step does what the text says."""
 
 from __future__ import annotations
 
@@ -20,19 +20,16 @@ from server.api.admin import ADMIN_KEY_ENV
 from server.app import create_app, serve_in_loop
 from server.config import load_config
 from tests.fakes import ScriptedEngine, cycle
-from tests.support import need
+from tests.support import ROOT, doc_section, fenced_blocks, need
 
-ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
 ADMIN_KEY = "readme-operating-admin"
 
 
 def operating_block() -> str:
-    text = (ROOT / "README.md").read_text()
-    match = re.search(r"^## Operating t2serve\n(.*?)(?=^## )", text, flags=re.M | re.S)
-    assert match, "README.md has no '## Operating t2serve' section"
-    blocks = re.findall(r"^```bash\n(.*?)^```", match.group(1), flags=re.M | re.S)
+    blocks = fenced_blocks(doc_section(DOCS / "budgets.md", "Operating t2serve"), ("bash",))
     assert len(blocks) == 1
-    return str(blocks[0])
+    return blocks[0][1]
 
 
 async def test_the_operating_examples_run_verbatim(
@@ -42,7 +39,10 @@ async def test_the_operating_examples_run_verbatim(
     monkeypatch.setenv(ADMIN_KEY_ENV, ADMIN_KEY)
     config = load_config(ROOT / "configs" / "default.yaml")
     config.ledger.path = str(tmp_path / "ledger.sqlite")
-    app = create_app(config, engine=ScriptedEngine(cycle("7+8=15;15-9=6;A: 6")))
+    # pooling={}: the default config's reward model is not built (these steps never use it; it
+    # would start a vLLM pooling engine in the background of a test that needs none)
+    engine = ScriptedEngine(cycle("7+8=15;15-9=6;A: 6"))
+    app = create_app(config, engine=engine, pooling={})
     code = operating_block()
     async with serve_in_loop(app) as live:
         env = {

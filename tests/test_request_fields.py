@@ -20,7 +20,7 @@ from server.api.protocol import (
 from tests.fixtures.server import DEMO_KEY, MODEL, LiveServer
 
 pytestmark = [pytest.mark.engine]
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
 ROW = re.compile(r"^\| `([a-z0-9_]+)`[^|]*\| (supported|refused|ignored)\b[^|]*\|")
 AUTH = {"Authorization": f"Bearer {DEMO_KEY}"}
 PROBE = {"probe": 1}  # not the "off" value of any refused field

@@ -30,7 +30,9 @@ def default_config(tmp_path: Path) -> Any:
 
 
 async def answers(engine: Any, config: Any, policy: str) -> list[dict[str, Any]]:
-    async with serve_in_loop(create_app(config, engine=engine)) as live:
+    # pooling={}: no policy here uses the default config's reward model; without it every app
+    # would build a vLLM pooling engine in the background while the test runs
+    async with serve_in_loop(create_app(config, engine=engine, pooling={})) as live:
         api = openai.AsyncOpenAI(base_url=live.v1, api_key="demo-key", max_retries=0, timeout=120)
         out = []
         for i, q in enumerate(QUESTIONS):

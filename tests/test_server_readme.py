@@ -1,4 +1,5 @@
-"""The README's Serving examples, run exactly as written against `t2serve serve` on
+"""The serving examples of the README's quick start and of the docs (docs/serving.md's Serving,
+docs/verifiers.md's verifiers), run exactly as written against `t2serve serve` on
 127.0.0.1:8000 (a real subprocess, the shipped default config). SIGTERM's drain is tested in
 test_server_drain.py, where a request can be held in flight for as long as the test needs."""
 
@@ -6,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -16,20 +16,26 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.replicas import start_t2serve
-from tests.support import need
+from tests.support import ROOT, doc_section, fenced_blocks, need
 
 pytestmark = pytest.mark.engine
 
-ROOT = Path(__file__).resolve().parent.parent
+# Where the examples live: (file, `## ` section) as readers find them.
+EXAMPLES = (
+    (ROOT / "README.md", "Quick start"),
+    (ROOT / "docs" / "serving.md", "Serving"),
+    (ROOT / "docs" / "verifiers.md", "Verifiers: reward model, judge, step checker"),
+)
 START_TIMEOUT_S = 600  # a loaded 2-core CI box can take minutes to start vLLM
 
 
 def serving_blocks() -> list[tuple[str, str]]:
-    """(language, code) of every fenced bash/python block in README's "## Serving" section."""
-    text = (ROOT / "README.md").read_text()
-    match = re.search(r"^## Serving\n(.*?)(?=^## )", text, flags=re.M | re.S)
-    assert match, "README.md has no '## Serving' section"
-    blocks = re.findall(r"^```(bash|python)\n(.*?)^```", match.group(1), flags=re.M | re.S)
+    """(language, code) of every fenced bash/python block in the sections of EXAMPLES."""
+    blocks = [
+        block
+        for path, heading in EXAMPLES
+        for block in fenced_blocks(doc_section(path, heading), ("bash", "python"))
+    ]
     return [(lang, code) for lang, code in blocks if "make serve" not in code]
 
 
@@ -54,11 +60,14 @@ def t2serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Pop
         server.kill()
 
 
-def test_readme_has_the_three_examples() -> None:
+def test_the_examples_are_where_readers_look() -> None:
     blocks = serving_blocks()
     assert any(lang == "bash" and "curl" in code for lang, code in blocks)
     assert any('extra_body={"t2"' in code for _, code in blocks)
     assert any("stream=True" in code for _, code in blocks)
+    quick_start = fenced_blocks(doc_section(ROOT / "README.md", "Quick start"), ("bash", "python"))
+    assert [lang for lang, _ in quick_start] == ["bash", "python"]
+    assert any('"verifier": verifier' in code for _, code in blocks)
 
 
 def test_readme_examples_run_verbatim(t2serve: subprocess.Popen[bytes]) -> None:

@@ -85,3 +85,12 @@ def test_a_reward_model_needs_weights_or_a_url_and_names_are_unique() -> None:
             {"kind": "checker", "checker": "chain_steps"},
             {"kind": "checker", "checker": "chain_steps"},
         )
+
+
+def test_the_score_map_is_read_under_its_name_and_its_older_one() -> None:
+    shipped = "models/tiny-chain-rm/score_map.json"
+    for key in ("score_map", "calibration"):
+        cfg = config({"kind": "checker", "checker": "chain_steps", key: shipped, "stop_at": 0.9})
+        assert cfg.tenants[0].verifiers[0].score_map == shipped
+    with pytest.raises(ConfigError, match=r"verifiers\.0\.score_map: .*no score map file"):
+        config({"kind": "checker", "checker": "chain_steps", "score_map": "nowhere.json"})

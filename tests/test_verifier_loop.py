@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from controller.aggregate import Candidate, ProgrammaticVerifier, aggregate
-from controller.aggregate.calibrate import IsotonicCalibrator, TrafficCalibrator
 from controller.aggregate.checkers import chain_steps
+from controller.aggregate.score_map import IsotonicScoreMap, TrafficScoreMap
 from server.config import VerifierConfig
 from server.errors import VerifierError
 from server.verifiers import ServedVerifier, VerifierSpend
@@ -42,7 +42,7 @@ async def test_a_verifier_failing_mid_request_degrades_to_a_vote_and_still_bills
     billing = RecordingBilling()
     scorer = FailingSecondCall()
     cfg = VerifierConfig(kind="judge", model="judge-model")
-    verifier = ServedVerifier(cfg, scorer, TrafficCalibrator())
+    verifier = ServedVerifier(cfg, scorer, TrafficScoreMap())
     the_job = job(service, "esc:3", aggregator="best_of_n", max_samples=9)
     out = await sampler.run(the_job, billing, verifier=verifier)
     assert out.waves >= 2 and scorer.calls == 2  # scored wave 1, failed on wave 2, then stopped
@@ -62,7 +62,7 @@ async def test_best_of_n_with_the_step_checker_returns_a_right_chain() -> None:
     engine = ScriptedEngine(cycle("1+1=3;A: 3", "1+1=2;A: 2", "1+1=3;A: 3"))
     sampler, service = make(engine)
     verifier = ServedVerifier(
-        CHECKER, ProgrammaticVerifier("chain_steps", chain_steps), TrafficCalibrator()
+        CHECKER, ProgrammaticVerifier("chain_steps", chain_steps), TrafficScoreMap()
     )
     out = await sampler.run(
         job(service, "fixed:3", aggregator="best_of_n"), RecordingBilling(), verifier=verifier
@@ -76,7 +76,7 @@ async def test_a_majority_vote_returns_the_best_scored_sample_with_the_winning_a
     engine = ScriptedEngine(cycle("1+1=5;A: 2", "1+1=2;A: 2", "1+1=3;A: 3"))
     sampler, service = make(engine)
     verifier = ServedVerifier(
-        CHECKER, ProgrammaticVerifier("chain_steps", chain_steps), TrafficCalibrator()
+        CHECKER, ProgrammaticVerifier("chain_steps", chain_steps), TrafficScoreMap()
     )
     plain = await sampler.run(job(service, "fixed:3"), RecordingBilling())
     assert plain.text == "1+1=5;A: 2"  # without a verifier: the first with the answer
@@ -89,7 +89,7 @@ async def test_sampling_stops_once_a_sample_is_calibrated_likely_right() -> None
     sampler, service = make(engine)
     cfg = CHECKER.model_copy(update={"stop_at": 0.9})
     verifier = ServedVerifier(
-        cfg, ProgrammaticVerifier("chain_steps", chain_steps), TrafficCalibrator()
+        cfg, ProgrammaticVerifier("chain_steps", chain_steps), TrafficScoreMap()
     )
     # esc draws a wave of 2, then more until 2 agree: the right chain in wave 1 stops it
     the_job = job(service, "esc:2", aggregator="best_of_n", max_samples=12)
@@ -100,12 +100,12 @@ async def test_sampling_stops_once_a_sample_is_calibrated_likely_right() -> None
 
 
 def test_isotonic_calibration_is_monotone_and_refreshes_from_traffic() -> None:
-    cal = IsotonicCalibrator().fit([0.1, 0.2, 0.3, 0.8, 0.9] * 10, [0, 0, 1, 1, 1] * 10)
+    cal = IsotonicScoreMap().fit([0.1, 0.2, 0.3, 0.8, 0.9] * 10, [0, 0, 1, 1, 1] * 10)
     p = cal.predict([0.0, 0.25, 0.5, 1.0])
     assert list(p) == sorted(p) and p[0] < 0.1 and p[-1] > 0.9
-    again = IsotonicCalibrator.from_dict(cal.to_dict())
+    again = IsotonicScoreMap.from_dict(cal.to_dict())
     assert list(again.predict([0.25])) == list(cal.predict([0.25]))
-    traffic = TrafficCalibrator(cal, refit_every=8)
+    traffic = TrafficScoreMap(cal, refit_every=8)
     before = traffic.predict([0.85])[0]
     # clear answers where high scores disagree with the answer: the map comes down
     refit = False

@@ -16,7 +16,7 @@ Public interface (the server's request loop and the replay harness both use exac
   failure fell back to voting.
 - `Verifier` (protocol: `name`, `async score(question, candidates) -> list[float]`),
   `score_candidates(verifier, question, texts, timeout_s)` → VerifyOutcome(scores, error),
-  and programmatic checkers (`ProgrammaticVerifier`, `answer_matches`, `regex_checker`,
+  and programmatic checkers (`ProgrammaticVerifier`, `answer_matches`,
   `arithmetic_checker`). I/O verifiers (HTTP, vLLM reward model) are in server/verifiers.py.
 """
 
@@ -28,7 +28,6 @@ from controller.aggregate.verify import (
     VerifyOutcome,
     answer_matches,
     arithmetic_checker,
-    regex_checker,
     score_candidates,
 )
 from controller.aggregate.vote import (
@@ -57,6 +56,5 @@ __all__ = [
     "get_extractor",
     "leader",
     "normalize_answer",
-    "regex_checker",
     "score_candidates",
 ]

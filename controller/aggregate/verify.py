@@ -87,12 +87,6 @@ def answer_matches(expected: str, extractor: Extractor) -> Checker:
     return check
 
 
-def regex_checker(pattern: str) -> Checker:
-    """1.0 when the candidate matches `pattern` (e.g. a required output format), else 0.0."""
-    compiled = re.compile(pattern, re.S)
-    return lambda _question, text: 1.0 if compiled.search(text) else 0.0
-
-
 def _safe_eval(expr: str) -> float | None:
     """Evaluate + - * / and parentheses over numbers only (no names, no calls)."""
     if not re.fullmatch(r"[\d\s+\-*/().]+", expr) or "**" in expr or "//" in expr:

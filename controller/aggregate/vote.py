@@ -104,54 +104,14 @@ def aggregate(
         raise ValueError(f"unknown aggregation method {method!r}; choose from {', '.join(METHODS)}")
     votes = count_votes([c.answer for c in candidates])
     n = len(candidates)
-    degraded = False
-    note: str | None = None
-
-    if method in VERIFIED:
-        missing = sum(1 for c in candidates if c.answer is not None and c.score is None)
-        if verifier_error is not None or missing:
-            degraded = True
-            reason = verifier_error or f"no verifier score for {missing} of {n} samples"
-            note = f"verifier failed ({reason}); fell back to majority vote"
-            method_used = "majority"
-        else:
-            method_used = method
-    else:
-        method_used = method
-
-    weights: dict[str, float] = {}
+    method_used, note = _method_used(candidates, method, verifier_error)
     chosen_index: int | None
     if method_used == "best_of_n":
-        best_i: int | None = None
-        for i, cand in enumerate(candidates):
-            if cand.answer is None or cand.score is None:
-                continue
-            if best_i is None or cand.score > (candidates[best_i].score or -math.inf):
-                best_i = i
-        answer = candidates[best_i].answer if best_i is not None else None
-        chosen_index = best_i if best_i is not None else (0 if candidates else None)
-        weights = {a: max((c.score or 0.0) for c in candidates if c.answer == a) for a in votes}
+        answer, chosen_index, weights = _best_of_n(candidates, votes)
     else:
-        if method_used == "majority":
-            weights = {a: float(v) for a, v in votes.items()}
-        elif method_used == "logprob":
-            known = [math.exp(c.logprob) for c in candidates if c.logprob is not None]
-            fill = sum(known) / len(known) if known else 1.0
-            for c in candidates:
-                if c.answer is not None:
-                    w = math.exp(c.logprob) if c.logprob is not None else fill
-                    weights[c.answer] = weights.get(c.answer, 0.0) + w
-        elif method_used == "vote_score":
-            for a, count in votes.items():
-                best = max(max(0.0, c.score or 0.0) for c in candidates if c.answer == a)
-                weights[a] = count * best
-        else:  # verifier-weighted
-            for c in candidates:
-                if c.answer is not None:
-                    weights[c.answer] = weights.get(c.answer, 0.0) + max(0.0, c.score or 0.0)
+        weights = _vote_weights(candidates, votes, method_used)
         answer = leader(weights)
         chosen_index = _chosen_for(candidates, answer, method_used)
-
     agreement = votes.get(answer, 0) / n if (answer is not None and n) else 0.0
     return AggregateResult(
         answer=answer,
@@ -160,10 +120,66 @@ def aggregate(
         samples_used=n,
         chosen_index=chosen_index,
         method=method_used,
-        degraded=degraded,
+        degraded=note is not None,
         note=note,
         weights=weights,
     )
+
+
+def _method_used(
+    candidates: Sequence[Candidate], method: str, verifier_error: str | None
+) -> tuple[str, str | None]:
+    """The method that decides and, when a verifier method fell back to a majority vote, why
+    (the verifier failed, or left an answered sample unscored)."""
+    if method not in VERIFIED:
+        return method, None
+    missing = sum(1 for c in candidates if c.answer is not None and c.score is None)
+    if verifier_error is None and not missing:
+        return method, None
+    reason = verifier_error or f"no verifier score for {missing} of {len(candidates)} samples"
+    return "majority", f"verifier failed ({reason}); fell back to majority vote"
+
+
+def _best_of_n(
+    candidates: Sequence[Candidate], votes: dict[str, int]
+) -> tuple[str | None, int | None, dict[str, float]]:
+    """The single highest-scored answered sample (earliest on ties): its answer, its index,
+    and each answer's best score as its weight."""
+    best_i: int | None = None
+    for i, cand in enumerate(candidates):
+        if cand.answer is None or cand.score is None:
+            continue
+        if best_i is None or cand.score > (candidates[best_i].score or -math.inf):
+            best_i = i
+    answer = candidates[best_i].answer if best_i is not None else None
+    chosen_index = best_i if best_i is not None else (0 if candidates else None)
+    weights = {a: max((c.score or 0.0) for c in candidates if c.answer == a) for a in votes}
+    return answer, chosen_index, weights
+
+
+def _vote_weights(
+    candidates: Sequence[Candidate], votes: dict[str, int], method: str
+) -> dict[str, float]:
+    """Each answer's weight under a voting method (majority, logprob, vote_score, verifier)."""
+    weights: dict[str, float] = {}
+    if method == "majority":
+        weights = {a: float(v) for a, v in votes.items()}
+    elif method == "logprob":
+        known = [math.exp(c.logprob) for c in candidates if c.logprob is not None]
+        fill = sum(known) / len(known) if known else 1.0
+        for c in candidates:
+            if c.answer is not None:
+                w = math.exp(c.logprob) if c.logprob is not None else fill
+                weights[c.answer] = weights.get(c.answer, 0.0) + w
+    elif method == "vote_score":
+        for a, count in votes.items():
+            best = max(max(0.0, c.score or 0.0) for c in candidates if c.answer == a)
+            weights[a] = count * best
+    else:  # verifier-weighted
+        for c in candidates:
+            if c.answer is not None:
+                weights[c.answer] = weights.get(c.answer, 0.0) + max(0.0, c.score or 0.0)
+    return weights
 
 
 def _chosen_for(candidates: Sequence[Candidate], answer: str | None, method: str) -> int | None:

@@ -28,8 +28,8 @@ from controller.budget.ledger import Limit, WindowUsage
 from controller.budget.models import ModelPrice, PacingSettings, Prices
 from controller.budget.pricing import Cost, Pricer
 from controller.budget.windows import span
-from controller.pacing import ComputePrice, TenantPacer, default_initial_price
-from controller.policy.base import Caps
+from controller.pacing import ComputePrice, PriceMode, TenantPacer, default_initial_price
+from controller.policy.base import Caps, Policy
 from controller.policy.factory import make_policy
 from controller.replay.data import ReplayQuestion
 
@@ -147,89 +147,158 @@ def simulate_budget(
     if not daily > 0:
         raise ValueError("the budget must be > 0 (give prices or --budget)")
     settings = pacing or PacingSettings(mode="spend")
-    pacer = TenantPacer(settings, {"currency": default_initial_price(pricer.per_token("currency"))})
-    pol = make_policy(policy)
-    rng = np.random.default_rng(seed)
+    sim = _Simulation(
+        questions=questions,
+        pricer=pricer,
+        pacer=TenantPacer(
+            settings, {"currency": default_initial_price(pricer.per_token("currency"))}
+        ),
+        policy=make_policy(policy),
+        mode=settings.mode,
+        rng=np.random.default_rng(seed),
+        daily=daily,
+        hard=hard,
+        queries_per_day=queries_per_day,
+        max_samples=max_samples,
+        prompt_tokens=prompt_tokens,
+        sample_tokens=sample_tokens,
+    )
     t0 = (start or datetime(2026, 1, 5, tzinfo=UTC)).timestamp()
     t0 = math.floor(t0 / DAY_S) * DAY_S
-    results: list[DayResult] = []
     done = 0
-    for day in range(days):
-        day_start = t0 + day * DAY_S
-        spent = 0.0
-        refused = shrunk = drawn_total = correct_total = 0
-        trace: list[tuple[float, float, float]] = []
-        lam = pacer.initial_prices["currency"]
-        offsets = (np.arange(queries_per_day) + rng.uniform(0, 1, queries_per_day)) / (
-            queries_per_day
-        )
-        order = rng.integers(0, len(questions), queries_per_day)
-        for i in range(queries_per_day):
-            now = day_start + float(offsets[i]) * DAY_S
-            limit = Limit(span("day", False, now), "currency", daily, hard)
-            usage = WindowUsage(limit, Cost(spent, 0.0), Cost())
-            paced = pacer.price([usage], now, "currency")
-            lam = paced.lam if paced is not None else lam
-            if i % max(1, queries_per_day // 200) == 0:
-                trace.append((now - day_start, lam, spent))
-            question = questions[int(order[i])]
-            sample_order = rng.permutation(len(question.samples)).tolist()
-            cap = min(max_samples, len(question.samples))
-            worst = pricer.cost(prompt_tokens, round(sample_tokens)).money
-            caps = Caps(max_samples=cap, cost_per_sample=worst, cost_unit="currency")
-            run = pol.start(caps, paced or ComputePrice(lam, "currency", settings.mode))
-            answers: list[str | None] = []
-            picked: list[int] = []
-            while True:
-                decision = run.decide(answers)
-                if decision.stop:
-                    break
-                wave = sample_order[len(picked) : len(picked) + decision.wave]
-                if not wave:
-                    break
-                costs = [
-                    pricer.cost(0, round(question.samples[j].tokens or sample_tokens)).money
-                    for j in wave
-                ]
-                fixed = pricer.cost(prompt_tokens, 0).money
-                fits = len(wave)
-                if hard:
-                    while fits > 0 and spent + fixed + sum(costs[:fits]) > daily:
-                        fits -= 1
-                if fits == 0:
-                    if not picked:
-                        refused += 1
-                    break
-                if fits < len(wave):
-                    shrunk += 1
-                spent += fixed + sum(costs[:fits])
-                picked.extend(wave[:fits])
-                answers.extend(question.samples[j].answer for j in wave[:fits])
-                if fits < len(wave):
-                    break
-            if picked:
-                pol.observe(answers)
-                drawn_total += len(picked)
-                correct_total += int(_correct(question, picked, answers))
-            done += 1
-            if progress is not None:
-                progress(done)
-        trace.append((DAY_S, lam, spent))
-        results.append(
-            DayResult(
-                day=day,
-                budget=daily,
-                spent=spent,
-                queries=queries_per_day,
-                refused=refused,
-                shrunk_waves=shrunk,
-                mean_samples=drawn_total / queries_per_day,
-                accuracy=correct_total / queries_per_day,
-                final_price=lam,
-                price_trace=trace,
-            )
-        )
+
+    def answered_one() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done)
+
+    results = [_simulate_day(sim, day, t0 + day * DAY_S, answered_one) for day in range(days)]
     return BudgetReplayResult(policy, samples_per_query, one_sample, results)
+
+
+@dataclass
+class _Simulation:
+    """What every simulated question shares: the replay, prices, the pacer, the policy (whose
+    prior learns across questions and days), the seeded generator and the daily budget."""
+
+    questions: Sequence[ReplayQuestion]
+    pricer: Pricer
+    pacer: TenantPacer
+    policy: Policy
+    mode: PriceMode
+    rng: np.random.Generator
+    daily: float
+    hard: bool
+    queries_per_day: int
+    max_samples: int
+    prompt_tokens: int
+    sample_tokens: float
+
+
+@dataclass
+class _Answered:
+    """One question's waves: the samples drawn (indices and answers), the day's spend after
+    them, whether the question was refused and how many of its waves were shrunk."""
+
+    picked: list[int]
+    answers: list[str | None]
+    spent: float
+    refused: bool
+    shrunk: int
+
+
+def _simulate_day(
+    sim: _Simulation, day: int, day_start: float, answered_one: Callable[[], None]
+) -> DayResult:
+    """One calendar day of `queries_per_day` questions at seeded, evenly spread times."""
+    n = sim.queries_per_day
+    spent = 0.0
+    refused = shrunk = drawn_total = correct_total = 0
+    trace: list[tuple[float, float, float]] = []
+    lam = sim.pacer.initial_prices["currency"]
+    offsets = (np.arange(n) + sim.rng.uniform(0, 1, n)) / n
+    order = sim.rng.integers(0, len(sim.questions), n)
+    for i in range(n):
+        now = day_start + float(offsets[i]) * DAY_S
+        limit = Limit(span("day", False, now), "currency", sim.daily, sim.hard)
+        paced = sim.pacer.price([WindowUsage(limit, Cost(spent, 0.0), Cost())], now, "currency")
+        lam = paced.lam if paced is not None else lam
+        if i % max(1, n // 200) == 0:
+            trace.append((now - day_start, lam, spent))
+        question = sim.questions[int(order[i])]
+        answered = _answer(sim, question, spent, paced or ComputePrice(lam, "currency", sim.mode))
+        spent = answered.spent
+        refused += answered.refused
+        shrunk += answered.shrunk
+        if answered.picked:
+            sim.policy.observe(answered.answers)
+            drawn_total += len(answered.picked)
+            correct_total += int(_correct(question, answered.picked, answered.answers))
+        answered_one()
+    trace.append((DAY_S, lam, spent))
+    return DayResult(
+        day=day,
+        budget=sim.daily,
+        spent=spent,
+        queries=n,
+        refused=refused,
+        shrunk_waves=shrunk,
+        mean_samples=drawn_total / n,
+        accuracy=correct_total / n,
+        final_price=lam,
+        price_trace=trace,
+    )
+
+
+def _answer(
+    sim: _Simulation, question: ReplayQuestion, spent: float, price: ComputePrice
+) -> _Answered:
+    """Run the policy on one question's recorded samples, in a seeded order, wave by wave."""
+    sample_order = sim.rng.permutation(len(question.samples)).tolist()
+    cap = min(sim.max_samples, len(question.samples))
+    worst = sim.pricer.cost(sim.prompt_tokens, round(sim.sample_tokens)).money
+    run = sim.policy.start(
+        Caps(max_samples=cap, cost_per_sample=worst, cost_unit="currency"), price
+    )
+    answers: list[str | None] = []
+    picked: list[int] = []
+    refused, shrunk = False, 0
+    while True:
+        decision = run.decide(answers)
+        if decision.stop:
+            break
+        wave = sample_order[len(picked) : len(picked) + decision.wave]
+        if not wave:
+            break
+        fits, cost = _fit_wave(sim, question, wave, spent)
+        if fits == 0:
+            refused = not picked
+            break
+        shrunk += fits < len(wave)
+        spent += cost
+        picked.extend(wave[:fits])
+        answers.extend(question.samples[j].answer for j in wave[:fits])
+        if fits < len(wave):
+            break
+    return _Answered(picked, answers, spent, refused, shrunk)
+
+
+def _fit_wave(
+    sim: _Simulation, question: ReplayQuestion, wave: list[int], spent: float
+) -> tuple[int, float]:
+    """How many of the wave's samples a hard budget lets through (all of them for a soft one),
+    and what those cost: the prompt once plus each sample's recorded tokens, priced."""
+    costs = [
+        sim.pricer.cost(0, round(question.samples[j].tokens or sim.sample_tokens)).money
+        for j in wave
+    ]
+    fixed = sim.pricer.cost(sim.prompt_tokens, 0).money
+    fits = len(wave)
+    if sim.hard:
+        while fits > 0 and spent + fixed + sum(costs[:fits]) > sim.daily:
+            fits -= 1
+    return fits, fixed + sum(costs[:fits])
 
 
 def _correct(question: ReplayQuestion, picked: list[int], answers: list[str | None]) -> bool:

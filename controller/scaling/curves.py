@@ -27,7 +27,6 @@ from controller.scaling.laws import beta_links, beta_pass_at_k, chinchilla_loss,
 FloatArray = NDArray[np.float64]
 Approach = Literal["loss", "accuracy", "beta"]
 APPROACHES: tuple[str, ...] = ("loss", "accuracy", "beta")
-FORMAT = "t2serve.curves/1"
 
 
 class CurvesError(ValueError):

@@ -396,6 +396,9 @@ def fit_links(
     )
 
 
+ChinchillaLaw = tuple[float, float, float, float, float]  # E, A, alpha, B, beta
+
+
 def fit_accuracy(
     table: CountTable,
     *,
@@ -416,31 +419,92 @@ def fit_accuracy(
     """
     _need_grid(table.cells, "an accuracy fit")
     start = time.perf_counter()
-    real_loss = table.has_loss
-    # A checkpoint with a handful of correct samples in total has an unresolvable accuracy: its
-    # task loss would be set by how many samples were drawn, not by the model.
+    cells = _accuracy_cells(table, k_grid)
+    stage = max(n_starts // 4, 1)  # progress: the law's starts count as a quarter of the links'
+    law, law_diag = _fit_law(
+        table, cells, seed, _progress_stage(progress, 0, stage, stage + n_starts)
+    )
+    pts = _accuracy_points(cells, law, k_grid, metric)
+    res = fit_links(
+        pts, n_starts=n_starts, seed=seed, progress=_progress_stage(progress, stage, 1, 0)
+    )
+    curves = _accuracy_curves(table, law, res, pts)
+    curves.diagnostics.update(
+        _diagnostics(res, int(pts.k.size), _links_residuals(res, pts), time.perf_counter() - start)
+        | {
+            "k_grid": list(k_grid),
+            "chinchilla": law_diag,
+            "loss_target": (
+                "L(N,D) fitted to the data's loss column (validation loss)"
+                if table.has_loss
+                else "stand-in: no loss column, so L(N,D) is fitted to -log(mean pass@1), "
+                "floored at 1/(sum_i n_i + 1)"
+            ),
+            "metric": metric,
+            "accuracy_floor": "per-checkpoint pass@k floored at 1/(sum_i n_i + 1) before log",
+            "cells": len(cells),
+            "excluded_cells": sorted({c.model for c in table.cells} - {c.model for c in cells}),
+            "min_correct": MIN_CORRECT,
+        }
+    )
+    return curves
+
+
+def _accuracy_cells(table: CountTable, k_grid: Sequence[int]) -> list[Cell]:
+    """The checkpoints whose accuracy the links are fitted to. One with a handful of correct
+    samples in total has an unresolvable accuracy: its task loss would be set by how many
+    samples were drawn, not by the model."""
     cells = [
         c for c in table.cells if usable_k(c, k_grid) and float(c.correct.sum()) >= MIN_CORRECT
     ]
     if len(cells) < 6:
         raise FitError(f"an accuracy fit needs 6+ checkpoints with >= {MIN_CORRECT} correct")
-    law_cells = list(table.cells) if real_loss else cells  # a real loss is informative anywhere
+    return cells
+
+
+def _progress_stage(
+    progress: Progress | None, offset: int, scale: int, total: int
+) -> Progress | None:
+    """One stage of a two-stage fit's progress: `done` of this stage's `of` becomes
+    offset + done·scale/of of `total` (total 0: offset + this stage's own total)."""
+    if progress is None:
+        return None
+
+    def report(done: int, of: int, best: float) -> None:
+        if total:
+            progress(offset + done * scale // of, total, best)
+        else:
+            progress(offset + done, offset + of, best)
+
+    return report
+
+
+def _fit_law(
+    table: CountTable, cells: list[Cell], seed: int, progress: Progress | None
+) -> tuple[ChinchillaLaw, dict[str, object]]:
+    """Stage 1, Chinchilla's L(N, D): on every checkpoint's real loss when the table has a loss
+    column (informative anywhere), else on the stand-in task loss of the usable cells."""
+    law_cells = list(table.cells) if table.has_loss else cells
     params = np.array([c.params for c in law_cells])
     tokens = np.array([c.tokens for c in law_cells])
-    y1 = np.array([c.loss if real_loss else task_loss(c) for c in law_cells], dtype=float)
-    stage = max(n_starts // 4, 1)
-
-    def stage1_progress(done: int, total: int, best: float) -> None:
-        if progress is not None:
-            progress(done * stage // total, stage + n_starts, best)
-
-    (e, a_coef, alpha, b_coef, beta), chin_diag = fit_chinchilla(
-        params, tokens, y1, seed=seed, progress=stage1_progress
-    )
+    y = np.array([c.loss if table.has_loss else task_loss(c) for c in law_cells], dtype=float)
+    law, diag = fit_chinchilla(params, tokens, y, seed=seed, progress=progress)
+    e, a_coef, alpha, b_coef, beta = law
     fitted = e + a_coef * params ** (-alpha) + b_coef * tokens ** (-beta)
-    chin_diag["mean_abs_rel_error"] = float(np.mean(np.abs(fitted / y1 - 1.0)))
-    chin_diag["cells"] = len(law_cells)
-    loss_rows, k_rows, acc_rows = [], [], []
+    diag["mean_abs_rel_error"] = float(np.mean(np.abs(fitted / y - 1.0)))
+    diag["cells"] = len(law_cells)
+    return law, diag
+
+
+def _accuracy_points(
+    cells: list[Cell], law: ChinchillaLaw, k_grid: Sequence[int], metric: str
+) -> AccuracyPoints:
+    """Stage 2's data: each cell's fitted L(N, D) against its measured log accuracy at every
+    usable k (floored, so an unsolved cell stays finite)."""
+    e, a_coef, alpha, b_coef, beta = law
+    loss_rows: list[float] = []
+    k_rows: list[int] = []
+    acc_rows: list[float] = []
     for cell in cells:
         lval = float(chinchilla_loss(cell.params, cell.tokens, E=e, A=a_coef, alpha=alpha,
                                      B=b_coef, beta=beta))  # fmt: skip
@@ -449,16 +513,22 @@ def fit_accuracy(
         loss_rows += [lval] * len(ks)
         k_rows += ks
         acc_rows += list(np.log(acc))
-    pts = AccuracyPoints(np.array(loss_rows), np.array(k_rows, dtype=float), np.array(acc_rows))
+    return AccuracyPoints(np.array(loss_rows), np.array(k_rows, dtype=float), np.array(acc_rows))
 
-    def stage2_progress(done: int, total: int, best: float) -> None:
-        if progress is not None:
-            progress(stage + done, stage + total, best)
 
-    res = fit_links(pts, n_starts=n_starts, seed=seed, progress=stage2_progress)
-    seconds = time.perf_counter() - start
+def _links_residuals(res: MultiStartResult, pts: AccuracyPoints) -> FloatArray:
     t0, t1, t2, t3, t4 = (float(v) for v in res.x)
-    curves = Curves(
+    a, b = beta_links(pts.loss, theta0=t0, theta1=t1, theta2=t2, theta3=t3, theta4=t4)
+    acc = -np.expm1(betaln(a, b + pts.k) - betaln(a, b))
+    return np.asarray(np.log(np.maximum(acc, 1e-300)) - pts.log_acc, dtype=float)
+
+
+def _accuracy_curves(
+    table: CountTable, law: ChinchillaLaw, res: MultiStartResult, pts: AccuracyPoints
+) -> Curves:
+    e, a_coef, alpha, b_coef, beta = law
+    t0, t1, t2, t3, t4 = (float(v) for v in res.x)
+    return Curves(
         approach="accuracy",
         parameters=AccuracyParams(
             E=e,
@@ -474,27 +544,6 @@ def fit_accuracy(
         ),
         data=_data_info(table),
     )
-    a, b = beta_links(pts.loss, theta0=t0, theta1=t1, theta2=t2, theta3=t3, theta4=t4)
-    resid = np.log(np.maximum(-np.expm1(betaln(a, b + pts.k) - betaln(a, b)), 1e-300)) - pts.log_acc
-    curves.diagnostics.update(
-        _diagnostics(res, int(pts.k.size), resid, seconds)
-        | {
-            "k_grid": list(k_grid),
-            "chinchilla": chin_diag,
-            "loss_target": (
-                "L(N,D) fitted to the data's loss column (validation loss)"
-                if real_loss
-                else "stand-in: no loss column, so L(N,D) is fitted to -log(mean pass@1), "
-                "floored at 1/(sum_i n_i + 1)"
-            ),
-            "metric": metric,
-            "accuracy_floor": "per-checkpoint pass@k floored at 1/(sum_i n_i + 1) before log",
-            "cells": len(cells),
-            "excluded_cells": sorted({c.model for c in table.cells} - {c.model for c in cells}),
-            "min_correct": MIN_CORRECT,
-        }
-    )
-    return curves
 
 
 # ---- per-model Beta (and the power-law comparison) ----------------------------------------

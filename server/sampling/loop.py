@@ -437,7 +437,7 @@ class _Verdicts:
     def confidences(self) -> list[float] | None:
         if self.verifier is None or self.error is not None or not self.scores:
             return None
-        return self.verifier.calibrated(self.scores)
+        return self.verifier.p_correct(self.scores)
 
     async def score(
         self, job: SamplingJob, samples: list[Sample], billing: Billing, out: Outcome
@@ -495,7 +495,7 @@ class _Verdicts:
     def learn(self, answers: list[str | None], final: str | None) -> None:
         """Refresh the calibration from this request (agreement with a clear answer)."""
         if self.verifier is not None and self.error is None and len(self.scores) == len(answers):
-            self.verifier.calibrator.observe(self.scores, answers, final)
+            self.verifier.score_map.observe(self.scores, answers, final)
 
 
 def _aggregate(

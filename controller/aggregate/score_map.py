@@ -1,13 +1,15 @@
-"""Verifier score → P(correct): isotonic regression on labelled samples, refreshed from traffic.
+"""A verifier's score map, score → P(correct): isotonic regression on labelled samples,
+refreshed from traffic. (In t2serve "calibration" means one thing, fitting a served model's
+curves from gold-labelled samples, `t2serve calibrate`; this module is not that.)
 
-Why calibrate: a raw verifier score (a reward model's sigmoid, a checker's share of good steps,
+Why map scores: a raw verifier score (a reward model's sigmoid, a checker's share of good steps,
 a judge's verdict) is not a probability. A stopping rule that says "stop once a sample is right
 with probability ≥ 0.9" needs one, and so does a posterior weighted by scores. Isotonic
 regression (pool-adjacent-violators) keeps the verifier's order and assumes nothing else; Platt
 scaling is the fallback when there are too few labelled samples for the steps to mean much.
 
 Follows scikit-learn's shape: settings kept as given, learned state ends in `_`, `fit` then
-`predict`. `to_dict`/`from_dict` store a fit next to a shipped model (calibration.json).
+`predict`. `to_dict`/`from_dict` store a fit next to a shipped model (score_map.json).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 MIN_ISOTONIC = 20  # fewer labelled samples than this: Platt scaling
 
 
-class IsotonicCalibrator:
+class IsotonicScoreMap:
     """Monotone non-decreasing map from score to P(correct), clipped to [floor, 1 - floor]."""
 
     def __init__(self, floor: float = 0.005) -> None:
@@ -30,7 +32,7 @@ class IsotonicCalibrator:
         self.y_: np.ndarray | None = None
         self.n_: int = 0
 
-    def fit(self, scores: Sequence[float], labels: Sequence[int | bool]) -> IsotonicCalibrator:
+    def fit(self, scores: Sequence[float], labels: Sequence[int | bool]) -> IsotonicScoreMap:
         x = np.asarray(scores, dtype=float)
         y = np.asarray(labels, dtype=float)
         if x.shape != y.shape or x.size == 0:
@@ -50,14 +52,14 @@ class IsotonicCalibrator:
 
     def predict(self, scores: Sequence[float] | float) -> np.ndarray:
         if self.x_ is None or self.y_ is None:
-            raise RuntimeError("calibrator not fitted")
+            raise RuntimeError("score map not fitted")
         x = np.atleast_1d(np.asarray(scores, dtype=float))
         p = np.interp(x, self.x_, self.y_)
         return np.clip(p, self.floor, 1 - self.floor)
 
     def to_dict(self) -> dict[str, Any]:
         if self.x_ is None or self.y_ is None:
-            raise RuntimeError("calibrator not fitted")
+            raise RuntimeError("score map not fitted")
         return {
             "kind": "isotonic",
             "n": self.n_,
@@ -66,13 +68,13 @@ class IsotonicCalibrator:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> IsotonicCalibrator:
-        cal = cls()
+    def from_dict(cls, data: dict[str, Any]) -> IsotonicScoreMap:
+        fitted = cls()
         x, y = np.asarray(data["x"], dtype=float), np.asarray(data["y"], dtype=float)
         if x.size == 0 or x.shape != y.shape or np.any(np.diff(x) < 0):
-            raise ValueError("calibration needs matching, sorted x and y")
-        cal.x_, cal.y_, cal.n_ = x, y, int(data.get("n", x.size))
-        return cal
+            raise ValueError("a score map needs matching, sorted x and y")
+        fitted.x_, fitted.y_, fitted.n_ = x, y, int(data.get("n", x.size))
+        return fitted
 
 
 def _pav(means: np.ndarray, weights: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -113,18 +115,18 @@ def _platt_table(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return grid, 1 / (1 + np.exp(-(a * grid + b)))
 
 
-class TrafficCalibrator:
-    """A shipped (or calibration-set) fit, refreshed from served traffic.
+class TrafficScoreMap:
+    """A shipped fit (or one from a labelled set), refreshed from served traffic.
 
     Traffic has no gold; a sample is labelled by agreement with its request's answer when that
     answer was clear (`min_agreement` of at least `min_samples` samples agreed). Those labels are
-    noisy, so they join the calibration samples in a bounded window and the map is refit every
+    noisy, so they join the labelled samples in a bounded window and the map is refit every
     `refit_every` new labels; until then the seed fit is used as it is.
     """
 
     def __init__(
         self,
-        seed: IsotonicCalibrator | None = None,
+        seed: IsotonicScoreMap | None = None,
         *,
         window: int = 4096,
         refit_every: int = 256,
@@ -136,7 +138,7 @@ class TrafficCalibrator:
         self.refit_every = refit_every
         self.min_agreement = min_agreement
         self.min_samples = min_samples
-        self.current_: IsotonicCalibrator | None = seed
+        self.current_: IsotonicScoreMap | None = seed
         self.seen_: deque[tuple[float, int]] = deque(maxlen=window)
         self.pending_ = 0
 
@@ -174,5 +176,5 @@ class TrafficCalibrator:
                 ys += [1] * round(reps * y) + [0] * (reps - round(reps * y))
         if len(set(ys)) < 2:
             return False
-        self.current_ = IsotonicCalibrator().fit(xs, ys)
+        self.current_ = IsotonicScoreMap().fit(xs, ys)
         return True
