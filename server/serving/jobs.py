@@ -162,21 +162,14 @@ def routed_job(
     """The jobs of one prompt of a routed request, one per candidate (each model tokenizes
     and checks the context itself). A route runs the T² router, so its policy is t2 (the
     request's, the route's, the tenant's or the default t2 spec; its λ prices a sample of the
-    first candidate) and its answer a majority vote: other names are a 400 naming the field."""
+    first candidate): another policy is a 400 naming the field. Every aggregator works on a
+    route as on one model (over the answering model's samples)."""
     opts = body.t2
     if opts is not None and opts.policy is not None and not _is_t2(opts.policy):
         raise bad_request(
             f"The model '{route.id}' is a route, which runs the t2 router; t2.policy must be "
             f"'t2' or 't2:...', not {opts.policy!r}.",
             param="t2.policy",
-            code="invalid_t2_option",
-        )
-    aggregator = (opts and opts.aggregator) or tenant.aggregator or state.config.defaults.aggregator
-    if aggregator != "majority":
-        raise bad_request(
-            f"The model '{route.id}' is a route, whose answer is a majority vote (controller."
-            f"routing.cascade_answer); t2.aggregator {aggregator!r} is not supported there.",
-            param="t2.aggregator",
             code="invalid_t2_option",
         )
     fallback = tenant.policy or state.config.defaults.policy
