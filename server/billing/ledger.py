@@ -466,12 +466,26 @@ class LedgerBilling:
             samples = fits
         return samples
 
+    async def _fit_request_cap(self, samples: int, fixed: Cost, per: Cost, give_up: float) -> int:
+        """`_request_cap`, waiting (as ledger admission does) while the request's other answers
+        hold what the cap would otherwise grant this one: their holds settle below it."""
+        while True:
+            try:
+                return self._request_cap(samples, fixed, per)
+            except InsufficientQuota:
+                mine = {(self.request_id, key) for key in self.held}
+                others = any(claim not in mine for claim in self.committed.held)
+                left_s = give_up - time.monotonic()
+                if not others or left_s <= 0:
+                    raise
+                await self.provider.settles.wait(self.tenant.id, min(POLL_S, left_s))
+
     async def reserve(self, hold: WaveHold) -> WaveHold:
         fixed = self.pricer.cost(hold.prompt_tokens, 0)
         per = self.pricer.cost(0, hold.max_tokens)
-        samples = self._request_cap(max(1, hold.samples), fixed, per)
-        ledger = self.provider.ledger
         give_up = time.monotonic() + self.provider.config.ledger.admission_wait_s
+        samples = await self._fit_request_cap(max(1, hold.samples), fixed, per, give_up)
+        ledger = self.provider.ledger
         while True:
             out = await self._hold(hold.wave, samples, fixed, per, hold.wave == 0)
             self.last_usage = out.usage
