@@ -542,6 +542,7 @@ async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncItera
             yield StreamError(exc)
             yield Done()
             return
+        req.model = req.answered_by(outcomes)  # a route's answering model, from here on
         ttft: float | None = None
         for i, outcome in enumerate(outcomes):
             offset = 0
