@@ -121,3 +121,13 @@ async def test_verifier_aware_stopping_applies_to_routes(route: Route) -> None:
     )
     out = await run(route, sampler, the_job, RecordingBilling(), verifier=verifier)
     assert out.stop_reason == "verified" and out.model == SMALL
+
+
+async def test_the_deadline_ends_a_route_with_the_answer_so_far(route: Route) -> None:
+    # the first wave takes ~40 ms; the 10 ms soft deadline lets no second wave start
+    sampler, the_job = routed(
+        ScriptedEngine(UNSURE, token_s=0.01), ScriptedEngine(SURE), deadline_ms=10
+    )
+    out = await run(route, sampler, the_job, RecordingBilling())
+    assert out.stop_reason == "deadline" and out.waves == 1 and out.model == SMALL
+    assert out.answer is not None
