@@ -203,8 +203,8 @@ class Sampler:
         if isinstance(job, SamplingJob):
             policy = await self.policies.get(job.tenant, job.model, job.policy)
             per_sample = max(billing.quote(job.prompt_tokens, job.max_tokens), 1e-12)
-            # max_cost is enforced per wave by `_wave` on what was actually spent (a wave's
-            # prompt is paid once), which Caps' per-sample worst case would undercount
+            # max_cost is enforced per wave (`_fit_cost`, through Caps) on what was actually
+            # spent: a cap on drawn × worst case would stop long before the money runs out
             caps = Caps(
                 max_samples=job.max_samples, cost_per_sample=per_sample, cost_unit=billing.unit
             )
@@ -408,10 +408,18 @@ async def _uncancellable(work: Awaitable[None]) -> None:
 
 
 def _fit_cost(billing: Billing, size: int, job: SamplingJob, left: float) -> int:
-    """The largest wave ≤ size whose worst case fits in what `max_cost` leaves."""
-    while size >= 1 and billing.quote(job.prompt_tokens, size * job.max_tokens) > left:
-        size -= 1
-    return size
+    """The largest wave ≤ size whose worst case fits in what `max_cost` leaves. `Caps` turns
+    the cost cap into samples, as for any policy; a wave pays its prompt once, so the cap it
+    sees is what is left after the prompt, and a sample costs its completion's worst case."""
+    prompt = billing.quote(job.prompt_tokens, 0)
+    per_sample = max(billing.quote(0, job.max_tokens), 1e-12)
+    caps = Caps(
+        max_samples=size,
+        cost_per_sample=per_sample,
+        cost_unit=billing.unit,
+        max_cost=max(0.0, left - prompt),
+    )
+    return caps.remaining(0)[0]
 
 
 class _Verdicts:
