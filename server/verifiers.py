@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("t2serve.verifiers")
 DEFAULT_TEMPLATE = "{question}{candidate}"
+SPECIAL_TOKENS_BOUND = 16  # BOS/EOS/CLS/SEP and the like a tokenizer adds per text
 
 
 class HttpVerifier:
@@ -121,6 +122,13 @@ class RewardModelVerifier:
         self.spend.prompt_tokens += scored.tokens
         return scored.scores
 
+    def worst_case(self, question: str, candidates: Sequence[str]) -> VerifierSpend:
+        """At most what scoring these reads: a byte-level tokenizer makes at most one token per
+        UTF-8 byte, plus the few special tokens the model adds (SPECIAL_TOKENS_BOUND)."""
+        texts = [self.template.format(question=question, candidate=c) for c in candidates]
+        tokens = sum(len(t.encode()) + SPECIAL_TOKENS_BOUND for t in texts)
+        return VerifierSpend(self.spend.model, tokens, 0)
+
 
 class JudgeVerifier:
     """Ask a served model to grade each candidate at temperature 0 (see VerifierConfig.read).
@@ -155,6 +163,13 @@ class JudgeVerifier:
             text = sample.text
             logprob = sample.mean_logprob if sample.mean_logprob is not None else 0.0
         return text, logprob
+
+    def worst_case(self, question: str, candidates: Sequence[str]) -> VerifierSpend:
+        """At most what grading these costs: each distinct prompt's tokens, and `max_tokens`
+        of reply per prompt (tokenized here exactly as `_ask` will)."""
+        prompts = {self.template.format(question=question, candidate=c) for c in candidates}
+        tokens = sum(self.engine.tokenize(p).tokens for p in prompts)
+        return VerifierSpend(self.spend.model, tokens, self.cfg.max_tokens * len(prompts))
 
     async def score(self, question: str, candidates: Sequence[str]) -> list[float]:
         asked: dict[str, tuple[str, float]] = {}
@@ -205,6 +220,12 @@ class ServedVerifier:
 
     async def score(self, question: str, candidates: Sequence[str]) -> list[float]:
         return await self.scorer.score(question, candidates)
+
+    def worst_case(self, question: str, candidates: Sequence[str]) -> VerifierSpend | None:
+        """The most scoring these candidates can cost (held before it runs), or None: this
+        verifier is not billed (an HTTP service, a checker)."""
+        bound = getattr(self.scorer, "worst_case", None)
+        return bound(question, candidates) if bound is not None else None
 
     def p_correct(self, scores: Sequence[float]) -> list[float]:
         return self.score_map.predict(scores)

@@ -83,7 +83,7 @@ async def test_the_server_draws_the_waves_the_replay_decides(
             engines[m] = EngineService(m, {}, ScriptedEngine(replaying(texts)))
         sampler = Sampler(engines, PolicyBook())
         routed = RoutedJob("r", jobs, cheapest_first)
-        out = await sampler.run_routed(routed, route, PricedBilling(unit="currency", price=price))
+        out = await sampler.run(routed, PricedBilling(unit="currency", price=price), route=route)
 
         assert out.route is not None
         assert out.route.waves == replayed.waves, f"question {rs.ids[i]}"

@@ -1,10 +1,14 @@
 """The README's request-field table, checked row by row against the live server (real engine):
-a supported field is answered (200), a refused one is a 400 `unsupported_parameter` naming it,
-an ignored one is answered; and the table lists exactly the fields the protocol declares."""
+a supported field is answered (200) and does what it says where the output shows it, a refused
+one is a 400 `unsupported_parameter` naming it, an ignored one is answered exactly as without
+it; and the table lists exactly the fields the protocol declares. (Routes: see
+test_request_fields_routes.py.)"""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +116,12 @@ async def test_each_row_against_the_live_server(live_server: LiveServer, field: 
                 err = r.json()["error"]
                 assert (err["param"], err["code"]) == (field, "unsupported_parameter"), err
             return
-        if status == "ignored":
+        if status == "ignored":  # answered exactly as without it (greedy: the same text)
             for path, body in (("/chat/completions", chat), ("/completions", text)):
-                r = await post(http, path, body(**{field: PROBE}))
+                r = await post(http, path, body(temperature=0, **{field: PROBE}))
                 assert r.status_code == 200, (path, r.text)
+                plain = await post(http, path, body(temperature=0))
+                assert _texts(r.json()) == _texts(plain.json()), (path, field)
             return
         if field == "echo":  # supported on completions, refused on chat (as the row says)
             r = await post(http, "/completions", text(echo=True))
@@ -127,6 +133,62 @@ async def test_each_row_against_the_live_server(live_server: LiveServer, field: 
         if field != "prompt":
             r = await post(http, "/chat/completions", chat(**extra))
             assert r.status_code == 200, r.text
+            await _effect(http, field, "/chat/completions", chat, r)
         if field not in CHAT_ONLY:
             r = await post(http, "/completions", text(**extra))
             assert r.status_code == 200, r.text
+            await _effect(http, field, "/completions", text, r)
+
+
+def _texts(body: dict[str, Any]) -> list[str]:
+    return [c["message"]["content"] if "message" in c else c["text"] for c in body["choices"]]
+
+
+def _events(r: httpx.Response) -> list[dict[str, Any]]:
+    lines = [ln[6:] for ln in r.text.splitlines() if ln.startswith("data: ")]
+    return [json.loads(ln) for ln in lines if ln != "[DONE]"]
+
+
+async def _effect(
+    http: httpx.AsyncClient,
+    field: str,
+    path: str,
+    body: Callable[..., dict[str, Any]],
+    r: httpx.Response,
+) -> None:
+    """What a supported field does to the output, where the output shows it (the pass-through
+    sampling knobs are checked reaching the engine in test_request_fields_fast.py)."""
+    if field in ("stream", "stream_options"):
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = _events(r)
+        assert events and r.text.rstrip().endswith("data: [DONE]")
+        if field == "stream_options":
+            assert events[-1]["usage"]["completion_tokens"] > 0 and events[-1]["choices"] == []
+        return
+    out = r.json()
+    texts, t2, usage = _texts(out), out["t2"], out["usage"]
+    if field in ("max_tokens", "max_completion_tokens"):
+        assert usage["completion_tokens"] <= 8 * t2["samples"]
+    elif field == "stop":
+        assert all("\n" not in t for t in texts)
+    elif field == "n":
+        assert len(out["choices"]) == 2 and len(t2["choices"]) == 2
+    elif field == "t2":
+        assert t2["samples"] == 2 and t2["policy"] == "fixed:2"
+    elif field == "min_tokens":
+        assert usage["completion_tokens"] >= 2 * t2["samples"]
+    elif field == "ignore_eos":  # no sample may end early: every one runs to max_tokens
+        assert usage["completion_tokens"] == 8 * t2["samples"]
+        assert all(c["finish_reason"] == "length" for c in out["choices"])
+    elif field == "response_format":
+        assert all(t.lstrip().startswith("{") for t in texts)
+    elif field in ("logprobs", "top_logprobs"):
+        assert out["choices"][0]["logprobs"] is not None
+        if field == "top_logprobs":
+            assert len(out["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == 2
+    elif field == "seed":  # the same seed draws the same samples (in any order: same votes)
+        again = (await post(http, path, body(seed=EXAMPLES["seed"]))).json()["t2"]
+        assert (again["answer"], again["votes"]) == (t2["answer"], t2["votes"])
+    elif field == "temperature":  # greedy decoding draws one sample
+        greedy = (await post(http, path, body(temperature=0))).json()
+        assert greedy["t2"]["samples"] == 1

@@ -28,6 +28,7 @@ class RecordingBilling:
     reserved: list[WaveHold] = field(default_factory=list)
     settled: list[tuple[WaveHold, int, int]] = field(default_factory=list)
     charged: list[tuple[str, int, int, int]] = field(default_factory=list)
+    held_charges: list[tuple[str, int, int, int]] = field(default_factory=list)
     closed: int = 0
     finished: tuple[str | None, int, int] | None = None
     price: ComputePrice | None = None
@@ -50,6 +51,11 @@ class RecordingBilling:
     async def settle(self, hold: WaveHold, *, prompt_tokens: int, completion_tokens: int) -> float:
         self.settled.append((hold, prompt_tokens, completion_tokens))
         return float(prompt_tokens + completion_tokens)
+
+    async def hold_charge(
+        self, model: str, wave: int, *, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        self.held_charges.append((model, wave, prompt_tokens, completion_tokens))
 
     async def charge(
         self, model: str, wave: int, *, prompt_tokens: int, completion_tokens: int

@@ -233,5 +233,60 @@ async def test_a_route_refuses_options_it_cannot_honour(served: dict[str, Any]) 
     http, server = served["http"], served["server"]
     resp = await ask(http, server, "auto", KEY, (1, 1, 1, 1), policy="fixed:3")
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "t2.policy"
-    resp = await ask(http, server, "auto", KEY, (1, 1, 1, 1), aggregator="logprob")
+    resp = await ask(http, server, "auto", KEY, (1, 1, 1, 1), aggregator="unknown")
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "t2.aggregator"
+
+
+async def test_a_route_honours_every_aggregator_and_names_its_answering_model(
+    served: dict[str, Any],
+) -> None:
+    http, server = served["http"], served["server"]
+    for aggregator in ("majority", "logprob", "best_of_n"):
+        resp = await ask(http, server, "cascade", KEY, (2, 3, 1, 4), aggregator=aggregator)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        t2 = body["t2"]
+        assert body["model"] == t2["route"]["model"] in (SMALL, LARGE)  # as OpenRouter reports
+        assert all(":" not in answer for answer in t2["votes"])  # keyed by answer
+        if aggregator == "best_of_n":  # no verifier configured: a majority vote, said so
+            assert t2["aggregator"] == "majority" and t2["note"]
+        else:
+            assert t2["aggregator"] == aggregator
+
+
+async def test_a_cascade_with_any_max_cost_answers_and_never_500s(served: dict[str, Any]) -> None:
+    http, server = served["http"], served["server"]
+    for max_cost in (1e5, 1e6, 1e7, 1e8):  # FLOPs: from one small sample to several large ones
+        resp = await ask(
+            http, server, "cascade", FLOPS_KEY, (5, 1, 4, 2), max_cost=max_cost, policy="t2:lam=0"
+        )
+        assert resp.status_code in (200, 429), resp.text
+        if resp.status_code == 200:
+            t2 = resp.json()["t2"]
+            assert t2["cost"] <= max_cost or t2["samples"] == 1
+            assert t2["stop_reason"] in ("max_cost", "max_samples", "marginal_value", "budget")
+
+
+async def test_json_field_with_a_json_schema_works_on_a_route(served: dict[str, Any]) -> None:
+    http, server = served["http"], served["server"]
+    body: dict[str, Any] = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": chain.question_text((2, 2, 1, 1))}],
+        "max_tokens": 24,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "answer",
+                "schema": {
+                    "type": "object",
+                    "properties": {"answer": {"type": "integer"}},
+                    "required": ["answer"],
+                },
+            },
+        },
+        "t2": {"json_field": "answer", "max_samples": 4},
+    }
+    resp = await http.post(
+        f"{server.v1}/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+    )
+    assert resp.status_code == 200, resp.text

@@ -13,10 +13,15 @@ the ledger returned on this replica's last call for the tenant; the request's po
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 import time
+from collections.abc import Awaitable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from controller.budget import (
     Cost,
@@ -24,6 +29,7 @@ from controller.budget import (
 )
 from controller.budget.ledger import (
     RequestUsage,
+    ReserveOutcome,
     SpendEntry,
 )
 from controller.budget.models import LimitUnit, RequestBudget
@@ -41,6 +47,8 @@ from server.errors import InsufficientQuota, RateLimited
 
 log = logging.getLogger("t2serve.billing")
 VERIFIER_WAVES = 1_000_000  # settlement keys of verifier charges, apart from generation waves
+SETTLE_RETRIES_S = (0.05, 0.25, 1.0)  # waits between tries of an (idempotent) settle
+T = TypeVar("T")
 
 
 class BudgetProvider(BudgetProviderBase):
@@ -60,6 +68,47 @@ def _budget_param(scope: str, window: str | None) -> str:
     kind = scope.partition(":")[0]
     base = {"key": "key.budgets", "user": "user_budgets"}.get(kind, "budgets")
     return f"{base}.{window}"
+
+
+@dataclass
+class RequestCommitted:
+    """What one HTTP request has spent and holds, across all its answers (`n`) and prompts:
+    what its per-request budgets are checked against (one `LedgerBilling` per answer shares it).
+    """
+
+    spent: Cost = field(default_factory=Cost)
+    held: dict[tuple[str, int], Cost] = field(default_factory=dict)
+
+    def total(self) -> Cost:
+        return sum(self.held.values(), self.spent)
+
+
+_COMMITTED: ContextVar[tuple[str, RequestCommitted] | None] = ContextVar(
+    "t2_request_committed", default=None
+)
+
+
+def request_committed(request_id: str) -> RequestCommitted:
+    """The HTTP request's shared tally: the answers' handles are opened in its context, one
+    after another, so each finds the one the first made."""
+    bound = _COMMITTED.get()
+    if bound is None or bound[0] != request_id:
+        bound = (request_id, RequestCommitted())
+        _COMMITTED.set(bound)
+    return bound[1]
+
+
+async def _shielded(work: Awaitable[T]) -> tuple[T, bool]:
+    """Run `work` to completion even if cancelled meanwhile; (its result, whether cancelled):
+    a hold the ledger granted is then recorded (and released by `close`), never leaked."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    return task.result(), cancelled
 
 
 class LedgerBilling:
@@ -86,6 +135,8 @@ class LedgerBilling:
         self.last_usage: list[WindowUsage] = []
         self.held: dict[int, Cost] = {}
         self.spent = Cost()
+        self.committed = request_committed(self.group)  # the whole HTTP request's, for caps
+        self.unsettled: dict[int, tuple[Cost, SpendEntry]] = {}  # settles that kept failing
         self.settled_waves = 0
         self.ending: tuple[str | None, int, int] | None = None
         self._soft_warned: set[str] = set()
@@ -111,7 +162,7 @@ class LedgerBilling:
     def _request_cap(self, samples: int, fixed: Cost, per: Cost) -> int:
         """Apply the per-request budgets of every level: hard shrinks the wave (or refuses),
         soft only warns."""
-        committed = self.spent + sum(self.held.values(), Cost())
+        committed = self.committed.total()
         for scope, rb in self._request_budgets():
             left = rb.limit - committed.of(rb.unit) - fixed.of(rb.unit)
             unit_cost = per.of(rb.unit)
@@ -133,25 +184,28 @@ class LedgerBilling:
             samples = fits
         return samples
 
+    async def _fit_request_cap(self, samples: int, fixed: Cost, per: Cost, give_up: float) -> int:
+        """`_request_cap`, waiting (as ledger admission does) while the request's other answers
+        hold what the cap would otherwise grant this one: their holds settle below it."""
+        while True:
+            try:
+                return self._request_cap(samples, fixed, per)
+            except InsufficientQuota:
+                mine = {(self.request_id, key) for key in self.held}
+                others = any(claim not in mine for claim in self.committed.held)
+                left_s = give_up - time.monotonic()
+                if not others or left_s <= 0:
+                    raise
+                await self.provider.settles.wait(self.tenant.id, min(POLL_S, left_s))
+
     async def reserve(self, hold: WaveHold) -> WaveHold:
         fixed = self.pricer.cost(hold.prompt_tokens, 0)
         per = self.pricer.cost(0, hold.max_tokens)
-        samples = self._request_cap(max(1, hold.samples), fixed, per)
-        ledger = self.provider.ledger
         give_up = time.monotonic() + self.provider.config.ledger.admission_wait_s
+        samples = await self._fit_request_cap(max(1, hold.samples), fixed, per, give_up)
+        ledger = self.provider.ledger
         while True:
-            out = await ledger.reserve(
-                self.tenant.id,
-                self.tenant.budgets,
-                self.request_id,
-                hold.wave,
-                samples,
-                fixed,
-                per,
-                self.levels,
-                self.rates,
-                self.group if hold.wave == 0 else None,
-            )
+            out = await self._hold(hold.wave, samples, fixed, per, hold.wave == 0)
             self.last_usage = out.usage
             if out.requests:
                 self.requests = out.requests
@@ -184,9 +238,63 @@ class LedgerBilling:
                 window=window,
                 param=_budget_param(scope, window),
             )
-        self.held[hold.wave] = out.held
         self._check_soft(out.usage)
         return WaveHold(hold.wave, min(out.granted, samples), hold.prompt_tokens, hold.max_tokens)
+
+    async def _hold(
+        self, key: int, samples: int, fixed: Cost, per: Cost, first: bool = False
+    ) -> ReserveOutcome:
+        """Reserve at the ledger under settlement key `key`, shielded from cancellation: the
+        hold is recorded (so `close` releases it) before a cancel that arrived meanwhile is
+        re-raised. The request-wide tally is claimed before the await, so concurrent answers
+        of one request cannot both pass its per-request cap."""
+        claim = (self.request_id, key)
+        self.committed.held[claim] = fixed + per.scale(samples)
+        try:
+            out, cancelled = await _shielded(
+                self.provider.ledger.reserve(
+                    self.tenant.id,
+                    self.tenant.budgets,
+                    self.request_id,
+                    key,
+                    samples,
+                    fixed,
+                    per,
+                    self.levels,
+                    self.rates,
+                    self.group if first else None,
+                )
+            )
+        except BaseException:
+            del self.committed.held[claim]
+            raise
+        if out.granted >= 1:
+            self.held[key] = self.committed.held[claim] = out.held
+        else:
+            del self.committed.held[claim]
+        if cancelled:
+            raise asyncio.CancelledError
+        return out
+
+    async def hold_charge(
+        self, model: str, wave: int, *, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        """Hold a verifier's worst case for wave `wave` at every level (hard windows, tpm, the
+        per-request cap); InsufficientQuota when it does not fit (no waiting: the request
+        degrades to a plain vote instead)."""
+        pricer = self.provider.pricer(self.tenant, model)
+        fixed, per = pricer.cost(prompt_tokens, 0), pricer.cost(0, completion_tokens)
+        self._request_cap(1, fixed, per)
+        out = await self._hold(VERIFIER_WAVES + wave, 1, fixed, per)
+        self.last_usage = out.usage
+        self.provider.remember(self.tenant, out.usage, self.pricer)
+        if out.granted < 1:
+            raise InsufficientQuota(
+                f"the {out.binding} budget cannot hold the verifier's worst case",
+                retry_after_s=None,
+                window=out.binding or "",
+                param=_budget_param("", out.binding),
+            )
 
     async def settle(self, hold: WaveHold, *, prompt_tokens: int, completion_tokens: int) -> float:
         cost = self.pricer.cost(prompt_tokens, completion_tokens)
@@ -198,47 +306,52 @@ class LedgerBilling:
             self.caller.key_prefix,
             self.caller.user,
         )
-        out = await self.provider.ledger.settle(
-            self.tenant.id,
-            self.tenant.budgets,
-            self.request_id,
-            hold.wave,
-            cost,
-            entry,
-            self.levels,
-            self.rates,
-        )
-        self.settled_waves += 1
-        self.last_usage = out.usage
-        if hold.wave in self.held:
-            del self.held[hold.wave]
-            self.spent = self.spent + out.cost
-        self.provider.remember(self.tenant, out.usage, self.pricer)
-        self.provider.settles.fire(self.tenant.id)
-        return out.cost.of(self.cost_unit)
+        return await self._settle(hold.wave, cost, entry)
 
     async def charge(
         self, model: str, wave: int, *, prompt_tokens: int, completion_tokens: int
     ) -> float:
-        """Settle a verifier's work straight away (it is done; nothing to hold first), at the
+        """Settle a verifier's work on wave `wave` (releasing what `hold_charge` held), at the
         tenant's price for `model`, as its own spend-log entry."""
         cost = self.provider.pricer(self.tenant, model).cost(prompt_tokens, completion_tokens)
         entry = SpendEntry(
             model, 0, prompt_tokens, completion_tokens, self.caller.key_prefix, self.caller.user
         )
-        out = await self.provider.ledger.settle(
-            self.tenant.id,
-            self.tenant.budgets,
-            self.request_id,
-            VERIFIER_WAVES + wave,
-            cost,
-            entry,
-            self.levels,
-        )
+        return await self._settle(VERIFIER_WAVES + wave, cost, entry)
+
+    async def _settle(self, key: int, cost: Cost, entry: SpendEntry) -> float:
+        """Charge `cost` under settlement key `key`, retrying (the ledger's settle is idempotent
+        by key, so a try that committed before failing is not billed twice). A settle that
+        still fails keeps its hold (the budget stays covered) and is tried again by `close`;
+        the error is raised for the loop to report."""
+        for wait in (*SETTLE_RETRIES_S, None):
+            try:
+                out = await self.provider.ledger.settle(
+                    self.tenant.id,
+                    self.tenant.budgets,
+                    self.request_id,
+                    key,
+                    cost,
+                    entry,
+                    self.levels,
+                    self.rates,
+                )
+                break
+            except Exception:
+                if wait is None:
+                    self.unsettled[key] = (cost, entry)
+                    raise
+                log.warning("settling %s of %s failed; retrying", key, self.request_id)
+                await asyncio.sleep(wait)
+        self.unsettled.pop(key, None)
         self.settled_waves += 1
         self.last_usage = out.usage
+        self.held.pop(key, None)
+        self.committed.held.pop((self.request_id, key), None)
         self.spent = self.spent + out.cost
+        self.committed.spent = self.committed.spent + out.cost
         self.provider.remember(self.tenant, out.usage, self.pricer)
+        self.provider.settles.fire(self.tenant.id)
         return out.cost.of(self.cost_unit)
 
     def finish(self, stop_reason: str | None, status: int, samples: int) -> None:
@@ -306,12 +419,19 @@ class LedgerBilling:
                 log.exception("noting the end of %s in the spend log failed", self.request_id)
             with contextlib.suppress(Exception):
                 await self.provider.purge_logs()
+        for key, (cost, entry) in list(self.unsettled.items()):
+            try:
+                await self._settle(key, cost, entry)
+            except Exception:  # its hold stays until its TTL: the budget is never overspent
+                log.error("settling %s of %s failed for good", key, self.request_id)
+                self.held.pop(key, None)
         for wave in list(self.held):
             try:
                 await self.provider.ledger.release(self.tenant.id, self.request_id, wave)
             except Exception:  # the hold still expires by its TTL
                 log.exception("releasing wave %s of %s failed", wave, self.request_id)
             del self.held[wave]
+            self.committed.held.pop((self.request_id, wave), None)
             self.provider.settles.fire(self.tenant.id)
 
     def _tightest(self) -> tuple[float, str] | None:

@@ -7,7 +7,8 @@ The sampling loop calls, per request:
         hold = await billing.reserve(WaveHold(wave=i, samples=w, prompt_tokens=p, max_tokens=m))
         ...  # draw hold.samples samples (1 ≤ hold.samples ≤ w)
         cost = await billing.settle(hold, prompt_tokens=p_used, completion_tokens=c_used)
-        cost = await billing.charge(model, k, prompt_tokens=..., completion_tokens=...)  # verifier
+        await billing.hold_charge(model, i, prompt_tokens=..., completion_tokens=...)  # verifier
+        cost = await billing.charge(model, i, prompt_tokens=..., completion_tokens=...)
     billing.finish(stop_reason, status, samples)
     await billing.close()
 
@@ -72,12 +73,20 @@ class Billing(Protocol):
         """Charge what the engine reported for this wave, release the rest; return its cost."""
         ...
 
+    async def hold_charge(
+        self, model: str, wave: int, *, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        """Hold the worst case of work about to be done on another model for this request (a
+        verifier's reward model or judge scoring wave `wave`), priced for `model`; raises
+        `InsufficientQuota` when a hard budget cannot cover it (the caller then skips it)."""
+        ...
+
     async def charge(
         self, model: str, wave: int, *, prompt_tokens: int, completion_tokens: int
     ) -> float:
-        """Bill work already done on another model for this request (a verifier's reward model
-        or judge), priced for `model` (its price entry, else 2·N FLOPs per token); `wave` is a
-        settlement key of its own (the verifier's call number, apart from generation waves)."""
+        """Bill that work once done, priced for `model` (its price entry, else 2·N FLOPs per
+        token), settling the hold `hold_charge` took for the same `wave`: the charge is keyed
+        by the generation wave it scored, so a retry cannot bill it twice."""
         ...
 
     def finish(self, stop_reason: str | None, status: int, samples: int) -> None:

@@ -35,6 +35,11 @@ class UnmeteredBilling:
         self.spent += cost
         return cost
 
+    async def hold_charge(
+        self, model: str, wave: int, *, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        return None
+
     async def charge(
         self, model: str, wave: int, *, prompt_tokens: int, completion_tokens: int
     ) -> float:

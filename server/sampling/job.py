@@ -72,15 +72,42 @@ class WaveTally:
 
 
 @dataclass
+class Spend:
+    """What one request's run has spent so far: the single place the loop's accounting is
+    written (waves settled, tokens billed, costs), so `usage`, `t2.cost` and the ledger agree.
+    `Outcome` is built from it once, when the run ends."""
+
+    unit: str = "tokens"
+    waves: int = 0
+    cost: float = 0.0
+    prompt_tokens: int = 0  # what billing charged: computed prompt tokens, every wave
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0  # what wave 1 found in the prefix cache (OpenAI's `cached`)
+    verifier_tokens: int = 0
+    verifier_cost: float = 0.0  # included in `cost`
+    notes: list[str] = field(default_factory=list)  # billing trouble the client must hear of
+
+    def add_wave(self, tally: WaveTally) -> None:
+        self.prompt_tokens += tally.prompt_tokens
+        self.completion_tokens += tally.completion_tokens
+
+    def add_cost(self, cost: float, *, verifier: bool = False) -> None:
+        self.cost += cost
+        if verifier:
+            self.verifier_cost += cost
+
+
+@dataclass(frozen=True)
 class Outcome:
-    """What one job produced; the response's `usage` and `t2` are read straight from it."""
+    """What one job produced, built once when its run ends; the response's `usage` and `t2`
+    are read straight from it."""
 
     text: str = ""
     finish_reason: str = "stop"
     answer: str | None = None
     samples: int = 0
     waves: int = 0
-    votes: dict[str, int] = field(default_factory=dict)
+    votes: dict[str, int] = field(default_factory=dict)  # keyed by answer
     agreement: float | None = None
     predicted_accuracy: float | None = None
     cost: float = 0.0
@@ -93,13 +120,11 @@ class Outcome:
     cost_unit: str = "tokens"
     aggregator: str = ""
     note: str | None = None
-    model: str = ""  # the model that answered (a route's last candidate drawn)
+    model: str = ""  # the model that answered (a route's last candidate that drew samples)
     route: RouteReport | None = None
     verifier: str | None = None
     verifier_tokens: int = 0  # tokens the verifier's model read and wrote (billed)
     verifier_cost: float = 0.0  # included in `cost`
-    verifier_billed_prompt: int = 0
-    verifier_billed_completion: int = 0
     # `prompt_tokens` above is what billing charged (computed, prefix-cache hits excluded, every
     # wave); these are what OpenAI's `usage` reports: the prompt once, and what wave 1 found cached
     prompt_length: int = 0

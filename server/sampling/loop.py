@@ -1,14 +1,20 @@
-"""The wave loop: ask the policy for a wave, reserve it, draw it, settle it, repeat; then
-aggregate the samples into one answer.
+"""The wave loop: ask the plan for a (model, wave), reserve it, draw it, settle it, score it,
+repeat; then aggregate the samples into one answer.
+
+One loop serves every request. A single model is the trivial route (`plans.ModelPlan`); a route
+is a policy over (model, wave) choices (`plans.RoutePlan`). Verifiers, verifier-aware stopping,
+`json_field`, `max_cost`, deadlines and every aggregator work the same on both. A wave that
+draws nothing (a budget refusal, `max_cost`, the deadline's soft stop) ends the request with the
+answer so far and a `stop_reason` saying why.
 
 Why it lives in server/ and not controller/: it awaits the engine and the ledger. The decisions
-it follows (how many to draw, when to stop, which answer wins) are controller/ code; this module
-only sequences them, enforces the request's caps (max_samples, max_cost, deadline) and keeps the
-token accounting that `usage` and billing both read, so the two can never disagree.
+it follows (how many to draw, which model, when to stop, which answer wins) are controller/
+code; this module only sequences them, enforces the request's caps and keeps the token
+accounting (`Spend`) that `usage` and billing both read, so the two can never disagree.
 
 Seams: the engine is reached only through `EngineService`, billing only through the `Billing`
-protocol, the policy through `Policy.start` → `PolicyRun.decide`, aggregation through
-`controller.aggregate`, and whoever waits on the job through one `RunListener`.
+protocol, the plan through `Plan.next`, aggregation through `controller.aggregate`, and
+whoever waits on the job through one `RunListener`.
 """
 
 from __future__ import annotations
@@ -17,8 +23,8 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Mapping
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from controller.aggregate import (
@@ -28,8 +34,8 @@ from controller.aggregate import (
     get_extractor,
     score_candidates,
 )
-from controller.aggregate.vote import VERIFIED, count_votes
-from controller.policy.base import Caps
+from controller.aggregate.vote import VERIFIED
+from controller.policy.base import Caps, Policy
 from controller.policy.factory import make_policy
 from controller.routing import Route, cascade_answer, route_price
 from server import metrics
@@ -37,7 +43,8 @@ from server.billing.protocol import Billing, WaveHold
 from server.engine.base import Sample
 from server.engine.service import EngineService
 from server.errors import APIError, InsufficientQuota, UpstreamTimeout
-from server.sampling.job import Outcome, RoutedJob, RouteReport, SamplingJob, WaveTally
+from server.sampling.job import Outcome, RoutedJob, RouteReport, SamplingJob, Spend, WaveTally
+from server.sampling.plans import ModelPlan, Plan, RoutePlan
 from server.sampling.policies import PolicyBook
 from server.verifiers import ServedVerifier
 
@@ -64,9 +71,56 @@ def _status(exc: BaseException | None) -> int:
     return 499 if isinstance(exc, asyncio.CancelledError) else 500
 
 
+@dataclass(frozen=True)
+class Drawn:
+    """One sample as the loop keeps it: who drew it, and the answer extracted from it."""
+
+    model: str
+    sample: Sample
+    answer: str | None
+
+
+@dataclass
+class Draws:
+    """Every sample of a run in draw order, each model's answers, and the waves that drew."""
+
+    items: list[Drawn] = field(default_factory=list)
+    answers: dict[str, list[str | None]] = field(default_factory=dict)
+    waves: list[tuple[str, int]] = field(default_factory=list)
+
+    def add(self, model: str, samples: list[Sample], extract: Callable[[str], str | None]) -> None:
+        if not samples:
+            return
+        mine = self.answers.setdefault(model, [])
+        for sample in samples:
+            answer = extract(sample.text)
+            self.items.append(Drawn(model, sample, answer))
+            mine.append(answer)
+        self.waves.append((model, len(samples)))
+
+    @property
+    def order(self) -> list[str]:
+        """The models that drew, in the order they first did."""
+        return list(self.answers)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """A run's fixed parts: the plan, the jobs by model, and (for a route) its report's λ."""
+
+    plan: Plan
+    jobs: Mapping[str, SamplingJob]
+    first: SamplingJob
+    route: Route | None = None
+    lam: float = 0.0
+    unit: str = "tokens"
+    policy: Policy | None = None  # a single model's long-lived policy (it learns from answers)
+
+
 class Sampler:
-    """Runs `SamplingJob`s against the served models' engines (one model's, or a route's
-    candidates', switching model between waves). Safe to share between requests."""
+    """Runs jobs against the served models' engines: a `SamplingJob` on its model, or a
+    `RoutedJob` across its route's candidates, switching model between waves. Safe to share
+    between requests."""
 
     def __init__(
         self, engines: EngineService | Mapping[str, EngineService], policies: PolicyBook
@@ -77,172 +131,120 @@ class Sampler:
         self.engine = next(iter(self.engines.values()))
         self.policies = policies
 
-    def _engine(self, job: SamplingJob) -> EngineService:
-        return self.engines.get(job.model, self.engine)
+    def _engine(self, model: str) -> EngineService:
+        return self.engines.get(model, self.engine)
 
     async def run(
         self,
-        job: SamplingJob,
+        job: SamplingJob | RoutedJob,
         billing: Billing,
         listener: RunListener | None = None,
         verifier: ServedVerifier | None = None,
+        route: Route | None = None,
     ) -> Outcome:
-        """Sample until the policy stops (or a cap does), settling each wave; then aggregate.
+        """Sample until the plan stops (or a cap does), settling each wave; then aggregate.
 
-        With a `verifier`, each wave's samples are scored as they arrive and its compute billed
-        like generation; the policy sees their calibrated P(correct) (verifier-aware stopping),
-        the verifier methods use the scores, and any method returns the best-scored sample
-        carrying the chosen answer. A verifier failure stops the scoring and the request
-        degrades to a majority vote (its note says why); what was spent is still billed.
+        With a `verifier`, each wave's samples are scored as they arrive: its worst case is held
+        first (a refused hold stops the scoring and the request degrades to a plain vote, its
+        note says why) and its compute billed like generation. The plan sees their calibrated
+        P(correct) (verifier-aware stopping), the verifier methods use the scores, and any
+        method returns the best-scored sample carrying the chosen answer.
 
         Cancellation (a client disconnect) aborts the wave in flight and still settles the
         tokens generated so far before the CancelledError propagates.
         """
-        out = Outcome(
-            policy=job.policy,
-            cost_unit=billing.unit,
-            model=job.model,
-            prompt_length=job.prompt_tokens,
-        )
-        policy = await self.policies.get(job.tenant, job.model, job.policy)
-        price = billing.price_of_compute()
-        per_sample = max(billing.quote(job.prompt_tokens, job.max_tokens), 1e-12)
-        caps = Caps(max_samples=job.max_samples, cost_per_sample=per_sample, cost_unit=billing.unit)
-        run = policy.start(caps, price)
-        field = {"field": job.json_field} if job.json_field else {}
-        extract = get_extractor(job.extractor, **field)
-        drawn: list[Sample] = []
-        answers: list[str | None] = []
-        clock = _Clock(job)
+        setup = await self._setup(job, billing, verifier, route)
+        first = setup.first
+        field_ = {"field": first.json_field} if first.json_field else {}
+        extract = get_extractor(first.extractor, **field_)
+        spend = Spend(unit=billing.unit)
+        draws = Draws()
+        clock = _Clock(first)
         verdicts = _Verdicts(verifier)
-        if verifier is not None:
-            run.stop_at = verifier.stop_at
-            out.verifier = verifier.label
+        stop_reason = ""
         try:
             while True:
-                step = run.decide(answers, verdicts.confidences())
+                step = setup.plan.next(draws.answers, verdicts.confidences())
                 if step.stop:
-                    out.stop_reason = step.reason or "policy"
+                    stop_reason = step.reason or "policy"
                     break
+                current = setup.jobs[step.model]
+                billing.use_model(step.model)
+                wave = spend.waves
                 samples, stop = await self._wave(
-                    job, self._engine(job), step.wave, len(drawn), clock, billing, out, listener
+                    current, step.wave, len(draws.items), clock, billing, spend, listener
                 )
-                drawn.extend(samples)
-                answers.extend(extract(s.text) for s in samples)
-                await verdicts.score(job, samples, billing, out)
+                draws.add(step.model, samples, extract)
+                await verdicts.score(current, wave, samples, billing, spend)
                 if stop is not None:
-                    out.stop_reason = stop
+                    stop_reason = stop
                     break
         finally:
-            await self._close_run(job, billing, out, len(drawn))
+            await self._close_run(first, billing, spend, stop_reason, len(draws.items))
 
-        if not drawn:
+        if not draws.items:
             raise UpstreamTimeout("the engine returned no samples")
-        await self.policies.observe(job.tenant, job.model, policy, answers)
-        result = _aggregate(job, answers, drawn, verdicts)
+        answers = [d.answer for d in draws.items]
+        if setup.policy is not None:
+            await self.policies.observe(first.tenant, first.model, setup.policy, answers)
+        result, chosen, model = _conclude(first, draws, verdicts)
         verdicts.learn(answers, result.answer)
-        _fill(out, result, drawn)
-        out.predicted_accuracy = run.predicted_accuracy
-        return out
+        return _outcome(setup, spend, draws, verdicts, result, chosen, model, stop_reason, billing)
 
-    async def run_routed(
+    async def _setup(
         self,
-        routed: RoutedJob,
-        route: Route,
+        job: SamplingJob | RoutedJob,
         billing: Billing,
-        listener: RunListener | None = None,
-    ) -> Outcome:
-        """A routed request (controller.routing): each wave on the model the route picks; the
-        billing charges each wave to the model that drew it; the answer is the cascade's."""
-        first = routed.jobs[route.candidates[0].model]
-        out = Outcome(
-            policy=first.policy,
-            cost_unit=billing.unit,
-            model=first.model,
-            prompt_length=first.prompt_tokens,
-        )
-        costs, unit = _route_costs(routed, route, billing)
+        verifier: ServedVerifier | None,
+        route: Route | None,
+    ) -> _Setup:
+        """The run's plan: the request's policy on its one model, or the route's router."""
+        stop_at = verifier.stop_at if verifier is not None else None
+        if isinstance(job, SamplingJob):
+            policy = await self.policies.get(job.tenant, job.model, job.policy)
+            per_sample = max(billing.quote(job.prompt_tokens, job.max_tokens), 1e-12)
+            # max_cost is enforced per wave (`_fit_cost`, through Caps) on what was actually
+            # spent: a cap on drawn × worst case would stop long before the money runs out
+            caps = Caps(
+                max_samples=job.max_samples, cost_per_sample=per_sample, cost_unit=billing.unit
+            )
+            run = policy.start(caps, billing.price_of_compute())
+            run.stop_at = stop_at
+            return _Setup(ModelPlan(job.model, run), {job.model: job}, job, policy=policy)
+        if route is None:
+            raise ValueError(f"a routed job needs its route ({job.route})")
+        first = job.jobs[route.candidates[0].model]
+        costs, unit = _route_costs(job, route, billing)
         own = make_policy(first.policy).own_sample_price
         lam = route_price(own, billing.price_of_compute(), costs[first.model], unit)
-        run = route.start(costs, lam, first.max_samples, routed.cheapest_first)
-        extract = get_extractor(first.extractor)
-        answers: dict[str, list[str | None]] = {}
-        drawn: dict[str, list[Sample]] = {}
-        waves: list[tuple[str, int]] = []
-        clock = _Clock(first)
-        total = 0
-        try:
-            while True:
-                step = run.decide(answers)
-                if step.stop:
-                    out.stop_reason = step.reason or "policy"
-                    break
-                job = routed.jobs[step.model]
-                billing.use_model(step.model)
-                samples, stop = await self._wave(
-                    job, self.engines[step.model], step.wave, total, clock, billing, out, listener
-                )
-                total += len(samples)
-                drawn.setdefault(step.model, []).extend(samples)
-                answers.setdefault(step.model, []).extend(extract(s.text) for s in samples)
-                waves.append((step.model, len(samples)))
-                if stop is not None:
-                    out.stop_reason = stop
-                    break
-        finally:
-            await self._close_run(first, billing, out, total)
-
-        if not total:
-            raise UpstreamTimeout("the engine returned no samples")
-        order = list(dict.fromkeys(m for m, _ in waves))
-        last = order[-1]
-        answer = cascade_answer(answers, order)
-        mine = answers[last]
-        result = aggregate([Candidate(answer=a) for a in mine], "majority")
-        chosen = next((i for i, a in enumerate(mine) if a == answer), 0)
-        _fill(out, result, drawn[last])
-        out.answer, out.chosen_index = answer, chosen
-        out.text = drawn[last][chosen].text
-        out.logprobs = drawn[last][chosen].logprobs
-        out.finish_reason = drawn[last][chosen].finish_reason or "stop"
-        out.votes = {f"{m}:{a}": v for m in order for a, v in count_votes(answers[m]).items()}
-        out.agreement = mine.count(answer) / len(mine) if answer is not None and mine else 0.0
-        out.model = last
-        out.predicted_accuracy = run.predicted_accuracy
-        out.route = RouteReport(
-            route=route.id,
-            model=last,
-            lam=lam,
-            cost_unit=unit,
-            candidates=list(run.plans),
-            waves=waves,
-        )
-        return out
+        routing = route.start(costs, lam, first.max_samples, job.cheapest_first)
+        return _Setup(RoutePlan(routing, stop_at), job.jobs, first, route, lam, unit)
 
     async def _wave(
         self,
         job: SamplingJob,
-        engine: EngineService,
         wanted: int,
         drawn: int,
         clock: _Clock,
         billing: Billing,
-        out: Outcome,
+        spend: Spend,
         listener: RunListener | None,
     ) -> tuple[list[Sample], str | None]:
         """Reserve, draw and settle one wave of up to `wanted` samples (`drawn` so far);
-        returns its samples and why sampling must stop now (None: the policy may go on).
+        returns its samples and why sampling must stop now (None: the plan may go on).
         Raises before the first sample when not even one fits the budget or arrives in time."""
         if clock.soft_stop is not None and drawn and time.monotonic() >= clock.soft_stop:
             return [], "deadline"
         size = min(wanted, job.max_samples - drawn)
+        if size < 1:
+            return [], "max_samples"
         if job.max_cost is not None:
-            size = _fit_cost(billing, size, job, job.max_cost - out.cost)
+            size = _fit_cost(billing, size, job, job.max_cost - spend.cost)
             if size < 1:
                 if drawn:
                     return [], "max_cost"
                 size = 1  # the first sample is always tried; the ledger decides if it fits
-        asked = WaveHold(out.waves, size, job.prompt_tokens, job.max_tokens)
+        asked = WaveHold(spend.waves, size, job.prompt_tokens, job.max_tokens)
         try:
             hold = await billing.reserve(asked)
         except InsufficientQuota:
@@ -252,10 +254,10 @@ class Sampler:
         if listener is not None:
             listener.reserved()
         limit = clock.limit(drawn)
-        samples, timed_out = await self._draw(job, hold, limit, billing, out, engine)
-        out.waves += 1
+        samples, timed_out = await self._draw(job, hold, limit, billing, spend)
+        spend.waves += 1
         if listener is not None:
-            listener.wave_done(out.waves, drawn + len(samples))
+            listener.wave_done(spend.waves, drawn + len(samples))
         if timed_out:
             if not drawn and not samples:
                 raise UpstreamTimeout(f"no sample finished within {job.timeout_s:g} s")
@@ -265,12 +267,9 @@ class Sampler:
         return samples, None
 
     async def _close_run(
-        self, job: SamplingJob, billing: Billing, out: Outcome, drawn: int
+        self, job: SamplingJob, billing: Billing, spend: Spend, stop_reason: str, drawn: int
     ) -> None:
-        out.samples = drawn
-        paced = billing.price_of_compute()
-        out.price_of_compute = paced.lam if paced is not None else None
-        billing.finish(out.stop_reason, _status(sys.exc_info()[1]), out.samples)
+        billing.finish(stop_reason, _status(sys.exc_info()[1]), drawn)
         try:
             await _uncancellable(billing.close())
         except Exception:
@@ -282,10 +281,10 @@ class Sampler:
         hold: WaveHold,
         deadline: float,
         billing: Billing,
-        out: Outcome,
-        engine: EngineService,
+        spend: Spend,
     ) -> tuple[list[Sample], bool]:
         """Draw one wave and settle it whatever happens; True when the time limit cut it short."""
+        engine = self._engine(job.model)
         engine_id = f"{job.request_id}-w{hold.wave}"
         tally = WaveTally()
         samples: list[Sample] = []
@@ -312,7 +311,7 @@ class Sampler:
             # while doing so: the tenant pays for exactly the tokens the engine generated.
             unfinished = len(samples) < hold.samples
             await _uncancellable(
-                self._close_wave(job, hold, engine_id, unfinished, tally, billing, out, engine)
+                self._close_wave(job, hold, engine_id, unfinished, tally, billing, spend, engine)
             )
         return samples, timed_out
 
@@ -324,7 +323,7 @@ class Sampler:
         unfinished: bool,
         tally: WaveTally,
         billing: Billing,
-        out: Outcome,
+        spend: Spend,
         engine: EngineService,
     ) -> None:
         if unfinished:
@@ -339,9 +338,8 @@ class Sampler:
                 tally.prompt_tokens = max(tally.prompt_tokens, usage.prompt_tokens_computed)
                 tally.completion_tokens = max(tally.completion_tokens, usage.completion_tokens)
         if hold.wave == 0:  # what OpenAI's usage calls cached: the first request's cache hits
-            out.cached_prompt_tokens = max(0, job.prompt_tokens - tally.prompt_tokens)
-        out.prompt_tokens += tally.prompt_tokens
-        out.completion_tokens += tally.completion_tokens
+            spend.cached_prompt_tokens = max(0, job.prompt_tokens - tally.prompt_tokens)
+        spend.add_wave(tally)
         metrics.add_tokens(
             job.tenant, job.model, prompt=tally.prompt_tokens, completion=tally.completion_tokens
         )
@@ -349,14 +347,19 @@ class Sampler:
             cost = await billing.settle(
                 hold, prompt_tokens=tally.prompt_tokens, completion_tokens=tally.completion_tokens
             )
-        except Exception:
+        except Exception as exc:  # retried by the billing already; its hold stays in place
             log.exception("settling wave %s of %s failed", hold.wave, job.request_id)
+            spend.notes.append(f"billing of wave {hold.wave + 1} is pending ({exc})")
             return
-        out.cost += cost
-        if billing.unit == "currency":
-            metrics.add_spend(job.tenant, currency=cost)
-        elif billing.unit == "flops":
-            metrics.add_spend(job.tenant, flops=cost)
+        spend.add_cost(cost)
+        _publish_spend(job.tenant, billing.unit, cost)
+
+
+def _publish_spend(tenant: str, unit: str, cost: float) -> None:
+    if unit == "currency":
+        metrics.add_spend(tenant, currency=cost)
+    elif unit == "flops":
+        metrics.add_spend(tenant, flops=cost)
 
 
 class _Clock:
@@ -372,19 +375,6 @@ class _Clock:
         if self.soft_stop is None or not drawn:
             return self.hard_stop
         return min(self.hard_stop, self.soft_stop)
-
-
-def _fill(out: Outcome, result: AggregateResult, drawn: list[Sample]) -> None:
-    chosen = drawn[result.chosen_index if result.chosen_index is not None else 0]
-    out.text = chosen.text
-    out.logprobs = chosen.logprobs
-    out.finish_reason = chosen.finish_reason or "stop"
-    out.answer = result.answer
-    out.votes = dict(result.votes)
-    out.agreement = result.agreement
-    out.chosen_index = result.chosen_index
-    out.aggregator = result.method
-    out.note = result.note
 
 
 def _route_costs(routed: RoutedJob, route: Route, billing: Billing) -> tuple[dict[str, float], str]:
@@ -418,102 +408,220 @@ async def _uncancellable(work: Awaitable[None]) -> None:
 
 
 def _fit_cost(billing: Billing, size: int, job: SamplingJob, left: float) -> int:
-    """The largest wave ≤ size whose worst case fits in what `max_cost` leaves."""
-    while size >= 1 and billing.quote(job.prompt_tokens, size * job.max_tokens) > left:
-        size -= 1
-    return size
+    """The largest wave ≤ size whose worst case fits in what `max_cost` leaves. `Caps` turns
+    the cost cap into samples, as for any policy; a wave pays its prompt once, so the cap it
+    sees is what is left after the prompt, and a sample costs its completion's worst case."""
+    prompt = billing.quote(job.prompt_tokens, 0)
+    per_sample = max(billing.quote(0, job.max_tokens), 1e-12)
+    caps = Caps(
+        max_samples=size,
+        cost_per_sample=per_sample,
+        cost_unit=billing.unit,
+        max_cost=max(0.0, left - prompt),
+    )
+    return caps.remaining(0)[0]
 
 
 class _Verdicts:
-    """One request's verifier scores, wave by wave: scoring, billing the verifier's compute,
-    and remembering the first failure (after which nothing more is scored)."""
+    """One request's verifier scores, aligned with the draws: holding the scoring's worst case,
+    scoring, billing the verifier's compute, and remembering the first failure or refusal
+    (after which nothing more is scored and the request degrades to a plain vote)."""
 
     def __init__(self, verifier: ServedVerifier | None) -> None:
         self.verifier = verifier
         self.scores: list[float] = []
         self.error: str | None = None
-        self.calls = 0
 
     def confidences(self) -> list[float] | None:
         if self.verifier is None or self.error is not None or not self.scores:
             return None
         return self.verifier.p_correct(self.scores)
 
+    def complete(self, drawn: int) -> bool:
+        return self.verifier is not None and self.error is None and len(self.scores) == drawn
+
     async def score(
-        self, job: SamplingJob, samples: list[Sample], billing: Billing, out: Outcome
+        self, job: SamplingJob, wave: int, samples: list[Sample], billing: Billing, spend: Spend
     ) -> None:
+        """Score wave `wave`'s samples; its charge is keyed by that wave (a retry of the charge
+        cannot bill twice)."""
         verifier = self.verifier
         if verifier is None or self.error is not None or not samples:
             return
-        spent_before = verifier.spend.tokens
+        texts = [s.text for s in samples]
+        if not await self._hold(job, verifier, wave, texts, billing, spend):
+            return
+        spent_before = verifier.spend.tokens, verifier.spend.prompt_tokens
         try:
-            scored = await score_candidates(
-                verifier, job.prompt.text, [s.text for s in samples], verifier.timeout_s
-            )
+            scored = await score_candidates(verifier, job.prompt.text, texts, verifier.timeout_s)
         finally:
-            await _uncancellable(self._bill(job, verifier, spent_before, billing, out))
+            await _uncancellable(self._bill(job, verifier, wave, spent_before, billing, spend))
         if scored.scores is None:
             self.error = scored.error or f"{verifier.name}: failed"
             log.warning("verifier failed for %s: %s", job.request_id, self.error)
         else:
             self.scores.extend(scored.scores)
 
+    async def _hold(
+        self,
+        job: SamplingJob,
+        verifier: ServedVerifier,
+        wave: int,
+        texts: list[str],
+        billing: Billing,
+        spend: Spend,
+    ) -> bool:
+        """Hold the scoring's worst case before it runs (a hard budget stays hard); False,
+        with the reason kept, when the budget or `max_cost` cannot cover it."""
+        worst = verifier.worst_case(job.prompt.text, texts)
+        if worst is None or worst.model is None:
+            return True  # free: an HTTP scorer or a checker
+        quote = billing.quote(worst.prompt_tokens, worst.completion_tokens, model=worst.model)
+        if job.max_cost is not None and spend.cost + quote > job.max_cost:
+            self.error = f"max_cost leaves no room for {verifier.name}'s scoring"
+            return False
+        try:
+            await billing.hold_charge(
+                worst.model,
+                wave,
+                prompt_tokens=worst.prompt_tokens,
+                completion_tokens=worst.completion_tokens,
+            )
+        except InsufficientQuota as exc:
+            self.error = f"the budget cannot hold {verifier.name}'s scoring ({exc.message})"
+            return False
+        return True
+
     async def _bill(
         self,
         job: SamplingJob,
         verifier: ServedVerifier,
-        before: int,
+        wave: int,
+        before: tuple[int, int],
         billing: Billing,
-        out: Outcome,
+        spend: Spend,
     ) -> None:
         """Charge the tokens this call read and wrote (also when it failed part-way)."""
-        spend = verifier.spend
-        tokens = spend.tokens - before
-        out.verifier_tokens = spend.tokens
-        if spend.model is None or tokens <= 0:
+        tokens_before, prompt_before = before
+        used = verifier.spend
+        tokens = used.tokens - tokens_before
+        spend.verifier_tokens += max(0, tokens)
+        if used.model is None:
             return
-        self.calls += 1
+        prompt = used.prompt_tokens - prompt_before
         try:
             cost = await billing.charge(
-                spend.model,
-                self.calls,
-                prompt_tokens=spend.prompt_tokens - out.verifier_billed_prompt,
-                completion_tokens=spend.completion_tokens - out.verifier_billed_completion,
+                used.model, wave, prompt_tokens=prompt, completion_tokens=tokens - prompt
             )
-        except Exception:
-            log.exception("billing the verifier of %s failed", out.verifier)
+        except Exception as exc:  # retried by the billing already; its hold stays in place
+            log.exception("billing the verifier of %s failed", job.request_id)
+            spend.notes.append(f"billing of {verifier.name}'s scoring is pending ({exc})")
             return
-        out.verifier_billed_prompt = spend.prompt_tokens
-        out.verifier_billed_completion = spend.completion_tokens
-        out.cost += cost
-        out.verifier_cost += cost
-        if billing.unit == "currency":
-            metrics.add_spend(job.tenant, currency=cost)
-        elif billing.unit == "flops":
-            metrics.add_spend(job.tenant, flops=cost)
+        spend.add_cost(cost, verifier=True)
+        _publish_spend(job.tenant, billing.unit, cost)
 
     def learn(self, answers: list[str | None], final: str | None) -> None:
         """Refresh the calibration from this request (agreement with a clear answer)."""
-        if self.verifier is not None and self.error is None and len(self.scores) == len(answers):
+        if self.verifier is not None and self.complete(len(answers)):
             self.verifier.score_map.observe(self.scores, answers, final)
 
 
+def _conclude(
+    job: SamplingJob, draws: Draws, verdicts: _Verdicts
+) -> tuple[AggregateResult, Sample, str]:
+    """The answer: aggregated over the answering model's samples (the last model that drew;
+    a single model's are all of them), with their scores. A route's majority lets earlier
+    models break the answering model's ties (controller.routing.cascade_answer)."""
+    model = draws.items[-1].model
+    mine = [i for i, d in enumerate(draws.items) if d.model == model]
+    answers = [draws.items[i].answer for i in mine]
+    samples = [draws.items[i].sample for i in mine]
+    scores = [verdicts.scores[i] for i in mine] if verdicts.complete(len(draws.items)) else None
+    result = _aggregate(job, answers, samples, scores, verdicts)
+    if len(draws.order) > 1 and result.method == "majority":
+        answer = cascade_answer(draws.answers, draws.order)
+        if answer is not None and answer != result.answer:
+            index = answers.index(answer)
+            agreement = answers.count(answer) / len(answers)
+            result = replace(result, answer=answer, chosen_index=index, agreement=agreement)
+    chosen = samples[result.chosen_index if result.chosen_index is not None else 0]
+    return result, chosen, model
+
+
 def _aggregate(
-    job: SamplingJob, answers: list[str | None], drawn: list[Sample], verdicts: _Verdicts
+    job: SamplingJob,
+    answers: list[str | None],
+    samples: list[Sample],
+    scores: list[float] | None,
+    verdicts: _Verdicts,
 ) -> AggregateResult:
-    """Vote over the drawn samples with their scores. Verifier methods without a verifier, or
-    whose verifier failed, fall back to majority and the result's note says why."""
+    """Vote over the samples with their scores. Verifier methods without a verifier, or whose
+    verifier failed (or whose scoring the budget refused), fall back to majority and the
+    result's note says why."""
     error = verdicts.error
-    complete = error is None and verdicts.verifier is not None
-    scores = verdicts.scores if complete and len(verdicts.scores) == len(drawn) else None
     if job.aggregator in VERIFIED_METHODS and verdicts.verifier is None:
         error = "no verifier is configured for this tenant"
     candidates = [
         Candidate(answer=a, logprob=s.mean_logprob, score=scores[i] if scores else None)
-        for i, (a, s) in enumerate(zip(answers, drawn, strict=True))
+        for i, (a, s) in enumerate(zip(answers, samples, strict=True))
     ]
     result = aggregate(candidates, job.aggregator, verifier_error=error)
     if error is not None and verdicts.verifier is not None and not result.degraded:
-        note = f"verifier failed ({error}); the returned text is the first with the answer"
+        note = f"verifier not used ({error}); the returned text is the first with the answer"
         result = replace(result, note=note)
     return result
+
+
+def _outcome(
+    setup: _Setup,
+    spend: Spend,
+    draws: Draws,
+    verdicts: _Verdicts,
+    result: AggregateResult,
+    chosen: Sample,
+    model: str,
+    stop_reason: str,
+    billing: Billing,
+) -> Outcome:
+    """The one place an `Outcome` is made: the run's spend, the answer and how it was reached."""
+    first = setup.first
+    paced = billing.price_of_compute()
+    notes = [n for n in (result.note, *spend.notes) if n]
+    report = None
+    if setup.route is not None:
+        report = RouteReport(
+            route=setup.route.id,
+            model=model,
+            lam=setup.lam,
+            cost_unit=setup.unit,
+            candidates=setup.plan.candidates,
+            waves=list(draws.waves),
+        )
+    return Outcome(
+        text=chosen.text,
+        finish_reason=chosen.finish_reason or "stop",
+        answer=result.answer,
+        samples=len(draws.items),
+        waves=spend.waves,
+        votes=dict(result.votes),
+        agreement=result.agreement,
+        predicted_accuracy=setup.plan.predicted_accuracy,
+        cost=spend.cost,
+        stop_reason=stop_reason,
+        policy=first.policy,
+        prompt_tokens=spend.prompt_tokens,
+        completion_tokens=spend.completion_tokens,
+        chosen_index=result.chosen_index,
+        price_of_compute=paced.lam if paced is not None else None,
+        cost_unit=billing.unit,
+        aggregator=result.method,
+        note="; ".join(notes) if notes else None,
+        model=model,
+        route=report,
+        verifier=verdicts.verifier.label if verdicts.verifier is not None else None,
+        verifier_tokens=spend.verifier_tokens,
+        verifier_cost=spend.verifier_cost,
+        prompt_length=first.prompt_tokens,
+        cached_prompt_tokens=spend.cached_prompt_tokens,
+        logprobs=chosen.logprobs,
+    )

@@ -106,19 +106,20 @@ class RunGroup:
     # -- running -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        route = self.route
+        jobs: list[SamplingJob | RoutedJob] = list(self.jobs)
         self.tasks = [
             asyncio.create_task(
-                self.sampler.run_routed(job, route, billing, self)
-                if isinstance(job, RoutedJob) and route is not None
-                else self.sampler.run(job, billing, self, self._verifier(job))  # type: ignore[arg-type]
+                self.sampler.run(job, billing, self, self._verifier(job), self.route)
             )
-            for job, billing in zip(self.jobs, self.billings, strict=True)
+            for job, billing in zip(jobs, self.billings, strict=True)
         ]
 
-    def _verifier(self, job: SamplingJob) -> ServedVerifier | None:
+    def _verifier(self, job: SamplingJob | RoutedJob) -> ServedVerifier | None:
         """The job's verifier (one per job: each bills its own spend), or None when the
-        tenant has none or the job cannot use one (logprob-weighted votes)."""
+        tenant has none or the job cannot use one (logprob-weighted votes). A routed job's
+        candidates share their controller names: the first one's say."""
+        if isinstance(job, RoutedJob):
+            job = next(iter(job.jobs.values()))
         if job.aggregator == "logprob":
             return None
         try:
@@ -398,12 +399,19 @@ class Reply:
         prefix = self.echo[i // self.per_prompt] if self.echo and self.kind == "text" else ""
         return prefix + outcome.text
 
+    def answered_by(self, outcomes: list[Outcome]) -> str:
+        """The response's `model`: the model asked for, or for a route the model that answered
+        (its first answer's; `t2.route` names each), as OpenRouter's auto router reports it."""
+        first = outcomes[0] if outcomes else None
+        return first.model if first is not None and first.route is not None else self.model
+
     def response(self, outcomes: list[Outcome]) -> ChatCompletionResponse | CompletionResponse:
+        model = self.answered_by(outcomes)
         if self.kind == "chat":
             return ChatCompletionResponse(
                 id=self.id,
                 created=self.created,
-                model=self.model,
+                model=model,
                 choices=[
                     ChatChoice(
                         index=i,
@@ -419,7 +427,7 @@ class Reply:
         return CompletionResponse(
             id=self.id,
             created=self.created,
-            model=self.model,
+            model=model,
             choices=[
                 CompletionChoice(
                     index=i,
@@ -534,6 +542,7 @@ async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncItera
             yield StreamError(exc)
             yield Done()
             return
+        req.model = req.answered_by(outcomes)  # a route's answering model, from here on
         ttft: float | None = None
         for i, outcome in enumerate(outcomes):
             offset = 0

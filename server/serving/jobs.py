@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import jsonschema
@@ -30,13 +31,32 @@ from server.api.protocol import (
     T2Options,
 )
 from server.config import AppConfig, RouteConfig, TenantConfig
-from server.engine.base import GenerationOptions, StructuredOutput
+from server.engine.base import GenerationOptions, Prompt, StructuredOutput
 from server.engine.service import EngineService
 from server.errors import APIError, bad_request
 from server.sampling import RoutedJob, SamplingJob, check_controller_names, samples_named
 
 if TYPE_CHECKING:
     from server.serving.state import ServingState
+
+
+@dataclass(frozen=True)
+class _Controller:
+    """A request's controller names (request `t2` → tenant → defaults) and its output options."""
+
+    policy: str
+    aggregator: str
+    extractor: str
+    verifier: str | None
+    options: GenerationOptions
+    json_field: str | None
+
+
+@dataclass(frozen=True)
+class _Caps:
+    max_samples: int
+    max_cost: float | None
+    deadline_ms: int | None
 
 
 def resolve_job(
@@ -49,6 +69,42 @@ def resolve_job(
     prompt_param: str,
 ) -> SamplingJob:
     """The job for one prompt of `body`; `prompt_param` names the field it came from."""
+    names = _controller(config, engine, tenant, body)
+    caps = _caps(config, tenant, body, names.policy)
+    _check_seed(engine, body)
+    tokens, max_tokens = _fit_context(config, engine, body, prompt, prompt_param)
+    if names.options.min_tokens > max_tokens:
+        raise bad_request(
+            f"min_tokens ({names.options.min_tokens}) exceeds max_tokens ({max_tokens}).",
+            param="min_tokens",
+        )
+    return SamplingJob(
+        request_id=request_id,
+        tenant=tenant.id,
+        model=body.model,
+        prompt=tokens,
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_list(),
+        seed=body.seed,
+        policy=names.policy,
+        aggregator=names.aggregator,
+        extractor=names.extractor,
+        max_samples=caps.max_samples,
+        max_cost=caps.max_cost,
+        deadline_ms=caps.deadline_ms,
+        timeout_s=config.server.request_timeout_s,
+        verifier=names.verifier,
+        options=names.options,
+        json_field=names.json_field,
+    )
+
+
+def _controller(
+    config: AppConfig, engine: EngineService, tenant: TenantConfig, body: SamplingRequest
+) -> _Controller:
+    """The controller names, checked (400 naming the `t2` field), and the output options."""
     defaults = config.defaults
     opts = body.t2
     policy = (opts and opts.policy) or tenant.policy or defaults.policy
@@ -69,7 +125,13 @@ def resolve_job(
         extractor = "json_field"  # JSON output and a named field: the vote runs over that field
     else:
         json_field = None
+    return _Controller(policy, aggregator, extractor, verifier, options, json_field)
 
+
+def _caps(config: AppConfig, tenant: TenantConfig, body: SamplingRequest, policy: str) -> _Caps:
+    """The request's caps: it may lower the tenant's, and raise them only where allowed."""
+    defaults = config.defaults
+    opts = body.t2
     cap_samples = tenant.max_samples or defaults.max_samples
     cap_cost = tenant.max_cost if tenant.max_cost is not None else defaults.max_cost
     cap_deadline = tenant.deadline_ms if tenant.deadline_ms is not None else defaults.deadline_ms
@@ -88,7 +150,14 @@ def resolve_job(
         max_samples = 1
     max_cost = _capped(opts.max_cost if opts else None, cap_cost, "max_cost", tenant)
     deadline_ms = _capped(opts.deadline_ms if opts else None, cap_deadline, "deadline_ms", tenant)
+    return _Caps(
+        int(max_samples) if max_samples is not None else cap_samples,
+        max_cost,
+        int(deadline_ms) if deadline_ms is not None else None,
+    )
 
+
+def _check_seed(engine: EngineService, body: SamplingRequest) -> None:
     if body.seed is not None and not engine.honours_seed():
         raise APIError(
             400,
@@ -97,6 +166,16 @@ def resolve_job(
             param="seed",
             code="unsupported_parameter",
         )
+
+
+def _fit_context(
+    config: AppConfig,
+    engine: EngineService,
+    body: SamplingRequest,
+    prompt: str,
+    prompt_param: str,
+) -> tuple[Prompt, int]:
+    """The prompt tokenized once, and max_tokens; 400 when they exceed the model's context."""
     context = engine.max_model_len()
     if len(prompt) > engine.max_prompt_chars():  # refused without spending seconds tokenizing
         raise bad_request(
@@ -121,33 +200,7 @@ def resolve_job(
             param="max_tokens",
             code="context_length_exceeded",
         )
-    max_tokens = requested or min(defaults.max_tokens, context - tokens.tokens)
-    if options.min_tokens > max_tokens:
-        raise bad_request(
-            f"min_tokens ({options.min_tokens}) exceeds max_tokens ({max_tokens}).",
-            param="min_tokens",
-        )
-    return SamplingJob(
-        request_id=request_id,
-        tenant=tenant.id,
-        model=body.model,
-        prompt=tokens,
-        max_tokens=max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop_list(),
-        seed=body.seed,
-        policy=policy,
-        aggregator=aggregator,
-        extractor=extractor,
-        max_samples=int(max_samples) if max_samples is not None else cap_samples,
-        max_cost=max_cost,
-        deadline_ms=int(deadline_ms) if deadline_ms is not None else None,
-        timeout_s=config.server.request_timeout_s,
-        verifier=verifier,
-        options=options,
-        json_field=json_field,
-    )
+    return tokens, requested or min(config.defaults.max_tokens, context - tokens.tokens)
 
 
 def routed_job(
@@ -162,21 +215,14 @@ def routed_job(
     """The jobs of one prompt of a routed request, one per candidate (each model tokenizes
     and checks the context itself). A route runs the T² router, so its policy is t2 (the
     request's, the route's, the tenant's or the default t2 spec; its λ prices a sample of the
-    first candidate) and its answer a majority vote: other names are a 400 naming the field."""
+    first candidate): another policy is a 400 naming the field. Every aggregator works on a
+    route as on one model (over the answering model's samples)."""
     opts = body.t2
     if opts is not None and opts.policy is not None and not _is_t2(opts.policy):
         raise bad_request(
             f"The model '{route.id}' is a route, which runs the t2 router; t2.policy must be "
             f"'t2' or 't2:...', not {opts.policy!r}.",
             param="t2.policy",
-            code="invalid_t2_option",
-        )
-    aggregator = (opts and opts.aggregator) or tenant.aggregator or state.config.defaults.aggregator
-    if aggregator != "majority":
-        raise bad_request(
-            f"The model '{route.id}' is a route, whose answer is a majority vote (controller."
-            f"routing.cascade_answer); t2.aggregator {aggregator!r} is not supported there.",
-            param="t2.aggregator",
             code="invalid_t2_option",
         )
     fallback = tenant.policy or state.config.defaults.policy
@@ -199,7 +245,6 @@ def _is_t2(spec: str) -> bool:
 
 def _no_options() -> T2Options:
     return T2Options()
-
 
 
 def generation_options(engine: EngineService, body: SamplingRequest) -> GenerationOptions:

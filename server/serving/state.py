@@ -25,7 +25,7 @@ from server.engine.service import EngineService
 from server.errors import APIError, ConfigError
 from server.sampling import Sampler
 from server.sampling.policies import policy_book
-from server.serving.routes import route_table
+from server.serving.route_table import route_table
 from server.verifiers import VerifierBook
 
 log = logging.getLogger("t2serve.serving")

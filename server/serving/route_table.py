@@ -1,4 +1,5 @@
-"""The config's routes as the controller's `Route`s, built once per process.
+"""The config's T² routes (a model id that routes between served models) as the controller's
+`Route`s, built once per process. Not to be confused with HTTP routes (server/api/router.py).
 
 A route's members are served models with calibrated curves (their `curves:` file, else
 `<model dir>/curves.json`); its vote statistics are measured on those curves' calibration
