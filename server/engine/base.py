@@ -35,6 +35,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     top_logprobs: int | None = None  # None: no per-token logprobs; k: the sampled token's + top k
     structured: StructuredOutput | None = None
+    # Each sample's `cumulative_logprob` (logprob votes, yes/no judges): off, the engine
+    # computes no logprobs at all and `Sample.cumulative_logprob` is None.
+    sample_logprob: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class GenerationOptions:
     ignore_eos: bool = False
     top_logprobs: int | None = None
     structured: StructuredOutput | None = None
+    sample_logprob: bool = False  # set by the job when its aggregator weighs samples by logprob
 
 
 @dataclass(frozen=True)
