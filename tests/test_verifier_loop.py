@@ -5,6 +5,7 @@ and the text a vote returns."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from controller.aggregate import Candidate, ProgrammaticVerifier, aggregate
 from controller.aggregate.calibrate import IsotonicCalibrator, TrafficCalibrator
@@ -126,7 +127,12 @@ def test_vote_score_combines_votes_and_the_best_score() -> None:
 async def test_only_a_yes_no_judge_asks_its_engine_for_logprobs() -> None:
     """A yes/no judge reads its confidence from the reply's logprob; the other reads need none,
     so their engine computes none."""
-    for read, asked in (("yes_no", True), ("text", False), ("answer", False)):
+    reads: tuple[tuple[Literal["text", "yes_no", "answer"], bool], ...] = (
+        ("yes_no", True),
+        ("text", False),
+        ("answer", False),
+    )
+    for read, asked in reads:
         engine = ScriptedEngine(cycle("yes 1"))
         judge = JudgeVerifier(
             EngineService("judge-model", {}, engine),
