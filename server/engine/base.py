@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Unpack, runtime_checkable
+
+if TYPE_CHECKING:
+    from server.engine.params import ParamOverrides
 
 
 @dataclass(frozen=True)
@@ -194,17 +197,8 @@ class SampleEngine(Protocol):
         """Requests this process has sent and not yet seen finish (the queue-depth metric)."""
         ...
 
-    def params(
-        self,
-        *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        stop: list[str] | tuple[str, ...] | None = None,
-        seed: int | None = None,
-        ignore_eos: bool = False,
-    ) -> SamplingParams:
-        """The config's defaults overridden by whatever the request set (None = default)."""
+    def params(self, **overrides: Unpack[ParamOverrides]) -> SamplingParams:
+        """The config's defaults overridden by whatever the caller set (None = default)."""
         ...
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
