@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import AsyncGenerator, Iterator
@@ -201,9 +202,21 @@ class InProcessEngine(PromptingMixin):
 
     # -- sampling ----------------------------------------------------------------------------
 
-    def _vllm_params(self, params: SamplingParams, n: int, index: int = 0) -> Any:
-        """vLLM's params for sample `index` of n: one engine request each (see `sample`), with
-        the seed vLLM itself would give child `index` of an n-sample request (seed + index)."""
+    def _vllm_params(self, params: SamplingParams, n: int) -> list[Any]:
+        """vLLM's params for each of n samples, one engine request each (see `sample`): the
+        same object for all (vLLM copies a request's params), or with a seed, the seed vLLM
+        itself gives child i of an n-sample request (seed + i)."""
+        base = self._vllm_base_params(params, n)
+        if params.seed is None:
+            return [base] * n
+        children = [base]
+        for index in range(1, n):
+            child = copy.copy(base)
+            child.seed = params.seed + index
+            children.append(child)
+        return children
+
+    def _vllm_base_params(self, params: SamplingParams, n: int) -> Any:
         from vllm import SamplingParams as VllmSamplingParams
         from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind
@@ -219,7 +232,7 @@ class InProcessEngine(PromptingMixin):
                 top_p=params.top_p,
                 max_tokens=params.max_tokens,
                 stop=list(params.stop) or None,
-                seed=None if params.seed is None else params.seed + index,
+                seed=params.seed,
                 ignore_eos=params.ignore_eos,
                 logprobs=logprobs_asked(params),
                 top_k=params.top_k,
@@ -255,7 +268,7 @@ class InProcessEngine(PromptingMixin):
             raise EngineDead("the engine is not running")
         validate_params(params, n)
         ready = self.prepared(prompt, params.max_tokens, self._max_model_len)
-        children = [self._vllm_params(params, n, i) for i in range(n)]
+        children = self._vllm_params(params, n)
         tracker = _SampleTracker(
             self._usage_for(request_id, ready.tokens), request_id, params.top_logprobs
         )
@@ -323,14 +336,13 @@ class _Children:
 
     async def next_finished(self) -> list[Sample]:
         """The samples that finished next (one wait, however many samples are running)."""
-        if len(self.pending) == 1 and not self._gets:  # one sample: no task needed
-            [(index, collector)] = self.pending.items()
-            out = await _final(collector)
-            del self.pending[index]
-            return self.tracker.take(out, index)
-        for index, collector in self.pending.items():
-            if index not in self._gets.values():
-                self._gets[asyncio.ensure_future(_final(collector))] = index
+        if not self._gets:
+            if len(self.pending) == 1:  # one sample: no task needed
+                [(index, collector)] = self.pending.items()
+                out = await _final(collector)
+                del self.pending[index]
+                return self.tracker.take(out, index)
+            self._gets = {asyncio.ensure_future(_final(c)): i for i, c in self.pending.items()}
         done, _ = await asyncio.wait(self._gets, return_when=asyncio.FIRST_COMPLETED)
         finished: list[Sample] = []
         for get in done:
