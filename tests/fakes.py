@@ -17,13 +17,14 @@ from typing import Unpack
 from server.engine.base import (
     CacheStats,
     Capabilities,
+    ParamOverrides,
     Prompt,
     RequestUsage,
     Sample,
     SamplingParams,
 )
 from server.engine.config import SamplingDefaults
-from server.engine.params import ParamOverrides, check_context, resolve_params
+from server.engine.params import check_context, resolve_params
 from server.errors import EngineDead
 
 Script = Callable[[int], str]

@@ -1,9 +1,10 @@
 """The one interface the server samples through, whatever runs the model.
 
 `SampleEngine` is what the sampling loop calls (through `server.engine.service.EngineService`):
-draw `n` samples of one prompt as a single engine request (`sample`), stream them back as they
+draw `n` samples of one prompt under one engine request id (`sample`), stream them back as they
 finish, and `abort` the rest when the policy stops, the client leaves or a deadline passes. A
-wave of w samples is one request with n=w; later waves
+wave of w samples is one request id (the in-process engine sends each sample as its own vLLM
+request under it, the remote one a request with n=w); later waves
 of the same prompt find its KV blocks in the prefix cache, which `Sample.prompt_tokens_computed`
 reports so billing charges only what the engine actually computed.
 """
@@ -12,10 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, Unpack, runtime_checkable
-
-if TYPE_CHECKING:
-    from server.engine.params import ParamOverrides
+from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -41,6 +39,18 @@ class SamplingParams:
     # Each sample's `cumulative_logprob` (logprob votes, yes/no judges): off, the engine
     # computes no logprobs at all and `Sample.cumulative_logprob` is None.
     sample_logprob: bool = False
+
+
+class ParamOverrides(TypedDict, total=False):
+    """What a caller may set over the config's sampling defaults (None: the default). The one
+    definition of `SampleEngine.params`'s keywords, for every backend and test double."""
+
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    stop: list[str] | tuple[str, ...] | None
+    seed: int | None
+    ignore_eos: bool
 
 
 @dataclass(frozen=True)
@@ -224,7 +234,7 @@ class SampleEngine(Protocol):
     def sample(
         self, prompt: str | Prompt, n: int, params: SamplingParams, request_id: str
     ) -> AsyncGenerator[Sample, None]:
-        """Draw n samples of `prompt` as ONE engine request; yield each as it finishes.
+        """Draw n samples of `prompt` under ONE request id; yield each as it finishes.
 
         A text prompt is tokenized and checked against the context here (PromptTooLong); a
         `Prompt` from `tokenize` is used as it is. Raises InvalidSamplingParam before anything

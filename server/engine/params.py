@@ -4,26 +4,14 @@ them so a bad value becomes `InvalidSamplingParam` (400) rather than an engine-s
 from __future__ import annotations
 
 import math
-from typing import Any, TypedDict, Unpack
+from typing import Any, Unpack
 
-from server.engine.base import Prompt, SamplingParams
+from server.engine.base import ParamOverrides, Prompt, SamplingParams
 from server.engine.config import EngineConfig, SamplingDefaults
 from server.errors import InvalidSamplingParam, PromptTooLong
 
 MAX_STOP_SEQUENCES = 16
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit, and vLLM's default max_logprobs
-
-
-class ParamOverrides(TypedDict, total=False):
-    """What a caller may set over the config's sampling defaults (None: the default). The one
-    definition of `SampleEngine.params`'s keywords, for every backend and test double."""
-
-    max_tokens: int | None
-    temperature: float | None
-    top_p: float | None
-    stop: list[str] | tuple[str, ...] | None
-    seed: int | None
-    ignore_eos: bool
 
 
 def resolve_params(
