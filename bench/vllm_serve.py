@@ -147,7 +147,9 @@ def t2serve_command(port: int, workdir: Path) -> list[str]:
         "demo": True,
         "server": {"host": "127.0.0.1", "port": port, "request_timeout_s": 600},
         "models": [{"id": MODEL, "path": str(MODEL_DIR)}],
-        "engine": {"kv_cache_memory_bytes": KV_BYTES, "max_num_seqs": 128},
+        # vLLM's server compiles the model (torch.compile; CUDA graphs on a GPU) unless told
+        # `--enforce-eager`; t2serve's engine defaults to eager. Same engine on both sides.
+        "engine": {"kv_cache_memory_bytes": KV_BYTES, "max_num_seqs": 128, "enforce_eager": False},
         "defaults": {"max_samples": 16, "max_tokens": OUTPUT_LEN},
         "tenants": [{"id": "bench", "api_keys": [{"plain": KEY}], "allow_raising_caps": True}],
     }

@@ -30,6 +30,7 @@ from controller.aggregate import ProgrammaticVerifier, Verifier, get_extractor
 from controller.aggregate.checkers import get_checker
 from controller.aggregate.score_map import IsotonicScoreMap, TrafficScoreMap
 from server.config import TenantConfig, VerifierConfig
+from server.engine.base import GenerationOptions
 from server.errors import VerifierError
 
 if TYPE_CHECKING:
@@ -152,7 +153,13 @@ class JudgeVerifier:
     async def _ask(self, prompt_text: str) -> tuple[str, float]:
         prompt = self.engine.tokenize(prompt_text)
         params = self.engine.params(
-            max_tokens=self.cfg.max_tokens, temperature=0.0, top_p=None, stop=[], seed=None, wave=0
+            max_tokens=self.cfg.max_tokens,
+            temperature=0.0,
+            top_p=None,
+            stop=[],
+            seed=None,
+            wave=0,
+            options=GenerationOptions(sample_logprob=self.cfg.read == "yes_no"),  # its confidence
         )
         self._calls += 1
         rid = f"judge-{id(self)}-{self._calls}"

@@ -12,16 +12,19 @@ import asyncio
 import itertools
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
+from typing import Unpack
 
 from server.engine.base import (
     CacheStats,
     Capabilities,
+    ParamOverrides,
     Prompt,
     RequestUsage,
     Sample,
     SamplingParams,
 )
-from server.engine.params import check_context
+from server.engine.config import SamplingDefaults
+from server.engine.params import check_context, resolve_params
 from server.errors import EngineDead
 
 Script = Callable[[int], str]
@@ -86,24 +89,8 @@ class ScriptedEngine:
     def num_unfinished(self) -> int:
         return self._running
 
-    def params(
-        self,
-        *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        stop: list[str] | tuple[str, ...] | None = None,
-        seed: int | None = None,
-        ignore_eos: bool = False,
-    ) -> SamplingParams:
-        return SamplingParams(
-            temperature=1.0 if temperature is None else temperature,
-            top_p=1.0 if top_p is None else top_p,
-            max_tokens=32 if max_tokens is None else max_tokens,
-            stop=tuple(stop or ()),
-            seed=seed,
-            ignore_eos=ignore_eos,
-        )
+    def params(self, **overrides: Unpack[ParamOverrides]) -> SamplingParams:
+        return resolve_params(SamplingDefaults(), **overrides)
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
         return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -67,22 +68,55 @@ def test_chat_template_renders_the_trained_format(engine: SampleEngine) -> None:
 @pytest.mark.parametrize("n", [1, 8])
 async def test_sampling_counts_and_token_accounting(engine: SampleEngine, n: int) -> None:
     prompt = fresh_prompt(engine)
-    params = engine.params(max_tokens=32, seed=11)
+    params = replace(engine.params(max_tokens=32, seed=11), sample_logprob=True)
     generated_before = vllm_counter("vllm:generation_tokens_total")
-    samples = await draw(engine, prompt, n, params)
+    rid = uuid.uuid4().hex
+    arrived = await draw_with_id(engine, prompt, n, params, rid)
+    samples = sorted(arrived, key=lambda s: s.index)
     generated = vllm_counter("vllm:generation_tokens_total") - generated_before
     assert [s.index for s in samples] == list(range(n))
     assert sum(s.completion_tokens for s in samples) == generated  # vLLM's own count
     prompt_tokens = engine.count_tokens(prompt)
+    # A fresh prompt: the request reused nothing (its later samples may reuse its first's
+    # blocks; the request's figure, on its last sample, is what the first computed).
+    usage = engine.request_usage(rid)
+    assert usage is not None and usage.prompt_tokens_computed == prompt_tokens
+    assert arrived[-1].cached_prompt_tokens == 0
+    assert arrived[-1].prompt_tokens_computed == prompt_tokens
     for s in samples:
         assert s.prompt_tokens == prompt_tokens
-        assert s.cached_prompt_tokens == 0  # a fresh prompt: nothing to reuse
-        assert s.prompt_tokens_computed == prompt_tokens
         assert s.finish_reason in {"stop", "length"}
         assert 1 <= s.completion_tokens <= 32
         assert s.completion_tokens >= visible_completion_tokens(engine, s)
         assert s.cumulative_logprob is not None and s.cumulative_logprob <= 0
         assert s.mean_logprob is not None
+
+
+async def test_logprobs_are_computed_only_when_asked(engine: SampleEngine) -> None:
+    prompt = fresh_prompt(engine)
+    plain = await draw(engine, prompt, 2, engine.params(max_tokens=8, seed=5))
+    assert all(s.cumulative_logprob is None and s.mean_logprob is None for s in plain)
+    assert all(s.logprobs is None for s in plain)
+    weighed = await draw(
+        engine, prompt, 2, replace(engine.params(max_tokens=8, seed=5), sample_logprob=True)
+    )
+    assert [s.text for s in weighed] == [s.text for s in plain]  # the same samples, now weighed
+    assert all(s.mean_logprob is not None and s.mean_logprob <= 0 for s in weighed)
+
+
+async def test_a_sample_arrives_as_soon_as_it_finishes(engine: SampleEngine) -> None:
+    """Final outputs only, and still each sample when it is done: vLLM's n > 1 with final
+    outputs would hold the first until the last finished."""
+    await wait_idle(engine)
+    prompt = fresh_prompt(engine)
+    room = engine.max_model_len - engine.count_tokens(prompt)
+    stream = engine.sample(prompt, 8, engine.params(max_tokens=room, seed=7), uuid.uuid4().hex)
+    first = await stream.__anext__()
+    unfinished = engine.num_unfinished
+    rest = [s async for s in stream]
+    lengths = [s.completion_tokens for s in (first, *rest)]
+    assert len(lengths) == 8 and min(lengths) < max(lengths)  # samples of different lengths
+    assert unfinished > 0, lengths  # the others were still generating
 
 
 async def test_the_model_answers_in_its_trained_format(engine: SampleEngine) -> None:
@@ -111,18 +145,18 @@ async def test_a_second_wave_hits_the_prefix_cache(engine: SampleEngine) -> None
     prompt_tokens = engine.count_tokens(prompt)
     assert prompt_tokens > 32
     before = engine.cache_stats()
-    wave1 = await draw(engine, prompt, 2, engine.params())
+    wave1 = await draw_with_id(engine, prompt, 2, engine.params(), uuid.uuid4().hex)
     await asyncio.sleep(0.2)  # scheduler stats ride on the next engine output
     mid = engine.cache_stats()
-    wave2 = await draw(engine, prompt, 2, engine.params())
+    wave2 = await draw_with_id(engine, prompt, 2, engine.params(), uuid.uuid4().hex)
     await wait_idle(engine)
     after = engine.cache_stats()
-    assert wave1[0].cached_prompt_tokens == 0
+    assert wave1[-1].cached_prompt_tokens == 0  # the request's figure: its last sample's
     # Full blocks only: the reused part is a multiple of the 32-token block size.
-    reused = wave2[0].cached_prompt_tokens
+    reused = wave2[-1].cached_prompt_tokens
     assert reused >= 32 and reused % 32 == 0
-    assert all(s.cached_prompt_tokens == reused for s in wave2)
-    assert wave2[0].prompt_tokens_computed == prompt_tokens - reused
+    assert all(s.cached_prompt_tokens >= reused for s in wave2)
+    assert wave2[-1].prompt_tokens_computed == prompt_tokens - reused
     # The engine's own prefix-cache counters agree.
     assert mid.queries - before.queries >= prompt_tokens
     assert after.hits - mid.hits >= reused
@@ -183,6 +217,33 @@ async def test_leaving_the_stream_early_aborts_in_the_engine(engine: SampleEngin
     # Left to run, the four samples would have generated 4 × max_tokens tokens.
     generated = vllm_counter("vllm:generation_tokens_total") - generated_before
     assert 0 < generated < 4 * max_tokens, (generated, max_tokens)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+async def test_an_aborted_sample_bills_every_token_it_generated(
+    engine: SampleEngine, n: int
+) -> None:
+    """Final outputs only: an aborted sample's tokens come with the final output vLLM hands
+    it on abort, and they match vLLM's own count of tokens generated."""
+    await wait_idle(engine)
+    prompt = fresh_prompt(engine)
+    max_tokens = engine.max_model_len - engine.count_tokens(prompt)
+    params = engine.params(max_tokens=max_tokens, ignore_eos=True)
+    rid = f"billed-{uuid.uuid4().hex}"
+    before = vllm_counter("vllm:generation_tokens_total")
+    stream = engine.sample(prompt, n, params, rid)
+    task = asyncio.ensure_future(stream.__anext__())
+    await wait_for(lambda: vllm_counter("vllm:generation_tokens_total") - before >= 8 * n)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await stream.aclose()
+    usage = engine.request_usage(rid)  # complete once the stream is closed: nothing to wait for
+    assert usage is not None and usage.samples == 0
+    assert usage.extra.get("aborted_samples") == n
+    assert 8 * n <= usage.completion_tokens < n * max_tokens
+    await wait_idle(engine)
+    assert usage.completion_tokens == vllm_counter("vllm:generation_tokens_total") - before
 
 
 async def test_a_prompt_longer_than_the_context_is_a_typed_error(engine: SampleEngine) -> None:

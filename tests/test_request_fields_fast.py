@@ -71,6 +71,18 @@ async def test_every_wave_gets_the_fields(
         assert p.top_logprobs is None and p.structured is None
 
 
+@pytest.mark.parametrize(("aggregator", "asked"), [("majority", False), ("logprob", True)])
+async def test_sample_logprobs_are_asked_only_for_a_logprob_vote(
+    served: tuple[httpx.AsyncClient, ScriptedEngine], aggregator: str, asked: bool
+) -> None:
+    http, engine = served
+    body = chat()
+    body["t2"] = {**body["t2"], "aggregator": aggregator}
+    r = await http.post("/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert engine.calls and all(c.params.sample_logprob is asked for c in engine.calls)
+
+
 async def test_response_format_and_json_field_vote(
     served: tuple[httpx.AsyncClient, ScriptedEngine],
 ) -> None:

@@ -5,13 +5,15 @@ and the text a vote returns."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from controller.aggregate import Candidate, ProgrammaticVerifier, aggregate
 from controller.aggregate.checkers import chain_steps
 from controller.aggregate.score_map import IsotonicScoreMap, TrafficScoreMap
 from server.config import VerifierConfig
+from server.engine.service import EngineService
 from server.errors import VerifierError
-from server.verifiers import ServedVerifier, VerifierSpend
+from server.verifiers import JudgeVerifier, ServedVerifier, VerifierSpend
 from tests.fakes import ScriptedEngine, cycle
 from tests.test_sampling_loop import RecordingBilling, job, make
 
@@ -120,3 +122,23 @@ def test_vote_score_combines_votes_and_the_best_score() -> None:
     c.append(Candidate("1", score=0.35))
     assert aggregate(c, "vote_score").answer == "1"  # 3 × 0.35 > 0.9
     assert aggregate(c, "majority").chosen_index == 3  # best-scored carrier of the winner
+
+
+async def test_only_a_yes_no_judge_asks_its_engine_for_logprobs() -> None:
+    """A yes/no judge reads its confidence from the reply's logprob; the other reads need none,
+    so their engine computes none."""
+    reads: tuple[tuple[Literal["text", "yes_no", "answer"], bool], ...] = (
+        ("yes_no", True),
+        ("text", False),
+        ("answer", False),
+    )
+    for read, asked in reads:
+        engine = ScriptedEngine(cycle("yes 1"))
+        judge = JudgeVerifier(
+            EngineService("judge-model", {}, engine),
+            VerifierConfig(kind="judge", model="judge-model", read=read),
+            "last_number",
+            "judge",
+        )
+        await judge.score("Q: 1+0=?", ["A: 1"])
+        assert [c.params.sample_logprob for c in engine.calls] == [asked], read

@@ -1,9 +1,10 @@
 """The one interface the server samples through, whatever runs the model.
 
 `SampleEngine` is what the sampling loop calls (through `server.engine.service.EngineService`):
-draw `n` samples of one prompt as a single engine request (`sample`), stream them back as they
+draw `n` samples of one prompt under one engine request id (`sample`), stream them back as they
 finish, and `abort` the rest when the policy stops, the client leaves or a deadline passes. A
-wave of w samples is one request with n=w; later waves
+wave of w samples is one request id (the in-process engine sends each sample as its own vLLM
+request under it, the remote one a request with n=w); later waves
 of the same prompt find its KV blocks in the prefix cache, which `Sample.prompt_tokens_computed`
 reports so billing charges only what the engine actually computed.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,21 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     top_logprobs: int | None = None  # None: no per-token logprobs; k: the sampled token's + top k
     structured: StructuredOutput | None = None
+    # Each sample's `cumulative_logprob` (logprob votes, yes/no judges): off, the engine
+    # computes no logprobs at all and `Sample.cumulative_logprob` is None.
+    sample_logprob: bool = False
+
+
+class ParamOverrides(TypedDict, total=False):
+    """What a caller may set over the config's sampling defaults (None: the default). The one
+    definition of `SampleEngine.params`'s keywords, for every backend and test double."""
+
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    stop: list[str] | tuple[str, ...] | None
+    seed: int | None
+    ignore_eos: bool
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,7 @@ class GenerationOptions:
     ignore_eos: bool = False
     top_logprobs: int | None = None
     structured: StructuredOutput | None = None
+    sample_logprob: bool = False  # set by the job when its aggregator weighs samples by logprob
 
 
 @dataclass(frozen=True)
@@ -190,17 +207,8 @@ class SampleEngine(Protocol):
         """Requests this process has sent and not yet seen finish (the queue-depth metric)."""
         ...
 
-    def params(
-        self,
-        *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        stop: list[str] | tuple[str, ...] | None = None,
-        seed: int | None = None,
-        ignore_eos: bool = False,
-    ) -> SamplingParams:
-        """The config's defaults overridden by whatever the request set (None = default)."""
+    def params(self, **overrides: Unpack[ParamOverrides]) -> SamplingParams:
+        """The config's defaults overridden by whatever the caller set (None = default)."""
         ...
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
@@ -226,7 +234,7 @@ class SampleEngine(Protocol):
     def sample(
         self, prompt: str | Prompt, n: int, params: SamplingParams, request_id: str
     ) -> AsyncGenerator[Sample, None]:
-        """Draw n samples of `prompt` as ONE engine request; yield each as it finishes.
+        """Draw n samples of `prompt` under ONE request id; yield each as it finishes.
 
         A text prompt is tokenized and checked against the context here (PromptTooLong); a
         `Prompt` from `tokenize` is used as it is. Raises InvalidSamplingParam before anything

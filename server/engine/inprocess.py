@@ -9,9 +9,11 @@ logger still publishes `vllm:*` for /metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +140,6 @@ class InProcessEngine(PromptingMixin):
         self._sink = sink
         self._tokenizer = llm.get_tokenizer()
         self._max_model_len = int(llm.model_config.max_model_len)
-        self._active: set[str] = set()
         self._usage: dict[str, RequestUsage] = {}
         self._closed = False
 
@@ -201,21 +202,39 @@ class InProcessEngine(PromptingMixin):
 
     # -- sampling ----------------------------------------------------------------------------
 
-    def _vllm_params(self, params: SamplingParams, n: int) -> Any:
+    def _vllm_params(self, params: SamplingParams, n: int) -> list[Any]:
+        """vLLM's params for each of n samples, one engine request each (see `sample`): the
+        same object for all (vLLM copies a request's params), or with a seed, the seed vLLM
+        itself gives child i of an n-sample request (seed + i)."""
+        base = self._vllm_base_params(params, n)
+        if params.seed is None:
+            return [base] * n
+        children = [base]
+        for index in range(1, n):
+            child = copy.copy(base)
+            child.seed = params.seed + index
+            children.append(child)
+        return children
+
+    def _vllm_base_params(self, params: SamplingParams, n: int) -> Any:
         from vllm import SamplingParams as VllmSamplingParams
         from vllm.exceptions import VLLMClientError
+        from vllm.sampling_params import RequestOutputKind
 
+        if n > 1 and params.temperature == 0:  # vLLM refuses greedy n > 1; keep its message
+            raise InvalidSamplingParam(
+                f"n must be 1 when using greedy sampling, got {n}.", param="n"
+            )
         try:
             return VllmSamplingParams(
-                n=n,
+                n=1,
                 temperature=params.temperature,
                 top_p=params.top_p,
                 max_tokens=params.max_tokens,
                 stop=list(params.stop) or None,
                 seed=params.seed,
                 ignore_eos=params.ignore_eos,
-                # the sampled token's logprob at least: gives cumulative_logprob
-                logprobs=params.top_logprobs or 0,
+                logprobs=logprobs_asked(params),
                 top_k=params.top_k,
                 min_p=params.min_p,
                 repetition_penalty=params.repetition_penalty,
@@ -225,45 +244,57 @@ class InProcessEngine(PromptingMixin):
                 logit_bias=dict(params.logit_bias) or None,
                 stop_token_ids=list(params.stop_token_ids) or None,
                 structured_outputs=_structured(params.structured),
+                output_kind=RequestOutputKind.FINAL_ONLY,
             )
-        except (ValueError, VLLMClientError) as exc:  # vLLM's own checks (n > 1 when greedy…)
+        except (ValueError, VLLMClientError) as exc:  # vLLM's own checks
             raise InvalidSamplingParam(str(exc)) from exc
 
     async def sample(
         self, prompt: str | Prompt, n: int, params: SamplingParams, request_id: str
     ) -> AsyncGenerator[Sample, None]:
-        """n samples as one `AsyncLLM.generate` request, yielded as each one finishes.
+        """n samples of one prompt, yielded as each one finishes.
 
-        The engine's stream is read by its own task, not by the caller: when the caller leaves
-        early (a disconnect, a timeout) the request is aborted and the stream still read to its
-        end, because vLLM's final abort outputs carry the tokens the unfinished samples had
+        No per-token work in this process beyond vLLM's own detokenizer: each sample is its own
+        engine request (under the same external id, so `abort(request_id)` stops them all)
+        asking for its final output only (`FINAL_ONLY`), and logprobs only when the params ask.
+        vLLM's n > 1 would hold every sample until the last finished; the prefix cache shares
+        the prompt between them as it does between n > 1 children.
+
+        When the caller leaves early (a disconnect, a timeout) the unfinished samples are
+        aborted; vLLM hands an aborted request its final output at once, with the tokens it had
         generated, and those are billed (`request_usage`).
         """
         if self._closed or self._llm.errored:
             raise EngineDead("the engine is not running")
         validate_params(params, n)
-        ids = list(self.prepared(prompt, params.max_tokens, self._max_model_len).token_ids)
-        vparams = self._vllm_params(params, n)
+        ready = self.prepared(prompt, params.max_tokens, self._max_model_len)
+        children = self._vllm_params(params, n)
         tracker = _SampleTracker(
-            self._usage_for(request_id, len(ids)), request_id, params.top_logprobs
+            self._usage_for(request_id, ready.tokens), request_id, params.top_logprobs
         )
-        outputs: asyncio.Queue[Any] = asyncio.Queue()
-        stream = self._llm.generate({"prompt_token_ids": ids}, vparams, request_id)
-        reader = asyncio.create_task(_read_stream(stream, outputs))
-        self._active.add(request_id)
-        ended = False
+        waiting = _Children(tracker)
         try:
-            while not (ended := (item := await outputs.get()) is _END):
-                if isinstance(item, Exception):
-                    raise item
-                for sample in tracker.take(item):
+            await self._add(ready, children, request_id, waiting)
+            while waiting.pending:
+                for sample in await waiting.next_finished():
                     yield sample
         finally:
-            self._active.discard(request_id)
-            if not ended:  # the caller left early, or the stream failed
-                if not reader.done() and not self._llm.errored:
+            if waiting.pending:  # the caller left early, or a sample failed
+                if not self._llm.errored:
                     await asyncio.shield(self._llm.abort(request_id))
-                await asyncio.shield(_account_rest(reader, outputs, tracker))
+                waiting.account_aborted()
+
+    async def _add(
+        self, prompt: Prompt, children: list[Any], request_id: str, waiting: _Children
+    ) -> None:
+        """Hand the samples to the engine as already tokenized input (no tokenizer thread)."""
+        from vllm.inputs.engine import tokens_input
+
+        engine_input = tokens_input(list(prompt.token_ids))
+        for index, child in enumerate(children):
+            with vllm_errors():
+                collector = await self._llm.add_request(request_id, engine_input, child)
+            waiting.add(index, collector)
 
     def _usage_for(self, request_id: str, prompt_tokens: int) -> RequestUsage:
         usage = RequestUsage(prompt_tokens=prompt_tokens)
@@ -291,36 +322,89 @@ class InProcessEngine(PromptingMixin):
             await asyncio.to_thread(self._llm.shutdown)
 
 
-_END = object()  # the stream reader's last item
-ABORT_DRAIN_S = 10.0  # how long an aborted request may take to report its final outputs
+class _Children:
+    """A request's samples in the engine, each with its own output collector; with
+    `FINAL_ONLY` each collector receives exactly one output: the finished (or aborted) sample."""
+
+    def __init__(self, tracker: _SampleTracker) -> None:
+        self.tracker = tracker
+        self.pending: dict[int, Any] = {}  # sample index → vLLM's RequestOutputCollector
+        self._gets: dict[asyncio.Future[Any], int] = {}
+
+    def add(self, index: int, collector: Any) -> None:
+        self.pending[index] = collector
+
+    async def next_finished(self) -> list[Sample]:
+        """The samples that finished next (one wait, however many samples are running)."""
+        if not self._gets:
+            if len(self.pending) == 1:  # one sample: no task needed
+                [(index, collector)] = self.pending.items()
+                out = await _final(collector)
+                del self.pending[index]
+                return self.tracker.take(out, index)
+            self._gets = {asyncio.ensure_future(_final(c)): i for i, c in self.pending.items()}
+        done, _ = await asyncio.wait(self._gets, return_when=asyncio.FIRST_COMPLETED)
+        finished: list[Sample] = []
+        for get in done:
+            index = self._gets.pop(get)
+            del self.pending[index]
+            finished.extend(self.tracker.take(get.result(), index))
+        return finished
+
+    def account_aborted(self) -> None:
+        """Count the final outputs of samples the caller did not wait for. Called after
+        `AsyncLLM.abort`, which puts every unfinished sample's final output in its collector
+        before it returns; an error (a dead engine) leaves nothing to count."""
+        for get, index in self._gets.items():
+            if get.done() and not get.cancelled() and get.exception() is None:
+                self.tracker.take(get.result(), index)
+                self.pending.pop(index, None)
+            else:
+                get.cancel()
+        self._gets.clear()
+        for index, collector in self.pending.items():
+            try:
+                out = collector.get_nowait()
+            except Exception:
+                continue
+            if out is None:
+                log.warning(
+                    "request %s: sample %d has no final output", self.tracker.request_id, index
+                )
+            else:
+                self.tracker.take(out, index)
+        self.pending.clear()
+
+
+async def _final(collector: Any) -> Any:
+    """A sample's one output (`FINAL_ONLY`), with vLLM's errors as ours."""
+    with vllm_errors():
+        return await collector.get()
 
 
 class _SampleTracker:
-    """Turns streamed `RequestOutput`s into finished samples and keeps the request's usage.
+    """Turns samples' final `RequestOutput`s into `Sample`s and keeps the request's usage.
 
-    With n > 1 a streamed `RequestOutput` may carry only the children that advanced, so samples
-    are tracked by `CompletionOutput.index`. Outputs are cumulative: a child's token count is
-    final once it has a finish reason ("abort" included: those tokens were generated too).
+    Each sample is its own engine request, so the caller names its index. A sample's token
+    count is final with its finish reason ("abort" included: those tokens were generated too).
     """
 
     def __init__(self, usage: RequestUsage, request_id: str, top_logprobs: int | None) -> None:
         self.usage = usage
         self.request_id = request_id
         self.top_logprobs = top_logprobs
-        self.done: set[int] = set()
         self.cached: int | None = None
 
-    def take(self, out: Any) -> list[Sample]:
-        # n > 1 fans out into child requests; each reports its own cache hits. The request's
-        # figure is the smallest (the prompt as first computed).
+    def take(self, out: Any, index: int) -> list[Sample]:
+        # Each sample reports its own cache hits; the request's figure is the smallest (the
+        # prompt as first computed).
         hits = int(out.num_cached_tokens or 0)
         self.cached = hits if self.cached is None else min(self.cached, hits)
         self.usage.cached_prompt_tokens = self.cached
         finished: list[Sample] = []
         for c in out.outputs:
-            if c.finish_reason is None or c.index in self.done:
+            if c.finish_reason is None:
                 continue
-            self.done.add(c.index)
             self.usage.completion_tokens += len(c.token_ids)
             if c.finish_reason == "abort":  # cut short: tokens were spent, no sample
                 extra = self.usage.extra
@@ -329,7 +413,7 @@ class _SampleTracker:
             self.usage.samples += 1
             finished.append(
                 Sample(
-                    index=c.index,
+                    index=index,
                     text=c.text,
                     completion_tokens=len(c.token_ids),
                     finish_reason=c.finish_reason,
@@ -343,6 +427,14 @@ class _SampleTracker:
                 )
             )
         return finished
+
+
+def logprobs_asked(params: SamplingParams) -> int | None:
+    """vLLM's `logprobs`: the top k when the client asked, the sampled token's alone (0) when
+    the request needs each sample's logprob, else None (the engine computes none)."""
+    if params.top_logprobs is not None:
+        return params.top_logprobs
+    return 0 if params.sample_logprob else None
 
 
 def token_logprobs(token_ids: Any, logprobs: Any, top: int) -> tuple[TokenLogprob, ...]:
@@ -373,39 +465,14 @@ def _structured(spec: StructuredOutput | None) -> Any:
     return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
 
 
-async def _read_stream(stream: AsyncIterator[Any], outputs: asyncio.Queue[Any]) -> None:
-    """Copy the engine's stream into `outputs`, then an error if it failed, then `_END`."""
-    try:
-        async for out in _translate_errors(stream):
-            outputs.put_nowait(out)
-    except Exception as exc:
-        outputs.put_nowait(exc)
-    finally:
-        outputs.put_nowait(_END)
-
-
-async def _account_rest(
-    reader: asyncio.Task[None], outputs: asyncio.Queue[Any], tracker: _SampleTracker
-) -> None:
-    """Count the outputs the caller left unread (the aborted samples' final ones)."""
-    try:
-        async with asyncio.timeout(ABORT_DRAIN_S):
-            while (item := await outputs.get()) is not _END:
-                if not isinstance(item, Exception):
-                    tracker.take(item)
-    except TimeoutError:
-        log.warning("request %s: no final outputs after abort", tracker.request_id)
-        reader.cancel()
-
-
-async def _translate_errors(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+@contextlib.contextmanager
+def vllm_errors() -> Iterator[None]:
     """vLLM's exceptions → our typed errors (the server maps those to HTTP statuses)."""
     from vllm.exceptions import VLLMClientError
     from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
     try:
-        async for out in stream:
-            yield out
+        yield
     except EngineDeadError as exc:
         raise EngineDead(f"the engine died: {exc}") from exc
     except EngineGenerateError as exc:
@@ -415,7 +482,3 @@ async def _translate_errors(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         if "maximum model length" in text or "context length" in text:
             raise PromptTooLong(-1, -1, -1) from exc
         raise InvalidSamplingParam(text) from exc
-    finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()

@@ -4,9 +4,9 @@ them so a bad value becomes `InvalidSamplingParam` (400) rather than an engine-s
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Unpack
 
-from server.engine.base import Prompt, SamplingParams
+from server.engine.base import ParamOverrides, Prompt, SamplingParams
 from server.engine.config import EngineConfig, SamplingDefaults
 from server.errors import InvalidSamplingParam, PromptTooLong
 
@@ -15,23 +15,21 @@ MAX_TOP_LOGPROBS = 20  # OpenAI's limit, and vLLM's default max_logprobs
 
 
 def resolve_params(
-    defaults: SamplingDefaults,
-    *,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    stop: list[str] | tuple[str, ...] | None = None,
-    seed: int | None = None,
-    ignore_eos: bool = False,
+    defaults: SamplingDefaults, **overrides: Unpack[ParamOverrides]
 ) -> SamplingParams:
     """Fill unset fields from the defaults, then validate."""
+
+    def pick(name: str, default: Any) -> Any:
+        value = overrides.get(name)
+        return default if value is None else value
+
     params = SamplingParams(
-        temperature=defaults.temperature if temperature is None else temperature,
-        top_p=defaults.top_p if top_p is None else top_p,
-        max_tokens=defaults.max_tokens if max_tokens is None else max_tokens,
-        stop=tuple(defaults.stop if stop is None else stop),
-        seed=seed,
-        ignore_eos=ignore_eos,
+        temperature=pick("temperature", defaults.temperature),
+        top_p=pick("top_p", defaults.top_p),
+        max_tokens=pick("max_tokens", defaults.max_tokens),
+        stop=tuple(pick("stop", defaults.stop)),
+        seed=overrides.get("seed"),
+        ignore_eos=bool(overrides.get("ignore_eos", False)),
     )
     validate_params(params)
     return params
@@ -121,25 +119,8 @@ class PromptingMixin:
             self._longest_token = max((len(token) for token in vocab), default=1)
         return max(1, self._longest_token)
 
-    def params(
-        self,
-        *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        stop: list[str] | tuple[str, ...] | None = None,
-        seed: int | None = None,
-        ignore_eos: bool = False,
-    ) -> SamplingParams:
-        return resolve_params(
-            self.config.defaults,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            stop=stop,
-            seed=seed,
-            ignore_eos=ignore_eos,
-        )
+    def params(self, **overrides: Unpack[ParamOverrides]) -> SamplingParams:
+        return resolve_params(self.config.defaults, **overrides)
 
     @property
     def vocab_size(self) -> int:

@@ -120,6 +120,8 @@ def _controller(
             code="invalid_t2_option",
         )
     options = generation_options(engine, body)
+    if aggregator == "logprob":  # the only vote that weighs samples by their logprob
+        options = dataclasses.replace(options, sample_logprob=True)
     json_field = (opts and opts.json_field) or tenant.json_field
     if options.structured is not None and json_field and not (opts and opts.extractor):
         extractor = "json_field"  # JSON output and a named field: the vote runs over that field
