@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controller.aggregate.score_map import TrafficScoreMap
 
+from controller.aggregate.score_map import TrafficScoreMap
 from controller.budget.ledger import Ledger, SettleOutcome
 from server.billing import BudgetProvider
 from server.billing.identity import Caller, bind_request
-from server.billing.ledger import rate_levels
+from server.billing.levels import rate_levels
 from server.config import AppConfig, TenantConfig, VerifierConfig, hash_key, parse_config
 from server.engine.service import EngineService
 from server.errors import APIError

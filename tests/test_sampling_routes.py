@@ -9,10 +9,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from controller.aggregate.score_map import TrafficScoreMap
 
 from controller.aggregate import ProgrammaticVerifier
 from controller.aggregate.checkers import chain_steps
+from controller.aggregate.score_map import TrafficScoreMap
 from controller.routing import Route, RouteMember, build_route, served_calibration
 from controller.scaling.served import load_served
 from server.config import VerifierConfig
