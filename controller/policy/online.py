@@ -13,11 +13,12 @@ on observed votes only, so the likelihood is unchanged (the likelihood principle
 stays honest; a prior anchor (`anchor` pseudo-questions on the flat grid prior) keeps a
 stream of early stops from concluding that "leaders always lead".
 
-Decision. The regret of stopping now is E[s_mode − s_leader | votes so far]: the share (a
-proxy for the chance of being right, as t2's calibration) given up by answering with the
-current leader rather than the answer unlimited sampling would settle on. A near tie or a
-hopeless question gives up little whoever leads, so it stops sooner than a top-two rule
-lets it. Stop once regret ≤ τ.
+Decision. The gain of going on is the share (a proxy for the chance of being right, as in
+t2's calibration) that drawing the samples the caps still allow is expected to add: the
+chance that the strongest other answer overtakes the leader within them, times how much
+larger its share is. A near tie or a hopeless question gains little whoever leads, and a
+race the remaining draws cannot settle gains little too, so both stop sooner than a
+top-two rule lets them. Stop once the gain ≤ τ.
 
 Decided: once the leader leads by more votes than the caps allow to be drawn, no further
 draw can change the final majority, so the rule stops whatever its posterior says.
@@ -37,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 import numpy as np
-from scipy.special import logsumexp, xlogy
+from scipy.special import logsumexp, ndtr, xlogy
 
 from controller.aggregate.vote import count_votes
 from controller.pacing import ComputePrice
@@ -145,23 +146,47 @@ def fit_share_prior(
     return pi
 
 
-def leader_is_mode(pi: np.ndarray, h: Histogram) -> tuple[float, float]:
-    """(q, regret) under grid weights `pi`: q = P(the current leader is the mode of s | votes)
-    and regret = E[s_mode − s_leader | votes], the share a stop now gives up (a near tie or
-    a hopeless question gives up little, whoever leads)."""
+def leader_is_mode(
+    pi: np.ndarray, h: Histogram, remaining: int | None = None
+) -> tuple[float, float]:
+    """(q, gain) under grid weights `pi`.
+
+    q = P(the current leader is the mode of s | votes). gain = the share (a proxy for the
+    chance of being right) that drawing up to `remaining` more samples is expected to add:
+    E[P(the strongest other answer overtakes the leader within them)·(s_other − s_leader)],
+    the overtaking chance by a normal approximation of the pair's vote difference. With no
+    limit (None) it is E[s_mode − s_leader]. A near tie or a hopeless question gains little
+    whoever leads; a race the remaining draws cannot settle gains little too.
+    """
     s, credit = share_grid()
+    observed = [x for x in h[:3] if x > 0]
     ll = log_likelihoods(h)
-    maps = label_maps(len([x for x in h[:3] if x > 0]))
+    maps = label_maps(len(observed))
     like = np.exp(ll - ll.max()) * pi[:, None]
     total = like.sum()
     if not total > 0 or maps.shape[1] == 0:
         return 0.0, 1.0
     leader = maps[:, 0]
     q = float((like * credit[:, leader]).sum() / total)
-    top = s[:, :3].max(axis=1, keepdims=True)
-    leader_share = np.where(leader < 3, s[:, np.minimum(leader, 2)], 0.0)
-    regret = float((like * (top - leader_share)).sum() / total)
-    return q, regret
+    s_leader = np.where(leader < 3, s[:, np.minimum(leader, 2)], 0.0)  # (G, M)
+    rival = np.where(leader == 0, 1, 0)  # the strongest other category (shares are sorted)
+    s_rival = s[:, rival]
+    if remaining is None:
+        overtake = (s_rival > s_leader).astype(float)
+    elif remaining <= 0:
+        return q, 0.0
+    else:
+        votes = np.array(observed, dtype=float)
+        rival_votes = np.zeros(maps.shape[0])
+        for i in range(1, maps.shape[1]):
+            rival_votes += np.where(maps[:, i] == rival, votes[i], 0.0)
+        lead = votes[0] - rival_votes
+        mean = remaining * (s_rival - s_leader)
+        sd = np.sqrt(np.maximum(remaining * (s_rival + s_leader - (s_rival - s_leader) ** 2),
+                                1e-9))
+        overtake = ndtr((mean - lead) / sd)
+    gain = float((like * overtake * (s_rival - s_leader)).sum() / total)
+    return q, max(gain, 0.0)
 
 
 class OnlineRun(PolicyRun):
@@ -183,9 +208,9 @@ class OnlineRun(PolicyRun):
         if p.cold:
             self._q = beta_confidence(h[0], h[1])
             return Decision.halt("converged") if self._q >= AC_THRESHOLD else Decision.draw(1)
-        q, regret = p.assess(h)
+        q, gain = p.assess(h, allowed)
         self._q = q
-        if regret <= self.tau:
+        if gain <= self.tau:
             return Decision.halt("converged")
         return Decision.draw(1)
 
@@ -197,7 +222,8 @@ class OnlineRun(PolicyRun):
 class Online(Policy):
     """The online rule (see module doc).
 
-    tau: the regret to stop at, E[s_mode − s_leader]; a price of compute scales it (`pressure`).
+    tau: stop once the expected gain of drawing on (see `leader_is_mode`) is at most τ;
+        a price of compute scales τ (`pressure`).
     min_history: finished questions before the learned prior replaces Adaptive-Consistency.
     refit_every: refit at min_history·2^k questions, then every `refit_every`.
     anchor: pseudo-questions of the flat prior in every fit.
@@ -222,7 +248,7 @@ class Online(Policy):
         self.counts: Counter[Histogram] = Counter()
         self.seen = 0
         self.pi = flat_prior()
-        self._cache: dict[Histogram, tuple[float, float]] = {}
+        self._cache: dict[tuple[Histogram, int], tuple[float, float]] = {}
         self.spec = f"online:{tau:g}"
 
     @property
@@ -234,11 +260,13 @@ class Online(Policy):
         tau = min(0.5, self.tau * self.pressure(price, caps))
         return OnlineRun(self, caps, tau)
 
-    def assess(self, h: Histogram) -> tuple[float, float]:
-        """(q, regret) for vote state `h`, cached until the next refit."""
-        hit = self._cache.get(h)
+    def assess(self, h: Histogram, remaining: int) -> tuple[float, float]:
+        """(q, gain) for vote state `h` with `remaining` draws allowed, cached until the next
+        refit (beyond MAX_HISTOGRAM_VOTES more draws the gain no longer depends on them)."""
+        key = (h, min(remaining, MAX_HISTOGRAM_VOTES))
+        hit = self._cache.get(key)
         if hit is None:
-            hit = self._cache[h] = leader_is_mode(self.pi, h)
+            hit = self._cache[key] = leader_is_mode(self.pi, h, key[1])
         return hit
 
     def observe(self, answers: Sequence[str | None]) -> None:
