@@ -64,6 +64,24 @@ def histogram(answers: Sequence[str | None]) -> Histogram:
     return top[0], top[1], top[2], sum(counts[3:])
 
 
+STORE_SUFFIX = "#online"
+"""The learned tables of `online` live in the LearnedStore under `<model>#online`, beside
+t2's (n, c) table for the model, through the same protocol."""
+_BASE = MAX_HISTOGRAM_VOTES + 1
+
+
+def encode_histogram(h: Histogram) -> tuple[int, int]:
+    """A capped histogram as one LearnedStore cell (two ints; reversible: counts ≤ 64)."""
+    a, b, c, d = capped(h)
+    return a * _BASE + b, c * _BASE + d
+
+
+def decode_histogram(cell: tuple[int, int]) -> Histogram:
+    """The histogram `encode_histogram` stored."""
+    (a, b), (c, d) = divmod(int(cell[0]), _BASE), divmod(int(cell[1]), _BASE)
+    return a, b, c, d
+
+
 def capped(h: Histogram) -> Histogram:
     """`h` scaled down to at most MAX_HISTOGRAM_VOTES votes (shares kept)."""
     total = sum(h)
