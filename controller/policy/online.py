@@ -138,6 +138,15 @@ def log_likelihoods(h: Histogram) -> np.ndarray:
     return ll
 
 
+@lru_cache(maxsize=8192)
+def histogram_log_likelihood(h: Histogram) -> np.ndarray:
+    """(G,) log P(a finished question's votes | grid point), summed over label maps. Cached:
+    capped histograms are few, so a refit recomputes only the new ones."""
+    out = logsumexp(log_likelihoods(h), axis=1)
+    out.setflags(write=False)
+    return out
+
+
 def flat_prior() -> np.ndarray:
     """Equal weight on every grid point: the anchor, and the prior before any traffic."""
     s, _ = share_grid()
@@ -153,7 +162,7 @@ def fit_share_prior(
     rows = [(h, w) for h, w in table.items() if w > 0 and sum(h) > 0]
     if not rows:
         return base
-    log_like = np.stack([logsumexp(log_likelihoods(h), axis=1) for h, _ in rows])
+    log_like = np.stack([histogram_log_likelihood(h) for h, _ in rows])
     like = np.exp(log_like - log_like.max(axis=1, keepdims=True))  # rows scale freely
     weights = np.array([w for _, w in rows], dtype=float)
     pi = base.copy()
