@@ -18,7 +18,13 @@ from collections.abc import Callable
 from typing import Any
 
 from controller.policy import Caps, LeaderPrior, make_policy
-from controller.policy.online import Online, fit_share_prior, histogram, leader_is_mode
+from controller.policy.online import (
+    Online,
+    fit_share_prior,
+    histogram,
+    leader_is_mode,
+    state_terms,
+)
 from controller.policy.t2 import LOOKAHEAD, T2, ValueTable, _values
 
 SAMPLES = 40
@@ -78,7 +84,12 @@ def main() -> None:
     )
     build = _per_call(lambda: ValueTable(prior, 64), 1)
     pi = fit_share_prior(learned)
-    cold = _per_call(lambda: [leader_is_mode(pi, histogram(a), 40) for a in states[:50]], 50)
+    def uncached() -> None:
+        state_terms.cache_clear()  # a vote state met for the first time since start
+        for answers in states[:50]:
+            leader_is_mode(pi, histogram(answers), 40)
+
+    cold = _per_call(uncached, 50)
     refit = _per_call(lambda: fit_share_prior(learned), 1)
     base = results["adaptive_consistency"]
     print(f"policy decision at {SAMPLES} samples ({STATES} states × {REPEAT}):")
@@ -86,7 +97,7 @@ def main() -> None:
         print(f"  {spec:22s} {secs * 1e6:7.1f} µs  ({secs / base:.2f}× adaptive_consistency)")
     print(f"  t2 from scratch        {scratch * 1e6:7.1f} µs  ({scratch / base:.2f}×; no table)")
     print(f"  t2 table rebuild (64)  {build * 1e3:7.1f} ms  (once per prior refit)")
-    print(f"  online uncached        {cold * 1e6:7.1f} µs  (first time a vote state is seen)")
+    print(f"  online uncached        {cold * 1e6:7.1f} µs  (first sight of a state; cached)")
     print(f"  online refit ({len(learned)} hist.) {refit * 1e3:6.1f} ms  (on its schedule)")
     for spec in ("t2", "online"):
         goal = results[spec] <= 50e-6
