@@ -135,3 +135,12 @@ def test_specs(spec: str) -> None:
 def test_bad_specs(spec: str) -> None:
     with pytest.raises(ValueError):
         make_policy(spec)
+
+
+def test_the_default_tau_is_a_point_of_the_grid_loo_chooses_from() -> None:
+    from controller.policy.online import DEFAULT_TAU
+    from controller.replay.loo import FAMILIES
+
+    grid = next(f for f in FAMILIES if f.name == "online")
+    assert make_policy("online").spec in {make_policy(s).spec for s in grid.settings}
+    assert f"online:{DEFAULT_TAU:g}" in grid.settings
