@@ -12,6 +12,9 @@ order (t2 draws one sample per wave, and the engine seeds wave w from the reques
 difference between arms is the prior's doing, not sampling noise. The engine itself is started
 once per model and shared (its warmth changes no answer).
 
+`T2_BENCH_COLDSTART_COMPARE=online` compares instead the online rule (learning from the
+tenant's own traffic, from an empty table) with Adaptive-Consistency, both without curves.
+
 Run: `python -m bench coldstart` (T2_BENCH_ORDERS=8 orders, T2_BENCH_FIRST=50 requests).
 Prints a JSON summary and writes var/bench/coldstart.json; BENCHMARKS.md records the figures.
 """
@@ -40,10 +43,19 @@ MODELS = os.environ.get("T2_BENCH_COLDSTART_MODELS", "tiny-chain-252k,tiny-chain
 ORDERS = int(os.environ.get("T2_BENCH_ORDERS", "8"))
 FIRST = int(os.environ.get("T2_BENCH_FIRST", "50"))
 POLICY = os.environ.get("T2_BENCH_COLDSTART_POLICY", "t2")
+COMPARE = os.environ.get("T2_BENCH_COLDSTART_COMPARE", "prior")
+"""`prior`: t2 with the calibrated prior (curves) against t2 from the uniform one; `online`:
+the online rule (controller.policy.online, learning from the tenant's own traffic from an
+empty table) against Adaptive-Consistency (C = 0.95) on a new tenant's first questions."""
 MAX_SAMPLES = 16
 MAX_TOKENS = 40  # as the replays and the calibration were recorded
 KEY = "bench-key"
-ARMS = ("curves", "uniform")
+ARM_POLICIES = (
+    {"online": "online", "ac": "adaptive_consistency"}
+    if COMPARE == "online"
+    else {"curves": POLICY, "uniform": POLICY}
+)
+ARMS = tuple(ARM_POLICIES)
 
 
 def config(model: str, arm: str, ledger: Path) -> dict[str, Any]:
@@ -56,7 +68,9 @@ def config(model: str, arm: str, ledger: Path) -> dict[str, Any]:
         "models": [entry],
         "engine": {"kv_cache_memory_bytes": 128 * 2**20, "max_num_seqs": 64},
         "ledger": {"backend": "sqlite", "path": str(ledger / "ledger.sqlite")},
-        "defaults": {"policy": POLICY, "max_samples": MAX_SAMPLES, "max_tokens": MAX_TOKENS},
+        "defaults": {
+            "policy": ARM_POLICIES[arm], "max_samples": MAX_SAMPLES, "max_tokens": MAX_TOKENS
+        },
         "tenants": [{"id": "bench", "api_keys": [{"plain": KEY}], "allow_raising_caps": True}],
     }
 
@@ -130,14 +144,15 @@ def summarize(runs: list[dict[str, Any]], model: str) -> dict[str, Any]:
     by = {
         arm: sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["order"]) for arm in ARMS
     }
-    out: dict[str, Any] = {"model": model, "orders": len(by["curves"]), "first": FIRST}
+    first, second = ARMS
+    out: dict[str, Any] = {"model": model, "orders": len(by[first]), "first": FIRST}
     for arm in ARMS:
         out[arm] = {
             "accuracy": ci95([r["accuracy"] for r in by[arm]]),
             "mean_samples": ci95([r["mean_samples"] for r in by[arm]]),
         }
-    pairs = list(zip(by["curves"], by["uniform"], strict=True))
-    out["curves_minus_uniform"] = {
+    pairs = list(zip(by[first], by[second], strict=True))
+    out[f"{first}_minus_{second}"] = {
         "accuracy": ci95([c["accuracy"] - u["accuracy"] for c, u in pairs]),
         "mean_samples": ci95([c["mean_samples"] - u["mean_samples"] for c, u in pairs]),
     }
@@ -146,7 +161,7 @@ def summarize(runs: list[dict[str, Any]], model: str) -> dict[str, Any]:
     )
     predicted = [c["mean_predicted_accuracy"] for c, _ in pairs if c["mean_predicted_accuracy"]]
     if predicted:
-        out["curves_predicted_accuracy"] = ci95(predicted)
+        out[f"{first}_predicted_accuracy"] = ci95(predicted)
     return out
 
 
@@ -173,7 +188,7 @@ async def run() -> dict[str, Any]:
             {
                 "model_path": f"models/{model}",
                 "served_name": model,
-                **config(model, "uniform", Path("."))["engine"],
+                **config(model, ARMS[1], Path("."))["engine"],
             },
         )
         await engine.start()
@@ -186,12 +201,15 @@ async def run() -> dict[str, Any]:
         all_runs.extend(runs)
         summaries.append(summarize(runs, model))
         print(json.dumps(summaries[-1]), flush=True)
-    return {"policy": POLICY, "max_samples": MAX_SAMPLES, "summaries": summaries, "runs": all_runs}
+    return {
+        "policies": ARM_POLICIES, "max_samples": MAX_SAMPLES, "summaries": summaries,
+        "runs": all_runs,
+    }
 
 
 def main() -> None:
     summary = asyncio.run(run())
-    out = Path("var/bench/coldstart.json")
+    out = Path(f"var/bench/coldstart{'-online' if COMPARE == 'online' else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary["summaries"], indent=2))

@@ -1,8 +1,10 @@
 """`t2serve replay`: run sampling policies over recorded samples and compare them.
 
 The command only parses options, reads the file and renders; the replay itself is
-`controller.replay`. New modes (e.g. a simulated-clock daily budget) add an option to
-`ReplayOptions` and a branch in `run_replay`, leaving the rest alone.
+`controller.replay`. `replay_command` is a short dispatcher over its steps (`run_loo_mode`,
+`parse_options`, `load_questions`, `replay_and_render`); its options are module-level
+`Annotated` aliases. A new mode adds an alias, a parameter and one early dispatch line into
+its own module, leaving the rest alone.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Annotated
 import typer
 
 from controller.aggregate import get_extractor
+from controller.aggregate.extract import Extractor
 from controller.policy import make_policy
 from controller.replay import (
     ALL_POLICIES,
@@ -173,81 +176,109 @@ def _print_table(results: list[ReplayResult], title: str) -> None:
     console.print(table)
 
 
+DataOption = Annotated[
+    Path | None,
+    typer.Option("--data", help="replay file (JSON Lines); with --loo, a folder of them"),
+]
+PolicyOption = Annotated[
+    list[str],
+    typer.Option(
+        "--policy",
+        help="NAME[:params] (fixed:5, adaptive_consistency:0.95, esc:5, margin:4, t2:0.0005, "
+        "online:0.005) or all; repeatable",
+    ),
+]
+ExtractorOption = Annotated[
+    str, typer.Option(help="extractor for samples without a recorded answer; a,b = chain")
+]
+AvgSamplesOption = Annotated[
+    float | None,
+    typer.Option("--avg-samples", help="average-budget mode: pace to B samples/question"),
+]
+PermsOption = Annotated[
+    int, typer.Option(help="seeded random orders: each one stream of traffic the policy learns "
+                      "from as it goes")
+]
+SeedOption = Annotated[int, typer.Option(help="random seed")]
+MaxSamplesOption = Annotated[
+    int | None, typer.Option("--max-samples", help="cap per question (default: all)")
+]
+SkipEmptyOption = Annotated[
+    bool, typer.Option("--skip-empty", help="skip questions with no samples (else error)")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON, no progress")]
+PlotOption = Annotated[
+    Path | None, typer.Option("--plot", help="PNG: accuracy vs mean samples per policy")
+]
+BudgetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--budget",
+        help="simulated-clock daily budget paced by the server's pacing code: '4x' fits 4 "
+        "samples/query, '12.5' is money per day (controller.budget.simulate)",
+    ),
+]
+QueriesPerDayOption = Annotated[
+    int, typer.Option("--queries-per-day", help="--budget: steady stream per day", min=1)
+]
+DaysOption = Annotated[int, typer.Option("--days", help="--budget: simulated days", min=1)]
+LooOption = Annotated[
+    bool,
+    typer.Option("--loo", help="leave-one-file-out over every *.jsonl in the --data folder: "
+                 "each file scored with settings chosen on the others"),
+]
+TunePermsOption = Annotated[
+    int, typer.Option("--tune-perms", help="--loo: orders per grid point when tuning", min=1)
+]
+ToleranceOption = Annotated[
+    float,
+    typer.Option("--tolerance", help="--loo: a setting is feasible on a training file "
+                 "within this accuracy of maj@all", min=0.0),
+]
+BudgetsOption = Annotated[
+    str, typer.Option("--budgets", help="--loo: average budgets to pace to, comma-separated")
+]
+RouteOption = Annotated[
+    Path | None,
+    typer.Option("--route", help="routing set (manifest.json + one file per model), or a "
+                 "folder of them: routes vs models and cascades (docs/routing-replay.md)"),
+]
+FoldsOption = Annotated[int, typer.Option("--folds", help="--route: cross-fitting folds")]
+LamsOption = Annotated[
+    str | None, typer.Option("--lams", help="--route: λ list, in 1/(reference cost)")
+]
+DescendOption = Annotated[
+    bool, typer.Option("--descend/--no-descend", help="--route: may move to a cheaper model")
+]
+
+
 def replay_command(
-    data: Annotated[
-        Path | None,
-        typer.Option("--data", help="replay file (JSON Lines); with --loo, a folder of them"),
-    ] = None,
-    policy: Annotated[
-        list[str],
-        typer.Option(
-            "--policy",
-            help="NAME[:params] (fixed:5, adaptive_consistency:0.95, esc:5, margin:4, t2:0.0005) "
-            "or all; "
-            "repeatable",
-        ),
-    ] = ["t2"],  # noqa: B006 - typer needs a literal default
-    extractor: Annotated[
-        str, typer.Option(help="extractor for samples without a recorded answer; a,b = chain")
-    ] = DEFAULT_EXTRACTOR,
-    avg_samples: Annotated[
-        float | None,
-        typer.Option("--avg-samples", help="average-budget mode: pace to B samples/question"),
-    ] = None,
-    perms: Annotated[int, typer.Option(help="seeded random orders per question")] = 20,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    max_samples: Annotated[
-        int | None, typer.Option("--max-samples", help="cap per question (default: all)")
-    ] = None,
-    skip_empty: Annotated[
-        bool, typer.Option("--skip-empty", help="skip questions with no samples (else error)")
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON, no progress")] = False,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="PNG: accuracy vs mean samples per policy")
-    ] = None,
-    budget: Annotated[
-        str | None,
-        typer.Option(
-            "--budget",
-            help="simulated-clock daily budget paced by the server's pacing code: '4x' fits 4 "
-            "samples/query, '12.5' is money per day (controller.budget.simulate)",
-        ),
-    ] = None,
-    queries_per_day: Annotated[
-        int, typer.Option("--queries-per-day", help="--budget: steady stream per day", min=1)
-    ] = 2000,
-    days: Annotated[int, typer.Option("--days", help="--budget: simulated days", min=1)] = 2,
-    loo: Annotated[
-        bool,
-        typer.Option("--loo", help="leave-one-file-out over every *.jsonl in the --data folder: "
-                     "each file scored with settings chosen on the others"),
-    ] = False,
-    tune_perms: Annotated[
-        int, typer.Option("--tune-perms", help="--loo: orders per grid point when tuning", min=1)
-    ] = 10,
-    tolerance: Annotated[
-        float,
-        typer.Option("--tolerance", help="--loo: a setting is feasible on a training file "
-                     "within this accuracy of maj@all", min=0.0),
-    ] = 0.002,
-    budgets: Annotated[
-        str, typer.Option("--budgets", help="--loo: average budgets to pace to, comma-separated")
-    ] = "4,8",
-    route: Annotated[
-        Path | None,
-        typer.Option("--route", help="routing set (manifest.json + one file per model), or a "
-                     "folder of them: routes vs models and cascades (docs/routing-replay.md)"),
-    ] = None,
-    folds: Annotated[int, typer.Option("--folds", help="--route: cross-fitting folds")] = 2,
-    lams: Annotated[
-        str | None, typer.Option("--lams", help="--route: λ list, in 1/(reference cost)")
-    ] = None,
-    descend: Annotated[
-        bool, typer.Option("--descend/--no-descend", help="--route: may move to a cheaper model")
-    ] = True,
+    data: DataOption = None,
+    policy: PolicyOption = ["t2"],  # noqa: B006 - typer needs a literal default
+    extractor: ExtractorOption = DEFAULT_EXTRACTOR,
+    avg_samples: AvgSamplesOption = None,
+    perms: PermsOption = 20,
+    seed: SeedOption = 0,
+    max_samples: MaxSamplesOption = None,
+    skip_empty: SkipEmptyOption = False,
+    as_json: JsonOption = False,
+    plot: PlotOption = None,
+    budget: BudgetOption = None,
+    queries_per_day: QueriesPerDayOption = 2000,
+    days: DaysOption = 2,
+    loo: LooOption = False,
+    tune_perms: TunePermsOption = 10,
+    tolerance: ToleranceOption = 0.002,
+    budgets: BudgetsOption = "4,8",
+    route: RouteOption = None,
+    folds: FoldsOption = 2,
+    lams: LamsOption = None,
+    descend: DescendOption = True,
 ) -> None:
-    """Replay sampling policies over recorded samples: accuracy vs samples per question."""
+    """Replay sampling policies over recorded samples: accuracy vs samples per question.
+
+    Each mode dispatches early to its own step (`--route`, `--loo`, `--budget`); a new mode adds an
+    option and one such line."""
     if perms < 1:
         raise _fail("--perms must be >= 1")
     if route is not None:
@@ -260,24 +291,50 @@ def replay_command(
     if data is None:
         raise _fail("--data is required (or --route)")
     if loo:
-        if not data.is_dir():
-            raise _fail(f"{data}: --loo needs a folder of replay files")
-        try:
-            levels = [float(b) for b in budgets.split(",") if b.strip()]
-        except ValueError:
-            levels = [0.0]
-        if any(b < 1 for b in levels):
-            raise _fail(f"--budgets must be numbers >= 1, got {budgets!r}")
-        try:
-            extract_loo = get_extractor(extractor)
-        except ValueError as exc:
-            raise _fail(str(exc)) from None
-        from cli.replay_loo import run_loo_command
-
-        run_loo_command(data, extract_loo, skip_empty=skip_empty, perms=perms,
-                        tune_perms=tune_perms, seed=seed, tolerance=tolerance, budgets=levels,
-                        as_json=as_json, plot=plot)
+        run_loo_mode(data, extractor, budgets, skip_empty=skip_empty, perms=perms,
+                     tune_perms=tune_perms, seed=seed, tolerance=tolerance, as_json=as_json,
+                     plot=plot)
         return
+    options, extract = parse_options(data, policy, extractor, avg_samples, perms, seed,
+                                     max_samples, skip_empty, as_json, plot)
+    questions = load_questions(options, extract)
+    if budget is not None:
+        from cli.budget_replay import run_budget_replay
+
+        run_budget_replay(questions, data, budget, options.policies[0], queries_per_day, days,
+                          seed, as_json)
+        return
+    replay_and_render(options, questions)
+
+
+def run_loo_mode(
+    data: Path, extractor: str, budgets: str, *, skip_empty: bool, perms: int, tune_perms: int,
+    seed: int, tolerance: float, as_json: bool, plot: Path | None,
+) -> None:
+    """`--loo`: validate its options, then leave-one-file-out over the folder (cli.replay_loo)."""
+    if not data.is_dir():
+        raise _fail(f"{data}: --loo needs a folder of replay files")
+    try:
+        levels = [float(b) for b in budgets.split(",") if b.strip()]
+    except ValueError:
+        levels = [0.0]
+    if any(b < 1 for b in levels):
+        raise _fail(f"--budgets must be numbers >= 1, got {budgets!r}")
+    try:
+        extract = get_extractor(extractor)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    from cli.replay_loo import run_loo_command
+
+    run_loo_command(data, extract, skip_empty=skip_empty, perms=perms, tune_perms=tune_perms,
+                    seed=seed, tolerance=tolerance, budgets=levels, as_json=as_json, plot=plot)
+
+
+def parse_options(
+    data: Path, policy: list[str], extractor: str, avg_samples: float | None, perms: int,
+    seed: int, max_samples: int | None, skip_empty: bool, as_json: bool, plot: Path | None,
+) -> tuple[ReplayOptions, Extractor]:
+    """Validate a single-file replay's options (exit 2 with the reason on a bad one)."""
     if avg_samples is not None and avg_samples < 1:
         raise _fail("--avg-samples must be >= 1")
     if max_samples is not None and max_samples < 1:
@@ -294,38 +351,34 @@ def replay_command(
             policies = [p for p in policies if make_policy(p).adaptive]
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    options = ReplayOptions(
-        data=data,
-        policies=policies,
-        extractor=extractor,
-        avg_samples=avg_samples,
-        perms=perms,
-        seed=seed,
-        max_samples=max_samples,
-        skip_empty=skip_empty,
-        as_json=as_json,
-        plot=plot,
-    )
+    options = ReplayOptions(data=data, policies=policies, extractor=extractor,
+                            avg_samples=avg_samples, perms=perms, seed=seed,
+                            max_samples=max_samples, skip_empty=skip_empty, as_json=as_json,
+                            plot=plot)
+    return options, extract
+
+
+def load_questions(options: ReplayOptions, extract: Extractor) -> list[ReplayQuestion]:
+    """The file's questions (exit 2 naming the line on bad data); skipped lines reported."""
     try:
-        questions, skipped = load_replay(data, extract, skip_empty=skip_empty)
+        questions, skipped = load_replay(options.data, extract, skip_empty=options.skip_empty)
     except ReplayDataError as exc:
         raise _fail(str(exc)) from None
-    if skipped and not as_json:
+    if skipped and not options.as_json:
         typer.echo(f"skipped {len(skipped)} question(s) with no samples: lines {skipped}", err=True)
-    if budget is not None:
-        from cli.budget_replay import run_budget_replay
+    return questions
 
-        run_budget_replay(
-            questions, data, budget, policies[0], queries_per_day, days, seed, as_json
-        )
-        return
 
+def replay_and_render(options: ReplayOptions, questions: list[ReplayQuestion]) -> None:
+    """Replay every policy (and the --plot sweeps) with progress on a terminal, then print the
+    table or JSON and draw the plot."""
+    policies, data, plot = options.policies, options.data, options.plot
     curves: dict[str, list[ReplayResult]] = {}
-    total = len(policies) * perms
+    total = len(policies) * options.perms
     if plot is not None:
-        total += sum(len(SWEEPS.get(f, (f,))) for f in dict.fromkeys(map(family, policies))) * perms
-    show = not as_json and sys.stderr.isatty()
-    if show:
+        families = dict.fromkeys(map(family, policies))
+        total += sum(len(SWEEPS.get(f, (f,))) for f in families) * options.perms
+    if not options.as_json and sys.stderr.isatty():
         from rich.progress import Progress
 
         with Progress(transient=True) as progress:
@@ -341,16 +394,16 @@ def replay_command(
         results = run_replay(options, questions)
         if plot is not None:
             curves = sweep_curves(options, questions, None)
+    title = f"{data.name}: {len(questions)} questions × {options.perms} orders"
     if plot is not None:
-        title = f"{data.name}: {len(questions)} questions × {perms} orders"
         draw_plot(plot, title, curves, results)
-
-    if as_json:
+    if options.as_json:
         objs = [r.to_json() for r in results]
         typer.echo(json.dumps(objs[0] if len(objs) == 1 else {"results": objs}))
         return
-    budget = f", mean ≤ {avg_samples:g} samples" if avg_samples is not None else ""
-    _print_table(results, f"{data.name}: {len(questions)} questions × {perms} orders{budget}")
+    if options.avg_samples is not None:
+        title += f", mean ≤ {options.avg_samples:g} samples"
+    _print_table(results, title)
     if plot is not None:
         typer.echo(f"plot written to {plot}")
 

@@ -30,7 +30,8 @@ def test_every_extractor_chain_the_grammar_admits_exists(name: str) -> None:
 @pytest.mark.parametrize(
     "spec",
     ["t2", "t2:0.01", "t2:lam=0.02,first_wave=2", "t2:upfront,wave=4", "fixed:8", "fixed:all",
-     "fixed:1024", "esc", "esc:5", "ac", "adaptive_consistency:0.95", "margin", "margin:4"],
+     "fixed:1024", "esc", "esc:5", "ac", "adaptive_consistency:0.95", "margin", "margin:4",
+     "online", "online:0.01"],
 )
 def test_documented_specs_are_admitted(spec: str) -> None:
     assert re.match(SPEC_PATTERN, spec)
@@ -41,7 +42,7 @@ def test_documented_specs_are_admitted(spec: str) -> None:
     ["", "T2", " t2", "t2:lam=inf", "t2:lam=nan", "t2:lam=-1", "t2:1e-4", "t2:wave=0",
      "t2:refit_every=0", "t2:colour=red", "t2:value=0", "fixed:0", "fixed:1025", "fixed:abc",
      "fixed", "esc:0", "margin:0.5", "adaptive_consistency:0.5", "adaptive_consistency:1",
-     "oracle", "t2\ud800"],
+     "oracle", "t2\ud800", "online:0", "online:1", "online:1e-3", "online:0.0"],
 )
 def test_malformed_specs_are_refused(spec: str) -> None:
     assert not re.match(SPEC_PATTERN, spec)

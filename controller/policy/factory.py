@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from controller.policy.base import Policy
+from controller.policy.online import DEFAULT_TAU, Online
 from controller.policy.rules import AdaptiveConsistency, Esc, Fixed, Margin
 from controller.policy.t2 import T2
 
 FIXED_ALL = 1_000_000
 """k for "fixed:all": every sample the caps allow (max_samples binds)."""
-POLICY_NAMES = ("fixed", "adaptive_consistency", "esc", "margin", "t2")
+POLICY_NAMES = ("fixed", "adaptive_consistency", "esc", "margin", "t2", "online")
 _ALIASES = {"ac": "adaptive_consistency", "adaptive": "adaptive_consistency"}
 _T2_KEYS = {
     "lam": ("lam", float),
@@ -39,6 +40,7 @@ def _spec_pattern() -> str:
     pos = r"([1-9][0-9]{0,5}(\.[0-9]{1,8})?|0\.[0-9]{0,7}[1-9])"  # > 0
     at_least_one = r"([1-9][0-9]{0,3}(\.[0-9]{1,8})?)"  # ≥ 1
     confidence = r"0\.(5[0-9]{0,6}[1-9]|[6-9][0-9]{0,7})"  # in (0.5, 1)
+    fraction = r"0\.[0-9]{0,7}[1-9]"  # in (0, 1)
     t2_option = (
         rf"({num}|(lam|lambda)={num}|(value|value_per_correct)={pos}"
         rf"|(wave|first_wave|refit_every|min_history)={count}|upfront|norefit|raw)"
@@ -49,6 +51,7 @@ def _spec_pattern() -> str:
         rf"esc(:{count})?",
         rf"margin(:{at_least_one})?",
         rf"t2(:{t2_option}(,{t2_option}){{0,7}})?",
+        rf"online(:{fraction})?",
     ]
     return "^(" + "|".join(forms) + ")$"
 
@@ -64,8 +67,8 @@ def _number(text: str, kind: type, spec: str) -> Any:
 
 
 def make_policy(spec: str, **overrides: Any) -> Policy:
-    """Build a policy from "fixed:5", "adaptive_consistency[:C]", "esc[:w]", "margin[:m]" or
-    "t2[:...]".
+    """Build a policy from "fixed:5", "adaptive_consistency[:C]", "esc[:w]", "margin[:m]",
+    "t2[:...]" or "online[:τ]" (controller.policy.online).
 
     t2 takes comma-separated options after the colon: a bare number is λ; `lam=`, `value=`,
     `wave=`, `first_wave=`, `refit_every=`, `min_history=`; flags `upfront`, `norefit`,
@@ -105,4 +108,6 @@ def make_policy(spec: str, **overrides: Any) -> Policy:
                 raise ValueError(f"unknown t2 option {key!r} in {spec!r}")
         kwargs.update(overrides)
         return T2(**kwargs)
+    if name == "online":
+        return Online(_number(params, float, spec) if params else DEFAULT_TAU, **overrides)
     raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")

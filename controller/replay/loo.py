@@ -62,6 +62,11 @@ FAMILIES: tuple[Family, ...] = (
         ),
         "t2",
     ),
+    Family(
+        "online",
+        tuple(f"online:{tau}" for tau in (0.02, 0.015, 0.01, 0.0075, 0.005, 0.0035, 0.0025)),
+        "online",
+    ),
 )
 
 Grid = Mapping[str, ReplayResult]
@@ -139,6 +144,7 @@ class Score:
             "vs_majority": self.vs_majority.to_json(),
             "vs_ac": self.vs_ac.to_json(),
             "within_goal_of_majority": self.meets_accuracy_goal,
+            "learning_curve": {str(n): round(v, 4) for n, v in r.learning_curve().items()},
         }
 
 

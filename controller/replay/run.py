@@ -2,8 +2,10 @@
 
 Each permutation is one simulated stream of traffic: the questions arrive in a seeded
 random order, each question's recorded samples are drawn in a seeded random order, and the
-policy starts fresh (so t2's online prior only ever learns from questions already answered
-in that stream). A policy can draw no more samples than were recorded. The final answer
+policy starts fresh (so t2's online prior and the `online` rule only ever learn from
+questions already answered in that stream, as a server would). The learning curve
+(`ReplayResult.learning_curve`) is the mean samples over each stream's first N questions.
+A policy can draw no more samples than were recorded. The final answer
 is the majority vote over drawn samples (earliest first occurrence breaks ties); questions
 without gold are scored by the `correct` flag of the sample whose text is returned.
 
@@ -30,6 +32,8 @@ from controller.policy.factory import make_policy
 from controller.replay.data import ReplayQuestion
 
 PolicyFactory = Callable[[], Policy]
+LEARNING_POINTS: tuple[int, ...] = (50, 100, 400)
+"""Stream prefixes the learning curve reports (samples per question over the first N)."""
 
 
 @dataclass
@@ -48,6 +52,27 @@ class ReplayResult:
     per_question: np.ndarray | None = field(default=None, repr=False, compare=False)
     """Each question's accuracy over the perms (file order): paired comparisons need it."""
     per_question_samples: np.ndarray | None = field(default=None, repr=False, compare=False)
+    per_position_samples: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """Samples drawn at each position of the stream (mean over perms): the learning curve."""
+
+    def scored(self, correct: np.ndarray) -> ReplayResult:
+        """This result with its accuracy from `correct` (perms × questions, file order)."""
+        per_question = correct.mean(axis=0)
+        n_q = per_question.size
+        acc = float(per_question.mean())
+        half = 1.96 * float(per_question.std(ddof=1)) / math.sqrt(n_q) if n_q > 1 else 0.0
+        self.per_question = per_question
+        self.accuracy = acc
+        self.accuracy_ci95 = (max(0.0, acc - half), min(1.0, acc + half))
+        return self
+
+    def learning_curve(self, points: Sequence[int] = LEARNING_POINTS) -> dict[int, float]:
+        """Mean samples per question over the first N questions of each stream, for each N
+        in `points` that the file has (a policy that learns gets cheaper as N grows)."""
+        if self.per_position_samples is None:
+            return {}
+        by = self.per_position_samples
+        return {n: float(by[:n].mean()) for n in points if n <= by.size}
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -60,6 +85,7 @@ class ReplayResult:
             "perms": self.perms,
             "stop_reasons": dict(self.stop_reasons),
             "avg_samples": self.avg_samples_target,
+            "learning_curve": {str(n): round(v, 4) for n, v in self.learning_curve().items()},
         }
 
 
@@ -133,6 +159,7 @@ def replay(
     n_q = len(questions)
     correct = np.zeros((perms, n_q))
     samples = np.zeros((perms, n_q))
+    by_position = np.zeros((perms, n_q))
     tokens = np.zeros((perms, n_q))
     reasons: Counter[str] = Counter()
     has_tokens = any(s.tokens is not None for q in questions for s in q.samples)
@@ -151,7 +178,7 @@ def replay(
             if avg_samples is not None
             else None
         )
-        for qi in rng.permutation(n_q):
+        for position, qi in enumerate(rng.permutation(n_q)):
             question = questions[qi]
             n_rec = len(question.samples)
             cap = n_rec if max_samples is None else min(n_rec, max_samples)
@@ -167,26 +194,24 @@ def replay(
                 pacer.record(outcome.samples)
             correct[perm, qi] = outcome.correct
             samples[perm, qi] = outcome.samples
+            by_position[perm, position] = outcome.samples
             tokens[perm, qi] = outcome.tokens
             reasons[outcome.reason] += 1
         if progress is not None:
             progress(perm + 1)
-    per_question = correct.mean(axis=0)
-    acc = float(per_question.mean())
-    half = 1.96 * float(per_question.std(ddof=1)) / math.sqrt(n_q) if n_q > 1 else 0.0
     return ReplayResult(
         policy=name,
-        accuracy=acc,
-        accuracy_ci95=(max(0.0, acc - half), min(1.0, acc + half)),
+        accuracy=0.0,
+        accuracy_ci95=(0.0, 0.0),
         mean_samples=float(samples.mean()),
         mean_tokens=float(tokens.mean()) if has_tokens else None,
         questions=n_q,
         perms=perms,
         stop_reasons=dict(reasons),
         avg_samples_target=avg_samples,
-        per_question=per_question,
         per_question_samples=samples.mean(axis=0),
-    )
+        per_position_samples=by_position.mean(axis=0),
+    ).scored(correct)
 
 
 ALL_POLICIES: tuple[str, ...] = (
@@ -200,6 +225,7 @@ ALL_POLICIES: tuple[str, ...] = (
     "esc",
     "margin",
     "t2",
+    "online",
 )
 """What `--policy all` compares."""
 
@@ -211,6 +237,7 @@ SWEEPS: dict[str, tuple[str, ...]] = {
     "esc": tuple(f"esc:{w}" for w in (2, 3, 4, 5, 6, 8)),
     "margin": tuple(f"margin:{m}" for m in (1, 2, 3, 4, 5, 6, 8)),
     "t2": tuple(f"t2:{lam}" for lam in (0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005)),
+    "online": tuple(f"online:{tau}" for tau in (0.04, 0.02, 0.01, 0.005, 0.0025)),
 }
 """Settings traced for one curve per policy family in `--plot`."""
 

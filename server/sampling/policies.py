@@ -9,7 +9,9 @@ A model with calibrated curves (its config entry's `curves:`, controller.scaling
 every new t2 policy on it the model's leader prior and Acc(k) instead of the uniform prior.
 What t2 learns per (tenant, model) goes to a `LearnedStore` beside the ledger, so a restart
 keeps it and replicas sharing the store pool their traffic: each finished question adds its
-(n, c) cell there, and on t2's refit schedule the policy reloads the merged table.
+(n, c) cell there, and on t2's refit schedule the policy reloads the merged table. The
+`online` rule does the same with its vote-histogram table, through the same protocol, under
+the model key `<model>#online` (controller.policy.online.encode_histogram).
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from controller.aggregate import get_extractor
 from controller.aggregate.vote import METHODS
 from controller.policy.base import Policy
 from controller.policy.factory import make_policy
-from controller.policy.learned import LearnedStore
+from controller.policy.learned import LearnedStore, Pair
+from controller.policy.online import (
+    STORE_SUFFIX,
+    Online,
+    decode_histogram,
+    encode_histogram,
+    histogram,
+)
 from controller.policy.prior import leader_pair
 from controller.policy.rules import Fixed
 from controller.policy.t2 import T2
@@ -32,6 +41,8 @@ from server.config import AppConfig
 from server.errors import ConfigError, ControllerOptionError
 
 log = logging.getLogger("t2serve.policies")
+Learner = T2 | Online
+"""Policies whose learned table persists in the store."""
 
 DEFAULT_CAPACITY = 256
 FIXED_ALL_SPEC = "fixed:all"  # every sample the caps allow: no number of its own
@@ -117,7 +128,7 @@ class PolicyBook:
             self._policies.move_to_end(key)
             return policy
         policy = self.make(model, spec)
-        if isinstance(policy, T2):
+        if isinstance(policy, Learner):
             await self._restore(tenant, model, policy)
         policy = self._policies.setdefault(key, policy)  # a concurrent first request won
         self._policies.move_to_end(key)
@@ -128,30 +139,36 @@ class PolicyBook:
     async def observe(
         self, tenant: str, model: str, policy: Policy, answers: Sequence[str | None]
     ) -> None:
-        """Let the policy learn from a finished question, and persist what t2 learned."""
+        """Let the policy learn from a finished question, and persist what it learned."""
         policy.observe(answers)
         store = self.store
-        pair = leader_pair(answers)
-        if store is None or not isinstance(policy, T2) or pair is None:
+        cell = learned_cell(policy, model, answers)
+        if store is None or cell is None or not isinstance(policy, Learner):
             return
         try:
-            await store.add(tenant, model, pair, self.clock())
+            await store.add(tenant, cell[0], cell[1], self.clock())
             if policy.refit_due():
                 await self._restore(tenant, model, policy)
-                await store.set_prior(tenant, model, policy.prior, self.clock())
+                if isinstance(policy, T2):
+                    await store.set_prior(tenant, model, policy.prior, self.clock())
         except Exception:
-            log.warning("t2's learned state for %s/%s was not saved", tenant, model, exc_info=True)
+            log.warning("learned state for %s/%s was not saved", tenant, model, exc_info=True)
 
-    async def _restore(self, tenant: str, model: str, policy: T2) -> None:
+    async def _restore(self, tenant: str, model: str, policy: Learner) -> None:
         store = self.store
         if store is None:
             return
+        key = model + STORE_SUFFIX if isinstance(policy, Online) else model
         try:
-            learned = await store.load(tenant, model, self.clock())
+            learned = await store.load(tenant, key, self.clock())
         except Exception:
-            log.warning("t2's learned state for %s/%s was not read", tenant, model, exc_info=True)
+            log.warning("learned state for %s/%s was not read", tenant, key, exc_info=True)
             return
-        if learned.counts:
+        if not learned.counts:
+            return
+        if isinstance(policy, Online):
+            policy.load({decode_histogram(c): v for c, v in learned.counts.items()})
+        else:
             policy.load(learned.counts)
 
     async def aclose(self) -> None:
@@ -161,6 +178,20 @@ class PolicyBook:
 
     def __len__(self) -> int:
         return len(self._policies)
+
+
+def learned_cell(
+    policy: Policy, model: str, answers: Sequence[str | None]
+) -> tuple[str, Pair] | None:
+    """(store model key, cell) a finished question adds to the policy's learned table; None
+    for a policy that learns nothing or a question no sample answered."""
+    if isinstance(policy, T2):
+        pair = leader_pair(answers)
+        return None if pair is None else (model, pair)
+    if isinstance(policy, Online):
+        h = histogram(answers)
+        return None if h[0] == 0 else (model + STORE_SUFFIX, encode_histogram(h))
+    return None
 
 
 def policy_book(config: AppConfig) -> PolicyBook:
