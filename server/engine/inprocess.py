@@ -114,7 +114,19 @@ def engine_args(cfg: EngineConfig) -> Any:
         enable_chunked_prefill=chunked_prefill(cfg),
         enforce_eager=cfg.enforce_eager,
         disable_log_stats=not cfg.log_stats,
+        structured_outputs_config=compact_json(),
     )
+
+
+def compact_json() -> Any:
+    """Structured outputs decode compact JSON: with free whitespace allowed, a small model pads
+    the object with spaces until `max_tokens` runs out and never closes it. vLLM reads this
+    only from the engine's config (a request's own `disable_any_whitespace` has no effect), and
+    only the xgrammar and guidance backends honour it; xgrammar is the one that closes the
+    shipped models' objects (guidance returned empty texts on them)."""
+    from vllm.config import StructuredOutputsConfig
+
+    return StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
 
 
 def shutdown_built(done: asyncio.Future[Any]) -> None:
@@ -459,10 +471,10 @@ def _structured(spec: StructuredOutput | None) -> Any:
         return None
     from vllm.sampling_params import StructuredOutputsParams
 
-    # No free whitespace: a small model can pad JSON with spaces until max_tokens otherwise.
+    # Compact JSON (no free whitespace) is the engine's setting: see `compact_json`.
     if spec.json_schema is not None:
-        return StructuredOutputsParams(json=spec.json_schema, disable_any_whitespace=True)
-    return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
+        return StructuredOutputsParams(json=spec.json_schema)
+    return StructuredOutputsParams(json_object=True)
 
 
 @contextlib.contextmanager
