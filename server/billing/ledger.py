@@ -18,10 +18,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from controller.budget import (
     Cost,
@@ -44,11 +42,11 @@ from server.billing.ratelimit import go_duration, ratelimit_headers
 from server.billing.unmetered import UnmeteredBilling
 from server.config import TenantConfig
 from server.errors import InsufficientQuota, RateLimited
+from server.shield import shielded
 
 log = logging.getLogger("t2serve.billing")
 VERIFIER_WAVES = 1_000_000  # settlement keys of verifier charges, apart from generation waves
 SETTLE_RETRIES_S = (0.05, 0.25, 1.0)  # waits between tries of an (idempotent) settle
-T = TypeVar("T")
 
 
 class BudgetProvider(BudgetProviderBase):
@@ -96,19 +94,6 @@ def request_committed(request_id: str) -> RequestCommitted:
         bound = (request_id, RequestCommitted())
         _COMMITTED.set(bound)
     return bound[1]
-
-
-async def _shielded(work: Awaitable[T]) -> tuple[T, bool]:
-    """Run `work` to completion even if cancelled meanwhile; (its result, whether cancelled):
-    a hold the ledger granted is then recorded (and released by `close`), never leaked."""
-    task = asyncio.ensure_future(work)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-    return task.result(), cancelled
 
 
 class LedgerBilling:
@@ -251,7 +236,7 @@ class LedgerBilling:
         claim = (self.request_id, key)
         self.committed.held[claim] = fixed + per.scale(samples)
         try:
-            out, cancelled = await _shielded(
+            out, cancelled = await shielded(
                 self.provider.ledger.reserve(
                     self.tenant.id,
                     self.tenant.budgets,

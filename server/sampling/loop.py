@@ -23,7 +23,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -46,6 +46,7 @@ from server.errors import APIError, InsufficientQuota, UpstreamTimeout
 from server.sampling.job import Outcome, RoutedJob, RouteReport, SamplingJob, Spend, WaveTally
 from server.sampling.plans import ModelPlan, Plan, RoutePlan
 from server.sampling.policies import PolicyBook
+from server.shield import uncancellable
 from server.verifiers import ServedVerifier
 
 log = logging.getLogger("t2serve.sampling")
@@ -271,7 +272,7 @@ class Sampler:
     ) -> None:
         billing.finish(stop_reason, _status(sys.exc_info()[1]), drawn)
         try:
-            await _uncancellable(billing.close())
+            await uncancellable(billing.close())
         except Exception:
             log.exception("closing the billing of %s failed", job.request_id)
 
@@ -310,7 +311,7 @@ class Sampler:
             # Abort and settle even when cancelled (a disconnect), and even if cancelled again
             # while doing so: the tenant pays for exactly the tokens the engine generated.
             unfinished = len(samples) < hold.samples
-            await _uncancellable(
+            await uncancellable(
                 self._close_wave(job, hold, engine_id, unfinished, tally, billing, spend, engine)
             )
         return samples, timed_out
@@ -393,20 +394,6 @@ def _route_costs(routed: RoutedJob, route: Route, billing: Billing) -> tuple[dic
     return costs, billing.unit if metered else "flops"
 
 
-async def _uncancellable(work: Awaitable[None]) -> None:
-    """Run `work` to completion; re-raise a cancellation that arrived meanwhile, afterwards."""
-    task = asyncio.ensure_future(work)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-    task.result()
-    if cancelled:
-        raise asyncio.CancelledError
-
-
 def _fit_cost(billing: Billing, size: int, job: SamplingJob, left: float) -> int:
     """The largest wave ≤ size whose worst case fits in what `max_cost` leaves. `Caps` turns
     the cost cap into samples, as for any policy; a wave pays its prompt once, so the cap it
@@ -455,7 +442,7 @@ class _Verdicts:
         try:
             scored = await score_candidates(verifier, job.prompt.text, texts, verifier.timeout_s)
         finally:
-            await _uncancellable(self._bill(job, verifier, wave, spent_before, billing, spend))
+            await uncancellable(self._bill(job, verifier, wave, spent_before, billing, spend))
         if scored.scores is None:
             self.error = scored.error or f"{verifier.name}: failed"
             log.warning("verifier failed for %s: %s", job.request_id, self.error)
