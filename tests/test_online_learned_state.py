@@ -10,8 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from controller.budget.learned_redis import RedisLearnedStore
-from controller.budget.learned_sqlite import SQLiteLearnedStore
 from controller.policy.online import (
     STORE_SUFFIX,
     Online,
@@ -24,6 +22,8 @@ from controller.policy.online import (
 from server.app import create_app, serve_in_loop
 from server.config import hash_key, parse_config
 from server.sampling.policies import PolicyBook
+from storage.redis.learned import RedisLearnedStore
+from storage.sqlite.learned import SQLiteLearnedStore
 from tests.fakes import ScriptedEngine, cycle
 
 KEY = "online-state-key"
