@@ -562,18 +562,7 @@ def calibrate_command(
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     if as_json:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    from server.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        _fail(str(exc))
-    try:
-        questions, skipped = load_questions(data, skip_bad)
-        name = extractor or cfg.defaults.extractor
-        get_extractor(name)
-    except (CalibrateError, ValueError) as exc:
-        _fail(str(exc))
+    cfg, questions, skipped, name = _load(config, data, extractor, skip_bad)
     settings = Settings(
         model_id=model,
         samples=samples,
@@ -597,18 +586,42 @@ def calibrate_command(
             code=1,
         )
     outcome.skipped = skipped
+    _report(model, samples, outcome, as_json)
+
+
+def _load(
+    config: Path, data: Path, extractor: str | None, skip_bad: bool
+) -> tuple[AppConfig, list[Question], list[str], str]:
+    """The config, the questions (and the lines skipped), and the extractor's name; exits 2
+    with one line on any error."""
+    from server.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    try:
+        questions, skipped = load_questions(data, skip_bad)
+        name = extractor or cfg.defaults.extractor
+        get_extractor(name)
+    except (CalibrateError, ValueError) as exc:
+        _fail(str(exc))
+    return cfg, questions, skipped, name
+
+
+def _report(model: str, samples: int, outcome: Outcome, as_json: bool) -> None:
     report = {
         "model": model,
         "questions": outcome.total,
         "resumed": outcome.resumed,
-        "skipped_lines": skipped,
+        "skipped_lines": outcome.skipped,
         "files": outcome.files,
         **outcome.summary,
     }
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    for line in skipped:
+    for line in outcome.skipped:
         typer.echo(f"skipped {line}", err=True)
     typer.echo(
         f"calibrated {model} on {outcome.total} questions x {samples} samples "
