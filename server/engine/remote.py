@@ -67,6 +67,21 @@ class _Choice:
     finish_reason: str | None = None
     tokens_lp: list[TokenLogprob] = field(default_factory=list)
 
+    def absorb(self, c: dict[str, Any]) -> bool:
+        """Add one streamed chunk of this choice; True when it carries the choice's finish."""
+        self.text += c.get("text") or ""
+        lp = c.get("logprobs") or {}
+        token_lps = lp.get("token_logprobs") or []
+        self.tokens += len(lp.get("tokens") or token_lps)
+        if token_lps:
+            self.has_logprobs = True
+            self.logprob += sum(x for x in token_lps if x is not None)
+            self.tokens_lp.extend(_token_logprobs(lp))
+        if c.get("finish_reason") is not None and self.finish_reason is None:
+            self.finish_reason = c["finish_reason"]
+            return True
+        return False
+
 
 class RemoteEngine(PromptingMixin):
     """`SampleEngine` over OpenAI-compatible HTTP upstreams."""
@@ -338,17 +353,7 @@ class RemoteEngine(PromptingMixin):
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                 for c in chunk.get("choices", []):
-                    ch = choices[int(c["index"])]
-                    ch.text += c.get("text") or ""
-                    lp = c.get("logprobs") or {}
-                    token_lps = lp.get("token_logprobs") or []
-                    ch.tokens += len(lp.get("tokens") or token_lps)
-                    if token_lps:
-                        ch.has_logprobs = True
-                        ch.logprob += sum(x for x in token_lps if x is not None)
-                        ch.tokens_lp.extend(_token_logprobs(lp))
-                    if c.get("finish_reason") is not None and ch.finish_reason is None:
-                        ch.finish_reason = c["finish_reason"]
+                    if choices[int(c["index"])].absorb(c):
                         finished.append(int(c["index"]))
         # Choices are released once usage (with the cached-token count) is known.
         details = (usage or {}).get("prompt_tokens_details") or {}
