@@ -120,6 +120,31 @@ def served_run(
     return asyncio.run(timed_run(calls, concurrency))
 
 
+def _row(
+    level: int,
+    structured: bool,
+    requests: int,
+    raw: tuple[float, int, list[float]],
+    served: tuple[float, int, list[float]],
+) -> dict[str, Any]:
+    """One concurrency level's figures: (seconds, tokens, latencies) of each path."""
+    (raw_s, raw_tok, raw_lat), (srv_s, srv_tok, srv_lat) = raw, served
+    raw_tps, srv_tps = raw_tok / raw_s, srv_tok / srv_s
+    return {
+        "concurrency": level,
+        "structured_outputs": structured,
+        "requests": requests,
+        "raw_tokens_per_s": round(raw_tps, 1),
+        "server_tokens_per_s": round(srv_tps, 1),
+        "throughput_ratio": round(srv_tps / raw_tps, 3),
+        "raw_requests_per_s": round(len(raw_lat) / raw_s, 2),
+        "server_requests_per_s": round(len(srv_lat) / srv_s, 2),
+        "raw_p50_ms": round(statistics.median(raw_lat) * 1000, 1),
+        "server_p50_ms": round(statistics.median(srv_lat) * 1000, 1),
+        "added_p50_ms": round((statistics.median(srv_lat) - statistics.median(raw_lat)) * 1000, 1),
+    }
+
+
 async def overhead(
     engine_api: EngineService,
     api: openai.AsyncOpenAI,
@@ -191,24 +216,8 @@ async def overhead(
             )
             srv_s, srv_tok = srv_s + s, srv_tok + tok
             srv_lat += lat
-        raw_tps, srv_tps = raw_tok / raw_s, srv_tok / srv_s
-        rows.append(
-            {
-                "concurrency": level,
-                "structured_outputs": structured,
-                "requests": len(picks) * ROUNDS,
-                "raw_tokens_per_s": round(raw_tps, 1),
-                "server_tokens_per_s": round(srv_tps, 1),
-                "throughput_ratio": round(srv_tps / raw_tps, 3),
-                "raw_requests_per_s": round(len(raw_lat) / raw_s, 2),
-                "server_requests_per_s": round(len(srv_lat) / srv_s, 2),
-                "raw_p50_ms": round(statistics.median(raw_lat) * 1000, 1),
-                "server_p50_ms": round(statistics.median(srv_lat) * 1000, 1),
-                "added_p50_ms": round(
-                    (statistics.median(srv_lat) - statistics.median(raw_lat)) * 1000, 1
-                ),
-            }
-        )
+        rows.append(_row(level, structured, len(picks) * ROUNDS, (raw_s, raw_tok, raw_lat),
+                         (srv_s, srv_tok, srv_lat)))  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     client.shutdown()
     return rows
