@@ -123,11 +123,14 @@ def calibrate_route(
 @dataclass(frozen=True)
 class Prices:
     """What a route's value arithmetic is told, from its calibration questions: the mean
-    dollars of a sample and of a call's prompt per model, and each model's sample cap."""
+    dollars of a sample and of a call's prompt per model, and each model's sample cap.
+    `recall`: a repeat call's prompt (None: as a first call's, as the recorded APIs bill it;
+    a server with a prefix cache prices it at the cache hit, server.sampling.route_prices)."""
 
     sample: dict[str, float]
     call: dict[str, float]
     caps: dict[str, int]
+    recall: dict[str, float] | None = None
 
     @classmethod
     def measure(cls, rs: RoutingSet, rows: IntArray, models: Sequence[str]) -> Prices:
@@ -187,7 +190,7 @@ def run_one(
     `allowed` the samples allowed in all (default: every model's cap)."""
     allowed = sum(prices.caps.values()) if allowed is None else allowed
     run = route.start(prices.sample, lam, allowed, cheapest_first, call_costs=prices.call,
-                      caps=prices.caps, descend=descend)  # fmt: skip
+                      recall_costs=prices.recall, caps=prices.caps, descend=descend)  # fmt: skip
     answers: dict[str, list[str | None]] = {}
     order: list[str] = []
     waves: list[tuple[str, int]] = []
