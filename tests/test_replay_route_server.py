@@ -15,7 +15,7 @@ from controller.pacing import ComputePrice
 from controller.policy import make_policy
 from controller.replay.route import GOLD, Draws, Prices, calibrate_route, folds, run_one
 from controller.replay.routing_set import load_routing_set
-from controller.routing import N_MAX, SHRINK, route_price
+from controller.routing import N_MAX, POOL, SHRINK, route_price
 from server.engine.service import EngineService
 from server.sampling import PolicyBook, Sampler
 from server.sampling.job import RoutedJob
@@ -60,9 +60,9 @@ class PricedBilling(RecordingBilling):
 async def test_the_server_draws_the_waves_the_replay_decides(
     tmp_path: Path, cheapest_first: bool, lam_per_strong: float
 ) -> None:
-    rs = load_routing_set(recorded_set(tmp_path / "s"))
+    rs = load_routing_set(recorded_set(tmp_path / "s", n=80))
     rows = folds(rs.questions, 2, seed=0)
-    route = calibrate_route(rs, rows[1], MODELS, 0, SHRINK, pool=False)
+    route = calibrate_route(rs, rows[1], MODELS, 0, SHRINK, pool=POOL)  # the server's
     draws = Draws.make(rs, perms=1, seed=3)
     services = {m: EngineService(m, {}, ScriptedEngine()) for m in MODELS}
     prompt = services["weak"].tokenize(PROMPT)
