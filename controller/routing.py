@@ -26,9 +26,9 @@ Decisions (`RouteRun`).
 
 What a wave costs (`RouteRun.wave_cost`). A call's fixed part (its prompt: `call_costs`, or
 `recall_costs` for a repeat call on a model already called, 0 when the prompt is a prefix-cache
-hit) plus its samples, as the ledger bills a wave; without call costs (the server's routes
-today) only the samples. Each candidate draws at most its own cap (`caps`), and `allowed` in
-all.
+hit) plus its samples, as the ledger bills a wave (the server's routes pass them:
+server.sampling.route_prices); without call costs, only the samples. Each candidate draws at
+most its own cap (`caps`), and `allowed` in all.
 
 Moving down (`descend`, on by default). A question may move to any candidate it has not
 visited, a cheaper one after a dearer one included (after a split vote of the large model the
