@@ -26,9 +26,9 @@ Decisions (`RouteRun`).
 
 What a wave costs (`RouteRun.wave_cost`). A call's fixed part (its prompt: `call_costs`, or
 `recall_costs` for a repeat call on a model already called, 0 when the prompt is a prefix-cache
-hit) plus its samples, as the ledger bills a wave; without call costs (the server's routes
-today) only the samples. Each candidate draws at most its own cap (`caps`), and `allowed` in
-all.
+hit) plus its samples, as the ledger bills a wave (the server's routes pass them:
+server.sampling.route_prices); without call costs, only the samples. Each candidate draws at
+most its own cap (`caps`), and `allowed` in all.
 
 Moving down (`descend`, on by default). A question may move to any candidate it has not
 visited, a cheaper one after a dearer one included (after a split vote of the large model the
@@ -70,8 +70,13 @@ PLAN_CACHE = 256
 DECISION_CACHE = 1 << 16
 """Later decisions kept per route (bounded, cleared when full): a decision depends only on the
 run's settings and the vote state, so a replay's many draw orders reuse them."""
-SHRINK = 0.5
-"""Pseudo-questions pulling a seldom-seen state's estimate toward the curve's value."""
+SHRINK = 4.0
+POOL = True
+"""Pseudo-questions pulling a seldom-seen state's estimate toward the curve's value, through its
+leader-votes row first (`pool`, `shrunk`). The server's routes and the route replay use the
+same: chosen leave-one-set-out on the two dev sets among shrink ∈ {0.5, 4, 16} × pool ∈ {off,
+on}, each set choosing (4, on) alone (controller.replay.route, BENCHMARKS.md "Routing on
+recorded LLM outputs"). Before: 0.5 without pooling."""
 
 FloatArray = NDArray[np.float64]
 
@@ -151,7 +156,7 @@ class VoteStats:
     keys: tuple[str, ...] = ()
     _state_ids: list[np.ndarray] = field(default_factory=list, repr=False)
     shrink: float = SHRINK
-    pool: bool = False
+    pool: bool = POOL
 
     @classmethod
     def fit(
@@ -160,7 +165,7 @@ class VoteStats:
         n_max: int = N_MAX,
         seed: int = 0,
         shrink: float = SHRINK,
-        pool: bool = False,
+        pool: bool = POOL,
     ) -> VoteStats:
         if not questions:
             raise ValueError("vote statistics need at least one calibration question")
@@ -217,7 +222,7 @@ class CrossStats:
     weight: FloatArray  # [n, v1, v2]
     marginal: FloatArray  # [k]: B's accuracy on the shared questions
     shrink: float = SHRINK
-    pool: bool = False
+    pool: bool = POOL
 
     @classmethod
     def fit(cls, a: VoteStats, b_curves: Mapping[str, FloatArray], k_max: int) -> CrossStats | None:
@@ -570,13 +575,12 @@ def build_route(
     members: Sequence[RouteMember],
     seed: int = 0,
     shrink: float = SHRINK,
-    pool: bool = False,
+    pool: bool = POOL,
 ) -> Route:
     """Fit every member's vote statistics and, for every ordered pair of members calibrated on
     shared questions (matched by key), the cross-model table. `shrink`: pseudo-questions
-    pulling a seldom-seen state toward the curve (SHRINK); `pool`: through its leader-votes
-    row first (`shrunk`). The defaults are the server's; the route replay chose its own
-    leave-one-set-out (controller.replay.route)."""
+    pulling a seldom-seen state toward the curve; `pool`: through its leader-votes row first
+    (`shrunk`). The defaults (SHRINK, POOL) are the server's and the replay's alike."""
     stats = {
         m.model: VoteStats.fit(m.questions, seed=seed, shrink=shrink, pool=pool) for m in members
     }

@@ -128,6 +128,9 @@ class SpendEntry:
     completion_tokens: int
     key_prefix: str | None = None
     user: str | None = None
+    waves: int = 1
+    """Waves it adds to the record: 1 for a generation wave, 0 for a verifier's charge (its
+    cost and tokens count, but it drew no wave)."""
 
 
 @dataclass

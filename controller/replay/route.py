@@ -23,6 +23,8 @@ from controller.replay.data import ReplayQuestion, ReplaySample
 from controller.replay.routing_set import RoutingSet
 from controller.routing import (
     N_MAX,
+    POOL,
+    SHRINK,
     Route,
     RouteMember,
     build_route,
@@ -40,12 +42,13 @@ PLACEHOLDER_PARAMS = 1.0
 LAM_GRID = (0.0, *np.geomspace(0.01, 1000.0, 21).tolist())
 """λ in units of 1 / (the reference's cost per question): a route at g would pay the whole
 reference cost for g more accuracy. 0 … 1000 spans GPT-4 × all down to one cheap sample."""
-REPLAY_SHRINK = 4.0
-REPLAY_POOL = True
-"""The replay's shrinkage (controller.routing.shrunk), chosen leave-one-set-out on the two dev
-sets among shrink ∈ {0.5, 4, 16} × pool ∈ {off, on} by the worst margin of any baseline over
-the route's envelope: chosen on gsm8k_pot1 alone it is (4, on), and on date_cot1 alone the
-same; each set is scored with the choice made on the other (BENCHMARKS.md)."""
+REPLAY_SHRINK = SHRINK
+REPLAY_POOL = POOL
+"""The replay's shrinkage (controller.routing.shrunk), the server's routes' too (routing's
+SHRINK, POOL): chosen leave-one-set-out on the two dev sets among shrink ∈ {0.5, 4, 16} ×
+pool ∈ {off, on} by the worst margin of any baseline over the route's envelope: chosen on
+gsm8k_pot1 alone it is (4, on), and on date_cot1 alone the same; each set is scored with the
+choice made on the other (BENCHMARKS.md)."""
 MODES = ("auto", "cascade")
 """auto: start where the plan says; cascade: always start on the cheapest model."""
 
@@ -123,11 +126,14 @@ def calibrate_route(
 @dataclass(frozen=True)
 class Prices:
     """What a route's value arithmetic is told, from its calibration questions: the mean
-    dollars of a sample and of a call's prompt per model, and each model's sample cap."""
+    dollars of a sample and of a call's prompt per model, and each model's sample cap.
+    `recall`: a repeat call's prompt (None: as a first call's, as the recorded APIs bill it;
+    a server with a prefix cache prices it at the cache hit, server.sampling.route_prices)."""
 
     sample: dict[str, float]
     call: dict[str, float]
     caps: dict[str, int]
+    recall: dict[str, float] | None = None
 
     @classmethod
     def measure(cls, rs: RoutingSet, rows: IntArray, models: Sequence[str]) -> Prices:
@@ -187,7 +193,7 @@ def run_one(
     `allowed` the samples allowed in all (default: every model's cap)."""
     allowed = sum(prices.caps.values()) if allowed is None else allowed
     run = route.start(prices.sample, lam, allowed, cheapest_first, call_costs=prices.call,
-                      caps=prices.caps, descend=descend)  # fmt: skip
+                      recall_costs=prices.recall, caps=prices.caps, descend=descend)  # fmt: skip
     answers: dict[str, list[str | None]] = {}
     order: list[str] = []
     waves: list[tuple[str, int]] = []

@@ -300,7 +300,13 @@ class LedgerBilling:
         tenant's price for `model`, as its own spend-log entry."""
         cost = self.provider.pricer(self.tenant, model).cost(prompt_tokens, completion_tokens)
         entry = SpendEntry(
-            model, 0, prompt_tokens, completion_tokens, self.caller.key_prefix, self.caller.user
+            model,
+            0,
+            prompt_tokens,
+            completion_tokens,
+            self.caller.key_prefix,
+            self.caller.user,
+            waves=0,  # the verifier scored a wave; it drew none
         )
         return await self._settle(VERIFIER_WAVES + wave, cost, entry)
 

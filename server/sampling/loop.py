@@ -46,6 +46,7 @@ from server.errors import APIError, InsufficientQuota, UpstreamTimeout
 from server.sampling.job import Outcome, RoutedJob, RouteReport, SamplingJob, Spend, WaveTally
 from server.sampling.plans import ModelPlan, Plan, RoutePlan
 from server.sampling.policies import PolicyBook
+from server.sampling.route_prices import route_prices
 from server.shield import uncancellable
 from server.verifiers import ServedVerifier
 
@@ -215,11 +216,12 @@ class Sampler:
         if route is None:
             raise ValueError(f"a routed job needs its route ({job.route})")
         first = job.jobs[route.candidates[0].model]
-        costs, unit = _route_costs(job, route, billing)
+        prices = route_prices(job, route, billing)
         own = make_policy(first.policy).own_sample_price
-        lam = route_price(own, billing.price_of_compute(), costs[first.model], unit)
-        routing = route.start(costs, lam, first.max_samples, job.cheapest_first)
-        return _Setup(RoutePlan(routing, stop_at), job.jobs, first, route, lam, unit)
+        reference = prices.per_sample(first.model)
+        lam = route_price(own, billing.price_of_compute(), reference, prices.unit)
+        plan = RoutePlan.start(route, prices, lam, first.max_samples, job.cheapest_first, stop_at)
+        return _Setup(plan, job.jobs, first, route, lam, prices.unit)
 
     async def _wave(
         self,
@@ -378,20 +380,6 @@ class _Clock:
         return min(self.hard_stop, self.soft_stop)
 
 
-def _route_costs(routed: RoutedJob, route: Route, billing: Billing) -> tuple[dict[str, float], str]:
-    """Each candidate's worst-case cost of one sample, in the tenant's unit (currency or
-    FLOPs); for unmetered tenants, whose unit is tokens, in FLOPs (2·N per token): a token of
-    the larger model is not as cheap as one of the smaller."""
-    costs: dict[str, float] = {}
-    metered = billing.unit in ("currency", "flops")
-    for cand in route.candidates:
-        job = routed.jobs[cand.model]
-        if metered:
-            cost = billing.quote(job.prompt_tokens, job.max_tokens, model=cand.model)
-        else:
-            cost = 2.0 * cand.params * (job.prompt_tokens + job.max_tokens)
-        costs[cand.model] = max(cost, 1e-12)
-    return costs, billing.unit if metered else "flops"
 
 
 def _fit_cost(billing: Billing, size: int, job: SamplingJob, left: float) -> int:

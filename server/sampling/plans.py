@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from controller.policy.base import PolicyRun
-from controller.routing import CandidatePlan, RouteRun
+from controller.routing import CandidatePlan, Route, RouteRun
+from server.sampling.route_prices import RoutePrices
 
 Answers = Mapping[str, Sequence[str | None]]  # each model's answers so far, in draw order
 
@@ -71,6 +72,23 @@ class RoutePlan:
     def __init__(self, run: RouteRun, stop_at: float | None = None) -> None:
         self.run = run
         self.stop_at = stop_at
+
+    @classmethod
+    def start(
+        cls,
+        route: Route,
+        prices: RoutePrices,
+        lam: float,
+        allowed: int,
+        cheapest_first: bool = False,
+        stop_at: float | None = None,
+    ) -> RoutePlan:
+        """A request's route, its decisions pricing each wave as the ledger bills it: the
+        call's prompt (a repeat call's prefix-cache hit), each sample's completion, each
+        model's own cap (server.sampling.route_prices)."""
+        run = route.start(prices.sample, lam, allowed, cheapest_first, call_costs=prices.call,
+                          recall_costs=prices.recall, caps=prices.caps)  # fmt: skip
+        return cls(run, stop_at)
 
     @property
     def predicted_accuracy(self) -> float | None:

@@ -236,7 +236,7 @@ return table.concat(out, ',')
 # KEYS: res, exp, tot, settled, log record, log index, window hashes...
 # ARGV: now, member, cost_m, cost_f, settled_ttl, has_log, request_id, model, key_prefix, user,
 # samples, prompt_tokens, completion_tokens, log_ttl, cost_t, then per window: bucket, cutoff,
-# expire_s, scope.
+# expire_s, scope; then the waves the log entry adds (absent: 1, as before it was passed).
 SETTLE = (
     _COMMON
     + r"""
@@ -274,7 +274,7 @@ else
       redis.call('EXPIRE', KEYS[6], ttl)
     end
     redis.call('HINCRBY', log, 'samples', tonumber(ARGV[11]))
-    redis.call('HINCRBY', log, 'waves', 1)
+    redis.call('HINCRBY', log, 'waves', tonumber(ARGV[16 + nwin * 4] or '1'))
     redis.call('HINCRBY', log, 'prompt_tokens', tonumber(ARGV[12]))
     redis.call('HINCRBY', log, 'completion_tokens', tonumber(ARGV[13]))
     redis.call('HINCRBYFLOAT', log, 'money', cm)
@@ -437,6 +437,7 @@ class RedisStore:
         for lim in limits:
             expire = int(2 * max(LENGTH_S[lim.span.name], lim.span.end - lim.span.start)) + 60
             args += [lim.bucket, lim.cutoff, expire, lim.scope]
+        args.append(e.waves if e else 0)
         out = str(await self._settle(keys=keys, args=args)).split(",")
         charged = Cost(float(out[1]), float(out[2]), float(out[3]))
         return SettleOutcome(charged, out[0] == "1", _usage(limits, out[4:]))

@@ -192,11 +192,12 @@ class SQLiteStore:
         if h.entry is not None:  # the request's log record, in the settle's own transaction
             e = h.entry
             c.execute(
-                "INSERT INTO spend_logs VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL) "
+                "INSERT INTO spend_logs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL) "
                 "ON CONFLICT (tenant, request_id) DO UPDATE SET samples = samples + "
-                "excluded.samples, waves = waves + 1, prompt_tokens = prompt_tokens + "
-                "excluded.prompt_tokens, completion_tokens = completion_tokens + "
-                "excluded.completion_tokens, money = money + excluded.money, "
+                "excluded.samples, waves = waves + excluded.waves, "
+                "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+                "completion_tokens = completion_tokens + excluded.completion_tokens, "
+                "money = money + excluded.money, "
                 "flops = flops + excluded.flops",
                 (
                     tenant,
@@ -206,6 +207,7 @@ class SQLiteStore:
                     e.key_prefix,
                     e.user,
                     e.samples,
+                    e.waves,
                     e.prompt_tokens,
                     e.completion_tokens,
                     cost.money,
