@@ -316,6 +316,10 @@ class Sampler:
             await uncancellable(
                 self._close_wave(job, hold, engine_id, unfinished, tally, billing, spend, engine)
             )
+        # In draw order, not arrival order: each sample is its own engine request and they
+        # finish in any order, but ties and the returned carrier must not depend on it (a seed
+        # reproduces the answer and its text).
+        samples.sort(key=lambda sample: sample.index)
         return samples, timed_out
 
     async def _close_wave(
