@@ -95,8 +95,10 @@ async def timed_run(
 
 def served_run(
     base_url: str, questions: list[str], concurrency: int, structured: bool = False
-) -> tuple[float, list[float], int]:
-    """The served path's load, run in the client process: (wall s, latencies s, tokens)."""
+) -> tuple[float, list[float], int, float]:
+    """The served path's load, run in the client process: (wall s, latencies s, tokens, the
+    client's own CPU s). The raw path has no client; on a 2-core box the client's CPU is taken
+    from the server's core, so the row reports it."""
     api = openai.AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0, timeout=600)
 
     def served_call(question: str, i: int) -> Callable[[], Awaitable[int]]:
@@ -117,7 +119,9 @@ def served_run(
         return call
 
     calls = [served_call(q, i) for i, q in enumerate(questions)]
-    return asyncio.run(timed_run(calls, concurrency))
+    cpu = time.process_time()
+    wall, latencies, tokens = asyncio.run(timed_run(calls, concurrency))
+    return wall, latencies, tokens, time.process_time() - cpu
 
 
 def _row(
@@ -205,19 +209,22 @@ async def overhead(
         raw_lat: list[float] = []
         srv_lat: list[float] = []
         raw_tok = srv_tok = 0
+        client_cpu = 0.0
         for _ in range(ROUNDS):
             s, lat, tok = await timed_run(
                 [raw_call(prompts[j], i) for i, j in enumerate(picks)], level
             )
             raw_s, raw_tok = raw_s + s, raw_tok + tok
             raw_lat += lat
-            s, lat, tok = await asyncio.get_running_loop().run_in_executor(
+            s, lat, tok, cpu = await asyncio.get_running_loop().run_in_executor(
                 client, served_run, base_url, [questions[j] for j in picks], level, structured
             )
+            client_cpu += cpu
             srv_s, srv_tok = srv_s + s, srv_tok + tok
             srv_lat += lat
         rows.append(_row(level, structured, len(picks) * ROUNDS, (raw_s, raw_tok, raw_lat),
                          (srv_s, srv_tok, srv_lat)))  # fmt: skip
+        rows[-1]["client_cpu_ms_per_request"] = round(client_cpu / len(srv_lat) * 1000, 2)
         print(json.dumps(rows[-1]), flush=True)
     client.shutdown()
     return rows
