@@ -124,6 +124,16 @@ async def test_fixed_k_draws_one_wave_and_bills_exactly_what_was_generated() -> 
     assert billing.closed == 1
 
 
+async def test_a_waves_samples_count_in_draw_order_whatever_order_they_finish_in() -> None:
+    # Each sample is its own engine request, so the short one finishes first; a 1-1 tie and the
+    # returned text must still follow draw order, or a seed would not reproduce the answer.
+    engine = ScriptedEngine(cycle("A: 10", "A: 2"))
+    sampler, service = make(engine)
+    out = await sampler.run(job(service, "fixed:2"), RecordingBilling())
+    assert out.votes == {"10": 1, "2": 1}
+    assert (out.answer, out.text, out.chosen_index) == ("10", "A: 10", 0)
+
+
 async def test_every_wave_reuses_the_one_tokenized_prompt_and_moves_the_seed() -> None:
     engine = ScriptedEngine(cycle("A: 1", "A: 2"), request_seed=True)
     sampler, service = make(engine)
