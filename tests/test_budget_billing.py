@@ -254,3 +254,26 @@ async def test_budget_gauges_follow_the_ledger_at_most_every_interval(
         await billing.close()
     finally:
         await provider.close()
+
+
+async def test_a_closed_provider_publishes_no_deferred_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deferred publish dies with its provider: later it would overwrite the gauges of
+    whichever provider serves the tenant by then with stale figures."""
+    from server.billing import gauges
+
+    published: list[tuple[str, str, float]] = []
+    def set_budget(tenant: str, window: str, *, remaining: float, **_: float) -> None:
+        published.append((tenant, window, remaining))
+
+    monkeypatch.setattr(gauges.metrics, "set_budget", set_budget)
+    cfg = make_config(tmp_path, budgets={"day": {"limit": 1.0, "hard": True}})
+    provider = BudgetProvider(cfg, clock=noon())
+    billing = handle(provider, cfg, "r1")
+    await billing.settle(WaveHold(0, 1, 0, 0), prompt_tokens=0, completion_tokens=100)
+    await billing.settle(WaveHold(1, 1, 0, 0), prompt_tokens=0, completion_tokens=50)  # deferred
+    await billing.close()
+    await provider.close()
+    await asyncio.sleep(gauges.METRICS_INTERVAL_S + 0.1)
+    assert published == [("acme", "day", pytest.approx(0.8))]

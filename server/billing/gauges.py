@@ -24,7 +24,7 @@ class BudgetGauges:
         self.prices = prices
         self.enabled = enabled
         self._published: dict[str, float] = {}
-        self._trailing: set[str] = set()
+        self._trailing: dict[str, asyncio.TimerHandle] = {}
 
     def publish(self, tenant: TenantConfig, pricer: Pricer, force: bool = False) -> None:
         if not self.enabled:
@@ -33,9 +33,10 @@ class BudgetGauges:
         wait = self._published.get(tenant.id, -1e9) + METRICS_INTERVAL_S - now
         if not force and wait > 0:
             if tenant.id not in self._trailing:  # publish the latest figures once it is due
-                self._trailing.add(tenant.id)
                 with contextlib.suppress(RuntimeError):  # no running loop: nothing to defer
-                    asyncio.get_running_loop().call_later(wait, self._flush, tenant, pricer)
+                    self._trailing[tenant.id] = asyncio.get_running_loop().call_later(
+                        wait, self._flush, tenant, pricer
+                    )
             return
         self._published[tenant.id] = now
         for u in self.prices.figures(tenant) or []:
@@ -54,7 +55,14 @@ class BudgetGauges:
         price = self.prices.price(tenant, pricer, billing_unit(tenant, pricer))
         metrics.set_price_of_compute(tenant.id, price.lam if price is not None else 0.0)
 
+    def close(self) -> None:
+        """Drop the deferred publishes: a closed provider's figures are no longer the ledger's
+        (another provider, a restart's, may be publishing the same tenant by then)."""
+        for pending in self._trailing.values():
+            pending.cancel()
+        self._trailing.clear()
+
     def _flush(self, tenant: TenantConfig, pricer: Pricer) -> None:
-        self._trailing.discard(tenant.id)
+        self._trailing.pop(tenant.id, None)
         if self.prices.figures(tenant) is not None:
             self.publish(tenant, pricer, force=True)

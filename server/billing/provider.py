@@ -153,6 +153,7 @@ class BudgetProviderBase:
         return await self.logs.purge(self.clock(), keep_s, force)
 
     async def close(self) -> None:
+        self.gauges.close()
         if self._ledger is not None:
             await self._ledger.close()
             self._ledger = None
