@@ -1,6 +1,7 @@
 """Helpers shared by the tests: the CI rule that a missing dependency is a failure, not a skip."""
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +41,10 @@ def fenced_blocks(text: str, languages: tuple[str, ...]) -> list[tuple[str, str]
     """(language, code) of every fenced block in `text` written in one of `languages`."""
     pattern = rf"^```({'|'.join(languages)})\n(.*?)^```"
     return [(lang, code) for lang, code in re.findall(pattern, text, flags=re.M | re.S)]
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

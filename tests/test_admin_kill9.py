@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from server.config import hash_key
-from tests.fixtures.prometheus import free_port
 from tests.fixtures.replicas import start_scripted
+from tests.support import free_port
 
 ADMIN = {"Authorization": "Bearer kill9-admin"}
 

@@ -27,10 +27,9 @@ import pytest
 import redis
 import yaml
 
-from tests.fixtures.prometheus import free_port
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.replicas import ROOT, ServeProcess, start_scripted
-from tests.support import need
+from tests.support import free_port, need
 
 pytestmark = [pytest.mark.redis]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -35,17 +34,11 @@ from server.engine import (
 from server.engine.base import StructuredOutput
 from server.engine.remote import RemoteEngine
 from tests.fixtures.engine import MODEL_DIR, engine_available
-from tests.support import need
+from tests.support import free_port, need
 
 pytestmark = [pytest.mark.engine]
 SERVED = "tiny-arith"
 START_TIMEOUT_S = 600  # a loaded 2-core machine can take minutes to start a second engine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

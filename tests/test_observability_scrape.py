@@ -20,12 +20,11 @@ from tests.fixtures.prometheus import (
     PrometheusFactory,
     Recorder,
     exposed_sample_names,
-    free_port,
     lint_findings,
     promql_metric_names,
 )
 from tests.fixtures.replicas import start_t2serve
-from tests.support import need
+from tests.support import free_port, need
 from tests.test_observability_dashboard import _dashboard, _queries, substitute
 
 pytestmark = [pytest.mark.engine, pytest.mark.prometheus]

@@ -24,9 +24,8 @@ from controller.budget.models import RateLimits
 from server.app import create_app, serve_in_loop
 from server.config import hash_key, parse_config
 from tests.fakes import ScriptedEngine, cycle
-from tests.fixtures.prometheus import free_port
 from tests.fixtures.replicas import start_scripted
-from tests.support import billed
+from tests.support import billed, free_port
 
 ADMIN = {"Authorization": "Bearer rate-replicas-admin"}
 RPM_KEY, TPM_KEY = "rate-replicas-rpm", "rate-replicas-tpm"

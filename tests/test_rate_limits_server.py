@@ -26,8 +26,7 @@ from prometheus_client import REGISTRY
 from server.app import create_app
 from server.config import hash_key, load_config, parse_config
 from tests.fakes import ScriptedEngine, cycle
-from tests.fixtures.redis import _free_port
-from tests.support import billed, need
+from tests.support import billed, free_port, need
 
 ADMIN_KEY = "rate-admin"
 TENANT_KEY = "rate-acme"
@@ -281,7 +280,7 @@ async def test_an_unreachable_admin_store_starts_not_ready_and_recovers(tmp_path
     binary = shutil.which("redis-server")
     need(binary is not None, "redis-server")
     assert binary is not None
-    port = _free_port()  # nothing listens here yet
+    port = free_port()  # nothing listens here yet
     data = config_dict(tmp_path / "unused.sqlite")
     data["ledger"] = {"backend": "redis", "redis_url": f"redis://:hunter2@127.0.0.1:{port}/0"}
     config = parse_config(data)

@@ -21,9 +21,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.fixtures.prometheus import free_port
 from tests.fixtures.replicas import ROOT, ServeProcess, start_t2serve
 from tests.fixtures.upstream import ANSWER, FakeUpstream, serve_upstream
+from tests.support import free_port
 
 KEY = "drain-key"
 READY_S = 300  # no vLLM to start, but a loaded 2-core box is slow to import torch

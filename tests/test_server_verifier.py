@@ -14,9 +14,9 @@ from openai.types.chat import ChatCompletionMessageParam
 from controller.aggregate import get_extractor
 from server.app import create_app
 from server.config import parse_config
-from tests.fixtures.prometheus import free_port
 from tests.fixtures.scorer import Scorer, json_score, serve_scorer
 from tests.fixtures.server import MODEL, LiveServer, serve_in_loop
+from tests.support import free_port
 
 last_number = get_extractor("last_number")  # the test config's extractor
 
