@@ -25,15 +25,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy controller storage server cli tests bench models mkdocs_hooks.py
 
+# Two workers, whole files each (module fixtures such as the README's server on :8000 are
+# started once): the suite spends most of its time waiting on engines and processes, ~1 core.
+WORKERS ?= 2
+
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(WORKERS) --dist loadfile
 
 test: lint typecheck pytest
 
 # The inner loop: no engine, no services, no server processes (tests/conftest.py marks them).
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -m "not engine and not redis and not prometheus and not slow"
+	$(BIN)/pytest -q -n $(WORKERS) --dist loadfile -m "not engine and not redis and not prometheus and not slow"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
