@@ -113,6 +113,26 @@ async def test_the_policy_book_persists_t2_learning_and_restores_it(tmp_path: Pa
     await store2.close()
 
 
+async def test_a_joining_policy_takes_the_stored_prior_and_refits_on_schedule(
+    opener: Opener,
+) -> None:
+    """A new spec (or a restart) joins the stream at its last scheduled refit, without a fit
+    on the event loop; its own schedule then refits the merged table and stores the result."""
+    store = opener(4096)
+    book = PolicyBook(store=store)
+    first = await book.get("acme", "m", "t2")
+    for i in range(39):  # the refit at 20 stores a prior; the next is due at 40
+        await book.observe("acme", "m", first, ["7"] * 5 + ["3"] * (i % 3))
+    marked = LeaderPrior(3.0, 0.5)  # no fit of this table gives it
+    await store.set_prior("acme", "m", marked, now=1.0)
+    joining = await book.get("acme", "m", "t2:lam=0.002")
+    assert isinstance(joining, T2) and joining.seen == 39
+    assert joining.prior == marked
+    await book.observe("acme", "m", joining, ["7"] * 5)  # the 40th question: a refit is due
+    assert joining.prior != marked
+    assert (await store.load("acme", "m", now=2.0)).prior == joining.prior
+
+
 async def test_replica_books_share_learning_through_redis(redis_url: str) -> None:
     stores = [RedisLearnedStore(redis_url), RedisLearnedStore(redis_url)]
     books = [PolicyBook(store=s) for s in stores]

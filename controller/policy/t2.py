@@ -301,15 +301,21 @@ class T2(Policy):
         if self.refit and self.seen >= self.min_history and self._on_schedule(self.seen):
             self.prior = fit_leader_prior(self.counts, anchor=self.initial_prior)
 
-    def load(self, counts: Mapping[tuple[int, int], int]) -> None:
-        """Continue from a learned (n, c) count table (persisted, or merged across replicas):
-        the prior is refitted from it, anchored at the initial prior as online refits are."""
+    def load(
+        self, counts: Mapping[tuple[int, int], int], prior: LeaderPrior | None = None
+    ) -> None:
+        """Continue from a learned (n, c) count table (persisted, or merged across replicas)
+        and the prior last fitted from it, if any: a policy joining a stream uses the prior
+        of the stream's last scheduled refit, as one that saw the whole stream does. Without
+        one, the prior is refitted from the table, anchored at the initial prior."""
         self.counts = Counter({(int(n), int(c)): int(v) for (n, c), v in counts.items() if v > 0})
         self.seen = self.counts.total()
-        if self.refit and self.seen >= self.min_history:
-            self.prior = fit_leader_prior(self.counts, anchor=self.initial_prior)
-        else:
+        if not self.refit or self.seen < self.min_history:
             self.prior = self.initial_prior
+        elif prior is not None:
+            self.prior = prior
+        else:
+            self.prior = fit_leader_prior(self.counts, anchor=self.initial_prior)
 
     def refit_due(self) -> bool:
         """True right after `observe` refitted (the book then merges the shared table)."""

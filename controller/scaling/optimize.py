@@ -8,16 +8,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import minimize
 from scipy.stats import qmc
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 FloatArray = NDArray[np.float64]
 Objective = Callable[[FloatArray], tuple[float, FloatArray]] | Callable[[FloatArray], float]
 Progress = Callable[[int, int, float], None]
+
+
+@cache
+def _threadpools() -> ThreadpoolController:
+    """The process's BLAS pools, found once: finding them reads /proc/self/maps, which took
+    longer than the small fits it guards (about 2 ms per start; a served t2's prior refit is
+    four starts)."""
+    return ThreadpoolController()
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,7 @@ def multistart_minimize(
 
     def run(x: FloatArray, iters: int) -> tuple[FloatArray, float, bool]:
         # L-BFGS-B's tiny BLAS calls are 10-20x slower when BLAS spreads them over busy cores.
-        with np.errstate(all="ignore"), threadpool_limits(limits=1, user_api="blas"):
+        with np.errstate(all="ignore"), _threadpools().limit(limits=1, user_api="blas"):
             res = minimize(
                 fun, x, jac=jac, method="L-BFGS-B", bounds=box, options=options | {"maxiter": iters}
             )

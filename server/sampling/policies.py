@@ -148,13 +148,18 @@ class PolicyBook:
         try:
             await store.add(tenant, cell[0], cell[1], self.clock())
             if policy.refit_due():
-                await self._restore(tenant, model, policy)
+                await self._restore(tenant, model, policy, refit=True)
                 if isinstance(policy, T2):
                     await store.set_prior(tenant, model, policy.prior, self.clock())
         except Exception:
             log.warning("learned state for %s/%s was not saved", tenant, model, exc_info=True)
 
-    async def _restore(self, tenant: str, model: str, policy: Learner) -> None:
+    async def _restore(
+        self, tenant: str, model: str, policy: Learner, *, refit: bool = False
+    ) -> None:
+        """Load the shared learned state into `policy`. A t2 takes the stream's stored prior
+        as it is (fitting one costs ~10 ms on the event loop, once per new spec) unless
+        `refit`: on its refit schedule it fits the merged table and stores the result."""
         store = self.store
         if store is None:
             return
@@ -169,7 +174,7 @@ class PolicyBook:
         if isinstance(policy, Online):
             policy.load({decode_histogram(c): v for c, v in learned.counts.items()})
         else:
-            policy.load(learned.counts)
+            policy.load(learned.counts, prior=None if refit else learned.prior)
 
     async def aclose(self) -> None:
         """Close the store if this book opened it (a given store is the caller's)."""
