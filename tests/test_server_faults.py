@@ -98,7 +98,8 @@ async def test_schemathesis_with_every_check_finds_nothing(live_server: LiveServ
     status and body as the OpenAPI document says (errors OpenAI-shaped), valid data accepted,
     invalid data refused, auth enforced (tests/schemathesis.toml states the one exception). The
     document names the served model as an example, so generated requests reach the sampling
-    loop; bounded to about two minutes."""
+    loop. Seeded and bounded by examples, not by a time box: every phase runs to the end and
+    every run tests the same cases whatever the box's load (about 40 s idle)."""
     report = live_server_report_dir()
     proc = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).with_name("schemathesis")),
@@ -108,7 +109,6 @@ async def test_schemathesis_with_every_check_finds_nothing(live_server: LiveServ
         f"{live_server.base_url}/openapi.json",
         "--checks", "all",
         "--header", f"Authorization: Bearer {CAPPED_KEY}",
-        "--max-time", "100",
         "--max-examples", "40",
         "--seed", "7",
         "--request-timeout", "60",
