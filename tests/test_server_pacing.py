@@ -5,6 +5,7 @@ C = 0.95, instead of running to max_samples as they did when slack lowered the p
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,18 @@ async def answers(engine: Any, config: Any, policy: str) -> list[dict[str, Any]]
     # would build a vLLM pooling engine in the background while the test runs
     async with serve_in_loop(create_app(config, engine=engine, pooling={})) as live:
         api = openai.AsyncOpenAI(base_url=live.v1, api_key="demo-key", max_retries=0, timeout=120)
-        out = []
-        for i, q in enumerate(QUESTIONS):
+
+        async def ask(i: int, question: str) -> dict[str, Any]:
             resp = await api.chat.completions.create(
                 model="tiny-chain-31k",  # a default-config id; the session engine serves it
-                messages=[{"role": "user", "content": q}],
+                messages=[{"role": "user", "content": question}],
                 seed=i,  # the same samples on every run
                 extra_body={"t2": {"policy": policy}},
             )
-            out.append(resp.model_extra["t2"] if resp.model_extra else {})
-        return out
+            return resp.model_extra["t2"] if resp.model_extra else {}
+
+        # together, as traffic arrives: each request's waves are its own whatever the others do
+        return list(await asyncio.gather(*(ask(i, q) for i, q in enumerate(QUESTIONS))))
 
 
 async def test_esc_stops_at_its_first_unanimous_window(engine: Any, default_config: Any) -> None:
