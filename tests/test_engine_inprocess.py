@@ -17,7 +17,7 @@ from server.engine import (
     SampleEngine,
     SamplingParams,
 )
-from tests.fixtures.server import vllm_counter
+from tests.fixtures.server import generated_tokens
 
 pytestmark = [pytest.mark.engine]
 
@@ -69,11 +69,11 @@ def test_chat_template_renders_the_trained_format(engine: SampleEngine) -> None:
 async def test_sampling_counts_and_token_accounting(engine: SampleEngine, n: int) -> None:
     prompt = fresh_prompt(engine)
     params = replace(engine.params(max_tokens=32, seed=11), sample_logprob=True)
-    generated_before = vllm_counter("vllm:generation_tokens_total")
+    generated_before = generated_tokens(engine)
     rid = uuid.uuid4().hex
     arrived = await draw_with_id(engine, prompt, n, params, rid)
     samples = sorted(arrived, key=lambda s: s.index)
-    generated = vllm_counter("vllm:generation_tokens_total") - generated_before
+    generated = generated_tokens(engine) - generated_before
     assert [s.index for s in samples] == list(range(n))
     assert sum(s.completion_tokens for s in samples) == generated  # vLLM's own count
     prompt_tokens = engine.count_tokens(prompt)
@@ -208,19 +208,19 @@ async def test_leaving_the_stream_early_aborts_in_the_engine(engine: SampleEngin
     prompt = fresh_prompt(engine)
     max_tokens = engine.max_model_len - engine.count_tokens(prompt)  # as long as fits
     params = engine.params(max_tokens=max_tokens, ignore_eos=True)
-    generated_before = vllm_counter("vllm:generation_tokens_total")
+    generated_before = generated_tokens(engine)
     stream = engine.sample(prompt, 4, params, f"early-{uuid.uuid4().hex}")
     task = asyncio.ensure_future(stream.__anext__())
     await wait_for(lambda: engine.num_running >= 1)
     # generating, not just scheduled
-    await wait_for(lambda: vllm_counter("vllm:generation_tokens_total") > generated_before)
+    await wait_for(lambda: generated_tokens(engine) > generated_before)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     await stream.aclose()
     await wait_idle(engine, timeout_s=60)
     # Left to run, the four samples would have generated 4 × max_tokens tokens.
-    generated = vllm_counter("vllm:generation_tokens_total") - generated_before
+    generated = generated_tokens(engine) - generated_before
     assert 0 < generated < 4 * max_tokens, (generated, max_tokens)
 
 
@@ -235,10 +235,10 @@ async def test_an_aborted_sample_bills_every_token_it_generated(
     max_tokens = engine.max_model_len - engine.count_tokens(prompt)
     params = engine.params(max_tokens=max_tokens, ignore_eos=True)
     rid = f"billed-{uuid.uuid4().hex}"
-    before = vllm_counter("vllm:generation_tokens_total")
+    before = generated_tokens(engine)
     stream = engine.sample(prompt, n, params, rid)
     task = asyncio.ensure_future(stream.__anext__())
-    await wait_for(lambda: vllm_counter("vllm:generation_tokens_total") - before >= 8 * n)
+    await wait_for(lambda: generated_tokens(engine) - before >= 8 * n)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -248,7 +248,7 @@ async def test_an_aborted_sample_bills_every_token_it_generated(
     assert usage.extra.get("aborted_samples") == n
     assert 8 * n <= usage.completion_tokens < n * max_tokens
     await wait_idle(engine)
-    assert usage.completion_tokens == vllm_counter("vllm:generation_tokens_total") - before
+    assert usage.completion_tokens == generated_tokens(engine) - before
 
 
 async def test_a_prompt_longer_than_the_context_is_a_typed_error(engine: SampleEngine) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from controller.aggregate import get_extractor
 from server.engine import SampleEngine
-from tests.fixtures.server import DEMO_KEY, MODEL, LiveServer, vllm_counter
+from tests.fixtures.server import DEMO_KEY, MODEL, LiveServer, generated_tokens
 
 pytestmark = pytest.mark.engine
 
@@ -203,10 +203,10 @@ async def test_usage_counts_the_whole_prompt_and_cached_tokens(
     assert cached2 >= 64 and billed2 == size - cached2
 
 
-async def test_usage_equals_engine_reported_tokens(live_server: LiveServer) -> None:
+async def test_usage_equals_engine_reported_tokens(live_server: LiveServer, engine: Any) -> None:
     recorder = live_server.billing_recorder
     recorder.calls.clear()
-    generated_before = vllm_counter("vllm:generation_tokens_total")
+    generated_before = generated_tokens(engine)
     resp = await client(live_server).completions.create(
         model=MODEL, prompt=TEXT_PROMPT, max_tokens=10, extra_body={"t2": {"policy": "fixed:6"}}
     )
@@ -227,7 +227,7 @@ async def test_usage_equals_engine_reported_tokens(live_server: LiveServer) -> N
     assert t2["cost"] == pytest.approx(t2["billed_prompt_tokens"] + resp.usage.completion_tokens)
     # and vLLM's own counter of generated tokens moved by exactly usage.completion_tokens
     for _ in range(50):
-        generated = vllm_counter("vllm:generation_tokens_total") - generated_before
+        generated = generated_tokens(engine) - generated_before
         if generated >= resp.usage.completion_tokens:
             break
         await asyncio.sleep(0.02)

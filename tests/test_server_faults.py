@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.server import CAPPED_KEY, DEMO_KEY, MODEL, LiveServer, vllm_counter
+from tests.fixtures.server import CAPPED_KEY, DEMO_KEY, MODEL, LiveServer, generated_tokens
 
 pytestmark = pytest.mark.engine
 
@@ -37,7 +37,7 @@ def _settled(live: LiveServer, marker: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_disconnect_aborts_outstanding_samples(
-    fixed_length_server: LiveServer, stream: bool
+    fixed_length_server: LiveServer, engine: Any, stream: bool
 ) -> None:
     """48 samples of exactly 400 tokens (EOS ignored) would take the engine many seconds; the
     client leaves once they are generating. Had they not been aborted, vLLM would generate all
@@ -65,15 +65,15 @@ async def test_disconnect_aborts_outstanding_samples(
                 pass
 
     assert await _engine_idle(live, 60.0), "the engine was busy before the test"
-    generated_before = vllm_counter("vllm:generation_tokens_total")
+    generated_before = generated_tokens(engine)
     task = asyncio.create_task(call())
-    engine = live.app.state.t2.engines[MODEL]
+    service = live.app.state.t2.engines[MODEL]
     deadline = time.monotonic() + 60
-    while (engine.queue_depth() or 0) == 0 and time.monotonic() < deadline:
+    while (service.queue_depth() or 0) == 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    assert (engine.queue_depth() or 0) > 0, "the wave never reached the engine"
+    assert (service.queue_depth() or 0) > 0, "the wave never reached the engine"
     # the samples are generating (the request is in flight, not just queued)
-    while vllm_counter("vllm:generation_tokens_total") == generated_before:
+    while generated_tokens(engine) == generated_before:
         assert time.monotonic() < deadline, "no token was generated"
         await asyncio.sleep(0.01)
     assert not task.done()
@@ -87,7 +87,7 @@ async def test_disconnect_aborts_outstanding_samples(
         await asyncio.sleep(0.02)
     settled = recorder.calls[before:]
     assert len(settled) == 1, settled
-    generated = vllm_counter("vllm:generation_tokens_total") - generated_before
+    generated = generated_tokens(engine) - generated_before
     assert 0 < generated < 48 * max_tokens, generated  # cut short: not every token was made
     # billed every generated token, the aborted samples' partial ones included, and no more
     assert settled[0]["completion_tokens"] == generated

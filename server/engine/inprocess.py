@@ -36,13 +36,15 @@ USAGE_KEPT = 4096  # recent requests whose usage `request_usage` can still repor
 
 
 class _StatsSink:
-    """Latest scheduler counts and cumulative prefix-cache totals (written by `_StatsTap`)."""
+    """Latest scheduler counts, cumulative prefix-cache totals and generated tokens (written by
+    `_StatsTap`)."""
 
     def __init__(self) -> None:
         self.num_running = 0
         self.num_waiting = 0
         self.updated_at = 0.0
         self.cache = CacheStats()
+        self.generated_tokens = 0
 
     def record(self, stats: Any) -> None:
         self.num_running = int(stats.num_running_reqs)
@@ -74,6 +76,8 @@ def _stats_tap_factory(sink: _StatsSink) -> Any:
         ) -> None:
             if scheduler_stats is not None:
                 sink.record(scheduler_stats)
+            if iteration_stats is not None:
+                sink.generated_tokens += int(iteration_stats.num_generation_tokens)
 
         def log_engine_initialized(self) -> None:
             pass
@@ -207,6 +211,13 @@ class InProcessEngine(PromptingMixin):
     def num_unfinished(self) -> int:
         """Requests this process still tracks (parents and n>1 children), updated at once."""
         return int(self._llm.output_processor.get_num_unfinished_requests())
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens this engine has generated, by vLLM's own iteration stats: what its bills are
+        reconciled against. (vLLM's Prometheus counter is process-wide, and the next engine
+        started in the process unregisters it.)"""
+        return self._sink.generated_tokens
 
     def cache_stats(self) -> CacheStats:
         c = self._sink.cache
