@@ -45,22 +45,25 @@ SLOW_TESTS = {
 
 
 # The longest files run first, so `make test`'s workers (whole files each) finish together
-# instead of one waiting on a fuzzing run that started last. Seconds per file (setup, calls
-# and teardown; --durations=0 under three workers, 2026-12-05) in the comments.
+# instead of one waiting on a long file that started last. Seconds per file (setup, calls and
+# teardown; --durations=0 under two workers, 2026-12-05 22:20) in the comments.
 LONGEST_FIRST = (
-    "test_observability_scrape",  # 138: Prometheus and `t2serve serve` processes
-    "test_server_readme",  # 131: `t2serve serve` on the default config (three engines)
-    "test_hostile_load",  # 116: 3,300 requests
-    "test_server_faults",  # 102: schemathesis, time-boxed
-    "test_request_fields_routes",  # 101
-    "test_schemathesis_routes",  # 93: schemathesis, time-boxed
-    "test_calibrate",  # 91
-    "test_server_routes",  # 85
-    "test_budget_sqlite_workers",  # 74
-    "test_levels_replicas",  # 62
-    "test_engine_remote",  # 54
-    "test_mini_t2_grid",  # 50
-    "test_request_fields",  # 45
+    "test_observability_scrape",  # 94: Prometheus and `t2serve serve` processes
+    "test_server_readme",  # 90: `t2serve serve` on the default config (three engines)
+    "test_budget_sqlite_workers",  # 73: 9 x three worker processes on one SQLite file
+    "test_server_routes",  # 60: the chain pair's engines
+    "test_server_faults",  # 48: schemathesis on the real engine, 40 examples per operation
+    "test_mini_t2_grid",  # 42
+    "test_calibrate",  # 39
+    "test_engine_remote",  # 38
+    "test_request_fields",  # 35
+    "test_reward_model",  # 30
+    "test_schemathesis_routes",  # 28: 200 examples per operation
+    "test_hostile_load",  # 22
+    "test_server_drain",  # 21
+    "test_budget_replicas",  # 20
+    "test_budget_concurrency",  # 19
+    "test_clients",  # 18
 )
 
 
