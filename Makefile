@@ -26,18 +26,19 @@ typecheck: $(STAMP)
 	$(BIN)/mypy controller storage server cli tests bench models mkdocs_hooks.py
 
 # Two workers, whole files each (module fixtures such as the README's server on :8000 are
-# started once): the suite spends most of its time waiting on engines and processes, ~1 core.
+# started once), in tests/conftest.py's longest-first order: xdist's own reorder (by test count)
+# would start the longest files last.
 WORKERS ?= 2
 
 pytest: $(STAMP)
-	$(BIN)/pytest -q -n $(WORKERS) --dist loadfile
+	$(BIN)/pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: lint typecheck pytest
 
 # The inner loop: no engine, no services, no server processes (tests/conftest.py marks them).
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -n $(WORKERS) --dist loadfile -m "not engine and not redis and not prometheus and not slow"
+	$(BIN)/pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder -m "not engine and not redis and not prometheus and not slow"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
