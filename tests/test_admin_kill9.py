@@ -6,26 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import yaml
 
 from server.config import hash_key
-from tests.fixtures.replicas import start_scripted
-from tests.support import free_port
+from tests.fixtures.replicas import RestartableReplica, backend_ledger
 
 ADMIN = {"Authorization": "Bearer kill9-admin"}
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def config_file(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    ledger: dict[str, Any]
-    if request.param == "sqlite":
-        ledger = {"backend": "sqlite", "path": str(tmp_path / "ledger.sqlite")}
-    else:
-        ledger = {"backend": "redis", "redis_url": request.getfixturevalue("redis_url")}
+    ledger = backend_ledger(request, tmp_path)
     path = tmp_path / "config.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -49,10 +43,8 @@ def config_file(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path
 
 
 def test_admin_changes_survive_kill_9(config_file: Path, tmp_path: Path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
-    proc = start_scripted(config_file, port, log)
+    replica = RestartableReplica(config_file, tmp_path / "serve.log")
+    base = replica.base_url
     try:
         put = httpx.put(
             f"{base}/admin/tenants/acme/budgets",
@@ -79,8 +71,7 @@ def test_admin_changes_survive_kill_9(config_file: Path, tmp_path: Path) -> None
             timeout=30,
         )
         assert done.status_code == 200, done.text
-        proc.kill()
-        proc = start_scripted(config_file, port, log)
+        replica.kill_and_restart()
         tenant = httpx.get(f"{base}/admin/tenants/acme", headers=ADMIN).json()
         limits = {w["window"]: w["limit"] for w in tenant["windows"]}
         assert limits["day"] == 40 and limits["hour"] == 30
@@ -97,4 +88,4 @@ def test_admin_changes_survive_kill_9(config_file: Path, tmp_path: Path) -> None
         assert {k["label"]: k["status"] for k in listed} == {"keep": "active", "drop": "revoked"}
         assert listed[0]["budgets"]["day"]["limit"] == 20
     finally:
-        proc.kill()
+        replica.kill()

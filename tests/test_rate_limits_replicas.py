@@ -24,8 +24,8 @@ from controller.budget.models import RateLimits
 from server.app import create_app, serve_in_loop
 from server.config import hash_key, parse_config
 from tests.fakes import ScriptedEngine, cycle
-from tests.fixtures.replicas import start_scripted
-from tests.support import billed, free_port
+from tests.fixtures.replicas import RestartableReplica, backend_ledger
+from tests.support import billed
 
 ADMIN = {"Authorization": "Bearer rate-replicas-admin"}
 RPM_KEY, TPM_KEY = "rate-replicas-rpm", "rate-replicas-tpm"
@@ -128,21 +128,14 @@ async def test_two_replicas_on_one_redis_hold_rpm_and_tpm(redis_url: str) -> Non
 
 @pytest.fixture(params=["sqlite", "redis"])
 def config_file(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    ledger: dict[str, Any]
-    if request.param == "sqlite":
-        ledger = {"backend": "sqlite", "path": str(tmp_path / "ledger.sqlite")}
-    else:
-        ledger = {"backend": "redis", "redis_url": request.getfixturevalue("redis_url")}
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config(ledger)))
+    path.write_text(yaml.safe_dump(config(backend_ledger(request, tmp_path))))
     return path
 
 
 def test_rate_limits_and_their_window_survive_kill_9(config_file: Path, tmp_path: Path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
-    proc = start_scripted(config_file, port, log)
+    replica = RestartableReplica(config_file, tmp_path / "serve.log")
+    base = replica.base_url
     try:
         put = httpx.put(f"{base}/admin/tenants/busy/rate_limits", json={"rpm": 3}, headers=ADMIN)
         assert put.status_code == 200, put.text
@@ -160,8 +153,7 @@ def test_rate_limits_and_their_window_survive_kill_9(config_file: Path, tmp_path
         assert httpx.post(
             f"{base}/v1/chat/completions", json=chat(0), headers=key, timeout=30
         ).is_success
-        proc.kill()
-        proc = start_scripted(config_file, port, log)
+        replica.kill_and_restart()
         third = httpx.post(f"{base}/v1/chat/completions", json=chat(0), headers=tenant, timeout=30)
         assert third.status_code == 200, third.text
         assert third.headers["x-ratelimit-remaining-requests"] == "0"  # 2 counted before the kill
@@ -171,4 +163,4 @@ def test_rate_limits_and_their_window_survive_kill_9(config_file: Path, tmp_path
         assert again.status_code == 429, again.text  # the key's stored rpm and its one request
         assert again.json()["error"]["param"] == "key.rate_limits.rpm"
     finally:
-        proc.kill()
+        replica.kill()
