@@ -12,14 +12,11 @@ import pytest
 from controller.pacing import ComputePrice
 from controller.routing import (
     Route,
-    RouteMember,
-    build_route,
     cascade_answer,
     route_price,
-    served_calibration,
 )
-from controller.scaling.served import load_served
 from server.config import ConfigError, hash_key, parse_config
+from tests.fixtures.routes import shipped_route
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL, LARGE = "tiny-chain-31k", "tiny-chain-252k"
@@ -30,14 +27,7 @@ KV = 2**25
 
 @pytest.fixture(scope="module")
 def route() -> Route:
-    members = []
-    for model in (SMALL, LARGE):
-        path = ROOT / "models" / model / "curves.json"
-        curves = load_served(path, model)
-        members.append(
-            RouteMember(model, curves, curves.params, served_calibration(str(path), model))
-        )
-    return build_route("auto", members)
+    return shipped_route()
 
 
 def chosen(route: Route, lam: float, allowed: int = 16) -> tuple[str, int, float, float]:

@@ -13,14 +13,14 @@ import pytest
 from controller.aggregate import ProgrammaticVerifier
 from controller.aggregate.checkers import chain_steps
 from controller.aggregate.score_map import TrafficScoreMap
-from controller.routing import Route, RouteMember, build_route, served_calibration
-from controller.scaling.served import load_served
+from controller.routing import Route
 from server.config import VerifierConfig
 from server.engine.service import EngineService
 from server.errors import InsufficientQuota
 from server.sampling import Outcome, PolicyBook, RoutedJob, Sampler
 from server.verifiers import ServedVerifier
 from tests.fakes import ScriptedEngine, cycle
+from tests.fixtures.routes import shipped_route
 from tests.test_sampling_loop import RecordingBilling, job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,14 +31,7 @@ SURE = cycle("A: 7")
 
 @pytest.fixture(scope="module")
 def route() -> Route:
-    members = []
-    for model in (SMALL, LARGE):
-        path = ROOT / "models" / model / "curves.json"
-        curves = load_served(path, model)
-        members.append(
-            RouteMember(model, curves, curves.params, served_calibration(str(path), model))
-        )
-    return build_route("auto", members)
+    return shipped_route()
 
 
 def routed(
