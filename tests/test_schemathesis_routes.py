@@ -7,14 +7,10 @@ bounded by schemathesis' own limits, not by an engine start. Seeded and bounded 
 
 from __future__ import annotations
 
-import asyncio
-import sys
-import tempfile
-from pathlib import Path
-
 from server.app import create_app, serve_in_loop
 from server.config import parse_config
 from tests.fakes import ScriptedEngine, cycle
+from tests.fixtures.schemathesis import schemathesis_passes
 from tests.fixtures.server import DEMO_KEY, RecordingProvider, server_config_dict
 
 SMALL, LARGE = "tiny-chain-31k", "tiny-chain-252k"
@@ -31,29 +27,12 @@ async def test_schemathesis_on_routes_finds_nothing() -> None:
     cfg["tenants"][0]["models"] = ["*"]
     engine = ScriptedEngine(cycle('{"answer": 6}', "A: 5", "A: 6"), structured_outputs=True)
     app = create_app(parse_config(cfg), engine=engine, billing=RecordingProvider())
-    report = Path(tempfile.mkdtemp(prefix="schemathesis-routes-"))
     async with serve_in_loop(app) as live:
-        proc = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).with_name("schemathesis")),
-            "--config-file",
-            str(Path(__file__).with_name("schemathesis.toml")),
-            "run",
-            f"{live.base_url}/openapi.json",
-            "--checks", "all",
-            "--include-path-regex", "^/v1/(chat/)?completions$",
-            "--header", f"Authorization: Bearer {DEMO_KEY}",
-            "--max-examples", "200",
-            "--seed", "11",
-            "--request-timeout", "60",
-            "--no-color",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=report,
-        )  # fmt: skip
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout=400)
-    text = out.decode(errors="replace")
-    (report / "schemathesis.log").write_text(text)
-    failures = text[text.find("FAILURES") :] if "FAILURES" in text else text[-3000:]
-    assert proc.returncode == 0, f"{report / 'schemathesis.log'}:\n{failures[:6000]}"
-    assert "passed" in text and " generated" in text
+        await schemathesis_passes(
+            live.base_url,
+            DEMO_KEY,
+            seed=11,
+            max_examples=200,
+            options=("--include-path-regex", "^/v1/(chat/)?completions$"),
+        )
     assert any(call.request_id for call in engine.calls)  # generated requests were sampled

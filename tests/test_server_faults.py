@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.fixtures.schemathesis import schemathesis_passes
 from tests.fixtures.server import CAPPED_KEY, DEMO_KEY, MODEL, LiveServer, generated_tokens
 
 pytestmark = pytest.mark.engine
@@ -100,32 +98,4 @@ async def test_schemathesis_with_every_check_finds_nothing(live_server: LiveServ
     document names the served model as an example, so generated requests reach the sampling
     loop. Seeded and bounded by examples, not by a time box: every phase runs to the end and
     every run tests the same cases whatever the box's load (about 40 s idle)."""
-    report = live_server_report_dir()
-    proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).with_name("schemathesis")),
-        "--config-file",
-        str(Path(__file__).with_name("schemathesis.toml")),
-        "run",
-        f"{live_server.base_url}/openapi.json",
-        "--checks", "all",
-        "--header", f"Authorization: Bearer {CAPPED_KEY}",
-        "--max-examples", "40",
-        "--seed", "7",
-        "--request-timeout", "60",
-        "--no-color",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=report,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout=300)
-    text = out.decode(errors="replace")
-    (report / "schemathesis.log").write_text(text)
-    failures = text[text.find("FAILURES") :] if "FAILURES" in text else text[-3000:]
-    assert proc.returncode == 0, f"{report / 'schemathesis.log'}:\n{failures[:6000]}"
-    assert "passed" in text and " generated" in text
-
-
-def live_server_report_dir() -> Path:
-    """schemathesis writes its cassettes and caches to the working directory: keep them out."""
-    path = Path(tempfile.mkdtemp(prefix="schemathesis-"))
-    return path
+    await schemathesis_passes(live_server.base_url, CAPPED_KEY, seed=7, max_examples=40)
