@@ -13,12 +13,11 @@ import pytest
 import pytest_asyncio
 
 from server.app import create_app, serve_in_loop
-from server.config import parse_config
 from tests.fakes import ScriptedEngine, cycle
-from tests.fixtures.server import MODEL, server_config_dict
+from tests.fixtures.routes import routes_config
+from tests.fixtures.server import MODEL
 from tests.test_hostile_corpus import CORPUS
 
-SMALL, LARGE = "tiny-chain-31k", "tiny-chain-252k"
 NAMED = f'"model": "{MODEL}"'
 ON_ROUTES = [
     {
@@ -34,15 +33,7 @@ ON_ROUTES = [
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def base_url() -> AsyncIterator[str]:
-    cfg = server_config_dict()
-    cfg["models"] = [
-        {"id": SMALL, "path": f"models/{SMALL}"},
-        {"id": LARGE, "path": f"models/{LARGE}"},
-        {"id": "auto", "route": [SMALL, LARGE]},
-        {"id": "cascade", "route": [SMALL, LARGE], "start": "cheapest"},
-    ]
-    cfg["tenants"][0]["models"] = ["*"]
-    app = create_app(parse_config(cfg), engine=ScriptedEngine(cycle("A: 2", "A: 3")))
+    app = create_app(routes_config(), engine=ScriptedEngine(cycle("A: 2", "A: 3")))
     async with serve_in_loop(app) as live:
         yield live.base_url
 

@@ -17,13 +17,12 @@ import pytest_asyncio
 
 from server.api.protocol import IGNORED_FIELDS, REFUSED_FIELDS
 from server.app import create_app, serve_in_loop
-from server.config import parse_config
 from server.engine.base import StructuredOutput
 from tests.fakes import ScriptedEngine, cycle
-from tests.fixtures.server import DEMO_KEY, RecordingProvider, server_config_dict
+from tests.fixtures.routes import LARGE, SMALL, routes_config
+from tests.fixtures.server import DEMO_KEY, RecordingProvider
 
 AUTH = {"Authorization": f"Bearer {DEMO_KEY}"}
-SMALL, LARGE = "tiny-chain-31k", "tiny-chain-252k"
 ROUTES = ("auto", "cascade")
 SCRIPT = cycle('{"answer": 6}', '{"answer": 5}', '{"answer": 7}', '{"answer": 6}')
 PASSED = {
@@ -49,15 +48,7 @@ SCHEMA_FORMAT = {
 @pytest_asyncio.fixture
 async def served() -> AsyncIterator[tuple[httpx.AsyncClient, ScriptedEngine]]:
     engine = ScriptedEngine(SCRIPT, structured_outputs=True)
-    cfg = server_config_dict()
-    cfg["models"] = [
-        {"id": SMALL, "path": f"models/{SMALL}"},
-        {"id": LARGE, "path": f"models/{LARGE}"},
-        {"id": "auto", "route": [SMALL, LARGE]},
-        {"id": "cascade", "route": [SMALL, LARGE], "start": "cheapest"},
-    ]
-    cfg["tenants"][0]["models"] = ["*"]
-    app = create_app(parse_config(cfg), engine=engine, billing=RecordingProvider())
+    app = create_app(routes_config(), engine=engine, billing=RecordingProvider())
     async with (
         serve_in_loop(app) as live,
         httpx.AsyncClient(base_url=live.v1, headers=AUTH, timeout=30) as http,

@@ -8,25 +8,15 @@ bounded by schemathesis' own limits, not by an engine start. Seeded and bounded 
 from __future__ import annotations
 
 from server.app import create_app, serve_in_loop
-from server.config import parse_config
 from tests.fakes import ScriptedEngine, cycle
+from tests.fixtures.routes import routes_config
 from tests.fixtures.schemathesis import schemathesis_passes
-from tests.fixtures.server import DEMO_KEY, RecordingProvider, server_config_dict
-
-SMALL, LARGE = "tiny-chain-31k", "tiny-chain-252k"
+from tests.fixtures.server import DEMO_KEY, RecordingProvider
 
 
 async def test_schemathesis_on_routes_finds_nothing() -> None:
-    cfg = server_config_dict()
-    cfg["models"] = [
-        {"id": SMALL, "path": f"models/{SMALL}"},
-        {"id": LARGE, "path": f"models/{LARGE}"},
-        {"id": "auto", "route": [SMALL, LARGE]},
-        {"id": "cascade", "route": [SMALL, LARGE], "start": "cheapest"},
-    ]
-    cfg["tenants"][0]["models"] = ["*"]
     engine = ScriptedEngine(cycle('{"answer": 6}', "A: 5", "A: 6"), structured_outputs=True)
-    app = create_app(parse_config(cfg), engine=engine, billing=RecordingProvider())
+    app = create_app(routes_config(), engine=engine, billing=RecordingProvider())
     async with serve_in_loop(app) as live:
         await schemathesis_passes(
             live.base_url,
