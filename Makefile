@@ -2,9 +2,14 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Reinstall only when pyproject.toml changes: every `pip install` of the project
-# brings back torchvision & co., which break vLLM's CPU build, so we remove them after.
+# Reinstall only when pyproject.toml changes: every install of the project brings back
+# torchvision & co., which break vLLM's CPU build, so we remove them after.
 STAMP  := $(VENV)/.installed-stamp
+# uv installs the same versions pip resolves (compared with `pip freeze`) in ~20 s instead of
+# ~3 min. Like pip, it takes torch's CPU build from pip's configured wheel folder, if any.
+UV_VERSION := 0.13.9
+FIND_LINKS ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+UV     := $(BIN)/uv pip
 
 .PHONY: install serve test test-fast lint typecheck pytest bench clean
 
@@ -12,8 +17,9 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[cpu,dev]'
-	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	$(UV) install --python $(BIN)/python -q $(addprefix --find-links ,$(FIND_LINKS)) -e '.[cpu,dev]'
+	$(UV) uninstall --python $(BIN)/python -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
 
 serve: $(STAMP)
