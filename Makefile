@@ -17,9 +17,11 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
-	$(UV) install --python $(BIN)/python -q $(addprefix --find-links ,$(FIND_LINKS)) -e '.[cpu,dev]'
-	$(UV) uninstall --python $(BIN)/python -q torchvision torchaudio torchcodec 2>/dev/null || true
+	($(BIN)/python -m pip install -q uv==$(UV_VERSION) && \
+	  $(UV) install --python $(BIN)/python -q $(addprefix --find-links ,$(FIND_LINKS)) -e '.[cpu,dev]') || \
+	  $(BIN)/python -m pip install -q -e '.[cpu,dev]'  # no uv (offline mirror only): pip
+	$(UV) uninstall --python $(BIN)/python -q torchvision torchaudio torchcodec 2>/dev/null || \
+	  $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
 
 serve: $(STAMP)
