@@ -7,6 +7,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # uv installs the same versions pip resolves (compared with `pip freeze`) in ~20 s instead of
 # ~3 min. Like pip, it takes torch's CPU build from pip's configured wheel folder, if any.
+# Like pip, it compiles the bytecode at install (--compile-bytecode): where PYTHONDONTWRITEBYTECODE
+# is set (this box, many Docker images) nothing is cached later, and every process that imports
+# torch and vLLM (each engine start spawns two) would compile them again, taking twice as long.
 UV_VERSION := 0.13.9
 FIND_LINKS ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 UV     := $(BIN)/uv pip
@@ -18,7 +21,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	($(BIN)/python -m pip install -q uv==$(UV_VERSION) && \
-	  $(UV) install --python $(BIN)/python -q $(addprefix --find-links ,$(FIND_LINKS)) -e '.[cpu,dev]') || \
+	  $(UV) install --python $(BIN)/python -q --compile-bytecode $(addprefix --find-links ,$(FIND_LINKS)) -e '.[cpu,dev]') || \
 	  $(BIN)/python -m pip install -q -e '.[cpu,dev]'  # no uv (offline mirror only): pip
 	$(UV) uninstall --python $(BIN)/python -q torchvision torchaudio torchcodec 2>/dev/null || \
 	  $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
