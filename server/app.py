@@ -15,9 +15,10 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -42,21 +43,35 @@ from server.serving import ServingState
 log = logging.getLogger("t2serve.app")
 
 
-def engine_services(config: AppConfig, engine: SampleEngine | None) -> dict[str, EngineService]:
-    """One `EngineService` per configured model: the given engine for all, or each its own
-    (the shared `engine:` settings with the model's own `engine:` over them)."""
+GivenEngines: TypeAlias = SampleEngine | Mapping[str, SampleEngine]
+"""Engines a caller already started: one for every model, or one per model id."""
+
+
+def engine_services(config: AppConfig, engine: GivenEngines | None) -> dict[str, EngineService]:
+    """One `EngineService` per configured model: the given engine(s), or each its own built
+    from the shared `engine:` settings with the model's own `engine:` over them."""
+    if isinstance(engine, Mapping):
+        missing = [m.id for m in config.models if m.id not in engine]
+        if missing:
+            raise ValueError(f"no engine given for configured model(s) {', '.join(missing)}")
     return {
-        m.id: EngineService(m.id, m.engine_settings(config.engine), engine) for m in config.models
+        m.id: EngineService(
+            m.id,
+            m.engine_settings(config.engine),
+            engine[m.id] if isinstance(engine, Mapping) else engine,
+        )
+        for m in config.models
     }
 
 
 def create_app(
     config: AppConfig,
-    engine: SampleEngine | None = None,
+    engine: GivenEngines | None = None,
     billing: BillingProvider | None = None,
     pooling: dict[str, PoolingService] | None = None,
 ) -> FastAPI:
-    """Build the app. `engine`: an already-started engine adapter (not stopped on shutdown).
+    """Build the app. `engine`: an already-started engine adapter for every model, or a
+    mapping of model id to one (not stopped on shutdown).
     `billing`: a provider the caller owns; by default the budget ledger bills metered tenants
     (it opens its store on the first metered request) and is closed on shutdown. `pooling`:
     reward-model services the caller started (default: started from `verifier_models`)."""
@@ -261,17 +276,25 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+IN_LOOP_SHUTDOWN_S = 60
+"""How long `serve_in_loop` waits for uvicorn to stop, lifespan included: vLLM can take ~5 s to
+stop an engine, more on a loaded box."""
+
+
 @contextlib.asynccontextmanager
-async def serve_in_loop(app: FastAPI, host: str = "127.0.0.1") -> AsyncIterator[RunningServer]:
-    """Serve `app` under uvicorn in the current event loop, on a free port, until the block
-    exits. Tests and benchmarks use it to put real HTTP in front of an engine they share."""
+async def serve_in_loop(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[RunningServer]:
+    """Serve `app` under uvicorn in the current event loop, on `port` (0: a free one), until
+    the block exits. Tests and benchmarks use it to put real HTTP in front of engines they
+    share."""
     # Keep-alive outlasts httpx's 5 s pool expiry, so a loaded test box cannot hit the race
     # of the server closing an idle connection just as the client reuses it (a ReadError).
     config = uvicorn.Config(
         app, host=host, port=0, log_level="warning", lifespan="on", timeout_keep_alive=30
     )
     server = _InLoopServer(config)
-    with listening_socket(host) as sock:
+    with listening_socket(host, port) as sock:
         port = sock.getsockname()[1]
         task = asyncio.create_task(server.serve(sockets=[sock]))
         try:
@@ -284,4 +307,4 @@ async def serve_in_loop(app: FastAPI, host: str = "127.0.0.1") -> AsyncIterator[
         finally:
             server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, timeout=15)
+                await asyncio.wait_for(task, timeout=IN_LOOP_SHUTDOWN_S)

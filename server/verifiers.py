@@ -209,9 +209,7 @@ class ServedVerifier:
     the spend is this request's alone.
     """
 
-    def __init__(
-        self, cfg: VerifierConfig, scorer: Verifier, score_map: TrafficScoreMap
-    ) -> None:
+    def __init__(self, cfg: VerifierConfig, scorer: Verifier, score_map: TrafficScoreMap) -> None:
         self.cfg = cfg
         self.label = cfg.label  # what t2.verifier names it
         self.name = getattr(scorer, "name", cfg.label)  # what its failures are reported as
@@ -259,6 +257,7 @@ class VerifierBook:
         self._http: dict[tuple[str, str], tuple[VerifierConfig, HttpVerifier]] = {}
         self._score_maps: dict[tuple[str, str], tuple[VerifierConfig, TrafficScoreMap]] = {}
         self._retired: list[HttpVerifier] = []
+        self._owns_pooling = False  # given services are their starter's to stop
 
     def get(
         self, tenant: TenantConfig, name: str | None = None, extractor: str = "last_number"
@@ -313,6 +312,9 @@ class VerifierBook:
         return [f for p in self.pooling.values() if (f := p.failure()) is not None]
 
     async def start(self) -> None:
+        """Start the reward models; from then on `aclose` stops them too. An app given
+        services someone else started (and will stop) never calls this."""
+        self._owns_pooling = True
         for pooling in self.pooling.values():
             await pooling.start()
 
@@ -321,5 +323,5 @@ class VerifierBook:
             await verifier.aclose()
         self._http.clear()
         self._retired.clear()
-        for pooling in self.pooling.values():
-            await pooling.shutdown()
+        if self._owns_pooling:
+            await asyncio.gather(*(pooling.shutdown() for pooling in self.pooling.values()))

@@ -9,6 +9,7 @@ requests already running keep the tenant objects they resolved and nothing in fl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -133,9 +134,10 @@ class ServingState:
         return new, changed
 
     async def aclose(self) -> None:
-        """Stop the engines this app started and release verifiers and the billing store."""
-        for engine in self.engines.values():
-            await engine.shutdown()
-        await self.verifiers.aclose()
+        """Stop the engines this app started and release verifiers and the billing store.
+        The engines and reward models stop together: vLLM takes ~5 s to stop each."""
+        await asyncio.gather(
+            *(engine.shutdown() for engine in self.engines.values()), self.verifiers.aclose()
+        )
         await self.admin.aclose()
         await self.policies.aclose()
