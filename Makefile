@@ -37,8 +37,9 @@ typecheck: $(STAMP)
 	$(BIN)/mypy controller storage server cli tests bench models mkdocs_hooks.py
 
 # Two workers, whole files each (module fixtures such as the README's server on :8000 are
-# started once), in tests/conftest.py's longest-first order: xdist's own reorder (by test count)
-# would start the longest files last.
+# started once; the files on the shared chain-pair engines go together: tests/conftest.py's
+# SHARED_FILES), in conftest's longest-first order: xdist's own reorder (by test count) would
+# start the longest files last.
 WORKERS ?= 2
 
 pytest: $(STAMP)

@@ -1,12 +1,15 @@
 """Session-wide fixtures live in tests/fixtures/*; each area registers its module here."""
 
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest_plugins: list[str] = [
     "tests.fixtures.prometheus",
     "tests.fixtures.engine",
+    "tests.fixtures.chain_pair",
     "tests.fixtures.server",
     "tests.fixtures.fixed_length",
     "tests.fixtures.redis",
@@ -20,6 +23,7 @@ pytest_plugins: list[str] = [
 # of requests, by name.
 MARK_BY_FIXTURE = {
     "engine": "engine",
+    "chain_pair": "engine",
     "live_server": "engine",
     "fixed_length_server": "engine",
     "redis_server": "redis",
@@ -44,20 +48,20 @@ SLOW_TESTS = {
 }
 
 
-# The longest files run first, so `make test`'s workers (whole files each) finish together
-# instead of one waiting on a long file that started last. Seconds per file (setup, calls and
-# teardown; --durations=0 under two workers, 2026-12-05 22:20) in the comments.
+# The longest files run first, so `make test`'s workers finish together instead of one waiting
+# on a long file that started last. Seconds per file (setup, calls and teardown; --durations=0
+# under two workers, 2026-12-05 22:20) in the comments.
 LONGEST_FIRST = (
+    "test_server_routes",  # 77: starts the chain pair and its reward model (SHARED_FILES)
+    "test_server_readme",  # 10 on the shared engines
+    "test_reward_model",  # 10 on the shared engines
     "test_observability_scrape",  # 94: Prometheus and `t2serve serve` processes
-    "test_server_readme",  # 90: `t2serve serve` on the default config (three engines)
     "test_budget_sqlite_workers",  # 73: 9 x three worker processes on one SQLite file
-    "test_server_routes",  # 60: the chain pair's engines
     "test_server_faults",  # 48: schemathesis on the real engine, 40 examples per operation
     "test_mini_t2_grid",  # 42
     "test_calibrate",  # 39
     "test_engine_remote",  # 38
     "test_request_fields",  # 35
-    "test_reward_model",  # 30
     "test_schemathesis_routes",  # 28: 200 examples per operation
     "test_hostile_load",  # 22
     "test_server_drain",  # 21
@@ -65,13 +69,35 @@ LONGEST_FIRST = (
     "test_budget_concurrency",  # 19
     "test_clients",  # 18
 )
+SHARED_FILES = frozenset({"test_server_routes", "test_server_readme", "test_reward_model"})
+"""The files on the `chain_pair` engines (tests/fixtures/chain_pair.py). `make test`'s workers
+take whole files (module fixtures start once), and these three as one unit, so the engines
+start once per run rather than once per worker that happens to need them."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, with SHARED_FILES as one unit of work. (xdist's own `loadgroup` marks
+    do not group under pytest 9: xdist 3.8 renames `item._nodeid`, which pytest 9 no longer
+    reads.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedEnginesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return "chain-pair" if Path(path).stem in SHARED_FILES else path
+
+    return SharedEnginesTogether(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {stem: i for i, stem in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: else as collected
     for item in items:
-        marks = {MARK_BY_FIXTURE.get(name) for name in getattr(item, "fixturenames", ())}
+        fixtures = getattr(item, "fixturenames", ())
+        marks = {MARK_BY_FIXTURE.get(name) for name in fixtures}
         callspec = getattr(item, "callspec", None)
         if callspec is not None and "redis" in callspec.id.split("-"):
             marks.add("redis")
@@ -79,6 +105,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             marks.add("slow")
         for mark in sorted(m for m in marks if m):
             item.add_marker(mark)
+        if "chain_pair" in fixtures and item.path.stem not in SHARED_FILES:
+            raise pytest.UsageError(
+                f"{item.path.name} uses chain_pair: add it to SHARED_FILES in tests/conftest.py"
+            )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -89,3 +119,4 @@ def pytest_configure(config: pytest.Config) -> None:
     if worker.startswith("gw") and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
         cores = sorted(os.sched_getaffinity(0))
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cores[int(worker[2:]) % len(cores)])
+

@@ -1,10 +1,10 @@
-"""The shipped reward model (models/tiny-chain-rm) on vLLM's real pooling runner, started by the
-server from config beside the generator: its own readiness in /readyz, correct samples scored
-above incorrect ones on held-back questions (AUC ≥ 0.8), and its compute billed in FLOPs."""
+"""The shipped reward model (models/tiny-chain-rm) on vLLM's real pooling runner: correct samples
+scored above incorrect ones on held-back questions (AUC ≥ 0.8), and its compute billed in FLOPs.
+The suite's chain-pair app (tests/fixtures/chain_pair.py) starts it from config after its
+generators, and test_server_routes checks its own readiness in that app's /readyz."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,16 +18,20 @@ from models.train_reward import REPLAYS, auc, labelled, replay_rows
 from server.app import create_app
 from server.config import parse_config
 from server.engine.weights import parameter_count
+from tests.fixtures.chain_pair import RM, ChainPair
 from tests.fixtures.server import MODEL, LiveServer, serve_in_loop
 
 pytestmark = pytest.mark.engine
-RM = "tiny-chain-rm"
 KEY = "reward-model-key"
 PER_FILE = 48  # held-back questions per replay file, 16 samples each
 
 
 @pytest.fixture(scope="module")
-async def live(engine: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveServer]:
+async def live(
+    engine: Any, chain_pair: ChainPair, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LiveServer]:
+    """The reward model as the suite shares it (started by the chain-pair app's lifespan), in
+    an app that serves tiny-arith and verifies with it."""
     ledger = Path(tmp_path_factory.mktemp("rm")) / "ledger.sqlite"
     config = parse_config(
         {
@@ -48,15 +52,11 @@ async def live(engine: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
         },
         "reward model test config",
     )
-    async with serve_in_loop(create_app(config, engine=engine)) as server:
+    app = create_app(config, engine=engine, pooling=chain_pair.pooling)
+    async with serve_in_loop(app) as server:
         async with httpx.AsyncClient(base_url=server.base_url) as http:
-            for _ in range(600):  # the app starts the pooling engine itself (≈ 40 s, loaded box)
-                ready = await http.get("/readyz")
-                if ready.status_code == 200:
-                    break
-                assert ready.json()["models"][RM] == "starting", ready.json()
-                await asyncio.sleep(1)
-            assert ready.status_code == 200 and ready.json()["models"][RM] == "ready"
+            ready = await http.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["models"][RM] == "ready", ready.text
         yield server
 
 

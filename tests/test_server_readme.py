@@ -1,22 +1,28 @@
 """The serving examples of the README's quick start and of the docs (docs/serving.md's Serving,
-docs/verifiers.md's verifiers), run exactly as written against `t2serve serve` on
-127.0.0.1:8000 (a real subprocess, the shipped default config). SIGTERM's drain is tested in
-test_server_drain.py, where a request can be held in flight for as long as the test needs."""
+docs/verifiers.md's verifiers), run exactly as written against the shipped default config served
+on 127.0.0.1:8000, where they send their requests.
+
+The app is the one `t2serve serve` builds from configs/default.yaml, served in this process on
+the chain-pair engines the suite shares (tests/fixtures/chain_pair.py: the same models and reward
+model, started once), with the ledger in a temporary folder. `t2serve serve` itself, as a
+subprocess, is tested in test_server_drain.py and test_observability_scrape.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
-import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.replicas import start_t2serve
-from tests.support import ROOT, doc_section, fenced_blocks, need
+from server.app import RunningServer, create_app, serve_in_loop
+from server.config import load_config
+from tests.fixtures.chain_pair import ChainPair
+from tests.support import ROOT, doc_section, fenced_blocks
 
 pytestmark = pytest.mark.engine
 
@@ -26,7 +32,8 @@ EXAMPLES = (
     (ROOT / "docs" / "serving.md", "Serving"),
     (ROOT / "docs" / "verifiers.md", "Verifiers: reward model, judge, step checker"),
 )
-START_TIMEOUT_S = 600  # a loaded 2-core CI box can take minutes to start vLLM
+PORT = 8000  # where the examples send their requests
+BLOCK_TIMEOUT_S = 180
 
 
 def serving_blocks() -> list[tuple[str, str]]:
@@ -45,19 +52,19 @@ def _port_free(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def t2serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
-    need(
-        all((ROOT / "models" / m).is_dir() for m in ("tiny-chain-31k", "tiny-chain-252k")),
-        "the shipped grid models",
+async def default_server(
+    chain_pair: ChainPair, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningServer]:
+    assert _port_free(PORT), f"127.0.0.1:{PORT} is taken; the README examples need it"
+    config = load_config(ROOT / "configs" / "default.yaml")
+    ledger = tmp_path_factory.mktemp("readme") / "ledger.sqlite"
+    config = config.model_copy(
+        update={"ledger": config.ledger.model_copy(update={"path": str(ledger)})}
     )
-    assert _port_free(8000), "127.0.0.1:8000 is taken; the README examples need it"
-    log_path = tmp_path_factory.mktemp("serve") / "t2serve.log"
-    server = start_t2serve(ROOT / "configs" / "default.yaml", 8000, log_path)
-    try:
-        server.wait_ready(START_TIMEOUT_S)
-        yield server.process
-    finally:
-        server.kill()
+    app = create_app(config, engine=chain_pair.engines, pooling=chain_pair.pooling)
+    async with serve_in_loop(app, port=PORT) as server:
+        yield server
+    await app.state.t2.billing.close()
 
 
 def test_the_examples_are_where_readers_look() -> None:
@@ -70,7 +77,9 @@ def test_the_examples_are_where_readers_look() -> None:
     assert any('"verifier": verifier' in code for _, code in blocks)
 
 
-def test_readme_examples_run_verbatim(t2serve: subprocess.Popen[bytes]) -> None:
+async def test_readme_examples_run_verbatim(default_server: RunningServer) -> None:
+    """Each block in its own process (bash, or this interpreter for python), while this
+    process's event loop serves its requests."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     for lang, code in serving_blocks():
         cmd = (
@@ -78,11 +87,15 @@ def test_readme_examples_run_verbatim(t2serve: subprocess.Popen[bytes]) -> None:
             if lang == "bash"
             else [sys.executable, "-c", code]
         )
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-        assert done.returncode == 0, f"{lang} block failed:\n{code}\n{done.stdout}\n{done.stderr}"
-        assert done.stdout.strip(), f"{lang} block printed nothing:\n{code}"
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), BLOCK_TIMEOUT_S)
+        stdout, stderr = out.decode(), err.decode()
+        assert proc.returncode == 0, f"{lang} block failed:\n{code}\n{stdout}\n{stderr}"
+        assert stdout.strip(), f"{lang} block printed nothing:\n{code}"
         if lang == "bash" and "curl" in code:
-            reply = json.loads(done.stdout)
+            reply = json.loads(stdout)
             assert (
                 reply["choices"][0]["message"]["content"] is not None
                 and reply["t2"]["samples"] >= 1
