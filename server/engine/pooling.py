@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from server.config import VerifierModelConfig
-from server.engine.inprocess import shutdown_built
+from server.engine.inprocess import one_process_executor, shutdown_built
 from server.errors import VerifierError
 
 log = logging.getLogger("t2serve.engine")
@@ -159,6 +159,7 @@ def _start_llm(cfg: VerifierModelConfig) -> Any:
         enforce_eager=True,
         enable_chunked_prefill=False,
         disable_log_stats=True,
+        distributed_executor_backend=one_process_executor(),
     )
     llm = AsyncLLM.from_engine_args(args)
     log.info("reward model ready in %.1f s: %s", time.monotonic() - started, cfg.path)
