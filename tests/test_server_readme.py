@@ -64,7 +64,6 @@ async def default_server(
     app = create_app(config, engine=chain_pair.engines, pooling=chain_pair.pooling)
     async with serve_in_loop(app, port=PORT) as server:
         yield server
-    await app.state.t2.billing.close()
 
 
 def test_the_examples_are_where_readers_look() -> None:
