@@ -131,7 +131,8 @@ def one_process_executor() -> Any:
     model. Its reason (OpenMP's environment must be set before the process starts) holds for
     the in-process `LLM`, not for `AsyncLLM`, whose engine core is already a fresh process
     spawned with that environment. Passing the executor class keeps vLLM's own choice of
-    `UniProcExecutor` (measured: same throughput, 15 s starts instead of 24 s)."""
+    `UniProcExecutor` (`python -m bench engine_start`: starts in 0.71x the time, 1.01x the
+    throughput; BENCHMARKS.md)."""
     from vllm.v1.executor.uniproc_executor import UniProcExecutor
 
     return UniProcExecutor
