@@ -37,6 +37,7 @@ SLOW_MODULES = {
     "test_aggregate_verifiers",  # the reward-model verifier loads torch
     "test_server_drain",  # `t2serve serve` subprocesses, SIGTERM
     "test_observability_gauges",  # worker processes on one ledger
+    "test_schemathesis_routes",  # a fuzzer: ~4,000 requests, 27 s of the inner loop's 85
 }
 SLOW_TESTS = {
     "test_3000_distinct_policies_grow_neither_the_book_nor_memory",  # 3,300 requests
