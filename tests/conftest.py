@@ -118,8 +118,10 @@ def pytest_configure(config: pytest.Config) -> None:
     so two workers' engines would share one core; pinned to a core each, an engine still
     cannot move off a core its worker's other processes (server, fuzzer, subprocesses) are
     busy on, and under a loaded suite it burned ~1.8x the CPU for the same requests
-    (schemathesis against the live server, two busy loops beside it: 71 CPU-s pinned, 38
-    unpinned). Unpinned, the kernel balances the two cores."""
+    (schemathesis against the live server, two busy loops beside it: at least 71 CPU-s pinned,
+    38 unpinned; BENCHMARKS.md "The test suite's time"). Unpinned, the kernel balances the two
+    cores. OMP_NUM_THREADS=1 reaches everything the worker starts (the grid smoke's training
+    too, which ran in 33.9 s with it against 35.6 s without, alone)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
     if worker.startswith("gw") and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
