@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -299,3 +300,18 @@ def test_the_model_runs_inside_the_engine_core_process(engine: SampleEngine) -> 
     assert cores, "no engine-core process under this test process"
     for core in cores:
         assert not [c for c in core.children() if "Worker" in title(c)], title(core)
+
+
+def test_a_cpu_engine_core_leaves_a_core_to_the_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As vLLM's own CPU server does: the model's OpenMP threads get every CPU but one, unless
+    the operator chose (with two spinning threads on 2 cores the API process starved)."""
+    from vllm.utils.torch_utils import available_cpu_count
+
+    from server.engine.inprocess import leave_a_core_for_the_api
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    leave_a_core_for_the_api()
+    assert os.environ["OMP_NUM_THREADS"] == str(max(1, available_cpu_count() - 1))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    leave_a_core_for_the_api()
+    assert os.environ["OMP_NUM_THREADS"] == "3"

