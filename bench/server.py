@@ -12,7 +12,8 @@
    both paths decoding to the same JSON schema (`response_format` served, vLLM's structured
    outputs on the raw engine), so the ratio is the server's cost, not the grammar's.
 
-Run: `python -m bench server` (or `make bench`). Prints a JSON summary and writes it to
+Run: `python -m bench server` (or `make bench`; T2_BENCH_EXECUTOR=mp runs the model in its own
+worker process, as vLLM's server does on a CPU). Prints a JSON summary and writes it to
 var/bench/server.json; BENCHMARKS.md records the figures.
 """
 
@@ -44,6 +45,7 @@ MAX_TOKENS = 32
 CONCURRENCY = (1, 8, 32)
 REQUESTS_PER_LEVEL = int(os.environ.get("T2_BENCH_REQUESTS", "128"))
 ROUNDS = int(os.environ.get("T2_BENCH_ROUNDS", "3"))
+EXECUTOR = os.environ.get("T2_BENCH_EXECUTOR", "uni")  # engine.executor, both paths
 HELD_BACK = int(os.environ.get("T2_BENCH_QUESTIONS", "320"))
 # Live-accuracy policies, `;`-separated (t2 options themselves use commas); fixed:8 is the base.
 DEFAULT_POLICIES = "fixed:1;fixed:8;t2;t2:lam=0.01;t2:lam=0.02,first_wave=2"
@@ -62,6 +64,7 @@ def bench_config() -> dict[str, Any]:
         "demo": True,
         "server": {"request_timeout_s": 600},
         "models": [{"id": "tiny-arith", "path": str(MODEL_DIR)}],
+        "engine": {"executor": EXECUTOR},
         "defaults": {"max_samples": 16, "max_tokens": MAX_TOKENS, "extractor": "last_number"},
         "tenants": [{"id": "bench", "api_keys": [{"plain": KEY}], "allow_raising_caps": True}],
     }

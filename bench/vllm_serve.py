@@ -10,7 +10,8 @@ request on both (t2serve gets `--extra-body '{"t2": {"policy": "fixed:1"}}'`), g
 default sampling, `max_tokens` from `--custom-output-len`, EOS ignored so both generate the
 same number of tokens. Prompts: the shipped model's held-back questions (a local JSONL, no hub).
 
-Run: `python -m bench vllm_serve` (T2_BENCH_PROMPTS, T2_BENCH_CONCURRENCY to change the sizes).
+Run: `python -m bench vllm_serve` (T2_BENCH_PROMPTS, T2_BENCH_CONCURRENCY to change the sizes;
+T2_BENCH_EXECUTOR=mp runs t2serve's model in its own worker process, as vLLM's server does).
 Writes var/bench/vllm_serve.json; BENCHMARKS.md records the figures.
 """
 
@@ -40,6 +41,7 @@ KEY = "bench-key"
 KV_BYTES = 256 * 2**20
 OUTPUT_LEN = 32
 PROMPTS = int(os.environ.get("T2_BENCH_PROMPTS", "64"))
+EXECUTOR = os.environ.get("T2_BENCH_EXECUTOR", "uni")  # t2serve's engine.executor
 CONCURRENCY = tuple(int(c) for c in os.environ.get("T2_BENCH_CONCURRENCY", "1,8,32").split(","))
 ROUNDS = int(os.environ.get("T2_BENCH_ROUNDS", "3"))
 T2_EXTRA = {"t2": {"policy": "fixed:1"}}
@@ -149,7 +151,12 @@ def t2serve_command(port: int, workdir: Path) -> list[str]:
         "models": [{"id": MODEL, "path": str(MODEL_DIR)}],
         # vLLM's server compiles the model (torch.compile; CUDA graphs on a GPU) unless told
         # `--enforce-eager`; t2serve's engine defaults to eager. Same engine on both sides.
-        "engine": {"kv_cache_memory_bytes": KV_BYTES, "max_num_seqs": 128, "enforce_eager": False},
+        "engine": {
+            "kv_cache_memory_bytes": KV_BYTES,
+            "max_num_seqs": 128,
+            "enforce_eager": False,
+            "executor": EXECUTOR,
+        },
         "defaults": {"max_samples": 16, "max_tokens": OUTPUT_LEN},
         "tenants": [{"id": "bench", "api_keys": [{"plain": KEY}], "allow_raising_caps": True}],
     }

@@ -18,6 +18,7 @@ from server.engine import (
     SampleEngine,
     SamplingParams,
 )
+from tests.fixtures.engine import engine_test_config
 from tests.fixtures.server import generated_tokens
 
 pytestmark = [pytest.mark.engine]
@@ -315,3 +316,15 @@ def test_a_cpu_engine_core_leaves_a_core_to_the_api(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     leave_a_core_for_the_api()
     assert os.environ["OMP_NUM_THREADS"] == "3"
+
+
+def test_the_executor_setting_picks_vllms_executor() -> None:
+    """`uni` (the default) keeps the model in the engine-core process; `mp` asks vLLM for its
+    own worker process, as `vllm serve` runs it on a CPU (lower per-token latency alone)."""
+    from vllm.v1.executor.uniproc_executor import UniProcExecutor
+
+    from server.engine.inprocess import engine_args
+
+    assert engine_test_config().executor == "uni"
+    assert engine_args(engine_test_config()).distributed_executor_backend is UniProcExecutor
+    assert engine_args(engine_test_config(executor="mp")).distributed_executor_backend == "mp"

