@@ -88,7 +88,7 @@ class EngineConfig(_Strict):
         default="uni",
         description="uni: the model runs in vLLM's engine-core process (starts in 0.7x the "
         "time; on 2 CPU cores, more throughput under load); mp: in a worker process of its own, "
-        "as `vllm serve` runs it on a CPU (on 2 cores, ~0.15 ms less per token for a lone "
+        "as `vllm serve` runs it on a CPU (on 2 cores, ~0.1 ms less per token for a lone "
         "request). Measured in BENCHMARKS.md (issue 23)",
     )
     log_stats: bool = True
