@@ -145,6 +145,7 @@ async def test_a_seed_reproduces_the_samples(engine: SampleEngine) -> None:
     assert [s.text for s in again] == [s.text for s in first]
     assert [s.completion_tokens for s in again] == [s.completion_tokens for s in first]
     assert [s.text for s in other] != [s.text for s in first]
+    assert len({s.text for s in first}) > 1  # each sample its own seed, not the wave's one
 
 
 async def test_a_second_wave_hits_the_prefix_cache(engine: SampleEngine) -> None:
