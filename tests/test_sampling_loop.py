@@ -196,13 +196,18 @@ async def test_a_cancelled_request_aborts_the_wave_and_still_bills_its_tokens() 
     assert billing.closed == 1
 
 
-async def test_no_sample_in_time_is_an_upstream_timeout_and_the_wave_is_settled() -> None:
+async def test_no_sample_in_time_is_an_upstream_timeout_and_the_wave_is_settled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     engine = ScriptedEngine(cycle("x" * 40), token_s=0.05)
     sampler, service = make(engine)
     billing = RecordingBilling()
     with pytest.raises(UpstreamTimeout):
         await sampler.run(job(service, "fixed:2", max_tokens=40, timeout_s=0.05), billing)
     assert engine.aborted == ["r-w0"] and len(billing.settled) == 1
+    # the log says what the engine held at the limit (its one request still running)
+    [stall] = [r.getMessage() for r in caplog.records if "finished in time" in r.getMessage()]
+    assert "r-w0" in stall and "1 running" in stall and "1 unfinished" in stall
 
 
 async def test_the_policy_book_stays_bounded_whatever_specs_clients_send() -> None:

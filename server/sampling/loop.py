@@ -292,6 +292,8 @@ class Sampler:
         tally = WaveTally()
         samples: list[Sample] = []
         timed_out = False
+        limit_s = max(0.0, deadline - time.monotonic())
+        watch = _StallWatch(engine, limit_s)
         try:
             params = engine.params(
                 max_tokens=job.max_tokens,
@@ -302,14 +304,22 @@ class Sampler:
                 wave=hold.wave,
                 options=job.options,
             )
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            async with asyncio.timeout(limit_s):
                 async for sample in engine.sample(job.prompt, hold.samples, params, engine_id):
                     tally.prompt_tokens = sample.prompt_tokens_computed
                     tally.completion_tokens += sample.completion_tokens
                     samples.append(sample)
         except TimeoutError:
             timed_out = True
+            if not samples:
+                log.warning(
+                    "wave %s: none of its %d samples finished in time (%s)",
+                    engine_id,
+                    hold.samples,
+                    watch.state,
+                )
         finally:
+            watch.cancel()
             # Abort and settle even when cancelled (a disconnect), and even if cancelled again
             # while doing so: the tenant pays for exactly the tokens the engine generated.
             unfinished = len(samples) < hold.samples
@@ -382,8 +392,6 @@ class _Clock:
         if self.soft_stop is None or not drawn:
             return self.hard_stop
         return min(self.hard_stop, self.soft_stop)
-
-
 
 
 def _fit_cost(billing: Billing, size: int, job: SamplingJob, left: float) -> int:
@@ -604,3 +612,26 @@ def _outcome(
         cached_prompt_tokens=spend.cached_prompt_tokens,
         logprobs=chosen.logprobs,
     )
+
+
+class _StallWatch:
+    """What the engine held at a wave's time limit, taken just before the limit cancels the
+    wave (the engine adapter then aborts its samples). Logged when no sample finished, so a
+    stalled engine (requests it holds but does not run) can be told from a slow one."""
+
+    def __init__(self, service: EngineService, delay_s: float) -> None:
+        self.state = "not taken"
+        self._service = service
+        self._handle = asyncio.get_running_loop().call_later(delay_s, self._take)
+
+    def _take(self) -> None:
+        engine = self._service.engine
+        self.state = (
+            "no engine"
+            if engine is None
+            else f"engine: {engine.num_running} running, {engine.num_waiting} waiting, "
+            f"{engine.num_unfinished} unfinished"
+        )
+
+    def cancel(self) -> None:
+        self._handle.cancel()
