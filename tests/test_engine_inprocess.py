@@ -319,14 +319,12 @@ def test_a_cpu_engine_core_leaves_a_core_to_the_api(monkeypatch: pytest.MonkeyPa
     assert os.environ["OMP_NUM_THREADS"] == "3"
 
 
-def test_the_executor_setting_picks_vllms_executor(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_executor_setting_picks_vllms_executor() -> None:
     """`uni` (the default) keeps the model in the engine-core process; `mp` asks vLLM for its
     own worker process, as `vllm serve` runs it on a CPU (lower per-token latency alone)."""
     from vllm.v1.executor.uniproc_executor import UniProcExecutor
 
     from server.engine.inprocess import engine_args
-
-    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # restored
 
     assert engine_test_config().executor == "uni"
     assert engine_args(engine_test_config()).distributed_executor_backend is UniProcExecutor

@@ -137,13 +137,13 @@ def one_process_executor() -> Any:
     process (`engine.executor: mp`; BENCHMARKS.md, issue 23)."""
     from vllm.v1.executor.uniproc_executor import UniProcExecutor
 
-    leave_a_core_for_the_api()
     return UniProcExecutor
 
 
 def leave_a_core_for_the_api() -> None:
     """Give a CPU engine core one OpenMP thread fewer than the CPUs, as vLLM's own CPU server does
-    (`executor: uni`; with `mp` vLLM binds the worker's threads itself).
+    (called before starting a `one_process_executor` engine; with `mp` vLLM binds the worker's
+    threads itself).
 
     vLLM's multiprocess executor binds the model's OpenMP threads to every core but one, which
     it keeps for the processes around the model. The one-process executor skips that setup and
@@ -204,6 +204,8 @@ class InProcessEngine(PromptingMixin):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = engine_args(cfg)
+        if cfg.executor == "uni":
+            leave_a_core_for_the_api()
         sink = _StatsSink()
         started = time.monotonic()
         building = asyncio.ensure_future(

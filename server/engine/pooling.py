@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from server.config import VerifierModelConfig
-from server.engine.inprocess import one_process_executor, shutdown_built
+from server.engine.inprocess import leave_a_core_for_the_api, one_process_executor, shutdown_built
 from server.errors import VerifierError
 
 log = logging.getLogger("t2serve.engine")
@@ -148,6 +148,7 @@ def _start_llm(cfg: VerifierModelConfig) -> Any:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     started = time.monotonic()
+    leave_a_core_for_the_api()
     args = AsyncEngineArgs(
         model=str(cfg.path),
         served_model_name=[cfg.id],
