@@ -32,6 +32,7 @@ from typing import Any
 
 import openai
 
+from bench import executor_setting
 from controller.aggregate import get_extractor, normalize_answer
 from server.app import create_app, serve_in_loop
 from server.config import parse_config
@@ -45,7 +46,6 @@ MAX_TOKENS = 32
 CONCURRENCY = (1, 8, 32)
 REQUESTS_PER_LEVEL = int(os.environ.get("T2_BENCH_REQUESTS", "128"))
 ROUNDS = int(os.environ.get("T2_BENCH_ROUNDS", "3"))
-EXECUTOR = os.environ.get("T2_BENCH_EXECUTOR", "uni")  # engine.executor, both paths
 HELD_BACK = int(os.environ.get("T2_BENCH_QUESTIONS", "320"))
 # Live-accuracy policies, `;`-separated (t2 options themselves use commas); fixed:8 is the base.
 DEFAULT_POLICIES = "fixed:1;fixed:8;t2;t2:lam=0.01;t2:lam=0.02,first_wave=2"
@@ -64,7 +64,7 @@ def bench_config() -> dict[str, Any]:
         "demo": True,
         "server": {"request_timeout_s": 600},
         "models": [{"id": "tiny-arith", "path": str(MODEL_DIR)}],
-        "engine": {"executor": EXECUTOR},
+        "engine": executor_setting(),  # both paths: the raw one runs this engine too
         "defaults": {"max_samples": 16, "max_tokens": MAX_TOKENS, "extractor": "last_number"},
         "tenants": [{"id": "bench", "api_keys": [{"plain": KEY}], "allow_raising_caps": True}],
     }

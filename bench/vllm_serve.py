@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import yaml
 
+from bench import executor_setting
 from models.train_tiny import heldout_questions, question_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,6 @@ KEY = "bench-key"
 KV_BYTES = 256 * 2**20
 OUTPUT_LEN = 32
 PROMPTS = int(os.environ.get("T2_BENCH_PROMPTS", "64"))
-EXECUTOR = os.environ.get("T2_BENCH_EXECUTOR", "uni")  # t2serve's engine.executor
 CONCURRENCY = tuple(int(c) for c in os.environ.get("T2_BENCH_CONCURRENCY", "1,8,32").split(","))
 ROUNDS = int(os.environ.get("T2_BENCH_ROUNDS", "3"))
 T2_EXTRA = {"t2": {"policy": "fixed:1"}}
@@ -155,7 +155,7 @@ def t2serve_command(port: int, workdir: Path) -> list[str]:
             "kv_cache_memory_bytes": KV_BYTES,
             "max_num_seqs": 128,
             "enforce_eager": False,
-            "executor": EXECUTOR,
+            **executor_setting(),
         },
         "defaults": {"max_samples": 16, "max_tokens": OUTPUT_LEN},
         "tenants": [{"id": "bench", "api_keys": [{"plain": KEY}], "allow_raising_caps": True}],
