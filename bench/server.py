@@ -213,21 +213,28 @@ async def overhead(
         srv_lat: list[float] = []
         raw_tok = srv_tok = 0
         client_cpu = 0.0
+        api_cpu = {"raw": 0.0, "served": 0.0}  # this process: the raw calls, or the server
         for _ in range(ROUNDS):
+            cpu0 = time.process_time()
             s, lat, tok = await timed_run(
                 [raw_call(prompts[j], i) for i, j in enumerate(picks)], level
             )
+            api_cpu["raw"] += time.process_time() - cpu0
             raw_s, raw_tok = raw_s + s, raw_tok + tok
             raw_lat += lat
+            cpu0 = time.process_time()
             s, lat, tok, cpu = await asyncio.get_running_loop().run_in_executor(
                 client, served_run, base_url, [questions[j] for j in picks], level, structured
             )
+            api_cpu["served"] += time.process_time() - cpu0
             client_cpu += cpu
             srv_s, srv_tok = srv_s + s, srv_tok + tok
             srv_lat += lat
         rows.append(_row(level, structured, len(picks) * ROUNDS, (raw_s, raw_tok, raw_lat),
                          (srv_s, srv_tok, srv_lat)))  # fmt: skip
         rows[-1]["client_cpu_ms_per_request"] = round(client_cpu / len(srv_lat) * 1000, 2)
+        for side, seconds in api_cpu.items():
+            rows[-1][f"api_cpu_ms_per_request_{side}"] = round(seconds / len(srv_lat) * 1000, 2)
         print(json.dumps(rows[-1]), flush=True)
     client.shutdown()
     return rows
