@@ -12,18 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from controller.aggregate.extract import Extractor, get_extractor
+from controller.aggregate.extract import get_extractor
 from controller.aggregate.normalize import normalize_answer
-
-
-def _answer(sample: dict[str, Any], extract: Extractor, named: bool) -> str | None:
-    """A recorded `answer` (through the named extractor, as a routing replay reads it), else
-    the extractor on the sample's text."""
-    recorded = sample.get("answer")
-    if recorded is not None:
-        return extract(str(recorded)) if named else normalize_answer(str(recorded))
-    text = sample.get("text")
-    return extract(text) if isinstance(text, str) else None
+from controller.replay.data import DEFAULT_EXTRACTOR, recorded_answer, sample_answer
 
 
 class ReplayRowsError(ValueError):
@@ -37,7 +28,8 @@ def abstain(_text: str) -> str | None:
 
 def rows_from_replay(path: Path, extractor: str | None) -> list[dict[str, Any]]:
     """The replay file's questions as calibration rows; CalibrateError names the line."""
-    extract = get_extractor(extractor or "answer_is,last_number")
+    extract = get_extractor(extractor or DEFAULT_EXTRACTOR)
+    through = extract if extractor is not None else None  # as a routing replay reads answers
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -56,13 +48,13 @@ def rows_from_replay(path: Path, extractor: str | None) -> list[dict[str, Any]]:
             raise ReplayRowsError(f"{here}: samples: missing or empty")
         if obj.get("gold") is None:
             raise ReplayRowsError(f"{here}: gold: missing")
-        gold = _answer({"answer": obj["gold"]}, extract, extractor is not None)
+        gold = recorded_answer(obj["gold"], through)
         gold = gold or normalize_answer(str(obj["gold"]))
         out = []
         for s in samples:
             if not isinstance(s, dict):
                 raise ReplayRowsError(f"{here}: samples: each must be an object")
-            answer = _answer(s, extract, extractor is not None)
+            answer = sample_answer(s, extract, through)
             right = answer is not None and normalize_answer(answer) == gold
             out.append({"text": s.get("text") or "", "answer": answer, "correct": right})
         rows.append({"id": str(obj.get("id", f"line-{number}")),

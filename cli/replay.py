@@ -23,6 +23,7 @@ from controller.aggregate.extract import Extractor
 from controller.policy import make_policy
 from controller.replay import (
     ALL_POLICIES,
+    DEFAULT_EXTRACTOR,
     SWEEPS,
     ReplayDataError,
     ReplayQuestion,
@@ -31,8 +32,6 @@ from controller.replay import (
     load_replay,
     replay,
 )
-
-DEFAULT_EXTRACTOR = "answer_is,last_number"
 
 
 @dataclass
@@ -189,7 +188,11 @@ PolicyOption = Annotated[
     ),
 ]
 ExtractorOption = Annotated[
-    str, typer.Option(help="extractor for samples without a recorded answer; a,b = chain")
+    str,
+    typer.Option(
+        help="extractor for samples recorded without an `answer` field (a null one abstains); "
+        "a,b = chain"
+    ),
 ]
 AvgSamplesOption = Annotated[
     float | None,

@@ -15,14 +15,15 @@ runner = CliRunner()
 
 
 def write_replay(path: Path) -> Path:
-    """Four date questions, three samples each: a sentence, an unpadded date, a null."""
+    """Four date questions, three samples each: a sentence, an unpadded date, a null (whose
+    text holds the gold date: a null answer abstains all the same)."""
     rows = []
     for i in range(4):
         gold = f"0{i + 1}/01/2021"
         samples = [
             {"text": f"A: Today is {i + 1}/1/2021.", "answer": f"Today is {i + 1}/1/2021."},
             {"text": f"A: {gold}", "answer": gold if i % 2 == 0 else "12/31/1999"},
-            {"text": "no idea", "answer": None},
+            {"text": f"A: perhaps {gold}, but the run failed", "answer": None},  # abstains
         ]
         rows.append({"id": f"d-{i}", "question": f"q{i}", "gold": gold, "samples": samples})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -74,6 +74,18 @@ def test_scoring_by_gold_and_by_correct_flags() -> None:
     assert replay(questions, "fixed:2", perms=2).accuracy == 1.0
 
 
+def test_a_null_recorded_answer_abstains_and_only_a_missing_one_is_read_from_text() -> None:
+    """A failed program's text still holds numbers; the source said it has no answer."""
+    program = "def solution():\n    total = 7 * 3\n    return total"
+    line = json.dumps({"id": "p", "gold": "21", "samples": [
+        {"text": program, "answer": None},  # the program failed when the source ran it
+        {"text": "The answer is 21."},  # recorded without an answer: read the text
+        {"text": "ran: 21", "answer": "21.0"},
+    ]})  # fmt: skip
+    [question], _ = parse_lines([line], get_extractor("answer_is,last_number"))
+    assert [s.answer for s in question.samples] == [None, "21", "21"]
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [

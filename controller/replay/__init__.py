@@ -2,7 +2,8 @@
 beyond reading the file).
 
 - `load_replay(path, extractor, skip_empty=False) -> (questions, skipped_lines)`; problems
-  raise `ReplayDataError` naming the line.
+  raise `ReplayDataError` naming the line. A sample's answer is its recorded `answer` (null
+  abstains), else the extractor (default `DEFAULT_EXTRACTOR`) on its text.
 - `replay(questions, policy_spec_or_factory, perms=20, seed=0, avg_samples=None)
   -> ReplayResult` (accuracy, accuracy_ci95, mean_samples, mean_tokens, questions, policy).
 - `ALL_POLICIES` (what `--policy all` compares) and `SWEEPS` (curves for `--plot`).
@@ -10,6 +11,7 @@ beyond reading the file).
 """
 
 from controller.replay.data import (
+    DEFAULT_EXTRACTOR,
     ReplayDataError,
     ReplayQuestion,
     ReplaySample,
@@ -28,6 +30,7 @@ from controller.replay.run import (
 
 __all__ = [
     "ALL_POLICIES",
+    "DEFAULT_EXTRACTOR",
     "SWEEPS",
     "QuestionOutcome",
     "ReplayDataError",

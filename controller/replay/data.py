@@ -1,16 +1,17 @@
 """Replay records: questions with many recorded samples, read from JSON Lines.
 
 Schema (../shared/data/replay/README.md): one object per line with `id`, `gold` (string or
-null) and `samples`, a list of objects with `text`, `answer` and/or `correct`. A sample's
-recorded `answer` is used when present; otherwise the extractor reads its `text`. Every
-problem is reported as a `ReplayDataError` naming the line, so a user can fix the file.
+null) and `samples`, a list of objects with `text`, `answer` and/or `correct`. Which answer a
+sample gives is `sample_answer`'s rule, shared by every reader of recorded samples (routing
+sets, `calibrate --from-replay`). Every problem is reported as a `ReplayDataError` naming the
+line, so a user can fix the file.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,33 @@ class ReplayQuestion:
     gold: str | None  # normalised gold answer, None when scored by `correct` flags
     samples: tuple[ReplaySample, ...]
     line: int
+
+
+DEFAULT_EXTRACTOR = "answer_is,last_number"
+"""What reads a sample's `text` when its record has no `answer` field and nobody named one."""
+
+
+def recorded_answer(raw: object, through: Extractor | None = None) -> str | None:
+    """A recorded answer: normalised, or through a named extractor (a normaliser such as
+    `date`, as a routing set's task names one); null stays null."""
+    if raw is None:
+        return None
+    text = str(raw)
+    return through(text) if through is not None else normalize_answer(text)
+
+
+def sample_answer(
+    sample: Mapping[str, object], extract: Extractor, through: Extractor | None = None
+) -> str | None:
+    """The answer a recorded sample gives. Its `answer` field wherever the record has one, and
+    a null there abstains: the source found no answer (a program that failed, a reply with
+    none), so the text must not be searched for one (a failed program's last number is not an
+    answer). Only a sample without the field has its `text` read by `extract`. `through`:
+    see `recorded_answer`."""
+    if "answer" in sample:
+        return recorded_answer(sample["answer"], through)
+    text = sample.get("text")
+    return extract(text) if isinstance(text, str) else None
 
 
 def _tokens(sample: dict[str, object]) -> float | None:
@@ -75,20 +103,12 @@ def parse_question(
     for i, s in enumerate(samples_raw):
         if not isinstance(s, dict):
             raise ReplayDataError(f"{here}: sample {i} is not an object")
-        answer_raw = s.get("answer")
-        text = s.get("text")
         correct = s.get("correct")
-        if answer_raw is None and text is None and correct is None:
+        if "answer" not in s and s.get("text") is None and correct is None:
             raise ReplayDataError(f"{here}: sample {i} has no `answer`, `text` or `correct`")
         if correct is not None and not isinstance(correct, bool):
             raise ReplayDataError(f"{here}: sample {i} `correct` must be true/false")
-        if answer_raw is not None:
-            answer = normalize_answer(str(answer_raw))
-        elif isinstance(text, str):
-            answer = extractor(text)
-        else:
-            answer = None
-        samples.append(ReplaySample(answer, correct, _tokens(s)))
+        samples.append(ReplaySample(sample_answer(s, extractor), correct, _tokens(s)))
     if gold is None and any(s.correct is None for s in samples):
         raise ReplayDataError(f"{here}: no `gold`, so every sample needs a `correct` flag")
     qid = obj.get("id")

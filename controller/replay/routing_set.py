@@ -27,6 +27,7 @@ from controller.aggregate.extract import Extractor, get_extractor
 from controller.aggregate.normalize import normalize_answer
 from controller.budget.models import ModelPrice, Prices
 from controller.budget.pricing import Pricer
+from controller.replay.data import DEFAULT_EXTRACTOR, recorded_answer, sample_answer
 
 MANIFEST = "manifest.json"
 TASK_EXTRACTORS: dict[str, str] = {"date_understanding": "date"}
@@ -139,13 +140,6 @@ def _extractor(doc: dict[str, Any], override: str | None, where: str) -> str | N
     return str(name)
 
 
-def _answer(raw: object, extract: Extractor | None) -> str | None:
-    if raw is None:
-        return None
-    text = str(raw)
-    return extract(text) if extract is not None else normalize_answer(text)
-
-
 @dataclass(frozen=True)
 class _Line:
     id: str
@@ -156,6 +150,8 @@ class _Line:
 
 
 def _read_lines(file: Path, extract: Extractor | None) -> list[_Line]:
+    """The file's questions; recorded answers go through `extract` when the set names one."""
+    read = extract or get_extractor(DEFAULT_EXTRACTOR)  # a sample recorded without `answer`
     if not file.is_file():
         raise RoutingSetError(f"{file}: model file missing")
     out: list[_Line] = []
@@ -173,11 +169,12 @@ def _read_lines(file: Path, extract: Extractor | None) -> list[_Line]:
                 raise RoutingSetError(f"{here}: samples: missing or empty")
             if not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in samples):
                 raise RoutingSetError(f"{here}: samples: each needs a `text`")
-            gold = _answer(obj.get("gold"), extract) or normalize_answer(str(obj.get("gold")))
+            gold_raw = obj.get("gold")
+            gold = recorded_answer(gold_raw, extract) or normalize_answer(str(gold_raw))
             if obj.get("gold") is None or gold is None:
                 raise RoutingSetError(f"{here}: gold: missing")
             out.append(_Line(str(obj.get("id")), str(obj.get("question", "")), gold,
-                             tuple(_answer(s.get("answer"), extract) for s in samples),
+                             tuple(sample_answer(s, read, extract) for s in samples),
                              tuple(len(s["text"]) for s in samples)))  # fmt: skip
     if not out:
         raise RoutingSetError(f"{file}: no questions")
