@@ -191,7 +191,7 @@ ExtractorOption = Annotated[
     str,
     typer.Option(
         help="extractor for samples recorded without an `answer` field (a null one abstains); "
-        "a,b = chain"
+        "a named one also reads recorded answers and gold (e.g. date); a,b = chain"
     ),
 ]
 AvgSamplesOption = Annotated[
@@ -329,7 +329,8 @@ def run_loo_mode(
         raise _fail(str(exc)) from None
     from cli.replay_loo import run_loo_command
 
-    run_loo_command(data, extract, skip_empty=skip_empty, perms=perms, tune_perms=tune_perms,
+    run_loo_command(data, extract, named=extractor != DEFAULT_EXTRACTOR,
+                    skip_empty=skip_empty, perms=perms, tune_perms=tune_perms,
                     seed=seed, tolerance=tolerance, budgets=levels, as_json=as_json, plot=plot)
 
 
@@ -364,7 +365,8 @@ def parse_options(
 def load_questions(options: ReplayOptions, extract: Extractor) -> list[ReplayQuestion]:
     """The file's questions (exit 2 naming the line on bad data); skipped lines reported."""
     try:
-        questions, skipped = load_replay(options.data, extract, skip_empty=options.skip_empty)
+        named = options.extractor != DEFAULT_EXTRACTOR  # then it reads recorded answers too
+        questions, skipped = load_replay(options.data, extract, options.skip_empty, named)
     except ReplayDataError as exc:
         raise _fail(str(exc)) from None
     if skipped and not options.as_json:

@@ -19,19 +19,21 @@ from controller.replay.loo import FAMILIES, MAJORITY, LooReport, leave_one_out, 
 
 
 def load_folder(
-    folder: Path, extractor: Extractor, skip_empty: bool
+    folder: Path, extractor: Extractor, skip_empty: bool, named: bool = False
 ) -> dict[str, list[ReplayQuestion]]:
-    """Every *.jsonl file in `folder` by stem (sorted), or ReplayDataError."""
+    """Every *.jsonl file in `folder` by stem (sorted), or ReplayDataError; `named`: the
+    extractor also reads recorded answers (controller.replay.data.parse_question)."""
     paths = sorted(folder.glob("*.jsonl"))
     if len(paths) < 2:
         raise ReplayDataError(f"{folder}: --loo needs at least two *.jsonl files")
-    return {p.stem: load_replay(p, extractor, skip_empty=skip_empty)[0] for p in paths}
+    return {p.stem: load_replay(p, extractor, skip_empty, named)[0] for p in paths}
 
 
 def run_loo_command(
     folder: Path,
     extractor: Extractor,
     *,
+    named: bool = False,
     skip_empty: bool,
     perms: int,
     tune_perms: int,
@@ -42,7 +44,7 @@ def run_loo_command(
     plot: Path | None,
 ) -> None:
     try:
-        files = load_folder(folder, extractor, skip_empty)
+        files = load_folder(folder, extractor, skip_empty, named)
     except ReplayDataError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -86,6 +86,20 @@ def test_a_null_recorded_answer_abstains_and_only_a_missing_one_is_read_from_tex
     assert [s.answer for s in question.samples] == [None, "21", "21"]
 
 
+def test_a_named_extractor_also_reads_recorded_answers(tmp_path: Path) -> None:
+    """`--extractor date` must not be a silent no-op on a file whose samples all carry an
+    answer: it normalises them (and gold), as `--route` and `calibrate --from-replay` do."""
+    data = tmp_path / "dates.jsonl"
+    data.write_text(json.dumps({"id": "d", "gold": "01/05/2021", "samples": [
+        {"text": "…", "answer": "1/5/2021"}, {"text": "…", "answer": "Today is 01/05/2021."},
+    ]}) + "\n")  # fmt: skip
+    named = json.loads(invoke("--data", str(data), "--policy", "fixed:2", "--extractor", "date",
+                              "--json")[1])  # fmt: skip
+    default = json.loads(invoke("--data", str(data), "--policy", "fixed:2", "--json")[1])
+    assert named["accuracy"] == 1.0
+    assert default["accuracy"] == 0.0  # recorded answers only normalised: neither matches
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [

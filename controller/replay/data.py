@@ -76,9 +76,11 @@ def _tokens(sample: dict[str, object]) -> float | None:
 
 
 def parse_question(
-    raw: str, line: int, extractor: Extractor, where: str = "<data>"
+    raw: str, line: int, extractor: Extractor, where: str = "<data>", named: bool = False
 ) -> ReplayQuestion | None:
-    """One line → a question. Blank lines give None; anything malformed raises with the line."""
+    """One line → a question. Blank lines give None; anything malformed raises with the line.
+    `named`: the user named the extractor, so it also reads the recorded answers and gold (a
+    normaliser such as `date`), as routing sets and `calibrate --from-replay` read them."""
     if not raw.strip():
         return None
     here = f"{where}:{line}"
@@ -98,7 +100,10 @@ def parse_question(
     gold_raw = obj.get("gold")
     if gold_raw is not None and not isinstance(gold_raw, str | int | float):
         raise ReplayDataError(f"{here}: `gold` must be a string or null")
-    gold = normalize_answer(str(gold_raw)) if gold_raw is not None else None
+    through = extractor if named else None
+    gold = None
+    if gold_raw is not None:  # a named normaliser may not read it (a date one, a number gold)
+        gold = recorded_answer(gold_raw, through) or normalize_answer(str(gold_raw))
     samples: list[ReplaySample] = []
     for i, s in enumerate(samples_raw):
         if not isinstance(s, dict):
@@ -108,7 +113,7 @@ def parse_question(
             raise ReplayDataError(f"{here}: sample {i} has no `answer`, `text` or `correct`")
         if correct is not None and not isinstance(correct, bool):
             raise ReplayDataError(f"{here}: sample {i} `correct` must be true/false")
-        samples.append(ReplaySample(sample_answer(s, extractor), correct, _tokens(s)))
+        samples.append(ReplaySample(sample_answer(s, extractor, through), correct, _tokens(s)))
     if gold is None and any(s.correct is None for s in samples):
         raise ReplayDataError(f"{here}: no `gold`, so every sample needs a `correct` flag")
     qid = obj.get("id")
@@ -117,9 +122,14 @@ def parse_question(
 
 
 def parse_lines(
-    lines: Iterable[str], extractor: Extractor, where: str = "<data>", skip_empty: bool = False
+    lines: Iterable[str],
+    extractor: Extractor,
+    where: str = "<data>",
+    skip_empty: bool = False,
+    named: bool = False,
 ) -> tuple[list[ReplayQuestion], list[int]]:
-    """All questions, and the line numbers skipped for empty `samples` (when skip_empty)."""
+    """All questions, and the line numbers skipped for empty `samples` (when skip_empty);
+    `named` as in `parse_question`."""
     questions: list[ReplayQuestion] = []
     skipped: list[int] = []
     for number, raw in enumerate(lines, start=1):
@@ -131,7 +141,7 @@ def parse_lines(
             if isinstance(obj, dict) and obj.get("samples") == []:
                 skipped.append(number)
                 continue
-        question = parse_question(raw, number, extractor, where)
+        question = parse_question(raw, number, extractor, where, named)
         if question is not None:
             questions.append(question)
     if not questions:
@@ -140,12 +150,12 @@ def parse_lines(
 
 
 def load_replay(
-    path: str | Path, extractor: Extractor, skip_empty: bool = False
+    path: str | Path, extractor: Extractor, skip_empty: bool = False, named: bool = False
 ) -> tuple[list[ReplayQuestion], list[int]]:
     """Read a replay file (see parse_lines)."""
     p = Path(path)
     try:
         with p.open(encoding="utf-8") as fh:
-            return parse_lines(fh, extractor, str(p), skip_empty)
+            return parse_lines(fh, extractor, str(p), skip_empty, named)
     except UnicodeDecodeError as exc:
         raise ReplayDataError(f"{p}: not UTF-8 text ({exc.reason})") from None
