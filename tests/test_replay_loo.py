@@ -146,3 +146,18 @@ def test_t2s_shipped_default_is_a_point_of_the_grid_loo_chooses_from() -> None:
     assert isinstance(t2, T2) and t2.lam == DEFAULT_LAM
     grid = next(f for f in GRIDS if f.name == "t2")
     assert any(make_policy(s).spec == t2.spec for s in grid.settings)
+
+
+def test_loo_reads_recorded_answers_through_a_named_extractor(tmp_path: Path) -> None:
+    """`--loo --extractor date` normalises every file's recorded answers, as a single file's
+    replay does (cli.replay_loo.load_folder)."""
+    from cli.replay_loo import load_folder
+    from controller.aggregate import get_extractor
+
+    line = {"id": "d", "gold": "01/05/2021", "samples": [{"answer": "1/5/2021"}]}
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps(line) + "\n")
+    named = load_folder(tmp_path, get_extractor("date"), skip_empty=False, named=True)
+    plain = load_folder(tmp_path, get_extractor("date"), skip_empty=False)
+    assert named["a"][0].samples[0].answer == "01/05/2021"
+    assert plain["a"][0].samples[0].answer == "1/5/2021"
