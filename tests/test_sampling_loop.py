@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import server.sampling.loop as loop_module
 from controller.pacing import ComputePrice
 from server.billing import WaveHold
 from server.engine.service import EngineService, wave_seed
@@ -194,6 +195,24 @@ async def test_a_cancelled_request_aborts_the_wave_and_still_bills_its_tokens() 
     usage = engine.request_usage("r-w0")
     assert usage is not None and 4 * 5 <= completion == usage.completion_tokens < 4 * 40
     assert billing.closed == 1
+
+
+async def test_a_long_wave_whose_caller_leaves_with_no_sample_logs_the_engine_state(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client whose timeout matches the server's leaves just before the wave's limit: the
+    stall must be logged all the same, or the one rare hang we chase leaves no trace."""
+    monkeypatch.setattr(loop_module, "STALL_LOG_S", 0.05)
+    engine = ScriptedEngine(cycle("x" * 40), token_s=0.05)
+    sampler, service = make(engine)
+    billing = RecordingBilling()
+    task = asyncio.create_task(sampler.run(job(service, "fixed:2", max_tokens=40), billing))
+    await asyncio.sleep(0.15)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [stall] = [r.getMessage() for r in caplog.records if "none of its" in r.getMessage()]
+    assert "r-w0" in stall and "caller left" in stall and "1 running" in stall
 
 
 async def test_no_sample_in_time_is_an_upstream_timeout_and_the_wave_is_settled(

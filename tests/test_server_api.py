@@ -23,7 +23,9 @@ last_number = get_extractor("last_number")  # the test config's extractor
 
 
 def client(live: LiveServer, key: str = DEMO_KEY) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=live.v1, api_key=key, max_retries=0, timeout=60)
+    # longer than the server's own 60 s limit, so a stalled wave ends in the server's answer
+    # and its stall log, not in the client leaving first
+    return openai.AsyncOpenAI(base_url=live.v1, api_key=key, max_retries=0, timeout=90)
 
 
 async def test_chat_completion_with_t2_options(live_server: LiveServer) -> None:

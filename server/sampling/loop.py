@@ -311,15 +311,8 @@ class Sampler:
                     samples.append(sample)
         except TimeoutError:
             timed_out = True
-            if not samples:
-                log.warning(
-                    "wave %s: none of its %d samples finished in time (%s)",
-                    engine_id,
-                    hold.samples,
-                    watch.state,
-                )
         finally:
-            watch.cancel()
+            watch.report(engine_id, hold.samples, bool(samples), timed_out)
             # Abort and settle even when cancelled (a disconnect), and even if cancelled again
             # while doing so: the tenant pays for exactly the tokens the engine generated.
             unfinished = len(samples) < hold.samples
@@ -614,24 +607,51 @@ def _outcome(
     )
 
 
+STALL_LOG_S = 10.0
+"""A wave that ends with no sample after this long is logged even when its caller left first
+(a client whose own timeout matches the server's disconnects just before the limit fires); the
+engine's state is taken this often while such a wave waits, so the log shows it shortly before
+the end (by then the adapter has aborted the samples and the engine holds nothing)."""
+
+
 class _StallWatch:
-    """What the engine held at a wave's time limit, taken just before the limit cancels the
-    wave (the engine adapter then aborts its samples). Logged when no sample finished, so a
-    stalled engine (requests it holds but does not run) can be told from a slow one."""
+    """What the engine held while a wave waited with nothing back: taken at its time limit,
+    just before the limit cancels the wave (the engine adapter then aborts its samples), and
+    every STALL_LOG_S before. Logged when no sample finished, so a stalled engine (requests it
+    holds but does not run) can be told from a slow one."""
 
     def __init__(self, service: EngineService, delay_s: float) -> None:
-        self.state = "not taken"
+        self.state: str | None = None
         self._service = service
-        self._handle = asyncio.get_running_loop().call_later(delay_s, self._take)
+        self._started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._limit = loop.call_later(delay_s, self._take)
+        self._tick = loop.call_later(STALL_LOG_S, self._again)
 
     def _take(self) -> None:
         engine = self._service.engine
+        at = f"at {time.monotonic() - self._started:.1f} s"
         self.state = (
-            "no engine"
+            f"{at}, no engine"
             if engine is None
-            else f"engine: {engine.num_running} running, {engine.num_waiting} waiting, "
+            else f"{at}, engine: {engine.num_running} running, {engine.num_waiting} waiting, "
             f"{engine.num_unfinished} unfinished"
         )
 
-    def cancel(self) -> None:
-        self._handle.cancel()
+    def _again(self) -> None:
+        self._take()
+        self._tick = asyncio.get_running_loop().call_later(STALL_LOG_S, self._again)
+
+    def report(self, engine_id: str, size: int, any_sample: bool, timed_out: bool) -> None:
+        """At the wave's end: log the engine's state if nothing came back in time, or for long
+        (the caller gave up first), then stop the timers."""
+        self._limit.cancel()
+        self._tick.cancel()
+        waited = time.monotonic() - self._started
+        if any_sample or not (timed_out or waited >= STALL_LOG_S):
+            return
+        if self.state is None:
+            self._take()
+        how = "in time" if timed_out else f"in {waited:.1f} s, and its caller left"
+        log.warning("wave %s: none of its %d samples finished %s (%s)", engine_id, size, how,
+                    self.state)  # fmt: skip
