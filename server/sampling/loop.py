@@ -624,9 +624,12 @@ class _StallWatch:
         self.state: str | None = None
         self._service = service
         self._started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        self._limit = loop.call_later(delay_s, self._take)
-        self._tick = loop.call_later(STALL_LOG_S, self._again)
+        self._limit_at = self._started + delay_s
+        self._handle = self._arm()  # one timer per wave: most waves end before it fires
+
+    def _arm(self) -> asyncio.TimerHandle:
+        wait = max(0.0, min(STALL_LOG_S, self._limit_at - time.monotonic()))
+        return asyncio.get_running_loop().call_later(wait, self._again)
 
     def _take(self) -> None:
         engine = self._service.engine
@@ -640,13 +643,13 @@ class _StallWatch:
 
     def _again(self) -> None:
         self._take()
-        self._tick = asyncio.get_running_loop().call_later(STALL_LOG_S, self._again)
+        if time.monotonic() < self._limit_at:
+            self._handle = self._arm()
 
     def report(self, engine_id: str, size: int, any_sample: bool, timed_out: bool) -> None:
         """At the wave's end: log the engine's state if nothing came back in time, or for long
-        (the caller gave up first), then stop the timers."""
-        self._limit.cancel()
-        self._tick.cancel()
+        (the caller gave up first), then stop the timer."""
+        self._handle.cancel()
         waited = time.monotonic() - self._started
         if any_sample or not (timed_out or waited >= STALL_LOG_S):
             return
