@@ -28,7 +28,7 @@ from server import metrics
 from server.alerts import AlertDispatcher
 from server.api import admin
 from server.api.errors import install_error_handlers
-from server.api.middleware import BodyLimit, Drain, DrainDeadline, RequestMetrics
+from server.api.middleware import BodyLimit, Drain, DrainDeadline, OverdueLog, RequestMetrics
 from server.api.openapi import install_openapi
 from server.api.router import router
 from server.billing import BillingProvider, BudgetProvider
@@ -153,6 +153,7 @@ def _install_api(app: FastAPI, state: ServingState) -> None:
     app.state.drain = Drain()  # started by the server on SIGTERM (cli/serve.py)
     app.add_middleware(DrainDeadline, drain=app.state.drain)
     app.add_middleware(RequestMetrics)
+    app.add_middleware(OverdueLog, limit=lambda: state.config.server.request_timeout_s)
     app.add_middleware(BodyLimit, limit=state.body_limit)  # outermost
     install_openapi(app, state.config.model_ids)
 

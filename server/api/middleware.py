@@ -5,6 +5,9 @@
   request, so it can follow what the served models can hold (ServingState.body_limit).
 - `RequestMetrics`: every completion request counted by its final status, 4xx and 5xx included;
   a client that leaves before the response is complete counts as 499, as nginx logs it.
+- `OverdueLog`: a completion request still running well past the server's own time limit is
+  logged with where it waits (its task's await chain), so a request that hangs outside the
+  limit's reach says where.
 - `DrainDeadline`: when a SIGTERM's drain time runs out, requests still in flight are cancelled
   (their spend settles in the serving code's `finally`) and answered 503 in OpenAI's shape.
   Left to uvicorn, the cut-off would cancel them itself and send a bare-text 500.
@@ -15,7 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import time
 from collections.abc import Callable
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,6 +29,10 @@ from server import metrics
 from server.errors import APIError
 
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
+OVERDUE_GRACE_S = 10.0
+"""How long past the request time limit a completion request may run before `OverdueLog`."""
+
+log = logging.getLogger(__name__)
 
 
 def too_large(limit: int) -> APIError:
@@ -125,6 +135,57 @@ class RequestMetrics:
             tenant = state.get("tenant")
             final = status if complete else 499  # the client left before the end
             metrics.observe_request(getattr(tenant, "id", None), state.get("model"), final)
+
+
+class OverdueLog:
+    """Log a completion request still running OVERDUE_GRACE_S past `limit()` seconds, with its
+    await chain. The limit bounds a request's waits on the engine; a request past it by that
+    much waits on something else, and the chain names it (one timer per request)."""
+
+    def __init__(self, app: ASGIApp, limit: Callable[[], float]) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in COMPLETION_PATHS:
+            await self.app(scope, receive, send)
+            return
+        task = asyncio.current_task()
+        started = time.monotonic()
+
+        def overdue() -> None:
+            if task is not None and not task.done():
+                waited = time.monotonic() - started
+                log.warning("%s still running %.0f s after it started; it waits in:\n%s",
+                            scope["path"], waited, await_chain(task))  # fmt: skip
+
+        timer = asyncio.get_running_loop().call_later(self.limit() + OVERDUE_GRACE_S, overdue)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            timer.cancel()
+
+
+def await_chain(task: asyncio.Task[Any]) -> str:
+    """Where a suspended task waits: each coroutine of its await chain, outermost first (into
+    tasks it awaits), then what the innermost one awaits."""
+    lines: list[str] = []
+    node: Any = task.get_coro()
+    for _ in range(200):  # a chain is finite; the bound only guards against a cycle
+        if isinstance(node, asyncio.Task):
+            node = node.get_coro()
+        frame = getattr(node, "cr_frame", None) or getattr(node, "ag_frame", None)
+        frame = frame or getattr(node, "gi_frame", None)
+        if frame is None:
+            break
+        lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_qualname}")
+        nxt = getattr(node, "cr_await", None) or getattr(node, "ag_await", None)
+        nxt = nxt or getattr(node, "gi_yieldfrom", None)
+        if nxt is None:
+            break
+        node = nxt
+    lines.append(f"  awaiting {node!r:.300}")
+    return "\n".join(lines)
 
 
 class Drain:
