@@ -312,7 +312,7 @@ class InProcessEngine(PromptingMixin):
                 stop_token_ids=list(params.stop_token_ids) or None,
                 structured_outputs=_structured(params.structured),
                 output_kind=RequestOutputKind.FINAL_ONLY,
-                skip_clone=True,  # see below
+                skip_clone=True,  # see the docstring
             )
         except (ValueError, VLLMClientError) as exc:  # vLLM's own checks
             raise InvalidSamplingParam(str(exc)) from exc
