@@ -69,7 +69,9 @@ def config(model: str, arm: str, ledger: Path) -> dict[str, Any]:
         "engine": {"kv_cache_memory_bytes": 128 * 2**20, "max_num_seqs": 64},
         "ledger": {"backend": "sqlite", "path": str(ledger / "ledger.sqlite")},
         "defaults": {
-            "policy": ARM_POLICIES[arm], "max_samples": MAX_SAMPLES, "max_tokens": MAX_TOKENS
+            "policy": ARM_POLICIES[arm],
+            "max_samples": MAX_SAMPLES,
+            "max_tokens": MAX_TOKENS,
         },
         "tenants": [{"id": "bench", "api_keys": [{"plain": KEY}], "allow_raising_caps": True}],
     }
@@ -97,8 +99,10 @@ async def one_run(
         app = create_app(
             parse_config(config(model, arm, Path(tmp)), "bench config"), engine=engine.engine
         )
-        async with serve_in_loop(app) as live:
-            api = openai.AsyncOpenAI(base_url=live.v1, api_key=KEY, max_retries=0, timeout=600)
+        async with (
+            serve_in_loop(app) as live,
+            openai.AsyncOpenAI(base_url=live.v1, api_key=KEY, max_retries=0, timeout=600) as api,
+        ):
             right: list[bool] = []
             samples: list[int] = []
             predicted: list[float] = []
@@ -202,7 +206,9 @@ async def run() -> dict[str, Any]:
         summaries.append(summarize(runs, model))
         print(json.dumps(summaries[-1]), flush=True)
     return {
-        "policies": ARM_POLICIES, "max_samples": MAX_SAMPLES, "summaries": summaries,
+        "policies": ARM_POLICIES,
+        "max_samples": MAX_SAMPLES,
+        "summaries": summaries,
         "runs": all_runs,
     }
 

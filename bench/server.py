@@ -150,18 +150,20 @@ async def _served_load(
                 return call
 
             return await timed_run([lean_call(b) for b in bodies], concurrency)
-    api = openai.AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0, timeout=600)
+    async with openai.AsyncOpenAI(
+        base_url=base_url, api_key=KEY, max_retries=0, timeout=600
+    ) as api:
 
-    def served_call(body: dict[str, Any]) -> Callable[[], Awaitable[int]]:
-        async def call() -> int:
-            fields = {k: v for k, v in body.items() if k not in ("t2", "response_format")}
-            extra = {k: v for k, v in body.items() if k in ("t2", "response_format")}
-            resp = await api.chat.completions.create(**fields, extra_body=extra)
-            return resp.usage.completion_tokens if resp.usage else 0
+        def served_call(body: dict[str, Any]) -> Callable[[], Awaitable[int]]:
+            async def call() -> int:
+                fields = {k: v for k, v in body.items() if k not in ("t2", "response_format")}
+                extra = {k: v for k, v in body.items() if k in ("t2", "response_format")}
+                resp = await api.chat.completions.create(**fields, extra_body=extra)
+                return resp.usage.completion_tokens if resp.usage else 0
 
-        return call
+            return call
 
-    return await timed_run([served_call(b) for b in bodies], concurrency)
+        return await timed_run([served_call(b) for b in bodies], concurrency)
 
 
 def _row(
@@ -345,8 +347,10 @@ async def run() -> dict[str, Any]:
         questions = load_questions(HELD_BACK)
         prompts = [q["question"] for q in questions]
         app = create_app(config, engine=engine_api.engine)
-        async with serve_in_loop(app) as live:
-            api = openai.AsyncOpenAI(base_url=live.v1, api_key=KEY, max_retries=0, timeout=600)
+        async with (
+            serve_in_loop(app) as live,
+            openai.AsyncOpenAI(base_url=live.v1, api_key=KEY, max_retries=0, timeout=600) as api,
+        ):
             await api.chat.completions.create(
                 model="tiny-arith", messages=[{"role": "user", "content": prompts[0]}], max_tokens=4
             )  # warm-up

@@ -24,6 +24,7 @@ var/bench/verifiers.json and docs/verifiers-accuracy-flops.png; BENCHMARKS.md re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -202,10 +203,19 @@ def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, n: int = 4000) ->
 
 
 async def run_accuracy(base_v1: str, questions: list[dict[str, Any]]) -> dict[str, Any]:
-    clients = {
-        t: openai.AsyncOpenAI(base_url=base_v1, api_key=k, max_retries=2, timeout=600)
-        for t, k in KEYS.items()
-    }
+    async with contextlib.AsyncExitStack() as opened:
+        clients = {
+            t: await opened.enter_async_context(
+                openai.AsyncOpenAI(base_url=base_v1, api_key=k, max_retries=2, timeout=600)
+            )
+            for t, k in KEYS.items()
+        }
+        return await _accuracy(clients, questions)
+
+
+async def _accuracy(
+    clients: dict[str, openai.AsyncOpenAI], questions: list[dict[str, Any]]
+) -> dict[str, Any]:
     extract = get_extractor("last_number")
     gate = asyncio.Semaphore(CONCURRENCY)
     results: dict[str, dict[str, Any]] = {}
@@ -238,8 +248,6 @@ async def run_accuracy(base_v1: str, questions: list[dict[str, Any]]) -> dict[st
         await asyncio.gather(*jobs[chunk : chunk + 64])
         done += len(jobs[chunk : chunk + 64])
         print(f"  {done}/{len(jobs)} requests, {time.monotonic() - started:.0f} s", flush=True)
-    for c in clients.values():
-        await c.close()
     return results
 
 

@@ -19,7 +19,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from server.app import create_app
 from server.config import AppConfig, hash_key, parse_config
-from tests.fixtures.server import MODEL, LiveServer, serve_in_loop
+from tests.fixtures.server import MODEL, LiveServer, OpenClient, serve_in_loop
 
 pytestmark = pytest.mark.engine
 
@@ -81,14 +81,12 @@ async def live(engine: Any, tmp_path: Path) -> AsyncIterator[tuple[LiveServer, A
     await app.state.t2.billing.close()
 
 
-def client(live: LiveServer, key: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=live.v1, api_key=key, max_retries=0, timeout=60)
-
-
-async def test_shrink_then_429_with_retry_after(live: tuple[LiveServer, AppConfig]) -> None:
+async def test_shrink_then_429_with_retry_after(
+    live: tuple[LiveServer, AppConfig], openai_client: OpenClient
+) -> None:
     server, cfg = live
     limit = cfg.tenants[0].budgets.day.limit  # type: ignore[union-attr]
-    tight = client(server, TIGHT_KEY)
+    tight = openai_client(server.v1, TIGHT_KEY, timeout=60)
     first = await tight.chat.completions.with_raw_response.create(
         model=MODEL,
         messages=MESSAGES,
@@ -129,9 +127,11 @@ async def test_shrink_then_429_with_retry_after(live: tuple[LiveServer, AppConfi
     assert day["spent"] <= limit and day["reserved"] == 0
 
 
-async def test_t2_tenant_sees_its_price_of_compute(live: tuple[LiveServer, AppConfig]) -> None:
+async def test_t2_tenant_sees_its_price_of_compute(
+    live: tuple[LiveServer, AppConfig], openai_client: OpenClient
+) -> None:
     server, _ = live
-    paced = client(server, PACED_KEY)
+    paced = openai_client(server.v1, PACED_KEY, timeout=60)
     for _ in range(2):  # the first request primes this replica's view of the ledger
         raw = await paced.chat.completions.with_raw_response.create(
             model=MODEL,
@@ -142,7 +142,9 @@ async def test_t2_tenant_sees_its_price_of_compute(live: tuple[LiveServer, AppCo
     assert t2["price_of_compute"] is not None and t2["price_of_compute"] > 0
     assert float(raw.headers["x-t2-budget-remaining"]) < 1e7
     for _ in range(2):  # the same budget as a cap: far from spent, so no price at all
-        raw = await client(server, CAP_KEY).chat.completions.with_raw_response.create(
+        raw = await openai_client(
+            server.v1, CAP_KEY, timeout=60
+        ).chat.completions.with_raw_response.create(
             model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS
         )
     assert raw.parse().model_extra["t2"]["price_of_compute"] is None  # type: ignore[index]

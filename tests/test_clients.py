@@ -17,7 +17,7 @@ import openai
 import pytest
 import yaml
 
-from tests.fixtures.server import DEMO_KEY, MODEL, LiveServer
+from tests.fixtures.server import DEMO_KEY, MODEL, LiveServer, OpenClient
 from tests.support import need
 
 pytestmark = [pytest.mark.engine]
@@ -41,15 +41,16 @@ def need_module(name: str) -> None:
     need(importlib.util.find_spec(name) is not None, f"the {name} client")
 
 
-def sdk(live: LiveServer) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=live.v1, api_key=DEMO_KEY, max_retries=0, timeout=120)
+@pytest.fixture
+def sdk(live_server: LiveServer, openai_client: OpenClient) -> openai.AsyncOpenAI:
+    return openai_client(live_server.v1, timeout=120)
 
 
 # -- the openai SDK ---------------------------------------------------------------------------
 
 
-async def test_openai_logprobs_chat_and_text(live_server: LiveServer) -> None:
-    api = sdk(live_server)
+async def test_openai_logprobs_chat_and_text(sdk: openai.AsyncOpenAI) -> None:
+    api = sdk
     r = await api.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": QUESTION}],
@@ -77,8 +78,8 @@ async def test_openai_logprobs_chat_and_text(live_server: LiveServer) -> None:
     assert plain.choices[0].logprobs is None
 
 
-async def test_openai_streamed_logprobs_and_include_usage(live_server: LiveServer) -> None:
-    stream = await sdk(live_server).chat.completions.create(
+async def test_openai_streamed_logprobs_and_include_usage(sdk: openai.AsyncOpenAI) -> None:
+    stream = await sdk.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": QUESTION}],
         max_tokens=24,
@@ -99,14 +100,14 @@ async def test_openai_streamed_logprobs_and_include_usage(live_server: LiveServe
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None and last.usage.completion_tokens > 0
     assert sum(1 for c in chunks if c.usage is not None) == 1  # only the usage chunk has it
-    unasked = await sdk(live_server).chat.completions.create(
+    unasked = await sdk.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": QUESTION}], max_tokens=8, stream=True
     )
     assert all([c.usage is None async for c in unasked])
 
 
-async def test_openai_json_schema(live_server: LiveServer) -> None:
-    r = await sdk(live_server).chat.completions.create(
+async def test_openai_json_schema(sdk: openai.AsyncOpenAI) -> None:
+    r = await sdk.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": QUESTION}],
         max_tokens=40,

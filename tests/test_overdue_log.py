@@ -1,5 +1,5 @@
 """`OverdueLog`: a completion request running well past the server's time limit says where it
-waits (the rare hang this chases waited somewhere the limit does not reach)."""
+waits (the limit bounds only waits on the engine, so that is where a request past it is not)."""
 
 from __future__ import annotations
 

@@ -127,11 +127,11 @@ async def test_rpm_answers_as_openai_does(replica: Replica) -> None:
         assert refused.headers["x-ratelimit-limit-requests"] == "3"
         # the official client sees OpenAI's rate-limit error
         asgi = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=c.app))  # type: ignore[attr-defined]
-        client = openai.AsyncOpenAI(
+        async with openai.AsyncOpenAI(
             api_key=TENANT_KEY, base_url="http://t2.test/v1", http_client=asgi, max_retries=0
-        )
-        with pytest.raises(openai.RateLimitError) as caught:
-            await client.chat.completions.create(**ask())
+        ) as client:
+            with pytest.raises(openai.RateLimitError) as caught:
+                await client.chat.completions.create(**ask())
         assert caught.value.code == "rate_limit_exceeded"
         assert caught.value.response.headers["x-ratelimit-limit-requests"] == "3"
 

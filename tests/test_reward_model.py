@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import pytest
 
 from models.train_reward import REPLAYS, auc, labelled, replay_rows
@@ -19,7 +18,7 @@ from server.app import create_app
 from server.config import parse_config
 from server.engine.weights import parameter_count
 from tests.fixtures.chain_pair import RM, ChainPair
-from tests.fixtures.server import MODEL, LiveServer, serve_in_loop
+from tests.fixtures.server import MODEL, LiveServer, OpenClient, serve_in_loop
 
 pytestmark = pytest.mark.engine
 KEY = "reward-model-key"
@@ -88,9 +87,9 @@ async def test_the_reward_model_ranks_right_samples_above_wrong_ones_on_held_bac
 
 
 async def test_best_of_n_with_the_reward_model_bills_two_n_flops_per_scored_token(
-    live: LiveServer,
+    live: LiveServer, openai_client: OpenClient
 ) -> None:
-    api = openai.AsyncOpenAI(base_url=live.v1, api_key=KEY, max_retries=0)
+    api = openai_client(live.v1, KEY)
     resp = await api.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Q: 9+4-6=?"}], temperature=1.0
     )

@@ -201,7 +201,7 @@ async def test_a_long_wave_whose_caller_leaves_with_no_sample_logs_the_engine_st
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A client whose timeout matches the server's leaves just before the wave's limit: the
-    stall must be logged all the same, or the one rare hang we chase leaves no trace."""
+    stall must be logged all the same, or a stalled engine whose clients give up leaves no trace."""
     monkeypatch.setattr(loop_module, "STALL_LOG_S", 0.05)
     engine = ScriptedEngine(cycle("x" * 40), token_s=0.05)
     sampler, service = make(engine)

@@ -12,7 +12,7 @@ import pytest
 
 from controller.aggregate import get_extractor
 from server.engine import SampleEngine
-from tests.fixtures.server import DEMO_KEY, MODEL, LiveServer, generated_tokens
+from tests.fixtures.server import DEMO_KEY, MODEL, LiveServer, OpenClient, generated_tokens
 
 pytestmark = pytest.mark.engine
 
@@ -22,14 +22,15 @@ TEXT_PROMPT = "<|system|>Work it out step by step.<|user|>Q: 7+8-9=?<|assistant|
 last_number = get_extractor("last_number")  # the test config's extractor
 
 
-def client(live: LiveServer, key: str = DEMO_KEY) -> openai.AsyncOpenAI:
+@pytest.fixture
+def api(live_server: LiveServer, openai_client: OpenClient) -> openai.AsyncOpenAI:
     # longer than the server's own 60 s limit, so a stalled wave ends in the server's answer
     # and its stall log, not in the client leaving first
-    return openai.AsyncOpenAI(base_url=live.v1, api_key=key, max_retries=0, timeout=90)
+    return openai_client(live_server.v1, timeout=90)
 
 
-async def test_chat_completion_with_t2_options(live_server: LiveServer) -> None:
-    raw = await client(live_server).chat.completions.with_raw_response.create(
+async def test_chat_completion_with_t2_options(api: openai.AsyncOpenAI) -> None:
+    raw = await api.chat.completions.with_raw_response.create(
         model=MODEL,
         messages=[{"role": "user", "content": PROMPT}],
         max_tokens=16,
@@ -51,8 +52,8 @@ async def test_chat_completion_with_t2_options(live_server: LiveServer) -> None:
         assert t2["votes"][t2["answer"]] == max(t2["votes"].values())
 
 
-async def test_text_completion(live_server: LiveServer) -> None:
-    resp = await client(live_server).completions.create(
+async def test_text_completion(api: openai.AsyncOpenAI) -> None:
+    resp = await api.completions.create(
         model=MODEL, prompt=TEXT_PROMPT, max_tokens=12, extra_body={"t2": {"policy": "fixed:3"}}
     )
     assert resp.object == "text_completion" and resp.model_extra
@@ -61,8 +62,8 @@ async def test_text_completion(live_server: LiveServer) -> None:
     assert last_number(resp.choices[0].text) == t2["answer"]  # the text is the voted sample
 
 
-async def test_n_gives_n_answers(live_server: LiveServer) -> None:
-    resp = await client(live_server).chat.completions.create(
+async def test_n_gives_n_answers(api: openai.AsyncOpenAI) -> None:
+    resp = await api.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": PROMPT}],
         max_tokens=8,
@@ -73,7 +74,7 @@ async def test_n_gives_n_answers(live_server: LiveServer) -> None:
     assert resp.model_extra and resp.model_extra["t2"]["samples"] == 4
 
 
-async def test_streaming_parses_with_official_client(live_server: LiveServer) -> None:
+async def test_streaming_parses_with_official_client(api: openai.AsyncOpenAI) -> None:
     """A seeded request draws the same samples streamed or not: the streamed text must be the
     very sample the non-streamed answer returns, and carry the voted answer."""
     request: dict[str, Any] = {
@@ -83,8 +84,8 @@ async def test_streaming_parses_with_official_client(live_server: LiveServer) ->
         "seed": 4242,
         "extra_body": {"t2": {"policy": "fixed:4"}},
     }
-    whole = await client(live_server).chat.completions.create(**request)
-    stream = await client(live_server).chat.completions.create(
+    whole = await api.chat.completions.create(**request)
+    stream = await api.chat.completions.create(
         stream=True, stream_options={"include_usage": True}, **request
     )
     text, finish, final, used = "", None, None, None
@@ -107,11 +108,11 @@ async def test_streaming_parses_with_official_client(live_server: LiveServer) ->
     assert last_number(text) == t2["answer"]
 
 
-async def test_the_content_is_a_sample_the_vote_chose(live_server: LiveServer) -> None:
+async def test_the_content_is_a_sample_the_vote_chose(api: openai.AsyncOpenAI) -> None:
     """Over several seeds (so some first samples lose the vote), the returned text is always
     one that says the winning answer."""
     for seed in range(8):
-        resp = await client(live_server).chat.completions.create(
+        resp = await api.chat.completions.create(
             model=MODEL,
             messages=[{"role": "user", "content": PROMPT}],
             max_tokens=24,
@@ -163,8 +164,7 @@ async def test_stream_sends_keepalives_then_done(fixed_length_server: LiveServer
     assert '"completion_tokens":768' in data[-2].replace(" ", "")  # 8 × 96: EOS was ignored
 
 
-async def test_fixed_policy_draws_exactly_k_and_t2_stops_early(live_server: LiveServer) -> None:
-    api = client(live_server)
+async def test_fixed_policy_draws_exactly_k_and_t2_stops_early(api: openai.AsyncOpenAI) -> None:
     fixed = await api.completions.create(
         model=MODEL, prompt=TEXT_PROMPT, max_tokens=8, extra_body={"t2": {"policy": "fixed:5"}}
     )
@@ -182,7 +182,7 @@ async def test_fixed_policy_draws_exactly_k_and_t2_stops_early(live_server: Live
 
 
 async def test_usage_counts_the_whole_prompt_and_cached_tokens(
-    live_server: LiveServer, engine: SampleEngine
+    engine: SampleEngine, api: openai.AsyncOpenAI
 ) -> None:
     """The same prompt twice: the second finds it in the prefix cache, yet both report the
     whole prompt as `prompt_tokens` (as vLLM does); the hits are `cached_tokens`."""
@@ -192,7 +192,7 @@ async def test_usage_counts_the_whole_prompt_and_cached_tokens(
     assert size > 64  # two full 32-token KV blocks can be cached
     seen = []
     for _ in range(2):
-        r = await client(live_server).completions.create(
+        r = await api.completions.create(
             model=MODEL, prompt=prompt, max_tokens=4, extra_body={"t2": {"policy": "fixed:1"}}
         )
         assert r.usage is not None and r.usage.prompt_tokens_details is not None
@@ -205,11 +205,13 @@ async def test_usage_counts_the_whole_prompt_and_cached_tokens(
     assert cached2 >= 64 and billed2 == size - cached2
 
 
-async def test_usage_equals_engine_reported_tokens(live_server: LiveServer, engine: Any) -> None:
+async def test_usage_equals_engine_reported_tokens(
+    live_server: LiveServer, engine: Any, api: openai.AsyncOpenAI
+) -> None:
     recorder = live_server.billing_recorder
     recorder.calls.clear()
     generated_before = generated_tokens(engine)
-    resp = await client(live_server).completions.create(
+    resp = await api.completions.create(
         model=MODEL, prompt=TEXT_PROMPT, max_tokens=10, extra_body={"t2": {"policy": "fixed:6"}}
     )
     assert resp.usage is not None
@@ -236,8 +238,10 @@ async def test_usage_equals_engine_reported_tokens(live_server: LiveServer, engi
     assert generated == resp.usage.completion_tokens
 
 
-async def test_models_health_ready_metrics(live_server: LiveServer) -> None:
-    models = await client(live_server).models.list()
+async def test_models_health_ready_metrics(
+    live_server: LiveServer, api: openai.AsyncOpenAI
+) -> None:
+    models = await api.models.list()
     assert [m.id for m in models.data] == [MODEL]
     async with httpx.AsyncClient(base_url=live_server.base_url) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
@@ -246,8 +250,7 @@ async def test_models_health_ready_metrics(live_server: LiveServer) -> None:
     assert "t2_requests_total" in exposition and "t2_samples_per_request" in exposition
 
 
-async def test_concurrent_requests(live_server: LiveServer) -> None:
-    api = client(live_server)
+async def test_concurrent_requests(api: openai.AsyncOpenAI) -> None:
     results = await asyncio.gather(
         *[
             api.completions.create(
@@ -262,9 +265,10 @@ async def test_concurrent_requests(live_server: LiveServer) -> None:
     assert all(r.model_extra and r.model_extra["t2"]["samples"] == 2 for r in results)
 
 
-async def test_seeded_concurrent_requests_leave_the_engine_alive(live_server: LiveServer) -> None:
+async def test_seeded_concurrent_requests_leave_the_engine_alive(
+    live_server: LiveServer, api: openai.AsyncOpenAI
+) -> None:
     """Seeded requests share a batch: the engine runs them (see test_server_seed.py)."""
-    api = client(live_server)
     results = await asyncio.gather(
         *[
             api.chat.completions.create(

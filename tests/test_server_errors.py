@@ -24,6 +24,7 @@ from tests.fixtures.server import (
     MODEL,
     NO_MODELS_KEY,
     LiveServer,
+    OpenClient,
     serve_in_loop,
     server_config_dict,
 )
@@ -175,7 +176,7 @@ class _Refuse(UnmeteredProvider):
 
 
 @pytest_engine
-async def test_quota_429_and_upstream_timeout_504(engine: Any) -> None:
+async def test_quota_429_and_upstream_timeout_504(engine: Any, openai_client: OpenClient) -> None:
     config = parse_config(server_config_dict(request_timeout_s=0.001), "test")
     async with (
         serve_in_loop(create_app(config, engine=engine)) as slow,
@@ -191,7 +192,7 @@ async def test_quota_429_and_upstream_timeout_504(engine: Any) -> None:
                 resp = await http.post("/chat/completions", json={**CHAT, "stream": stream})
                 err = assert_error(resp, 429)
                 assert err["type"] == "insufficient_quota" and resp.headers["retry-after"] == "43"
-        api = openai.AsyncOpenAI(base_url=broke.v1, api_key=DEMO_KEY, max_retries=0)
+        api = openai_client(broke.v1)
         with pytest.raises(openai.RateLimitError):
             await api.chat.completions.create(model=MODEL, messages=MESSAGES)
 

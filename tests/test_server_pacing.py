@@ -33,8 +33,10 @@ def default_config(tmp_path: Path) -> Any:
 async def answers(engine: Any, config: Any, policy: str) -> list[dict[str, Any]]:
     # pooling={}: no policy here uses the default config's reward model; without it every app
     # would build a vLLM pooling engine in the background while the test runs
-    async with serve_in_loop(create_app(config, engine=engine, pooling={})) as live:
-        api = openai.AsyncOpenAI(base_url=live.v1, api_key="demo-key", max_retries=0, timeout=120)
+    async with (
+        serve_in_loop(create_app(config, engine=engine, pooling={})) as live,
+        openai.AsyncOpenAI(base_url=live.v1, api_key="demo-key", max_retries=0, timeout=120) as api,
+    ):
 
         async def ask(i: int, question: str) -> dict[str, Any]:
             resp = await api.chat.completions.create(

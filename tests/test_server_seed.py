@@ -15,19 +15,20 @@ import openai
 import pytest
 
 from server.engine.base import SampleEngine
-from tests.fixtures.server import DEMO_KEY, MODEL, LiveServer
+from tests.fixtures.server import MODEL, LiveServer, OpenClient
 
 pytestmark = pytest.mark.engine
 QUESTIONS = ["Q: 4+9-6=?", "Q: 9+8-3=?", "Q: 6+7-5=?"]
 
 
-def api(live: LiveServer) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=live.v1, api_key=DEMO_KEY, max_retries=0, timeout=120)
+@pytest.fixture
+def api(live_server: LiveServer, openai_client: OpenClient) -> openai.AsyncOpenAI:
+    return openai_client(live_server.v1, timeout=120)
 
 
-async def seeded(live: LiveServer, seed: int, question: str) -> tuple[str, dict[str, Any]]:
+async def seeded(api: openai.AsyncOpenAI, seed: int, question: str) -> tuple[str, dict[str, Any]]:
     """The returned text and the votes of 8 samples (cost varies with the prefix cache)."""
-    resp = await api(live).chat.completions.create(
+    resp = await api.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": question}],
         max_tokens=24,
@@ -43,20 +44,20 @@ async def test_the_engine_declares_seeds_honoured(engine: SampleEngine) -> None:
     assert engine.capabilities.request_seed
 
 
-async def test_a_seed_reproduces_the_served_answer(live_server: LiveServer) -> None:
-    first = [await seeded(live_server, 1234, q) for q in QUESTIONS]
-    again = [await seeded(live_server, 1234, q) for q in QUESTIONS]
-    other = [await seeded(live_server, 99, q) for q in QUESTIONS]
+async def test_a_seed_reproduces_the_served_answer(api: openai.AsyncOpenAI) -> None:
+    first = [await seeded(api, 1234, q) for q in QUESTIONS]
+    again = [await seeded(api, 1234, q) for q in QUESTIONS]
+    other = [await seeded(api, 99, q) for q in QUESTIONS]
     assert again == first  # the same 8 samples: the same votes and the same returned text
     assert other != first
 
 
 async def test_seeded_long_prompts_past_the_batch_budget_leave_the_engine_alive(
-    live_server: LiveServer,
+    live_server: LiveServer, api: openai.AsyncOpenAI
 ) -> None:
     body = "".join(f"{k % 10}+{(3 * k) % 10};" for k in range(120))  # ~480 tokens each
     calls = [
-        api(live_server).completions.create(
+        api.completions.create(
             model=MODEL,
             prompt=f"{i}:{body}"[:470],
             max_tokens=8,

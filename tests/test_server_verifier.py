@@ -83,14 +83,14 @@ async def live(engine: Any, scorer: Scorer, six_scorer: Scorer) -> AsyncIterator
 async def ask(
     live: LiveServer, tenant: str, seed: int | None = None, **t2: Any
 ) -> tuple[str, dict[str, Any]]:
-    api = openai.AsyncOpenAI(base_url=live.v1, api_key=KEYS[tenant], max_retries=0)
-    resp = await api.chat.completions.create(
-        model=MODEL,
-        messages=MESSAGES,
-        temperature=1.0,
-        seed=seed,
-        extra_body={"t2": t2} if t2 else None,
-    )
+    async with openai.AsyncOpenAI(base_url=live.v1, api_key=KEYS[tenant], max_retries=0) as api:
+        resp = await api.chat.completions.create(
+            model=MODEL,
+            messages=MESSAGES,
+            temperature=1.0,
+            seed=seed,
+            extra_body={"t2": t2} if t2 else None,
+        )
     return resp.choices[0].message.content or "", dict((resp.model_extra or {})["t2"])
 
 

@@ -15,7 +15,7 @@ from controller.aggregate import get_extractor
 from controller.aggregate.checkers import chain_steps
 from server.app import create_app
 from server.config import parse_config
-from tests.fixtures.server import MODEL, LiveServer, serve_in_loop
+from tests.fixtures.server import MODEL, LiveServer, OpenClient, serve_in_loop
 
 pytestmark = pytest.mark.engine
 last_number = get_extractor("last_number")
@@ -73,15 +73,15 @@ async def ask(
     seed: int | None = None,
     **t2: Any,
 ) -> tuple[str, Any, Any]:
-    api = openai.AsyncOpenAI(base_url=live.v1, api_key=KEYS[tenant], max_retries=0)
     messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": question}]
-    resp = await api.chat.completions.create(
-        model=MODEL,
-        messages=messages,
-        temperature=temperature,
-        seed=seed,
-        extra_body={"t2": t2} if t2 else None,
-    )
+    async with openai.AsyncOpenAI(base_url=live.v1, api_key=KEYS[tenant], max_retries=0) as api:
+        resp = await api.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            temperature=temperature,
+            seed=seed,
+            extra_body={"t2": t2} if t2 else None,
+        )
     extra = resp.model_extra or {}
     return resp.choices[0].message.content or "", extra["t2"], resp.usage
 
@@ -124,8 +124,10 @@ async def test_the_judge_grades_by_its_own_answer_and_its_compute_is_billed(
     assert any(r.prompt_tokens > 0 for r in logs)
 
 
-async def test_an_unknown_verifier_name_is_a_400_naming_t2_verifier(live: LiveServer) -> None:
-    api = openai.AsyncOpenAI(base_url=live.v1, api_key=KEYS["checked"], max_retries=0)
+async def test_an_unknown_verifier_name_is_a_400_naming_t2_verifier(
+    live: LiveServer, openai_client: OpenClient
+) -> None:
+    api = openai_client(live.v1, KEYS["checked"])
     with pytest.raises(openai.BadRequestError) as err:
         await api.chat.completions.create(
             model=MODEL,

@@ -25,7 +25,7 @@ from server.config import AppConfig, hash_key, parse_config
 from server.engine.base import Prompt, Sample, SamplingParams
 from server.errors import EngineDead
 from tests.fakes import ScriptedEngine, cycle
-from tests.fixtures.server import DEMO_KEY, MODEL, NO_MODELS_KEY, RecordingProvider
+from tests.fixtures.server import DEMO_KEY, MODEL, NO_MODELS_KEY, OpenClient, RecordingProvider
 from tests.fixtures.server import server_config_dict as base_config
 
 AUTH = {"Authorization": f"Bearer {DEMO_KEY}"}
@@ -143,10 +143,10 @@ async def test_an_engine_that_dies_mid_request_answers_503_and_settles() -> None
 # --- /v1/models/{id} ------------------------------------------------------------------------
 
 
-async def test_models_by_id() -> None:
+async def test_models_by_id(openai_client: OpenClient) -> None:
     app = create_app(parse_config(base_config()), engine=ScriptedEngine())
     async with serve_in_loop(app) as live:
-        api = openai.AsyncOpenAI(base_url=live.v1, api_key=DEMO_KEY, max_retries=0)
+        api = openai_client(live.v1)
         card = await api.models.retrieve(MODEL)
         assert (card.id, card.object, card.owned_by) == (MODEL, "model", "t2serve")
         listed = await api.models.list()
@@ -155,13 +155,11 @@ async def test_models_by_id() -> None:
             await api.models.retrieve("no-such-model")
         assert unknown.value.code == "model_not_found"
         # a model the tenant may not use is not revealed either
-        barred = openai.AsyncOpenAI(base_url=live.v1, api_key=NO_MODELS_KEY, max_retries=0)
+        barred = openai_client(live.v1, NO_MODELS_KEY)
         with pytest.raises(openai.NotFoundError):
             await barred.models.retrieve(MODEL)
         with pytest.raises(openai.AuthenticationError):
-            await openai.AsyncOpenAI(
-                base_url=live.v1, api_key="wrong", max_retries=0
-            ).models.retrieve(MODEL)
+            await openai_client(live.v1, "wrong").models.retrieve(MODEL)
 
 
 # --- status labels and budget rejections from the real app ---------------------------------
