@@ -288,7 +288,10 @@ async def serve_in_loop(
 ) -> AsyncIterator[RunningServer]:
     """Serve `app` under uvicorn in the current event loop, on `port` (0: a free one), until
     the block exits. Tests and benchmarks use it to put real HTTP in front of engines they
-    share."""
+    share. Close every client opened in this loop (`async with`): an unclosed AsyncOpenAI
+    left to the garbage collector can unregister the reader of a connection this server has
+    since accepted on its old fd number, and that request is never read (tests' `openai_client`
+    fixture explains)."""
     # Keep-alive outlasts httpx's 5 s pool expiry, so a loaded test box cannot hit the race
     # of the server closing an idle connection just as the client reuses it (a ReadError).
     config = uvicorn.Config(
