@@ -6,6 +6,10 @@ from typing import Any
 
 import pytest
 
+# Fixture modules import one another (chain_pair → routes → server), so one can be imported
+# before pytest reaches it in pytest_plugins and would keep plain asserts: mark them all first.
+pytest.register_assert_rewrite("tests.fixtures")
+
 pytest_plugins: list[str] = [
     "tests.fixtures.prometheus",
     "tests.fixtures.engine",
