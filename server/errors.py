@@ -125,6 +125,21 @@ class RateLimited(InsufficientQuota):
         self.headers.update(headers)
 
 
+class LedgerDown(APIError):
+    """The ledger could not be reached to hold a wave: 503 with Retry-After. Before the first
+    wave nothing was charged; later, the request ends with what it drew (`ledger_unavailable`).
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            503,
+            f"The budget ledger could not hold this request's next wave ({detail}); retry "
+            "shortly.",
+            code="ledger_unavailable",
+            headers={"Retry-After": "5"},
+        )
+
+
 class ClientClosed(APIError):
     """The client went away before the answer was ready (nginx's 499)."""
 

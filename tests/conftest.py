@@ -32,6 +32,7 @@ MARK_BY_FIXTURE = {
     "fixed_length_server": "engine",
     "redis_server": "redis",
     "redis_url": "redis",
+    "own_redis": "redis",
     "prometheus": "prometheus",
 }
 SLOW_MODULES = {

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from controller.aggregate.score_map import TrafficScoreMap
-from controller.budget.ledger import Ledger, SettleOutcome
+from controller.budget import LedgerStore
+from controller.budget.ledger import Hold, Ledger, LedgerUnavailable, ReserveOutcome, SettleOutcome
 from server.billing import BudgetProvider
 from server.billing.identity import Caller, bind_request
 from server.billing.levels import rate_levels
@@ -249,5 +250,73 @@ async def test_a_cancel_while_the_ledger_reserves_leaks_no_hold(location: tuple[
         with pytest.raises(asyncio.CancelledError):
             await task
         assert await rig.holds() == 0
+    finally:
+        await rig.provider.close()
+
+
+def ledger_down_at(store: LedgerStore, calls: set[int]) -> None:
+    """Make the store's reserve raise LedgerUnavailable, as a backend that cannot be reached
+    does, on the calls numbered in `calls` (1 = the first)."""
+    real = store.reserve
+    made = 0
+
+    async def reserve(hold: Hold) -> ReserveOutcome:
+        nonlocal made
+        made += 1
+        if made in calls:
+            raise LedgerUnavailable("the test's ledger did not answer")
+        return await real(hold)
+
+    store.reserve = reserve  # type: ignore[method-assign]
+
+
+async def test_a_ledger_down_before_the_first_wave_refuses_with_503_and_charges_nothing(
+    location: tuple[str, str],
+) -> None:
+    rig = Rig(config(location, budgets={"day": {"limit": 1e6, "hard": True}}))
+    try:
+        ledger_down_at(rig.provider.ledger.store, {1})
+        out = await rig.ask("down")
+        assert isinstance(out, APIError), out
+        assert (out.status, out.code, out.type) == (
+            503,
+            "ledger_unavailable",
+            "service_unavailable",
+        )
+        assert out.headers["Retry-After"] == "5" and "did not answer" in out.message
+        assert await rig.spent() == 0 and await rig.holds() == 0
+    finally:
+        await rig.provider.close()
+
+
+async def test_a_ledger_down_mid_request_answers_with_what_was_drawn_and_billed(
+    location: tuple[str, str],
+) -> None:
+    rig = Rig(config(location, budgets={"day": {"limit": 1e6, "hard": True}}))
+    try:
+        ledger_down_at(rig.provider.ledger.store, {2})  # the second wave's reserve
+        billing = rig.provider.for_request(rig.tenant, "m", "mid")
+        # Adaptive-Consistency draws one sample a wave: the first is held and drawn
+        out = await rig.sampler.run(
+            rig.job("mid", "adaptive_consistency", aggregator="majority"), billing
+        )
+        assert out.stop_reason == "ledger_unavailable" and out.samples == 1
+        assert out.answer == "2" and out.cost > 0
+        assert await rig.spent() == pytest.approx(out.cost) and await rig.holds() == 0
+    finally:
+        await rig.provider.close()
+
+
+async def test_a_ledger_down_for_the_verifier_hold_degrades_to_a_plain_vote(
+    location: tuple[str, str],
+) -> None:
+    rig = Rig(config(location, budgets={"day": {"limit": 1e6, "hard": True}}))
+    try:
+        ledger_down_at(rig.provider.ledger.store, {2})  # the wave's reserve, then the judge's
+        out = await rig.ask("judge")
+        assert isinstance(out, Outcome)
+        assert out.aggregator == "majority" and out.verifier_cost == 0
+        assert out.note is not None and "ledger could not hold" in out.note
+        assert await rig.spent() == pytest.approx(out.cost) and await rig.holds() == 0
     finally:
         await rig.provider.close()

@@ -26,6 +26,7 @@ from controller.budget import (
     WindowUsage,
 )
 from controller.budget.ledger import (
+    LedgerUnavailable,
     RequestUsage,
     ReserveOutcome,
     SpendEntry,
@@ -41,7 +42,7 @@ from server.billing.provider import BudgetProviderBase
 from server.billing.ratelimit import go_duration, ratelimit_headers
 from server.billing.unmetered import UnmeteredBilling
 from server.config import TenantConfig
-from server.errors import InsufficientQuota, RateLimited
+from server.errors import InsufficientQuota, LedgerDown, RateLimited
 from server.shield import shielded
 
 log = logging.getLogger("t2serve.billing")
@@ -250,6 +251,9 @@ class LedgerBilling:
                     self.group if first else None,
                 )
             )
+        except LedgerUnavailable as exc:
+            del self.committed.held[claim]
+            raise LedgerDown(str(exc)) from exc
         except BaseException:
             del self.committed.held[claim]
             raise

@@ -42,7 +42,7 @@ from server import metrics
 from server.billing.protocol import Billing, WaveHold
 from server.engine.base import Sample
 from server.engine.service import EngineService
-from server.errors import APIError, InsufficientQuota, UpstreamTimeout
+from server.errors import APIError, InsufficientQuota, LedgerDown, UpstreamTimeout
 from server.sampling.job import Outcome, RoutedJob, RouteReport, SamplingJob, Spend, WaveTally
 from server.sampling.plans import ModelPlan, Plan, RoutePlan
 from server.sampling.policies import PolicyBook
@@ -254,6 +254,10 @@ class Sampler:
             if not drawn:
                 raise  # not even one sample fits: the API answers 429
             return [], "budget"  # ran out mid-request: answer with what we have
+        except LedgerDown:
+            if not drawn:
+                raise  # nothing drawn, nothing charged: the API answers 503
+            return [], "ledger_unavailable"  # answer with what was drawn (and charged)
         if listener is not None:
             listener.reserved()
         limit = clock.limit(drawn)
@@ -469,6 +473,9 @@ class _Verdicts:
             )
         except InsufficientQuota as exc:
             self.error = f"the budget cannot hold {verifier.name}'s scoring ({exc.message})"
+            return False
+        except LedgerDown as exc:
+            self.error = f"the ledger could not hold {verifier.name}'s scoring ({exc.__cause__})"
             return False
         return True
 

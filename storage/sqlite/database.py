@@ -39,6 +39,24 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
+UNUSABLE = frozenset(
+    (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+    )
+)
+"""Primary result codes that say the file cannot be used now (still locked after the busy
+timeout, full, unreadable, read-only), not that a statement is wrong."""
+
+
+def unusable(exc: sqlite3.OperationalError) -> bool:
+    return exc.sqlite_errorcode & 0xFF in UNUSABLE
+
+
 class SQLiteDatabase:
     """One store's connection(s) to a SQLite file in WAL mode (created with its folder).
 

@@ -27,6 +27,7 @@ from typing import Literal
 
 from controller.budget.ledger import (
     Hold,
+    LedgerUnavailable,
     Limit,
     RequestLimit,
     RequestUsage,
@@ -38,7 +39,7 @@ from controller.budget.ledger import (
     scopes_of,
 )
 from controller.budget.pricing import ZERO, Cost
-from storage.sqlite.database import SQLiteDatabase
+from storage.sqlite.database import SQLiteDatabase, unusable
 
 PURGE_EVERY_S = 1.0  # delete expired holds at most this often (ledger clock)
 
@@ -107,7 +108,12 @@ class SQLiteStore:
     # -- the atomic steps ------------------------------------------------------------------
 
     async def reserve(self, hold: Hold) -> ReserveOutcome:
-        return await self._run(lambda c: self._reserve(c, hold))
+        try:
+            return await self._run(lambda c: self._reserve(c, hold))
+        except sqlite3.OperationalError as exc:
+            if not unusable(exc):
+                raise
+            raise LedgerUnavailable(f"the SQLite ledger {self.path}: {exc}") from exc
 
     def _reserve(self, c: sqlite3.Connection, h: Hold) -> ReserveOutcome:
         if not self._purged_at <= h.now < self._purged_at + PURGE_EVERY_S:
