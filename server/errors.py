@@ -128,14 +128,27 @@ class RateLimited(InsufficientQuota):
 class LedgerDown(APIError):
     """The ledger could not be reached to hold a wave: 503 with Retry-After. Before the first
     wave nothing was charged; later, the request ends with what it drew (`ledger_unavailable`).
-    """
+    The store's own words (hosts, paths) go to the log, not to the tenant."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self) -> None:
         super().__init__(
             503,
-            f"The budget ledger could not hold this request's next wave ({detail}); retry "
-            "shortly.",
+            "The budget ledger could not be reached to hold this request's next wave; nothing "
+            "more was charged. Retry shortly.",
             code="ledger_unavailable",
+            headers={"Retry-After": "5"},
+        )
+
+
+class StoreDown(APIError):
+    """A store (ledger, admin state) could not be reached outside a wave's hold (the admin
+    API, for one): 503 with Retry-After; the details go to the log."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            503,
+            "A store this request needs could not be reached. Retry shortly.",
+            code="store_unavailable",
             headers={"Retry-After": "5"},
         )
 

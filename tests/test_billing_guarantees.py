@@ -18,7 +18,8 @@ import pytest
 
 from controller.aggregate.score_map import TrafficScoreMap
 from controller.budget import LedgerStore
-from controller.budget.ledger import Hold, Ledger, LedgerUnavailable, ReserveOutcome, SettleOutcome
+from controller.budget.ledger import Hold, Ledger, ReserveOutcome, SettleOutcome
+from controller.stores import StoreUnavailable
 from server.billing import BudgetProvider
 from server.billing.identity import Caller, bind_request
 from server.billing.levels import rate_levels
@@ -255,7 +256,7 @@ async def test_a_cancel_while_the_ledger_reserves_leaks_no_hold(location: tuple[
 
 
 def ledger_down_at(store: LedgerStore, calls: set[int]) -> None:
-    """Make the store's reserve raise LedgerUnavailable, as a backend that cannot be reached
+    """Make the store's reserve raise StoreUnavailable, as a backend that cannot be reached
     does, on the calls numbered in `calls` (1 = the first)."""
     real = store.reserve
     made = 0
@@ -264,7 +265,7 @@ def ledger_down_at(store: LedgerStore, calls: set[int]) -> None:
         nonlocal made
         made += 1
         if made in calls:
-            raise LedgerUnavailable("the test's ledger did not answer")
+            raise StoreUnavailable("the test's ledger did not answer")
         return await real(hold)
 
     store.reserve = reserve  # type: ignore[method-assign]
@@ -283,7 +284,7 @@ async def test_a_ledger_down_before_the_first_wave_refuses_with_503_and_charges_
             "ledger_unavailable",
             "service_unavailable",
         )
-        assert out.headers["Retry-After"] == "5" and "did not answer" in out.message
+        assert out.headers["Retry-After"] == "5" and "the test's ledger" not in out.message
         assert await rig.spent() == 0 and await rig.holds() == 0
     finally:
         await rig.provider.close()
@@ -316,7 +317,7 @@ async def test_a_ledger_down_for_the_verifier_hold_degrades_to_a_plain_vote(
         out = await rig.ask("judge")
         assert isinstance(out, Outcome)
         assert out.aggregator == "majority" and out.verifier_cost == 0
-        assert out.note is not None and "ledger could not hold" in out.note
+        assert out.note is not None and "ledger could not be reached" in out.note
         assert await rig.spent() == pytest.approx(out.cost) and await rig.holds() == 0
     finally:
         await rig.provider.close()

@@ -255,18 +255,12 @@ def scopes_of(limits: Sequence[Limit]) -> list[str]:
     return list(seen)
 
 
-class LedgerUnavailable(RuntimeError):
-    """The store could not be reached, or did not answer in time, to hold a wave. Stores raise
-    it from `reserve`, the step before any sampling, so the server can refuse (or end) a
-    request and charge nothing more. A reserve whose reply was lost may have left its hold
-    behind; the hold's TTL frees it."""
-
-
 class LedgerStore(Protocol):
     """A storage backend; each method is one atomic step (see the module docstring)."""
 
     async def reserve(self, hold: Hold) -> ReserveOutcome:
-        """Raises LedgerUnavailable when the backend is unreachable or too slow to answer."""
+        """Every step raises StoreUnavailable when the backend cannot be used; before this one,
+        nothing is drawn, so the server can refuse the request and charge nothing."""
         ...
 
     async def settle(self, hold: Hold, cost: Cost) -> SettleOutcome: ...

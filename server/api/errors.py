@@ -15,7 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.errors import APIError, bad_request
+from controller.stores import StoreUnavailable
+from server.errors import APIError, StoreDown, bad_request
 
 log = logging.getLogger("t2serve.api")
 
@@ -82,6 +83,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:  # Starlette names only the first route's methods
             headers["Allow"] = ", ".join(allowed_methods(app, request.url.path))
         return error_response(APIError(exc.status_code, message, headers=headers))
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return error_response(StoreDown())
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -26,13 +26,13 @@ from controller.budget import (
     WindowUsage,
 )
 from controller.budget.ledger import (
-    LedgerUnavailable,
     RequestUsage,
     ReserveOutcome,
     SpendEntry,
 )
 from controller.budget.models import LimitUnit, RequestBudget
 from controller.pacing import ComputePrice
+from controller.stores import StoreUnavailable
 from server.billing.admission import HOLD_RETRY_S, POLL_S
 from server.billing.identity import current_caller
 from server.billing.levels import budget_levels, rate_levels
@@ -251,9 +251,10 @@ class LedgerBilling:
                     self.group if first else None,
                 )
             )
-        except LedgerUnavailable as exc:
+        except StoreUnavailable as exc:
             del self.committed.held[claim]
-            raise LedgerDown(str(exc)) from exc
+            log.warning("holding wave %s of %s: %s", key, self.request_id, exc)
+            raise LedgerDown() from exc
         except BaseException:
             del self.committed.held[claim]
             raise

@@ -474,8 +474,8 @@ class _Verdicts:
         except InsufficientQuota as exc:
             self.error = f"the budget cannot hold {verifier.name}'s scoring ({exc.message})"
             return False
-        except LedgerDown as exc:
-            self.error = f"the ledger could not hold {verifier.name}'s scoring ({exc.__cause__})"
+        except LedgerDown:
+            self.error = f"the ledger could not be reached to hold {verifier.name}'s scoring"
             return False
         return True
 

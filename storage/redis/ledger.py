@@ -27,7 +27,6 @@ import redis.asyncio as aioredis
 
 from controller.budget.ledger import (
     Hold,
-    LedgerUnavailable,
     Limit,
     RequestLimit,
     RequestUsage,
@@ -389,10 +388,7 @@ class RedisStore:
             args += [unit, repr(lim.limit), "1" if lim.hard else "0", lim.cutoff, lim.scope]
         for r in rpm:
             args += [r.limit, repr(r.window_s)]
-        try:
-            out = str(await self._reserve(keys=keys, args=args)).split(",")
-        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
-            raise LedgerUnavailable(f"the Redis ledger did not answer: {exc}") from exc
+        out = str(await self._reserve(keys=keys, args=args)).split(",")
         granted, binding = int(out[0]), int(out[1])
         n = len(hold.limits)
         usage = _usage(hold.limits, out[5 : 5 + 7 * n])

@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from controller.stores import StoreUnavailable
+
 T = TypeVar("T")
 Step = Callable[[sqlite3.Connection], T]
 
@@ -51,10 +53,6 @@ UNUSABLE = frozenset(
 )
 """Primary result codes that say the file cannot be used now (still locked after the busy
 timeout, full, unreadable, read-only), not that a statement is wrong."""
-
-
-def unusable(exc: sqlite3.OperationalError) -> bool:
-    return exc.sqlite_errorcode & 0xFF in UNUSABLE
 
 
 class SQLiteDatabase:
@@ -91,7 +89,16 @@ class SQLiteDatabase:
         return conn
 
     async def run(self, fn: Step[T], *, write: bool = True) -> T:
-        """`fn` in one transaction (`write=False`: as it is, for reads that need no lock)."""
+        """`fn` in one transaction (`write=False`: as it is, for reads that need no lock).
+        StoreUnavailable when the file cannot be used now (UNUSABLE)."""
+        try:
+            return await self._run(fn, write)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in UNUSABLE:
+                raise
+            raise StoreUnavailable(f"the SQLite file {self.path}: {exc}") from exc
+
+    async def _run(self, fn: Step[T], write: bool) -> T:
         if write and self._inline is not None:
             try:
                 return transaction(self._inline, fn)

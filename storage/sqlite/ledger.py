@@ -27,7 +27,6 @@ from typing import Literal
 
 from controller.budget.ledger import (
     Hold,
-    LedgerUnavailable,
     Limit,
     RequestLimit,
     RequestUsage,
@@ -39,7 +38,7 @@ from controller.budget.ledger import (
     scopes_of,
 )
 from controller.budget.pricing import ZERO, Cost
-from storage.sqlite.database import SQLiteDatabase, unusable
+from storage.sqlite.database import SQLiteDatabase
 
 PURGE_EVERY_S = 1.0  # delete expired holds at most this often (ledger clock)
 
@@ -108,12 +107,7 @@ class SQLiteStore:
     # -- the atomic steps ------------------------------------------------------------------
 
     async def reserve(self, hold: Hold) -> ReserveOutcome:
-        try:
-            return await self._run(lambda c: self._reserve(c, hold))
-        except sqlite3.OperationalError as exc:
-            if not unusable(exc):
-                raise
-            raise LedgerUnavailable(f"the SQLite ledger {self.path}: {exc}") from exc
+        return await self._run(lambda c: self._reserve(c, hold))
 
     def _reserve(self, c: sqlite3.Connection, h: Hold) -> ReserveOutcome:
         if not self._purged_at <= h.now < self._purged_at + PURGE_EVERY_S:

@@ -1,6 +1,7 @@
-"""A ledger that cannot be reached: each store says so (`LedgerUnavailable`) on a real failure,
-a Redis server gone or frozen and a SQLite file locked past its busy timeout, and the app
-answers the official client with a 503 `ledger_unavailable` instead of a 500 or a hang."""
+"""A store that cannot be reached: the backends say so (`StoreUnavailable`) on real failures, a
+Redis server frozen or gone and a SQLite file locked past its busy timeout, and the app answers
+503 instead of a 500 or a hang: `ledger_unavailable` to the official client's completion,
+`store_unavailable` on the admin API."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
 from controller.budget import Budget, Budgets, Cost, Ledger
-from controller.budget.ledger import LedgerUnavailable
+from controller.stores import StoreUnavailable
 from server.app import create_app
 from server.config import hash_key, parse_config
 from storage.redis.ledger import RedisStore
@@ -42,13 +44,13 @@ async def test_a_frozen_then_gone_redis_ledger_is_unavailable(own_redis: RedisSe
         assert await reserve(ledger, 0) == 1
         os.kill(own_redis.process.pid, signal.SIGSTOP)  # up, but answering nothing
         try:
-            with pytest.raises(LedgerUnavailable, match="Timeout"):
+            with pytest.raises(StoreUnavailable, match="Timeout"):
                 await reserve(ledger, 1)
         finally:
             os.kill(own_redis.process.pid, signal.SIGCONT)
         own_redis.process.kill()
         own_redis.process.wait()
-        with pytest.raises(LedgerUnavailable, match=r"(?i)connect"):
+        with pytest.raises(StoreUnavailable, match=r"(?i)connect"):
             await reserve(ledger, 2)
     finally:
         await store.close()
@@ -62,7 +64,7 @@ async def test_a_sqlite_ledger_locked_past_its_busy_timeout_is_unavailable(tmp_p
     try:
         assert await reserve(ledger, 0) == 1
         other.execute("BEGIN EXCLUSIVE")
-        with pytest.raises(LedgerUnavailable, match="locked"):
+        with pytest.raises(StoreUnavailable, match="locked"):
             await reserve(ledger, 1)
         other.execute("ROLLBACK")
         assert await reserve(ledger, 1) == 1  # the lock gone, the same wave is held
@@ -71,13 +73,14 @@ async def test_a_sqlite_ledger_locked_past_its_busy_timeout_is_unavailable(tmp_p
         await store.close()
 
 
-async def test_the_api_answers_an_unreachable_ledger_with_503(
+async def test_the_api_answers_an_unreachable_store_with_503(
     own_redis: RedisServer, openai_client: OpenClient
 ) -> None:
     config = parse_config(
         {
             "models": [{"id": "m", "path": "/nonexistent"}],
             "ledger": {"backend": "redis", "redis_url": own_redis.url()},
+            "admin": {"key_sha256": hash_key("admin")},
             "defaults": {"policy": "fixed:2", "extractor": "last_number"},
             "tenants": [
                 {
@@ -101,3 +104,11 @@ async def test_the_api_answers_an_unreachable_ledger_with_503(
             await api.chat.completions.create(model="m", messages=messages)  # type: ignore[arg-type]
         assert down.value.status_code == 503 and down.value.code == "ledger_unavailable"
         assert down.value.response.headers["retry-after"] == "5"
+        admin = {"Authorization": "Bearer admin"}
+        async with httpx.AsyncClient(base_url=live.base_url, headers=admin, timeout=60) as http:
+            report = await http.get("/admin/tenants/acme")  # reads the ledger's windows
+            change = await http.put("/admin/tenants/acme/budgets", json={"day": {"limit": 2}})
+        for resp in (report, change):
+            error = resp.json()["error"]
+            assert resp.status_code == 503 and error["code"] == "store_unavailable", resp.text
+            assert resp.headers["retry-after"] == "5" and "127.0.0.1" not in error["message"]
