@@ -48,6 +48,7 @@ async def test_a_frozen_then_gone_redis_ledger_is_unavailable(own_redis: RedisSe
                 await reserve(ledger, 1)
         finally:
             os.kill(own_redis.process.pid, signal.SIGCONT)
+        assert await reserve(ledger, 1) == 1  # thawed: the same client serves again
         own_redis.process.kill()
         own_redis.process.wait()
         with pytest.raises(StoreUnavailable, match=r"(?i)connect"):
