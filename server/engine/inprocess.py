@@ -388,6 +388,14 @@ class InProcessEngine(PromptingMixin):
         if not self._closed:
             self._closed = True
             await asyncio.to_thread(self._llm.shutdown)
+            # AsyncLLM.__del__ shuts down again, and at interpreter exit that meets module
+            # globals already gone ("Exception ignored … TypeError" after every run): once is
+            # enough.
+            self._llm.shutdown = _done
+
+
+def _done(timeout: float | None = None) -> None:
+    """An AsyncLLM's shutdown after it has shut down."""
 
 
 class _Children:
