@@ -14,7 +14,7 @@ from typing import Any
 
 from controller.aggregate.extract import get_extractor
 from controller.aggregate.normalize import normalize_answer
-from controller.replay.data import DEFAULT_EXTRACTOR, recorded_answer, sample_answer
+from controller.replay.data import DEFAULT_EXTRACTOR, recorded_gold, sample_answer
 
 
 class ReplayRowsError(ValueError):
@@ -48,8 +48,7 @@ def rows_from_replay(path: Path, extractor: str | None) -> list[dict[str, Any]]:
             raise ReplayRowsError(f"{here}: samples: missing or empty")
         if obj.get("gold") is None:
             raise ReplayRowsError(f"{here}: gold: missing")
-        gold = recorded_answer(obj["gold"], through)
-        gold = gold or normalize_answer(str(obj["gold"]))
+        gold = recorded_gold(obj["gold"], through)
         out = []
         for s in samples:
             if not isinstance(s, dict):

@@ -51,6 +51,14 @@ def recorded_answer(raw: object, through: Extractor | None = None) -> str | None
     return through(text) if through is not None else normalize_answer(text)
 
 
+def recorded_gold(raw: object, through: Extractor | None = None) -> str | None:
+    """A recorded gold answer, read as `recorded_answer` reads answers; one a named normaliser
+    cannot read (a number gold under a date normaliser) is kept normalised, not lost."""
+    if raw is None:
+        return None
+    return recorded_answer(raw, through) or normalize_answer(str(raw))
+
+
 def sample_answer(
     sample: Mapping[str, object], extract: Extractor, through: Extractor | None = None
 ) -> str | None:
@@ -101,9 +109,7 @@ def parse_question(
     if gold_raw is not None and not isinstance(gold_raw, str | int | float):
         raise ReplayDataError(f"{here}: `gold` must be a string or null")
     through = extractor if named else None
-    gold = None
-    if gold_raw is not None:  # a named normaliser may not read it (a date one, a number gold)
-        gold = recorded_answer(gold_raw, through) or normalize_answer(str(gold_raw))
+    gold = recorded_gold(gold_raw, through)
     samples: list[ReplaySample] = []
     for i, s in enumerate(samples_raw):
         if not isinstance(s, dict):

@@ -24,10 +24,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from controller.aggregate.extract import Extractor, get_extractor
-from controller.aggregate.normalize import normalize_answer
 from controller.budget.models import ModelPrice, Prices
 from controller.budget.pricing import Pricer
-from controller.replay.data import DEFAULT_EXTRACTOR, recorded_answer, sample_answer
+from controller.replay.data import DEFAULT_EXTRACTOR, recorded_gold, sample_answer
 
 MANIFEST = "manifest.json"
 TASK_EXTRACTORS: dict[str, str] = {"date_understanding": "date"}
@@ -169,9 +168,8 @@ def _read_lines(file: Path, extract: Extractor | None) -> list[_Line]:
                 raise RoutingSetError(f"{here}: samples: missing or empty")
             if not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in samples):
                 raise RoutingSetError(f"{here}: samples: each needs a `text`")
-            gold_raw = obj.get("gold")
-            gold = recorded_answer(gold_raw, extract) or normalize_answer(str(gold_raw))
-            if obj.get("gold") is None or gold is None:
+            gold = recorded_gold(obj.get("gold"), extract)
+            if gold is None:
                 raise RoutingSetError(f"{here}: gold: missing")
             out.append(_Line(str(obj.get("id")), str(obj.get("question", "")), gold,
                              tuple(sample_answer(s, read, extract) for s in samples),
