@@ -8,6 +8,11 @@ the δ grid. A table learned online must also draw an exploration slice to the c
 20 questions, then a share ε of the rest); that cost is added per ε. Adaptive-Consistency
 (C = 0.95) is replayed on the same orders as the reference for "× AC".
 
+A second bound, the *gold-aware* state table, stops in a state once the accuracy drawing to the
+cap adds there (counted with the gold answers, in-sample) is ≤ λ × the samples it would take:
+what any rule that stops on (n, v1, v2) could reach if it knew each state's worth. Its λ grid
+suits the cap-10 files; on larger caps every λ on it stops at once.
+
 Run: `python -m bench stopping_bounds` (about a minute). Writes var/bench/stopping_bounds.json.
 """
 
@@ -29,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "replay"
 ORDERS = 20
 DELTAS = (0.2, 0.1, 0.05, 0.03, 0.02, 0.01)
+LAMS = (0.05, 0.02, 0.01, 0.005, 0.002)
 TOLERANCE = 0.003  # within 0.3 points of majority-of-all: issue 24's per-file goal
 EXPLORE = (0.05, 0.1)  # exploration shares after the first EXPLORE_FIRST questions
 EXPLORE_FIRST = 20
@@ -86,7 +92,35 @@ def perfect_table(questions: list[ReplayQuestion]) -> dict[str, Any]:
         frontier.append({"delta": delta, "accuracy": right / k, "samples": drawn / k})
     within = [p for p in frontier if p["accuracy"] >= majority - TOLERANCE]
     best = min(within, key=lambda p: p["samples"])
-    return {"majority": majority, "frontier": frontier, "point": best}
+    return {"majority": majority, "frontier": frontier, "point": best,
+            "gold_frontier": _gold_frontier(questions, paths)}  # fmt: skip
+
+
+def _gold_frontier(questions: list[ReplayQuestion], paths: list[list[Path_]]) -> list[Any]:
+    gain: dict[State, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # visits, gain, left
+    for question, per_question in zip(questions, paths, strict=True):
+        for path in per_question:
+            final = _right(question, path[-1][1])
+            cap = path[-1][0][0]
+            for state, leader in path:
+                g = gain[state]
+                g[0] += 1
+                g[1] += final - _right(question, leader)
+                g[2] += cap - state[0]
+    frontier = []
+    for lam in LAMS:
+        right = drawn = 0.0
+        for question, per_question in zip(questions, paths, strict=True):
+            for path in per_question:
+                for state, leader in path:  # noqa: B007 - the leader where it stops
+                    _, added, left = gain[state]
+                    if (state[1] > 0 and added <= lam * left) or state == path[-1][0]:
+                        break
+                right += _right(question, leader)
+                drawn += state[0]
+        k = len(questions) * ORDERS
+        frontier.append({"lam": lam, "accuracy": right / k, "samples": drawn / k})
+    return frontier
 
 
 def main(argv: list[str] | None = None) -> None:
