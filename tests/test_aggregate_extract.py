@@ -142,6 +142,9 @@ def test_every_extractor_is_in_the_table_with_and_without_an_answer() -> None:
         ("\\text{Paris}", "paris"),
         ("-0.0", "0"),
         ("+5", "5"),
+        ("5/1/2021", "05/01/2021"),
+        ("2021-5-1", "2021-05-01"),
+        ("1.2.2021", "01.02.2021"),
     ],
 )
 def test_normalisation_equates(a: str, b: str) -> None:
@@ -150,7 +153,16 @@ def test_normalisation_equates(a: str, b: str) -> None:
 
 @pytest.mark.parametrize(
     ("a", "b"),
-    [("05/01/2021", "5/1/2021"), ("18", "18.5"), ("1/3", "0.33"), ("A", "B"), ("1,00", "100")],
+    [
+        ("05/01/2021", "01/05/2021"),  # padded, never reordered: month- and day-first differ
+        ("05/01/2021", "2021-05-01"),  # one format is the `date` extractor's job, not this one
+        ("5/1/2021", "5/1"),  # the date is not the fraction 5
+        ("1.2.2021", "1.2"),
+        ("18", "18.5"),
+        ("1/3", "0.33"),
+        ("A", "B"),
+        ("1,00", "100"),
+    ],
 )
 def test_normalisation_distinguishes(a: str, b: str) -> None:
     assert normalize_answer(a) != normalize_answer(b)

@@ -91,7 +91,7 @@ def test_a_named_extractor_also_reads_recorded_answers(tmp_path: Path) -> None:
     answer: it normalises them (and gold), as `--route` and `calibrate --from-replay` do."""
     data = tmp_path / "dates.jsonl"
     data.write_text(json.dumps({"id": "d", "gold": "01/05/2021", "samples": [
-        {"text": "…", "answer": "1/5/2021"}, {"text": "…", "answer": "Today is 01/05/2021."},
+        {"text": "…", "answer": "Jan 5, 2021"}, {"text": "…", "answer": "Today is 01/05/2021."},
     ]}) + "\n")  # fmt: skip
     named = json.loads(invoke("--data", str(data), "--policy", "fixed:2", "--extractor", "date",
                               "--json")[1])  # fmt: skip

@@ -154,10 +154,10 @@ def test_loo_reads_recorded_answers_through_a_named_extractor(tmp_path: Path) ->
     from cli.replay_loo import load_folder
     from controller.aggregate import get_extractor
 
-    line = {"id": "d", "gold": "01/05/2021", "samples": [{"answer": "1/5/2021"}]}
+    line = {"id": "d", "gold": "01/05/2021", "samples": [{"answer": "Today is 1/5/2021."}]}
     for name in ("a", "b"):
         (tmp_path / f"{name}.jsonl").write_text(json.dumps(line) + "\n")
     named = load_folder(tmp_path, get_extractor("date"), skip_empty=False, named=True)
     plain = load_folder(tmp_path, get_extractor("date"), skip_empty=False)
     assert named["a"][0].samples[0].answer == "01/05/2021"
-    assert plain["a"][0].samples[0].answer == "1/5/2021"
+    assert plain["a"][0].samples[0].answer == "today is 1/5/2021"

@@ -4,7 +4,8 @@ Votes are counted over normalised strings, so "18", "18.0", "$18" and "18 dollar
 collapse to one key, and "1,000" must equal "1000". Numbers compare by exact value
 (fractions included: "3/4" == "0.75" == "\\frac{3}{4}"); everything else compares
 case- and whitespace-insensitively after stripping simple LaTeX wrappers. Dates such as
-"05/01/2021" are not fractions and are left alone.
+"05/01/2021" are not fractions: a numeric date is only zero-padded ("5/1/2021" ==
+"05/01/2021"), never reordered, so a day-first and a month-first tenant both keep their meaning.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ _FRAC_SHORT = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")
 _LATEX_NOISE = re.compile(r"\\left|\\right|\\!|\\,|\\;|\\:|\\ |\^\s*\{?\\circ\}?|\\%|\\\$")
 _SPACES = re.compile(r"\s+")
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+")
+_DATE_YEAR_LAST = re.compile(r"(\d{1,2})([/.-])(\d{1,2})\2(\d{4})")
+_DATE_YEAR_FIRST = re.compile(r"(\d{4})([/.-])(\d{1,2})\2(\d{1,2})")
 _UNIT_WORDS = re.compile(
     r"\s*(?:dollars?|cents?|usd|percent|units?|hours?|minutes?|days?|years?|meters?|"
     r"km|cm|kg|miles?|pounds?|feet|inches?|degrees?)\.?$"
@@ -84,6 +87,21 @@ def normalize_number_text(text: str) -> str | None:
     return None if value is None else format_number(value)
 
 
+def pad_numeric_date(text: str) -> str | None:
+    """A whole-text numeric date with its one- or two-digit parts zero-padded, else None:
+    "5/1/2021" → "05/01/2021", "2021-5-1" → "2021-05-01". Models drop the padding as often as
+    they keep it; unpadded, one answer would split into two vote keys."""
+    m = _DATE_YEAR_LAST.fullmatch(text)
+    if m:
+        a, sep, b, year = m.groups()
+        return f"{int(a):02d}{sep}{int(b):02d}{sep}{year}"
+    m = _DATE_YEAR_FIRST.fullmatch(text)
+    if m:
+        year, sep, a, b = m.groups()
+        return f"{year}{sep}{int(a):02d}{sep}{int(b):02d}"
+    return None
+
+
 def normalize_answer(text: str | None) -> str | None:
     """The vote key of an extracted answer, or None (abstain) when nothing is left."""
     if text is None:
@@ -96,4 +114,4 @@ def normalize_answer(text: str | None) -> str | None:
     number = normalize_number_text(s)
     if number is not None:
         return number
-    return s.lower()
+    return pad_numeric_date(s) or s.lower()
