@@ -11,7 +11,8 @@ the δ grid. A table learned online must also draw an exploration slice to the c
 A second bound, the *gold-aware* state table, stops in a state once the accuracy drawing to the
 cap adds there (counted with the gold answers, in-sample) is ≤ λ × the samples it would take:
 what any rule that stops on (n, v1, v2) could reach if it knew each state's worth. Its λ grid
-suits the cap-10 files; on larger caps every λ on it stops at once.
+reaches down to 0.0002, where the cap-10 files are past majority-of-all; on game24 (cap 100)
+all but its smallest λ stop at once.
 
 Run: `python -m bench stopping_bounds` (about a minute). Writes var/bench/stopping_bounds.json.
 """
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "replay"
 ORDERS = 20
 DELTAS = (0.2, 0.1, 0.05, 0.03, 0.02, 0.01)
-LAMS = (0.05, 0.02, 0.01, 0.005, 0.002)
+LAMS = (0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002)
 TOLERANCE = 0.003  # within 0.3 points of majority-of-all: issue 24's per-file goal
 EXPLORE = (0.05, 0.1)  # exploration shares after the first EXPLORE_FIRST questions
 EXPLORE_FIRST = 20
