@@ -660,7 +660,7 @@ def _from_replay(
             raise CalibrateError("--params: N is needed (or --config naming the model)")
         if extractor is not None:
             get_extractor(extractor)
-        rows = rows_from_replay(path, extractor)
+        rows = rows_from_replay(path, extractor, model)
         out.mkdir(parents=True, exist_ok=True)
         files = write_outputs(out, rows, model_id=model, params=params, tokens=tokens,
                               source=str(path), extractor=abstain, curves_path=curves)  # fmt: skip
@@ -671,7 +671,8 @@ def _from_replay(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    typer.echo(f"calibrated {model} from {path} ({summary['questions']} questions, no sampling)")
+    typer.echo(f"calibrated {model} from {path} ({summary['questions']} questions x "
+               f"{summary['samples_per_question']} samples, no sampling)")
     for name_, file in files.items():
         typer.echo(f"  wrote {name_}: {file}")
 

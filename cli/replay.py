@@ -25,6 +25,7 @@ from controller.replay import (
     ALL_POLICIES,
     DEFAULT_EXTRACTOR,
     SWEEPS,
+    EmptySamples,
     ReplayDataError,
     ReplayQuestion,
     ReplayResult,
@@ -367,6 +368,8 @@ def load_questions(options: ReplayOptions, extract: Extractor) -> list[ReplayQue
     try:
         named = options.extractor != DEFAULT_EXTRACTOR  # then it reads recorded answers too
         questions, skipped = load_replay(options.data, extract, options.skip_empty, named)
+    except EmptySamples as exc:
+        raise _fail(f"{exc} ({exc.hint})") from None
     except ReplayDataError as exc:
         raise _fail(str(exc)) from None
     if skipped and not options.as_json:

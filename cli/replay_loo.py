@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from controller.aggregate.extract import Extractor
-from controller.replay import ReplayDataError, ReplayQuestion, load_replay
+from controller.replay import EmptySamples, ReplayDataError, ReplayQuestion, load_replay
 from controller.replay.loo import FAMILIES, MAJORITY, LooReport, leave_one_out, total_runs
 
 
@@ -46,7 +46,8 @@ def run_loo_command(
     try:
         files = load_folder(folder, extractor, skip_empty, named)
     except ReplayDataError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        hint = f" ({exc.hint})" if isinstance(exc, EmptySamples) else ""
+        typer.echo(f"error: {exc}{hint}", err=True)
         raise typer.Exit(2) from None
     kwargs = dict(perms=perms, tune_perms=tune_perms, seed=seed, tolerance=tolerance,
                   budgets=budgets)

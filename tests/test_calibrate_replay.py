@@ -69,3 +69,26 @@ def test_from_replay_bad_input_exits_2(tmp_path: Path, args: list[str], says: st
                                  "--out", str(tmp_path / "o"), *args])  # fmt: skip
     assert result.exit_code == 2
     assert says in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ('{"id": "x", "gold": "1", "samples": [{"text": "1"}]', "not valid JSON"),
+        ('{"id": "x", "gold": "1", "samples": []}', "empty `samples`"),
+        ('{"id": "x", "samples": [{"text": "1", "answer": "1"}]}', "needs a `correct` flag"),
+        ('{"id": "x", "samples": [{"text": "1", "correct": true}]}', "gold: missing"),
+    ],
+)
+def test_from_replay_reads_lines_as_replay_does_and_names_the_line(
+    tmp_path: Path, line: str, says: str
+) -> None:
+    """The one reader of recorded samples (controller.replay.data) with calibration's own
+    check (gold); no hint of `replay`'s --skip-empty, which this command does not have."""
+    data = write_replay(tmp_path / "log.jsonl")
+    data.write_text(data.read_text() + line + "\n")
+    result = runner.invoke(app, ["calibrate", "--from-replay", str(data), "--model", "m",
+                                 "--params", "1", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert result.exit_code == 2
+    assert f"{data}:5:" in result.stderr and says in result.stderr
+    assert "--skip-empty" not in result.stderr

@@ -124,6 +124,13 @@ def test_bad_input_names_the_line(tmp_path: Path, line: str, message: str) -> No
         load_replay(bad, get_extractor("exact"))
 
 
+def test_an_empty_question_names_the_flag_that_skips_it(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"id": 0, "gold": "1", "samples": []}\n')
+    code, _, err = invoke("--data", str(data), "--json")
+    assert code == 2 and f"{data}:1: empty `samples`" in err and "--skip-empty" in err
+
+
 def test_skip_empty_skips_and_reports(tmp_path: Path) -> None:
     data = tmp_path / "d.jsonl"
     data.write_text(

@@ -97,6 +97,8 @@ def test_costs_are_the_ledgers_prompt_once_per_call_and_completion_per_sample(
         ("gold", "strong.jsonl:3: gold"),
         ("price", "manifest.json: models.1 (strong): prompt_per_1m"),
         ("file", "strong.jsonl: model file missing"),
+        ("json", "strong.jsonl:3: not valid JSON"),
+        ("text", "strong.jsonl:3: samples: each needs a `text`"),
     ],
 )
 def test_a_misaligned_or_unpriced_set_exits_2_with_one_line(
@@ -107,6 +109,13 @@ def test_a_misaligned_or_unpriced_set_exits_2_with_one_line(
     rows = [json.loads(line) for line in strong.read_text().splitlines()]
     if breakage in ("id", "question", "gold"):
         rows[2][breakage] = "something else"
+        strong.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    elif breakage == "json":
+        lines = strong.read_text().splitlines()
+        lines[2] = lines[2][:-1]
+        strong.write_text("\n".join(lines) + "\n")
+    elif breakage == "text":
+        del rows[2]["samples"][0]["text"]
         strong.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     elif breakage == "price":
         doc = json.loads((root / "manifest.json").read_text())

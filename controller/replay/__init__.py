@@ -12,6 +12,7 @@ beyond reading the file).
 
 from controller.replay.data import (
     DEFAULT_EXTRACTOR,
+    EmptySamples,
     ReplayDataError,
     ReplayQuestion,
     ReplaySample,
@@ -32,6 +33,7 @@ __all__ = [
     "ALL_POLICIES",
     "DEFAULT_EXTRACTOR",
     "SWEEPS",
+    "EmptySamples",
     "QuestionOutcome",
     "ReplayDataError",
     "ReplayQuestion",

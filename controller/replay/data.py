@@ -1,10 +1,11 @@
 """Replay records: questions with many recorded samples, read from JSON Lines.
 
-Schema (../shared/data/replay/README.md): one object per line with `id`, `gold` (string or
-null) and `samples`, a list of objects with `text`, `answer` and/or `correct`. Which answer a
-sample gives is `sample_answer`'s rule, shared by every reader of recorded samples (routing
-sets, `calibrate --from-replay`). Every problem is reported as a `ReplayDataError` naming the
-line, so a user can fix the file.
+Schema (../shared/data/replay/README.md): one object per line with `id`, `question`, `gold`
+(string or null) and `samples`, a list of objects with `text`, `answer` and/or `correct`. This
+is the one reader of such lines: replays, routing sets (controller.replay.routing_set) and
+`calibrate --from-replay` all parse them here and add only their own checks. Which answer a
+sample gives is `sample_answer`'s rule. Every problem is reported as a `ReplayDataError`
+naming the line, so a user can fix the file.
 """
 
 from __future__ import annotations
@@ -23,11 +24,18 @@ class ReplayDataError(ValueError):
     """A replay file problem; the message starts with "<file>:<line>:"."""
 
 
+class EmptySamples(ReplayDataError):
+    """A question with no samples: `replay --skip-empty` can skip it, other readers cannot."""
+
+    hint = "use --skip-empty to skip such questions"
+
+
 @dataclass(frozen=True)
 class ReplaySample:
     answer: str | None  # normalised; None = abstained
     correct: bool | None  # the source's judgement, when it gave one
     tokens: float | None  # length in tokens (recorded, or estimated from the text)
+    text: str | None = None  # the recorded generation, where kept
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,7 @@ class ReplayQuestion:
     gold: str | None  # normalised gold answer, None when scored by `correct` flags
     samples: tuple[ReplaySample, ...]
     line: int
+    question: str | None = None  # the question's text, where kept
 
 
 DEFAULT_EXTRACTOR = "answer_is,last_number"
@@ -104,7 +113,7 @@ def parse_question(
     if not isinstance(samples_raw, list):
         raise ReplayDataError(f"{here}: `samples` must be a list")
     if not samples_raw:
-        raise ReplayDataError(f"{here}: empty `samples` (use --skip-empty to skip such questions)")
+        raise EmptySamples(f"{here}: empty `samples`")
     gold_raw = obj.get("gold")
     if gold_raw is not None and not isinstance(gold_raw, str | int | float):
         raise ReplayDataError(f"{here}: `gold` must be a string or null")
@@ -119,12 +128,15 @@ def parse_question(
             raise ReplayDataError(f"{here}: sample {i} has no `answer`, `text` or `correct`")
         if correct is not None and not isinstance(correct, bool):
             raise ReplayDataError(f"{here}: sample {i} `correct` must be true/false")
-        samples.append(ReplaySample(sample_answer(s, extractor, through), correct, _tokens(s)))
+        text = s.get("text")
+        samples.append(ReplaySample(sample_answer(s, extractor, through), correct, _tokens(s),
+                                    text if isinstance(text, str) else None))  # fmt: skip
     if gold is None and any(s.correct is None for s in samples):
         raise ReplayDataError(f"{here}: no `gold`, so every sample needs a `correct` flag")
     qid = obj.get("id")
     name = str(qid) if qid is not None else f"line-{line}"
-    return ReplayQuestion(name, gold, tuple(samples), line)
+    text = obj.get("question")
+    return ReplayQuestion(name, gold, tuple(samples), line, str(text) if text is not None else None)
 
 
 def parse_lines(
@@ -165,3 +177,5 @@ def load_replay(
             return parse_lines(fh, extractor, str(p), skip_empty, named)
     except UnicodeDecodeError as exc:
         raise ReplayDataError(f"{p}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise ReplayDataError(f"{p}: cannot read it ({exc.strerror or exc})") from None

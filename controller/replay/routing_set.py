@@ -26,7 +26,12 @@ from numpy.typing import NDArray
 from controller.aggregate.extract import Extractor, get_extractor
 from controller.budget.models import ModelPrice, Prices
 from controller.budget.pricing import Pricer
-from controller.replay.data import DEFAULT_EXTRACTOR, recorded_gold, sample_answer
+from controller.replay.data import (
+    DEFAULT_EXTRACTOR,
+    ReplayDataError,
+    ReplayQuestion,
+    load_replay,
+)
 
 MANIFEST = "manifest.json"
 TASK_EXTRACTORS: dict[str, str] = {"date_understanding": "date"}
@@ -139,57 +144,37 @@ def _extractor(doc: dict[str, Any], override: str | None, where: str) -> str | N
     return str(name)
 
 
-@dataclass(frozen=True)
-class _Line:
-    id: str
-    question: str
-    gold: str
-    answers: tuple[str | None, ...]
-    chars: tuple[int, ...]
-
-
-def _read_lines(file: Path, extract: Extractor | None) -> list[_Line]:
-    """The file's questions; recorded answers go through `extract` when the set names one."""
-    read = extract or get_extractor(DEFAULT_EXTRACTOR)  # a sample recorded without `answer`
+def _read_lines(file: Path, extract: Extractor | None) -> list[ReplayQuestion]:
+    """The file's questions, read as every replay file is (controller.replay.data); recorded
+    answers go through `extract` when the set names one. A set also needs gold and texts."""
     if not file.is_file():
         raise RoutingSetError(f"{file}: model file missing")
-    out: list[_Line] = []
-    with file.open(encoding="utf-8") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            here = f"{file}:{number}"
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise RoutingSetError(f"{here}: not valid JSON ({exc.msg})") from None
-            samples = obj.get("samples") if isinstance(obj, dict) else None
-            if not isinstance(samples, list) or not samples:
-                raise RoutingSetError(f"{here}: samples: missing or empty")
-            if not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in samples):
-                raise RoutingSetError(f"{here}: samples: each needs a `text`")
-            gold = recorded_gold(obj.get("gold"), extract)
-            if gold is None:
-                raise RoutingSetError(f"{here}: gold: missing")
-            out.append(_Line(str(obj.get("id")), str(obj.get("question", "")), gold,
-                             tuple(sample_answer(s, read, extract) for s in samples),
-                             tuple(len(s["text"]) for s in samples)))  # fmt: skip
-    if not out:
-        raise RoutingSetError(f"{file}: no questions")
-    return out
+    read = extract or get_extractor(DEFAULT_EXTRACTOR)  # a sample recorded without `answer`
+    try:
+        questions, _ = load_replay(file, read, named=extract is not None)
+    except ReplayDataError as exc:
+        raise RoutingSetError(str(exc)) from None
+    for q in questions:
+        if q.gold is None:
+            raise RoutingSetError(f"{file}:{q.line}: gold: missing")
+        if any(s.text is None for s in q.samples):
+            raise RoutingSetError(f"{file}:{q.line}: samples: each needs a `text`")
+    return questions
 
 
-def _check_aligned(first: Sequence[_Line], lines: Sequence[_Line], file: Path, ref: Path) -> None:
+def _check_aligned(
+    first: Sequence[ReplayQuestion], lines: Sequence[ReplayQuestion], file: Path, ref: Path
+) -> None:
     if len(lines) != len(first):
         raise RoutingSetError(
             f"{file}:{min(len(lines), len(first)) + 1}: {len(lines)} questions, {ref.name} "
             f"has {len(first)}"
         )
-    for number, (a, b) in enumerate(zip(first, lines, strict=True), start=1):
+    for a, b in zip(first, lines, strict=True):
         for field in ("id", "question", "gold"):
             if getattr(a, field) != getattr(b, field):
                 raise RoutingSetError(
-                    f"{file}:{number}: {field} {getattr(b, field)!r:.60} differs from "
+                    f"{file}:{b.line}: {field} {getattr(b, field)!r:.60} differs from "
                     f"{ref.name}'s {getattr(a, field)!r:.60}"
                 )
 
@@ -211,23 +196,23 @@ def load_routing_set(path: Path, extractor: str | None = None) -> RoutingSet:
     ref_file, first = read[0]
     for file, lines in read[1:]:
         _check_aligned(first, lines, file, ref_file)
-    vocab: list[dict[str, int]] = [{line.gold: 0} for line in first]
+    vocab: list[dict[str, int]] = [{str(line.gold): 0} for line in first]
     models = []
     for entry, (file, lines) in zip(entries, read, strict=True):
-        width = max(len(line.answers) for line in lines)
-        if any(len(line.answers) != width for line in lines):
-            short = next(i for i, line in enumerate(lines, 1) if len(line.answers) != width)
+        width = max(len(line.samples) for line in lines)
+        if any(len(line.samples) != width for line in lines):
+            short = next(line.line for line in lines if len(line.samples) != width)
             raise RoutingSetError(f"{file}:{short}: samples: every question needs {width}")
-        codes = np.array([[-1 if a is None else vocab[i].setdefault(a, len(vocab[i]))
-                           for a in line.answers] for i, line in enumerate(lines)])  # fmt: skip
+        codes = np.array([[-1 if s.answer is None else vocab[i].setdefault(s.answer, len(vocab[i]))
+                           for s in line.samples] for i, line in enumerate(lines)])  # fmt: skip
         pricer = Pricer(prices, entry["id"])
-        chars = np.array([line.chars for line in lines], dtype=float)
+        chars = np.array([[len(s.text or "") for s in line.samples] for line in lines], dtype=float)
         sample_cost = chars * per_token * pricer.cost(0, 1).money
-        prompts = np.array([prompt_chars + len(line.question) for line in lines]) * per_token
+        prompts = np.array([prompt_chars + len(line.question or "") for line in lines]) * per_token
         call_cost = np.array([pricer.cost(p, 0).money for p in prompts])
-        answers = tuple(line.answers for line in lines)
+        answers = tuple(tuple(s.answer for s in line.samples) for line in lines)
         models.append(SetModel(entry["id"], file, prices.models[entry["id"]], codes,
                                sample_cost, call_cost, answers))  # fmt: skip
     return RoutingSet(path.name, path, str(doc.get("task", "")), name,
-                      tuple(line.id for line in first), tuple(line.gold for line in first),
+                      tuple(line.id for line in first), tuple(str(line.gold) for line in first),
                       tuple(models))  # fmt: skip
