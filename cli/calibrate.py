@@ -660,19 +660,22 @@ def _from_replay(
             raise CalibrateError("--params: N is needed (or --config naming the model)")
         if extractor is not None:
             get_extractor(extractor)
-        rows = rows_from_replay(path, extractor, model)
+        rows, left_out = rows_from_replay(path, extractor, model)
         out.mkdir(parents=True, exist_ok=True)
         files = write_outputs(out, rows, model_id=model, params=params, tokens=tokens,
                               source=str(path), extractor=abstain, curves_path=curves)  # fmt: skip
     except (CalibrateError, ValueError) as exc:
         _fail(str(exc))
     summary = measured_summary(rows)
-    report = {"model": model, "files": files, **summary}
+    report = {"model": model, "files": files, "left_out": left_out, **summary}
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     typer.echo(f"calibrated {model} from {path} ({summary['questions']} questions x "
                f"{summary['samples_per_question']} samples, no sampling)")
+    if left_out:
+        typer.echo(f"  left out {len(left_out)} question(s) with fewer samples: "
+                   f"{', '.join(left_out[:5])}{' …' if len(left_out) > 5 else ''}")
     for name_, file in files.items():
         typer.echo(f"  wrote {name_}: {file}")
 

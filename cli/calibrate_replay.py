@@ -14,6 +14,7 @@ from typing import Any
 from controller.aggregate.extract import get_extractor
 from controller.aggregate.normalize import normalize_answer
 from controller.replay.data import DEFAULT_EXTRACTOR, ReplayDataError, load_replay
+from controller.scaling.served import calibration_width
 
 
 class ReplayRowsError(ValueError):
@@ -25,25 +26,32 @@ def abstain(_text: str) -> str | None:
     return None
 
 
-def rows_from_replay(path: Path, extractor: str | None, model: str) -> list[dict[str, Any]]:
+def rows_from_replay(
+    path: Path, extractor: str | None, model: str
+) -> tuple[list[dict[str, Any]], list[str]]:
     """The replay file's questions (read by controller.replay.data, as `replay` reads them) as
-    `model`'s calibration rows, cut to the fewest samples any question has: the curves need
-    the same K for every question (the report's `samples_per_question`)."""
+    `model`'s calibration rows, and the ids left out. The curves need the same K samples per
+    question: K = `calibration_width`, the others cut to their first K (the report's
+    `samples_per_question`); questions with fewer, or none, are left out."""
     try:
         questions, _ = load_replay(path, get_extractor(extractor or DEFAULT_EXTRACTOR),
-                                   named=extractor is not None)  # fmt: skip
+                                   named=extractor is not None, keep_empty=True)  # fmt: skip
     except ReplayDataError as exc:
         raise ReplayRowsError(f"--from-replay: {exc}") from None
+    width = calibration_width([len(q.samples) for q in questions])
+    if width == 0:
+        raise ReplayRowsError(f"--from-replay: {path}: no question has samples")
     rows: list[dict[str, Any]] = []
+    left_out: list[str] = []
     for q in questions:
         if q.gold is None:
             raise ReplayRowsError(f"{path}:{q.line}: gold: missing")
+        if len(q.samples) < width:
+            left_out.append(q.id)
+            continue
         samples = [{"text": s.text or "", "answer": s.answer,
                     "correct": s.answer is not None and normalize_answer(s.answer) == q.gold}
-                   for s in q.samples]  # fmt: skip
+                   for s in q.samples[:width]]  # fmt: skip
         rows.append({"id": q.id, "question": q.question or "", "gold": q.gold,
                      "samples": samples, "model": model})  # fmt: skip
-    width = min(len(r["samples"]) for r in rows)
-    for r in rows:
-        r["samples"] = r["samples"][:width]
-    return rows
+    return rows, left_out

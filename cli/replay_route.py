@@ -56,6 +56,10 @@ def run_route_command(
     for rs in sets:
         if not 2 <= folds <= rs.questions:
             raise _fail(f"--folds must be between 2 and {rs.questions} ({rs.name})")
+        if rs.skipped and not as_json:  # with --json, the set's `skipped` says it
+            typer.echo(f"{rs.name}: left out {len(rs.skipped)} question(s) some model has no "
+                       f"sample for: {', '.join(rs.skipped[:5])}"
+                       f"{' …' if len(rs.skipped) > 5 else ''}", err=True)  # fmt: skip
     plan = ReplayPlan(perms=perms, seed=seed, folds=folds, descend=descend)
     if grid is not None:
         plan = replace(plan, lams=grid)

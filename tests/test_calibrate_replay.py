@@ -75,7 +75,6 @@ def test_from_replay_bad_input_exits_2(tmp_path: Path, args: list[str], says: st
     ("line", "says"),
     [
         ('{"id": "x", "gold": "1", "samples": [{"text": "1"}]', "not valid JSON"),
-        ('{"id": "x", "gold": "1", "samples": []}', "empty `samples`"),
         ('{"id": "x", "samples": [{"text": "1", "answer": "1"}]}', "needs a `correct` flag"),
         ('{"id": "x", "samples": [{"text": "1", "correct": true}]}', "gold: missing"),
     ],
@@ -92,3 +91,19 @@ def test_from_replay_reads_lines_as_replay_does_and_names_the_line(
     assert result.exit_code == 2
     assert f"{data}:5:" in result.stderr and says in result.stderr
     assert "--skip-empty" not in result.stderr
+
+
+def test_from_replay_leaves_out_the_questions_a_failed_call_cut_short(tmp_path: Path) -> None:
+    """Four questions of three samples, one of one and one of none: K stays 3 (not 0, as
+    cutting every question to the fewest would make it) and the two short ones are named."""
+    data = write_replay(tmp_path / "log.jsonl")
+    short = {"id": "short", "gold": "1", "samples": [{"text": "1", "answer": "1"}]}
+    empty = {"id": "empty", "gold": "1", "samples": []}
+    data.write_text(data.read_text() + json.dumps(short) + "\n" + json.dumps(empty) + "\n")
+    out = str(tmp_path / "o")
+    result = runner.invoke(app, ["calibrate", "--from-replay", str(data), "--model", "m",
+                                 "--params", "1", "--out", out, "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["samples_per_question"] == 3 and report["questions"] == 4
+    assert report["left_out"] == ["short", "empty"]

@@ -256,3 +256,74 @@ def test_pooled_shrinkage_borrows_from_the_leader_votes_row() -> None:
     assert plain == pytest.approx(0.25)  # (0 + 1·0.5) / (1 + 1)
     row = (9.0 + 0.5) / (10.0 + 1.0)
     assert pooled == pytest.approx((0 + row) / 2)
+
+
+# -- logs with failed calls ---------------------------------------------------------------------
+
+
+def ragged(root: Path, n: int = 40) -> Path:
+    """The toy set with failed calls: the weak model kept one wrong sample on every fourth
+    question, and the strong model none on question 3 and one on question 5."""
+    sure: list[str | None] = ["7"] * 4
+    split: list[str | None] = ["7", "8", "9", None]
+    lone: list[str | None] = ["8"]
+    weak = [lone if i % 4 == 1 else sure if i % 2 == 0 else split for i in range(n)]
+    strong: list[list[str | None]] = [["7", "7"] for _ in range(n)]
+    strong[3], strong[5] = [], ["7"]
+    return write_set(root, weak, strong)
+
+
+def test_a_ragged_log_is_replayed_within_what_each_question_recorded(tmp_path: Path) -> None:
+    rs = load_routing_set(ragged(tmp_path / "s"))
+    assert rs.skipped == ("q3",) and rs.questions == 39 and "q3" not in rs.ids
+    weak, strong = rs.model("weak"), rs.model("strong")
+    assert weak.samples == 4 and strong.samples == 2
+    five = rs.ids.index("q5")
+    assert strong.recorded[five] == 1 and weak.recorded[rs.ids.index("q1")] == 1
+    draws = Draws.make(rs, perms=4, seed=0)
+    rows = folds(rs.questions, 2, seed=0)
+    settings = RouteSettings(("weak", "strong"), shrink=LIGHT_SHRINK, pool=False)
+    # λ = 0: every draw that may help is worth buying. Where the weak log holds one wrong
+    # sample, the route must know it can draw no more there and go on to the strong model.
+    (p,) = replay_routes(rs, draws, rows, settings, [0.0], ("cascade",))
+    lams = [0.0, 1.0, 30.0, 1000.0]  # per dollar: from free to dear compute
+    for point in replay_routes(rs, draws, rows, settings, lams, ("auto", "cascade")):
+        assert point.cut_short is not None and point.cut_short.sum() == 0  # caps are the log's
+    spent_all = (weak.call_cost + weak.sample_cost.sum(axis=1)
+                 + strong.call_cost + strong.sample_cost.sum(axis=1))  # fmt: skip
+    assert np.all(p.cost <= spent_all + 1e-12)  # padding slots cost nothing and are never drawn
+    assert p.correct.mean() == pytest.approx(1.0)
+    for i in range(rs.questions):  # a draw order puts every unrecorded slot last
+        recorded = int(weak.recorded[i])
+        assert np.all(draws.codes(rs, "weak")[:, i, recorded:] == -2)
+        assert np.all(draws.codes(rs, "weak")[:, i, :recorded] != -2)
+
+
+def test_a_ragged_weak_vote_is_a_share_of_what_was_drawn(tmp_path: Path) -> None:
+    """One recorded sample is a unanimous vote: τ = 1 accepts it, as 1 of 1, not 1 of 4."""
+    rs = load_routing_set(ragged(tmp_path / "s"))
+    draws = Draws.make(rs, perms=2, seed=0)
+    weak, strong = Votes.of(rs, draws, "weak"), Votes.of(rs, draws, "strong")
+    cascade = vote_cascade([weak, strong], 4, 1.0)
+    w = rs.model("weak")
+    one = rs.ids.index("q1")  # weak kept only "8": accepted, the strong model never paid
+    assert cascade.cost[one] == pytest.approx(w.call_cost[one] + w.sample_cost[one].sum())
+    assert cascade.correct[one] == 0.0 and single(weak, 4).correct[one] == 0.0
+
+
+def test_replay_route_reports_the_questions_it_left_out(tmp_path: Path) -> None:
+    root = ragged(tmp_path / "s")
+    code, out, _ = invoke("--route", str(root), "--perms", "1", "--lams", "0,1", "--json")
+    assert code == 0
+    assert json.loads(out)["sets"]["s"]["skipped"] == ["q3"]
+    code, _, err = invoke("--route", str(root), "--perms", "1", "--lams", "0,1")
+    assert code == 0 and "left out 1 question(s)" in err and "q3" in err
+
+
+def test_calibration_width_leaves_out_the_few_short_questions() -> None:
+    from controller.scaling.served import calibration_width
+
+    assert calibration_width([3] * 10) == 3
+    assert calibration_width([3] * 9 + [0]) == 3  # one failed call does not make K = 0
+    assert calibration_width([3, 3, 1, 1, 1]) == 1  # most questions are short: K follows them
+    assert calibration_width([]) == 0

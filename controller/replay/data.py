@@ -93,11 +93,19 @@ def _tokens(sample: dict[str, object]) -> float | None:
 
 
 def parse_question(
-    raw: str, line: int, extractor: Extractor, where: str = "<data>", named: bool = False
+    raw: str,
+    line: int,
+    extractor: Extractor,
+    where: str = "<data>",
+    named: bool = False,
+    *,
+    keep_empty: bool = False,
 ) -> ReplayQuestion | None:
     """One line → a question. Blank lines give None; anything malformed raises with the line.
     `named`: the user named the extractor, so it also reads the recorded answers and gold (a
-    normaliser such as `date`), as routing sets and `calibrate --from-replay` read them."""
+    normaliser such as `date`), as routing sets and `calibrate --from-replay` read them.
+    `keep_empty`: a question with no samples comes back with none rather than raising (a
+    routing set aligns files by line, and one model may have recorded nothing there)."""
     if not raw.strip():
         return None
     here = f"{where}:{line}"
@@ -112,7 +120,7 @@ def parse_question(
     samples_raw = obj["samples"]
     if not isinstance(samples_raw, list):
         raise ReplayDataError(f"{here}: `samples` must be a list")
-    if not samples_raw:
+    if not samples_raw and not keep_empty:
         raise EmptySamples(f"{here}: empty `samples`")
     gold_raw = obj.get("gold")
     if gold_raw is not None and not isinstance(gold_raw, str | int | float):
@@ -145,9 +153,11 @@ def parse_lines(
     where: str = "<data>",
     skip_empty: bool = False,
     named: bool = False,
+    *,
+    keep_empty: bool = False,
 ) -> tuple[list[ReplayQuestion], list[int]]:
     """All questions, and the line numbers skipped for empty `samples` (when skip_empty);
-    `named` as in `parse_question`."""
+    `named` and `keep_empty` as in `parse_question`."""
     questions: list[ReplayQuestion] = []
     skipped: list[int] = []
     for number, raw in enumerate(lines, start=1):
@@ -159,7 +169,7 @@ def parse_lines(
             if isinstance(obj, dict) and obj.get("samples") == []:
                 skipped.append(number)
                 continue
-        question = parse_question(raw, number, extractor, where, named)
+        question = parse_question(raw, number, extractor, where, named, keep_empty=keep_empty)
         if question is not None:
             questions.append(question)
     if not questions:
@@ -168,13 +178,18 @@ def parse_lines(
 
 
 def load_replay(
-    path: str | Path, extractor: Extractor, skip_empty: bool = False, named: bool = False
+    path: str | Path,
+    extractor: Extractor,
+    skip_empty: bool = False,
+    named: bool = False,
+    *,
+    keep_empty: bool = False,
 ) -> tuple[list[ReplayQuestion], list[int]]:
     """Read a replay file (see parse_lines)."""
     p = Path(path)
     try:
         with p.open(encoding="utf-8") as fh:
-            return parse_lines(fh, extractor, str(p), skip_empty, named)
+            return parse_lines(fh, extractor, str(p), skip_empty, named, keep_empty=keep_empty)
     except UnicodeDecodeError as exc:
         raise ReplayDataError(f"{p}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:

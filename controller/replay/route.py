@@ -14,13 +14,13 @@ of a set's frontier is measured on the same draws with the same dollars.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
 from controller.replay.data import ReplayQuestion, ReplaySample
-from controller.replay.routing_set import RoutingSet
+from controller.replay.routing_set import NOT_RECORDED, RoutingSet, SetModel
 from controller.routing import (
     N_MAX,
     POOL,
@@ -31,7 +31,7 @@ from controller.routing import (
     calibration_questions,
     cascade_answer,
 )
-from controller.scaling.served import fit_served, served_curves
+from controller.scaling.served import calibration_width, fit_served, served_curves
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -55,7 +55,8 @@ MODES = ("auto", "cascade")
 
 @dataclass(frozen=True)
 class Draws:
-    """Seeded draw orders: per model, (perms, Q, S) indices of its recorded samples."""
+    """Seeded draw orders: per model, (perms, Q, S) indices of its recorded samples; slots a
+    ragged log did not record come last, so a question's draws run out where its log does."""
 
     orders: dict[str, IntArray]
 
@@ -65,6 +66,7 @@ class Draws:
         orders = {}
         for m in rs.models:
             keys = rng.random((perms, rs.questions, m.samples))
+            keys[:, m.codes == NOT_RECORDED] = 2.0  # past every recorded sample's key
             orders[m.id] = np.argsort(keys, axis=2)
         return cls(orders)
 
@@ -97,6 +99,14 @@ def _code(c: int) -> str | None:
     return None if c < 0 else str(c)
 
 
+def calibration_rows(m: SetModel, rows: IntArray) -> tuple[IntArray, int]:
+    """The rows a model's curves and vote tables are fitted on, and their K (`calibration_width`:
+    rows with fewer samples are left out, the others cut to their first K). A whole log keeps
+    every row."""
+    k = calibration_width(m.recorded[rows].tolist())
+    return rows[m.recorded[rows] >= k], k
+
+
 def calibrate_route(
     rs: RoutingSet,
     rows: IntArray,
@@ -110,13 +120,14 @@ def calibrate_route(
     members = []
     for model in models:
         m = rs.model(model)
+        use, k = calibration_rows(m, rows)
         replay = [
             ReplayQuestion(rs.ids[i], GOLD, tuple(ReplaySample(_code(int(c)), None, None)
-                                                  for c in m.codes[i]), int(i) + 1)
-            for i in rows
+                                                  for c in m.codes[i, :k]), int(i) + 1)
+            for i in use
         ]  # fmt: skip
         fit = fit_served(replay, model_id=model, params=PLACEHOLDER_PARAMS,
-                         calibration=f"{len(rows)} questions of {rs.name}", seed=seed)  # fmt: skip
+                         calibration=f"{len(use)} questions of {rs.name}", seed=seed)  # fmt: skip
         qs = calibration_questions([(q.id, q.gold, [s.answer for s in q.samples]) for q in replay])
         members.append(RouteMember(model, served_curves(fit, rs.name), PLACEHOLDER_PARAMS, qs))
     return build_route(f"{rs.name}:{'>'.join(models)}", members, seed=seed, shrink=shrink,
@@ -137,10 +148,19 @@ class Prices:
 
     @classmethod
     def measure(cls, rs: RoutingSet, rows: IntArray, models: Sequence[str]) -> Prices:
-        sample = {m: max(float(rs.model(m).sample_cost[rows].mean()), 1e-12) for m in models}
+        sample = {}
+        for m in models:  # per recorded sample: a ragged log's empty slots cost nothing
+            model = rs.model(m)
+            spent = float(model.sample_cost[rows].sum() / model.recorded[rows].sum())
+            sample[m] = max(spent, 1e-12)
         call = {m: float(rs.model(m).call_cost[rows].mean()) for m in models}
         caps = {m: min(rs.model(m).samples, N_MAX) for m in models}
         return cls(sample, call, caps)
+
+    def for_question(self, rs: RoutingSet, i: int) -> Prices:
+        """These prices with each cap cut to what the log recorded for question `i`."""
+        caps = {m: min(cap, int(rs.model(m).recorded[i])) for m, cap in self.caps.items()}
+        return self if caps == self.caps else replace(self, caps=caps)
 
 
 @dataclass
@@ -154,6 +174,7 @@ class Point:
     predicted: FloatArray  # (Q,) the first plan's predicted accuracy
     escalated: FloatArray  # (Q,) share of orders that drew on more than one model
     last_model: dict[str, FloatArray] = field(default_factory=dict)  # model → (Q,) share
+    cut_short: FloatArray | None = None  # (Q,) share of orders the log ran out under the route
 
 
 @dataclass(frozen=True)
@@ -169,13 +190,15 @@ class RouteSettings:
 @dataclass(frozen=True)
 class Replayed:
     """One question under one draw order: right or not, dollars, the first plan's predicted
-    accuracy, the models in the order used, and the waves as (model, samples)."""
+    accuracy, the models in the order used, the waves as (model, samples), and whether the
+    route asked for a sample the log does not have (its caps were not the log's)."""
 
     right: bool
     dollars: float
     predicted: float
     order: list[str]
     waves: list[tuple[str, int]]
+    cut_short: bool = False
 
 
 def run_one(
@@ -199,6 +222,7 @@ def run_one(
     waves: list[tuple[str, int]] = []
     dollars = 0.0
     predicted = 0.0
+    cut_short = False
     while True:
         step = run.decide(answers)
         if not order:
@@ -209,6 +233,8 @@ def run_one(
         have = answers.setdefault(step.model, [])
         n = len(have)
         k = min(step.wave, len(drawn[step.model]) - n)
+        if k < step.wave:
+            cut_short = True
         if k <= 0:
             break
         have.extend(drawn[step.model][n : n + k])
@@ -217,7 +243,7 @@ def run_one(
         if step.model not in order:
             order.append(step.model)
     right = cascade_answer(answers, order) == GOLD
-    return Replayed(right, dollars, predicted, order, waves)
+    return Replayed(right, dollars, predicted, order, waves, cut_short)
 
 
 def replay_routes(
@@ -244,16 +270,20 @@ def replay_routes(
         prices = Prices.measure(rs, calib, models)
         for i in rows:
             call = {m: float(rs.model(m).call_cost[i]) for m in models}
+            here = prices.for_question(rs, int(i))
             for p in range(perms):
-                drawn = {m: [_code(int(c)) for c in codes[m][p, i]] for m in models}
+                drawn = {m: [_code(int(c)) for c in codes[m][p, i] if c != NOT_RECORDED]
+                         for m in models}  # fmt: skip
                 sample_cost = {m: costs[m][p, i] for m in models}
                 for (mode, lam), point in points.items():
-                    one = run_one(route, prices, lam, mode == "cascade", settings.descend,
+                    one = run_one(route, here, lam, mode == "cascade", settings.descend,
                                   drawn, sample_cost, call)  # fmt: skip
                     point.correct[i] += one.right / perms
                     point.cost[i] += one.dollars / perms
                     point.predicted[i] += one.predicted / perms
                     point.escalated[i] += (len(one.order) > 1) / perms
+                    if point.cut_short is not None:
+                        point.cut_short[i] += one.cut_short / perms
                     if one.order:
                         point.last_model[one.order[-1]][i] += 1 / perms
             if tick is not None:
@@ -263,4 +293,4 @@ def replay_routes(
 
 def _empty_point(mode: str, lam: float, q: int, models: Sequence[str]) -> Point:
     return Point(mode, lam, np.zeros(q), np.zeros(q), np.zeros(q), np.zeros(q),
-                 {m: np.zeros(q) for m in models})  # fmt: skip
+                 {m: np.zeros(q) for m in models}, np.zeros(q))  # fmt: skip

@@ -53,11 +53,13 @@ def mean_interval(values: FloatArray) -> list[float]:
 @dataclass(frozen=True)
 class Votes:
     """One model's votes after each draw: leader code and its votes, (perms, Q, S); its
-    cumulative dollars after n draws, call included, (perms, Q, S)."""
+    cumulative dollars after n draws, call included, (perms, Q, S); the samples recorded per
+    question, (Q,): past them a ragged log's draws change nothing."""
 
     leader: IntArray
     v1: IntArray
     spent: FloatArray
+    recorded: IntArray
 
     @classmethod
     def of(cls, rs: RoutingSet, draws: Draws, model: str) -> Votes:
@@ -75,7 +77,7 @@ class Votes:
         v1 = np.take_along_axis(counts, leader[..., None], axis=3)[..., 0].astype(np.int64)
         leader = np.where(v1 > 0, leader, -1)
         spent = rs.model(model).call_cost[None, :, None] + np.cumsum(draws.costs(rs, model), axis=2)
-        return cls(leader, v1, spent)
+        return cls(leader, v1, spent, rs.model(model).recorded)
 
     def at(self, k: int) -> tuple[IntArray, IntArray, FloatArray]:
         """(leader, its votes, dollars) after k draws (k capped at what was recorded)."""
@@ -110,7 +112,8 @@ def vote_cascade(chain: Sequence[Votes], k: int, tau: float, oracle: bool = Fals
         kw = min(k, votes.leader.shape[2])
         leader, v1, spent = votes.at(kw)
         cost += np.where(decided, 0.0, spent)
-        accept = (leader == 0) if oracle else ((v1 >= tau * kw) & (v1 > 0))
+        drawn = np.minimum(kw, votes.recorded)[None, :]  # the share is of what was drawn
+        accept = (leader == 0) if oracle else ((v1 >= tau * drawn) & (v1 > 0))
         take = accept & ~decided
         right |= take & (leader == 0)
         decided |= take

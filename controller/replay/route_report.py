@@ -89,6 +89,7 @@ def replay_set(
     oracle_k, oracle = _cheapest_best(base.oracle)
     return {
         "questions": rs.questions,
+        "skipped": list(rs.skipped),
         "extractor": rs.extractor,
         "reference": {"model": ref_model, "k": ref_k, **_scored(ref)},
         "route": [_point(p, ref_cost) for p in points],

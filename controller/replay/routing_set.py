@@ -9,6 +9,10 @@ A set is priced as the ledger bills a wave (controller.budget.pricing.Pricer): o
 prompt (few-shot prompt + question) once, plus each sample's completion tokens; tokens are
 characters × `tokens_per_char`. Anything that would let a misaligned or unpriced set be scored
 is a `RoutingSetError` naming the file and line.
+
+Logs are not always whole: a failed call leaves a question with fewer samples than the rest
+(`recorded`; the replay never draws past it), or with none. A question some model has no
+sample for cannot be replayed on every model, so it is left out and named (`skipped`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ TASK_EXTRACTORS: dict[str, str] = {"date_understanding": "date"}
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
+ABSTAINED = -1
+NOT_RECORDED = -2
+"""Answer codes beside the answers' own (0 = gold, 1, 2, … the others in order of first
+appearance): a null answer, and a slot past what a ragged log recorded for that question."""
 
 
 class RoutingSetError(ValueError):
@@ -53,13 +61,14 @@ class SetModel:
     id: str
     file: Path
     price: ModelPrice
-    codes: IntArray  # (Q, S): answer code per sample (0 = the gold answer, -1 = abstained)
-    sample_cost: FloatArray  # (Q, S): dollars of each sample's completion
+    codes: IntArray  # (Q, S): answer code per sample (0 = gold, ABSTAINED, NOT_RECORDED)
+    sample_cost: FloatArray  # (Q, S): dollars of each sample's completion (0 if not recorded)
     call_cost: FloatArray  # (Q,): dollars of one call's prompt (few-shot prompt + question)
-    answers: tuple[tuple[str | None, ...], ...]  # normalised answers, as recorded order
+    recorded: IntArray  # (Q,): samples recorded per question (≤ S; logs may be ragged)
 
     @property
     def samples(self) -> int:
+        """The most samples any question has: the model's cap."""
         return int(self.codes.shape[1])
 
 
@@ -74,6 +83,7 @@ class RoutingSet:
     ids: tuple[str, ...]
     gold: tuple[str, ...]
     models: tuple[SetModel, ...]
+    skipped: tuple[str, ...] = ()  # ids left out: a model recorded no sample there
 
     @property
     def questions(self) -> int:
@@ -151,7 +161,7 @@ def _read_lines(file: Path, extract: Extractor | None) -> list[ReplayQuestion]:
         raise RoutingSetError(f"{file}: model file missing")
     read = extract or get_extractor(DEFAULT_EXTRACTOR)  # a sample recorded without `answer`
     try:
-        questions, _ = load_replay(file, read, named=extract is not None)
+        questions, _ = load_replay(file, read, named=extract is not None, keep_empty=True)
     except ReplayDataError as exc:
         raise RoutingSetError(str(exc)) from None
     for q in questions:
@@ -196,23 +206,32 @@ def load_routing_set(path: Path, extractor: str | None = None) -> RoutingSet:
     ref_file, first = read[0]
     for file, lines in read[1:]:
         _check_aligned(first, lines, file, ref_file)
-    vocab: list[dict[str, int]] = [{str(line.gold): 0} for line in first]
+    # a question some model recorded nothing for cannot be replayed on every model: left out
+    keep = [i for i in range(len(first)) if all(lines[i].samples for _, lines in read)]
+    if not keep:
+        raise RoutingSetError(f"{path}: no question has samples from every model")
+    vocab: list[dict[str, int]] = [{str(first[i].gold): 0} for i in keep]
     models = []
     for entry, (file, lines) in zip(entries, read, strict=True):
-        width = max(len(line.samples) for line in lines)
-        if any(len(line.samples) != width for line in lines):
-            short = next(line.line for line in lines if len(line.samples) != width)
-            raise RoutingSetError(f"{file}:{short}: samples: every question needs {width}")
-        codes = np.array([[-1 if s.answer is None else vocab[i].setdefault(s.answer, len(vocab[i]))
-                           for s in line.samples] for i, line in enumerate(lines)])  # fmt: skip
+        kept = [lines[i] for i in keep]
+        width = max(len(line.samples) for line in kept)
+        codes = np.full((len(kept), width), NOT_RECORDED, dtype=np.int64)
+        chars = np.zeros((len(kept), width))
+        for row, line in enumerate(kept):
+            for j, sample in enumerate(line.samples):
+                answer = sample.answer
+                codes[row, j] = (ABSTAINED if answer is None
+                                 else vocab[row].setdefault(answer, len(vocab[row])))  # fmt: skip
+                chars[row, j] = len(sample.text or "")
         pricer = Pricer(prices, entry["id"])
-        chars = np.array([[len(s.text or "") for s in line.samples] for line in lines], dtype=float)
         sample_cost = chars * per_token * pricer.cost(0, 1).money
-        prompts = np.array([prompt_chars + len(line.question or "") for line in lines]) * per_token
+        prompts = np.array([prompt_chars + len(line.question or "") for line in kept]) * per_token
         call_cost = np.array([pricer.cost(p, 0).money for p in prompts])
-        answers = tuple(tuple(s.answer for s in line.samples) for line in lines)
+        recorded = np.array([len(line.samples) for line in kept], dtype=np.int64)
         models.append(SetModel(entry["id"], file, prices.models[entry["id"]], codes,
-                               sample_cost, call_cost, answers))  # fmt: skip
+                               sample_cost, call_cost, recorded))  # fmt: skip
+    kept_rows = set(keep)
+    skipped = tuple(q.id for i, q in enumerate(first) if i not in kept_rows)
     return RoutingSet(path.name, path, str(doc.get("task", "")), name,
-                      tuple(line.id for line in first), tuple(str(line.gold) for line in first),
-                      tuple(models))  # fmt: skip
+                      tuple(first[i].id for i in keep), tuple(str(first[i].gold) for i in keep),
+                      tuple(models), skipped)  # fmt: skip

@@ -195,6 +195,16 @@ def leader_pairs(questions: Sequence[ReplayQuestion]) -> Counter[tuple[int, int]
     return table
 
 
+def calibration_width(counts: Sequence[int]) -> int:
+    """K for calibrating on a ragged log: the most samples at least half of its questions have.
+
+    The curves and vote tables need the same K samples per question (`fit_served` takes the
+    fewest). A log where a few calls failed would cut every question to those few, down to
+    K = 1 for one empty reply; left out instead are the questions with fewer than K."""
+    ordered = sorted(counts, reverse=True)
+    return ordered[(len(ordered) - 1) // 2] if ordered else 0
+
+
 def fit_served(
     questions: Sequence[ReplayQuestion],
     *,
