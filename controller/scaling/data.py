@@ -188,15 +188,20 @@ def _parse_row(raw: dict[str, str | None], line: int) -> _Row:
     return _Row(line, model, params, tokens, problem, samples, correct, loss)
 
 
-def load_counts(path: str | Path, where: str | None = None) -> CountTable:
-    """Read and validate a counts CSV, keep rows matching `where`, and group them by checkpoint."""
-    p = Path(path)
+def _read_data_file(p: Path) -> bytes:
+    """The file's bytes, or a DataError a user can act on (no traceback)."""
     try:
-        blob = p.read_bytes()
+        return p.read_bytes()
     except FileNotFoundError:
         raise DataError(f"data file not found: {p}") from None
     except OSError as exc:
         raise DataError(f"cannot read data file {p}: {exc.strerror}") from None
+
+
+def load_counts(path: str | Path, where: str | None = None) -> CountTable:
+    """Read and validate a counts CSV, keep rows matching `where`, and group them by checkpoint."""
+    p = Path(path)
+    blob = _read_data_file(p)
     keep = parse_where(where) if where is not None else None
     try:
         text = blob.decode("utf-8-sig")
@@ -267,12 +272,7 @@ def load_answers(path: str | Path, where: str | None = None) -> CountTable:
     import json
 
     p = Path(path)
-    try:
-        blob = p.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"data file not found: {p}") from None
-    except OSError as exc:
-        raise DataError(f"cannot read data file {p}: {exc.strerror}") from None
+    blob = _read_data_file(p)
     keep = parse_where(where) if where is not None else None
     rows: list[_Row] = []
     for i, text in enumerate(blob.decode("utf-8", errors="replace").splitlines()):
