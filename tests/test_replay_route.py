@@ -288,7 +288,7 @@ def test_a_ragged_log_is_replayed_within_what_each_question_recorded(tmp_path: P
     (p,) = replay_routes(rs, draws, rows, settings, [0.0], ("cascade",))
     lams = [0.0, 1.0, 30.0, 1000.0]  # per dollar: from free to dear compute
     for point in replay_routes(rs, draws, rows, settings, lams, ("auto", "cascade")):
-        assert point.cut_short is not None and point.cut_short.sum() == 0  # caps are the log's
+        assert point.cut_short.sum() == 0  # the route's caps are the log's
     spent_all = (weak.call_cost + weak.sample_cost.sum(axis=1)
                  + strong.call_cost + strong.sample_cost.sum(axis=1))  # fmt: skip
     assert np.all(p.cost <= spent_all + 1e-12)  # padding slots cost nothing and are never drawn

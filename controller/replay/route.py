@@ -173,8 +173,8 @@ class Point:
     cost: FloatArray  # (Q,)
     predicted: FloatArray  # (Q,) the first plan's predicted accuracy
     escalated: FloatArray  # (Q,) share of orders that drew on more than one model
+    cut_short: FloatArray  # (Q,) share of orders where the log ran out under the route
     last_model: dict[str, FloatArray] = field(default_factory=dict)  # model → (Q,) share
-    cut_short: FloatArray | None = None  # (Q,) share of orders the log ran out under the route
 
 
 @dataclass(frozen=True)
@@ -282,8 +282,7 @@ def replay_routes(
                     point.cost[i] += one.dollars / perms
                     point.predicted[i] += one.predicted / perms
                     point.escalated[i] += (len(one.order) > 1) / perms
-                    if point.cut_short is not None:
-                        point.cut_short[i] += one.cut_short / perms
+                    point.cut_short[i] += one.cut_short / perms
                     if one.order:
                         point.last_model[one.order[-1]][i] += 1 / perms
             if tick is not None:
@@ -292,5 +291,5 @@ def replay_routes(
 
 
 def _empty_point(mode: str, lam: float, q: int, models: Sequence[str]) -> Point:
-    return Point(mode, lam, np.zeros(q), np.zeros(q), np.zeros(q), np.zeros(q),
-                 {m: np.zeros(q) for m in models}, np.zeros(q))  # fmt: skip
+    return Point(mode, lam, np.zeros(q), np.zeros(q), np.zeros(q), np.zeros(q), np.zeros(q),
+                 {m: np.zeros(q) for m in models})  # fmt: skip
