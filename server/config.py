@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     ConfigDict,
@@ -24,8 +25,46 @@ from pydantic import (
     model_validator,
 )
 
+from controller.aggregate.extract import get_extractor
+from controller.aggregate.vote import METHODS
 from controller.budget.models import Budgets, PacingSettings, Prices, RateLimits
+from controller.policy.factory import ROUTE_T2_OPTIONS, make_policy, t2_options
 from server.errors import ConfigError as ConfigError  # raised by the loaders below
+
+
+def _policy(spec: str) -> str:
+    """A spec the policy factory builds: a typo fails at load naming the field, not on every
+    request as a 400 the client did not cause."""
+    try:
+        make_policy(spec)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(str(exc)) from None
+    return spec
+
+
+def _aggregator(name: str) -> str:
+    if name not in METHODS:
+        raise ValueError(f"unknown aggregator {name!r}; choose from {', '.join(METHODS)}")
+    return name
+
+
+def _extractor(name: str) -> str:
+    get_extractor(name)  # its ValueError names what is wrong
+    return name
+
+
+def _route_policy(spec: str) -> str:
+    """A route's t2 spec: its router takes λ only, so any other option would be ignored."""
+    unused = [w for w in t2_options(_policy(spec)) if w not in ROUTE_T2_OPTIONS]
+    if unused:
+        raise ValueError(f"a route's router takes only λ from its t2 spec; {', '.join(unused)} "
+                         "would be ignored")  # fmt: skip
+    return spec
+
+
+PolicySpec = Annotated[str, AfterValidator(_policy)]
+AggregatorName = Annotated[str, AfterValidator(_aggregator)]
+ExtractorName = Annotated[str, AfterValidator(_extractor)]
 
 CONFIG_ENV = "T2SERVE_CONFIG"
 
@@ -62,9 +101,9 @@ class ApiKey(_Strict):
 class ControllerDefaults(_Strict):
     """What the controller does when neither tenant nor request says otherwise."""
 
-    policy: str = "t2"
-    aggregator: str = "majority"
-    extractor: str = "last_number"
+    policy: PolicySpec = "t2"
+    aggregator: AggregatorName = "majority"
+    extractor: ExtractorName = "last_number"
     max_samples: int = Field(default=16, ge=1, le=1024)
     max_cost: float | None = Field(default=None, gt=0)
     deadline_ms: int | None = Field(default=None, ge=1)
@@ -230,9 +269,9 @@ class TenantConfig(_Strict):
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     api_keys: list[ApiKey] = Field(min_length=1)
     models: list[str] = Field(default_factory=lambda: ["*"], description="model ids, or '*'")
-    policy: str | None = None
-    aggregator: str | None = None
-    extractor: str | None = None
+    policy: PolicySpec | None = None
+    aggregator: AggregatorName | None = None
+    extractor: ExtractorName | None = None
     json_field: str | None = Field(
         default=None,
         description="with a JSON-schema response_format, vote over this (dotted) field",
@@ -329,11 +368,11 @@ class RouteConfig(_Strict):
         description="best: start on the candidate and first wave with the best predicted value; "
         "cheapest: always start on the first candidate and escalate from there (a cascade)",
     )
-    policy: str | None = Field(
+    policy: Annotated[str, AfterValidator(_route_policy)] | None = Field(
         default=None,
         pattern=r"^t2(:.*)?$",
         description="the route's t2 spec (its λ prices a sample of the first model) when the "
-        "request names none",
+        "request names none; λ is all a route takes from it",
     )
 
 

@@ -55,6 +55,17 @@ def test_shipped_default_config_is_valid_demo() -> None:
             },
             "tenants.0.verifier.url",
         ),
+        ({"defaults": {"policy": "t2:foo=1"}}, "defaults.policy"),
+        ({"defaults": {"aggregator": "majorty"}}, "defaults.aggregator"),
+        ({"defaults": {"extractor": "nope"}}, "defaults.extractor"),
+        (
+            {"tenants": [{"id": "a", "api_keys": [{"sha256": hash_key("x")}], "policy": "t3"}]},
+            "tenants.0.policy",
+        ),
+        (  # a route's router takes λ only: first_wave would be ignored
+            {"routes": [{"id": "auto", "route": ["m"], "policy": "t2:lam=0.02,first_wave=2"}]},
+            "routes.0.policy",
+        ),
         ({"server": {"port": "eighty"}}, "server.port"),
         ({"defaults": {"max_tokens": -1}}, "defaults.max_tokens"),
         ({"models": []}, "models"),

@@ -138,6 +138,13 @@ async def test_a_route_refuses_options_it_cannot_honour(chain_pair: ChainPair) -
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "t2.policy"
     resp = await ask(http, server, "auto", KEY, (1, 1, 1, 1), aggregator="unknown")
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "t2.aggregator"
+    # the router picks its own waves: a t2 option other than λ would be ignored, so it is named
+    resp = await ask(http, server, "auto", KEY, (1, 1, 1, 1), policy="t2:lam=0.02,first_wave=2")
+    err = resp.json()["error"]
+    assert resp.status_code == 400 and err["param"] == "t2.policy"
+    assert "first_wave" in err["message"]
+    resp = await ask(http, server, "auto", KEY, (1, 1, 1, 1), policy="t2:0.02")
+    assert resp.status_code == 200, resp.text  # λ alone is what a route takes
 
 
 async def test_a_route_honours_every_aggregator_and_names_its_answering_model(

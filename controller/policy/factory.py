@@ -59,6 +59,23 @@ def _spec_pattern() -> str:
 SPEC_PATTERN = _spec_pattern()
 
 
+ROUTE_T2_OPTIONS = frozenset({"lam", "lambda"})
+"""What a route's router takes from a t2 spec: λ, the price of one sample of its first model.
+The router chooses its own waves and uses its models' calibration, not t2's online prior, so
+every other t2 option would be ignored there (`t2_options` names them)."""
+
+
+def t2_options(spec: str) -> list[str]:
+    """The options a t2 spec names, as written, lowercased; a bare number is `lam`."""
+    _, _, params = spec.strip().partition(":")
+    words = []
+    for part in filter(None, (p.strip() for p in params.split(","))):
+        key, eq, _ = part.partition("=")
+        key = key.strip().lower()
+        words.append(key if eq or key in _T2_FLAGS else "lam")
+    return words
+
+
 def _number(text: str, kind: type, spec: str) -> Any:
     try:
         return kind(text)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import jsonschema
 
+from controller.policy.factory import ROUTE_T2_OPTIONS, t2_options
 from server.api.protocol import (
     MAX_SAMPLES,
     ChatCompletionRequest,
@@ -217,13 +218,25 @@ def routed_job(
     """The jobs of one prompt of a routed request, one per candidate (each model tokenizes
     and checks the context itself). A route runs the T² router, so its policy is t2 (the
     request's, the route's, the tenant's or the default t2 spec; its λ prices a sample of the
-    first candidate): another policy is a 400 naming the field. Every aggregator works on a
+    first candidate): another policy, or a request's t2 option other than λ (the router picks
+    its own waves), is a 400 naming the field. A tenant's or the default spec, written for
+    single-model requests too, lends the route its λ only. Every aggregator works on a
     route as on one model (over the answering model's samples)."""
     opts = body.t2
     if opts is not None and opts.policy is not None and not _is_t2(opts.policy):
         raise bad_request(
             f"The model '{route.id}' is a route, which runs the t2 router; t2.policy must be "
             f"'t2' or 't2:...', not {opts.policy!r}.",
+            param="t2.policy",
+            code="invalid_t2_option",
+        )
+    named = opts.policy if opts is not None and opts.policy is not None else "t2"
+    unused = [w for w in t2_options(named) if w not in ROUTE_T2_OPTIONS]
+    if unused:
+        raise bad_request(
+            f"The model '{route.id}' is a route: its router takes only λ from t2.policy "
+            f"(e.g. 't2:lam=0.01'), so {', '.join(unused)} would be ignored. Name one model to "
+            f"use {'it' if len(unused) == 1 else 'them'}.",
             param="t2.policy",
             code="invalid_t2_option",
         )
