@@ -327,3 +327,17 @@ def test_calibration_width_leaves_out_the_few_short_questions() -> None:
     assert calibration_width([3] * 9 + [0]) == 3  # one failed call does not make K = 0
     assert calibration_width([3, 3, 1, 1, 1]) == 1  # most questions are short: K follows them
     assert calibration_width([]) == 0
+
+
+def test_models_are_ordered_by_price_whatever_the_manifest_says(tmp_path: Path) -> None:
+    """The reference is the dearest model and chains run cheapest first, even from a manifest
+    that lists the dear model first."""
+    root = toy(tmp_path / "s", n=4)
+    doc = json.loads((root / "manifest.json").read_text())
+    doc["models"].reverse()
+    (root / "manifest.json").write_text(json.dumps(doc))
+    rs = load_routing_set(root)
+    assert [m.id for m in rs.models] == ["weak", "strong"]
+    code, out, _ = invoke("--route", str(root), "--perms", "1", "--lams", "0", "--folds", "2",
+                          "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["sets"]["s"]["reference"]["model"] == "strong"

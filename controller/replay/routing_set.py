@@ -74,7 +74,7 @@ class SetModel:
 
 @dataclass(frozen=True)
 class RoutingSet:
-    """A set: its questions (ids, gold) and its models, cheapest first."""
+    """A set: its questions (ids, gold) and its models, cheapest first (`one_sample_price`)."""
 
     name: str
     path: Path
@@ -154,6 +154,12 @@ def _extractor(doc: dict[str, Any], override: str | None, where: str) -> str | N
     return str(name)
 
 
+def one_sample_price(m: SetModel) -> float:
+    """Mean dollars of one call drawing one sample: what orders a set's models cheapest first
+    (the manifest should list them so; the reference is the dearest whatever it says)."""
+    return float(m.call_cost.mean() + m.sample_cost.sum() / max(int(m.recorded.sum()), 1))
+
+
 def _read_lines(file: Path, extract: Extractor | None) -> list[ReplayQuestion]:
     """The file's questions, read as every replay file is (controller.replay.data); recorded
     answers go through `extract` when the set names one. A set also needs gold and texts."""
@@ -230,6 +236,7 @@ def load_routing_set(path: Path, extractor: str | None = None) -> RoutingSet:
         recorded = np.array([len(line.samples) for line in kept], dtype=np.int64)
         models.append(SetModel(entry["id"], file, prices.models[entry["id"]], codes,
                                sample_cost, call_cost, recorded))  # fmt: skip
+    models.sort(key=one_sample_price)  # stable: a manifest in price order keeps its order
     kept_rows = set(keep)
     skipped = tuple(q.id for i, q in enumerate(first) if i not in kept_rows)
     return RoutingSet(path.name, path, str(doc.get("task", "")), name,
