@@ -98,6 +98,7 @@ def test_costs_are_the_ledgers_prompt_once_per_call_and_completion_per_sample(
         ("price", "manifest.json: models.1 (strong): prompt_per_1m"),
         ("file", "strong.jsonl: model file missing"),
         ("json", "strong.jsonl:3: not valid JSON"),
+        ("twice", "manifest.json: models.1: id: 'weak' is listed twice"),
         ("text", "strong.jsonl:3: samples: each needs a `text`"),
     ],
 )
@@ -117,6 +118,10 @@ def test_a_misaligned_or_unpriced_set_exits_2_with_one_line(
     elif breakage == "text":
         del rows[2]["samples"][0]["text"]
         strong.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    elif breakage == "twice":
+        doc = json.loads((root / "manifest.json").read_text())
+        doc["models"][1]["id"] = "weak"
+        (root / "manifest.json").write_text(json.dumps(doc))
     elif breakage == "price":
         doc = json.loads((root / "manifest.json").read_text())
         del doc["models"][1]["prompt_per_1m"]

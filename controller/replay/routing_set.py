@@ -137,6 +137,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             raise RoutingSetError(f"{here} ({entry['id']}): file: missing")
         for key in ("prompt_per_1m", "completion_per_1m"):
             _number(entry, key, f"{here} ({entry['id']})")
+        if any(e.get("id") == entry["id"] for e in models[:i] if isinstance(e, dict)):
+            raise RoutingSetError(f"{here}: id: {entry['id']!r} is listed twice")
     _number(doc, "tokens_per_char", where)
     if doc.get("prompt_chars") is not None:
         _number(doc, "prompt_chars", where)
