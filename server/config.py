@@ -26,26 +26,10 @@ from pydantic import (
 )
 
 from controller.aggregate.extract import get_extractor
-from controller.aggregate.vote import METHODS
+from controller.aggregate.vote import check_method
 from controller.budget.models import Budgets, PacingSettings, Prices, RateLimits
-from controller.policy.factory import ROUTE_T2_OPTIONS, make_policy, t2_options
+from controller.policy.factory import check_spec, ignored_on_a_route
 from server.errors import ConfigError as ConfigError  # raised by the loaders below
-
-
-def _policy(spec: str) -> str:
-    """A spec the policy factory builds: a typo fails at load naming the field, not on every
-    request as a 400 the client did not cause."""
-    try:
-        make_policy(spec)
-    except (ValueError, KeyError) as exc:
-        raise ValueError(str(exc)) from None
-    return spec
-
-
-def _aggregator(name: str) -> str:
-    if name not in METHODS:
-        raise ValueError(f"unknown aggregator {name!r}; choose from {', '.join(METHODS)}")
-    return name
 
 
 def _extractor(name: str) -> str:
@@ -55,15 +39,17 @@ def _extractor(name: str) -> str:
 
 def _route_policy(spec: str) -> str:
     """A route's t2 spec: its router takes λ only, so any other option would be ignored."""
-    unused = [w for w in t2_options(_policy(spec)) if w not in ROUTE_T2_OPTIONS]
-    if unused:
-        raise ValueError(f"a route's router takes only λ from its t2 spec; {', '.join(unused)} "
+    ignored = ignored_on_a_route(check_spec(spec))
+    if ignored:
+        raise ValueError(f"a route's router takes only λ from its t2 spec; {', '.join(ignored)} "
                          "would be ignored")  # fmt: skip
     return spec
 
 
-PolicySpec = Annotated[str, AfterValidator(_policy)]
-AggregatorName = Annotated[str, AfterValidator(_aggregator)]
+# Checked at load, naming the field: a typo must not turn every request into a 400 the client
+# did not cause (the same checks as a request's t2 fields, server.sampling.policies).
+PolicySpec = Annotated[str, AfterValidator(check_spec)]
+AggregatorName = Annotated[str, AfterValidator(check_method)]
 ExtractorName = Annotated[str, AfterValidator(_extractor)]
 
 CONFIG_ENV = "T2SERVE_CONFIG"

@@ -59,21 +59,32 @@ def _spec_pattern() -> str:
 SPEC_PATTERN = _spec_pattern()
 
 
-ROUTE_T2_OPTIONS = frozenset({"lam", "lambda"})
+_ROUTE_T2_OPTIONS = frozenset({"lam", "lambda"})
 """What a route's router takes from a t2 spec: λ, the price of one sample of its first model.
 The router chooses its own waves and uses its models' calibration, not t2's online prior, so
-every other t2 option would be ignored there (`t2_options` names them)."""
+every other t2 option would be ignored there."""
 
 
-def t2_options(spec: str) -> list[str]:
-    """The options a t2 spec names, as written, lowercased; a bare number is `lam`."""
+def ignored_on_a_route(spec: str) -> list[str]:
+    """The options of a t2 spec a route's router would ignore (all but λ), as written."""
     _, _, params = spec.strip().partition(":")
     words = []
     for part in filter(None, (p.strip() for p in params.split(","))):
         key, eq, _ = part.partition("=")
         key = key.strip().lower()
-        words.append(key if eq or key in _T2_FLAGS else "lam")
+        if (eq or key in _T2_FLAGS) and key not in _ROUTE_T2_OPTIONS:
+            words.append(key)
     return words
+
+
+def check_spec(spec: str) -> str:
+    """`spec` if `make_policy` builds it, else a ValueError saying why (config and request
+    checks alike)."""
+    try:
+        make_policy(spec)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(str(exc)) from None
+    return spec
 
 
 def _number(text: str, kind: type, spec: str) -> Any:

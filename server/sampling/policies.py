@@ -22,9 +22,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 
 from controller.aggregate import get_extractor
-from controller.aggregate.vote import METHODS
+from controller.aggregate.vote import check_method
 from controller.policy.base import Policy
-from controller.policy.factory import make_policy
+from controller.policy.factory import check_spec, make_policy
 from controller.policy.learned import LearnedStore, Pair
 from controller.policy.online import (
     STORE_SUFFIX,
@@ -50,18 +50,13 @@ FIXED_ALL_SPEC = "fixed:all"  # every sample the caps allow: no number of its ow
 
 def check_controller_names(policy: str, aggregator: str, extractor: str) -> None:
     """Raise `ControllerOptionError` (400) naming the `t2` field that is unknown or malformed."""
-    try:
-        make_policy(policy)
-    except (ValueError, KeyError) as exc:
-        raise ControllerOptionError("policy", str(exc)) from None
-    if aggregator not in METHODS:
-        raise ControllerOptionError(
-            "aggregator", f"unknown aggregator {aggregator!r}; choose from {', '.join(METHODS)}"
-        )
-    try:
-        get_extractor(extractor)
-    except ValueError as exc:
-        raise ControllerOptionError("extractor", str(exc)) from None
+    for field, check, value in (("policy", check_spec, policy),
+                                 ("aggregator", check_method, aggregator),
+                                 ("extractor", get_extractor, extractor)):  # fmt: skip
+        try:
+            check(value)
+        except ValueError as exc:
+            raise ControllerOptionError(field, str(exc)) from None
 
 
 def samples_named(spec: str) -> int | None:

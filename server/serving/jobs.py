@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import jsonschema
 
-from controller.policy.factory import ROUTE_T2_OPTIONS, t2_options
+from controller.policy.factory import ignored_on_a_route
 from server.api.protocol import (
     MAX_SAMPLES,
     ChatCompletionRequest,
@@ -223,20 +223,20 @@ def routed_job(
     single-model requests too, lends the route its λ only. Every aggregator works on a
     route as on one model (over the answering model's samples)."""
     opts = body.t2
-    if opts is not None and opts.policy is not None and not _is_t2(opts.policy):
+    named = opts.policy if opts is not None else None
+    if named is not None and not _is_t2(named):
         raise bad_request(
             f"The model '{route.id}' is a route, which runs the t2 router; t2.policy must be "
-            f"'t2' or 't2:...', not {opts.policy!r}.",
+            f"'t2' or 't2:...', not {named!r}.",
             param="t2.policy",
             code="invalid_t2_option",
         )
-    named = opts.policy if opts is not None and opts.policy is not None else "t2"
-    unused = [w for w in t2_options(named) if w not in ROUTE_T2_OPTIONS]
-    if unused:
+    ignored = ignored_on_a_route(named) if named is not None else []
+    if ignored:
         raise bad_request(
             f"The model '{route.id}' is a route: its router takes only λ from t2.policy "
-            f"(e.g. 't2:lam=0.01'), so {', '.join(unused)} would be ignored. Name one model to "
-            f"use {'it' if len(unused) == 1 else 'them'}.",
+            f"(e.g. 't2:lam=0.01'), so {', '.join(ignored)} would be ignored. Name one model to "
+            f"use {'it' if len(ignored) == 1 else 'them'}.",
             param="t2.policy",
             code="invalid_t2_option",
         )
