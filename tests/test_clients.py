@@ -50,8 +50,7 @@ def sdk(live_server: LiveServer, openai_client: OpenClient) -> openai.AsyncOpenA
 
 
 async def test_openai_logprobs_chat_and_text(sdk: openai.AsyncOpenAI) -> None:
-    api = sdk
-    r = await api.chat.completions.create(
+    r = await sdk.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": QUESTION}],
         max_tokens=24,
@@ -65,14 +64,14 @@ async def test_openai_logprobs_chat_and_text(sdk: openai.AsyncOpenAI) -> None:
     assert "".join(t.token for t in tokens) == choice.message.content
     assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in tokens)
     assert all(t.bytes == list(t.token.encode()) for t in tokens)
-    text = await api.completions.create(
+    text = await sdk.completions.create(
         model=MODEL, prompt="<|user|>Q: 1+1-1=?<|assistant|>", max_tokens=24, logprobs=2
     )
     lp = text.choices[0].logprobs
     assert lp is not None and lp.tokens and "".join(lp.tokens) == text.choices[0].text
     assert lp.top_logprobs is not None and all(len(d) == 2 for d in lp.top_logprobs)
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
-    plain = await api.chat.completions.create(
+    plain = await sdk.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": QUESTION}], max_tokens=8
     )
     assert plain.choices[0].logprobs is None
