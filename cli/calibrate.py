@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from cli.left_out import left_out_line
 from controller.aggregate.extract import Extractor, get_extractor
 from controller.aggregate.normalize import normalize_answer
 from controller.replay.data import ReplayQuestion, parse_question
@@ -674,8 +675,7 @@ def _from_replay(
     typer.echo(f"calibrated {model} from {path} ({summary['questions']} questions x "
                f"{summary['samples_per_question']} samples, no sampling)")
     if left_out:
-        typer.echo(f"  left out {len(left_out)} question(s) with fewer samples: "
-                   f"{', '.join(left_out[:5])}{' …' if len(left_out) > 5 else ''}")
+        typer.echo("  " + left_out_line("with fewer samples", left_out))
     for name_, file in files.items():
         typer.echo(f"  wrote {name_}: {file}")
 

@@ -18,6 +18,7 @@ from typing import Annotated
 
 import typer
 
+from cli.left_out import NO_SAMPLES, left_out_line
 from controller.aggregate import get_extractor
 from controller.aggregate.extract import Extractor
 from controller.policy import make_policy
@@ -208,7 +209,10 @@ MaxSamplesOption = Annotated[
     int | None, typer.Option("--max-samples", help="cap per question (default: all)")
 ]
 SkipEmptyOption = Annotated[
-    bool, typer.Option("--skip-empty", help="skip questions with no samples (else error)")
+    bool,
+    typer.Option("--skip-empty/--no-skip-empty",
+                 help="leave out (and name on stderr) questions with no samples, a failed call "
+                 "in the log, as --route does; --no-skip-empty makes them an error"),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON, no progress")]
 PlotOption = Annotated[
@@ -264,7 +268,7 @@ def replay_command(
     perms: PermsOption = 20,
     seed: SeedOption = 0,
     max_samples: MaxSamplesOption = None,
-    skip_empty: SkipEmptyOption = False,
+    skip_empty: SkipEmptyOption = True,
     as_json: JsonOption = False,
     plot: PlotOption = None,
     budget: BudgetOption = None,
@@ -372,9 +376,15 @@ def load_questions(options: ReplayOptions, extract: Extractor) -> list[ReplayQue
         raise _fail(f"{exc} ({exc.hint})") from None
     except ReplayDataError as exc:
         raise _fail(str(exc)) from None
-    if skipped and not options.as_json:
-        typer.echo(f"skipped {len(skipped)} question(s) with no samples: lines {skipped}", err=True)
+    report_skipped(options.data, skipped)
     return questions
+
+
+def report_skipped(path: Path, lines: list[int]) -> None:
+    """Name the questions left out for having no samples. Said on stderr even with --json
+    (stdout stays one object): the scored set is smaller than the file."""
+    if lines:
+        typer.echo(left_out_line(NO_SAMPLES, lines, str(path)), err=True)
 
 
 def replay_and_render(options: ReplayOptions, questions: list[ReplayQuestion]) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from cli.left_out import NO_SAMPLES, left_out_line
 from controller.aggregate.extract import Extractor
 from controller.replay import EmptySamples, ReplayDataError, ReplayQuestion, load_replay
 from controller.replay.loo import FAMILIES, MAJORITY, LooReport, leave_one_out, total_runs
@@ -22,11 +23,17 @@ def load_folder(
     folder: Path, extractor: Extractor, skip_empty: bool, named: bool = False
 ) -> dict[str, list[ReplayQuestion]]:
     """Every *.jsonl file in `folder` by stem (sorted), or ReplayDataError; `named`: the
-    extractor also reads recorded answers (controller.replay.data.parse_question)."""
+    extractor also reads recorded answers (controller.replay.data.parse_question). Questions
+    left out for having no samples are named on stderr, file by file."""
     paths = sorted(folder.glob("*.jsonl"))
     if len(paths) < 2:
         raise ReplayDataError(f"{folder}: --loo needs at least two *.jsonl files")
-    return {p.stem: load_replay(p, extractor, skip_empty, named)[0] for p in paths}
+    files: dict[str, list[ReplayQuestion]] = {}
+    for path in paths:
+        files[path.stem], skipped = load_replay(path, extractor, skip_empty, named)
+        if skipped:
+            typer.echo(left_out_line(NO_SAMPLES, skipped, str(path)), err=True)
+    return files
 
 
 def run_loo_command(

@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 
+from cli.left_out import left_out_line
 from controller.replay.route_report import ReplayPlan, replay_set, work
 from controller.replay.routing_set import RoutingSetError, load_routing_set, routing_sets
 
@@ -57,9 +58,8 @@ def run_route_command(
         if not 2 <= folds <= rs.questions:
             raise _fail(f"--folds must be between 2 and {rs.questions} ({rs.name})")
         if rs.skipped and not as_json:  # with --json, the set's `skipped` says it
-            typer.echo(f"{rs.name}: left out {len(rs.skipped)} question(s) some model has no "
-                       f"sample for: {', '.join(rs.skipped[:5])}"
-                       f"{' …' if len(rs.skipped) > 5 else ''}", err=True)  # fmt: skip
+            typer.echo(left_out_line("some model has no sample for", rs.skipped, rs.name),
+                       err=True)
     plan = ReplayPlan(perms=perms, seed=seed, folds=folds, descend=descend)
     if grid is not None:
         plan = replace(plan, lams=grid)

@@ -116,7 +116,7 @@ def test_bad_input_names_the_line(tmp_path: Path, line: str, message: str) -> No
     bad = tmp_path / "bad.jsonl"
     good = '{"id": 0, "gold": "1", "samples": [{"answer": "1"}]}'
     bad.write_text(f"{good}\n\n{line}\n")
-    code, _, err = invoke("--data", str(bad), "--json")
+    code, _, err = invoke("--data", str(bad), "--json", "--no-skip-empty")
     assert code == 2
     assert f"{bad}:3:" in err and message in err
     assert "Traceback" not in err
@@ -124,21 +124,41 @@ def test_bad_input_names_the_line(tmp_path: Path, line: str, message: str) -> No
         load_replay(bad, get_extractor("exact"))
 
 
-def test_an_empty_question_names_the_flag_that_skips_it(tmp_path: Path) -> None:
-    data = tmp_path / "d.jsonl"
-    data.write_text('{"id": 0, "gold": "1", "samples": []}\n')
-    code, _, err = invoke("--data", str(data), "--json")
-    assert code == 2 and f"{data}:1: empty `samples`" in err and "--skip-empty" in err
-
-
-def test_skip_empty_skips_and_reports(tmp_path: Path) -> None:
+def test_an_empty_question_is_left_out_and_named_by_default(tmp_path: Path) -> None:
+    """A failed call leaves a question with no samples: the replay scores the rest and names
+    the line on stderr (also under --json, whose stdout stays one object)."""
     data = tmp_path / "d.jsonl"
     data.write_text(
         '{"id": 0, "gold": "1", "samples": [{"answer": "1"}]}\n'
         '{"id": 1, "gold": "1", "samples": []}\n'
     )
+    code, out, err = invoke("--data", str(data), "--json", "--policy", "fixed:1")
+    assert code == 0 and json.loads(out)["questions"] == 1
+    assert f"{data}: left out 1 question(s) with no samples, at lines: 2" in err
     code, out, _ = invoke("--data", str(data), "--skip-empty", "--json", "--policy", "fixed:1")
     assert code == 0 and json.loads(out)["questions"] == 1
+
+
+def test_no_skip_empty_makes_an_empty_question_an_error(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"id": 0, "gold": "1", "samples": []}\n')
+    code, _, err = invoke("--data", str(data), "--no-skip-empty", "--json")
+    assert code == 2 and f"{data}:1: empty `samples`" in err and "--no-skip-empty" in err
+
+
+def test_loo_names_each_files_empty_questions(tmp_path: Path) -> None:
+    for name, empty in (("a", False), ("b", True)):
+        lines = [f'{{"id": {i}, "gold": "1", "samples": [{{"answer": "1"}}, {{"answer": "2"}}]}}'
+                 for i in range(4)]
+        if empty:
+            lines[2] = '{"id": 2, "gold": "1", "samples": []}'
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    code, out, err = invoke("--data", str(tmp_path), "--loo", "--json", "--perms", "1",
+                            "--tune-perms", "1", "--budgets", "2")
+    assert code == 0, err
+    assert f"{tmp_path / 'b.jsonl'}: left out 1 question(s) with no samples, at lines: 3" in err
+    assert "a.jsonl" not in err
+    assert json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize(

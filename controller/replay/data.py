@@ -25,9 +25,10 @@ class ReplayDataError(ValueError):
 
 
 class EmptySamples(ReplayDataError):
-    """A question with no samples: `replay --skip-empty` can skip it, other readers cannot."""
+    """A question with no samples: `replay` leaves it out unless `--no-skip-empty`; other
+    readers cannot."""
 
-    hint = "use --skip-empty to skip such questions"
+    hint = "drop --no-skip-empty to leave such questions out"
 
 
 @dataclass(frozen=True)
