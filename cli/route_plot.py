@@ -16,6 +16,16 @@ def _envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return out
 
 
+def x_scale(costs: list[float]) -> tuple[str, dict[str, float]]:
+    """A log axis, or symlog when some point costs nothing (a model priced at 0, such as a
+    self-hosted one): a log axis would drop those points; symlog draws 0 at the left edge and
+    stays logarithmic from the cheapest priced point up."""
+    priced = [c for c in costs if c > 0]
+    if len(priced) == len(costs) or not priced:
+        return "log", {}
+    return "symlog", {"linthresh": min(priced)}
+
+
 def draw_frontiers(path: Path, sets: dict[str, dict[str, Any]], subtitle: str) -> None:
     import matplotlib
 
@@ -26,11 +36,15 @@ def draw_frontiers(path: Path, sets: dict[str, dict[str, Any]], subtitle: str) -
     for ax, (name, entry) in zip(axes[0], sets.items(), strict=True):
         ref = entry["reference"]
         rel = ref["cost"]
+        base = entry["baselines"]
+        costs = [p["relative_cost"] for p in entry["route"]]
+        costs += [s["cost"] / rel for s in base["single"]]
+        costs += [c["cost"] / rel for c in base["vote_cascade"]]
+        scale, scale_kw = x_scale(costs)
         for mode, style in (("auto", "-o"), ("cascade", "--s")):
             pts = [(p["relative_cost"], p["accuracy"]) for p in entry["route"] if p["mode"] == mode]
             env = _envelope(pts)
             ax.plot(*zip(*env, strict=True), style, markersize=3, label=f"route ({mode})", zorder=4)
-        base = entry["baselines"]
         models = dict.fromkeys(s["model"] for s in base["single"])
         for model in models:
             pts = [(s["cost"] / rel, s["accuracy"]) for s in base["single"] if s["model"] == model]
@@ -44,7 +58,9 @@ def draw_frontiers(path: Path, sets: dict[str, dict[str, Any]], subtitle: str) -
         ax.scatter([o["cost"] / rel], [o["accuracy"]], marker="*", s=90, label="oracle cascade")
         ax.axhline(ref["accuracy"], color="black", lw=0.6, alpha=0.5)
         ax.axhline(ref["accuracy"] - 0.005, color="black", lw=0.6, ls="--", alpha=0.4)
-        ax.set_xscale("log")
+        ax.set_xscale(scale, **scale_kw)
+        if scale == "symlog":
+            ax.set_xlim(left=0)
         ax.set_xlabel("cost relative to the reference (dearest model, all its samples)")
         ax.set_ylabel("accuracy")
         ax.set_title(f"{name}: {subtitle}", fontsize=10)

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
+from cli.route_plot import x_scale
 from controller.replay.route import (
     Draws,
     Prices,
@@ -346,3 +347,30 @@ def test_models_are_ordered_by_price_whatever_the_manifest_says(tmp_path: Path) 
     code, out, _ = invoke("--route", str(root), "--perms", "1", "--lams", "0", "--folds", "2",
                           "--json")  # fmt: skip
     assert code == 0 and json.loads(out)["sets"]["s"]["reference"]["model"] == "strong"
+
+
+# -- the frontier plot ----------------------------------------------------------------------------
+
+
+def test_the_frontier_axis_is_log_unless_a_point_costs_nothing() -> None:
+    assert x_scale([0.01, 0.5, 1.0]) == ("log", {})
+    assert x_scale([0.0, 0.01, 0.5, 1.0]) == ("symlog", {"linthresh": 0.01})
+
+
+@pytest.mark.parametrize("weak_price", [(1.0, 2.0), (0.0, 0.0)])
+def test_plot_draws_a_panel_even_when_the_cheap_model_is_free(
+    tmp_path: Path, weak_price: tuple[float, float]
+) -> None:
+    """A self-hosted model priced at 0: its points cost 0, and the plot still draws (on the
+    symlog axis chosen above; on a log axis they had vanished)."""
+    root = toy(tmp_path / "s")
+    doc = json.loads((root / "manifest.json").read_text())
+    doc["models"][0]["prompt_per_1m"], doc["models"][0]["completion_per_1m"] = weak_price
+    (root / "manifest.json").write_text(json.dumps(doc))
+    png = tmp_path / "frontier.png"
+    code, out, err = invoke("--route", str(root), "--perms", "1", "--lams", "0,1", "--json",
+                            "--plot", str(png))
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    costs = [b["cost"] for b in json.loads(out)["sets"]["s"]["baselines"]["single"]]
+    assert (min(costs) == 0.0) == (weak_price == (0.0, 0.0))
