@@ -101,6 +101,7 @@ def test_costs_are_the_ledgers_prompt_once_per_call_and_completion_per_sample(
         ("json", "strong.jsonl:3: not valid JSON"),
         ("twice", "manifest.json: models.1: id: 'weak' is listed twice"),
         ("text", "strong.jsonl:3: samples: each needs a `text`"),
+        ("free", "manifest.json: every model costs 0"),
     ],
 )
 def test_a_misaligned_or_unpriced_set_exits_2_with_one_line(
@@ -126,6 +127,11 @@ def test_a_misaligned_or_unpriced_set_exits_2_with_one_line(
     elif breakage == "price":
         doc = json.loads((root / "manifest.json").read_text())
         del doc["models"][1]["prompt_per_1m"]
+        (root / "manifest.json").write_text(json.dumps(doc))
+    elif breakage == "free":
+        doc = json.loads((root / "manifest.json").read_text())
+        for entry in doc["models"]:
+            entry["prompt_per_1m"] = entry["completion_per_1m"] = 0
         (root / "manifest.json").write_text(json.dumps(doc))
     else:
         strong.unlink()
