@@ -510,7 +510,8 @@ class RouteRun:
 
 def route_price(own: float, price: ComputePrice | None, reference: float, unit: str) -> float:
     """λ per unit of cost for a route. `own` is the request's t2 λ per sample, which prices one
-    sample of the route's first (cheapest) candidate, costing `reference` in `unit`; the
+    sample of the route's cheapest candidate that costs anything, costing `reference` in `unit`
+    (a free model cannot be the yardstick: λ per unit of nothing is infinite); the
     budget's price combines with it as for any policy (Policy.sample_price): a cap only raises
     it, a spend target replaces it. A price in another unit than the route's is not comparable
     and is left out."""

@@ -218,8 +218,7 @@ class Sampler:
         first = job.jobs[route.candidates[0].model]
         prices = route_prices(job, route, billing)
         own = make_policy(first.policy).own_sample_price
-        reference = prices.per_sample(first.model)
-        lam = route_price(own, billing.price_of_compute(), reference, prices.unit)
+        lam = route_price(own, billing.price_of_compute(), prices.yardstick(), prices.unit)
         plan = RoutePlan.start(route, prices, lam, first.max_samples, job.cheapest_first, stop_at)
         return _Setup(plan, job.jobs, first, route, lam, prices.unit)
 

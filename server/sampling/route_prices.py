@@ -17,6 +17,8 @@ from controller.routing import N_MAX, Route
 from server.billing.protocol import Billing
 from server.sampling.job import RoutedJob
 
+FREE = 1e-12
+"""A sample's price floor: a model priced at 0 (a self-hosted one billed nothing) costs this."""
 CACHED_PROMPT_TOKENS_COMPUTED = 0
 """Prompt tokens a repeat call on the same model computes: its prompt is a prefix-cache hit."""
 METERED = ("currency", "flops")
@@ -37,6 +39,14 @@ class RoutePrices:
         """One sample drawn alone (its call's prompt included): what a policy's λ prices."""
         return self.call[model] + self.sample[model]
 
+    def yardstick(self) -> float:
+        """What a request's λ per sample is a price of: one sample of the first candidate (the
+        cheapest) that costs anything. A free first candidate cannot be it: λ per unit of
+        nothing is infinite, and the route would never leave that model. All free: the first's
+        (every cost is then 0, so λ weighs nothing)."""
+        prices = [self.per_sample(m) for m in self.sample]
+        return next((p for p in prices if p > 2 * FREE), prices[0])
+
 
 def route_prices(routed: RoutedJob, route: Route, billing: Billing) -> RoutePrices:
     """Each candidate's prices in the tenant's unit (currency or FLOPs); for unmetered tenants,
@@ -56,7 +66,7 @@ def route_prices(routed: RoutedJob, route: Route, billing: Billing) -> RoutePric
     caps: dict[str, int] = {}
     for cand in route.candidates:
         job = routed.jobs[cand.model]
-        sample[cand.model] = max(price(cand.model, cand.params, 0, job.max_tokens), 1e-12)
+        sample[cand.model] = max(price(cand.model, cand.params, 0, job.max_tokens), FREE)
         call[cand.model] = price(cand.model, cand.params, job.prompt_tokens, 0)
         recall[cand.model] = price(cand.model, cand.params, CACHED_PROMPT_TOKENS_COMPUTED, 0)
         caps[cand.model] = min(job.max_samples, N_MAX)
