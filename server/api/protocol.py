@@ -205,6 +205,7 @@ REFUSED_FIELDS: dict[str, tuple[Any, ...]] = {
     "suffix": (None, ""),
     "best_of": (None, 1),
     "add_special_tokens": (None,),
+    "return_token_ids": (None, False),
 }
 # Fields that do not change what is generated: accepted and ignored (documented).
 IGNORED_FIELDS = (
@@ -217,7 +218,6 @@ IGNORED_FIELDS = (
     "cache_salt",
     "priority",
     "include_reasoning",
-    "return_token_ids",
     "prompt_cache_key",
     "prompt_cache_retention",
     "prompt_cache_options",
@@ -317,6 +317,7 @@ class SamplingRequest(BaseModel):
     suffix: Any = None
     best_of: Any = None
     add_special_tokens: Any = None
+    return_token_ids: Any = None
     metadata: Any = Field(default=None, description="accepted and ignored")
     store: Any = Field(default=None, description="accepted and ignored")
     service_tier: Any = Field(default=None, description="accepted and ignored")
@@ -326,7 +327,6 @@ class SamplingRequest(BaseModel):
     cache_salt: Any = Field(default=None, description="accepted and ignored")
     priority: Any = Field(default=None, description="accepted and ignored")
     include_reasoning: Any = Field(default=None, description="accepted and ignored")
-    return_token_ids: Any = Field(default=None, description="accepted and ignored")
     prompt_cache_key: Any = Field(default=None, description="accepted and ignored")
     prompt_cache_retention: Any = Field(default=None, description="accepted and ignored")
     prompt_cache_options: Any = Field(default=None, description="accepted and ignored")
