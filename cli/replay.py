@@ -285,8 +285,10 @@ def replay_command(
 ) -> None:
     """Replay sampling policies over recorded samples: accuracy vs samples per question.
 
-    Each mode dispatches early to its own step (`--route`, `--loo`, `--budget`); a new mode adds an
-    option and one such line."""
+    One file compares the policies in a table (or JSON); `--loo` scores each file of a folder
+    with settings chosen on the others; `--budget` paces one policy through simulated days;
+    `--route` replays T² routes against single models and cascades over routing sets."""
+    # Each mode dispatches early to its own step; a new mode adds an option and one such line.
     if perms < 1:
         raise _fail("--perms must be >= 1")
     if route is not None:

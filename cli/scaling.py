@@ -120,8 +120,8 @@ def fit(
 ) -> None:
     """Fit T² curves to pass@k (or maj@k) counts and write curves.json.
 
-    The accuracy approach fits L(N, D) to the data's `loss` column when it has one, and to
-    -log pass@1 otherwise (the fit's diagnostics say which)."""
+    The accuracy approach fits L(N, D) to the data's `loss` column when it has one, and
+    otherwise to the negative log of pass@1 (the fit's diagnostics say which)."""
     if approach not in APPROACHES:
         _fail(f"--approach: unknown approach '{approach}' (use {', '.join(APPROACHES)})")
     if metric not in METRICS:
