@@ -380,3 +380,52 @@ def test_plot_draws_a_panel_even_when_the_cheap_model_is_free(
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     costs = [b["cost"] for b in json.loads(out)["sets"]["s"]["baselines"]["single"]]
     assert (min(costs) == 0.0) == (weak_price == (0.0, 0.0))
+
+
+# -- a folder of sets -----------------------------------------------------------------------------
+
+
+def test_a_folder_of_sets_is_scored_one_by_one(tmp_path: Path) -> None:
+    toy(tmp_path / "b_set", n=20)
+    toy(tmp_path / "a_set", n=20)
+    (tmp_path / "notes").mkdir()  # a folder without a manifest is not a set, and not an error
+    code, out, err = invoke("--route", str(tmp_path), "--perms", "1", "--lams", "0,1", "--json")
+    assert code == 0, err
+    sets = json.loads(out)["sets"]
+    assert list(sets) == ["a_set", "b_set"]
+    assert all(s["reference"]["model"] == "strong" for s in sets.values())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lams", "0,x"], "--lams must be comma-separated numbers >= 0"),
+        (["--lams", "-1"], "--lams must be comma-separated numbers >= 0"),
+        (["--folds", "1"], "--folds must be between 2 and"),
+    ],
+)
+def test_bad_route_options_exit_2_naming_them(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    code, out, err = invoke("--route", str(toy(tmp_path / "s", n=10)), "--perms", "1", *args)
+    assert code == 2 and out == "" and message in err
+
+
+def test_a_folder_with_no_set_or_a_question_without_gold_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    code, _, err = invoke("--route", str(tmp_path / "empty"), "--json")
+    assert code == 2 and "no manifest.json in it or in its folders" in err
+    root = toy(tmp_path / "s", n=5)
+    for name in ("weak", "strong"):
+        rows = [json.loads(x) for x in (root / f"{name}.jsonl").read_text().splitlines()]
+        rows[1]["gold"] = None
+        (root / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    code, _, err = invoke("--route", str(root), "--json")
+    assert code == 2 and "weak.jsonl:2: no `gold`" in err
+    for name in ("weak", "strong"):  # judged samples with no gold: a replay file, not a set
+        rows = [json.loads(x) for x in (root / f"{name}.jsonl").read_text().splitlines()]
+        for sample in rows[1]["samples"]:
+            sample["correct"] = sample["answer"] == "7"
+        (root / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    code, _, err = invoke("--route", str(root), "--json")
+    assert code == 2 and "weak.jsonl:2: gold: missing" in err
