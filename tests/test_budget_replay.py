@@ -60,3 +60,15 @@ def test_replay_budget_cli(questions: list[ReplayQuestion]) -> None:
     bad = runner.invoke(app, ["replay", "--data", str(DATA), "--budget", "lots"])
     assert bad.exit_code == 2
     assert "--budget" in bad.output and "Traceback" not in bad.output
+
+
+def test_replay_budget_prints_a_row_per_day() -> None:
+    args = ["replay", "--data", str(DATA), "--budget", "4x", "--queries-per-day", "100",
+            "--days", "2"]  # fmt: skip
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert "daily budget (fits 4 samples/query), 100 queries/day" in out.stdout
+    assert "spent/budget" in out.stdout
+    days = [line.split("│")[1].strip() for line in out.stdout.splitlines()
+            if line.startswith("│")]  # fmt: skip
+    assert days == ["1", "2"]

@@ -161,3 +161,16 @@ def test_loo_reads_recorded_answers_through_a_named_extractor(tmp_path: Path) ->
     plain = load_folder(tmp_path, get_extractor("date"), skip_empty=False)
     assert named["a"][0].samples[0].answer == "01/05/2021"
     assert plain["a"][0].samples[0].answer == "today is 1/5/2021"
+
+
+def test_cli_loo_prints_a_table_per_file_and_the_pooled_lines(tmp_path: Path) -> None:
+    write(tmp_path / "one.jsonl", contested(20, 0.55, 1))
+    write(tmp_path / "two.jsonl", contested(20, 0.65, 2))
+    result = CliRunner().invoke(app, ["replay", "--data", str(tmp_path), "--loo", "--perms", "1",
+                                      "--tune-perms", "1", "--budgets", "4"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "one (20 q × 1 orders; maj@all" in out and "two (20 q × 1 orders" in out
+    assert "setting (chosen without this file)" in out and "--avg-samples 4:" in out
+    assert "pooled over all files (held-out settings):" in out
+    assert out.count("× AC samples") == len(GRIDS)  # one pooled line per family
