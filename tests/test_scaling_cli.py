@@ -188,3 +188,23 @@ def test_loss_fit_on_real_data_is_deterministic(tmp_path: Path) -> None:
     assert a["parameters"] == b["parameters"]
     assert a["data"]["where"] == "tokens>=6e10 and params<=1e9"
     assert a["diagnostics"]["starts"] == 8
+
+
+def first_column(table: str) -> set[str]:
+    """The first cell of each body row of a rich table."""
+    return {line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│")}
+
+
+def test_fit_without_json_prints_a_summary_table(tmp_path: Path) -> None:
+    """The table a person reads: each model's pass@1 and Beta for `beta`, the law's
+    parameters and diagnostics for `loss`."""
+    data = _synthetic_csv(tmp_path)
+    beta = runner.invoke(app, ["fit", "--data", str(data), "--approach", "beta",
+                               "--out", str(tmp_path / "b.json")])  # fmt: skip
+    assert beta.exit_code == 0, beta.output
+    assert "beta fit ->" in beta.stdout and "rmse Beta / power law" in beta.stdout
+    assert first_column(beta.stdout) == {"tiny", "small"}
+    loss = runner.invoke(app, ["fit", "--data", PYTHIA, "--approach", "loss", "--starts", "2",
+                               "--out", str(tmp_path / "l.json")])  # fmt: skip
+    assert loss.exit_code == 0, loss.output
+    assert {"E", "A", "alpha", "G", "gamma", "rmse_log", "starts"} <= first_column(loss.stdout)
