@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import pytest
+
 from controller.aggregate import Candidate, ProgrammaticVerifier, aggregate
 from controller.aggregate.checkers import chain_steps
 from controller.aggregate.score_map import IsotonicScoreMap, TrafficScoreMap
@@ -99,6 +101,15 @@ async def test_sampling_stops_once_a_sample_is_calibrated_likely_right() -> None
     assert out.stop_reason == "verified" and out.samples == 2 and out.text == "1+1=2;A: 2"
     unverified = await sampler.run(the_job, RecordingBilling())
     assert unverified.stop_reason != "verified"
+
+
+def test_a_few_labels_give_a_map_that_keeps_the_verifiers_order() -> None:
+    """Under MIN_ISOTONIC labels the map is a logistic fit; it must never invert the
+    verifier's order (higher score, lower probability) any more than the isotonic fit can."""
+    rising = IsotonicScoreMap().fit([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]).predict([0.1, 0.5, 0.9])
+    assert rising[0] < 0.1 < 0.9 < rising[2] and list(rising) == sorted(rising)
+    falling = IsotonicScoreMap().fit([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1]).predict([0.1, 0.9])
+    assert falling == pytest.approx([0.5, 0.5])  # flat at the labels' mean, not inverted
 
 
 def test_isotonic_calibration_is_monotone_and_refreshes_from_traffic() -> None:

@@ -100,7 +100,9 @@ def _pav(means: np.ndarray, weights: np.ndarray, xs: np.ndarray) -> tuple[np.nda
 
 
 def _platt_table(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A logistic fit of y on x (a few Newton steps, lightly regularised) as a lookup table."""
+    """A logistic fit of y on x (a few Newton steps, lightly regularised) as a lookup table.
+    The slope is kept ≥ 0, as the isotonic fit keeps the verifier's order: a few labels where
+    higher scores happened to be wrong give a flat map (their mean), not an inverted one."""
     a, b = 0.0, 0.0
     for _ in range(50):
         p = 1 / (1 + np.exp(-(a * x + b)))
@@ -111,6 +113,9 @@ def _platt_table(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a, b = a - step[0], b - step[1]
         if np.abs(step).max() < 1e-8:
             break
+    if a < 0:  # the best non-decreasing logistic is then the constant at the labels' mean
+        mean = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
+        a, b = 0.0, float(np.log(mean / (1 - mean)))
     grid = np.linspace(float(x.min()), float(x.max()) if x.max() > x.min() else x.min() + 1, 33)
     return grid, 1 / (1 + np.exp(-(a * grid + b)))
 
