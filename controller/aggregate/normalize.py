@@ -2,10 +2,12 @@
 
 Votes are counted over normalised strings, so "18", "18.0", "$18" and "18 dollars" must
 collapse to one key, and "1,000" must equal "1000". Numbers compare by exact value
-(fractions included: "3/4" == "0.75" == "\\frac{3}{4}"); everything else compares
-case- and whitespace-insensitively after stripping simple LaTeX wrappers. Dates such as
-"05/01/2021" are not fractions: a numeric date is only zero-padded ("5/1/2021" ==
-"05/01/2021"), never reordered, so a day-first and a month-first tenant both keep their meaning.
+(fractions included: "3/4" == "0.75" == "\\frac{3}{4}"; a decimal longer than FLOAT_DIGITS
+significant digits is first rounded to them, so a program's "109.00000000000001" is 109);
+everything else compares case- and whitespace-insensitively after stripping simple LaTeX
+wrappers. Dates such as "05/01/2021" are not fractions: a numeric date is only zero-padded
+("5/1/2021" == "05/01/2021"), never reordered, so a day-first and a month-first tenant both
+keep their meaning.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ _FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
 _FRAC_SHORT = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")
 _LATEX_NOISE = re.compile(r"\\left|\\right|\\!|\\,|\\;|\\:|\\ |\^\s*\{?\\circ\}?|\\%|\\\$")
 _SPACES = re.compile(r"\s+")
+FLOAT_DIGITS = 12
+"""Significant digits a decimal answer keeps. A program's float prints up to 17
+("109.00000000000001", "33.333333333333336"), and the noise in the last few would split one
+value into several vote keys and miss its gold; no one writes an answer with more than 12."""
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+")
 _DATE_YEAR_LAST = re.compile(r"(\d{1,2})([/.-])(\d{1,2})\2(\d{4})")
 _DATE_YEAR_FIRST = re.compile(r"(\d{4})([/.-])(\d{1,2})\2(\d{1,2})")
@@ -60,9 +66,13 @@ def parse_number(text: str) -> Fraction | None:
     if not _NUMBER.fullmatch(s):
         return None
     try:
-        return Fraction(Decimal(s.replace(",", "")))
+        value = Decimal(s.replace(",", ""))
     except (InvalidOperation, ValueError):
         return None
+    if "." in s and len(value.as_tuple().digits) > FLOAT_DIGITS:
+        # binary floating-point noise: a program's 0.1 * 3 * 60 prints 18.000000000000004
+        value = value.quantize(Decimal(1).scaleb(value.adjusted() - FLOAT_DIGITS + 1))
+    return Fraction(value)
 
 
 def format_number(value: Fraction) -> str:
