@@ -148,6 +148,8 @@ def test_every_extractor_is_in_the_table_with_and_without_an_answer() -> None:
         ("109.00000000000001", "109.0"),  # a program's float noise (recorded GPT-4 GSM8K)
         ("0.30000000000000004", "0.3"),
         ("33.333333333333336", "33.33333333333333"),  # one value, two computation orders
+        ("1e-05", "0.00001"),  # how a program prints a small float
+        ("2.5e+16", "25,000,000,000,000,000"),
     ],
 )
 def test_normalisation_equates(a: str, b: str) -> None:

@@ -25,7 +25,7 @@ FLOAT_DIGITS = 12
 """Significant digits a decimal answer keeps. A program's float prints up to 17
 ("109.00000000000001", "33.333333333333336"), and the noise in the last few would split one
 value into several vote keys and miss its gold; no one writes an answer with more than 12."""
-_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+")
+_NUMBER = re.compile(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _DATE_YEAR_LAST = re.compile(r"(\d{1,2})([/.-])(\d{1,2})\2(\d{4})")
 _DATE_YEAR_FIRST = re.compile(r"(\d{4})([/.-])(\d{1,2})\2(\d{1,2})")
 _UNIT_WORDS = re.compile(
@@ -53,7 +53,8 @@ def strip_latex(text: str) -> str:
 
 
 def parse_number(text: str) -> Fraction | None:
-    """The exact value of a plain number ("$1,000.50", "-3", "3/4", "(3)/(4)", "50%"), else None."""
+    """The exact value of a plain number ("$1,000.50", "-3", "3/4", "(3)/(4)", "50%", and
+    "1e-05" as a program prints a small float), else None."""
     s = text.strip().replace(" ", "")
     s = s.lstrip("$").rstrip(".")
     s = s.removesuffix("%")
