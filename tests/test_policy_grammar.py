@@ -12,13 +12,24 @@ from hypothesis import strategies as st
 from controller.aggregate import get_extractor
 from controller.aggregate.extract import CHAIN_PATTERN
 from controller.policy.factory import SPEC_PATTERN, make_policy
+from controller.policy.t2 import T2
+
+T2_OPTIONS = ("lam", "value_per_correct", "wave", "first_wave", "refit_every", "min_history",
+              "upfront", "refit", "calibrated")
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.from_regex(SPEC_PATTERN, fullmatch=True))
 def test_every_spec_the_grammar_admits_builds_a_policy(spec: str) -> None:
+    """...and the policy's own `spec` (a replay's label) builds the same policy again: a
+    label never drops an option that ran (t2's `first_wave=20` once printed as plain λ)."""
     policy = make_policy(spec)
-    assert policy.spec
+    again = make_policy(policy.spec)
+    assert again.spec == policy.spec
+    if isinstance(policy, T2):
+        assert isinstance(again, T2)
+        for name in T2_OPTIONS:
+            assert getattr(again, name) == getattr(policy, name), (spec, name)
 
 
 @settings(max_examples=100, deadline=None)

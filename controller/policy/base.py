@@ -14,10 +14,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Literal
 
 from controller.aggregate.vote import count_votes
 from controller.pacing import REFERENCE_SAMPLE_PRICE, SAMPLE, ComputePrice
+
+
+def spec_number(x: float) -> str:
+    """A setting as a policy's `spec` writes it: the shortest decimal that reads back as the
+    same float, never an exponent ("0.00005", "100000.1"), so the spec builds the same
+    policy again and the API's grammar (numbers without exponents) accepts it."""
+    text = format(Decimal(repr(float(x))), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 StopReason = Literal[
     "converged",

@@ -42,7 +42,7 @@ from scipy.special import logsumexp, ndtr, xlogy
 
 from controller.aggregate.vote import count_votes
 from controller.pacing import ComputePrice
-from controller.policy.base import Caps, Decision, Policy, PolicyRun
+from controller.policy.base import Caps, Decision, Policy, PolicyRun, spec_number
 from controller.policy.rules import beta_confidence
 
 Histogram = tuple[int, int, int, int]
@@ -293,7 +293,7 @@ class Online(Policy):
         self.seen = 0
         self.pi = flat_prior()
         self._cache: dict[tuple[Histogram, int], tuple[float, float]] = {}
-        self.spec = f"online:{tau:g}"
+        self.spec = f"online:{spec_number(tau)}"
 
     @property
     def cold(self) -> bool:

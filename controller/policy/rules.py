@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from scipy.special import betainc
 
 from controller.pacing import ComputePrice
-from controller.policy.base import Caps, Decision, Policy, PolicyRun, top_two
+from controller.policy.base import Caps, Decision, Policy, PolicyRun, spec_number, top_two
 
 
 def beta_confidence(v1: int, v2: int) -> float:
@@ -91,7 +91,7 @@ class AdaptiveConsistency(Policy):
             raise ValueError("wave must be >= 1")
         self.threshold = threshold
         self.wave = wave
-        self.spec = f"adaptive_consistency:{threshold:g}"
+        self.spec = f"adaptive_consistency:{spec_number(threshold)}"
 
     def start(self, caps: Caps, price: ComputePrice | None = None) -> PolicyRun:
         m = self.pressure(price, caps)
@@ -180,7 +180,7 @@ class Margin(Policy):
         if not (math.isfinite(margin) and margin >= 1):
             raise ValueError("margin m must be >= 1")
         self.margin = float(margin)
-        self.spec = f"margin:{margin:g}"
+        self.spec = f"margin:{spec_number(margin)}"
 
     def start(self, caps: Caps, price: ComputePrice | None = None) -> PolicyRun:
         m = self.pressure(price, caps)

@@ -44,7 +44,7 @@ import numpy as np
 from scipy.special import betainc, betaln, gammaln
 
 from controller.pacing import ComputePrice
-from controller.policy.base import Caps, Decision, Policy, PolicyRun, top_two
+from controller.policy.base import Caps, Decision, Policy, PolicyRun, spec_number, top_two
 from controller.policy.prior import (
     MAX_PAIR_VOTES as MAX_PAIR_VOTES,  # re-exported: the count table's bound
 )
@@ -285,8 +285,24 @@ class T2(Policy):
         self.counts: Counter[tuple[int, int]] = Counter()
         self.seen = 0
         self._table: ValueTable | None = None
-        mode = ",upfront" if upfront else ""
-        self.spec = f"t2:lam={lam:g}{mode}"
+        self.spec = self._spec()
+
+    def _spec(self) -> str:
+        """The spec that builds this policy: λ, then every option the factory parses that is
+        not at its default, so a label (a replay's row, a log line) says what actually ran."""
+        parts = [f"lam={spec_number(self.lam)}"]
+        for key, value, default in (
+            ("value", self.value_per_correct, 1.0), ("wave", self.wave, 1),
+            ("first_wave", self.first_wave, 1), ("refit_every", self.refit_every, 200),
+            ("min_history", self.min_history, 20),
+        ):  # fmt: skip
+            if value != default:
+                parts.append(f"{key}={spec_number(value)}")
+        for flag, on in (("upfront", self.upfront), ("norefit", not self.refit),
+                         ("raw", not self.calibrated)):  # fmt: skip
+            if on:
+                parts.append(flag)
+        return "t2:" + ",".join(parts)
 
     @property
     def own_sample_price(self) -> float:
