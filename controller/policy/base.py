@@ -28,6 +28,7 @@ def spec_number(x: float) -> str:
     text = format(Decimal(repr(float(x))), "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
 
+
 StopReason = Literal[
     "converged",
     "max_samples",
