@@ -2,8 +2,8 @@
 from samples a user already has (a replay file), without sampling again.
 
 Rows are rebuilt as `record` writes them (id, question, gold, samples with text, answer and
-correct); cli.calibrate passes them to the same writers (`write_outputs`): replay.jsonl,
-passk.csv, measured.json and the model's curves.json entry.
+correct); cli.calibrate passes them to the same writers (cli.calibrate_files.write_outputs):
+replay.jsonl, passk.csv, measured.json and the model's curves.json entry.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cli.calibrate import measured_summary as summarize
+from cli.calibrate_files import measured_summary as summarize
 from controller.scaling.data import load_counts
 from controller.scaling.fit import fit_beta_models
 from models import chain

@@ -14,14 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.calibrate import (
-    CalibrateError,
-    EngineStopped,
-    Question,
-    Settings,
-    calibrate,
-    load_questions,
-)
+from cli.calibrate import EngineStopped, Settings, calibrate
+from cli.calibrate_files import CalibrateError, Question, load_questions
 from controller.aggregate.extract import last_number
 from controller.replay.data import load_replay
 from controller.scaling.served import load_served
