@@ -547,6 +547,46 @@ class AppConfig(_Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _tenants_name_known_models(self) -> AppConfig:
+        """A tenant's allowed models and price keys must be configured ids. A misspelt price
+        key leaves the model it meant unpriced, and an unpriced model costs 0: a tenant with a
+        currency budget would use it for free. So such a tenant also needs a price (or a "*"
+        entry) for every model it may use, its route members and reward models included."""
+        served = [m.id for m in self.models]
+        routes = {r.id: r for r in self.routes}
+        pooled = [m.id for m in self.verifier_models]
+        for i, tenant in enumerate(self.tenants):
+            for j, name in enumerate(tenant.models):
+                if name != "*" and name not in served and name not in routes:
+                    raise ValueError(
+                        f"tenants.{i}.models.{j}: unknown model {name!r}; models and routes: "
+                        f"{', '.join(served + list(routes))}"
+                    )
+            priced = tenant.prices.models if tenant.prices is not None else {}
+            for key in priced:
+                if key in routes:
+                    raise ValueError(
+                        f"tenants.{i}.prices.models.{key}: {key!r} is a route; each wave is "
+                        f"billed at the price of the model that drew it, so price those: "
+                        f"{', '.join(routes[key].route)}"
+                    )
+                if key != "*" and key not in served and key not in pooled:
+                    raise ValueError(
+                        f"tenants.{i}.prices.models.{key}: unknown model {key!r}; models: "
+                        f"{', '.join(served + pooled)}"
+                    )
+            if "*" in priced or not _bills_money(tenant):
+                continue
+            for model in _models_billed(tenant, served, routes):
+                if model not in priced:
+                    raise ValueError(
+                        f"tenants.{i}.prices.models: no price for {model!r}, which tenant "
+                        f"{tenant.id!r} may use under a currency budget (unpriced, it would "
+                        "cost 0); give it one, 0 for a free model, or a '*' entry"
+                    )
+        return self
+
     @property
     def model_ids(self) -> list[str]:
         """Every id a client may ask for: served models, then routes."""
@@ -557,6 +597,29 @@ class AppConfig(_Strict):
 
     def route(self, model_id: str) -> RouteConfig | None:
         return next((r for r in self.routes if r.id == model_id), None)
+
+
+def _bills_money(tenant: TenantConfig) -> bool:
+    """Whether any of the tenant's budgets counts money."""
+    for budgets in (tenant.budgets, tenant.user_budgets):
+        if budgets is None:
+            continue
+        units = [b.unit for _, b in budgets.windows()]
+        if budgets.request is not None:
+            units.append(budgets.request.unit)
+        if "currency" in units:
+            return True
+    return False
+
+
+def _models_billed(
+    tenant: TenantConfig, served: list[str], routes: dict[str, RouteConfig]
+) -> list[str]:
+    """The served and reward models a tenant's requests can draw from, in config order."""
+    allowed = served if "*" in tenant.models else [m for m in tenant.models if m in served]
+    members = [m for r in routes.values() if tenant.may_use(r.id) for m in r.route]
+    rewards = [v.model for v in tenant.verifier_list() if v.kind == "reward_model" and v.model]
+    return list(dict.fromkeys([*allowed, *members, *rewards]))
 
 
 def _describe(exc: ValidationError) -> str:

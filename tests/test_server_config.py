@@ -118,3 +118,53 @@ def test_serve_with_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     assert "server.port" in result.output and "Traceback" not in result.output
     missing = CliRunner().invoke(cli, ["serve", "--config", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "cannot read" in missing.output
+
+
+TWO = {
+    "models": [
+        {"id": "small", "path": "models/small"},
+        {"id": "large", "path": "models/large"},
+        {"id": "auto", "route": ["small", "large"]},
+    ],
+}
+DAY = {"day": {"limit": 1.0, "unit": "currency"}}
+
+
+def _tenant(**fields: object) -> dict[str, object]:
+    return {"tenants": [{"id": "a", "api_keys": [{"sha256": hash_key("x")}], **fields}]}
+
+
+@pytest.mark.parametrize(
+    ("tenant", "message"),
+    [
+        (_tenant(models=["small", "lage"]), "tenants.0.models.1: unknown model 'lage'"),
+        (_tenant(prices={"models": {"smal": {"prompt_per_1m": 1}}}),
+         "tenants.0.prices.models.smal: unknown model 'smal'"),
+        (_tenant(prices={"models": {"auto": {"prompt_per_1m": 1}}}),
+         "tenants.0.prices.models.auto: 'auto' is a route"),
+        (_tenant(models=["auto"], budgets=DAY,
+                 prices={"models": {"small": {"prompt_per_1m": 1}}}),
+         "tenants.0.prices.models: no price for 'large'"),
+    ],
+)  # fmt: skip
+def test_a_tenant_names_configured_models_and_prices_what_it_may_bill(
+    tenant: dict[str, object], message: str
+) -> None:
+    """A misspelt price key leaves the model it meant at price 0: with a currency budget the
+    tenant would use it for free, so every model it may draw from needs a price."""
+    with pytest.raises(ConfigError) as err:
+        parse_config({**MINIMAL, **TWO, **tenant})
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "tenant",
+    [
+        _tenant(models=["small"], budgets=DAY, prices={"models": {"small": {}}}),  # 0: free
+        _tenant(budgets=DAY, prices={"models": {"*": {"prompt_per_1m": 1}}}),
+        _tenant(budgets={"day": {"limit": 1e15, "unit": "flops"}}),  # FLOPs need no price
+        _tenant(prices={"models": {"small": {"prompt_per_1m": 1}}}),  # no budget: metered only
+    ],
+)
+def test_priced_or_unmetered_tenants_load(tenant: dict[str, object]) -> None:
+    assert parse_config({**MINIMAL, **TWO, **tenant}).tenants[0].id == "a"

@@ -88,6 +88,7 @@ async def test_the_api_answers_an_unreachable_store_with_503(
                     "id": "acme",
                     "api_keys": [{"sha256": hash_key("k")}],
                     "budgets": {"day": {"limit": 1e6}},
+                    "prices": {"models": {"m": {"prompt_per_1m": 1.0, "completion_per_1m": 1.0}}},
                 }
             ],
         },
