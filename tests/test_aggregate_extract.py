@@ -149,6 +149,9 @@ def test_every_extractor_is_in_the_table_with_and_without_an_answer() -> None:
         ("0.30000000000000004", "0.3"),
         ("33.333333333333336", "33.33333333333333"),  # one value, two computation orders
         ("1e-05", "0.00001"),  # how a program prints a small float
+        ("(B)", "B"),  # a multiple-choice option as "the answer is (B)" leaves it
+        ("[c]", "C."),
+        ("(3)", "3"),
         ("2.5e+16", "25,000,000,000,000,000"),
     ],
 )
@@ -170,6 +173,9 @@ def test_normalisation_equates(a: str, b: str) -> None:
         ("12345678901234567", "12345678901234568"),  # whole numbers keep every digit
         ("0.123456789012", "0.123456789013"),  # 12 significant digits are kept as written
         ("33.333333333333336", "100/3"),  # a rounded decimal is not the exact fraction
+        ("(3)/(4)", "3"),  # two groups, not one enclosed answer: still the fraction 3/4
+        ("()", "0"),
+        ("(2, 3)", "[2, 3]"),  # an open interval is not a closed one
     ],
 )
 def test_normalisation_distinguishes(a: str, b: str) -> None:

@@ -7,7 +7,8 @@ significant digits is first rounded to them, so a program's "109.00000000000001"
 everything else compares case- and whitespace-insensitively after stripping simple LaTeX
 wrappers. Dates such as "05/01/2021" are not fractions: a numeric date is only zero-padded
 ("5/1/2021" == "05/01/2021"), never reordered, so a day-first and a month-first tenant both
-keep their meaning.
+keep their meaning. Brackets around a one-token answer go ("(B)" is "B"); around a tuple or
+an interval they stay ("(2, 3)" is not "[2, 3]").
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ FLOAT_DIGITS = 12
 ("109.00000000000001", "33.333333333333336"), and the noise in the last few would split one
 value into several vote keys and miss its gold; no one writes an answer with more than 12."""
 _NUMBER = re.compile(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+_ENCLOSED = re.compile(r"\(([^()\[\],\s]+)\)|\[([^()\[\],\s]+)\]")
+"""One token in brackets: an option "(B)", a number "(3)"; never a tuple or an interval."""
 _DATE_YEAR_LAST = re.compile(r"(\d{1,2})([/.-])(\d{1,2})\2(\d{4})")
 _DATE_YEAR_FIRST = re.compile(r"(\d{4})([/.-])(\d{1,2})\2(\d{1,2})")
 _UNIT_WORDS = re.compile(
@@ -120,6 +123,9 @@ def normalize_answer(text: str | None) -> str | None:
     s = strip_latex(str(text))
     s = _SPACES.sub(" ", s).strip()
     s = s.rstrip(".").strip()
+    enclosed = _ENCLOSED.fullmatch(s)
+    if enclosed:  # "(B)" is the option "B"; "(3)/(4)" is not one enclosed group
+        s = next(g for g in enclosed.groups() if g is not None)
     if not s:
         return None
     number = normalize_number_text(s)
