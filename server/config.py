@@ -552,7 +552,7 @@ class AppConfig(_Strict):
         """A tenant's allowed models and price keys must be configured ids. A misspelt price
         key leaves the model it meant unpriced, and an unpriced model costs 0: a tenant with a
         currency budget would use it for free. So such a tenant also needs a price (or a "*"
-        entry) for every model it may use, its route members and reward models included."""
+        entry) for every model it may use, its route members and verifier models included."""
         served = [m.id for m in self.models]
         routes = {r.id: r for r in self.routes}
         pooled = [m.id for m in self.verifier_models]
@@ -615,11 +615,14 @@ def _bills_money(tenant: TenantConfig) -> bool:
 def _models_billed(
     tenant: TenantConfig, served: list[str], routes: dict[str, RouteConfig]
 ) -> list[str]:
-    """The served and reward models a tenant's requests can draw from, in config order."""
+    """The models a tenant's requests can be billed for, in config order: the served models it
+    may ask for, its routes' members, and the models its reward-model and judge verifiers
+    run on."""
     allowed = served if "*" in tenant.models else [m for m in tenant.models if m in served]
     members = [m for r in routes.values() if tenant.may_use(r.id) for m in r.route]
-    rewards = [v.model for v in tenant.verifier_list() if v.kind == "reward_model" and v.model]
-    return list(dict.fromkeys([*allowed, *members, *rewards]))
+    scorers = [v.model for v in tenant.verifier_list()
+               if v.kind in ("reward_model", "judge") and v.model]  # fmt: skip
+    return list(dict.fromkeys([*allowed, *members, *scorers]))
 
 
 def _describe(exc: ValidationError) -> str:

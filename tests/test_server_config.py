@@ -168,3 +168,12 @@ def test_a_tenant_names_configured_models_and_prices_what_it_may_bill(
 )
 def test_priced_or_unmetered_tenants_load(tenant: dict[str, object]) -> None:
     assert parse_config({**MINIMAL, **TWO, **tenant}).tenants[0].id == "a"
+
+
+def test_a_judge_verifiers_model_needs_a_price_under_a_currency_budget() -> None:
+    """A judge's calls are billed like generation, at its model's price."""
+    judge = {"kind": "judge", "model": "large"}
+    tenant = _tenant(models=["small"], budgets=DAY, verifier=judge,
+                     prices={"models": {"small": {"prompt_per_1m": 1}}})  # fmt: skip
+    with pytest.raises(ConfigError, match="no price for 'large'"):
+        parse_config({**MINIMAL, **TWO, **tenant})
