@@ -15,9 +15,9 @@ from typing import Literal
 
 Method = Literal["majority", "logprob", "verifier", "best_of_n", "vote_score"]
 METHODS: tuple[str, ...] = ("majority", "logprob", "verifier", "best_of_n", "vote_score")
-
 VERIFIED: tuple[str, ...] = ("verifier", "best_of_n", "vote_score")
 """The methods that need a verifier's scores (they fall back to majority without them)."""
+
 
 def check_method(name: str) -> str:
     """`name` if it is an aggregation method, else a ValueError listing them."""

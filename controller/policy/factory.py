@@ -59,22 +59,12 @@ def _spec_pattern() -> str:
 SPEC_PATTERN = _spec_pattern()
 
 
-_ROUTE_T2_OPTIONS = frozenset({"lam", "lambda"})
-"""What a route's router takes from a t2 spec: λ, the price of one sample of its first model.
-The router chooses its own waves and uses its models' calibration, not t2's online prior, so
-every other t2 option would be ignored there."""
-
-
 def ignored_on_a_route(spec: str) -> list[str]:
-    """The options of a t2 spec a route's router would ignore (all but λ), as written."""
-    _, _, params = spec.strip().partition(":")
-    words = []
-    for part in filter(None, (p.strip() for p in params.split(","))):
-        key, eq, _ = part.partition("=")
-        key = key.strip().lower()
-        if (eq or key in _T2_FLAGS) and key not in _ROUTE_T2_OPTIONS:
-            words.append(key)
-    return words
+    """The options of a t2 spec a route's router would ignore: all but λ. The router picks its
+    own waves from its models' calibration, not t2's online prior. Read off the policy's own
+    spec, which lists every option set off its default (a malformed spec raises ValueError)."""
+    options = make_policy(spec).spec.partition(":")[2].split(",")
+    return [o.partition("=")[0] for o in options if not o.startswith("lam=")]
 
 
 def check_spec(spec: str) -> str:

@@ -162,17 +162,14 @@ def parse_lines(
     questions: list[ReplayQuestion] = []
     skipped: list[int] = []
     for number, raw in enumerate(lines, start=1):
-        if skip_empty and raw.strip():
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError:
-                obj = None
-            if isinstance(obj, dict) and obj.get("samples") == []:
-                skipped.append(number)
-                continue
-        question = parse_question(raw, number, extractor, where, named, keep_empty=keep_empty)
-        if question is not None:
-            questions.append(question)
+        question = parse_question(raw, number, extractor, where, named,
+                                  keep_empty=keep_empty or skip_empty)  # fmt: skip
+        if question is None:
+            continue
+        if skip_empty and not keep_empty and not question.samples:
+            skipped.append(number)
+            continue
+        questions.append(question)
     if not questions:
         raise ReplayDataError(f"{where}: no questions")
     return questions, skipped
