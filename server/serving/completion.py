@@ -262,8 +262,9 @@ class CompletionService:
         return body.prompts(), "text"
 
     def check_model(self, tenant: TenantConfig, model: str) -> None:
-        """404 for an unknown model, 403 for one the tenant may not use (for a route: or any
-        model it routes to), 503 while it (any model it routes to) starts."""
+        """404 for an unknown model, 403 for one the tenant may not use (config ensures a
+        tenant allowed a route may use its models), 503 while it (any model it routes to)
+        starts."""
         self.state.engine(model)  # 404 first: an unknown model is not a forbidden one
         if not tenant.may_use(model):
             raise APIError(
@@ -274,15 +275,6 @@ class CompletionService:
             )
         route = self.state.route(model)
         members = [c.model for c in route.candidates] if route is not None else [model]
-        for member in members:
-            if not tenant.may_use(member):
-                raise APIError(
-                    403,
-                    f"Tenant '{tenant.id}' may not use the model '{member}', which the route "
-                    f"'{model}' routes to.",
-                    param="model",
-                    code="model_not_allowed",
-                )
         starting = [m for m in members if not self.state.engine(m).ready()]
         if starting:
             which = "" if route is None else f" (for '{', '.join(starting)}')"
