@@ -54,6 +54,7 @@ EXAMPLES: dict[str, Any] = {
     "response_format": {"type": "json_object"},
     "logprobs": True,
     "top_logprobs": 2,
+    "request_id": "table-row",
 }
 TEXT_ONLY = {"prompt": "Q: 1+2-3=?", "echo": True}
 CHAT_ONLY = {"messages", "max_completion_tokens", "top_logprobs"}
@@ -189,6 +190,8 @@ async def _effect(
     elif field == "seed":  # the same seed draws the same samples (in any order: same votes)
         again = (await post(http, path, body(seed=EXAMPLES["seed"]))).json()["t2"]
         assert (again["answer"], again["votes"]) == (t2["answer"], t2["votes"])
+    elif field == "request_id":
+        assert out["id"] == ("chatcmpl-" if "chat" in path else "cmpl-") + "table-row"
     elif field == "temperature":  # greedy decoding draws one sample
         greedy = (await post(http, path, body(temperature=0))).json()
         assert greedy["t2"]["samples"] == 1

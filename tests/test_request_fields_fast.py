@@ -120,6 +120,9 @@ async def test_response_format_and_json_field_vote(
         ("stop_token_ids", [-1]),
         ("stop_token_ids", ["a"]),
         ("ignore_eos", "yes"),
+        ("request_id", "two words"),
+        ("request_id", "x" * 129),
+        ("request_id", 7),
         ("response_format", {"type": "yaml"}),
         ("top_logprobs", 3),  # without logprobs
         ("top_logprobs", 21),
@@ -134,3 +137,25 @@ async def test_bad_values_are_400s_naming_the_field(
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"].split(".")[0] == field, r.text
     assert engine.calls == []
+
+
+async def test_a_request_id_names_the_response_as_in_vllm(
+    served: tuple[httpx.AsyncClient, ScriptedEngine],
+) -> None:
+    """`request_id` (or an X-Request-Id header, which wins) becomes the response's id; the
+    engine requests get a random part too, so two requests with one id do not collide."""
+    http, engine = served
+    first = await http.post("/chat/completions", json=chat(request_id="trace-42"))
+    again = await http.post("/chat/completions", json=chat(request_id="trace-42"))
+    assert first.json()["id"] == again.json()["id"] == "chatcmpl-trace-42"
+    ids = {call.request_id for call in engine.calls}
+    assert all(i.startswith("chatcmpl-trace-42-") for i in ids) and len(ids) >= 4
+    body = {"model": MODEL, "prompt": "Q: 1+1=?", "max_tokens": 8, "request_id": "body"}
+    text = await http.post("/completions", json=body, headers={"X-Request-Id": "header"})
+    assert text.json()["id"] == "cmpl-header"
+    async with http.stream("POST", "/chat/completions",
+                           json=chat(stream=True, request_id="s-1")) as r:  # fmt: skip
+        chunks = [line async for line in r.aiter_lines() if line.startswith("data: {")]
+    assert chunks and all('"id":"chatcmpl-s-1"' in c.replace(" ", "") for c in chunks)
+    bad = await http.post("/chat/completions", json=chat(), headers={"X-Request-Id": "a b"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request_id"

@@ -84,6 +84,9 @@ TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), Integral]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 Bias = Annotated[float, Field(ge=-100, le=100)]
 TokenKey = Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]
+REQUEST_ID_PATTERN = r"^[!-~]{1,128}$"
+"""A client's request id: printable ASCII without spaces, as it goes into logs and the id."""
+ClientRequestId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN)]
 
 
 class T2Options(BaseModel):
@@ -213,7 +216,6 @@ IGNORED_FIELDS = (
     "store",
     "service_tier",
     "parallel_tool_calls",
-    "request_id",
     "session_id",
     "cache_salt",
     "priority",
@@ -322,7 +324,11 @@ class SamplingRequest(BaseModel):
     store: Any = Field(default=None, description="accepted and ignored")
     service_tier: Any = Field(default=None, description="accepted and ignored")
     parallel_tool_calls: Any = Field(default=None, description="accepted and ignored")
-    request_id: Any = Field(default=None, description="accepted and ignored")
+    request_id: ClientRequestId | None = Field(
+        default=None,
+        description="the response's id is 'chatcmpl-' (chat) or 'cmpl-' + this, as in vLLM; an "
+        "X-Request-Id header takes precedence",
+    )
     session_id: Any = Field(default=None, description="accepted and ignored")
     cache_salt: Any = Field(default=None, description="accepted and ignored")
     priority: Any = Field(default=None, description="accepted and ignored")

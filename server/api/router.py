@@ -3,12 +3,15 @@ completion service, and send what it returns. Nothing imports this module but th
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from server.api import sse
 from server.api.deps import Tenant, get_state
 from server.api.protocol import (
+    REQUEST_ID_PATTERN,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
@@ -60,6 +63,22 @@ async def chat_completions(
     return await _complete(body, request, tenant)
 
 
+def _with_header_id(
+    body: ChatCompletionRequest | CompletionRequest, request: Request
+) -> ChatCompletionRequest | CompletionRequest:
+    """An X-Request-Id header names the request as vLLM's servers take it: over `request_id`."""
+    header = request.headers.get("x-request-id")
+    if header is None:
+        return body
+    if re.fullmatch(REQUEST_ID_PATTERN, header) is None:
+        raise APIError(
+            400,
+            "The X-Request-Id header must be 1-128 printable ASCII characters without spaces.",
+            code="invalid_request_id",
+        )
+    return body.model_copy(update={"request_id": header})
+
+
 @router.post("/v1/completions", response_model=CompletionResponse)
 async def completions(body: CompletionRequest, request: Request, tenant: Tenant) -> Response:
     return await _complete(body, request, tenant)
@@ -69,6 +88,7 @@ async def _complete(
     body: ChatCompletionRequest | CompletionRequest, request: Request, tenant: TenantConfig
 ) -> Response:
     request.state.model = body.model
+    body = _with_header_id(body, request)
     bind_user(body.user)  # spend logs and per-user budgets (server.billing.identity)
     service = CompletionService(get_state(request))
     if body.stream:

@@ -300,7 +300,7 @@ class CompletionService:
             jobs, reply = await asyncio.to_thread(self._jobs, tenant, body)
         else:  # a thread hop costs more than rendering and tokenizing a short prompt
             jobs, reply = self._jobs(tenant, body)
-        bind_request(reply.id)  # rpm counts this HTTP request once, whatever its jobs
+        bind_request(reply.key)  # rpm counts this HTTP request once, whatever its jobs
         return RunGroup(self.state, tenant, body.model, jobs), reply
 
     def _jobs(
@@ -310,7 +310,7 @@ class CompletionService:
         param = "messages" if kind == "chat" else "prompt"
         if any(not p for p in prompts):
             raise bad_request("The prompt is empty.", param=param)
-        request_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+        reply_id, request_id = _ids(kind, body.request_id)
         config = self.state.config
         route = config.route(body.model)
         jobs: list[SamplingJob] | list[RoutedJob]
@@ -328,7 +328,8 @@ class CompletionService:
                 for c in range(body.n)
             ]
         echo = prompts if isinstance(body, CompletionRequest) and body.echo else None
-        reply = Reply(request_id, kind, body.model, echo, body.n)
+        reply = Reply(reply_id, kind, body.model, echo, body.n)
+        reply.key = request_id
         reply.top_logprobs = body.top_logprobs_asked()
         reply.include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return jobs, reply
@@ -366,6 +367,7 @@ class Reply:
         self, request_id: str, kind: Kind, model: str, echo: list[str] | None, per_prompt: int
     ) -> None:
         self.id, self.kind, self.model, self.echo = request_id, kind, model, echo
+        self.key = request_id  # unique per request, unlike a client's id: what jobs are named by
         self.per_prompt = per_prompt
         self.created = int(time.time())
         self.top_logprobs: int | None = None  # None: the client asked for no logprobs
@@ -647,6 +649,17 @@ def t2_summary(outcomes: list[Outcome]) -> T2Summary:
         summary.billed_completion_tokens = sum(o.completion_tokens for o in outcomes)
         summary.choices = [_summary(o) for o in outcomes]
     return summary
+
+
+def _ids(kind: Kind, client_id: str | None) -> tuple[str, str]:
+    """The response's id ("chatcmpl-" or "cmpl-" + the client's request id, as vLLM names it)
+    and the unique key its jobs, engine requests and spend records are named by: a client's id
+    may repeat, so the key adds a random part to it."""
+    prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
+    if client_id is None:
+        own = prefix + uuid.uuid4().hex[:24]
+        return own, own
+    return prefix + client_id, f"{prefix}{client_id}-{uuid.uuid4().hex[:12]}"
 
 
 def _request_id(job: SamplingJob | RoutedJob) -> str:
