@@ -77,6 +77,26 @@ def test_the_table_lists_every_declared_field_once() -> None:
     assert {f for f, s in rows.items() if s == "ignored"} == set(IGNORED_FIELDS)
 
 
+def test_every_field_vllm_and_openai_declare_is_declared() -> None:
+    """A field the protocol does not declare is dropped unread (extra="ignore"): one that
+    vLLM or OpenAI added later would be silently ignored. So every request field of the
+    installed vLLM and openai packages must be declared here, hence be in the table."""
+    from openai.types import completion_create_params as text_params
+    from openai.types.chat import completion_create_params as chat_params
+    from vllm.entrypoints.openai.chat_completion.protocol import (
+        ChatCompletionRequest as VllmChat,
+    )
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest as VllmText
+
+    def keys(typed: type) -> set[str]:
+        return {k for base in typed.__mro__ for k in getattr(base, "__annotations__", {})}
+
+    chat_known = set(VllmChat.model_fields) | keys(chat_params.CompletionCreateParamsBase)
+    text_known = set(VllmText.model_fields) | keys(text_params.CompletionCreateParamsBase)
+    assert chat_known - set(ChatCompletionRequest.model_fields) == set()
+    assert text_known - set(CompletionRequest.model_fields) == set()
+
+
 def chat(**extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": MODEL,

@@ -209,6 +209,13 @@ REFUSED_FIELDS: dict[str, tuple[Any, ...]] = {
     "best_of": (None, 1),
     "add_special_tokens": (None,),
     "return_token_ids": (None, False),
+    "watermarking": (None, False),
+    "prompt_embeds": (None,),
+    "return_prompt_text": (None, False),
+    "return_token_offsets": (None, False),
+    "media_io_kwargs": (None,),
+    "ec_transfer_params": (None,),
+    "moderation": (None,),
 }
 # Fields that do not change what is generated: accepted and ignored (documented).
 IGNORED_FIELDS = (
@@ -225,6 +232,11 @@ IGNORED_FIELDS = (
     "prompt_cache_options",
     "safety_identifier",
     "verbosity",
+    "stream_interval",
+    "truncation_side",
+    "mm_payload",
+    "return_mm_kwargs",
+    "routed_experts_prompt_start",
 )
 
 
@@ -320,6 +332,13 @@ class SamplingRequest(BaseModel):
     best_of: Any = None
     add_special_tokens: Any = None
     return_token_ids: Any = None
+    watermarking: Any = None
+    prompt_embeds: Any = None
+    return_prompt_text: Any = None
+    return_token_offsets: Any = None
+    media_io_kwargs: Any = None
+    ec_transfer_params: Any = None
+    moderation: Any = None
     metadata: Any = Field(default=None, description="accepted and ignored")
     store: Any = Field(default=None, description="accepted and ignored")
     service_tier: Any = Field(default=None, description="accepted and ignored")
@@ -338,6 +357,11 @@ class SamplingRequest(BaseModel):
     prompt_cache_options: Any = Field(default=None, description="accepted and ignored")
     safety_identifier: Any = Field(default=None, description="accepted and ignored")
     verbosity: Any = Field(default=None, description="accepted and ignored")
+    stream_interval: Any = Field(default=None, description="accepted and ignored")
+    truncation_side: Any = Field(default=None, description="accepted and ignored")
+    mm_payload: Any = Field(default=None, description="accepted and ignored")
+    return_mm_kwargs: Any = Field(default=None, description="accepted and ignored")
+    routed_experts_prompt_start: Any = Field(default=None, description="accepted and ignored")
 
     @field_validator(*REFUSED_FIELDS, mode="before")
     @classmethod
