@@ -93,7 +93,8 @@ class ScriptedEngine:
         return resolve_params(SamplingDefaults(), **overrides)
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+        named = [(m["role"] + (f":{m['name']}" if "name" in m else ""), m) for m in messages]
+        return "".join(f"<{who}>{m['content']}" for who, m in named) + "<assistant>"
 
     def count_tokens(self, prompt: str) -> int:
         return len(prompt)

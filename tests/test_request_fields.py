@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
@@ -19,7 +19,9 @@ from server.api.protocol import (
     IGNORED_FIELDS,
     REFUSED_FIELDS,
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
+    StreamOptions,
 )
 from tests.fixtures.server import DEMO_KEY, MODEL, LiveServer
 
@@ -79,14 +81,21 @@ def test_the_table_lists_every_declared_field_once() -> None:
 
 def test_every_field_vllm_and_openai_declare_is_declared() -> None:
     """A field the protocol does not declare is dropped unread (extra="ignore"): one that
-    vLLM or OpenAI added later would be silently ignored. So every request field of the
-    installed vLLM and openai packages must be declared here, hence be in the table."""
+    vLLM or OpenAI added later would be silently ignored. So every request, message and
+    stream-options field of the installed vllm and openai packages must be declared here
+    (and a request field is then in the table)."""
     from openai.types import completion_create_params as text_params
+    from openai.types.chat import (
+        ChatCompletionMessageParam,
+        ChatCompletionStreamOptionsParam,
+    )
     from openai.types.chat import completion_create_params as chat_params
+    from vllm.entrypoints.generate.base.protocol import StreamOptions as VllmStreamOptions
     from vllm.entrypoints.openai.chat_completion.protocol import (
         ChatCompletionRequest as VllmChat,
     )
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest as VllmText
+    from vllm.renderers.chat_utils import CustomChatCompletionMessageParam as VllmMessage
 
     def keys(typed: type) -> set[str]:
         return {k for base in typed.__mro__ for k in getattr(base, "__annotations__", {})}
@@ -95,6 +104,11 @@ def test_every_field_vllm_and_openai_declare_is_declared() -> None:
     text_known = set(VllmText.model_fields) | keys(text_params.CompletionCreateParamsBase)
     assert chat_known - set(ChatCompletionRequest.model_fields) == set()
     assert text_known - set(CompletionRequest.model_fields) == set()
+    messages = {k for m in get_args(ChatCompletionMessageParam) for k in keys(m)}
+    messages |= keys(VllmMessage)
+    assert messages - set(ChatMessage.model_fields) == set()
+    stream_known = keys(ChatCompletionStreamOptionsParam) | set(VllmStreamOptions.model_fields)
+    assert stream_known - set(StreamOptions.model_fields) == set()
 
 
 def chat(**extra: Any) -> dict[str, Any]:

@@ -159,3 +159,31 @@ async def test_a_request_id_names_the_response_as_in_vllm(
     assert chunks and all('"id":"chatcmpl-s-1"' in c.replace(" ", "") for c in chunks)
     bad = await http.post("/chat/completions", json=chat(), headers={"X-Request-Id": "a b"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request_id"
+
+
+async def test_message_fields_render_or_are_refused_never_dropped(
+    served: tuple[httpx.AsyncClient, ScriptedEngine],
+) -> None:
+    """A message's `name` reaches the chat template; what a template would render but
+    t2serve does not pass on (tool calls, reasoning, ...) is a 400 naming it unless null, so
+    a previous response's message, nulls and all, can be sent back."""
+    http, engine = served
+    named = [{"role": "user", "name": "ann", "content": "Q: 7+8-9=?"}]
+    assert (await http.post("/chat/completions", json=chat(messages=named))).status_code == 200
+    assert engine.calls[-1].prompt.text.startswith("<user:ann>Q: 7+8-9=?")
+    first = await http.post("/chat/completions", json=chat())
+    echoed = {**first.json()["choices"][0]["message"], "refusal": None, "tool_calls": None,
+              "function_call": None, "audio": None, "annotations": []}  # fmt: skip
+    turn = [chat()["messages"][0], echoed, {"role": "user", "content": "And 1+1?"}]
+    assert (await http.post("/chat/completions", json=chat(messages=turn))).status_code == 200
+    for field, value in [("tool_calls", [{"id": "c", "type": "function"}]),
+                         ("reasoning_content", "so"), ("tool_call_id", "c")]:  # fmt: skip
+        bad = [{"role": "assistant", "content": "x", field: value}]
+        r = await http.post("/chat/completions", json=chat(messages=bad))
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == f"messages.0.{field}", r.text
+        assert r.json()["error"]["code"] == "unsupported_parameter"
+    usage = {"include_usage": True, "continuous_usage_stats": True}
+    r = await http.post("/chat/completions", json=chat(stream=True, stream_options=usage))
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "stream_options.continuous_usage_stats"

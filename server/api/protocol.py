@@ -20,6 +20,7 @@ non-streamed body and the streamed chunks cannot drift apart.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -124,11 +125,48 @@ class TextPart(BaseModel):
     text: Text
 
 
+MESSAGE_REFUSED_FIELDS: dict[str, tuple[Any, ...]] = {
+    "tool_calls": (None, []),
+    "function_call": (None,),
+    "tool_call_id": (None,),
+    "audio": (None,),
+    "refusal": (None,),
+    "reasoning": (None,),
+    "reasoning_content": (None,),
+    "tools": (None, []),
+    "task": (None,),
+}
+"""A message's fields that a chat template would render and t2serve does not pass on: refused
+unless off (null, as a previous response's message carries them), never dropped unread."""
+
+
 class ChatMessage(BaseModel):
     model_config = STRICT
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
     name: Text | None = None
+    tool_calls: Any = None
+    function_call: Any = None
+    tool_call_id: Any = None
+    audio: Any = None
+    refusal: Any = None
+    reasoning: Any = None
+    reasoning_content: Any = None
+    tools: Any = None
+    task: Any = None
+    annotations: Any = Field(default=None, description="accepted and ignored (output only)")
+
+    @field_validator(*MESSAGE_REFUSED_FIELDS, mode="before")
+    @classmethod
+    def _refuse(cls, value: Any, info: Any) -> Any:
+        return _unsupported(str(info.field_name), value, MESSAGE_REFUSED_FIELDS)
+
+    def rendered(self) -> dict[str, str]:
+        """What the chat template gets: role, text and, when given, the author's name."""
+        out = {"role": self.role, "content": self.text()}
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
     def text(self) -> str:
         if self.content is None:
@@ -138,9 +176,20 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+STREAM_REFUSED_FIELDS: dict[str, tuple[Any, ...]] = {"continuous_usage_stats": (None, False)}
+"""vLLM's usage on every chunk: t2serve sends usage once, last (`include_usage`)."""
+
+
 class StreamOptions(BaseModel):
     model_config = STRICT
     include_usage: bool | None = None
+    continuous_usage_stats: Any = Field(default=None, description="refused unless false")
+    include_obfuscation: Any = Field(default=None, description="accepted and ignored")
+
+    @field_validator("continuous_usage_stats", mode="before")
+    @classmethod
+    def _refuse(cls, value: Any) -> Any:
+        return _unsupported("continuous_usage_stats", value, STREAM_REFUSED_FIELDS)
 
 
 Stop = NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=MAX_STOP_SEQUENCES)] | None
@@ -251,8 +300,10 @@ def _off_values_schema(schema: dict[str, Any]) -> None:
             }
 
 
-def _unsupported(name: str, value: Any) -> Any:
-    if any(value == off and type(value) is type(off) for off in REFUSED_FIELDS[name]):
+def _unsupported(
+    name: str, value: Any, refused: Mapping[str, tuple[Any, ...]] = REFUSED_FIELDS
+) -> Any:
+    if any(value == off and type(value) is type(off) for off in refused[name]):
         return value
     raise PydanticCustomError(
         "unsupported_parameter",

@@ -246,7 +246,7 @@ class CompletionService:
         """The prompts to answer, rendered with the model's chat template for chat requests."""
         if isinstance(body, ChatCompletionRequest):
             engine = self.state.engine(body.model)
-            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            messages = [m.rendered() for m in body.messages]
             try:
                 prompt = engine.chat_prompt(messages)
             except APIError:
