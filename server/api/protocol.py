@@ -85,8 +85,9 @@ TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), Integral]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 Bias = Annotated[float, Field(ge=-100, le=100)]
 TokenKey = Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]
-REQUEST_ID_PATTERN = r"^[!-~]{1,128}$"
-"""A client's request id: printable ASCII without spaces, as it goes into logs and the id."""
+REQUEST_ID_PATTERN = r"^[ -~]{1,256}$"
+"""A client's request id: printable ASCII (it goes into logs and the response's id); loose
+enough for the ids proxies put in X-Request-Id, which a request cannot choose."""
 ClientRequestId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN)]
 
 

@@ -73,7 +73,7 @@ def _with_header_id(
     if re.fullmatch(REQUEST_ID_PATTERN, header) is None:
         raise APIError(
             400,
-            "The X-Request-Id header must be 1-128 printable ASCII characters without spaces.",
+            "The X-Request-Id header must be 1-256 printable ASCII characters.",
             code="invalid_request_id",
         )
     return body.model_copy(update={"request_id": header})
