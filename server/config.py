@@ -284,6 +284,9 @@ class TenantConfig(_Strict):
     alerts: AlertSettings | None = None
 
     def may_use(self, model: str) -> bool:
+        """Whether the tenant may ask for `model` (a served model or a route) by name. A route
+        it may use draws from the route's models whether or not they are listed too: an
+        operator can offer `auto` without offering the dear model behind it directly."""
         return "*" in self.models or model in self.models
 
     def verifier_list(self) -> list[VerifierConfig]:
@@ -549,12 +552,10 @@ class AppConfig(_Strict):
 
     @model_validator(mode="after")
     def _tenants_name_known_models(self) -> AppConfig:
-        """A tenant's allowed models and price keys must be configured ids, and a route it may
-        use must draw only from models it may use (else every request to the route is a 403).
-        A misspelt price key leaves the model it meant unpriced, and an unpriced model costs 0:
-        a tenant with a currency budget would use it for free. So such a tenant also needs a
-        price (or a "*" entry) for every model it may use, its route members and verifier
-        models included."""
+        """A tenant's allowed models and price keys must be configured ids. A misspelt price
+        key leaves the model it meant unpriced, and an unpriced model costs 0: a tenant with a
+        currency budget would use it for free. So such a tenant also needs a price (or a "*"
+        entry) for every model it may use, its routes' members and verifier models included."""
         served = [m.id for m in self.models]
         routes = {r.id: r for r in self.routes}
         pooled = [m.id for m in self.verifier_models]
@@ -564,14 +565,6 @@ class AppConfig(_Strict):
                     raise ValueError(
                         f"tenants.{i}.models.{j}: unknown model {name!r}; models and routes: "
                         f"{', '.join(served + list(routes))}"
-                    )
-                route = routes.get(name)
-                barred = [m for m in route.route if not tenant.may_use(m)] if route else []
-                if barred:  # every request to the route would be a 403 naming one of them
-                    raise ValueError(
-                        f"tenants.{i}.models.{j}: route {name!r} draws from "
-                        f"{', '.join(map(repr, barred))}, which tenant {tenant.id!r} may not "
-                        "use; list the route's models too, or drop the route"
                     )
             priced = tenant.prices.models if tenant.prices is not None else {}
             for key in priced:

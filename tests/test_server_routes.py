@@ -50,7 +50,7 @@ async def test_models_and_readiness_per_model(chain_pair: ChainPair) -> None:
     narrow = await http.get(
         f"{server.v1}/models", headers={"Authorization": f"Bearer {NARROW_KEY}"}
     )
-    assert [m["id"] for m in narrow.json()["data"]] == [SMALL]
+    assert [m["id"] for m in narrow.json()["data"]] == [SMALL, "auto"]
     card = await http.get(f"{server.v1}/models/auto", headers={"Authorization": f"Bearer {KEY}"})
     assert card.status_code == 200 and card.json()["id"] == "auto"
 
@@ -122,14 +122,21 @@ async def test_cascade_bills_each_wave_to_the_model_that_drew_it(chain_pair: Cha
     assert _routed(LARGE, "true") - before[LARGE] == len(escalated)
 
 
-async def test_a_route_the_tenant_may_not_use_is_403(chain_pair: ChainPair) -> None:
+async def test_a_tenant_allowed_a_route_draws_from_its_models_but_not_by_name(
+    chain_pair: ChainPair,
+) -> None:
+    """`models: [small, auto]` offers the route, whose waves may run on the large model, but
+    not the large model asked for by name, nor a route it does not list."""
     http, server = chain_pair.http, chain_pair.server
-    resp = await ask(http, server, "auto", NARROW_KEY, (1, 1, 1, 1))
-    assert resp.status_code == 403
-    err = resp.json()["error"]
-    assert err["code"] == "model_not_allowed" and "'auto'" in err["message"]
-    assert err["param"] == "model"
-    assert (await ask(http, server, "cascade", NARROW_KEY, (1, 1, 1, 1))).status_code == 403
+    resp = await ask(http, server, "auto", NARROW_KEY, (1, 1, 1, 1), policy="t2:lam=0")
+    assert resp.status_code == 200, resp.text
+    assert LARGE in {w["model"] for w in resp.json()["t2"]["route"]["waves"]}
+    for model in (LARGE, "cascade"):
+        resp = await ask(http, server, model, NARROW_KEY, (1, 1, 1, 1))
+        assert resp.status_code == 403
+        err = resp.json()["error"]
+        assert err["code"] == "model_not_allowed" and f"'{model}'" in err["message"]
+        assert err["param"] == "model"
 
 
 async def test_a_route_refuses_options_it_cannot_honour(chain_pair: ChainPair) -> None:
