@@ -183,6 +183,11 @@ async def test_message_fields_render_or_are_refused_never_dropped(
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == f"messages.0.{field}", r.text
         assert r.json()["error"]["code"] == "unsupported_parameter"
+    image = [{"type": "image_url", "image_url": {"url": "http://x"}}]
+    r = await http.post("/chat/completions",
+                        json=chat(messages=[{"role": "user", "content": image}]))  # fmt: skip
+    assert r.status_code == 400 and "'image_url'" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "messages.0.content"
     usage = {"include_usage": True, "continuous_usage_stats": True}
     r = await http.post("/chat/completions", json=chat(stream=True, stream_options=usage))
     assert r.status_code == 400

@@ -162,6 +162,22 @@ class ChatMessage(BaseModel):
     def _refuse(cls, value: Any, info: Any) -> Any:
         return _unsupported(str(info.field_name), value, MESSAGE_REFUSED_FIELDS)
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value: Any) -> Any:
+        """An image, audio or file part gets a 400 that says so, not "must be a string"."""
+        if isinstance(value, list):
+            for part in value:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if isinstance(kind, str) and kind != "text":
+                    raise PydanticCustomError(
+                        "unsupported_parameter",
+                        "content parts of type '{kind}' are not supported by t2serve: its "
+                        "models take text parts only",
+                        {"kind": kind[:64]},
+                    )
+        return value
+
     def rendered(self) -> dict[str, str]:
         """What the chat template gets: role, text and, when given, the author's name."""
         out = {"role": self.role, "content": self.text()}
