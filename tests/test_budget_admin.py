@@ -197,6 +197,24 @@ async def test_reload_by_http_keeps_in_flight_requests_and_refuses_bad_files(
     assert state.config.tenants[0].budgets.day.limit == 9.0  # the running config is kept
 
 
+async def test_reload_refuses_a_change_of_models(
+    tmp_path: Path, app: FastAPI, client: httpx.AsyncClient, config_file: Path
+) -> None:
+    """Models start once: a reload adding one would list a model that 404s, one removing a
+    model would leave it served; both are refused, naming the ids, and nothing changes."""
+    state = app.state.t2
+    for models in ([{"id": "m", "path": "a"}, {"id": "extra", "path": "b"}],
+                   [{"id": "other", "path": "c"}]):  # fmt: skip
+        changed = {**config_dict(tmp_path, day_limit=7.0), "models": models}
+        write(config_file, changed)
+        refused = await client.post("/admin/reload", headers=auth(ADMIN_KEY))
+        assert refused.status_code == 400, refused.text
+        message = refused.json()["error"]["message"]
+        assert "needs a restart" in message and models[-1]["id"] in message
+        assert [m.id for m in state.config.models] == ["m"]
+        assert state.config.tenants[0].budgets.day.limit == 5.0  # nothing else applied either
+
+
 @pytest.fixture
 def restore_sighup() -> Iterator[None]:
     previous = signal.getsignal(signal.SIGHUP)

@@ -100,18 +100,13 @@ class ServingState:
         return out
 
     def apply(self, config: AppConfig) -> None:
-        """Swap the config in: keys, tenants, budgets. The ledger backend needs a restart."""
+        """Swap the config in: keys, tenants, budgets. The ledger backend and the models
+        need a restart."""
+        self._check_models_kept(config)  # before anything changes: a refusal leaves all as is
         if config.ledger != self.config.ledger:
             log.warning("ledger settings changed; they apply after a restart")
         config = config.model_copy(update={"ledger": self.config.ledger})
-        routes = route_table(config)  # before anything changes: a bad route leaves all as it was
-        for route in routes.values():
-            missing = [c.model for c in route.candidates if c.model not in self.engines]
-            if missing:
-                raise ConfigError(
-                    f"route {route.id!r} routes to {', '.join(missing)}, which this server does "
-                    "not run; new models need a restart"
-                )
+        routes = route_table(config)
         self.file_config = config
         self.routes = routes
         config = self.admin.effective(config)
@@ -119,6 +114,22 @@ class ServingState:
         self.keyring = self.admin.keyring(config)
         self.billing.reload(config)
         metrics.configure_labels(tenants=[t.id for t in config.tenants], models=config.model_ids)
+
+    def _check_models_kept(self, config: AppConfig) -> None:
+        """Engines and reward models start once, at start-up: a reload that adds or removes a
+        served or reward model is refused (it would be listed and 404, or unlisted and still
+        served), naming the ids. A route over running models may be added."""
+        running = [*self.engines, *(m.id for m in self.file_config.verifier_models)]
+        wanted = [m.id for m in config.models] + [m.id for m in config.verifier_models]
+        added = [m for m in wanted if m not in running]
+        removed = [m for m in running if m not in wanted]
+        if added or removed:
+            change = [f"adds {', '.join(added)}"] if added else []
+            change += [f"removes {', '.join(removed)}"] if removed else []
+            raise ConfigError(
+                f"models: the new config {' and '.join(change)}; models start once, so a "
+                "change of models needs a restart"
+            )
 
     def reload_from_file(self) -> tuple[AppConfig, bool]:
         """Load and validate the config file, then apply it; ConfigError leaves all as it was.
