@@ -215,6 +215,17 @@ async def test_reload_refuses_a_change_of_models(
         assert state.config.tenants[0].budgets.day.limit == 5.0  # nothing else applied either
 
 
+async def test_reload_warns_that_a_models_new_settings_wait_for_a_restart(
+    tmp_path: Path, client: httpx.AsyncClient, config_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    moved = {**config_dict(tmp_path), "models": [{"id": "m", "path": str(tmp_path / "v2")}]}
+    write(config_file, moved)
+    with caplog.at_level("WARNING", logger="t2serve"):
+        done = await client.post("/admin/reload", headers=auth(ADMIN_KEY))
+    assert done.status_code == 200, done.text
+    assert any("settings of m changed" in r.getMessage() for r in caplog.records)
+
+
 @pytest.fixture
 def restore_sighup() -> Iterator[None]:
     previous = signal.getsignal(signal.SIGHUP)

@@ -105,6 +105,9 @@ class ServingState:
         self._check_models_kept(config)  # before anything changes: a refusal leaves all as is
         if config.ledger != self.config.ledger:
             log.warning("ledger settings changed; they apply after a restart")
+        changed = [i for i, m in _models(config).items() if _models(self.file_config)[i] != m]
+        if changed:  # engines, weights and curves are loaded once
+            log.warning("settings of %s changed; they apply after a restart", ", ".join(changed))
         config = config.model_copy(update={"ledger": self.config.ledger})
         routes = route_table(config)
         self.file_config = config
@@ -120,7 +123,7 @@ class ServingState:
         served or reward model is refused (it would be listed and 404, or unlisted and still
         served), naming the ids. A route over running models may be added."""
         running = [*self.engines, *(m.id for m in self.file_config.verifier_models)]
-        wanted = [m.id for m in config.models] + [m.id for m in config.verifier_models]
+        wanted = list(_models(config))
         added = [m for m in wanted if m not in running]
         removed = [m for m in running if m not in wanted]
         if added or removed:
@@ -152,3 +155,8 @@ class ServingState:
         )
         await self.admin.aclose()
         await self.policies.aclose()
+
+
+def _models(config: AppConfig) -> dict[str, object]:
+    """Served and reward models' settings by id."""
+    return {m.id: m for m in config.models} | {m.id: m for m in config.verifier_models}
