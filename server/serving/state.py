@@ -106,8 +106,12 @@ class ServingState:
         if config.ledger != self.config.ledger:
             log.warning("ledger settings changed; they apply after a restart")
         changed = [i for i, m in _models(config).items() if _models(self.file_config)[i] != m]
-        if changed:  # engines, weights and curves are loaded once
-            log.warning("settings of %s changed; they apply after a restart", ", ".join(changed))
+        if changed:  # engines and a single model's curves load once; routes rebuild below
+            log.warning(
+                "settings of %s changed: its engine and (asked for alone) its curves stay as "
+                "started until a restart; routes over it take its new curves now",
+                ", ".join(changed),
+            )
         config = config.model_copy(update={"ledger": self.config.ledger})
         routes = route_table(config)
         self.file_config = config
