@@ -20,6 +20,8 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from controller.aggregate import get_extractor
 from controller.aggregate.vote import check_method
@@ -68,6 +70,15 @@ def samples_named(spec: str) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class VersionedCurves:
+    """A model's curves and the (path, mtime) they were read from: a reload that finds the
+    same version keeps the policies built on them."""
+
+    curves: ServedCurves
+    version: tuple[str, float]
+
+
 class PolicyBook:
     """Long-lived `Policy` objects per (tenant, model, spec), at most `capacity` of them (LRU):
     what t2 learns is specific to one tenant's traffic on one model.
@@ -90,6 +101,7 @@ class PolicyBook:
             raise ValueError("the policy book needs a capacity >= 1")
         self.capacity = capacity
         self.curves = dict(curves or {})
+        self.versioned: dict[str, VersionedCurves] = {}  # what swap_curves last served
         self._store = store
         self._open_store = open_store
         self._opened = False
@@ -102,6 +114,18 @@ class PolicyBook:
             self._store, self._open_store = self._open_store(), None
             self._opened = True
         return self._store
+
+    def swap_curves(self, curves: Mapping[str, VersionedCurves]) -> None:
+        """Serve these curves from now on (a config reload). The cached policies of a model
+        whose curves changed go: the next request builds its policy from the new curves and
+        restores what the model's traffic taught from the store."""
+        old = {m: v.version for m, v in self.versioned.items()}
+        new = {m: v.version for m, v in curves.items()}
+        stale = {m for m in {*old, *new} if old.get(m) != new.get(m)}
+        self.curves = {m: v.curves for m, v in curves.items()}
+        self.versioned = dict(curves)
+        for key in [k for k in self._policies if k[1] in stale]:
+            del self._policies[key]
 
     def make(self, model: str, spec: str) -> Policy:
         """A fresh policy for `spec`; a t2 on a calibrated model starts from its curves."""
@@ -194,17 +218,34 @@ def learned_cell(
     return None
 
 
+def served_curves(
+    config: AppConfig, known: Mapping[str, VersionedCurves] | None = None
+) -> dict[str, VersionedCurves]:
+    """Each model's curves from its `curves:` entry, with the file version they were read
+    at (`known` ones of the same version are kept, not read again); ConfigError names
+    `models.N.curves` of one that cannot be read."""
+    from controller.scaling.served import ServedCurvesError, load_served
+
+    curves: dict[str, VersionedCurves] = {}
+    for i, m in enumerate(config.models):
+        if m.curves is None:
+            continue
+        try:
+            version = (str(m.curves), Path(m.curves).stat().st_mtime)
+            held = (known or {}).get(m.id)
+            if held is not None and held.version == version:
+                curves[m.id] = held
+            else:
+                curves[m.id] = VersionedCurves(load_served(m.curves, m.id), version)
+        except (OSError, ServedCurvesError) as exc:
+            raise ConfigError(f"models.{i}.curves: {exc}") from None
+    return curves
+
+
 def policy_book(config: AppConfig) -> PolicyBook:
     """The server's book: each model's curves, and t2's learned state beside the ledger."""
-    from controller.scaling.served import ServedCurvesError, load_served
     from storage import open_stores
 
-    curves: dict[str, ServedCurves] = {}
-    for i, m in enumerate(config.models):
-        if m.curves is not None:
-            try:
-                curves[m.id] = load_served(m.curves, m.id)
-            except ServedCurvesError as exc:
-                raise ConfigError(f"models.{i}.curves: {exc}") from None
-    stores = open_stores(config.ledger)
-    return PolicyBook(curves=curves, open_store=stores.learned)
+    book = PolicyBook(open_store=open_stores(config.ledger).learned)
+    book.swap_curves(served_curves(config))
+    return book

@@ -25,7 +25,7 @@ from server.engine.pooling import PoolingService
 from server.engine.service import EngineService
 from server.errors import APIError, ConfigError
 from server.sampling import Sampler
-from server.sampling.policies import policy_book
+from server.sampling.policies import policy_book, served_curves
 from server.serving.route_table import route_table
 from server.verifiers import VerifierBook
 
@@ -106,15 +106,17 @@ class ServingState:
         if config.ledger != self.config.ledger:
             log.warning("ledger settings changed; they apply after a restart")
         changed = [i for i, m in _models(config).items() if _models(self.file_config)[i] != m]
-        if changed:  # engines and a single model's curves load once; routes rebuild below
+        if changed:  # an engine loads once; curves are read again below
             log.warning(
-                "settings of %s changed: its engine and (asked for alone) its curves stay as "
-                "started until a restart; routes over it take its new curves now",
+                "settings of %s changed: its engine stays as started until a restart; its "
+                "curves, if they changed, serve from now on",
                 ", ".join(changed),
             )
         config = config.model_copy(update={"ledger": self.config.ledger})
         routes = route_table(config)
+        curves = served_curves(config, self.policies.versioned)
         self.file_config = config
+        self.policies.swap_curves(curves)
         self.routes = routes
         config = self.admin.effective(config)
         self.config = config
