@@ -215,15 +215,25 @@ async def test_reload_refuses_a_change_of_models(
         assert state.config.tenants[0].budgets.day.limit == 5.0  # nothing else applied either
 
 
-async def test_reload_warns_that_a_models_new_settings_wait_for_a_restart(
+async def test_reload_says_what_waits_for_a_restart(
     tmp_path: Path, client: httpx.AsyncClient, config_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    moved = {**config_dict(tmp_path), "models": [{"id": "m", "path": str(tmp_path / "v2")}]}
+    """Weights, engine settings and the listening port load once: a reload says so (in its
+    reply and the log) and applies the rest, here the new budget."""
+    moved = {**config_dict(tmp_path, day_limit=8.0), "server": {"port": 8123},
+             "models": [{"id": "m", "path": str(tmp_path / "v2")}]}  # fmt: skip
     write(config_file, moved)
     with caplog.at_level("WARNING", logger="t2serve"):
         done = await client.post("/admin/reload", headers=auth(ADMIN_KEY))
     assert done.status_code == 200, done.text
-    assert any("settings of m changed" in r.getMessage() for r in caplog.records)
+    assert done.json()["restart_needed"] == ["server.port", "models.0"]
+    assert done.json()["ledger_restart_needed"] is False
+    assert any("server.port, models.0 changed" in r.getMessage() for r in caplog.records)
+    report = (await client.get("/admin/tenants/acme", headers=auth(ADMIN_KEY))).json()
+    assert next(w for w in report["windows"] if w["window"] == "day")["limit"] == 8.0
+    write(config_file, config_dict(tmp_path, day_limit=8.0))  # what runs: nothing waits
+    again = await client.post("/admin/reload", headers=auth(ADMIN_KEY))
+    assert again.json()["restart_needed"] == []
 
 
 @pytest.fixture

@@ -456,13 +456,14 @@ async def reload(request: Request) -> dict[str, Any]:
     """Re-read the config file; an invalid file is refused and the running config is kept."""
     state = require_admin(request)
     try:
-        new, ledger_changed = state.reload_from_file()
+        new, waiting = state.reload_from_file()
     except ConfigError as exc:
         raise APIError(400, f"Config not reloaded: {exc}", code="invalid_config") from None
     return {
         "status": "reloaded",
         "tenants": [t.id for t in new.tenants],
-        "ledger_restart_needed": ledger_changed,
+        "ledger_restart_needed": "ledger" in waiting,
+        "restart_needed": waiting,
         "in_flight_kept": True,
     }
 

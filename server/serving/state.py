@@ -42,6 +42,7 @@ class ServingState:
         pooling: dict[str, PoolingService] | None = None,
     ) -> None:
         self.config = self.file_config = config
+        self.started = config  # what the engines, ledger and listener were built from
         self.keyring = KeyRing(config)
         self.admin = AdminSync(config.ledger, lambda: self.apply(self.file_config))
         self.engines = engines
@@ -100,18 +101,12 @@ class ServingState:
         return out
 
     def apply(self, config: AppConfig) -> None:
-        """Swap the config in: keys, tenants, budgets. The ledger backend and the models
-        need a restart."""
+        """Swap the config in: keys, tenants, budgets, routes, curves. What waits for a restart
+        is logged (`restart_needed`); adding or removing a model is refused."""
         self._check_models_kept(config)  # before anything changes: a refusal leaves all as is
-        if config.ledger != self.config.ledger:
-            log.warning("ledger settings changed; they apply after a restart")
-        changed = [i for i, m in _models(config).items() if _models(self.file_config)[i] != m]
-        if changed:  # an engine loads once; curves are read again below
-            log.warning(
-                "settings of %s changed: its engine stays as started until a restart; its "
-                "curves, if they changed, serve from now on",
-                ", ".join(changed),
-            )
+        waiting = self.restart_needed(config)
+        if waiting:
+            log.warning("%s changed; that applies after a restart", ", ".join(waiting))
         config = config.model_copy(update={"ledger": self.config.ledger})
         routes = route_table(config)
         curves = served_curves(config, self.policies.versioned)
@@ -124,12 +119,32 @@ class ServingState:
         self.billing.reload(config)
         metrics.configure_labels(tenants=[t.id for t in config.tenants], models=config.model_ids)
 
+    def restart_needed(self, config: AppConfig) -> list[str]:
+        """What in `config` differs from the config the server started with and applies only
+        after a restart, by config path: the ledger, the shared `engine:` block, the server's
+        address, log level and drain time, a model's weights, engine or parameter count
+        (FLOPs prices), and a reward model's settings. The rest (tenants, prices, budgets,
+        verifiers, routes, curves, timeouts) applies at once."""
+        running = self.started
+        out = ["ledger"] if config.ledger != running.ledger else []
+        out += ["engine"] if config.engine != running.engine else []
+        out += [f"server.{name}" for name in ("host", "port", "log_level", "drain_timeout_s")
+                if getattr(config.server, name) != getattr(running.server, name)]  # fmt: skip
+        was = {m.id: m for m in running.models}
+        out += [f"models.{i}" for i, m in enumerate(config.models)
+                if m.id in was and (m.path, m.engine, m.params)
+                != (was[m.id].path, was[m.id].engine, was[m.id].params)]  # fmt: skip
+        rms = {m.id: m for m in running.verifier_models}
+        out += [f"verifier_models.{i}" for i, m in enumerate(config.verifier_models)
+                if m.id in rms and m != rms[m.id]]  # fmt: skip
+        return out
+
     def _check_models_kept(self, config: AppConfig) -> None:
         """Engines and reward models start once, at start-up: a reload that adds or removes a
         served or reward model is refused (it would be listed and 404, or unlisted and still
         served), naming the ids. A route over running models may be added."""
-        running = [*self.engines, *(m.id for m in self.file_config.verifier_models)]
-        wanted = list(_models(config))
+        running = [*self.engines, *(m.id for m in self.started.verifier_models)]
+        wanted = [m.id for m in config.models] + [m.id for m in config.verifier_models]
         added = [m for m in wanted if m not in running]
         removed = [m for m in running if m not in wanted]
         if added or removed:
@@ -140,11 +155,11 @@ class ServingState:
                 "change of models needs a restart"
             )
 
-    def reload_from_file(self) -> tuple[AppConfig, bool]:
+    def reload_from_file(self) -> tuple[AppConfig, list[str]]:
         """Load and validate the config file, then apply it; ConfigError leaves all as it was.
-        Returns the new config and whether its ledger settings differ (they need a restart)."""
+        Returns the new config and what of it waits for a restart (`restart_needed`)."""
         new = load_config(self.config_path)
-        changed = new.ledger != self.config.ledger
+        changed = self.restart_needed(new)
         self.apply(new)
         log.info(
             "config reloaded from %s (%d tenants)",
@@ -161,8 +176,3 @@ class ServingState:
         )
         await self.admin.aclose()
         await self.policies.aclose()
-
-
-def _models(config: AppConfig) -> dict[str, object]:
-    """Served and reward models' settings by id."""
-    return {m.id: m for m in config.models} | {m.id: m for m in config.verifier_models}
