@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import typer
@@ -26,6 +26,7 @@ def run_budget_replay(
     days: int,
     seed: int,
     as_json: bool,
+    skipped: Sequence[int] = (),
 ) -> None:
     try:
         money, samples = parse_budget(budget)
@@ -55,7 +56,7 @@ def run_budget_replay(
     else:
         result = simulate()
     if as_json:
-        typer.echo(json.dumps(result.to_json()))
+        typer.echo(json.dumps({**result.to_json(), "skipped_lines": list(skipped)}))
         return
     _print(result, data, queries_per_day)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -307,14 +307,14 @@ def replay_command(
         return
     options, extract = parse_options(data, policy, extractor, avg_samples, perms, seed,
                                      max_samples, skip_empty, as_json, plot)
-    questions = load_questions(options, extract)
+    questions, skipped = load_questions(options, extract)
     if budget is not None:
         from cli.budget_replay import run_budget_replay
 
         run_budget_replay(questions, data, budget, options.policies[0], queries_per_day, days,
-                          seed, as_json)
+                          seed, as_json, skipped)
         return
-    replay_and_render(options, questions)
+    replay_and_render(options, questions, skipped)
 
 
 def run_loo_mode(
@@ -369,8 +369,11 @@ def parse_options(
     return options, extract
 
 
-def load_questions(options: ReplayOptions, extract: Extractor) -> list[ReplayQuestion]:
-    """The file's questions (exit 2 naming the line on bad data); skipped lines reported."""
+def load_questions(
+    options: ReplayOptions, extract: Extractor
+) -> tuple[list[ReplayQuestion], list[int]]:
+    """The file's questions (exit 2 naming the line on bad data), and the lines of those left
+    out for having no samples (named on stderr here; JSON output lists them too)."""
     try:
         named = options.extractor != DEFAULT_EXTRACTOR  # then it reads recorded answers too
         questions, skipped = load_replay(options.data, extract, options.skip_empty, named)
@@ -379,7 +382,7 @@ def load_questions(options: ReplayOptions, extract: Extractor) -> list[ReplayQue
     except ReplayDataError as exc:
         raise _fail(str(exc)) from None
     report_skipped(options.data, skipped)
-    return questions
+    return questions, skipped
 
 
 def report_skipped(path: Path, lines: list[int]) -> None:
@@ -389,7 +392,9 @@ def report_skipped(path: Path, lines: list[int]) -> None:
         typer.echo(left_out_line(NO_SAMPLES, lines, str(path)), err=True)
 
 
-def replay_and_render(options: ReplayOptions, questions: list[ReplayQuestion]) -> None:
+def replay_and_render(
+    options: ReplayOptions, questions: list[ReplayQuestion], skipped: Sequence[int] = ()
+) -> None:
     """Replay every policy (and the --plot sweeps) with progress on a terminal, then print the
     table or JSON and draw the plot."""
     policies, data, plot = options.policies, options.data, options.plot
@@ -419,7 +424,8 @@ def replay_and_render(options: ReplayOptions, questions: list[ReplayQuestion]) -
         draw_plot(plot, title, curves, results)
     if options.as_json:
         objs = [r.to_json() for r in results]
-        typer.echo(json.dumps(objs[0] if len(objs) == 1 else {"results": objs}))
+        doc = objs[0] if len(objs) == 1 else {"results": objs}
+        typer.echo(json.dumps({**doc, "skipped_lines": list(skipped)}))
         return
     if options.avg_samples is not None:
         title += f", mean ≤ {options.avg_samples:g} samples"

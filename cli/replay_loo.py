@@ -21,19 +21,21 @@ from controller.replay.loo import FAMILIES, MAJORITY, LooReport, leave_one_out, 
 
 def load_folder(
     folder: Path, extractor: Extractor, skip_empty: bool, named: bool = False
-) -> dict[str, list[ReplayQuestion]]:
+) -> tuple[dict[str, list[ReplayQuestion]], dict[str, list[int]]]:
     """Every *.jsonl file in `folder` by stem (sorted), or ReplayDataError; `named`: the
-    extractor also reads recorded answers (controller.replay.data.parse_question). Questions
-    left out for having no samples are named on stderr, file by file."""
+    extractor also reads recorded answers (controller.replay.data.parse_question). Also the
+    lines of the questions left out for having no samples, by stem; they are named on stderr,
+    file by file."""
     paths = sorted(folder.glob("*.jsonl"))
     if len(paths) < 2:
         raise ReplayDataError(f"{folder}: --loo needs at least two *.jsonl files")
     files: dict[str, list[ReplayQuestion]] = {}
+    skipped: dict[str, list[int]] = {}
     for path in paths:
-        files[path.stem], skipped = load_replay(path, extractor, skip_empty, named)
-        if skipped:
-            typer.echo(left_out_line(NO_SAMPLES, skipped, str(path)), err=True)
-    return files
+        files[path.stem], skipped[path.stem] = load_replay(path, extractor, skip_empty, named)
+        if skipped[path.stem]:
+            typer.echo(left_out_line(NO_SAMPLES, skipped[path.stem], str(path)), err=True)
+    return files, skipped
 
 
 def run_loo_command(
@@ -51,7 +53,7 @@ def run_loo_command(
     plot: Path | None,
 ) -> None:
     try:
-        files = load_folder(folder, extractor, skip_empty, named)
+        files, skipped = load_folder(folder, extractor, skip_empty, named)
     except ReplayDataError as exc:
         hint = f" ({exc.hint})" if isinstance(exc, EmptySamples) else ""
         typer.echo(f"error: {exc}{hint}", err=True)
@@ -71,7 +73,7 @@ def run_loo_command(
     if plot is not None:
         draw_frontiers(plot, report)
     if as_json:
-        typer.echo(json.dumps(report.to_json()))
+        typer.echo(json.dumps({**report.to_json(), "skipped_lines": skipped}))
         return
     print_report(report)
     if plot is not None:

@@ -134,7 +134,11 @@ def test_an_empty_question_is_left_out_and_named_by_default(tmp_path: Path) -> N
     )
     code, out, err = invoke("--data", str(data), "--json", "--policy", "fixed:1")
     assert code == 0 and json.loads(out)["questions"] == 1
+    assert json.loads(out)["skipped_lines"] == [2]
     assert f"{data}: left out 1 question(s) with no samples, at lines: 2" in err
+    code, out, _ = invoke("--data", str(data), "--json", "--policy", "fixed:1",
+                          "--policy", "fixed:2")  # fmt: skip
+    assert code == 0 and json.loads(out)["skipped_lines"] == [2]
     code, out, _ = invoke("--data", str(data), "--skip-empty", "--json", "--policy", "fixed:1")
     assert code == 0 and json.loads(out)["questions"] == 1
 

@@ -114,6 +114,8 @@ def write(path: Path, questions: list[ReplayQuestion]) -> None:
 def test_cli_loo_prints_per_file_and_pooled_json_and_draws_the_frontiers(tmp_path: Path) -> None:
     write(tmp_path / "one.jsonl", contested(25, 0.55, 1))
     write(tmp_path / "two.jsonl", contested(25, 0.65, 2))
+    with (tmp_path / "two.jsonl").open("a") as f:  # a failed call: left out, named
+        f.write(json.dumps({"id": "empty", "gold": "a", "samples": []}) + "\n")
     png = tmp_path / "frontier.png"
     result = CliRunner().invoke(app, ["replay", "--data", str(tmp_path), "--loo", "--perms", "2",
                                       "--tune-perms", "1", "--budgets", "4", "--json",
@@ -121,6 +123,7 @@ def test_cli_loo_prints_per_file_and_pooled_json_and_draws_the_frontiers(tmp_pat
     assert result.exit_code == 0, result.output
     obj = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(obj["files"]) == {"one", "two"}
+    assert obj["skipped_lines"] == {"one": [], "two": [26]}
     t2 = obj["files"]["one"]["loo"]["t2"]
     for key in ("accuracy", "accuracy_ci95", "mean_samples", "samples_vs_ac", "vs_majority"):
         assert key in t2
@@ -157,8 +160,8 @@ def test_loo_reads_recorded_answers_through_a_named_extractor(tmp_path: Path) ->
     line = {"id": "d", "gold": "01/05/2021", "samples": [{"answer": "Today is 1/5/2021."}]}
     for name in ("a", "b"):
         (tmp_path / f"{name}.jsonl").write_text(json.dumps(line) + "\n")
-    named = load_folder(tmp_path, get_extractor("date"), skip_empty=False, named=True)
-    plain = load_folder(tmp_path, get_extractor("date"), skip_empty=False)
+    named, _ = load_folder(tmp_path, get_extractor("date"), skip_empty=False, named=True)
+    plain, _ = load_folder(tmp_path, get_extractor("date"), skip_empty=False)
     assert named["a"][0].samples[0].answer == "01/05/2021"
     assert plain["a"][0].samples[0].answer == "today is 1/5/2021"
 
