@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.aggregate.extract import Extractor
-from controller.replay.data import ReplayQuestion, parse_question
+from controller.replay.data import ReplayQuestion, json_object_line, parse_question
 from controller.scaling.curves import CurvesError, load_curves
 from controller.scaling.served import data_info, fit_served, with_served
 
@@ -47,12 +47,7 @@ class Question:
 
 def _parse_line(raw: str, line: int, where: str) -> Question:
     here = f"{where}:{line}"
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise CalibrateError(f"{here}: not valid JSON ({exc.msg})") from None
-    if not isinstance(obj, dict):
-        raise CalibrateError(f"{here}: expected a JSON object")
+    obj = json_object_line(raw, here, CalibrateError)
     gold = obj.get("gold")
     if gold is None or isinstance(gold, bool) or not isinstance(gold, str | int | float):
         raise CalibrateError(f"{here}: no `gold` answer (a string or number is needed)")

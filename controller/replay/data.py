@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from controller.aggregate.extract import Extractor
 from controller.aggregate.normalize import normalize_answer
@@ -29,6 +30,20 @@ class EmptySamples(ReplayDataError):
     readers cannot."""
 
     hint = "drop --no-skip-empty to leave such questions out"
+
+
+def json_object_line(
+    raw: str, here: str, error: type[ValueError] = ReplayDataError
+) -> dict[str, Any]:
+    """One line of a JSONL file as an object, or `error` saying where ("<file>:<line>") and
+    why: every reader of question files (replay, routing sets, calibrate) words it alike."""
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise error(f"{here}: not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise error(f"{here}: expected a JSON object")
+    return obj
 
 
 @dataclass(frozen=True)
@@ -110,12 +125,7 @@ def parse_question(
     if not raw.strip():
         return None
     here = f"{where}:{line}"
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ReplayDataError(f"{here}: not valid JSON ({exc.msg})") from None
-    if not isinstance(obj, dict):
-        raise ReplayDataError(f"{here}: expected a JSON object")
+    obj = json_object_line(raw, here)
     if "samples" not in obj:
         raise ReplayDataError(f"{here}: missing `samples`")
     samples_raw = obj["samples"]
