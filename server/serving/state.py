@@ -101,12 +101,9 @@ class ServingState:
         return out
 
     def apply(self, config: AppConfig) -> None:
-        """Swap the config in: keys, tenants, budgets, routes, curves. What waits for a restart
-        is logged (`restart_needed`); adding or removing a model is refused."""
+        """Swap the config in: keys, tenants, budgets, routes, curves. Adding or removing a
+        model is refused; what else waits for a restart stays as started (`restart_needed`)."""
         self._check_models_kept(config)  # before anything changes: a refusal leaves all as is
-        waiting = self.restart_needed(config)
-        if waiting:
-            log.warning("%s changed; that applies after a restart", ", ".join(waiting))
         config = config.model_copy(update={"ledger": self.config.ledger})
         routes = route_table(config)
         curves = served_curves(config, self.policies.versioned)
@@ -159,14 +156,16 @@ class ServingState:
         """Load and validate the config file, then apply it; ConfigError leaves all as it was.
         Returns the new config and what of it waits for a restart (`restart_needed`)."""
         new = load_config(self.config_path)
-        changed = self.restart_needed(new)
+        waiting = self.restart_needed(new)
         self.apply(new)
+        if waiting:
+            log.warning("%s changed; that applies after a restart", ", ".join(waiting))
         log.info(
             "config reloaded from %s (%d tenants)",
             self.config_path or "the default path",
             len(new.tenants),
         )
-        return new, changed
+        return new, waiting
 
     async def aclose(self) -> None:
         """Stop the engines this app started and release verifiers and the billing store.
