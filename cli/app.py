@@ -1,8 +1,11 @@
 """The `t2serve` typer app. Each command group lives in its own module and registers itself."""
 
+from typing import Annotated
+
 import typer
 
 from cli import calibrate, replay, scaling, serve
+from server import __version__
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -13,6 +16,23 @@ app = typer.Typer(
 
 for group in (serve, scaling, replay, calibrate):
     group.register(app)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"t2serve {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True,
+                     help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Budget-aware test-time scaling server."""
 
 
 if __name__ == "__main__":

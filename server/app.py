@@ -24,7 +24,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from server import metrics
+from server import __version__, metrics
 from server.alerts import AlertDispatcher
 from server.api import admin
 from server.api.errors import install_error_handlers
@@ -90,7 +90,7 @@ def create_app(
     )
     app = FastAPI(
         title="t2serve",
-        version="0.1.0",
+        version=__version__,
         description="OpenAI-compatible, budget-aware test-time-scaling server.",
         lifespan=lifespan,
     )

@@ -208,3 +208,11 @@ def test_fit_without_json_prints_a_summary_table(tmp_path: Path) -> None:
                                "--out", str(tmp_path / "l.json")])  # fmt: skip
     assert loss.exit_code == 0, loss.output
     assert {"E", "A", "alpha", "G", "gamma", "rmse_log", "starts"} <= first_column(loss.stdout)
+
+
+def test_version_prints_the_installed_package_version() -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"t2serve {version('t2serve')}"
