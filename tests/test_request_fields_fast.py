@@ -120,6 +120,7 @@ async def test_response_format_and_json_field_vote(
         ("stop_token_ids", [-1]),
         ("stop_token_ids", ["a"]),
         ("ignore_eos", "yes"),
+        ("stream_options", {"include_usage": True}),  # without stream: true
         ("request_id", "tab\there"),
         ("request_id", "x" * 257),
         ("request_id", 7),

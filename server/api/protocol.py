@@ -436,6 +436,14 @@ class SamplingRequest(BaseModel):
     def _refuse(cls, value: Any, info: Any) -> Any:
         return _unsupported(str(info.field_name), value)
 
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(cls, value: StreamOptions | None, info: Any) -> Any:
+        """As OpenAI and vLLM answer it: without `stream: true` there is no stream to shape."""
+        if value is not None and not info.data.get("stream"):
+            raise ValueError("stream_options is only allowed when stream is true")
+        return value
+
     def top_logprobs_asked(self) -> int | None:
         """How many alternatives per token the returned sample's logprobs carry (None: none)."""
         return None
