@@ -43,7 +43,11 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(cfg)
+    try:
+        app = create_app(cfg)  # routes are built here: a member without usable curves fails
+    except ConfigError as exc:
+        typer.echo(f"error: {resolve_config_path(config)}: {exc}", err=True)
+        raise typer.Exit(2) from None
     enable_reload(app, resolve_config_path(config))  # POST /admin/reload and SIGHUP
     drain_s = settings.drain_timeout_s
     uv_config = uvicorn.Config(

@@ -120,6 +120,22 @@ def test_serve_with_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "cannot read" in missing.output
 
 
+def test_serve_with_a_route_it_cannot_build_exits_2_with_one_line(tmp_path: Path) -> None:
+    """A route is built when the app is: a member whose curves have no entry for it (here
+    the shipped tiny-arith weights served as `a`) was a traceback and exit 1."""
+    models = [
+        {"id": "a", "path": "models/tiny-arith"},
+        {"id": "b", "path": str(tmp_path / "b")},
+        {"id": "r", "route": ["a", "b"]},
+    ]
+    config = tmp_path / "route.yaml"
+    config.write_text(yaml.safe_dump({**MINIMAL, "models": models}))
+    result = CliRunner().invoke(_cli(), ["serve", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "routes.0 (r): model 'a': curves file" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
 TWO = {
     "models": [
         {"id": "small", "path": "models/small"},

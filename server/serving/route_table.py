@@ -59,7 +59,8 @@ def build(config: AppConfig, route: RouteConfig, index: int) -> Route:
         try:
             member, key = _member(model)
         except (ServedCurvesError, OSError, ValueError) as exc:
-            raise ConfigError(f"routes.{index} ({route.id}): model {name!r}: {exc}") from None
+            who = "" if isinstance(exc, ServedCurvesError) else f"model {name!r}: "  # it names it
+            raise ConfigError(f"routes.{index} ({route.id}): {who}{exc}") from None
         members.append(member)
         keys += [name, key, member.params]
     cache_key = tuple(keys)
