@@ -33,7 +33,11 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if cfg.ledger.backend == "sqlite":
-        Path(cfg.ledger.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(cfg.ledger.path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            typer.echo(f"error: ledger.path: cannot make its folder ({exc})", err=True)
+            raise typer.Exit(2) from None
 
     import uvicorn
 

@@ -136,6 +136,18 @@ def test_serve_with_a_route_it_cannot_build_exits_2_with_one_line(tmp_path: Path
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
+def test_serve_with_a_ledger_folder_it_cannot_make_exits_2_with_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the ledger's folder should be
+    ledger = {"backend": "sqlite", "path": str(blocker / "ledger.sqlite")}
+    config = tmp_path / "ledger.yaml"
+    config.write_text(yaml.safe_dump({**MINIMAL, "ledger": ledger}))
+    result = CliRunner().invoke(_cli(), ["serve", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ledger.path: cannot make its folder")
+    assert "Traceback" not in result.output
+
+
 TWO = {
     "models": [
         {"id": "small", "path": "models/small"},
