@@ -350,6 +350,8 @@ def parse_options(
         raise _fail("--avg-samples must be >= 1")
     if max_samples is not None and max_samples < 1:
         raise _fail("--max-samples must be >= 1")
+    if data.is_dir():
+        raise _fail(f"{data}: a folder; --data takes one replay file (--loo takes a folder)")
     if not data.is_file():
         raise _fail(f"{data}: no such file")
     try:

@@ -183,3 +183,8 @@ def test_bad_options_exit_2_with_a_reason(args: list[str], message: str) -> None
 def test_missing_file() -> None:
     code, _, err = invoke("--data", "/nonexistent/replay.jsonl")
     assert code == 2 and "no such file" in err
+
+
+def test_a_folder_given_as_data_is_named_as_one(tmp_path: Path) -> None:
+    code, _, err = invoke("--data", str(tmp_path), "--json")
+    assert code == 2 and f"{tmp_path}: a folder" in err and "--loo" in err
