@@ -262,8 +262,8 @@ class CompletionService:
         return body.prompts(), "text"
 
     def check_model(self, tenant: TenantConfig, model: str) -> None:
-        """404 for an unknown model, 403 for one the tenant may not use (config ensures a
-        tenant allowed a route may use its models), 503 while it (any model it routes to)
+        """404 for an unknown model, 403 for one the tenant may not ask for by name (a route
+        it may use lends it the route's models), 503 while it (any model it routes to)
         starts."""
         self.state.engine(model)  # 404 first: an unknown model is not a forbidden one
         if not tenant.may_use(model):
@@ -328,8 +328,7 @@ class CompletionService:
                 for c in range(body.n)
             ]
         echo = prompts if isinstance(body, CompletionRequest) and body.echo else None
-        reply = Reply(reply_id, kind, body.model, echo, body.n)
-        reply.key = request_id
+        reply = Reply(reply_id, kind, body.model, echo, body.n, key=request_id)
         reply.top_logprobs = body.top_logprobs_asked()
         reply.include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return jobs, reply
@@ -364,10 +363,17 @@ class Reply:
     """One completion request's identity and shape: turns outcomes into responses and chunks."""
 
     def __init__(
-        self, request_id: str, kind: Kind, model: str, echo: list[str] | None, per_prompt: int
+        self,
+        request_id: str,
+        kind: Kind,
+        model: str,
+        echo: list[str] | None,
+        per_prompt: int,
+        *,
+        key: str,
     ) -> None:
         self.id, self.kind, self.model, self.echo = request_id, kind, model, echo
-        self.key = request_id  # unique per request, unlike a client's id: what jobs are named by
+        self.key = key  # unique per request, unlike a client's id: what jobs are named by
         self.per_prompt = per_prompt
         self.created = int(time.time())
         self.top_logprobs: int | None = None  # None: the client asked for no logprobs
