@@ -44,6 +44,10 @@ CASES: list[tuple[str, dict[str, str], str, str | None]] = [
     ("date", {}, "It was Sept. 3rd 1999", "09/03/1999"),
     ("date", {}, "Sorry, there is no date before that.", None),
     ("date", {}, "The ratio is 3/4 and 12/2021 is not a day", None),
+    ("date", {}, "10 days ago of today is 2019-11-20.\nA: 2019-11-20", "11/20/2019"),
+    ("date", {}, "Today is 11/22/2019, so 10 days ago was 2019-11-12 00:00:00", "11/12/2019"),
+    ("date", {}, "Yesterday was 2019/1/2; today is 1/3/2019.", "01/03/2019"),
+    ("date", {}, "Ticket 2019-13-40 is no date", None),
     # boxed
     ("boxed", {}, "Thus the answer is $\\boxed{18}$.", "18"),
     ("boxed", {}, "\\boxed{\\frac{3}{4}}", "0.75"),

@@ -100,6 +100,18 @@ def test_a_named_extractor_also_reads_recorded_answers(tmp_path: Path) -> None:
     assert default["accuracy"] == 0.0  # recorded answers only normalised: neither matches
 
 
+def test_the_date_extractor_reads_year_first_gold_and_answers_alike() -> None:
+    """A set whose gold and answers are ISO dates (a prompt asking for YYYY-MM-DD, or a
+    program printing a date) must not abstain on every answer against a gold kept as text."""
+    line = json.dumps({"id": "d", "gold": "2021-01-05", "samples": [
+        {"text": "…", "answer": "2021-01-05"}, {"text": "…", "answer": "Today is 1/5/2021."},
+        {"text": "…", "answer": "2021-01-06"},
+    ]})  # fmt: skip
+    [question], _ = parse_lines([line], get_extractor("date"), named=True)
+    assert question.gold == "01/05/2021"
+    assert [s.answer for s in question.samples] == ["01/05/2021", "01/05/2021", "01/06/2021"]
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [

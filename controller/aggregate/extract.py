@@ -121,6 +121,7 @@ def answer_is(text: str) -> str | None:
 
 
 _NUMERIC_DATE = re.compile(r"(?<![\d/])(\d{1,2})/(\d{1,2})/(\d{4})(?![\d/])")
+_ISO_DATE = re.compile(r"(?<![\d/-])(\d{4})([-/])(\d{1,2})\2(\d{1,2})(?![\d/-])")
 _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august",
            "september", "october", "november", "december")  # fmt: skip
 _WRITTEN_DATE = re.compile(
@@ -130,16 +131,30 @@ _WRITTEN_DATE = re.compile(
 )
 
 
-def date(text: str) -> str | None:
-    """The last date in the text as MM/DD/YYYY: "Today is 5/1/2021." → "05/01/2021".
+def _numeric_dates(text: str) -> list[tuple[int, str]]:
+    """(position, MM/DD/YYYY) of every numeric date: M/D/YYYY, and year-first YYYY-MM-DD
+    (ISO, what a program's `print(date)` writes) or YYYY/MM/DD with a real month and day."""
+    found = [
+        (m.start(), f"{int(m[1]):02d}/{int(m[2]):02d}/{m[3]}") for m in _NUMERIC_DATE.finditer(text)
+    ]
+    for m in _ISO_DATE.finditer(text):
+        year, _, month, day = m.groups()
+        if 1 <= int(month) <= 12 and 1 <= int(day) <= 31:
+            found.append((m.start(), f"{int(month):02d}/{int(day):02d}/{year}"))
+    return sorted(found)
 
-    Why: models answer a date question as a sentence or without zero padding as often as in
-    the asked format; read as plain text those votes would split one answer into several.
-    Numeric M/D/YYYY dates win over written ones ("May 1, 2021"), which are the fallback."""
-    found = _NUMERIC_DATE.findall(text)
+
+def date(text: str) -> str | None:
+    """The last date in the text as MM/DD/YYYY: "Today is 5/1/2021." → "05/01/2021",
+    "A: 2021-05-01" → "05/01/2021".
+
+    Why: models answer a date question as a sentence, without zero padding or year first
+    (ISO) as often as in the asked format; read as plain text those votes would split one
+    answer into several. Numeric dates win over written ones ("May 1, 2021"), which are the
+    fallback. Day-first dates (01.05.2021) are not read: they cannot be told from M/D."""
+    found = _numeric_dates(text)
     if found:
-        month, day, year = found[-1]
-        return f"{int(month):02d}/{int(day):02d}/{year}"
+        return found[-1][1]
     written = _WRITTEN_DATE.findall(text)
     if not written:
         return None
