@@ -330,8 +330,14 @@ class ModelConfig(_Strict):
     curves: Path | None = Field(
         default=None,
         description="curves.json with this model's `serving` entry (`t2serve calibrate`): t2 "
-        "starts from its leader prior and Acc(k); relative to the working directory, as `path`",
+        "starts from its leader prior and Acc(k); relative to the working directory, as `path`; "
+        "default: curves.json beside the weights when it holds the model's entry",
     )
+
+    def curves_file(self) -> Path:
+        """Where its curves are: the `curves:` entry, else curves.json beside its weights (a
+        file that may not exist: routes require one, a single model starts uncalibrated)."""
+        return Path(self.curves) if self.curves is not None else Path(self.path) / "curves.json"
 
     @model_validator(mode="after")
     def _curves_load(self) -> ModelConfig:

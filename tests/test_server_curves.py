@@ -3,10 +3,13 @@ predicted accuracy from the curve and the votes, and keeps what it learned acros
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from controller.policy.t2 import T2
 from controller.scaling.served import load_served
@@ -19,8 +22,10 @@ CURVES = f"models/{MODEL}/curves.json"
 AUTH = {"Authorization": "Bearer k"}
 
 
-def _config(ledger: Path, curves: bool = True) -> dict[str, Any]:
-    entry: dict[str, Any] = {"id": MODEL, "path": f"models/{MODEL}"}
+def _config(
+    ledger: Path, curves: bool = True, path: str = f"models/{MODEL}", model: str = MODEL
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"id": model, "path": path}
     if curves:
         entry["curves"] = CURVES
     return {
@@ -32,14 +37,14 @@ def _config(ledger: Path, curves: bool = True) -> dict[str, Any]:
     }
 
 
-async def _ask(app: Any, n: int) -> list[dict[str, Any]]:
+async def _ask(app: Any, n: int, model: str = MODEL) -> list[dict[str, Any]]:
     out = []
     async with (
         serve_in_loop(app) as live,
         httpx.AsyncClient(base_url=live.v1, headers=AUTH, timeout=60) as http,
     ):
         for i in range(n):
-            body = {"model": MODEL, "messages": [{"role": "user", "content": f"Q: {i}"}]}
+            body = {"model": model, "messages": [{"role": "user", "content": f"Q: {i}"}]}
             resp = await http.post("/chat/completions", json=body)
             assert resp.status_code == 200, resp.text
             out.append(resp.json()["t2"])
@@ -71,8 +76,36 @@ async def test_t2_serves_from_the_curves_and_keeps_learning_across_a_restart(
 
 
 async def test_without_curves_t2_starts_uniform(tmp_path: Path) -> None:
-    engine = ScriptedEngine(cycle("A: 5"))
-    app = create_app(parse_config(_config(tmp_path / "l.sqlite", curves=False)), engine=engine)
+    weights = tmp_path / "weights"  # no curves.json beside them
+    weights.mkdir()
+    config = _config(tmp_path / "l.sqlite", curves=False, path=str(weights))
+    app = create_app(parse_config(config), engine=ScriptedEngine(cycle("A: 5")))
     await _ask(app, 1)
     policy = await app.state.t2.policies.get("acme", MODEL, "t2")
     assert isinstance(policy, T2) and policy.initial_prior.a == policy.initial_prior.b == 1.0
+
+
+async def test_curves_beside_the_weights_serve_without_a_curves_entry(tmp_path: Path) -> None:
+    """The file a route over the model reads is the one its t2 starts from: a model in a
+    route and on its own must not be calibrated in one and not the other."""
+    config = _config(tmp_path / "l.sqlite", curves=False)  # models/tiny-chain-31k/curves.json
+    app = create_app(parse_config(config), engine=ScriptedEngine(cycle("A: 5")))
+    await _ask(app, 1)
+    policy = await app.state.t2.policies.get("acme", MODEL, "t2")
+    assert isinstance(policy, T2)
+    assert policy.initial_prior == load_served(CURVES, MODEL).leader_prior
+
+
+async def test_curves_beside_the_weights_without_the_models_entry_are_logged_and_left_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(CURVES, weights / "curves.json")  # calibrated for tiny-chain-31k, not "other"
+    config = _config(tmp_path / "l.sqlite", curves=False, path=str(weights), model="other")
+    with caplog.at_level(logging.WARNING, logger="t2serve.policies"):
+        app = create_app(parse_config(config), engine=ScriptedEngine(cycle("A: 5")))
+        await _ask(app, 1, model="other")
+    policy = await app.state.t2.policies.get("acme", "other", "t2")
+    assert isinstance(policy, T2) and policy.initial_prior.a == policy.initial_prior.b == 1.0
+    assert "curves.json beside its weights is not used" in caplog.text

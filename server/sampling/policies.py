@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from functools import lru_cache
 
 from controller.aggregate import get_extractor
 from controller.aggregate.vote import check_method
@@ -221,25 +221,42 @@ def learned_cell(
 def served_curves(
     config: AppConfig, known: Mapping[str, VersionedCurves] | None = None
 ) -> dict[str, VersionedCurves]:
-    """Each model's curves from its `curves:` entry, with the file version they were read
-    at (`known` ones of the same version are kept, not read again); ConfigError names
-    `models.N.curves` of one that cannot be read."""
+    """Each model's curves from its `curves:` entry, else from curves.json beside its weights
+    (the file its routes read too), with the file version they were read at (`known` ones of
+    the same version are kept, not read again). ConfigError names `models.N.curves` of a named
+    file that cannot be read; a file beside the weights without this model's serving entry
+    (a `t2serve fit` output, another model's calibration) is logged and left out, and the
+    model starts uncalibrated."""
     from controller.scaling.served import ServedCurvesError, load_served
 
     curves: dict[str, VersionedCurves] = {}
     for i, m in enumerate(config.models):
-        if m.curves is None:
+        path = m.curves_file()
+        try:
+            version = (str(path), path.stat().st_mtime)
+        except OSError as exc:
+            if m.curves is None:
+                continue  # no curves beside its weights: uncalibrated
+            raise ConfigError(f"models.{i}.curves: {exc}") from None
+        held = (known or {}).get(m.id)
+        if held is not None and held.version == version:
+            curves[m.id] = held
             continue
         try:
-            version = (str(m.curves), Path(m.curves).stat().st_mtime)
-            held = (known or {}).get(m.id)
-            if held is not None and held.version == version:
-                curves[m.id] = held
-            else:
-                curves[m.id] = VersionedCurves(load_served(m.curves, m.id), version)
+            curves[m.id] = VersionedCurves(load_served(path, m.id), version)
         except (OSError, ServedCurvesError) as exc:
-            raise ConfigError(f"models.{i}.curves: {exc}") from None
+            if m.curves is not None:
+                raise ConfigError(f"models.{i}.curves: {exc}") from None
+            _unused_curves(i, *version, str(exc))
     return curves
+
+
+@lru_cache(maxsize=64)
+def _unused_curves(index: int, path: str, mtime: float, reason: str) -> None:
+    """Log a curves file beside a model's weights that is not used, once per file version:
+    `served_curves` runs again on every reload and admin change."""
+    log.warning("models.%d: %s beside its weights is not used (%s); t2 starts uncalibrated",
+                index, path, reason)  # fmt: skip
 
 
 def policy_book(config: AppConfig) -> PolicyBook:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from pathlib import Path
 
 from controller.routing import (
     CalibrationQuestion,
@@ -28,11 +27,6 @@ _BUILT: dict[tuple[object, ...], Route] = {}
 MAX_BUILT = 16
 
 
-def curves_path(model: ModelConfig) -> Path:
-    """The model's curves file: its `curves:` entry, else curves.json beside its weights."""
-    return Path(model.curves) if model.curves else Path(model.path) / "curves.json"
-
-
 @lru_cache(maxsize=MAX_BUILT)
 def _calibration(path: str, mtime: float, model_id: str) -> tuple[CalibrationQuestion, ...]:
     """A member's calibration questions, read and normalised once per curves file version
@@ -42,7 +36,7 @@ def _calibration(path: str, mtime: float, model_id: str) -> tuple[CalibrationQue
 
 
 def _member(model: ModelConfig) -> tuple[RouteMember, tuple[str, float]]:
-    path = curves_path(model)
+    path = model.curves_file()
     curves = load_served(path, model.id)
     mtime = os.path.getmtime(path)
     questions = _calibration(str(path), mtime, model.id)
