@@ -19,21 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from cli.route_plot import draw_frontiers
+from cli.route_plot import draw_frontiers, envelope
 from controller.replay.route_report import ReplayPlan, replay_set
 from controller.replay.routing_set import load_routing_set, routing_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "routing"
 TOLERANCE = 0.005
-
-
-def envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    out: list[tuple[float, float]] = []
-    for cost, acc in sorted(points):
-        if not out or acc > out[-1][1]:
-            out.append((cost, acc))
-    return out
 
 
 def envelope_at(env: list[tuple[float, float]], cost: float) -> float:

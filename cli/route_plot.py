@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 
-def _envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The upper-left envelope: points no cheaper point beats."""
+def envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The upper-left envelope of (cost, accuracy) points: those no cheaper point beats. The
+    panels draw it and `bench route_replay` checks the goals against it, joined on log cost."""
     out: list[tuple[float, float]] = []
     for cost, acc in sorted(points):
         if not out or acc > out[-1][1]:
@@ -43,16 +44,16 @@ def draw_frontiers(path: Path, sets: dict[str, dict[str, Any]], subtitle: str) -
         scale, scale_kw = x_scale(costs)
         for mode, style in (("auto", "-o"), ("cascade", "--s")):
             pts = [(p["relative_cost"], p["accuracy"]) for p in entry["route"] if p["mode"] == mode]
-            env = _envelope(pts)
+            env = envelope(pts)
             ax.plot(*zip(*env, strict=True), style, markersize=3, label=f"route ({mode})", zorder=4)
         models = dict.fromkeys(s["model"] for s in base["single"])
         for model in models:
             pts = [(s["cost"] / rel, s["accuracy"]) for s in base["single"] if s["model"] == model]
             ax.plot(*zip(*pts, strict=True), ":^", markersize=4, label=f"{model} × k")
         if base.get("t2"):
-            pts = _envelope([(p["relative_cost"], p["accuracy"]) for p in base["t2"]])
+            pts = envelope([(p["relative_cost"], p["accuracy"]) for p in base["t2"]])
             ax.plot(*zip(*pts, strict=True), ":", color="grey", label="one model, t2 stopping")
-        vc = _envelope([(c["cost"] / rel, c["accuracy"]) for c in base["vote_cascade"]])
+        vc = envelope([(c["cost"] / rel, c["accuracy"]) for c in base["vote_cascade"]])
         ax.plot(*zip(*vc, strict=True), "-.x", markersize=4, label="vote cascade (best k, τ)")
         o = base["oracle"]
         ax.scatter([o["cost"] / rel], [o["accuracy"]], marker="*", s=90, label="oracle cascade")
