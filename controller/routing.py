@@ -11,9 +11,11 @@ its votes behave: for every vote state s = (n drawn, v1 leader votes, v2 runner-
 - P(s) after n samples, and P(the leader is right | s);
 - P(the leader after n + d samples is right | s) for d in LOOKAHEAD (another wave's worth);
 - for another candidate B calibrated on the same questions, P(B's k-sample majority is right |
-  this model's state s) (`CrossStats`); without shared questions, B's marginal Acc_B(k).
+  this model's state s) (`CrossStats`: a line in this model's own P(right | s), fitted across
+  its states); without shared questions, B's marginal Acc_B(k).
 All are measured by replaying seeded random draw orders of the recorded samples (the server's
-draw is such an order), shrunk toward the curve where a state was seldom seen. Nothing is tuned
+draw is such an order); a model's own tables are shrunk toward the curve where a state was
+seldom seen. Nothing is tuned
 on the questions a benchmark scores: those are held back from calibration.
 
 Decisions (`RouteRun`).
@@ -216,11 +218,24 @@ class VoteStats:
 
 @dataclass(repr=False)
 class CrossStats:
-    """P(model B's k-vote majority is right | model A's state), on questions both calibrated."""
+    """P(model B's k-vote majority is right | model A's state), on questions both calibrated.
 
-    table: FloatArray  # [n, v1, v2, k]
+    Estimated by a line, not cell by cell. For each n and k, B's accuracy in A's states is
+    fitted (weighted by how often each state occurs) as a + b · P(A's leader is right | state),
+    A's own calibrated estimate: a question A is unsure of is hard for B too. Why: a route moves
+    a question exactly in the states whose estimate clears the bar, so per-cell rates, each
+    from a few dozen questions, pick their own upward noise (on date_cot1 the cell estimates
+    of GPT-4 after a split gpt-3.5-turbo vote were 2–3.5 points above what GPT-4 then scored),
+    and shrinking a rare cell toward B's marginal accuracy pulls it up, as questions a weaker
+    model splits on are harder than B's average. Two parameters per (n, k) do not chase noise.
+    Where no line can be fitted (fewer than three states, or A's estimates all equal) the cell
+    rate shrunk as `shrunk` does is used. Measured both ways: BENCHMARKS.md, "Routing on
+    recorded LLM outputs"."""
+
+    table: FloatArray  # [n, v1, v2, k]: B's maj@k summed over A's paths in the state
     weight: FloatArray  # [n, v1, v2]
     marginal: FloatArray  # [k]: B's accuracy on the shared questions
+    line: FloatArray  # [n, v1, v2, k]: the fitted line's value in each state; NaN: no line
     shrink: float = SHRINK
     pool: bool = POOL
 
@@ -241,14 +256,38 @@ class CrossStats:
             np.add.at(weight, (ns, v1, v2), w)
             np.add.at(table, (ns, v1, v2), w * curve[None, None, :])
         marginal = np.mean([b_curves[a.keys[i]][:k_max] for i in shared], axis=0)
-        return cls(table, weight, marginal, a.shrink, a.pool)
+        return cls(table, weight, marginal, _lines(a, table, weight), a.shrink, a.pool)
 
     def p_right(self, n: int, v1: int, v2: int, k: int) -> float:
         n = min(n, self.weight.shape[0] - 1)
         k = min(k, self.table.shape[3])
+        on_line = float(self.line[n, v1, v2, k - 1])
+        if math.isfinite(on_line):
+            return on_line
         toward = float(self.marginal[k - 1])
         table = self.table[n, :, :, k - 1]
         return shrunk(table, self.weight[n], v1, v2, toward, self.shrink, self.pool)
+
+
+def _lines(a: VoteStats, table: FloatArray, weight: FloatArray) -> FloatArray:
+    """CrossStats' fitted values: per n and k, B's rate over A's states regressed (weighted
+    least squares) on A's P(right | state), evaluated in every state A reaches; NaN where
+    fewer than three states or no spread in A's estimates leave no line to fit."""
+    line = np.full(table.shape, np.nan)
+    for n in range(1, weight.shape[0]):
+        cells = np.argwhere(weight[n] > 0)
+        if len(cells) < 3:
+            continue
+        x = np.array([a.p_right(n, int(v1), int(v2)) for v1, v2 in cells])
+        if np.ptp(x) <= 1e-9:
+            continue
+        w = weight[n][cells[:, 0], cells[:, 1]]
+        rates = table[n][cells[:, 0], cells[:, 1]] / w[:, None]  # (cells, k)
+        design = np.stack([np.ones_like(x), x], axis=1) * np.sqrt(w)[:, None]
+        coef = np.linalg.lstsq(design, rates * np.sqrt(w)[:, None], rcond=None)[0]  # (2, k)
+        fitted = np.clip(coef[0][None, :] + x[:, None] * coef[1][None, :], 0.0, 1.0)
+        line[n, cells[:, 0], cells[:, 1]] = fitted
+    return line
 
 
 @dataclass(frozen=True)
