@@ -112,6 +112,16 @@ def test_the_date_extractor_reads_year_first_gold_and_answers_alike() -> None:
     assert [s.answer for s in question.samples] == ["01/05/2021", "01/05/2021", "01/06/2021"]
 
 
+def test_a_number_gold_and_number_answers_are_read_by_value() -> None:
+    """Logs written by code keep numbers as JSON numbers (84.0 for 84): a number is a gold."""
+    line = json.dumps({"id": "n", "gold": 84.0, "samples": [
+        {"text": "…", "answer": 84}, {"text": "…", "answer": "84.0"}, {"text": "…", "answer": 81.5},
+    ]})  # fmt: skip
+    [question], _ = parse_lines([line], get_extractor("answer_is,last_number"))
+    assert question.gold == "84"
+    assert [s.answer for s in question.samples] == ["84", "84", "81.5"]
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
@@ -122,6 +132,9 @@ def test_the_date_extractor_reads_year_first_gold_and_answers_alike() -> None:
         ('{"id": 1, "gold": null, "samples": [{"answer": "1"}]}', "needs a `correct` flag"),
         ('[1, 2]', "expected a JSON object"),
         ('{"id": 1, "gold": "1", "samples": {"answer": "1"}}', "must be a list"),
+        ('{"id": 1, "gold": {"05/01/2021": 1}, "samples": [{"answer": "1"}]}',
+         "`gold` must be a string, a number or null"),
+        ('{"id": 1, "gold": true, "samples": [{"answer": "1"}]}', "`gold` must be a string"),
     ],
 )
 def test_bad_input_names_the_line(tmp_path: Path, line: str, message: str) -> None:

@@ -134,8 +134,10 @@ def parse_question(
     if not samples_raw and not keep_empty:
         raise EmptySamples(f"{here}: empty `samples`")
     gold_raw = obj.get("gold")
-    if gold_raw is not None and not isinstance(gold_raw, str | int | float):
-        raise ReplayDataError(f"{here}: `gold` must be a string or null")
+    if gold_raw is not None and (
+        isinstance(gold_raw, bool) or not isinstance(gold_raw, str | int | float)
+    ):
+        raise ReplayDataError(f"{here}: `gold` must be a string, a number or null")
     through = extractor if named else None
     gold = recorded_gold(gold_raw, through)
     samples: list[ReplaySample] = []
