@@ -14,7 +14,8 @@ K = 3
 
 def _questions() -> tuple[list[CalibrationQuestion], dict[str, np.ndarray]]:
     """30 easy questions (A unanimous and right; B right), 20 hard ones (A split between two
-    wrong answers; B wrong) and one odd one (A says three different things; B right)."""
+    wrong answers; B wrong) and one odd one (A abstains once and says three different things;
+    B right)."""
     questions, b_curves = [], {}
     for i in range(30):
         questions.append(CalibrationQuestion(f"e{i}", "7", ("7",) * 4))
@@ -22,7 +23,7 @@ def _questions() -> tuple[list[CalibrationQuestion], dict[str, np.ndarray]]:
     for i in range(20):
         questions.append(CalibrationQuestion(f"h{i}", "7", ("1", "2", "1", "2")))
         b_curves[f"h{i}"] = np.zeros(K)
-    questions.append(CalibrationQuestion("odd", "7", ("3", "4", "5", "6")))
+    questions.append(CalibrationQuestion("odd", "7", (None, "4", "5", "6")))
     b_curves["odd"] = np.ones(K)
     return questions, b_curves
 
@@ -48,7 +49,9 @@ def test_without_a_line_to_fit_the_cell_rate_is_shrunk() -> None:
     a = VoteStats.fit(questions, n_max=4)
     cross = CrossStats.fit(a, b_curves, K)
     assert cross is not None
-    assert np.isnan(cross.line[1]).all()  # after one draw every state is (1, 0): no spread
-    expected = shrunk(cross.table[1, :, :, 1], cross.weight[1], 1, 0, float(cross.marginal[1]),
+    # after one draw A is in (1, 0) or, on the odd question's abstention, (0, 0): two states
+    assert np.isnan(cross.line[1]).all()
+    expected = shrunk(cross.table[1, :, :, 1], cross.weight[1], 0, 0, float(cross.marginal[1]),
                       cross.shrink, cross.pool)  # fmt: skip
-    assert cross.p_right(1, 1, 0, 2) == expected
+    assert cross.p_right(1, 0, 0, 2) == expected
+    assert abs(expected - float(cross.marginal[1])) > 0.03  # the cell's own rate counts
