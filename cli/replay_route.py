@@ -124,3 +124,33 @@ def _print_set(name: str, entry: dict[str, Any], perms: int) -> None:
                   f"{o['cost'] / ref_cost:.3f}", "", "")  # fmt: skip
     console = Console() if Console().is_terminal else Console(width=160)
     console.print(table)
+    console.print("\n".join(summary_lines(entry["summary"])), highlight=False)
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The set's answer in words: where each start mode reaches the reference, the cheapest
+    baseline that does, and the baseline furthest above the route at equal cost."""
+    lines = [f"Within {summary['tolerance'] * 100:g} pt of the reference's accuracy:"]
+    for mode, label in (("auto", "route, start: best"), ("cascade", "route, start: cheapest")):
+        m = summary[mode]
+        if m["reaches_reference_at"] is None:
+            best = m["best"]
+            there = (f"never (its best, {best['accuracy']:.3f}, at "
+                     f"{best['relative_cost']:.3f}× the reference's cost)")  # fmt: skip
+        else:
+            lam = m["lam_per_reference_there"]
+            there = (f"at {m['reaches_reference_at']:.3f}× the reference's cost "
+                     f"({m['accuracy_there']:.3f}, λ = {lam:g}/ref)")  # fmt: skip
+        lines.append(f"  {label}: {there}")
+    b = summary["baseline_reaches_reference_at"]
+    cheapest = "none" if b is None else (
+        f"{b['baseline']} at {b['relative_cost']:.3f}× ({b['accuracy']:.3f})")  # fmt: skip
+    lines.append(f"  cheapest baseline: {cheapest}")
+    both = summary["both"]
+    gap = both["worst_baseline_margin"] * 100
+    if gap > 0:
+        lines.append(f"Largest lead of a baseline over the route at equal cost: {gap:+.2f} pt "
+                     f"({both['worst_baseline']})")  # fmt: skip
+    else:
+        lines.append("No baseline is above the route at equal cost.")
+    return lines

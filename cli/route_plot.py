@@ -6,15 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
-def envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The upper-left envelope of (cost, accuracy) points: those no cheaper point beats. The
-    panels draw it and `bench route_replay` checks the goals against it, joined on log cost."""
-    out: list[tuple[float, float]] = []
-    for cost, acc in sorted(points):
-        if not out or acc > out[-1][1]:
-            out.append((cost, acc))
-    return out
+from controller.replay.route_summary import envelope
 
 
 def x_scale(costs: list[float]) -> tuple[str, dict[str, float]]:

@@ -1,5 +1,6 @@
 """One routing set's replay, end to end: routes and baselines on the same draws, as the JSON
-`t2serve replay --route --json` prints (names fixed by issue 21; intervals are extra fields)."""
+`t2serve replay --route --json` prints (names fixed by issue 21; intervals and the `summary`,
+controller.replay.route_summary, are extra fields)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from controller.replay.route import (
     replay_routes,
 )
 from controller.replay.route_baselines import Scored, baselines, mean_interval
+from controller.replay.route_summary import summarise
 from controller.replay.routing_set import RoutingSet
 
 
@@ -87,7 +89,7 @@ def replay_set(
             for entry in t2[-len(alone):]:
                 entry.pop("mode"), entry.pop("share_by_model"), entry.pop("escalated")
     oracle_k, oracle = _cheapest_best(base.oracle)
-    return {
+    entry = {
         "questions": rs.questions,
         "skipped": list(rs.skipped),
         "extractor": rs.extractor,
@@ -103,6 +105,7 @@ def replay_set(
             "t2": t2,
         },
     }
+    return {**entry, "summary": summarise(entry)}
 
 
 def _cheapest_best(grid: Sequence[tuple[int, Scored]]) -> tuple[int, Scored]:
