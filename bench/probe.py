@@ -135,12 +135,11 @@ def route_probe(folder: Path) -> dict[str, Any]:
     ref = entry["reference"]
     one = next(s for s in entry["baselines"]["single"] if s["model"] == ref["model"] and
                s["k"] == 1)  # fmt: skip
-    best = max((p for p in entry["route"] if p["mode"] == "auto"), key=lambda p: p["accuracy"])
     return {
         **goals(entry),
         "reference_accuracy": ref["accuracy"],
         "reference_x1": {"accuracy": one["accuracy"], "relative_cost": one["cost"] / ref["cost"]},
-        "best_auto": {"accuracy": best["accuracy"], "relative_cost": best["relative_cost"]},
+        "best_auto": entry["summary"]["auto"]["best"],
     }
 
 
