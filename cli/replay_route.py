@@ -102,9 +102,9 @@ def _print_set(name: str, entry: dict[str, Any], perms: int) -> None:
     table = Table(title=title)
     for col in ("what", "accuracy", "95% CI", "rel. cost", "predicted", "escalated"):
         table.add_column(col)
-    for p in entry["route"]:
+    for lams, p in route_rows(entry["route"]):
         lo, hi = p["accuracy_ci95"]
-        table.add_row(f"route {p['mode']} λ={p['lam_per_reference']:g}/ref",
+        table.add_row(f"route {p['mode']} λ={lams}/ref",
                       f"{p['accuracy']:.3f}", f"{lo:.3f}–{hi:.3f}", f"{p['relative_cost']:.3f}",
                       f"{p['predicted_accuracy']:.3f}", f"{p['escalated']:.2f}")  # fmt: skip
     for s in entry["baselines"]["single"]:
@@ -125,6 +125,23 @@ def _print_set(name: str, entry: dict[str, Any], perms: int) -> None:
     console = Console() if Console().is_terminal else Console(width=160)
     console.print(table)
     console.print("\n".join(summary_lines(entry["summary"])), highlight=False)
+
+
+def route_rows(points: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """The route's points as table rows, neighbours on the λ grid that decided alike (same mode,
+    accuracy and cost as printed) in one row labelled with their λ range: at the grid's ends
+    many λ give the same route, and 44 rows would hide the few that differ."""
+    rows: list[tuple[list[float], dict[str, Any]]] = []
+    for p in points:
+        shown = (p["mode"], f"{p['accuracy']:.3f}", f"{p['relative_cost']:.3f}")
+        last = rows[-1][1] if rows else None
+        if last is not None and shown == (last["mode"], f"{last['accuracy']:.3f}",
+                                          f"{last['relative_cost']:.3f}"):  # fmt: skip
+            rows[-1][0].append(p["lam_per_reference"])
+        else:
+            rows.append(([p["lam_per_reference"]], p))
+    return [(f"{lams[0]:g}" if len(lams) == 1 else f"{lams[0]:g}–{lams[-1]:g}", p)
+            for lams, p in rows]  # fmt: skip
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from cli.replay_route import summary_lines
+from cli.replay_route import route_rows, summary_lines
 from controller.replay.route_summary import envelope, envelope_at, summarise
 from tests.test_replay_route import toy
 
@@ -98,3 +98,14 @@ def test_replay_route_prints_and_emits_the_summary(tmp_path: Path) -> None:
     words = CliRunner().invoke(app, args).stdout
     assert "Within 0.5 pt of the reference's accuracy:" in words
     assert f"route, start: best: at {summary['auto']['reaches_reference_at']:.3f}×" in words
+
+
+def test_route_rows_fold_neighbouring_lambdas_that_decided_alike() -> None:
+    points = [{**_point("auto", lam, acc, cost), "accuracy_ci95": [0.0, 1.0]}
+              for lam, acc, cost in [(0.0, 0.9, 1.0), (0.01, 0.9, 1.0), (0.1, 0.85, 0.4),
+                                     (1.0, 0.7, 0.05), (10.0, 0.7, 0.05), (100.0, 0.9, 1.0)]]
+    points.append({**_point("cascade", 100.0, 0.7, 0.05), "accuracy_ci95": [0.0, 1.0]})
+    rows = [(lams, p["mode"]) for lams, p in route_rows(points)]
+    # only neighbours fold: the λ = 100 point equals λ = 0's but is not next to it
+    assert rows == [("0–0.01", "auto"), ("0.1", "auto"), ("1–10", "auto"), ("100", "auto"),
+                    ("100", "cascade")]  # fmt: skip
