@@ -28,7 +28,7 @@ from pydantic import (
 from controller.aggregate.extract import get_extractor
 from controller.aggregate.vote import check_method
 from controller.budget.models import Budgets, PacingSettings, Prices, RateLimits
-from controller.policy.factory import check_spec, ignored_on_a_route
+from controller.policy.factory import check_spec, ignored_on_a_route, is_t2
 from server.errors import ConfigError as ConfigError  # raised by the loaders below
 
 
@@ -39,6 +39,9 @@ def _extractor(name: str) -> str:
 
 def _route_policy(spec: str) -> str:
     """A route's t2 spec: its router takes λ only, so any other option would be ignored."""
+    if not is_t2(spec):
+        raise ValueError(f"a route runs the t2 router: its policy must be 't2' or 't2:...', "
+                         f"not {spec!r}")  # fmt: skip
     ignored = ignored_on_a_route(check_spec(spec))
     if ignored:
         raise ValueError(f"a route's router takes only λ from its t2 spec; {', '.join(ignored)} "

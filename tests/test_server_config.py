@@ -77,6 +77,14 @@ def test_bad_config_names_the_field(patch: dict[str, object], field: str) -> Non
     assert field in str(err.value)
 
 
+def test_a_route_policy_of_another_family_says_a_route_runs_t2() -> None:
+    # a route runs the t2 router: `online` is refused for that, not as "options ignored"
+    with pytest.raises(ConfigError) as err:
+        parse_config({**MINIMAL, "routes": [{"id": "auto", "route": ["m"], "policy": "online"}]})
+    assert "routes.0.policy" in str(err.value)
+    assert "must be 't2' or 't2:...', not 'online'" in str(err.value)
+
+
 def test_duplicate_keys_refused() -> None:
     key = {"sha256": hash_key("same")}
     tenants = [{"id": "a", "api_keys": [key]}, {"id": "b", "api_keys": [key]}]

@@ -59,6 +59,11 @@ def _spec_pattern() -> str:
 SPEC_PATTERN = _spec_pattern()
 
 
+def is_t2(spec: str) -> bool:
+    """True for a t2 spec ('t2' or 't2:...'), the only family a route's router runs."""
+    return spec.strip().lower().partition(":")[0] == "t2"
+
+
 def ignored_on_a_route(spec: str) -> list[str]:
     """The options of a t2 spec a route's router would ignore: all but λ. The router picks its
     own waves from its models' calibration, not t2's online prior. Read off the policy's own

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import jsonschema
 
-from controller.policy.factory import ignored_on_a_route
+from controller.policy.factory import ignored_on_a_route, is_t2
 from server.api.protocol import (
     MAX_SAMPLES,
     ChatCompletionRequest,
@@ -224,7 +224,7 @@ def routed_job(
     route as on one model (over the answering model's samples)."""
     opts = body.t2
     named = opts.policy if opts is not None else None
-    if named is not None and not _is_t2(named):
+    if named is not None and not is_t2(named):
         raise bad_request(
             f"The model '{route.id}' is a route, which runs the t2 router; t2.policy must be "
             f"'t2' or 't2:...', not {named!r}.",
@@ -241,7 +241,7 @@ def routed_job(
             code="invalid_t2_option",
         )
     fallback = tenant.policy or state.config.defaults.policy
-    spec = (opts and opts.policy) or route.policy or (fallback if _is_t2(fallback) else "t2")
+    spec = (opts and opts.policy) or route.policy or (fallback if is_t2(fallback) else "t2")
     narrowed = body.model_copy(
         update={"t2": (opts or _no_options()).model_copy(update={"policy": spec})}
     )
@@ -252,10 +252,6 @@ def routed_job(
         )
         jobs[name] = dataclasses.replace(job, model=name)
     return RoutedJob(route.id, jobs, cheapest_first=route.start == "cheapest")
-
-
-def _is_t2(spec: str) -> bool:
-    return spec.strip().lower().partition(":")[0] == "t2"
 
 
 def _no_options() -> T2Options:
