@@ -174,7 +174,7 @@ class ChatMessage(BaseModel):
                         "unsupported_parameter",
                         "content parts of type '{kind}' are not supported by t2serve: its "
                         "models take text parts only",
-                        {"kind": kind[:64]},
+                        {"kind": ascii(kind[:64])[1:-1]},  # printable whatever it holds
                     )
         return value
 
@@ -245,6 +245,7 @@ REFUSED_FIELDS: dict[str, tuple[Any, ...]] = {
     "prediction": (None,),
     "web_search_options": (None,),
     "reasoning_effort": (None,),
+    "verbosity": (None,),
     "use_beam_search": (None, False),
     "length_penalty": (None, 1, 1.0),
     "allowed_token_ids": (None,),
@@ -297,7 +298,6 @@ IGNORED_FIELDS = (
     "prompt_cache_retention",
     "prompt_cache_options",
     "safety_identifier",
-    "verbosity",
     "stream_interval",
     "truncation_side",
     "mm_payload",
@@ -424,7 +424,7 @@ class SamplingRequest(BaseModel):
     prompt_cache_retention: Any = Field(default=None, description="accepted and ignored")
     prompt_cache_options: Any = Field(default=None, description="accepted and ignored")
     safety_identifier: Any = Field(default=None, description="accepted and ignored")
-    verbosity: Any = Field(default=None, description="accepted and ignored")
+    verbosity: Any = None
     stream_interval: Any = Field(default=None, description="accepted and ignored")
     truncation_side: Any = Field(default=None, description="accepted and ignored")
     mm_payload: Any = Field(default=None, description="accepted and ignored")

@@ -15,6 +15,14 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
+GREEDY_BELOW = 1e-5
+"""vLLM decodes greedily below this temperature (its `_SAMPLING_EPS`): every sample is the same."""
+
+
+def is_greedy(temperature: float | None) -> bool:
+    """True when a request at this temperature (None: the default, 1) draws one sample only."""
+    return temperature is not None and temperature < GREEDY_BELOW
+
 
 @dataclass(frozen=True)
 class SamplingParams:

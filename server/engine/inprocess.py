@@ -27,6 +27,7 @@ from server.engine.base import (
     SamplingParams,
     StructuredOutput,
     TokenLogprob,
+    is_greedy,
 )
 from server.engine.config import EngineConfig
 from server.engine.params import PromptingMixin, validate_params
@@ -288,7 +289,7 @@ class InProcessEngine(PromptingMixin):
         from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind
 
-        if n > 1 and params.temperature == 0:  # vLLM refuses greedy n > 1; keep its message
+        if n > 1 and is_greedy(params.temperature):  # vLLM refuses greedy n > 1; its message
             raise InvalidSamplingParam(
                 f"n must be 1 when using greedy sampling, got {n}.", param="n"
             )

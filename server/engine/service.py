@@ -39,6 +39,13 @@ def wave_seed(seed: int, wave: int) -> int:
     return (z ^ (z >> 31)) % 2**31
 
 
+def choice_seed(seed: int, choice: int) -> int:
+    """The seed answer `choice` of an n > 1 request runs on: the request's own for the first (so
+    n = 1 is unchanged), one well apart for each other, so the n answers differ as OpenAI's and
+    vLLM's do and each stays reproducible (a wave's seed comes from it, `wave_seed`)."""
+    return seed if choice == 0 else wave_seed(seed, -choice)  # waves are >= 0: no collision
+
+
 class EngineService:
     """One model's engine: given one, it is used as it is (the caller keeps its lifecycle);
     given none, `start()` builds it from `settings` and `shutdown()` stops it."""

@@ -43,6 +43,7 @@ from server.api.protocol import (
 from server.billing.identity import bind_request
 from server.config import TenantConfig
 from server.engine.base import TokenLogprob
+from server.engine.service import choice_seed
 from server.errors import (
     APIError,
     ClientClosed,
@@ -314,18 +315,19 @@ class CompletionService:
         config = self.state.config
         route = config.route(body.model)
         jobs: list[SamplingJob] | list[RoutedJob]
+        answers = [_answer(body, c) for c in range(body.n)]
         if route is not None:
             jobs = [
-                routed_job(self.state, route, tenant, body, prompt, f"{request_id}-{p}-{c}", param)
+                routed_job(self.state, route, tenant, one, prompt, f"{request_id}-{p}-{c}", param)
                 for p, prompt in enumerate(prompts)
-                for c in range(body.n)
+                for c, one in enumerate(answers)
             ]
         else:
             engine = self.state.engine(body.model)
             jobs = [
-                resolve_job(config, engine, tenant, body, prompt, f"{request_id}-{p}-{c}", param)
+                resolve_job(config, engine, tenant, one, prompt, f"{request_id}-{p}-{c}", param)
                 for p, prompt in enumerate(prompts)
-                for c in range(body.n)
+                for c, one in enumerate(answers)
             ]
         echo = prompts if isinstance(body, CompletionRequest) and body.echo else None
         reply = Reply(reply_id, kind, body.model, echo, body.n, key=request_id)
@@ -421,7 +423,7 @@ class Reply:
                     )
                     for i, o in enumerate(outcomes)
                 ],
-                usage=usage(outcomes),
+                usage=usage(outcomes, self.per_prompt),
                 t2=t2_summary(outcomes),
             )
         return CompletionResponse(
@@ -437,7 +439,7 @@ class Reply:
                 )
                 for i, o in enumerate(outcomes)
             ],
-            usage=usage(outcomes),
+            usage=usage(outcomes, self.per_prompt),
             t2=t2_summary(outcomes),
         )
 
@@ -554,7 +556,7 @@ async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncItera
             yield req.piece(i, "", finish_reason=outcome.finish_reason)
         yield req.chunk([], t2=t2_summary(outcomes), t2_headers=group.headers())
         if req.include_usage:  # OpenAI's usage chunk: the last one, with no choices
-            yield req.chunk([], usage=usage(outcomes))
+            yield req.chunk([], usage=usage(outcomes, req.per_prompt))
         yield Done()
         group.record(ttft)
     except (asyncio.CancelledError, GeneratorExit):
@@ -574,6 +576,14 @@ async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncItera
 OFFLOAD_CHARS = 16_384
 
 
+def _answer(body: SamplingRequest, choice: int) -> SamplingRequest:
+    """The request as answer `choice` of its n runs it: a seeded request's answers each get
+    their own seed (`choice_seed`), so they differ, as OpenAI's and vLLM's n answers do."""
+    if body.seed is None or choice == 0:
+        return body
+    return body.model_copy(update={"seed": choice_seed(body.seed, choice)})
+
+
 def _text_size(body: SamplingRequest) -> int:
     """Characters of prompt text in the request (what rendering and tokenizing work on)."""
     if isinstance(body, ChatCompletionRequest):
@@ -582,17 +592,19 @@ def _text_size(body: SamplingRequest) -> int:
     return sum(len(p) for p in body.prompts())
 
 
-def usage(outcomes: list[Outcome]) -> Usage:
-    """OpenAI's usage: each answer's whole prompt (its first request's cache hits as cached)
-    and every sample's completion tokens. Billing's figures are in `t2.billed_*_tokens`."""
-    prompt = sum(o.prompt_length for o in outcomes)
+def usage(outcomes: list[Outcome], per_prompt: int) -> Usage:
+    """OpenAI's (and vLLM's) usage: each prompt's tokens once, however many answers it has
+    (`per_prompt`, the request's n; its first answer's cache hits as cached), and every
+    sample's completion tokens. Billing's figures are in `t2.billed_*_tokens`."""
+    firsts = outcomes[::per_prompt]  # outcomes run prompt by prompt, n answers each
+    prompt = sum(o.prompt_length for o in firsts)
     completion = sum(o.completion_tokens for o in outcomes)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
         prompt_tokens_details=PromptTokensDetails(
-            cached_tokens=sum(o.cached_prompt_tokens for o in outcomes)
+            cached_tokens=sum(o.cached_prompt_tokens for o in firsts)
         ),
         verifier_tokens=sum(o.verifier_tokens for o in outcomes),
     )

@@ -32,7 +32,7 @@ from server.api.protocol import (
     T2Options,
 )
 from server.config import AppConfig, RouteConfig, TenantConfig
-from server.engine.base import GenerationOptions, Prompt, StructuredOutput
+from server.engine.base import GenerationOptions, Prompt, StructuredOutput, is_greedy
 from server.engine.service import EngineService
 from server.errors import APIError, bad_request
 from server.sampling import RoutedJob, SamplingJob, check_controller_names, samples_named
@@ -126,8 +126,16 @@ def _controller(
     json_field = (opts and opts.json_field) or tenant.json_field
     if options.structured is not None and json_field and not (opts and opts.extractor):
         extractor = "json_field"  # JSON output and a named field: the vote runs over that field
+    elif opts and opts.json_field:  # named by the request, it would be dropped: say why
+        why = "t2.extractor is named too" if opts.extractor else "there is no JSON response_format"
+        raise bad_request(
+            f"t2.json_field votes over a field of JSON answers, but {why}; send a response_format "
+            "of type json_object or json_schema, and no t2.extractor.",
+            param="t2.json_field",
+            code="invalid_t2_option",
+        )
     else:
-        json_field = None
+        json_field = None  # a tenant's default field applies to JSON requests only
     return _Controller(policy, aggregator, extractor, verifier, options, json_field)
 
 
@@ -149,7 +157,7 @@ def _caps(config: AppConfig, tenant: TenantConfig, body: SamplingRequest, policy
             )
         asked_samples, asked_as = named, "policy"
     max_samples = _capped(asked_samples, cap_samples, asked_as, tenant)
-    if body.temperature == 0:  # greedy decoding: every sample is the same one
+    if is_greedy(body.temperature):  # greedy decoding: every sample is the same one
         max_samples = 1
     max_cost = _capped(opts.max_cost if opts else None, cap_cost, "max_cost", tenant)
     deadline_ms = _capped(opts.deadline_ms if opts else None, cap_deadline, "deadline_ms", tenant)
@@ -197,10 +205,11 @@ def _fit_context(
         )
     requested = body.requested_max_tokens()
     if requested is not None and tokens.tokens + requested > context:
+        named = "max_tokens" if requested == body.max_tokens else "max_completion_tokens"
         raise bad_request(
             f"This model's maximum context length is {context} tokens; the prompt "
-            f"({tokens.tokens}) plus max_tokens ({requested}) exceed it.",
-            param="max_tokens",
+            f"({tokens.tokens}) plus {named} ({requested}) exceed it.",
+            param=named,
             code="context_length_exceeded",
         )
     return tokens, requested or min(config.defaults.max_tokens, context - tokens.tokens)
@@ -319,14 +328,29 @@ def _structured(engine: EngineService, body: SamplingRequest) -> StructuredOutpu
             param="response_format.json_schema",
         )
     schema = fmt.json_schema.json_schema or {"type": "object"}
+    param = "response_format.json_schema.schema"
+    try:
+        # what an engine is sent: strict JSON (no NaN) that UTF-8 can carry (no lone surrogate)
+        text = json.dumps(schema, sort_keys=True, allow_nan=False)
+        json.dumps(schema, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        raise bad_request(
+            f"{param} must be plain JSON: no NaN or Infinity, no lone surrogate in a string.",
+            param=param,
+        ) from None
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise bad_request(
-            f"response_format.json_schema.schema is not a valid JSON Schema: {exc.message}",
-            param="response_format.json_schema.schema",
+            f"{param} is not a valid JSON Schema: {exc.message}", param=param
         ) from None
-    return StructuredOutput(json_schema=json.dumps(schema, sort_keys=True))
+    except RecursionError:
+        raise bad_request(f"{param} is nested too deeply to check.", param=param) from None
+    except (TypeError, AttributeError, ValueError):  # e.g. a "$schema" that is not a URI string
+        raise bad_request(
+            f"{param} is not a valid JSON Schema ('$schema' must be a URI string).", param=param
+        ) from None
+    return StructuredOutput(json_schema=text)
 
 
 def _capped(
