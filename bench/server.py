@@ -239,7 +239,7 @@ async def overhead(
                     options=options,
                 )
                 tokens = 0
-                ready = engine_api.tokenize(prompt)
+                ready = engine_api.tokenize(prompt, chat=True)
                 async for sample in engine_api.sample(ready, K, params, f"raw-{level}-{i}"):
                     tokens += sample.completion_tokens
                 return tokens

@@ -107,8 +107,8 @@ class ScriptedEngine:
     def vocab_size(self) -> int:
         return 0x110000  # token ids are code points
 
-    def tokenize(self, prompt: str) -> Prompt:
-        return Prompt(prompt, tuple(ord(c) for c in prompt))
+    def tokenize(self, prompt: str, *, chat: bool = False) -> Prompt:
+        return Prompt(prompt, tuple(ord(c) for c in prompt), chat)
 
     async def sample(
         self, prompt: str | Prompt, n: int, params: SamplingParams, request_id: str

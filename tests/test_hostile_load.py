@@ -104,9 +104,9 @@ async def test_tokenizing_a_large_prompt_does_not_stall_healthz(
     slow = 2.0
     engine.context = 100_000  # room for a prompt large enough to be tokenized off the loop
 
-    def slow_tokenize(prompt: str) -> Any:
+    def slow_tokenize(prompt: str, *, chat: bool = False) -> Any:
         time.sleep(slow)  # a tokenizer busy with a huge prompt, holding its thread
-        return ScriptedEngine.tokenize(engine, prompt)
+        return ScriptedEngine.tokenize(engine, prompt, chat=chat)
 
     engine.tokenize = slow_tokenize  # type: ignore[method-assign]
     big = chat(messages=[{"role": "user", "content": "7" * 20_000}], max_tokens=4)
@@ -182,7 +182,7 @@ async def test_a_prompt_longer_than_any_tokenization_can_fit_is_refused_untokeni
 ) -> None:
     base, _, engine = live
 
-    def no_tokenizing(prompt: str) -> Any:
+    def no_tokenizing(prompt: str, *, chat: bool = False) -> Any:
         raise AssertionError("a prompt that cannot fit was tokenized")
 
     engine.tokenize = no_tokenizing  # type: ignore[method-assign]

@@ -105,6 +105,8 @@ class Prompt:
 
     text: str
     token_ids: tuple[int, ...]
+    chat: bool = False
+    """A chat template's output: it carries its own special tokens (BOS), so none were added."""
 
     @property
     def tokens(self) -> int:
@@ -235,8 +237,11 @@ class SampleEngine(Protocol):
         """The most characters one token covers: a bound that refuses huge prompts untokenized."""
         ...
 
-    def tokenize(self, prompt: str) -> Prompt:
-        """The prompt as the engine will see it (no context check: the caller does that)."""
+    def tokenize(self, prompt: str, *, chat: bool = False) -> Prompt:
+        """The prompt as the engine will see it (no context check: the caller does that).
+        `chat`: the text is a chat template's output, which holds its own special tokens, so
+        the tokenizer adds none (vLLM's chat endpoint does the same; a plain completions prompt
+        gets them)."""
         ...
 
     def sample(

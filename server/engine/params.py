@@ -134,15 +134,20 @@ class PromptingMixin:
             )
         )
 
-    def encode(self, prompt: str) -> list[int]:
-        """Token ids exactly as the engine sees the text prompt."""
-        return list(self._tokenizer.encode(prompt))
+    def encode(self, prompt: str, *, chat: bool = False) -> list[int]:
+        """Token ids exactly as the engine sees the text prompt (`SampleEngine.tokenize`)."""
+        return list(self._tokenizer.encode(prompt, add_special_tokens=not chat))
 
     def count_tokens(self, prompt: str) -> int:
         return len(self.encode(prompt))
 
-    def tokenize(self, prompt: str) -> Prompt:
-        return Prompt(prompt, tuple(self.encode(prompt)))
+    def tokenize(self, prompt: str, *, chat: bool = False) -> Prompt:
+        return Prompt(prompt, tuple(self.encode(prompt, chat=chat)), chat)
+
+    @property
+    def adds_special_tokens(self) -> bool:
+        """Whether the tokenizer puts special tokens (a BOS) around a plain text prompt."""
+        return bool(self._tokenizer.encode("", add_special_tokens=True))
 
     def prepared(self, prompt: str | Prompt, max_tokens: int, max_model_len: int) -> Prompt:
         """A `Prompt` for `sample`: text is tokenized and checked against the context here;

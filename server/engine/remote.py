@@ -211,10 +211,14 @@ class RemoteEngine(PromptingMixin):
 
     # -- sampling ----------------------------------------------------------------------------
 
-    def _body(self, prompt: str, n: int, params: SamplingParams) -> dict[str, Any]:
+    def _body(self, prompt: Prompt, n: int, params: SamplingParams) -> dict[str, Any]:
+        """The upstream's completions request. A chat prompt is sent as the text its template
+        rendered, special tokens included, so the upstream is told to add none (vLLM's chat
+        endpoint does the same); only where the tokenizer would add any, so an upstream that
+        does not know vLLM's `add_special_tokens` never sees it for nothing."""
         body: dict[str, Any] = {
             "model": self.config.model_name,
-            "prompt": prompt,
+            "prompt": prompt.text,
             "n": n,
             "temperature": params.temperature,
             "top_p": params.top_p,
@@ -229,6 +233,8 @@ class RemoteEngine(PromptingMixin):
             body["seed"] = params.seed
         if params.ignore_eos:
             body["ignore_eos"] = True  # a vLLM extension of the OpenAI API
+        if prompt.chat and self.adds_special_tokens:
+            body["add_special_tokens"] = False  # also a vLLM extension
         body.update(_pass_through(params))
         return body
 
@@ -241,7 +247,7 @@ class RemoteEngine(PromptingMixin):
         validate_params(params, n)
         ready = self.prepared(prompt, params.max_tokens, self._max_model_len)
         prompt_tokens = ready.tokens
-        body = self._body(ready.text, n, params)
+        body = self._body(ready, n, params)
         queue: asyncio.Queue[Sample | BaseException | None] = asyncio.Queue()
         task = asyncio.create_task(self._stream(body, n, request_id, prompt_tokens, queue))
         self._streams.setdefault(request_id, set()).add(task)

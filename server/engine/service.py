@@ -96,8 +96,8 @@ class EngineService:
     def honours_seed(self) -> bool:
         return self._require().capabilities.request_seed
 
-    def tokenize(self, text: str) -> Prompt:
-        return self._require().tokenize(text)
+    def tokenize(self, text: str, *, chat: bool = False) -> Prompt:
+        return self._require().tokenize(text, chat=chat)
 
     def max_model_len(self) -> int:
         return self._require().max_model_len

@@ -195,7 +195,7 @@ def _fit_context(
             param=prompt_param,
             code="context_length_exceeded",
         )
-    tokens = engine.tokenize(prompt)
+    tokens = engine.tokenize(prompt, chat=prompt_param == "messages")
     if tokens.tokens >= context:
         raise bad_request(
             f"This model's maximum context length is {context} tokens, but the prompt has "
