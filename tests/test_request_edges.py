@@ -155,3 +155,15 @@ async def test_a_context_overflow_names_the_field_that_asked(
     assert resp.status_code == 400 and err["code"] == "context_length_exceeded"
     assert err["param"] == "max_completion_tokens" and "max_completion_tokens (10000)" in (
         err["message"])  # fmt: skip
+
+
+async def test_min_tokens_past_the_default_length_says_it_is_the_default(
+    served: tuple[httpx.AsyncClient, ScriptedEngine],
+) -> None:
+    http, _ = served
+    body = chat(min_tokens=100)
+    del body["max_tokens"]
+    err = (await post(http, body)).json()["error"]
+    assert err["param"] == "min_tokens" and "the default where none is given" in err["message"]
+    named = (await post(http, chat(min_tokens=100))).json()["error"]  # max_tokens 16, named
+    assert named["message"] == "min_tokens (100) exceeds max_tokens (16)."

@@ -76,7 +76,8 @@ def resolve_job(
     tokens, max_tokens = _fit_context(config, engine, body, prompt, prompt_param)
     if names.options.min_tokens > max_tokens:
         raise bad_request(
-            f"min_tokens ({names.options.min_tokens}) exceeds max_tokens ({max_tokens}).",
+            f"min_tokens ({names.options.min_tokens}) exceeds max_tokens ({max_tokens}"
+            f"{'' if body.requested_max_tokens() else ', the default where none is given'}).",
             param="min_tokens",
         )
     return SamplingJob(
