@@ -167,3 +167,19 @@ async def test_min_tokens_past_the_default_length_says_it_is_the_default(
     assert err["param"] == "min_tokens" and "the default where none is given" in err["message"]
     named = (await post(http, chat(min_tokens=100))).json()["error"]  # max_tokens 16, named
     assert named["message"] == "min_tokens (100) exceeds max_tokens (16)."
+
+
+async def test_any_seed_vllm_takes_is_taken(
+    served: tuple[httpx.AsyncClient, ScriptedEngine],
+) -> None:
+    http, engine = served
+    for seed in (-1, 2**40, -(2**63), 2**63 - 1):
+        engine.calls.clear()
+        resp = await post(http, chat(seed=seed, t2={"policy": "fixed:1"}))
+        assert resp.status_code == 200, resp.text
+        first = engine.calls[0].params.seed
+        assert first is not None and 0 <= first < 2**31  # what reaches an engine
+        await post(http, chat(seed=seed, t2={"policy": "fixed:1"}))
+        assert engine.calls[-1].params.seed == first
+    resp = await post(http, chat(seed=2**63))
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "seed"

@@ -68,7 +68,8 @@ def _integral(value: Any) -> Any:
 # OpenAPI schema states them.
 Integral = BeforeValidator(_integral)
 PositiveInt = Annotated[int, Field(gt=0), Integral]
-Seed = Annotated[int, Field(ge=0, le=2**31 - 1), Integral]
+# vLLM's range (a torch long); every engine seed is derived from it (server.engine.service)
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), Integral]
 Choices = Annotated[int, Field(ge=1, le=MAX_CHOICES), Integral]
 SampleCount = Annotated[int, Field(ge=1, le=MAX_SAMPLES), Integral]
 Millis = Annotated[int, Field(ge=1, le=3_600_000), Integral]

@@ -56,8 +56,8 @@ def cases() -> list[dict[str, Any]]:
         ("n", 0),
         ("n", 99),
         ("n", "2"),
-        ("seed", -1),
-        ("seed", 2**40),
+        ("seed", -(2**63) - 1),  # vLLM's range is a torch long's
+        ("seed", 2**63),
         ("seed", "7"),
         ("stop", 5),
         ("stop", [""]),
