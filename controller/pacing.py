@@ -47,6 +47,7 @@ up by the window's end: its λ replaces the policy's own, and falls below it whe
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -179,7 +180,8 @@ class PacingController:
     def price(self) -> float:
         """The knob value to use for the next decision."""
         sign = 1.0 if self.increasing else -1.0
-        error = self.surplus / (self.target * self.horizon)
+        # a target so small it underflows (a budget of 1e-322) is no reason to divide by zero
+        error = self.surplus / max(self.target * self.horizon, sys.float_info.min)
         exponent = sign * self.gain * (error + self.integral_gain * self.integral)
         exponent = max(-700.0, min(700.0, exponent))
         value = self.initial_price * math.exp(exponent)

@@ -256,3 +256,49 @@ async def test_sighup_reloads_the_config(
     assert app.state.t2.config.tenants[0].budgets.day.limit == 7.0
     assert isinstance(app.state.t2.billing, BudgetProvider)
     await app.state.t2.billing.close()
+
+
+async def test_extreme_limits_neither_fail_nor_brick_the_tenant(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    # 1e-322 made the pacer divide by zero (a 500, stored all the same: every later report
+    # and completion of the tenant failed); 1e306 over a tiny price overflowed the wave's fit
+    for limit in (1e-322, 1e306):
+        put = await client.put("/admin/tenants/acme/budgets", headers=auth(ADMIN_KEY),
+                               json={"day": {"limit": limit}})  # fmt: skip
+        assert put.status_code == 200, put.text
+        report = await client.get("/admin/tenants/acme", headers=auth(ADMIN_KEY))
+        assert report.status_code == 200, report.text
+    assert await spend(app, "r-huge", 10) > 0  # a wave still fits and is charged
+
+
+def test_a_wave_fits_a_huge_budget_without_overflow() -> None:
+    from controller.budget.ledger import affordable
+
+    assert affordable(1e306, 1e-5, 8) == 8  # 1e311 samples' worth: all 8, not OverflowError
+    assert affordable(2.5, 1.0, 8) == 2
+    assert affordable(-1.0, 1.0, 8) == 0
+    assert affordable(0.0, 0.0, 8) == 8  # a free sample always fits
+
+
+async def test_admin_inputs_that_raised_are_4xx(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+    import json
+
+    cursor = base64.urlsafe_b64encode(json.dumps([10**400, "a", "b"]).encode()).decode()
+    resp = await client.get("/admin/spend/logs", params={"cursor": cursor},
+                            headers=auth(ADMIN_KEY))  # fmt: skip
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "cursor"
+    made = await client.post("/admin/tenants/acme/keys", headers=auth(ADMIN_KEY),
+                             json={"label": "ci"})  # fmt: skip
+    assert made.status_code == 201, made.text
+    prefix = made.json()["prefix"]
+    for label in ("a\nb", "\u202eevil"):  # what create refuses, rotate refuses too
+        resp = await client.post(f"/admin/tenants/acme/keys/{prefix}/rotate",
+                                 headers=auth(ADMIN_KEY), json={"label": label})  # fmt: skip
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "label", resp.text
+    monkeypatch.setenv(ADMIN_KEY_ENV, "sha256:é")  # an operator's typo: said, not a 500
+    resp = await client.get("/admin/tenants", headers=auth("anything"))
+    assert resp.status_code == 403 and ADMIN_KEY_ENV in resp.json()["error"]["message"]

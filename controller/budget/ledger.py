@@ -224,6 +224,15 @@ class SettleOutcome:
     usage: list[WindowUsage] = field(default_factory=list)
 
 
+def affordable(left: float, per: float, samples: int) -> int:
+    """How many of `samples` at `per` each fit in `left` (all of them when a sample is free).
+    Capped before rounding: a huge limit over a tiny price is more than any wave, not an
+    overflow."""
+    if per <= 0:
+        return samples
+    return max(0, math.floor(min(left / per, samples) + _EPS))
+
+
 def fit_samples(
     samples: int, fixed: Cost, per_sample: Cost, usage: Sequence[WindowUsage]
 ) -> tuple[int, str | None]:
@@ -238,12 +247,8 @@ def fit_samples(
             continue
         available = lim.limit - u.spent_value - u.reserved_value - fixed.of(lim.unit)
         per = per_sample.of(lim.unit)
-        if available < -_EPS * max(1.0, lim.limit):
-            fits = 0
-        elif per <= 0:
-            fits = samples
-        else:
-            fits = math.floor(available / per + _EPS)
+        overdrawn = available < -_EPS * max(1.0, lim.limit)
+        fits = 0 if overdrawn else affordable(available, per, samples)
         if fits < granted:
             granted, binding = max(0, fits), u.name
     return granted, binding

@@ -55,8 +55,17 @@ def admin_digests(config: AppConfig) -> list[str]:
     if config.admin.key_sha256:
         digests.append(config.admin.key_sha256.lower())
     env = os.environ.get(ADMIN_KEY_ENV, "").strip()
-    if env:
-        digests.append(env[7:].lower() if env.startswith("sha256:") else hash_key(env))
+    if env.startswith("sha256:"):
+        digest = env[7:].lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise APIError(  # the operator's mistake, said as such (it never matched anything)
+                403,
+                f"The admin API is disabled: {ADMIN_KEY_ENV} is 'sha256:' and not 64 hex digits.",
+                code="admin_disabled",
+            )
+        digests.append(digest)
+    elif env:
+        digests.append(hash_key(env))
     return digests
 
 
@@ -218,11 +227,15 @@ class _Body(BaseModel):
 MAX_GRACE_S = 30 * 86400.0
 
 
+KeyLabel = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@ -]+$")]
+"""A key's label: printable and plain, so it lists, logs and exports as it reads."""
+
+
 class CreateKey(_Body):
     """A new key: `label` names it (unique among the tenant's live keys); `expires_at` (Unix
     seconds) or `expires_in_s` ends it; `budgets` are its own, on top of the tenant's."""
 
-    label: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@ -]+$")
+    label: KeyLabel
     expires_at: float | None = Field(default=None, gt=0)
     expires_in_s: float | None = Field(default=None, gt=0)
     budgets: Budgets | None = None
@@ -234,7 +247,7 @@ class RotateKey(_Body):
     `grace_s` seconds from now, so clients can switch over."""
 
     grace_s: float = Field(default=0.0, ge=0, le=MAX_GRACE_S)
-    label: str | None = Field(default=None, min_length=1, max_length=64)
+    label: KeyLabel | None = None
     expires_at: float | None = Field(default=None, gt=0)
     expires_in_s: float | None = Field(default=None, gt=0)
     budgets: Budgets | None = None
@@ -522,7 +535,7 @@ def _decode_cursor(cursor: str) -> tuple[float, str, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         t, tenant, rid = json.loads(raw)
         return float(t), str(tenant), str(rid)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise APIError(
             400, "Invalid 'cursor': pass back a next_cursor.", param="cursor", code="invalid_value"
         ) from None

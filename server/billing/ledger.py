@@ -29,6 +29,7 @@ from controller.budget.ledger import (
     RequestUsage,
     ReserveOutcome,
     SpendEntry,
+    affordable,
 )
 from controller.budget.models import LimitUnit, RequestBudget
 from controller.pacing import ComputePrice
@@ -152,7 +153,7 @@ class LedgerBilling:
         for scope, rb in self._request_budgets():
             left = rb.limit - committed.of(rb.unit) - fixed.of(rb.unit)
             unit_cost = per.of(rb.unit)
-            fits = samples if unit_cost <= 0 else max(0, math.floor(left / unit_cost + 1e-9))
+            fits = affordable(left, unit_cost, samples)
             if fits >= samples:
                 continue
             if not rb.hard:
