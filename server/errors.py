@@ -71,6 +71,11 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
+def internal_error() -> APIError:
+    """What a client is told of a bug: that it happened and was logged, nothing more."""
+    return APIError(500, "The server hit an internal error; it has been logged.")
+
+
 class ControllerOptionError(APIError):
     """A `t2` policy, aggregator or extractor name the controller does not know."""
 

@@ -183,3 +183,54 @@ async def test_any_seed_vllm_takes_is_taken(
         assert engine.calls[-1].params.seed == first
     resp = await post(http, chat(seed=2**63))
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "seed"
+
+
+async def _stream_lines(http: httpx.AsyncClient, body: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    async with http.stream("POST", "/chat/completions", json={**body, "stream": True}) as resp:
+        assert resp.status_code == 200
+        async for line in resp.aiter_lines():
+            if line:
+                lines.append(line)
+    return lines
+
+
+async def test_a_bug_mid_stream_ends_it_with_an_error_event_and_done(
+    served: tuple[httpx.AsyncClient, ScriptedEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http, engine = served
+    real = engine.sample
+    calls = 0
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the second wave: after the 200 and the role chunk went out
+            raise RuntimeError("a bug in a backend")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "sample", failing)
+    lines = await _stream_lines(http, chat(t2={"policy": "esc:2"}))  # 6, 5: a second wave
+    assert lines[-1] == "data: [DONE]"  # the client sees an end, not a cut connection
+    error = json.loads(lines[-2][6:])["error"]
+    assert error["type"] == "server_error" and "logged" in error["message"]
+
+
+async def test_a_stream_cut_by_the_drain_deadline_says_so() -> None:
+    engine = ScriptedEngine(cycle('{"answer": 6}', '{"answer": 5}'), token_s=0.05)
+    app = create_app(parse_config(server_config_dict()), engine=engine,
+                     billing=RecordingProvider())  # fmt: skip
+    async with (
+        serve_in_loop(app) as live,
+        httpx.AsyncClient(base_url=live.v1, headers=AUTH, timeout=30) as http,
+    ):
+        body = {**chat(t2={"policy": "fixed:4"}, max_tokens=64), "stream": True}
+        lines: list[str] = []
+        async with http.stream("POST", "/chat/completions", json=body) as resp:
+            async for line in resp.aiter_lines():
+                if line and not lines:
+                    app.state.drain.begin(0.2)  # shutting down while this stream samples
+                if line:
+                    lines.append(line)
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[-2][6:])["error"]["code"] == "server_shutting_down"

@@ -88,13 +88,15 @@ async def test_a_stream_keeps_alive_then_sends_exactly_the_chosen_text(
         c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]
     )
     summary, final = chunks[-2], chunks[-1]
-    assert summary["choices"] == [] and summary["t2"]["answer"] == "6"
+    # t2 rides on the finish chunk: only the usage chunk has no choices, as in OpenAI's stream
+    assert summary["choices"][0]["finish_reason"] == "stop" and summary["t2"]["answer"] == "6"
     assert "usage" not in summary
+    assert all(c["choices"] for c in chunks[:-1])
     assert streamed.endswith("A: 6") and streamed in {SCRIPT(i) for i in range(4)}
     assert final == {k: final[k] for k in ("id", "object", "created", "model", "choices", "usage")}
     assert final["choices"] == []
     assert final["usage"]["completion_tokens"] == sum(len(SCRIPT(i)) for i in range(8))
-    assert chunks[-3]["choices"][0]["finish_reason"] == "stop"
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-2])
 
 
 async def _leave_mid_wave(v1: str, engine: ScriptedEngine, stream: bool) -> None:

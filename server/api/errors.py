@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller.stores import StoreUnavailable
-from server.errors import APIError, StoreDown, bad_request
+from server.errors import APIError, StoreDown, bad_request, internal_error
 
 log = logging.getLogger("t2serve.api")
 
@@ -92,6 +92,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(
-            APIError(500, "The server hit an internal error; it has been logged.")
-        )
+        return error_response(internal_error())

@@ -26,7 +26,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
+from server.api.sse import encode
 from server.errors import APIError
+from server.serving.events import Done, StreamError
 
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
 OVERDUE_GRACE_S = 10.0
@@ -228,11 +230,14 @@ class DrainDeadline:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        started = sse = False
 
         async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+            nonlocal started, sse
+            if message["type"] == "http.response.start":
+                started = True
+                sse = any(k == b"content-type" and v.startswith(b"text/event-stream")
+                          for k, v in message.get("headers", ()))  # fmt: skip
             await send(message)
 
         work = asyncio.ensure_future(self.app(scope, receive, tracked))
@@ -248,8 +253,9 @@ class DrainDeadline:
             work.result()  # the app's own outcome, exceptions included
             return
         await _cancel(work)  # the drain ran out: the serving code settles what was spent
-        if started:  # a stream already under way: end it cleanly
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if started:  # a stream already under way: end it with the error as an event, and [DONE]
+            tail = encode(StreamError(shutting_down())) + encode(Done()) if sse else b""
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
         else:
             await _send_error(send, shutting_down())
 

@@ -51,6 +51,7 @@ from server.errors import (
     RateLimited,
     VerifierError,
     bad_request,
+    internal_error,
 )
 from server.sampling import Outcome, RoutedJob, SamplingJob
 from server.serving.events import Done, KeepAlive, StreamError, StreamEvent
@@ -467,13 +468,14 @@ class Reply:
         finish_reason: str | None = None,
         tokens: tuple[TokenLogprob, ...] | None = None,
         offset: int = 0,
+        **final: T2Summary | dict[str, str],
     ) -> StreamChunk:
         if self.kind == "chat":
             delta = ChatDelta(content=text) if finish_reason is None else ChatDelta()
             choice = ChatChunkChoice(
                 index=i, delta=delta, finish_reason=finish_reason, logprobs=self.chat_lp(tokens)
             )
-            return self.chunk([choice])
+            return self.chunk([choice], **final)
         return self.chunk(
             [
                 CompletionChunkChoice(
@@ -482,7 +484,8 @@ class Reply:
                     finish_reason=finish_reason,
                     logprobs=self.text_lp(tokens, offset),
                 )
-            ]
+            ],
+            **final,
         )
 
     def opening(self, choices: int) -> list[StreamChunk]:
@@ -518,7 +521,8 @@ class Reply:
 
 async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncIterator[StreamEvent]:
     """The stream: keep-alives while waves run, then each chosen text in pieces, a finish
-    chunk per choice, one final chunk with usage, t2 and the x-t2-* figures, and [DONE].
+    chunk per choice (the last one also carrying t2 and the x-t2-* figures), OpenAI's usage
+    chunk when asked for, and [DONE]; an error after the 200 is an error event, then [DONE].
     Disconnecting cancels the generator, which cancels the jobs and so aborts the engine's
     outstanding samples (their tokens are still billed)."""
     status = 200
@@ -544,6 +548,12 @@ async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncItera
             yield StreamError(exc)
             yield Done()
             return
+        except Exception:  # a bug: the stream still ends with an error event, as vLLM's does
+            log.exception("unhandled error while streaming %s", req.id)
+            status = 500
+            yield StreamError(internal_error())
+            yield Done()
+            return
         req.model = req.answered_by(outcomes)  # a route's answering model, from here on
         ttft: float | None = None
         for i, outcome in enumerate(outcomes):
@@ -553,8 +563,13 @@ async def _events(group: RunGroup, req: Reply, keepalive_s: float) -> AsyncItera
                     ttft = time.monotonic() - group.t0
                 yield req.piece(i, piece, tokens=tokens, offset=offset)
                 offset += len(piece)
-            yield req.piece(i, "", finish_reason=outcome.finish_reason)
-        yield req.chunk([], t2=t2_summary(outcomes), t2_headers=group.headers())
+            # `t2` rides on the last finish chunk: a chunk of its own would have no choices,
+            # which OpenAI sends only for the usage chunk and clients index without checking
+            if i < len(outcomes) - 1:
+                yield req.piece(i, "", finish_reason=outcome.finish_reason)
+            else:
+                yield req.piece(i, "", finish_reason=outcome.finish_reason,
+                                t2=t2_summary(outcomes), t2_headers=group.headers())  # fmt: skip
         if req.include_usage:  # OpenAI's usage chunk: the last one, with no choices
             yield req.chunk([], usage=usage(outcomes, req.per_prompt))
         yield Done()
