@@ -302,3 +302,22 @@ async def test_admin_inputs_that_raised_are_4xx(
     monkeypatch.setenv(ADMIN_KEY_ENV, "sha256:é")  # an operator's typo: said, not a 500
     resp = await client.get("/admin/tenants", headers=auth("anything"))
     assert resp.status_code == 403 and ADMIN_KEY_ENV in resp.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"day": {"limit": True}}, "day.limit"),  # was a limit of 1
+        ({"day": {"limit": "5"}}, "day.limit"),
+        ({"day": {"limit": 5, "hard": "no"}}, "day.hard"),  # was a soft budget
+    ],
+)
+async def test_budget_bodies_are_not_coerced(
+    client: httpx.AsyncClient, body: dict[str, Any], param: str
+) -> None:
+    resp = await client.put("/admin/tenants/acme/budgets", headers=auth(ADMIN_KEY), json=body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"].endswith(param)
+    fine = await client.put("/admin/tenants/acme/budgets", headers=auth(ADMIN_KEY),
+                            json={"day": {"limit": 5, "hard": False}})  # an int is a number
+    assert fine.status_code == 200, fine.text

@@ -17,8 +17,9 @@ WINDOW_NAMES: tuple[WindowName, ...] = ("minute", "hour", "day", "month")
 
 
 class _Strict(BaseModel):
-    # NaN and Infinity are never a limit or a price: JSON and YAML both let them through.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # NaN and Infinity are never a limit or a price: JSON and YAML both let them through. And
+    # no coercion: `"limit": true` is not a limit of 1, nor `"hard": "no"` a soft budget.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class ModelPrice(_Strict):

@@ -221,7 +221,7 @@ async def put_alert_thresholds(
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)  # as budgets
 
 
 MAX_GRACE_S = 30 * 86400.0
