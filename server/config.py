@@ -588,16 +588,25 @@ class AppConfig(_Strict):
                         f"tenants.{i}.prices.models.{key}: unknown model {key!r}; models: "
                         f"{', '.join(served + pooled)}"
                     )
-            if "*" in priced or not _bills_money(tenant):
+            if not bills_money(tenant.budgets, tenant.user_budgets):
                 continue
-            for model in _models_billed(tenant, served, routes):
-                if model not in priced:
-                    raise ValueError(
-                        f"tenants.{i}.prices.models: no price for {model!r}, which tenant "
-                        f"{tenant.id!r} may use under a currency budget (unpriced, it would "
-                        "cost 0); give it one, 0 for a free model, or a '*' entry"
-                    )
+            for model in self.unpriced(tenant):
+                raise ValueError(
+                    f"tenants.{i}.prices.models: no price for {model!r}, which tenant "
+                    f"{tenant.id!r} may use under a currency budget (unpriced, it would "
+                    "cost 0); give it one, 0 for a free model, or a '*' entry"
+                )
         return self
+
+    def unpriced(self, tenant: TenantConfig) -> list[str]:
+        """The models the tenant may be billed for that it has no price for (each would cost
+        0 under a currency budget, the tenant's, a user's or a key's)."""
+        priced = tenant.prices.models if tenant.prices is not None else {}
+        if "*" in priced:
+            return []
+        routes = {r.id: r for r in self.routes}
+        billed = _models_billed(tenant, [m.id for m in self.models], routes)
+        return [m for m in billed if m not in priced]
 
     @property
     def model_ids(self) -> list[str]:
@@ -611,9 +620,9 @@ class AppConfig(_Strict):
         return next((r for r in self.routes if r.id == model_id), None)
 
 
-def _bills_money(tenant: TenantConfig) -> bool:
-    """Whether any of the tenant's budgets counts money."""
-    for budgets in (tenant.budgets, tenant.user_budgets):
+def bills_money(*levels: Budgets | None) -> bool:
+    """Whether any of these budgets counts money."""
+    for budgets in levels:
         if budgets is None:
             continue
         units = [b.unit for _, b in budgets.windows()]

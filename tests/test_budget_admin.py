@@ -321,3 +321,23 @@ async def test_budget_bodies_are_not_coerced(
     fine = await client.put("/admin/tenants/acme/budgets", headers=auth(ADMIN_KEY),
                             json={"day": {"limit": 5, "hard": False}})  # an int is a number
     assert fine.status_code == 200, fine.text
+
+
+async def test_a_currency_budget_on_a_key_of_an_unpriced_tenant_is_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    # `free` has no prices: a money budget on its key would never bind (its models cost 0)
+    money = {"day": {"limit": 1e-9}}
+    resp = await client.post("/admin/tenants/free/keys", headers=auth(ADMIN_KEY),
+                             json={"label": "cur", "budgets": money})  # fmt: skip
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "budgets", resp.text
+    flops = {"day": {"limit": 1e12, "unit": "flops"}}
+    made = await client.post("/admin/tenants/free/keys", headers=auth(ADMIN_KEY),
+                             json={"label": "fl", "budgets": flops})  # fmt: skip
+    assert made.status_code == 201, made.text
+    rotated = await client.post(f"/admin/tenants/free/keys/{made.json()['prefix']}/rotate",
+                                headers=auth(ADMIN_KEY), json={"budgets": money})  # fmt: skip
+    assert rotated.status_code == 400 and rotated.json()["error"]["param"] == "budgets"
+    priced = await client.post("/admin/tenants/acme/keys", headers=auth(ADMIN_KEY),
+                               json={"label": "cur", "budgets": money})  # fmt: skip
+    assert priced.status_code == 201, priced.text  # acme prices every model ('*')

@@ -39,7 +39,7 @@ from controller.budget.models import RateLimits
 from server.admin_state import SECTIONS, file_values, overlay, override_field
 from server.api.deps import get_state
 from server.auth import bearer_key
-from server.config import AppConfig, TenantConfig, alert_thresholds, hash_key
+from server.config import AppConfig, TenantConfig, alert_thresholds, bills_money, hash_key
 from server.errors import APIError, ConfigError
 from server.serving import ServingState
 
@@ -366,11 +366,26 @@ def _no_key(tenant_id: str, prefix: str) -> APIError:
 async def create_key(tenant_id: str, body: CreateKey, request: Request) -> KeyCreated:
     """A new key for the tenant; the key itself is in this response only."""
     state = require_admin(request)
-    _tenant(state, tenant_id)
+    _priced_for(state, _tenant(state, tenant_id), body.budgets)
     now = state.admin.clock()
     return await _create(
         state, tenant_id, body.label, _expiry(body, now), body.budgets, None, body.rate_limits
     )
+
+
+def _priced_for(state: ServingState, tenant: TenantConfig, budgets: Budgets | None) -> None:
+    """A key's currency budget needs the tenant's prices, as the tenant's own budgets do: an
+    unpriced model costs 0, so the budget would never bind."""
+    unpriced = state.config.unpriced(tenant) if bills_money(budgets) else []
+    if unpriced:
+        raise APIError(
+            400,
+            f"budgets: tenant '{tenant.id}' has no price for {', '.join(map(repr, unpriced))}, "
+            "so a currency budget would never bind (an unpriced model costs 0); price the "
+            "tenant's models first, or give the key a flops budget.",
+            param="budgets",
+            code="invalid_value",
+        )
 
 
 @router.get("/tenants/{tenant_id}/keys")
@@ -423,7 +438,8 @@ async def revoke_key(
 async def rotate_key(tenant_id: str, prefix: str, body: RotateKey, request: Request) -> KeyCreated:
     """A new key, and the old one revoked after `grace_s`, in one step."""
     state = require_admin(request)
-    _tenant(state, tenant_id)
+    tenant = _tenant(state, tenant_id)
+    _priced_for(state, tenant, body.budgets)
     sync = await state.admin.ensure()
     now = sync.clock()
     old = next(
