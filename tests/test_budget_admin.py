@@ -341,3 +341,25 @@ async def test_a_currency_budget_on_a_key_of_an_unpriced_tenant_is_refused(
     priced = await client.post("/admin/tenants/acme/keys", headers=auth(ADMIN_KEY),
                                json={"label": "cur", "budgets": money})  # fmt: skip
     assert priced.status_code == 201, priced.text  # acme prices every model ('*')
+
+
+async def test_a_reload_the_stored_overrides_no_longer_fit_is_refused(
+    tmp_path: Path, app: FastAPI, client: httpx.AsyncClient, config_file: Path
+) -> None:
+    # applied, it would have dropped every tenant's overrides (free's rpm as well as acme's
+    # user budget) and left every later admin PUT refused, with one line in the log
+    put = await client.put("/admin/tenants/acme/user_budgets", headers=auth(ADMIN_KEY),
+                           json={"day": {"limit": 1.0}})  # fmt: skip
+    assert put.status_code == 200, put.text
+    rpm = await client.put("/admin/tenants/free/rate_limits", headers=auth(ADMIN_KEY),
+                           json={"rpm": 1})  # fmt: skip
+    assert rpm.status_code == 200, rpm.text
+    unpriced = config_dict(tmp_path)
+    del unpriced["tenants"][0]["prices"], unpriced["tenants"][0]["budgets"]
+    write(config_file, unpriced)
+    refused = await client.post("/admin/reload", headers=auth(ADMIN_KEY))
+    assert refused.status_code == 400, refused.text
+    assert "stored overrides" in refused.json()["error"]["message"]
+    state = app.state.t2
+    free = next(t for t in state.config.tenants if t.id == "free")
+    assert free.rate_limits is not None and free.rate_limits.rpm == 1  # all kept as it was

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from controller.routing import Route
 from server import metrics
-from server.admin_state import AdminSync
+from server.admin_state import AdminSync, overlay
 from server.api.protocol import MAX_CHOICES
 from server.auth import KeyRing
 from server.billing.protocol import BillingProvider
@@ -154,8 +154,17 @@ class ServingState:
 
     def reload_from_file(self) -> tuple[AppConfig, list[str]]:
         """Load and validate the config file, then apply it; ConfigError leaves all as it was.
+        A file that the stored admin overrides no longer fit (it dropped the prices a stored
+        budget needs, say) is refused too: applied, it would drop every tenant's overrides.
         Returns the new config and what of it waits for a restart (`restart_needed`)."""
         new = load_config(self.config_path)
+        try:
+            overlay(new, self.admin.snapshot.overrides)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{exc}; the admin API's stored overrides no longer fit this file: change the "
+                "file, or replace the override through the admin API first"
+            ) from None
         waiting = self.restart_needed(new)
         self.apply(new)
         if waiting:
