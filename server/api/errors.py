@@ -37,8 +37,11 @@ def error_response(exc: APIError) -> JSONResponse:
 
 
 def _loc_to_param(loc: tuple[Any, ...] | list[Any]) -> str | None:
-    """('body', 't2', 'max_samples') -> 't2.max_samples'; drop pydantic's union-branch tags."""
-    parts = [str(p) for p in loc if p != "body" and not str(p).startswith("function-")]
+    """('body', 't2', 'max_samples') -> 't2.max_samples', ('query', 'since') -> 'since': the
+    field as the client wrote it, without FastAPI's location or pydantic's union-branch tags."""
+    parts = [str(p) for p in loc if not str(p).startswith("function-")]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
     return ".".join(parts) or None
 
 
