@@ -209,3 +209,27 @@ async def test_retention_drops_old_records(live: RunningServer) -> None:
         finally:
             provider.clock = real
         assert await _all_logs(http) == []
+
+
+async def test_a_key_budget_on_an_unmetered_tenant_shows_its_spend(tmp_path: Path) -> None:
+    # the tenant has no prices and no budgets of its own; its admin-made key has a FLOPs
+    # budget, so its requests are billed, and their records must be listed like any other
+    config = parse_config({
+        "models": [{"id": "m", "path": "models/tiny-arith"}],
+        "ledger": {"backend": "sqlite", "path": str(tmp_path / "ledger.sqlite")},
+        "admin": {"key_sha256": hash_key(ADMIN_KEY)},
+        "tenants": [{"id": "free", "api_keys": [{"sha256": hash_key("free-key")}]}],
+    })  # fmt: skip
+    engine = ScriptedEngine(cycle("A: 6"))
+    async with (
+        serve_in_loop(create_app(config, engine=engine)) as live,
+        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
+    ):
+        made = await http.post("/admin/tenants/free/keys", headers=ADMIN, json={
+            "label": "metered", "budgets": {"day": {"limit": 1e15, "unit": "flops"}}})  # fmt: skip
+        assert made.status_code == 201, made.text
+        key = {"Authorization": f"Bearer {made.json()['key']}"}
+        reply = await http.post("/v1/chat/completions", headers=key, json=body(1))
+        assert reply.status_code == 200, reply.text
+        logs = await _all_logs(http, tenant="free")
+        assert len(logs) == 1 and logs[0]["flops"] > 0
