@@ -21,8 +21,17 @@ def bearer_key(authorization: str | None) -> str | None:
     """The key of an `Authorization: Bearer <key>` header; None when it is missing or is not a
     bearer header with a key."""
     scheme, _, key = (authorization or "").strip().partition(" ")
-    key = key.strip()
+    key = _utf8(key.strip())
     return key if scheme.lower() == "bearer" and key else None
+
+
+def _utf8(header_text: str) -> str:
+    """A header value as the client's UTF-8: ASGI servers decode header bytes as Latin-1, so a
+    non-ASCII key (hashed as UTF-8 in the config) would otherwise never match."""
+    try:
+        return header_text.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return header_text
 
 
 class KeyRing:

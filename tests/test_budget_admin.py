@@ -363,3 +363,17 @@ async def test_a_reload_the_stored_overrides_no_longer_fit_is_refused(
     state = app.state.t2
     free = next(t for t in state.config.tenants if t.id == "free")
     assert free.rate_limits is not None and free.rate_limits.rpm == 1  # all kept as it was
+
+
+async def test_a_non_ascii_key_works_as_a_client_sends_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.config import parse_config
+
+    monkeypatch.setenv(ADMIN_KEY_ENV, "clé-admin")  # hashed as UTF-8, as config keys are
+    app = create_app(parse_config(config_dict(tmp_path, admin=False)))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as c:
+        header = "Bearer clé-admin".encode()  # the bytes curl sends; ASGI reads them as Latin-1
+        resp = await c.get("/admin/tenants", headers=[(b"Authorization", header)])
+        assert resp.status_code == 200, resp.text

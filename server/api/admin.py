@@ -232,8 +232,9 @@ KeyLabel = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0
 
 
 class CreateKey(_Body):
-    """A new key: `label` names it (unique among the tenant's live keys); `expires_at` (Unix
-    seconds) or `expires_in_s` ends it; `budgets` are its own, on top of the tenant's."""
+    """A new key: `label` names it (unique among the tenant's live keys not being revoked);
+    `expires_at` (Unix seconds) or `expires_in_s` ends it; `budgets` are its own, on top of
+    the tenant's."""
 
     label: KeyLabel
     expires_at: float | None = Field(default=None, gt=0)
