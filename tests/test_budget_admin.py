@@ -377,3 +377,27 @@ async def test_a_non_ascii_key_works_as_a_client_sends_it(
         header = "Bearer clé-admin".encode()  # the bytes curl sends; ASGI reads them as Latin-1
         resp = await c.get("/admin/tenants", headers=[(b"Authorization", header)])
         assert resp.status_code == 200, resp.text
+
+
+async def test_unknown_query_parameters_and_a_delete_body_are_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    typo = await client.get("/admin/spend/logs", params={"tenat": "acme"}, headers=auth(ADMIN_KEY))
+    assert typo.status_code == 400 and typo.json()["error"]["param"] == "tenat"  # not all spend
+    assert "tenant" in typo.json()["error"]["message"]  # what it takes
+    fine = await client.get("/admin/spend/logs", params={"tenant": "acme"}, headers=auth(ADMIN_KEY))
+    assert fine.status_code == 200
+    anon = await client.get("/admin/spend/logs", params={"tenat": "acme"})
+    assert anon.status_code == 401  # the key first
+    made = await client.post("/admin/tenants/acme/keys", headers=auth(ADMIN_KEY),
+                             json={"label": "g"})  # fmt: skip
+    prefix = made.json()["prefix"]
+    for how in ({"params": {"grace": 60}}, {"content": b'{"grace_s": 60}'}):
+        resp = await client.request("DELETE", f"/admin/tenants/acme/keys/{prefix}",
+                                    headers=auth(ADMIN_KEY), **how)
+        assert resp.status_code == 400, resp.text  # rotate's shape or a typo: not revoked now
+    keys = (await client.get("/admin/tenants/acme/keys", headers=auth(ADMIN_KEY))).json()
+    assert next(k for k in keys["data"] if k["prefix"] == prefix)["status"] == "active"
+    done = await client.delete(f"/admin/tenants/acme/keys/{prefix}", params={"grace_s": 60},
+                               headers=auth(ADMIN_KEY))  # fmt: skip
+    assert done.status_code == 200, done.text

@@ -29,7 +29,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.budget import Budgets
@@ -46,7 +46,31 @@ from server.serving import ServingState
 ADMIN_KEY_ENV = "T2SERVE_ADMIN_KEY"
 log = logging.getLogger("t2serve.admin")
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+def declared_query_only(request: Request) -> None:
+    """A query parameter the route does not take is a 400 naming it, not ignored: a typo such
+    as `?tenat=acme` would otherwise list every tenant's spend, `?grace=60` revoke at once.
+    After the key check, so an unauthenticated caller learns nothing from it."""
+    require_admin(request)
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    declared: set[str] = set()
+    stack = [dependant] if dependant is not None else []
+    while stack:
+        d = stack.pop()
+        declared.update(p.alias for p in d.query_params)
+        stack.extend(d.dependencies)
+    unknown = sorted(set(request.query_params) - declared)
+    if unknown:
+        known = ", ".join(sorted(declared)) or "none"
+        raise APIError(
+            400,
+            f"Unknown query parameter '{unknown[0]}' (this route takes: {known}).",
+            param=unknown[0],
+            code="unknown_parameter",
+        )
+
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(declared_query_only)])
 
 
 def admin_digests(config: AppConfig) -> list[str]:
@@ -425,6 +449,13 @@ async def revoke_key(
 ) -> KeyInfo:
     """Revoke a key now, or `grace_s` seconds from now; every replica refuses it within 2 s."""
     state = require_admin(request)
+    if await request.body():  # rotate's body shape sent here would revoke at once, unread
+        raise APIError(
+            400,
+            "DELETE takes no body; pass the grace time as a query parameter (?grace_s=...).",
+            param="grace_s",
+            code="unknown_parameter",
+        )
     _tenant(state, tenant_id)
     sync = await state.admin.ensure()
     now = sync.clock()
