@@ -39,6 +39,13 @@ def chat(**extra: Any) -> dict[str, Any]:
             "max_tokens": 16, "t2": {"policy": "fixed:2"}, **extra}  # fmt: skip
 
 
+def unbounded(**extra: Any) -> dict[str, Any]:
+    """`chat` without `max_tokens`: the server's default length applies."""
+    body = chat(**extra)
+    del body["max_tokens"]
+    return body
+
+
 async def post(http: httpx.AsyncClient, body: str | dict[str, Any]) -> httpx.Response:
     text = body if isinstance(body, str) else json.dumps(body)
     return await http.post("/chat/completions", content=text.encode())
@@ -148,9 +155,7 @@ async def test_a_context_overflow_names_the_field_that_asked(
     served: tuple[httpx.AsyncClient, ScriptedEngine],
 ) -> None:
     http, _ = served
-    body = chat(max_completion_tokens=10_000)
-    del body["max_tokens"]
-    resp = await post(http, body)
+    resp = await post(http, unbounded(max_completion_tokens=10_000))
     err = resp.json()["error"]
     assert resp.status_code == 400 and err["code"] == "context_length_exceeded"
     assert err["param"] == "max_completion_tokens" and "max_completion_tokens (10000)" in (
@@ -161,9 +166,7 @@ async def test_min_tokens_past_the_default_length_says_it_is_the_default(
     served: tuple[httpx.AsyncClient, ScriptedEngine],
 ) -> None:
     http, _ = served
-    body = chat(min_tokens=100)
-    del body["max_tokens"]
-    err = (await post(http, body)).json()["error"]
+    err = (await post(http, unbounded(min_tokens=100))).json()["error"]
     assert err["param"] == "min_tokens" and "the default where none is given" in err["message"]
     named = (await post(http, chat(min_tokens=100))).json()["error"]  # max_tokens 16, named
     assert named["message"] == "min_tokens (100) exceeds max_tokens (16)."
