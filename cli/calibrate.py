@@ -305,7 +305,7 @@ def calibrate_command(
         float | None, typer.Option(min=0, help="default: the engine's configured default")
     ] = None,
     top_p: Annotated[float | None, typer.Option(min=0, max=1)] = None,
-    seed: Annotated[int, typer.Option(help="per-question seeds derive from it")] = 2026,
+    seed: Annotated[int, typer.Option(help="per-question seeds derive from it", min=0)] = 2026,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="questions in flight")] = 4,
     extractor: Annotated[
         str | None, typer.Option(help="answer extractor (default: defaults.extractor)")

@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 from cli.left_out import NO_SAMPLES, left_out_line
+from cli.output_path import plot_path_problem
 from controller.aggregate import get_extractor
 from controller.aggregate.extract import Extractor
 from controller.policy import make_policy
@@ -204,7 +205,7 @@ PermsOption = Annotated[
     int, typer.Option(help="seeded random orders: each one stream of traffic the policy learns "
                       "from as it goes")
 ]
-SeedOption = Annotated[int, typer.Option(help="random seed")]
+SeedOption = Annotated[int, typer.Option(help="random seed", min=0)]
 MaxSamplesOption = Annotated[
     int | None, typer.Option("--max-samples", help="cap per question (default: all)")
 ]
@@ -291,6 +292,10 @@ def replay_command(
     # Each mode dispatches early to its own step; a new mode adds an option and one such line.
     if perms < 1:
         raise _fail("--perms must be >= 1")
+    if plot is not None:  # before the replay, not after minutes of it
+        problem = plot_path_problem(plot)
+        if problem:
+            raise _fail(f"--plot: {problem}")
     if route is not None:
         from cli.replay_route import run_route_command
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cli.output_path import plot_path_problem
 from controller.scaling.curves import APPROACHES, Curves, CurvesError, load_curves
 from controller.scaling.data import CountTable, DataError, load_answers, load_counts
 from controller.scaling.fit import METRICS, FitError, fit_curves
@@ -103,7 +104,7 @@ def fit(
         str | None,
         typer.Option("--where", help="keep rows matching e.g. 'params<=3e9 and tokens>=2e9'"),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="seed of the multi-start fits")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the multi-start fits", min=0)] = 0,
     starts: Annotated[
         int | None,
         typer.Option("--starts", min=1, help="L-BFGS-B starts (default 256 loss, 64 accuracy)"),
@@ -242,6 +243,9 @@ def plot(
     """Plot fitted pass@k curves against the measured points, one panel per model size."""
     from controller.scaling.plot import render  # matplotlib is slow to import: only here
 
+    problem = plot_path_problem(out)
+    if problem:
+        _fail(f"--out: {problem}")
     try:
         curves = load_curves(curves_path)
         table = load_data(data, where)

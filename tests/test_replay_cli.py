@@ -135,6 +135,9 @@ def test_a_number_gold_and_number_answers_are_read_by_value() -> None:
         ('{"id": 1, "gold": {"05/01/2021": 1}, "samples": [{"answer": "1"}]}',
          "`gold` must be a string, a number or null"),
         ('{"id": 1, "gold": true, "samples": [{"answer": "1"}]}', "`gold` must be a string"),
+        ('{"id": 1, "gold": "1", "samples": [{"answer": %s}]}' % ("9" * 5000),
+         "not JSON this reader takes"),  # past Python's 4,300-digit limit: was a traceback
+        ("[" * 100_000 + "]" * 100_000, "not JSON this reader takes"),  # past the stack
     ],
 )
 def test_bad_input_names_the_line(tmp_path: Path, line: str, message: str) -> None:
@@ -198,6 +201,9 @@ def test_loo_names_each_files_empty_questions(tmp_path: Path) -> None:
         (["--extractor", "nope"], "unknown extractor"),
         (["--perms", "0"], "--perms"),
         (["--avg-samples", "0.5"], "--avg-samples"),
+        (["--seed", "-1"], "--seed"),  # was numpy's traceback
+        (["--plot", "/proc/t2serve-cannot/x.png"], "--plot: cannot write"),  # before replaying
+        (["--plot", "frontier.txt"], "--plot: frontier.txt: name a figure file"),
     ],
 )
 def test_bad_options_exit_2_with_a_reason(args: list[str], message: str) -> None:

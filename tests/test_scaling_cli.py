@@ -216,3 +216,15 @@ def test_version_prints_the_installed_package_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.stdout.strip() == f"t2serve {version('t2serve')}"
+
+
+def test_an_unreadable_curves_file_or_plot_path_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "curves.json"
+    bad.write_bytes(b"\xff\xfe{}")  # not UTF-8: was a UnicodeDecodeError traceback
+    out = runner.invoke(app, ["predict", "--curves", str(bad), "--k", "1"])
+    assert out.exit_code == 2 and "cannot read curves file" in out.stderr
+    assert "Traceback" not in out.stderr
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)  # past the parser's stack
+    out = runner.invoke(app, ["predict", "--curves", str(deep), "--k", "1"])
+    assert out.exit_code == 2 and "cannot read curves file" in out.stderr

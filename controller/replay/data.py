@@ -41,6 +41,8 @@ def json_object_line(
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise error(f"{here}: not valid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit number, nesting past the stack
+        raise error(f"{here}: not JSON this reader takes ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise error(f"{here}: expected a JSON object")
     return obj

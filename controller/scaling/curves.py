@@ -270,8 +270,8 @@ def load_curves(path: str | Path) -> Curves:
         raw = json.loads(p.read_text())
     except FileNotFoundError:
         raise CurvesError(f"curves file not found: {p}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CurvesError(f"cannot read curves file {p}: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8
+        raise CurvesError(f"cannot read curves file {p}: {str(exc)[:200]}") from None
     try:
         return Curves.model_validate(raw)
     except ValidationError as exc:

@@ -280,7 +280,7 @@ def load_answers(path: str | Path, where: str | None = None) -> CountTable:
             continue
         try:
             doc = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # bad JSON, a 5,000-digit number, deep nesting
             raise DataError(f"line {i + 1}: not JSON") from None
         answers = doc.get("answers")
         gold = doc.get("gold")
