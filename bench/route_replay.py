@@ -18,7 +18,7 @@ from typing import Any
 
 from cli.route_plot import draw_frontiers
 from controller.replay.route_report import ReplayPlan, replay_set
-from controller.replay.route_summary import MODES
+from controller.replay.route_summary import VIEWS
 from controller.replay.routing_set import load_routing_set, routing_sets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ DATA = ROOT.parent / "shared" / "data" / "routing"
 def goals(entry: dict[str, Any]) -> dict[str, Any]:
     """Per mode: the cheapest route point within 0.5 point of the reference, and the worst
     baseline margin over the route's envelope (the set's `summary`)."""
-    return {mode: entry["summary"][mode] for mode in MODES}
+    return {mode: entry["summary"][mode] for mode in VIEWS}
 
 
 def main(argv: list[str] | None = None) -> None:

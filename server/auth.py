@@ -28,6 +28,8 @@ def bearer_key(authorization: str | None) -> str | None:
 def _utf8(header_text: str) -> str:
     """A header value as the client's UTF-8: ASGI servers decode header bytes as Latin-1, so a
     non-ASCII key (hashed as UTF-8 in the config) would otherwise never match."""
+    if header_text.isascii():
+        return header_text
     try:
         return header_text.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):

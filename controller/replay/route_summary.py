@@ -17,8 +17,8 @@ import numpy as np
 
 TOLERANCE = 0.005
 """Within half a point of the reference's accuracy counts as reaching it."""
-MODES = ("auto", "cascade", "both")
-"""The route's start modes (`both`: the envelope of the two together)."""
+VIEWS = ("auto", "cascade", "both")
+"""The views summarised: each start mode alone, and `both` (their two envelopes as one)."""
 
 
 def envelope(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -65,7 +65,7 @@ def summarise(entry: dict[str, Any]) -> dict[str, Any]:
             "baseline": cheapest[2], "relative_cost": cheapest[0] / ref["cost"],
             "accuracy": cheapest[1]},
     }  # fmt: skip
-    for mode in MODES:
+    for mode in VIEWS:
         pts = [p for p in entry["route"] if mode in ("both", p["mode"])]
         env = envelope([(p["cost"], p["accuracy"]) for p in pts])
         there = [p for p in pts if p["accuracy"] >= target]

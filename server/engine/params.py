@@ -108,6 +108,7 @@ class PromptingMixin:
     config: EngineConfig
     _tokenizer: Any
     _longest_token: int | None = None
+    _adds_special: bool | None = None
 
     @property
     def max_token_chars(self) -> int:
@@ -146,8 +147,11 @@ class PromptingMixin:
 
     @property
     def adds_special_tokens(self) -> bool:
-        """Whether the tokenizer puts special tokens (a BOS) around a plain text prompt."""
-        return bool(self._tokenizer.encode("", add_special_tokens=True))
+        """Whether the tokenizer puts special tokens (a BOS) around a plain text prompt (asked
+        once: the remote backend reads it for every chat wave)."""
+        if self._adds_special is None:
+            self._adds_special = bool(self._tokenizer.encode("", add_special_tokens=True))
+        return self._adds_special
 
     def prepared(self, prompt: str | Prompt, max_tokens: int, max_model_len: int) -> Prompt:
         """A `Prompt` for `sample`: text is tokenized and checked against the context here;

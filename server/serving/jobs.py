@@ -332,8 +332,8 @@ def _structured(engine: EngineService, body: SamplingRequest) -> StructuredOutpu
     param = "response_format.json_schema.schema"
     try:
         # what an engine is sent: strict JSON (no NaN) that UTF-8 can carry (no lone surrogate)
-        text = json.dumps(schema, sort_keys=True, allow_nan=False)
-        json.dumps(schema, ensure_ascii=False).encode("utf-8")
+        text = json.dumps(schema, sort_keys=True, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
     except (ValueError, UnicodeEncodeError):
         raise bad_request(
             f"{param} must be plain JSON: no NaN or Infinity, no lone surrogate in a string.",
