@@ -321,6 +321,9 @@ async def test_budget_bodies_are_not_coerced(
     fine = await client.put("/admin/tenants/acme/budgets", headers=auth(ADMIN_KEY),
                             json={"day": {"limit": 5, "hard": False}})  # an int is a number
     assert fine.status_code == 200, fine.text
+    whole = await client.put("/admin/tenants/acme/rate_limits", headers=auth(ADMIN_KEY),
+                             json={"rpm": 60.0})  # JSON's integers include 60.0
+    assert whole.status_code == 200, whole.text
 
 
 async def test_a_currency_budget_on_a_key_of_an_unpriced_tenant_is_refused(

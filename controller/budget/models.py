@@ -6,14 +6,24 @@ path rather than silently leaving a tenant unmetered.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 Unit = Literal["currency", "flops"]
 LimitUnit = Literal["currency", "flops", "tokens"]  # tokens: rate limits only (`tpm`)
 WindowName = Literal["minute", "hour", "day", "month"]
 WINDOW_NAMES: tuple[WindowName, ...] = ("minute", "hour", "day", "month")
+
+
+def _whole(value: object) -> object:
+    """JSON's integers include 1000.0 (JSON Schema says so too): accepted as 1000 in strict
+    mode, where 1000.5, "1000" and true stay refused (as server.api.protocol's `Integral`)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+PerMinute = Annotated[int, Field(ge=1), BeforeValidator(_whole)]
+"""A count per minute; the bound before the validator, so the OpenAPI schema states it."""
 
 
 class _Strict(BaseModel):
@@ -88,8 +98,8 @@ class RateLimits(_Strict):
     it settles. A wave that `tpm` cannot cover in full is shrunk, as a budget does.
     """
 
-    rpm: int | None = Field(default=None, ge=1, description="requests per minute")
-    tpm: int | None = Field(default=None, ge=1, description="prompt + completion tokens per minute")
+    rpm: PerMinute | None = Field(default=None, description="requests per minute")
+    tpm: PerMinute | None = Field(default=None, description="prompt + completion tokens per minute")
 
     def any(self) -> bool:
         return self.rpm is not None or self.tpm is not None
