@@ -39,6 +39,7 @@ from cli.calibrate_files import (
     write_outputs,
 )
 from cli.left_out import left_out_line
+from cli.mode_options import refuse_unread
 from controller.aggregate.extract import Extractor, get_extractor
 from controller.aggregate.normalize import normalize_answer
 
@@ -288,6 +289,11 @@ async def _run(
         await service.shutdown()
 
 
+FROM_REPLAY_READS = frozenset({"model", "out", "config", "extractor", "curves", "as_json",
+                               "from_replay", "params"})  # fmt: skip
+"""What `--from-replay` reads: the sampling options have nothing to act on."""
+
+
 def calibrate_command(
     model: Annotated[str, typer.Option("--model", help="a model id from the config")],
     out: Annotated[Path, typer.Option("--out", help="directory for the outputs")],
@@ -327,11 +333,16 @@ def calibrate_command(
     ] = None,
 ) -> None:
     """Sample a gold-labelled question set through a configured model; fit its serving curves."""
+    given = dict(locals())
+    if not model.strip():
+        _fail("--model: give a model id")
     if from_replay is not None:
+        refuse_unread(calibrate_command, "--from-replay", given, FROM_REPLAY_READS)
         _from_replay(from_replay, out, model, config, params, extractor, curves, as_json)
         return
     if config is None or data is None:
         _fail("--config and --data are required (or --from-replay)")
+    refuse_unread(calibrate_command, "--data", given, set(given) - {"params"})
     # stdout carries the result (--json); the engine's logs go to stderr, quieter with --json
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     if as_json:

@@ -10,6 +10,7 @@ its own module, leaving the rest alone.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Annotated
 import typer
 
 from cli.left_out import NO_SAMPLES, left_out_line
+from cli.mode_options import refuse_unread
 from cli.output_path import plot_path_problem
 from controller.aggregate import get_extractor
 from controller.aggregate.extract import Extractor
@@ -261,6 +263,16 @@ DescendOption = Annotated[
 ]
 
 
+COMMON_READS = frozenset({"extractor", "seed", "as_json"})
+ROUTE_READS = COMMON_READS | {"route", "folds", "lams", "perms", "descend", "plot"}
+LOO_READS = COMMON_READS | {"data", "loo", "budgets", "skip_empty", "perms", "tune_perms",
+                            "tolerance", "plot"}  # fmt: skip
+BUDGET_READS = COMMON_READS | {"data", "budget", "policy", "skip_empty", "queries_per_day", "days"}
+DATA_READS = COMMON_READS | {"data", "policy", "avg_samples", "perms", "max_samples",
+                             "skip_empty", "plot"}  # fmt: skip
+"""The options each mode reads; any other one given is refused (cli.mode_options)."""
+
+
 def replay_command(
     data: DataOption = None,
     policy: PolicyOption = ["t2"],  # noqa: B006 - typer needs a literal default
@@ -289,7 +301,9 @@ def replay_command(
     One file compares the policies in a table (or JSON); `--loo` scores each file of a folder
     with settings chosen on the others; `--budget` paces one policy through simulated days;
     `--route` replays T² routes against single models and cascades over routing sets."""
-    # Each mode dispatches early to its own step; a new mode adds an option and one such line.
+    # Each mode dispatches early to its own step; a new mode adds an option, one such line
+    # and the options it reads (below), so that the others are refused, not ignored.
+    values = dict(locals())
     if perms < 1:
         raise _fail("--perms must be >= 1")
     if plot is not None:  # before the replay, not after minutes of it
@@ -299,6 +313,8 @@ def replay_command(
     if route is not None:
         from cli.replay_route import run_route_command
 
+        refuse_unread(replay_command, "--route", values, ROUTE_READS)
+
         given = extractor if extractor != DEFAULT_EXTRACTOR else None
         run_route_command(route, folds=folds, lams=lams, perms=perms, seed=seed, extractor=given,
                           descend=descend, as_json=as_json, plot=plot)
@@ -306,10 +322,17 @@ def replay_command(
     if data is None:
         raise _fail("--data is required (or --route)")
     if loo:
+        refuse_unread(replay_command, "--loo", values, LOO_READS)
         run_loo_mode(data, extractor, budgets, skip_empty=skip_empty, perms=perms,
                      tune_perms=tune_perms, seed=seed, tolerance=tolerance, as_json=as_json,
                      plot=plot)
         return
+    if budget is not None:
+        refuse_unread(replay_command, "--budget", values, BUDGET_READS)
+        if len(policy) > 1:
+            raise _fail("--budget paces one policy; give one --policy")
+    else:
+        refuse_unread(replay_command, "--data", values, DATA_READS)
     options, extract = parse_options(data, policy, extractor, avg_samples, perms, seed,
                                      max_samples, skip_empty, as_json, plot)
     questions, skipped = load_questions(options, extract)
@@ -333,8 +356,8 @@ def run_loo_mode(
         levels = [float(b) for b in budgets.split(",") if b.strip()]
     except ValueError:
         levels = [0.0]
-    if any(b < 1 for b in levels):
-        raise _fail(f"--budgets must be numbers >= 1, got {budgets!r}")
+    if not all(1 <= b < math.inf for b in levels):
+        raise _fail(f"--budgets must be finite numbers >= 1, got {budgets!r}")
     try:
         extract = get_extractor(extractor)
     except ValueError as exc:
@@ -351,8 +374,8 @@ def parse_options(
     seed: int, max_samples: int | None, skip_empty: bool, as_json: bool, plot: Path | None,
 ) -> tuple[ReplayOptions, Extractor]:
     """Validate a single-file replay's options (exit 2 with the reason on a bad one)."""
-    if avg_samples is not None and avg_samples < 1:
-        raise _fail("--avg-samples must be >= 1")
+    if avg_samples is not None and not 1 <= avg_samples < math.inf:
+        raise _fail(f"--avg-samples must be a finite number >= 1, got {avg_samples:g}")
     if max_samples is not None and max_samples < 1:
         raise _fail("--max-samples must be >= 1")
     if data.is_dir():

@@ -64,16 +64,19 @@ def run_route_command(
     if grid is not None:
         plan = replace(plan, lams=grid)
     out: dict[str, Any] = {}
-    if not as_json and sys.stderr.isatty():
-        from rich.progress import Progress
+    try:
+        if not as_json and sys.stderr.isatty():
+            from rich.progress import Progress
 
-        with Progress(transient=True) as progress:
+            with Progress(transient=True) as progress:
+                for rs in sets:
+                    task = progress.add_task(f"routing {rs.name}", total=work(rs, plan))
+                    out[rs.name] = replay_set(rs, plan, _advance(progress, task))
+        else:
             for rs in sets:
-                task = progress.add_task(f"routing {rs.name}", total=work(rs, plan))
-                out[rs.name] = replay_set(rs, plan, _advance(progress, task))
-    else:
-        for rs in sets:
-            out[rs.name] = replay_set(rs, plan)
+                out[rs.name] = replay_set(rs, plan)
+    except RoutingSetError as exc:  # a λ past a float's range over this set's costs
+        raise _fail(str(exc)) from None
     if plot is not None:
         from cli.route_plot import draw_frontiers
 

@@ -61,6 +61,10 @@ def test_from_replay_without_the_extractor_keeps_recorded_answers(tmp_path: Path
     [
         ([], "--params"),
         (["--params", "1", "--extractor", "nope"], "unknown extractor"),
+        # sampling options have nothing to act on: they were read by nobody
+        (["--params", "1", "--samples", "8"], "--samples does not apply with --from-replay"),
+        (["--params", "1", "--data", "q.jsonl"], "--data does not apply with --from-replay"),
+        (["--params", "1", "--temperature", "0.5"], "--temperature does not apply"),
     ],
 )
 def test_from_replay_bad_input_exits_2(tmp_path: Path, args: list[str], says: str) -> None:
@@ -107,3 +111,15 @@ def test_from_replay_leaves_out_the_questions_a_failed_call_cut_short(tmp_path: 
     report = json.loads(result.stdout)
     assert report["samples_per_question"] == 3 and report["questions"] == 4
     assert report["left_out"] == ["short", "empty"]
+
+
+def test_an_empty_model_id_and_the_replay_only_params_are_refused(tmp_path: Path) -> None:
+    data = write_replay(tmp_path / "log.jsonl")
+    result = runner.invoke(app, ["calibrate", "--from-replay", str(data), "--model", " ",
+                                 "--params", "1", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert result.exit_code == 2 and "--model: give a model id" in result.stderr
+    result = runner.invoke(app, ["calibrate", "--config", "configs/default.yaml", "--data",
+                                 str(data), "--model", "m", "--params", "1",
+                                 "--out", str(tmp_path / "o")])  # fmt: skip
+    assert result.exit_code == 2 and "--params does not apply with --data" in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -201,6 +201,18 @@ def test_loo_names_each_files_empty_questions(tmp_path: Path) -> None:
         (["--extractor", "nope"], "unknown extractor"),
         (["--perms", "0"], "--perms"),
         (["--avg-samples", "0.5"], "--avg-samples"),
+        (["--avg-samples", "inf"], "--avg-samples must be a finite number"),  # was a traceback
+        (["--avg-samples", "nan"], "--avg-samples must be a finite number"),
+        (["--budget", "infx"], "--budget 'infx'"),  # was a replay printing `Infinity`
+        (["--budget", "1e400"], "--budget '1e400'"),
+        (["--budget", "4x", "--policy", "t2", "--policy", "esc"], "paces one policy"),
+        (["--budget", "4x", "--perms", "3"], "--perms does not apply with --budget"),
+        (["--budget", "4x", "--avg-samples", "3"], "--avg-samples does not apply with --budget"),
+        (["--lams", "1"], "--lams does not apply with --data"),
+        (["--folds", "3"], "--folds does not apply with --data"),
+        (["--no-descend"], "--descend/--no-descend does not apply with --data"),
+        (["--tune-perms", "3"], "--tune-perms does not apply with --data"),
+        (["--queries-per-day", "5"], "--queries-per-day does not apply with --data"),
         (["--seed", "-1"], "--seed"),  # was numpy's traceback
         (["--plot", "/proc/t2serve-cannot/x.png"], "--plot: cannot write"),  # before replaying
         (["--plot", "frontier.txt"], "--plot: frontier.txt: name a figure file"),
@@ -219,3 +231,30 @@ def test_missing_file() -> None:
 def test_a_folder_given_as_data_is_named_as_one(tmp_path: Path) -> None:
     code, _, err = invoke("--data", str(tmp_path), "--json")
     assert code == 2 and f"{tmp_path}: a folder" in err and "--loo" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # other modes' options were read by nobody: the run looked as if they had been heard
+        (["--route", "../shared/data/routing/gsm8k_pot1", "--policy", "esc"],
+         "--policy does not apply with --route"),
+        (["--route", "../shared/data/routing/gsm8k_pot1", "--no-skip-empty"],
+         "--skip-empty/--no-skip-empty does not apply with --route"),
+        (["--route", "../shared/data/routing/gsm8k_pot1", "--data", str(DATA)],
+         "--data does not apply with --route"),
+        (["--data", str(DATA.parent), "--loo", "--policy", "esc"],
+         "--policy does not apply with --loo"),
+        (["--data", str(DATA.parent), "--loo", "--budgets", "inf"],
+         "--budgets must be finite numbers"),  # was a traceback deep in the pacer
+        # λ per reference cost past a float's range: was a traceback from the route
+        (["--route", "../shared/data/routing/gsm8k_pot1", "--lams", "1e308", "--perms", "1"],
+         "gsm8k_pot1: λ = 1e+308 / the reference's cost"),
+    ],
+)
+def test_options_of_another_mode_and_non_finite_ones_are_refused(
+    args: list[str], message: str
+) -> None:
+    code, out, err = invoke(*args, "--json")
+    assert code == 2 and message in err and "Traceback" not in err
+    assert out == ""

@@ -228,3 +228,47 @@ def test_an_unreadable_curves_file_or_plot_path_is_one_line(tmp_path: Path) -> N
     deep.write_text("[" * 100_000 + "]" * 100_000)  # past the parser's stack
     out = runner.invoke(app, ["predict", "--curves", str(deep), "--k", "1"])
     assert out.exit_code == 2 and "cannot read curves file" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--train-flops", "1e15", "--inference-flops", "1e10", "--min-params", "nan"],
+         ("--min-params", "positive finite")),  # was numpy's All-NaN traceback
+        (["--total-flops", "1e25", "--queries", "1e6", "--tokens-per-query", "10",
+          "--min-tokens", "-1"], ("--min-tokens", "positive finite")),
+    ],
+)
+def test_plan_refuses_search_bounds_that_are_not_positive_numbers(
+    args: list[str], needles: tuple[str, ...]
+) -> None:
+    result = runner.invoke(app, ["plan", "--curves", "configs/curves/pythia-accuracy.json", *args])
+    _assert_one_line_error(result, *needles)
+
+
+def test_plan_on_a_budget_past_any_sample_count_caps_k() -> None:
+    # k = C / (2NTQ) was a Python integer past float range: numpy raised a TypeError
+    result = runner.invoke(app, ["plan", "--curves", "configs/curves/pythia-accuracy.json",
+                                 "--total-flops", "1e308", "--queries", "1e6",
+                                 "--tokens-per-query", "10"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert 1 <= json.loads(result.stdout)["t2"]["k"] <= 1e15
+
+
+def test_bad_rows_name_the_file_and_a_failed_write_leaves_no_temp_file(tmp_path: Path) -> None:
+    data = _csv(tmp_path, "m,1e9,1e9,1,10,2\nm,1e9,1e9,2,10,11")
+    out = tmp_path / "curves.json"
+    result = runner.invoke(app, ["fit", "--data", str(data), "--approach", "beta",
+                                 "--out", str(out)])  # fmt: skip
+    _assert_one_line_error(result, f"{data}: row 3")
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("[1, 2]\n")  # a line that is JSON but not an object: was AttributeError
+    result = runner.invoke(app, ["fit", "--data", str(answers), "--approach", "beta",
+                                 "--out", str(out)])  # fmt: skip
+    _assert_one_line_error(result, f"{answers}: line 1", "needs 'answers'")
+    out.mkdir()  # the target a folder: the rename fails after the fit
+    result = runner.invoke(app, ["fit", "--data", str(_synthetic_csv(tmp_path)),
+                                 "--approach", "beta", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 2 and "--out" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.jsonl", "counts.csv",
+                                                          "curves.json"]  # fmt: skip

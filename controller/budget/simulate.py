@@ -98,11 +98,11 @@ def parse_budget(spec: str) -> tuple[float | None, float]:
     try:
         if text.endswith("x"):
             samples = float(text[:-1])
-            if not samples > 0:
+            if not 0 < samples < math.inf:
                 raise ValueError
             return None, samples
         money = float(text)
-        if not money > 0:
+        if not 0 < money < math.inf:
             raise ValueError
         return money, 0.0
     except ValueError:

@@ -4,6 +4,7 @@ controller.replay.route_summary, are extra fields)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from controller.replay.route import (
 )
 from controller.replay.route_baselines import Scored, baselines, mean_interval
 from controller.replay.route_summary import summarise
-from controller.replay.routing_set import RoutingSet
+from controller.replay.routing_set import RoutingSet, RoutingSetError
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ def replay_set(
     ref_model, ref_k, ref = base.reference
     ref_cost = ref.mean_cost
     lams = [g / ref_cost for g in plan.lams]
+    if not all(math.isfinite(lam) for lam in lams):
+        raise RoutingSetError(
+            f"{rs.name}: λ = {max(plan.lams):g} / the reference's cost (${ref_cost:.3g} per "
+            "question) is past a float's range; give smaller λ"
+        )
     rows = folds(rs.questions, plan.folds, plan.seed)
     every = tuple(m.id for m in rs.models)
     settings = RouteSettings(every, plan.descend, plan.shrink, plan.pool)

@@ -259,8 +259,13 @@ class Curves(BaseModel):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2, allow_nan=False) + "\n")
-        tmp.replace(target)
+        try:
+            tmp.write_text(
+                json.dumps(self.model_dump(mode="json"), indent=2, allow_nan=False) + "\n"
+            )
+            tmp.replace(target)
+        finally:  # a failed write or rename (the target a folder) leaves no stray temp file
+            tmp.unlink(missing_ok=True)
 
 
 def load_curves(path: str | Path) -> Curves:

@@ -15,7 +15,8 @@ import hashlib
 import math
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,15 @@ def _read_data_file(p: Path) -> bytes:
         raise DataError(f"cannot read data file {p}: {exc.strerror}") from None
 
 
+@contextmanager
+def _naming(p: Path) -> Iterator[None]:
+    """A row's error says "row 5: …"; the user reading it also needs the file."""
+    try:
+        yield
+    except DataError as exc:
+        raise DataError(f"{p}: {exc}") from None
+
+
 def load_counts(path: str | Path, where: str | None = None) -> CountTable:
     """Read and validate a counts CSV, keep rows matching `where`, and group them by checkpoint."""
     p = Path(path)
@@ -214,10 +224,11 @@ def load_counts(path: str | Path, where: str | None = None) -> CountTable:
         raise DataError(f"{p}: missing column(s): {', '.join(missing)} (need {','.join(COLUMNS)})")
     reader.fieldnames = header
     rows: list[_Row] = []
-    for i, raw in enumerate(reader):
-        row = _parse_row(raw, line=i + 2)  # line 1 is the header
-        if keep is None or keep(row):
-            rows.append(row)
+    with _naming(p):
+        for i, raw in enumerate(reader):
+            row = _parse_row(raw, line=i + 2)  # line 1 is the header
+            if keep is None or keep(row):
+                rows.append(row)
     return _table(p, blob, rows, where)
 
 
@@ -235,12 +246,13 @@ def _table(p: Path, blob: bytes, rows: list[_Row], where: str | None) -> CountTa
         for row in members:
             if row.params != first.params or row.tokens != first.tokens:
                 raise DataError(
-                    f"row {row.line}: model '{model}' has params/tokens different from row "
+                    f"{p}: row {row.line}: model '{model}' has params/tokens different from row "
                     f"{first.line}"
                 )
             if row.loss != first.loss:
                 raise DataError(
-                    f"row {row.line}: model '{model}' has a loss different from row {first.line}"
+                    f"{p}: row {row.line}: model '{model}' has a loss different from row "
+                    f"{first.line}"
                 )
         with_answers = all(r.answers is not None for r in members)
         cells.append(
@@ -265,40 +277,46 @@ def _table(p: Path, blob: bytes, rows: list[_Row], where: str | None) -> CountTa
     )
 
 
+def _answers_row(text: str, line: int) -> _Row:
+    """One line of an answer-count file, validated as a counts row plus its answers."""
+    import json
+
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):  # bad JSON, a 5,000-digit number, deep nesting
+        raise DataError(f"line {line}: not JSON") from None
+    answers = doc.get("answers") if isinstance(doc, dict) else None
+    gold = doc.get("gold") if isinstance(doc, dict) else None
+    if not isinstance(answers, dict) or not isinstance(gold, str):
+        raise DataError(f"line {line}: needs 'answers' (answer -> count) and 'gold'")
+    counts = {str(k): _count(str(v), line, "answers") for k, v in answers.items()}
+    raw = {
+        "model": str(doc.get("model", "")),
+        "params": str(doc.get("params", "")),
+        "tokens": str(doc.get("tokens", "")),
+        "problem": str(doc.get("problem", "")),
+        "samples": str(sum(counts.values())),
+        "correct": str(counts.get(gold, 0)),
+    }
+    if doc.get("loss") is not None:
+        raw["loss"] = str(doc["loss"])
+    row = _parse_row(raw, line=line)  # type: ignore[arg-type]
+    return _Row(**{**row.__dict__, "answers": counts, "gold": gold})
+
+
 def load_answers(path: str | Path, where: str | None = None) -> CountTable:
     """Read an answer-count file (JSON lines) into cells that also carry each question's
     answer counts: `{"model", "params", "tokens", "loss"?, "problem", "gold", "answers"}`,
     where `answers` maps each extracted answer to how many samples gave it."""
-    import json
-
     p = Path(path)
     blob = _read_data_file(p)
     keep = parse_where(where) if where is not None else None
     rows: list[_Row] = []
-    for i, text in enumerate(blob.decode("utf-8", errors="replace").splitlines()):
-        if not text.strip():
-            continue
-        try:
-            doc = json.loads(text)
-        except (ValueError, RecursionError):  # bad JSON, a 5,000-digit number, deep nesting
-            raise DataError(f"line {i + 1}: not JSON") from None
-        answers = doc.get("answers")
-        gold = doc.get("gold")
-        if not isinstance(answers, dict) or not isinstance(gold, str):
-            raise DataError(f"line {i + 1}: needs 'answers' (answer -> count) and 'gold'")
-        counts = {str(k): _count(str(v), i + 1, "answers") for k, v in answers.items()}
-        raw = {
-            "model": str(doc.get("model", "")),
-            "params": str(doc.get("params", "")),
-            "tokens": str(doc.get("tokens", "")),
-            "problem": str(doc.get("problem", "")),
-            "samples": str(sum(counts.values())),
-            "correct": str(counts.get(gold, 0)),
-        }
-        if doc.get("loss") is not None:
-            raw["loss"] = str(doc["loss"])
-        row = _parse_row(raw, line=i + 1)  # type: ignore[arg-type]
-        row = _Row(**{**row.__dict__, "answers": counts, "gold": gold})
-        if keep is None or keep(row):
-            rows.append(row)
+    with _naming(p):
+        for i, text in enumerate(blob.decode("utf-8", errors="replace").splitlines()):
+            if not text.strip():
+                continue
+            row = _answers_row(text, i + 1)
+            if keep is None or keep(row):
+                rows.append(row)
     return _table(p, blob, rows, where)

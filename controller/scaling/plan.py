@@ -27,6 +27,9 @@ N_MIN = 1e6  # smallest model the planner considers (params)
 N_MAX = 1e13
 D_MIN = 1e6  # fewest training tokens considered
 GRID = 2000
+K_MAX = 1e15
+"""Most samples per query the deployment planner searches: a budget that affords more is
+already past any curve's saturation, and counts beyond 2^53 are not whole numbers as floats."""
 
 
 class PlanError(ValueError):
@@ -142,6 +145,8 @@ def plan_paper(
 
     `n_min`/`d_min` bound the search below (defaults suit LLMs; our own grid is 3e4-4e5)."""
     N_MIN, D_MIN = n_min, d_min  # the module defaults, overridden per call
+    _positive("--min-params", n_min)
+    _positive("--min-tokens", d_min)
     _positive("--train-flops", train_flops)
     _positive("--inference-flops", inference_flops)
     score, _ = _scorer(curves)
@@ -207,6 +212,8 @@ def plan_deployment(
     """T² optimum with 6ND + 2NkTQ <= C_total, and Chinchilla (20 tokens/param, k=1) alike."""
     N_MIN, D_MIN = n_min, d_min  # the module defaults, overridden per call
     for name, value in (
+        ("--min-params", n_min),
+        ("--min-tokens", d_min),
         ("--total-flops", total_flops),
         ("--queries", queries),
         ("--tokens-per-query", tokens_per_query),
@@ -216,7 +223,8 @@ def plan_deployment(
     serve = 2.0 * tokens_per_query * queries  # inference FLOPs per parameter per sample
 
     def k_max(n: float) -> int:
-        return math.floor((total_flops - 6.0 * n * D_MIN) / (serve * n) * (1 + 1e-12))
+        k = (total_flops - 6.0 * n * D_MIN) / (serve * n) * (1 + 1e-12)
+        return math.floor(min(k, K_MAX))
 
     def tokens_of(n: float, k: int) -> float:
         return (total_flops - serve * n * k) / (6.0 * n)
