@@ -534,7 +534,9 @@ class RouteRun:
                     plan = self.plan(cand.model, k)
                     if cand.model not in best or plan.value > best[cand.model].value:
                         best[cand.model] = plan
-            plans = [best[c.model] for c in self.route.candidates]
+            # a candidate capped at 0 (one sample of it does not fit what the request may
+            # spend) has no plan and is never started on
+            plans = [best[c.model] for c in self.route.candidates if c.model in best]
             if len(self.route.plans) >= PLAN_CACHE:
                 self.route.plans.pop(next(iter(self.route.plans)))
             self.route.plans[key] = plans

@@ -16,6 +16,7 @@ spend, and degrades to a plain vote when a verifier fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -32,6 +33,7 @@ from controller.aggregate.score_map import IsotonicScoreMap, TrafficScoreMap
 from server.config import TenantConfig, VerifierConfig
 from server.engine.base import GenerationOptions
 from server.errors import VerifierError
+from server.shield import uncancellable
 
 if TYPE_CHECKING:
     from server.engine.pooling import PoolingService
@@ -165,11 +167,29 @@ class JudgeVerifier:
         rid = f"judge-{id(self)}-{self._calls}"
         text, logprob = "", 0.0
         self.spend.prompt_tokens += prompt.tokens
-        async for sample in self.engine.sample(prompt, 1, params, rid):
-            self.spend.completion_tokens += sample.completion_tokens
-            text = sample.text
-            logprob = sample.mean_logprob if sample.mean_logprob is not None else 0.0
+        replied = False
+        try:
+            async with contextlib.aclosing(self.engine.sample(prompt, 1, params, rid)) as replies:
+                async for sample in replies:
+                    replied = True
+                    self.spend.completion_tokens += sample.completion_tokens
+                    text = sample.text
+                    logprob = sample.mean_logprob if sample.mean_logprob is not None else 0.0
+        finally:
+            if not replied:  # cut off (its timeout_s, a disconnect): bill what it generated
+                await uncancellable(self._abort(rid))
         return text, logprob
+
+    async def _abort(self, rid: str) -> None:
+        """Stop a judge call cut off part-way and add the reply tokens it had generated, as a
+        sampling wave's abort does (the engine's own per-request figures are the bill)."""
+        try:
+            await self.engine.abort(rid)
+        except Exception:
+            log.exception("aborting judge call %s failed", rid)
+        usage = self.engine.undelivered_usage(rid)
+        if usage is not None:
+            self.spend.completion_tokens += usage.completion_tokens
 
     def worst_case(self, question: str, candidates: Sequence[str]) -> VerifierSpend:
         """At most what grading these costs: each distinct prompt's tokens, and `max_tokens`

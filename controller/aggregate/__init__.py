@@ -35,6 +35,7 @@ from controller.aggregate.vote import (
     AggregateResult,
     Candidate,
     aggregate,
+    chosen_for,
     count_votes,
     leader,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "aggregate",
     "answer_matches",
     "arithmetic_checker",
+    "chosen_for",
     "count_votes",
     "first_of",
     "get_extractor",

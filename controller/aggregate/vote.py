@@ -118,7 +118,7 @@ def aggregate(
     else:
         weights = _vote_weights(candidates, votes, method_used)
         answer = leader(weights)
-        chosen_index = _chosen_for(candidates, answer, method_used)
+        chosen_index = chosen_for(candidates, answer, method_used)
     agreement = votes.get(answer, 0) / n if (answer is not None and n) else 0.0
     return AggregateResult(
         answer=answer,
@@ -189,7 +189,7 @@ def _vote_weights(
     return weights
 
 
-def _chosen_for(candidates: Sequence[Candidate], answer: str | None, method: str) -> int | None:
+def chosen_for(candidates: Sequence[Candidate], answer: str | None, method: str) -> int | None:
     """Which sample's text to return: the best-supported sample among those with the answer:
     by verifier score wherever the samples were scored, else by logprob for `logprob`, else
     the first."""

@@ -31,6 +31,7 @@ from controller.aggregate import (
     AggregateResult,
     Candidate,
     aggregate,
+    chosen_for,
     get_extractor,
     score_candidates,
 )
@@ -216,7 +217,7 @@ class Sampler:
         if route is None:
             raise ValueError(f"a routed job needs its route ({job.route})")
         first = job.jobs[route.candidates[0].model]
-        prices = route_prices(job, route, billing)
+        prices = route_prices(job, route, billing, _spendable(billing, first.max_cost))
         own = make_policy(first.policy).own_sample_price
         lam = route_price(own, billing.price_of_compute(), prices.yardstick(), prices.unit)
         plan = RoutePlan.start(route, prices, lam, first.max_samples, job.cheapest_first, stop_at)
@@ -390,6 +391,13 @@ class _Clock:
         return min(self.hard_stop, self.soft_stop)
 
 
+def _spendable(billing: Billing, max_cost: float | None) -> float | None:
+    """What a request may spend at most: the least of its hard budgets' remainder and its
+    `max_cost` (None: no bound known)."""
+    bounds = [b for b in (billing.remaining(), max_cost) if b is not None]
+    return min(bounds) if bounds else None
+
+
 def _fit_cost(billing: Billing, size: int, job: SamplingJob, left: float) -> int:
     """The largest wave ≤ size whose worst case fits in what `max_cost` leaves. `Caps` turns
     the cost cap into samples, as for any policy; a wave pays its prompt once, so the cap it
@@ -523,23 +531,29 @@ def _conclude(
     answers = [draws.items[i].answer for i in mine]
     samples = [draws.items[i].sample for i in mine]
     scores = [verdicts.scores[i] for i in mine] if verdicts.complete(len(draws.items)) else None
-    result = _aggregate(job, answers, samples, scores, verdicts)
+    candidates = _candidates(answers, samples, scores)
+    result = _aggregate(job, candidates, verdicts)
     if len(draws.order) > 1 and result.method == "majority":
         answer = cascade_answer(draws.answers, draws.order)
         if answer is not None and answer != result.answer:
-            index = answers.index(answer)
+            index = chosen_for(candidates, answer, result.method)  # the best-scored carrier
             agreement = answers.count(answer) / len(answers)
             result = replace(result, answer=answer, chosen_index=index, agreement=agreement)
     chosen = samples[result.chosen_index if result.chosen_index is not None else 0]
     return result, chosen, model
 
 
+def _candidates(
+    answers: list[str | None], samples: list[Sample], scores: list[float] | None
+) -> list[Candidate]:
+    return [
+        Candidate(answer=a, logprob=s.mean_logprob, score=scores[i] if scores else None)
+        for i, (a, s) in enumerate(zip(answers, samples, strict=True))
+    ]
+
+
 def _aggregate(
-    job: SamplingJob,
-    answers: list[str | None],
-    samples: list[Sample],
-    scores: list[float] | None,
-    verdicts: _Verdicts,
+    job: SamplingJob, candidates: list[Candidate], verdicts: _Verdicts
 ) -> AggregateResult:
     """Vote over the samples with their scores. Verifier methods without a verifier, or whose
     verifier failed (or whose scoring the budget refused), fall back to majority and the
@@ -547,10 +561,6 @@ def _aggregate(
     error = verdicts.error
     if job.aggregator in VERIFIED_METHODS and verdicts.verifier is None:
         error = "no verifier is configured for this tenant"
-    candidates = [
-        Candidate(answer=a, logprob=s.mean_logprob, score=scores[i] if scores else None)
-        for i, (a, s) in enumerate(zip(answers, samples, strict=True))
-    ]
     result = aggregate(candidates, job.aggregator, verifier_error=error)
     if error is not None and verdicts.verifier is not None and not result.degraded:
         note = f"verifier not used ({error}); the returned text is the first with the answer"
@@ -607,7 +617,8 @@ def _outcome(
         verifier=verdicts.verifier.label if verdicts.verifier is not None else None,
         verifier_tokens=spend.verifier_tokens,
         verifier_cost=spend.verifier_cost,
-        prompt_length=first.prompt_tokens,
+        # the prompt as the model that read it first (a route's members may tokenize apart)
+        prompt_length=setup.jobs[draws.waves[0][0]].prompt_tokens,
         cached_prompt_tokens=spend.cached_prompt_tokens,
         logprobs=chosen.logprobs,
     )

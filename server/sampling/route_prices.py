@@ -48,11 +48,17 @@ class RoutePrices:
         return next((p for p in prices if p > 2 * FREE), prices[0])
 
 
-def route_prices(routed: RoutedJob, route: Route, billing: Billing) -> RoutePrices:
+def route_prices(
+    routed: RoutedJob, route: Route, billing: Billing, spendable: float | None = None
+) -> RoutePrices:
     """Each candidate's prices in the tenant's unit (currency or FLOPs); for unmetered tenants,
     whose unit is tokens, in FLOPs (2·N per token): a token of the larger model is not as cheap
     as one of the smaller. Caps are each job's `max_samples`, at most the N_MAX samples whose
-    vote states routing tabulates (as the replay's)."""
+    vote states routing tabulates (as the replay's). A candidate whose one sample (its call's
+    prompt and a worst-case completion, as billed) costs more than `spendable` (what the
+    request may spend: its hard budget left, its `max_cost`) is capped at 0, so the route
+    answers on a member that fits rather than be refused on one that does not; when none
+    fits, the caps stay and the ledger's refusal (or `max_cost`'s one tried sample) stands."""
     metered = billing.unit in METERED
 
     def price(model: str, params: float, prompt: int, completion: int) -> float:
@@ -70,4 +76,14 @@ def route_prices(routed: RoutedJob, route: Route, billing: Billing) -> RoutePric
         call[cand.model] = price(cand.model, cand.params, job.prompt_tokens, 0)
         recall[cand.model] = price(cand.model, cand.params, CACHED_PROMPT_TOKENS_COMPUTED, 0)
         caps[cand.model] = min(job.max_samples, N_MAX)
+    if spendable is not None:
+        fits = {m: caps[m] for m in caps if _one_sample(routed, m, billing) <= spendable}
+        if fits:
+            caps = {m: fits.get(m, 0) for m in caps}
     return RoutePrices(sample, call, recall, caps, billing.unit if metered else "flops")
+
+
+def _one_sample(routed: RoutedJob, model: str, billing: Billing) -> float:
+    """One sample drawn alone on `model`, worst case, in the billing's own unit."""
+    job = routed.jobs[model]
+    return billing.quote(job.prompt_tokens, job.max_tokens, model=model)

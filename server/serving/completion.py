@@ -118,12 +118,11 @@ class RunGroup:
 
     def _verifier(self, job: SamplingJob | RoutedJob) -> ServedVerifier | None:
         """The job's verifier (one per job: each bills its own spend), or None when the
-        tenant has none or the job cannot use one (logprob-weighted votes). A routed job's
-        candidates share their controller names: the first one's say."""
+        tenant has none. Every method uses it, logprob-weighted votes too: its scores pick the
+        returned text among the chosen answer's samples and drive verifier-aware stopping. A
+        routed job's candidates share their controller names: the first one's say."""
         if isinstance(job, RoutedJob):
             job = next(iter(job.jobs.values()))
-        if job.aggregator == "logprob":
-            return None
         try:
             return self.state.verifiers.get(self.tenant, job.verifier, job.extractor)
         except VerifierError:  # its model is not served: the request degrades to a vote
