@@ -158,3 +158,17 @@ async def test_usage_counts_the_prompt_as_the_model_that_read_it(tmp_path: Path)
         body = r.json()
         assert {w["model"] for w in body["t2"]["route"]["waves"]} == {LARGE}
         assert body["usage"]["prompt_tokens"] == engines[LARGE].calls[0].prompt.tokens
+
+
+async def test_a_members_context_error_names_the_member(tmp_path: Path) -> None:
+    """"This model's maximum context length is 64" on a route left the client to guess which
+    of its models is that short."""
+    engines = {SMALL: ScriptedEngine(cycle("A: 7")),
+               LARGE: ScriptedEngine(cycle("A: 7"), context=64)}  # fmt: skip
+    async with served(engines, routed_config(tmp_path)) as http:
+        r = await http.post("/v1/chat/completions", json=chat("auto", max_tokens=60))
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["code"] == "context_length_exceeded"
+        assert error["message"].startswith("This model's maximum context length is 64")
+        assert error["message"].endswith(f"(route 'auto', its member '{LARGE}')")
+        assert error["param"] == "max_tokens"

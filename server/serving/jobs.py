@@ -257,9 +257,15 @@ def routed_job(
     )
     jobs = {}
     for name in route.route:
-        job = resolve_job(
-            state.config, state.engine(name), tenant, narrowed, prompt, request_id, prompt_param
-        )
+        try:
+            job = resolve_job(
+                state.config, state.engine(name), tenant, narrowed, prompt, request_id,
+                prompt_param,
+            )
+        except APIError as exc:  # "This model's context…": say which member it is
+            exc.message = f"{exc.message} (route '{route.id}', its member '{name}')"
+            exc.args = (exc.message,)
+            raise
         jobs[name] = dataclasses.replace(job, model=name)
     return RoutedJob(route.id, jobs, cheapest_first=route.start == "cheapest")
 
