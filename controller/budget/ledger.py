@@ -123,6 +123,8 @@ class SpendEntry:
     the settle's own transaction, so the log can never disagree with settled spend)."""
 
     model: str
+    """The model that drew the wave (a route's waves name their own), or a verifier's model
+    for its charge: the record's breakdown books the entry to it."""
     samples: int
     prompt_tokens: int
     completion_tokens: int
@@ -134,8 +136,29 @@ class SpendEntry:
 
 
 @dataclass
+class ModelSpend:
+    """One model's share of a request's spend-log record: what the entries that named it added
+    (its generation waves, and verifier charges at its price)."""
+
+    samples: int = 0
+    waves: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    money: float = 0.0
+    flops: float = 0.0
+
+
+@dataclass
 class SpendRecord:
-    """One request's spend-log record: the sum of its settled waves, then how it ended."""
+    """One request's spend-log record: the sum of its settled waves, then how it ended.
+
+    `model` is the model of the request's last generation wave (for a route, the model that
+    answered; for a single model, that model). `by_model` splits the figures by the model each
+    entry named, summed in the same atomic step as the totals, so a route that escalated shows
+    each model's own spend. Its samples are the samples each model's waves drew; when the
+    request ends, the last model's are trued up so they sum to `samples` (the samples drawn).
+    Records written before the breakdown existed have none stored: they read as one model,
+    `model`, with the record's totals (all their waves were booked to it)."""
 
     request_id: str
     tenant: str
@@ -151,6 +174,20 @@ class SpendRecord:
     flops: float
     stop_reason: str | None = None
     status: int | None = None
+    by_model: dict[str, ModelSpend] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.by_model:  # no breakdown stored (an older record): all of it is `model`'s
+            self.by_model = {
+                self.model: ModelSpend(
+                    self.samples,
+                    self.waves,
+                    self.prompt_tokens,
+                    self.completion_tokens,
+                    self.money,
+                    self.flops,
+                )
+            }
 
 
 @dataclass(frozen=True)
@@ -268,7 +305,12 @@ class LedgerStore(Protocol):
         nothing is drawn, so the server can refuse the request and charge nothing."""
         ...
 
-    async def settle(self, hold: Hold, cost: Cost) -> SettleOutcome: ...
+    async def settle(self, hold: Hold, cost: Cost) -> SettleOutcome:
+        """Charge `cost` once per (tenant, request id, wave) and release the wave's hold. With
+        `hold.entry`, add it to the request's spend-log record in the same step: to the totals
+        and to the breakdown of `entry.model`; a generation entry (`waves` ≥ 1) of a wave not
+        older than the one that last set it makes `entry.model` the record's `model`."""
+        ...
 
     async def release(self, tenant: str, request_id: str, wave: int) -> None: ...
 
@@ -289,7 +331,9 @@ class LedgerStore(Protocol):
     async def finish_log(
         self, tenant: str, request_id: str, stop_reason: str | None, status: int, samples: int
     ) -> None:
-        """Note how a logged request ended and the samples it drew (no money moves)."""
+        """Note how a logged request ended and the samples it drew (no money moves); in the same
+        step, true up the samples of the record's `model` in its breakdown so the breakdown's
+        sum to `samples` (never below 0)."""
         ...
 
     async def spend_logs(self, tenant: str, since: float, until: float) -> list[SpendRecord]:

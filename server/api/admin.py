@@ -558,6 +558,49 @@ def _filter(
     return SpendFilter(tenant=tenant, key=key, user=user, model=model, since=since, until=until)
 
 
+class ModelShare(BaseModel):
+    """One model's share of a request's record: the waves it drew (and verifier charges at its
+    price)."""
+
+    samples: int
+    waves: int
+    prompt_tokens: int
+    completion_tokens: int
+    money: float
+    flops: float
+
+
+class SpendLog(BaseModel):
+    """One request's spend-log record."""
+
+    request_id: str
+    tenant: str
+    time: float = Field(description="the first settle's time (Unix seconds)")
+    model: str = Field(
+        description="the model of the request's last wave: for a route, the model that answered"
+    )
+    key_prefix: str | None
+    user: str | None
+    samples: int
+    waves: int
+    prompt_tokens: int
+    completion_tokens: int
+    money: float
+    flops: float
+    stop_reason: str | None
+    status: int | None
+    by_model: dict[str, ModelShare] = Field(
+        description="the figures split by the model that drew each wave (a route that "
+        "escalated has one entry per model; a record from before the split, one: `model`)"
+    )
+
+
+class SpendLogPage(BaseModel):
+    object: str = "list"
+    data: list[SpendLog]
+    next_cursor: str | None
+
+
 async def _records(state: ServingState, f: SpendFilter) -> list[SpendRecord]:
     if f.tenant is not None and not any(t.id == f.tenant for t in state.config.tenants):
         raise APIError(404, f"No tenant '{f.tenant}'.", param="tenant", code="tenant_not_found")
@@ -569,7 +612,7 @@ async def _records(state: ServingState, f: SpendFilter) -> list[SpendRecord]:
         for r in records
         if (f.key is None or r.key_prefix == f.key)
         and (f.user is None or r.user == f.user)
-        and (f.model is None or r.model == f.model)
+        and (f.model is None or f.model in r.by_model)  # any model that drew for it
     ]
 
 
@@ -604,9 +647,10 @@ async def spend_logs(
     until: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
     limit: int = 100,
     cursor: Annotated[str | None, Query(max_length=1024)] = None,
-) -> dict[str, Any]:
+) -> SpendLogPage:
     """One record per request (oldest first), `limit` per page; pass `next_cursor` back as
-    `cursor` for the next page."""
+    `cursor` for the next page. `model` selects the records any of whose waves that model drew;
+    `by_model` splits each record by model."""
     state = require_admin(request)
     if not 1 <= limit <= MAX_PAGE:
         raise APIError(
@@ -621,19 +665,26 @@ async def spend_logs(
         records = [r for r in records if (r.time, r.tenant, r.request_id) > after]
     page = records[:limit]
     more = len(records) > limit
-    return {
-        "object": "list",
-        "data": [asdict(r) for r in page],
-        "next_cursor": _encode_cursor(page[-1]) if more and page else None,
-    }
+    return SpendLogPage(
+        data=[SpendLog.model_validate(asdict(r)) for r in page],
+        next_cursor=_encode_cursor(page[-1]) if more and page else None,
+    )
 
 
-def _group_of(r: SpendRecord, by: str) -> str:
+def _shares(r: SpendRecord, by_model: bool, model: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """What a record adds to a report, as (model, figures): the whole record, or, grouped by
+    model or filtered to one, each model's own share (a route's waves on each model it drew)."""
+    if not by_model and model is None:
+        return [(r.model, {col: getattr(r, col) for col in REPORT_COLUMNS[1:]})]
+    return [(m, asdict(part)) for m, part in r.by_model.items() if model in (None, m)]
+
+
+def _group_of(r: SpendRecord, by: str, model: str) -> str:
     if by == "day":
         return datetime.fromtimestamp(r.time, tz=UTC).strftime("%Y-%m-%d")
     if by == "key":
         return r.key_prefix or ""
-    return {"model": r.model, "user": r.user or "", "tenant": r.tenant}[by]
+    return {"model": model, "user": r.user or "", "tenant": r.tenant}[by]
 
 
 REPORT_COLUMNS = (
@@ -660,7 +711,9 @@ async def spend_report(
     until: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
 ) -> dict[str, Any] | Response:
     """Spend summed by day (UTC), model, key prefix, user or tenant; JSON, or CSV with
-    `format=csv`. An empty key or user is a request without one (file keys, no `user`)."""
+    `format=csv`. An empty key or user is a request without one (file keys, no `user`).
+    By model (and with `model=`), a request is split by the model that drew each wave: a route
+    that escalated counts in each of its models' rows, with that model's share."""
     state = require_admin(request)
     if group_by not in GROUPS:
         raise APIError(
@@ -673,10 +726,13 @@ async def spend_report(
         raise APIError(400, "'format' must be json or csv.", param="format", code="invalid_value")
     rows: dict[str, dict[str, float]] = {}
     for r in await _records(state, _filter(tenant, key, user, model, since, until)):
-        row = rows.setdefault(_group_of(r, group_by), dict.fromkeys(REPORT_COLUMNS, 0))
-        row["requests"] += 1
-        for col in REPORT_COLUMNS[1:]:
-            row[col] += getattr(r, col)
+        for share_model, share in _shares(r, group_by == "model", model):
+            row = rows.setdefault(
+                _group_of(r, group_by, share_model), dict.fromkeys(REPORT_COLUMNS, 0)
+            )
+            row["requests"] += 1
+            for col in REPORT_COLUMNS[1:]:
+                row[col] += share[col]
     data = [{group_by: group, **row} for group, row in sorted(rows.items())]
     if format == "csv":
         out = io.StringIO()

@@ -12,7 +12,9 @@ Keys per tenant (prefix `{t2:<tenant>}`):
 - `:rq:<scope>` sorted set of admitted request ids scored by time: the `rpm` sliding log;
 - `:s:<request>|<wave>` string "money|flops|tokens": the settle idempotency record (kept
   `settled_ttl_s`);
-- `:log:<request>` hash: the request's spend-log record, summed by each settle script;
+- `:log:<request>` hash: the request's spend-log record, summed by each settle script, with
+  its per-model breakdown in the same hash (`by|<figure>|<model>`, e.g. `by|money|m`) and `mw`,
+  the wave that last named its `model` (records from before the breakdown have neither);
   `:logs` sorted set of request ids by first settle time (both kept `log_retention_s`).
 
 Durability of settled spend is Redis's own: run it with `appendonly yes` in production.
@@ -28,6 +30,7 @@ import redis.asyncio as aioredis
 from controller.budget.ledger import (
     Hold,
     Limit,
+    ModelSpend,
     RequestLimit,
     RequestUsage,
     ReserveOutcome,
@@ -236,7 +239,9 @@ return table.concat(out, ',')
 # KEYS: res, exp, tot, settled, log record, log index, window hashes...
 # ARGV: now, member, cost_m, cost_f, settled_ttl, has_log, request_id, model, key_prefix, user,
 # samples, prompt_tokens, completion_tokens, log_ttl, cost_t, then per window: bucket, cutoff,
-# expire_s, scope; then the waves the log entry adds (absent: 1, as before it was passed).
+# expire_s, scope; then the waves the log entry adds (absent: 1, as before it was passed) and
+# the wave's number (absent: 0). The entry is added to the record's totals and to its model's
+# `by|...|<model>` fields; a generation entry (waves ≥ 1) of a wave ≥ `mw` names the `model`.
 SETTLE = (
     _COMMON
     + r"""
@@ -265,20 +270,29 @@ else
     end
   end
   if ARGV[6] == '1' then  -- the request's spend-log record, in this same script
-    local log, ttl = KEYS[5], tonumber(ARGV[14])
+    local log, ttl, model = KEYS[5], tonumber(ARGV[14]), ARGV[8]
+    local waves = tonumber(ARGV[16 + nwin * 4] or '1')
+    local wave = tonumber(ARGV[17 + nwin * 4] or '0')
     if redis.call('HSETNX', log, 'time', ARGV[1]) == 1 then
-      redis.call('HSET', log, 'request_id', ARGV[7], 'model', ARGV[8], 'key_prefix', ARGV[9],
-                 'user', ARGV[10])
+      redis.call('HSET', log, 'request_id', ARGV[7], 'model', model, 'key_prefix', ARGV[9],
+                 'user', ARGV[10], 'mw', '-1')
       redis.call('ZADD', KEYS[6], now, ARGV[7])
       redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - ttl)
       redis.call('EXPIRE', KEYS[6], ttl)
     end
-    redis.call('HINCRBY', log, 'samples', tonumber(ARGV[11]))
-    redis.call('HINCRBY', log, 'waves', tonumber(ARGV[16 + nwin * 4] or '1'))
-    redis.call('HINCRBY', log, 'prompt_tokens', tonumber(ARGV[12]))
-    redis.call('HINCRBY', log, 'completion_tokens', tonumber(ARGV[13]))
-    redis.call('HINCRBYFLOAT', log, 'money', cm)
-    redis.call('HINCRBYFLOAT', log, 'flops', cf)
+    if waves >= 1 and wave >= (tonumber(redis.call('HGET', log, 'mw') or '-1') or -1) then
+      redis.call('HSET', log, 'model', model, 'mw', tostring(wave))
+    end
+    local s, p, c = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+    for _, pre in ipairs({'', 'by|'}) do  -- the totals, then the model's share
+      local suf = (pre == '') and '' or ('|' .. model)
+      redis.call('HINCRBY', log, pre .. 'samples' .. suf, s)
+      redis.call('HINCRBY', log, pre .. 'waves' .. suf, waves)
+      redis.call('HINCRBY', log, pre .. 'prompt_tokens' .. suf, p)
+      redis.call('HINCRBY', log, pre .. 'completion_tokens' .. suf, c)
+      redis.call('HINCRBYFLOAT', log, pre .. 'money' .. suf, cm)
+      redis.call('HINCRBYFLOAT', log, pre .. 'flops' .. suf, cf)
+    end
     redis.call('EXPIRE', log, ttl)
   end
 end
@@ -291,10 +305,22 @@ return table.concat(out, ',')  -- one bulk string: cheaper to parse than an arra
 """
 )
 
-# KEYS: log record.  ARGV: stop_reason, status, samples.
+# KEYS: log record.  ARGV: stop_reason, status, samples. Then the record's model's samples in
+# its breakdown (if it has one): the drawn samples its other models' waves did not draw.
 FINISH_LOG = r"""
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'stop_reason', ARGV[1], 'status', ARGV[2], 'samples', ARGV[3])
+  local mine = 'by|samples|' .. (redis.call('HGET', KEYS[1], 'model') or '')
+  if redis.call('HEXISTS', KEYS[1], mine) == 1 then
+    local all, others = redis.call('HGETALL', KEYS[1]), 0
+    for i = 1, #all, 2 do
+      if all[i] ~= mine and string.sub(all[i], 1, 11) == 'by|samples|' then
+        others = others + tonumber(all[i + 1])
+      end
+    end
+    local left = math.max(0, tonumber(ARGV[3]) - others)
+    redis.call('HSET', KEYS[1], mine, string.format('%d', left))
+  end
 end
 return 0
 """
@@ -437,7 +463,7 @@ class RedisStore:
         for lim in limits:
             expire = int(2 * max(LENGTH_S[lim.span.name], lim.span.end - lim.span.start)) + 60
             args += [lim.bucket, lim.cutoff, expire, lim.scope]
-        args.append(e.waves if e else 0)
+        args += [e.waves if e else 0, hold.wave]
         out = str(await self._settle(keys=keys, args=args)).split(",")
         charged = Cost(float(out[1]), float(out[2]), float(out[3]))
         return SettleOutcome(charged, out[0] == "1", _usage(limits, out[4:]))
@@ -508,6 +534,24 @@ class RedisStore:
             await self.client.connection_pool.disconnect()
 
 
+_COUNTS = ("samples", "waves", "prompt_tokens", "completion_tokens")
+
+
+def _by_model(raw: dict[str, str]) -> dict[str, ModelSpend]:
+    """The record's `by|<figure>|<model>` fields (none on records from before the breakdown:
+    then `SpendRecord` reads it as all its `model`'s)."""
+    out: dict[str, ModelSpend] = {}
+    for name, value in raw.items():
+        if name.startswith("by|"):
+            _, figure, model = name.split("|", 2)
+            part = out.setdefault(model, ModelSpend())
+            if figure in _COUNTS:
+                setattr(part, figure, int(value))
+            elif figure in ("money", "flops"):
+                setattr(part, figure, float(value))
+    return dict(sorted(out.items()))
+
+
 def _record(tenant: str, raw: dict[str, str]) -> SpendRecord:
     return SpendRecord(
         request_id=raw["request_id"],
@@ -524,6 +568,7 @@ def _record(tenant: str, raw: dict[str, str]) -> SpendRecord:
         flops=float(raw.get("flops", 0)),
         stop_reason=raw.get("stop_reason") or None,
         status=int(raw["status"]) if raw.get("status") else None,
+        by_model=_by_model(raw),
     )
 
 

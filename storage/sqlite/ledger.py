@@ -12,9 +12,11 @@ throughput for power-loss safety.
 Tables: `spend` (per tenant, window and bucket: the aggregates budgets are checked against),
 `settlements` (the journal: one row per settled wave, also the idempotency key),
 `reservations` (live holds with an expiry), `spend_logs` (one row per request, summed by
-each of its settles in the same transaction) and `rate_requests` (the `rpm` sliding log: one row
-per admitted request and level, dropped once it is older than the window; `rate_counts` keeps
-each level's row count in the same transactions).
+each of its settles in the same transaction; `model_wave` is the wave that last named its
+`model`), `spend_log_models` (the same sums per request and model, in the same transaction: a
+route's waves each booked to the model that drew them) and `rate_requests` (the `rpm` sliding
+log: one row per admitted request and level, dropped once it is older than the window;
+`rate_counts` keeps each level's row count in the same transactions).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Literal
 from controller.budget.ledger import (
     Hold,
     Limit,
+    ModelSpend,
     RequestLimit,
     RequestUsage,
     ReserveOutcome,
@@ -61,9 +64,17 @@ CREATE TABLE IF NOT EXISTS spend_logs (
     key_prefix TEXT, user TEXT, samples INTEGER NOT NULL, waves INTEGER NOT NULL,
     prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
     money REAL NOT NULL, flops REAL NOT NULL, stop_reason TEXT, status INTEGER,
+    model_wave INTEGER NOT NULL DEFAULT -1,
     PRIMARY KEY (tenant, request_id)
 );
 CREATE INDEX IF NOT EXISTS spend_logs_time ON spend_logs (tenant, time);
+CREATE TABLE IF NOT EXISTS spend_log_models (
+    tenant TEXT NOT NULL, request_id TEXT NOT NULL, model TEXT NOT NULL,
+    samples INTEGER NOT NULL, waves INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    money REAL NOT NULL, flops REAL NOT NULL,
+    PRIMARY KEY (tenant, request_id, model)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settlements (
     tenant TEXT NOT NULL, request_id TEXT NOT NULL, wave INTEGER NOT NULL,
     money REAL NOT NULL, flops REAL NOT NULL, settled_at REAL NOT NULL,
@@ -190,30 +201,7 @@ class SQLiteStore:
             ],
         )
         if h.entry is not None:  # the request's log record, in the settle's own transaction
-            e = h.entry
-            c.execute(
-                "INSERT INTO spend_logs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL) "
-                "ON CONFLICT (tenant, request_id) DO UPDATE SET samples = samples + "
-                "excluded.samples, waves = waves + excluded.waves, "
-                "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
-                "completion_tokens = completion_tokens + excluded.completion_tokens, "
-                "money = money + excluded.money, "
-                "flops = flops + excluded.flops",
-                (
-                    tenant,
-                    h.request_id,
-                    now,
-                    e.model,
-                    e.key_prefix,
-                    e.user,
-                    e.samples,
-                    e.waves,
-                    e.prompt_tokens,
-                    e.completion_tokens,
-                    cost.money,
-                    cost.flops,
-                ),
-            )
+            self._log(c, h, cost)
         for lim in limits:  # rolling windows' old buckets no longer count: keep the table small
             if lim.span.rolling:
                 c.execute(
@@ -221,6 +209,51 @@ class SQLiteStore:
                     (tenant, lim.key, lim.cutoff),
                 )
         return SettleOutcome(cost, False, self._usage(c, tenant, limits, now))
+
+    @staticmethod
+    def _log(c: sqlite3.Connection, h: Hold, cost: Cost) -> None:
+        """Add a settled entry to its request's record and to the record's row for its model.
+        A generation entry names the record's `model` unless a later wave already did."""
+        e = h.entry
+        assert e is not None
+        figures = (e.samples, e.waves, e.prompt_tokens, e.completion_tokens, cost.money, cost.flops)
+        names = e.waves >= 1
+        c.execute(
+            "INSERT INTO spend_logs (tenant, request_id, time, model, key_prefix, user, samples, "
+            "waves, prompt_tokens, completion_tokens, money, flops, model_wave) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (tenant, request_id) DO UPDATE SET samples = samples + "
+            "excluded.samples, waves = waves + excluded.waves, "
+            "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+            "completion_tokens = completion_tokens + excluded.completion_tokens, "
+            "money = money + excluded.money, "
+            "flops = flops + excluded.flops, "
+            "model = CASE WHEN ? AND excluded.model_wave >= model_wave "
+            "THEN excluded.model ELSE model END, "
+            "model_wave = CASE WHEN ? AND excluded.model_wave >= model_wave "
+            "THEN excluded.model_wave ELSE model_wave END",
+            (
+                h.tenant,
+                h.request_id,
+                h.now,
+                e.model,
+                e.key_prefix,
+                e.user,
+                *figures,
+                h.wave if names else -1,
+                names,
+                names,
+            ),
+        )
+        c.execute(
+            "INSERT INTO spend_log_models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (tenant, request_id, model) DO UPDATE SET "
+            "samples = samples + excluded.samples, waves = waves + excluded.waves, "
+            "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+            "completion_tokens = completion_tokens + excluded.completion_tokens, "
+            "money = money + excluded.money, flops = flops + excluded.flops",
+            (h.tenant, h.request_id, e.model, *figures),
+        )
 
     async def release(self, tenant: str, request_id: str, wave: int) -> None:
         def go(c: sqlite3.Connection) -> None:
@@ -265,31 +298,60 @@ class SQLiteStore:
         self, tenant: str, request_id: str, stop_reason: str | None, status: int, samples: int
     ) -> None:
         def go(c: sqlite3.Connection) -> None:
+            key = (tenant, request_id)
             c.execute(
                 "UPDATE spend_logs SET stop_reason=?, status=?, samples=? "
                 "WHERE tenant=? AND request_id=?",
-                (stop_reason, status, samples, tenant, request_id),
+                (stop_reason, status, samples, *key),
+            )
+            # the last model's samples: the drawn ones its earlier models' waves did not draw
+            c.execute(
+                "UPDATE spend_log_models SET samples = max(0, ? - (SELECT coalesce(sum("
+                "o.samples), 0) FROM spend_log_models o WHERE o.tenant=spend_log_models.tenant "
+                "AND o.request_id=spend_log_models.request_id AND o.model!=spend_log_models.model"
+                ")) WHERE tenant=? AND request_id=? AND model=("
+                "SELECT model FROM spend_logs WHERE tenant=? AND request_id=?)",
+                (samples, *key, *key),
             )
 
         await self._run(go)
 
     async def spend_logs(self, tenant: str, since: float, until: float) -> list[SpendRecord]:
         def go(c: sqlite3.Connection) -> list[SpendRecord]:
+            window = (tenant, since, until)
             rows = c.execute(
                 "SELECT request_id, tenant, time, model, key_prefix, user, samples, waves, "
                 "prompt_tokens, completion_tokens, money, flops, stop_reason, status "
                 "FROM spend_logs WHERE tenant=? AND time>=? AND time<? "
                 "ORDER BY time, request_id",
-                (tenant, since, until),
+                window,
             ).fetchall()
-            return [SpendRecord(*r) for r in rows]
+            parts: dict[str, dict[str, ModelSpend]] = {}
+            for rid, model, *figures in c.execute(
+                "SELECT m.request_id, m.model, m.samples, m.waves, m.prompt_tokens, "
+                "m.completion_tokens, m.money, m.flops FROM spend_log_models m "
+                "JOIN spend_logs l ON l.tenant=m.tenant AND l.request_id=m.request_id "
+                "WHERE l.tenant=? AND l.time>=? AND l.time<? ORDER BY m.model",
+                window,
+            ):
+                parts.setdefault(rid, {})[model] = ModelSpend(*figures)
+            out = [SpendRecord(*r) for r in rows]
+            for rec in out:  # a record from before the breakdown has no rows: it reads as
+                rec.by_model = parts.get(rec.request_id) or rec.by_model  # its one model's
+            return out
 
         return await self._run(go)
 
     async def purge_logs(self, before: float) -> int:
-        return await self._run(
-            lambda c: c.execute("DELETE FROM spend_logs WHERE time < ?", (before,)).rowcount
-        )
+        def go(c: sqlite3.Connection) -> int:
+            c.execute(
+                "DELETE FROM spend_log_models WHERE (tenant, request_id) IN "
+                "(SELECT tenant, request_id FROM spend_logs WHERE time < ?)",
+                (before,),
+            )
+            return int(c.execute("DELETE FROM spend_logs WHERE time < ?", (before,)).rowcount)
+
+        return await self._run(go)
 
     async def close(self) -> None:
         await self._db.close()
@@ -381,7 +443,10 @@ def _prepare(conn: sqlite3.Connection) -> None:
 def _migrate(conn: sqlite3.Connection) -> None:
     """Files from before budget levels: their reservations table has no `scope`. Holds are
     short-lived, so the table is recreated (holds live at the upgrade lapse, as after a crash).
-    Files from before rate limits: `tokens` is added to the tables that count them (0 so far)."""
+    Files from before rate limits: `tokens` is added to the tables that count them (0 so far).
+    Files from before the per-model breakdown: `spend_logs` gets `model_wave` (their records
+    keep the model they named; `spend_log_models` is created empty, and a record without rows
+    there reads as all its first model's, as it was booked)."""
     cols = [r[1] for r in conn.execute("PRAGMA table_info(reservations)").fetchall()]
     if cols and "scope" not in cols:
         conn.execute("DROP TABLE reservations")
@@ -389,6 +454,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
         cols = [r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()]
         if cols and "tokens" not in cols:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN tokens REAL NOT NULL DEFAULT 0")
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(spend_logs)").fetchall()]
+    if cols and "model_wave" not in cols:
+        conn.execute("ALTER TABLE spend_logs ADD COLUMN model_wave INTEGER NOT NULL DEFAULT -1")
 
 
 def _distinct(limits: Sequence[Limit]) -> list[Limit]:
