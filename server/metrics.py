@@ -33,12 +33,13 @@ Typical use in the app:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import cast, get_args
 
@@ -76,6 +77,7 @@ __all__ = [
     "observe_ttft",
     "render_latest",
     "reset_multiprocess_dir",
+    "retain_budgets",
     "set_budget",
     "set_engine_queue_depth",
     "set_engine_ready",
@@ -313,6 +315,19 @@ _ALL = (
 )
 
 
+_BUDGET_GAUGES = (
+    BUDGET_LIMIT,
+    BUDGET_REMAINING,
+    BUDGET_RESERVED,
+    BUDGET_SPENT,
+    BUDGET_WINDOW_START,
+    BUDGET_WINDOW_END,
+)
+_budget_lock = threading.Lock()
+_budget_series: set[tuple[str, str]] = set()  # (tenant, window) label pairs published
+_lam_series: set[str] = set()  # tenant labels with a published λ
+
+
 def metric_names() -> frozenset[str]:
     """Every sample name the `t2_*` metrics expose (with `_total`, `_bucket`, … suffixes)."""
     names: set[str] = set()
@@ -465,6 +480,8 @@ def set_budget(
     the burn-rate alerts: pass them for rolling windows; calendar UTC bounds are the default.
     """
     labels = {"tenant": _tenant(tenant), "window": _window(window)}
+    with _budget_lock:
+        _budget_series.add((labels["tenant"], labels["window"]))
     BUDGET_LIMIT.labels(**labels).set(limit)
     BUDGET_REMAINING.labels(**labels).set(remaining)
     BUDGET_RESERVED.labels(**labels).set(reserved)
@@ -480,9 +497,37 @@ def set_budget(
     BUDGET_WINDOW_END.labels(**labels).set(window_end)
 
 
+def retain_budgets(windows: Mapping[str, Iterable[str]]) -> None:
+    """Keep only these tenants' budget series (tenant id → its window names) and their λ: a
+    budget or tenant a reload removed must not leave its last figures (and the alerts on them)
+    behind. In multiprocess mode prometheus-client keeps a removed series' last value in its
+    files, so the series is zeroed first: a zero limit is outside the burn rules and panels."""
+    keep = {(_tenant(t), _window(w)) for t, names in windows.items() for w in names}
+    tenants = {_tenant(t) for t in windows}
+    with _budget_lock:
+        gone = _budget_series - keep
+        _budget_series.difference_update(gone)
+        lams = _lam_series - tenants
+        _lam_series.difference_update(lams)
+    for tenant_label, window_label in sorted(gone):
+        for gauge in _BUDGET_GAUGES:
+            if is_multiprocess():
+                gauge.labels(tenant=tenant_label, window=window_label).set(0)
+            with contextlib.suppress(KeyError):
+                gauge.remove(tenant_label, window_label)
+    for tenant_label in sorted(lams):
+        if is_multiprocess():
+            PRICE_OF_COMPUTE.labels(tenant=tenant_label).set(0)
+        with contextlib.suppress(KeyError):
+            PRICE_OF_COMPUTE.remove(tenant_label)
+
+
 def set_price_of_compute(tenant: str, lam: float) -> None:
     """Publish the tenant's pacing λ (the shadow price of compute the t2 policy uses)."""
-    PRICE_OF_COMPUTE.labels(tenant=_tenant(tenant)).set(lam)
+    label = _tenant(tenant)
+    with _budget_lock:
+        _lam_series.add(label)
+    PRICE_OF_COMPUTE.labels(tenant=label).set(lam)
 
 
 def inc_budget_rejection(tenant: str | None) -> None:

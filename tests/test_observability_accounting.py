@@ -6,7 +6,9 @@ a metrics audit finding."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -259,3 +261,45 @@ async def test_a_verifiers_tokens_and_spend_are_counted(tmp_path: Path) -> None:
     assert counts["tokens"] == billed
     assert counts["spend"] == pytest.approx(spent, rel=1e-9)
     assert counts["spend"] == pytest.approx(t2["cost"], rel=1e-9)
+
+
+# -- budget gauges: only budgets the config has ----------------------------------------------
+
+
+async def test_a_budget_a_reload_removes_leaves_no_gauges(tmp_path: Path) -> None:
+    """Its last figures stayed forever, and the burn alerts on them kept firing."""
+    cfg = config(tmp_path)
+    cfg["tenants"][0]["budgets"] = {"day": {"limit": 100, "hard": False},
+                                    "hour": {"limit": 50, "hard": False}}  # fmt: skip
+    async with client(cfg) as (http, app):
+        for _ in range(3):
+            await http.post("/v1/chat/completions", json=chat(), headers=KEY)
+        await asyncio.sleep(0.4)  # the gauges' deferred publish
+        assert total("t2_budget_limit", tenant="acme", window="day") == 100
+        reloaded = copy.deepcopy(cfg)
+        del reloaded["tenants"][0]["budgets"]["day"]
+        app.state.t2.apply(parse_config(reloaded))
+        assert total("t2_budget_limit", tenant="acme", window="day") == 0  # gone at once
+        await http.post("/v1/chat/completions", json=chat(), headers=KEY)
+        await asyncio.sleep(0.4)
+        assert total("t2_budget_limit", tenant="acme", window="day") == 0  # and not back
+        assert total("t2_budget_spent", tenant="acme", window="day") == 0
+        assert total("t2_budget_limit", tenant="acme", window="hour") == 50
+
+
+async def test_a_tenant_a_reload_removes_leaves_no_gauges(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    cfg["tenants"].append({"id": "beta", "api_keys": [{"sha256": hash_key("k-beta")}],
+                           "prices": PRICES, "budgets": {"day": {"limit": 7}}})  # fmt: skip
+    async with client(cfg) as (http, app):
+        beta = {"Authorization": "Bearer k-beta"}
+        await http.post("/v1/chat/completions", json=chat(max_tokens=2), headers=beta)
+        await asyncio.sleep(0.4)
+        assert total("t2_budget_limit", tenant="beta", window="day") == 7
+        reloaded = copy.deepcopy(cfg)
+        reloaded["tenants"].pop()
+        app.state.t2.apply(parse_config(reloaded))
+        assert total("t2_budget_limit", tenant="beta") == 0
+        assert not [1 for f in text_string_to_metric_families(metrics.render_latest()[0].decode())
+                    for s in f.samples if s.name == "t2_price_of_compute"
+                    and s.labels.get("tenant") == "beta"]  # fmt: skip
