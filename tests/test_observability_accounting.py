@@ -303,3 +303,13 @@ async def test_a_tenant_a_reload_removes_leaves_no_gauges(tmp_path: Path) -> Non
         assert not [1 for f in text_string_to_metric_families(metrics.render_latest()[0].decode())
                     for s in f.samples if s.name == "t2_price_of_compute"
                     and s.labels.get("tenant") == "beta"]  # fmt: skip
+
+
+# -- the docs ------------------------------------------------------------------------------------
+
+
+def test_the_docs_list_every_metric() -> None:
+    text = (ROOT / "docs" / "observability.md").read_text()
+    text = text.replace("`…_end_timestamp_seconds`", "`t2_budget_window_end_timestamp_seconds`")
+    missing = [f.name for m in metrics._ALL for f in m.describe() if f"`{f.name}" not in text]
+    assert missing == []
