@@ -152,9 +152,9 @@ def _install_api(app: FastAPI, state: ServingState) -> None:
     app.include_router(admin.router)  # /admin/*: tenants, budgets, reload
     app.state.drain = Drain()  # started by the server on SIGTERM (cli/serve.py)
     app.add_middleware(DrainDeadline, drain=app.state.drain)
-    app.add_middleware(RequestMetrics)
     app.add_middleware(OverdueLog, limit=lambda: state.config.server.request_timeout_s)
-    app.add_middleware(BodyLimit, limit=state.body_limit)  # outermost
+    app.add_middleware(BodyLimit, limit=state.body_limit)
+    app.add_middleware(RequestMetrics)  # outermost: it counts BodyLimit's 413s and drain 503s
     install_openapi(app, state.config.model_ids)
 
 

@@ -33,12 +33,13 @@ Typical use in the app:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import cast, get_args
 
@@ -70,11 +71,13 @@ __all__ = [
     "is_multiprocess",
     "mark_process_dead",
     "metric_names",
-    "observe_completion",
+    "observe_answer",
     "observe_request",
     "observe_routed",
+    "observe_ttft",
     "render_latest",
     "reset_multiprocess_dir",
+    "retain_budgets",
     "set_budget",
     "set_engine_queue_depth",
     "set_engine_ready",
@@ -163,33 +166,37 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60
 
 REQUESTS = Counter(
     "t2_requests",
-    "Completion requests answered, by HTTP status.",
+    "Completion requests by the HTTP status the client got (an error event ends a stream with "
+    "the error's status; 499: the client left first).",
     ["tenant", "model", "status"],
 )
 SAMPLES_PER_REQUEST = Histogram(
     "t2_samples_per_request",
-    "Samples the controller drew for one request (k).",
+    "Samples the controller drew for one answer (k); a request with n answers or several "
+    "prompts observes each.",
     ["tenant", "model", "policy"],
     buckets=_COUNT_BUCKETS,
 )
 WAVES_PER_REQUEST = Histogram(
     "t2_waves_per_request",
-    "Sampling waves the controller ran for one request.",
+    "Sampling waves the controller ran for one answer.",
     buckets=_WAVE_BUCKETS,
 )
 STOP_REASONS = Counter(
     "t2_stop_reason",
-    "Why the controller stopped sampling a request.",
+    "Why the controller stopped sampling, once per answer.",
     ["reason"],
 )
 TOKENS = Counter(
     "t2_tokens",
-    "Tokens billed: prompt tokens the engine computed and completion tokens it generated.",
+    "Tokens billed: prompt tokens the engine computed and completion tokens it generated, "
+    "for the samples and for a verifier model's scoring.",
     ["tenant", "model", "kind"],
 )
 SPEND = Counter(
     "t2_spend",
-    "Settled spend, in the configured currency unit or in FLOPs.",
+    "Settled spend, in the configured currency unit or in FLOPs: counted once per settle the "
+    "ledger accepted, so it matches the ledger.",
     ["tenant", "unit"],
 )
 BUDGET_LIMIT = Gauge(
@@ -256,12 +263,13 @@ PREDICTED_ACCURACY = Histogram(
 )
 REQUEST_DURATION = Histogram(
     "t2_request_duration_seconds",
-    "Wall time from request arrival to the last byte of the answer.",
+    "Wall time of a completion request, from arrival to its last byte, whatever its status.",
     buckets=_LATENCY_BUCKETS,
 )
 TIME_TO_FIRST_TOKEN = Histogram(
     "t2_time_to_first_token_seconds",
-    "Wall time from request arrival to the first content chunk of a streamed response.",
+    "Wall time from request arrival to the first content chunk of a streamed response, once "
+    "per request.",
     buckets=_LATENCY_BUCKETS,
 )
 ROUTED = Counter(
@@ -305,6 +313,19 @@ _ALL = (
     ENGINE_QUEUE_DEPTH,
     ENGINE_READY,
 )
+
+
+_BUDGET_GAUGES = (
+    BUDGET_LIMIT,
+    BUDGET_REMAINING,
+    BUDGET_RESERVED,
+    BUDGET_SPENT,
+    BUDGET_WINDOW_START,
+    BUDGET_WINDOW_END,
+)
+_budget_lock = threading.Lock()
+_budget_series: set[tuple[str, str]] = set()  # (tenant, window) label pairs published
+_lam_series: set[str] = set()  # tenant labels with a published λ
 
 
 def metric_names() -> frozenset[str]:
@@ -358,13 +379,27 @@ def configure_labels(
 # --- recording ---------------------------------------------------------------------------------
 
 
-def observe_request(tenant: str | None, model: str | None, status: int | str) -> None:
-    """Count one answered completion request (any status, including 4xx/5xx refusals)."""
+def observe_request(
+    tenant: str | None, model: str | None, status: int | str, duration_s: float | None = None
+) -> None:
+    """Count one completion request by the status the client got, and observe its wall time.
+
+    Called once per HTTP request, whatever its status (4xx and 5xx too), by the app's
+    RequestMetrics middleware: a slow request that ends in an error is in the latency
+    histogram the SLO alert reads, and a request with n answers is one observation."""
     REQUESTS.labels(tenant=_tenant(tenant), model=_model(model), status=_status(status)).inc()
+    if duration_s is not None:
+        REQUEST_DURATION.observe(max(duration_s, 0.0))
+
+
+def observe_ttft(ttft_s: float) -> None:
+    """Observe a streamed request's time to first content chunk (once per HTTP request)."""
+    TIME_TO_FIRST_TOKEN.observe(max(ttft_s, 0.0))
 
 
 def add_tokens(tenant: str | None, model: str | None, *, prompt: int, completion: int) -> None:
-    """Count billed tokens; the sampling loop calls this once per settled wave."""
+    """Count billed tokens: the sampling loop calls this once per finished wave and once per
+    verifier scoring on a model, whether or not the ledger has settled them yet."""
     labels = {"tenant": _tenant(tenant), "model": _model(model)}
     if prompt > 0:
         TOKENS.labels(kind="prompt", **labels).inc(prompt)
@@ -373,8 +408,9 @@ def add_tokens(tenant: str | None, model: str | None, *, prompt: int, completion
 
 
 def add_spend(tenant: str | None, *, currency: float = 0.0, flops: float = 0.0) -> None:
-    """Count settled spend; the sampling loop calls this once per settled wave, in the unit the
-    tenant is billed in, so `sum by (tenant) (t2_spend_total)` equals the ledger's spend."""
+    """Count settled spend in the unit the tenant is billed in. The ledger billing calls this
+    once per settle the ledger accepted (a wave's, a verifier's, or one retried when the
+    request closed), so `sum by (tenant) (t2_spend_total)` equals the ledger's spend."""
     label = _tenant(tenant)
     if currency > 0:
         SPEND.labels(tenant=label, unit="currency").inc(currency)
@@ -384,7 +420,7 @@ def add_spend(tenant: str | None, *, currency: float = 0.0, flops: float = 0.0) 
         log.warning("negative spend not recorded: currency=%s flops=%s", currency, flops)
 
 
-def observe_completion(
+def observe_answer(
     *,
     tenant: str | None,
     model: str | None,
@@ -394,13 +430,11 @@ def observe_completion(
     stop_reason: str | None,
     agreement: float | None,
     predicted_accuracy: float | None,
-    duration_s: float,
-    ttft_s: float | None = None,
 ) -> None:
-    """Record one request the controller answered: its k, waves, stop reason, vote agreement,
-    predicted accuracy, latency and TTFT. Call once per request. Tokens and spend are counted
-    per settled wave (`add_tokens`, `add_spend`), so aborted requests are counted too; the HTTP
-    status is counted separately by `observe_request`."""
+    """Record one answer the controller returned: its k, waves, stop reason, vote agreement and
+    predicted accuracy. Call once per answer: these are the controller's per-question decisions,
+    so a request with n=4 (or four prompts) records four, and the mean k per policy stays a
+    mean over questions. Latency and status are per HTTP request (`observe_request`)."""
     tenant_label, model_label = _tenant(tenant), _model(model)
     SAMPLES_PER_REQUEST.labels(
         tenant=tenant_label, model=model_label, policy=_policy_kind(policy)
@@ -411,9 +445,6 @@ def observe_completion(
         VOTE_AGREEMENT.observe(agreement)
     if predicted_accuracy is not None:
         PREDICTED_ACCURACY.observe(predicted_accuracy)
-    REQUEST_DURATION.observe(max(duration_s, 0.0))
-    if ttft_s is not None:
-        TIME_TO_FIRST_TOKEN.observe(max(ttft_s, 0.0))
 
 
 def observe_routed(route: str, model: str, escalated: bool) -> None:
@@ -449,6 +480,8 @@ def set_budget(
     the burn-rate alerts: pass them for rolling windows; calendar UTC bounds are the default.
     """
     labels = {"tenant": _tenant(tenant), "window": _window(window)}
+    with _budget_lock:
+        _budget_series.add((labels["tenant"], labels["window"]))
     BUDGET_LIMIT.labels(**labels).set(limit)
     BUDGET_REMAINING.labels(**labels).set(remaining)
     BUDGET_RESERVED.labels(**labels).set(reserved)
@@ -464,9 +497,37 @@ def set_budget(
     BUDGET_WINDOW_END.labels(**labels).set(window_end)
 
 
+def retain_budgets(windows: Mapping[str, Iterable[str]]) -> None:
+    """Keep only these tenants' budget series (tenant id → its window names) and their λ: a
+    budget or tenant a reload removed must not leave its last figures (and the alerts on them)
+    behind. In multiprocess mode prometheus-client keeps a removed series' last value in its
+    files, so the series is zeroed first: a zero limit is outside the burn rules and panels."""
+    keep = {(_tenant(t), _window(w)) for t, names in windows.items() for w in names}
+    tenants = {_tenant(t) for t in windows}
+    with _budget_lock:
+        gone = _budget_series - keep
+        _budget_series.difference_update(gone)
+        lams = _lam_series - tenants
+        _lam_series.difference_update(lams)
+    for tenant_label, window_label in sorted(gone):
+        for gauge in _BUDGET_GAUGES:
+            if is_multiprocess():
+                gauge.labels(tenant=tenant_label, window=window_label).set(0)
+            with contextlib.suppress(KeyError):
+                gauge.remove(tenant_label, window_label)
+    for tenant_label in sorted(lams):
+        if is_multiprocess():
+            PRICE_OF_COMPUTE.labels(tenant=tenant_label).set(0)
+        with contextlib.suppress(KeyError):
+            PRICE_OF_COMPUTE.remove(tenant_label)
+
+
 def set_price_of_compute(tenant: str, lam: float) -> None:
     """Publish the tenant's pacing λ (the shadow price of compute the t2 policy uses)."""
-    PRICE_OF_COMPUTE.labels(tenant=_tenant(tenant)).set(lam)
+    label = _tenant(tenant)
+    with _budget_lock:
+        _lam_series.add(label)
+    PRICE_OF_COMPUTE.labels(tenant=label).set(lam)
 
 
 def inc_budget_rejection(tenant: str | None) -> None:

@@ -87,7 +87,8 @@ def test_recorded_figures_come_out_exactly(recorder: RecorderFactory) -> None:
     policies = {dict(k)["policy"] for k in samples(exposition, "t2_samples_per_request_count")}
     assert policies == {"fixed", "t2"}
     assert total(exposition, "t2_waves_per_request_sum") == 6 * DEMO_REQUEST["waves"]
-    assert total(exposition, "t2_request_duration_seconds_count") == 6
+    assert total(exposition, "t2_request_duration_seconds_count") == 8  # the 429s too
+    assert total(exposition, "t2_time_to_first_token_seconds_count") == 6
     assert total(exposition, "t2_engine_queue_depth") == 2
     # Calendar day window bounds are published for the burn-down ideal line.
     start = total(exposition, "t2_budget_window_start_timestamp_seconds", tenant="alpha")

@@ -3,8 +3,12 @@
 - `BodyLimit`: a request body over the limit gets 413 in OpenAI's error shape before anything
   parses it, whether it declares its length or streams it chunked. The limit is read per
   request, so it can follow what the served models can hold (ServingState.body_limit).
-- `RequestMetrics`: every completion request counted by its final status, 4xx and 5xx included;
-  a client that leaves before the response is complete counts as 499, as nginx logs it.
+- `RequestMetrics`: every completion request counted by its final status and timed, 4xx and 5xx
+  included. It is the outermost middleware, so a 413 from `BodyLimit` and a drain's 503 count;
+  an unhandled error counts as 500 (Starlette writes that response outside all middleware); a
+  stream that began with 200 and ended with an error event counts as the error's status
+  (`note_stream_errors`); a client that leaves before the response is complete counts as 499,
+  as nginx logs it.
 - `OverdueLog`: a completion request still running well past the server's own time limit is
   logged with where it waits (its task's await chain), so a request that hangs outside the
   limit's reach says where.
@@ -20,17 +24,21 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
 from server.api.sse import encode
 from server.errors import APIError
-from server.serving.events import Done, StreamError
+from server.serving.events import Done, StreamError, StreamEvent
 
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
+FINAL_STATUS = "final_status"
+"""Key in the request's scope state: the status a response told its client after its start line
+(a stream's error event), which RequestMetrics counts instead of the start line's 200."""
 OVERDUE_GRACE_S = 10.0
 """How long past the request time limit a completion request may run before `OverdueLog`."""
 
@@ -110,7 +118,7 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
 
 
 class RequestMetrics:
-    """Count completion requests by final status (see the module docstring)."""
+    """Count and time completion requests by final status (see the module docstring)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -119,8 +127,9 @@ class RequestMetrics:
         if scope["type"] != "http" or scope["path"] not in COMPLETION_PATHS:
             await self.app(scope, receive, send)
             return
-        status = 499
-        complete = False
+        started = time.monotonic()
+        status = 0
+        complete = failed = False
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, complete
@@ -132,11 +141,36 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:  # the client left (asyncio's CancelledError is no Exception)
+            raise
+        except Exception:  # Starlette's outermost handler answers it with a 500
+            failed = True
+            raise
         finally:
             state = scope.get("state") or {}
-            tenant = state.get("tenant")
-            final = status if complete else 499  # the client left before the end
-            metrics.observe_request(getattr(tenant, "id", None), state.get("model"), final)
+            final = _final_status(status, complete, failed, state.get(FINAL_STATUS))
+            tenant = getattr(state.get("tenant"), "id", None)
+            duration = time.monotonic() - started
+            metrics.observe_request(tenant, state.get("model"), final, duration)
+
+
+def _final_status(status: int, complete: bool, failed: bool, noted: int | None) -> int:
+    """What the client was told: the noted error of a stream, else the start line's status;
+    500 for an error no response was finished for, and 499 when the client left first."""
+    if complete:
+        return noted or status
+    return 500 if failed else 499
+
+
+async def note_stream_errors(
+    events: AsyncIterator[StreamEvent], state: Any
+) -> AsyncIterator[StreamEvent]:
+    """Pass a stream's events on, noting an error event's status in the request's `state`
+    (Starlette's `request.state`) for RequestMetrics: the 200 went out before the error."""
+    async for event in events:
+        if isinstance(event, StreamError):
+            setattr(state, FINAL_STATUS, event.error.status)
+        yield event
 
 
 class OverdueLog:
@@ -254,6 +288,7 @@ class DrainDeadline:
             return
         await _cancel(work)  # the drain ran out: the serving code settles what was spent
         if started:  # a stream already under way: end it with the error as an event, and [DONE]
+            scope.setdefault("state", {})[FINAL_STATUS] = 503
             tail = encode(StreamError(shutting_down())) + encode(Done()) if sse else b""
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         else:

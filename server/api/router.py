@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from server.api import sse
 from server.api.deps import Tenant, get_state
+from server.api.middleware import note_stream_errors
 from server.api.protocol import (
     REQUEST_ID_PATTERN,
     ChatCompletionRequest,
@@ -94,7 +95,7 @@ async def _complete(
     if body.stream:
         events, headers = await service.stream(tenant, body)
         return StreamingResponse(
-            sse.encode_stream(events),
+            sse.encode_stream(note_stream_errors(events, request.state)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
         )

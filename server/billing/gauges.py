@@ -1,13 +1,16 @@
 """A tenant's budget figures and λ as Prometheus gauges, published at most every
 METRICS_INTERVAL_S per tenant: publishing costs more than a ledger call, so a busy tenant's
 figures are shown at that rate, and a deferred publish makes sure the latest figures are shown
-once the interval is over."""
+once the interval is over. Only windows the current config budgets are shown: a reload that
+removes a budget (or a tenant) removes its series too, or its last figures would stay, and the
+burn alerts on them keep firing."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterable
 
 from controller.budget import Pricer
 from server import metrics
@@ -25,10 +28,22 @@ class BudgetGauges:
         self.enabled = enabled
         self._published: dict[str, float] = {}
         self._trailing: dict[str, asyncio.TimerHandle] = {}
+        self._windows: dict[str, frozenset[str]] | None = None  # tenant → configured windows
+
+    def configure(self, tenants: Iterable[TenantConfig]) -> None:
+        """Take the (re)loaded config's budget windows; on a reload, drop the series of windows
+        and tenants no longer in it (publishes still due show only what the config keeps)."""
+        reloaded = self._windows is not None
+        self._windows = {
+            t.id: frozenset(name for name, _ in t.budgets.windows()) if t.budgets else frozenset()
+            for t in tenants
+        }
+        if reloaded and self.enabled:
+            metrics.retain_budgets(self._windows)
 
     def publish(self, tenant: TenantConfig, pricer: Pricer, force: bool = False) -> None:
-        if not self.enabled:
-            return
+        if not self.enabled or (self._windows is not None and tenant.id not in self._windows):
+            return  # a tenant a reload removed (a request or a deferred publish outlived it)
         now = time.monotonic()
         wait = self._published.get(tenant.id, -1e9) + METRICS_INTERVAL_S - now
         if not force and wait > 0:
@@ -39,8 +54,9 @@ class BudgetGauges:
                     )
             return
         self._published[tenant.id] = now
+        configured = self._windows.get(tenant.id) if self._windows is not None else None
         for u in self.prices.figures(tenant) or []:
-            if not u.limit.limited:
+            if not u.limit.limited or (configured is not None and u.name not in configured):
                 continue
             metrics.set_budget(
                 tenant.id,

@@ -34,6 +34,7 @@ from controller.budget.ledger import (
 from controller.budget.models import LimitUnit, RequestBudget
 from controller.pacing import ComputePrice
 from controller.stores import StoreUnavailable
+from server import metrics
 from server.billing.admission import HOLD_RETRY_S, POLL_S
 from server.billing.identity import current_caller
 from server.billing.levels import budget_levels, rate_levels
@@ -125,6 +126,7 @@ class LedgerBilling:
         self.committed = request_committed(self.group)  # the whole HTTP request's, for caps
         self.unsettled: dict[int, tuple[Cost, SpendEntry]] = {}  # settles that kept failing
         self.settled_waves = 0
+        self._counted: set[int] = set()  # settlement keys already in t2_spend_total
         self.ending: tuple[str | None, int, int] | None = None
         self._soft_warned: set[str] = set()
 
@@ -341,6 +343,7 @@ class LedgerBilling:
                 log.warning("settling %s of %s failed; retrying", key, self.request_id)
                 await asyncio.sleep(wait)
         self.unsettled.pop(key, None)
+        self._count_spend(key, out.cost)
         self.settled_waves += 1
         self.last_usage = out.usage
         self.held.pop(key, None)
@@ -350,6 +353,19 @@ class LedgerBilling:
         self.provider.remember(self.tenant, out.usage, self.pricer)
         self.provider.settles.fire(self.tenant.id)
         return out.cost.of(self.cost_unit)
+
+    def _count_spend(self, key: int, cost: Cost) -> None:
+        """Add a settle the ledger accepted to t2_spend_total, once per settlement key: here,
+        not in the sampling loop, so a settle retried when the request closes counts too, and
+        a try that committed before failing (the ledger answers the retry as a duplicate with
+        what it charged then) counts once, as the ledger does."""
+        if key in self._counted:
+            return
+        self._counted.add(key)
+        if self.cost_unit == "currency":
+            metrics.add_spend(self.tenant.id, currency=cost.money)
+        elif self.cost_unit == "flops":
+            metrics.add_spend(self.tenant.id, flops=cost.flops)
 
     def finish(self, stop_reason: str | None, status: int, samples: int) -> None:
         self.ending = (stop_reason, status, samples)

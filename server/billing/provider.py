@@ -81,6 +81,7 @@ class BudgetProviderBase:
         self.config = config
         self.default_policy = config.defaults.policy
         self.prices.reload(config.tenants)
+        self.gauges.configure(config.tenants)
 
     @property
     def ledger(self) -> Ledger:

@@ -365,15 +365,7 @@ class Sampler:
             log.exception("settling wave %s of %s failed", hold.wave, job.request_id)
             spend.notes.append(f"billing of wave {hold.wave + 1} is pending ({exc})")
             return
-        spend.add_cost(cost)
-        _publish_spend(job.tenant, billing.unit, cost)
-
-
-def _publish_spend(tenant: str, unit: str, cost: float) -> None:
-    if unit == "currency":
-        metrics.add_spend(tenant, currency=cost)
-    elif unit == "flops":
-        metrics.add_spend(tenant, flops=cost)
+        spend.add_cost(cost)  # t2_spend_total: counted by the billing, once per settle
 
 
 class _Clock:
@@ -503,6 +495,7 @@ class _Verdicts:
         if used.model is None:
             return
         prompt = used.prompt_tokens - prompt_before
+        metrics.add_tokens(job.tenant, used.model, prompt=prompt, completion=tokens - prompt)
         try:
             cost = await billing.charge(
                 used.model, wave, prompt_tokens=prompt, completion_tokens=tokens - prompt
@@ -512,7 +505,6 @@ class _Verdicts:
             spend.notes.append(f"billing of {verifier.name}'s scoring is pending ({exc})")
             return
         spend.add_cost(cost, verifier=True)
-        _publish_spend(job.tenant, billing.unit, cost)
 
     def learn(self, answers: list[str | None], final: str | None) -> None:
         """Refresh the calibration from this request (agreement with a clear answer)."""

@@ -217,10 +217,11 @@ class RunGroup:
         return {}
 
     def record(self, ttft_s: float | None = None) -> None:
-        """The one place answered jobs reach the metrics module (statuses: see app middleware)."""
-        duration = time.monotonic() - self.t0
+        """The one place answered jobs reach the metrics module: the controller's figures once
+        per answer, a stream's TTFT once per request. Status and latency are the app
+        middleware's (RequestMetrics), once per HTTP request whatever its status."""
         for o in self.outcomes():
-            metrics.observe_completion(
+            metrics.observe_answer(
                 tenant=self.tenant.id,
                 model=self.model,
                 policy=o.policy,
@@ -229,12 +230,12 @@ class RunGroup:
                 stop_reason=o.stop_reason,
                 agreement=o.agreement,
                 predicted_accuracy=o.predicted_accuracy,
-                duration_s=duration,
-                ttft_s=ttft_s,
             )
             if o.route is not None:
                 escalated = len({m for m, _ in o.route.waves}) > 1
                 metrics.observe_routed(o.route.route, o.model, escalated)
+        if ttft_s is not None:
+            metrics.observe_ttft(ttft_s)
 
 
 class CompletionService:
