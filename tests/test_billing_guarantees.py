@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -197,9 +198,14 @@ async def test_a_settle_failing_for_good_is_reported_and_settled_at_close(
         out = await rig.ask("lost", policy="fixed:2")
         assert isinstance(out, Outcome)
         assert out.note is not None and "billing of wave 1 is pending" in out.note
+        assert "went away" not in out.note  # the store's error (its address) stays in the log
         generated = out.prompt_tokens + out.completion_tokens
         assert await rig.spent() == pytest.approx(generated + out.verifier_cost)  # not dropped
         assert await rig.holds() == 0
+        # the record the close-time settle completes gets how the request ended, and the
+        # generator's name (the verifier's charge had created it first)
+        [record] = await rig.provider.ledger.store.spend_logs("acme", 0, time.time() + 10)
+        assert (record.stop_reason, record.status, record.model) == ("fixed", 200, "m")
     finally:
         await rig.provider.close()
 

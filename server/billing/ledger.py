@@ -421,8 +421,15 @@ class LedgerBilling:
         return ratelimit_headers(self.requests, self.last_usage, self.provider.ledger.clock())
 
     async def close(self) -> None:
-        """Note how the request ended on its spend-log record; release holds of waves that were
-        reserved but never settled (an error in between)."""
+        """Settle again what failed to settle in its wave; note how the request ended on its
+        spend-log record (after those settles, so a record they create or complete gets its
+        status and stop reason); release holds of waves reserved but never settled."""
+        for key, (cost, entry) in list(self.unsettled.items()):
+            try:
+                await self._settle(key, cost, entry)
+            except Exception:  # its hold stays until its TTL: the budget is never overspent
+                log.error("settling %s of %s failed for good", key, self.request_id)
+                self.held.pop(key, None)
         if self.ending is not None and self.settled_waves:
             try:
                 await self.provider.ledger.store.finish_log(
@@ -432,12 +439,6 @@ class LedgerBilling:
                 log.exception("noting the end of %s in the spend log failed", self.request_id)
             with contextlib.suppress(Exception):
                 await self.provider.purge_logs()
-        for key, (cost, entry) in list(self.unsettled.items()):
-            try:
-                await self._settle(key, cost, entry)
-            except Exception:  # its hold stays until its TTL: the budget is never overspent
-                log.error("settling %s of %s failed for good", key, self.request_id)
-                self.held.pop(key, None)
         for wave in list(self.held):
             try:
                 await self.provider.ledger.release(self.tenant.id, self.request_id, wave)

@@ -361,11 +361,16 @@ class Sampler:
             cost = await billing.settle(
                 hold, prompt_tokens=tally.prompt_tokens, completion_tokens=tally.completion_tokens
             )
-        except Exception as exc:  # retried by the billing already; its hold stays in place
+        except Exception:  # retried by the billing already; its hold stays in place
             log.exception("settling wave %s of %s failed", hold.wave, job.request_id)
-            spend.notes.append(f"billing of wave {hold.wave + 1} is pending ({exc})")
+            spend.notes.append(f"billing of wave {hold.wave + 1} is {PENDING}")
             return
         spend.add_cost(cost)  # t2_spend_total: counted by the billing, once per settle
+
+
+PENDING = "pending (the ledger did not answer; it is tried again as the request closes)"
+"""What a client is told of a settle that failed: never the error itself, which names the
+store's address or file (the log has it)."""
 
 
 class _Clock:
@@ -500,9 +505,9 @@ class _Verdicts:
             cost = await billing.charge(
                 used.model, wave, prompt_tokens=prompt, completion_tokens=tokens - prompt
             )
-        except Exception as exc:  # retried by the billing already; its hold stays in place
+        except Exception:  # retried by the billing already; its hold stays in place
             log.exception("billing the verifier of %s failed", job.request_id)
-            spend.notes.append(f"billing of {verifier.name}'s scoring is pending ({exc})")
+            spend.notes.append(f"billing of {verifier.name}'s scoring is {PENDING}")
             return
         spend.add_cost(cost, verifier=True)
 

@@ -16,12 +16,14 @@ the model key `<model>#online` (controller.policy.online.encode_histogram).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 
 from controller.aggregate import get_extractor
 from controller.aggregate.vote import check_method
@@ -45,6 +47,14 @@ from server.errors import ConfigError, ControllerOptionError
 log = logging.getLogger("t2serve.policies")
 Learner = T2 | Online
 """Policies whose learned table persists in the store."""
+T = TypeVar("T")
+
+STORE_WAIT_S = 2.0
+"""Longest a request waits on the learned-state store. That state is best-effort (a lost cell
+costs a little learning); an answer already computed must not wait out the store's own
+timeouts (Redis's 5 s, SQLite's 10 s busy wait) behind it."""
+STORE_BACKOFF_S = 5.0
+"""After the store fails or stalls, requests skip it this long rather than each wait again."""
 
 DEFAULT_CAPACITY = 256
 FIXED_ALL_SPEC = "fixed:all"  # every sample the caps allow: no number of its own
@@ -105,6 +115,7 @@ class PolicyBook:
         self._store = store
         self._open_store = open_store
         self._opened = False
+        self._skip_until = 0.0  # monotonic: the store failed or stalled; leave it till then
         self.clock = clock
         self._policies: OrderedDict[tuple[str, str, str], Policy] = OrderedDict()
 
@@ -158,20 +169,46 @@ class PolicyBook:
     async def observe(
         self, tenant: str, model: str, policy: Policy, answers: Sequence[str | None]
     ) -> None:
-        """Let the policy learn from a finished question, and persist what it learned."""
+        """Let the policy learn from a finished question, and persist what it learned (best
+        effort: a store that fails or stalls costs the cell, never the answer)."""
         policy.observe(answers)
-        store = self.store
         cell = learned_cell(policy, model, answers)
-        if store is None or cell is None or not isinstance(policy, Learner):
+        if cell is None or not isinstance(policy, Learner):
+            return  # nothing to persist: the store is not even opened
+        key, pair = cell
+
+        async def add(store: LearnedStore) -> bool:
+            await store.add(tenant, key, pair, self.clock())
+            return True
+
+        saved = await self._with_store(add, f"{tenant}/{key} not saved")
+        if not saved or not policy.refit_due():
             return
+        await self._restore(tenant, model, policy, refit=True)
+        if isinstance(policy, T2):
+            prior = policy.prior
+            await self._with_store(
+                lambda store: store.set_prior(tenant, model, prior, self.clock()),
+                f"{tenant}/{model} prior not saved",
+            )
+
+    async def _with_store(
+        self, act: Callable[[LearnedStore], Awaitable[T]], failure: str
+    ) -> T | None:
+        """`act` on the learned store within STORE_WAIT_S, or None: no store, or it failed or
+        stalled (logged; then skipped for STORE_BACKOFF_S)."""
+        if time.monotonic() < self._skip_until:
+            return None
         try:
-            await store.add(tenant, cell[0], cell[1], self.clock())
-            if policy.refit_due():
-                await self._restore(tenant, model, policy, refit=True)
-                if isinstance(policy, T2):
-                    await store.set_prior(tenant, model, policy.prior, self.clock())
-        except Exception:
-            log.warning("learned state for %s/%s was not saved", tenant, model, exc_info=True)
+            store = self.store  # opened on first use: that may fail too
+            if store is None:
+                return None
+            return await asyncio.wait_for(act(store), STORE_WAIT_S)
+        except Exception:  # TimeoutError included
+            log.warning("learned state %s; skipping the store for %g s", failure,
+                        STORE_BACKOFF_S, exc_info=True)  # fmt: skip
+            self._skip_until = time.monotonic() + STORE_BACKOFF_S
+            return None
 
     async def _restore(
         self, tenant: str, model: str, policy: Learner, *, refit: bool = False
@@ -179,16 +216,11 @@ class PolicyBook:
         """Load the shared learned state into `policy`. A t2 takes the stream's stored prior
         as it is (fitting one costs ~10 ms on the event loop, once per new spec) unless
         `refit`: on its refit schedule it fits the merged table and stores the result."""
-        store = self.store
-        if store is None:
-            return
         key = model + STORE_SUFFIX if isinstance(policy, Online) else model
-        try:
-            learned = await store.load(tenant, key, self.clock())
-        except Exception:
-            log.warning("learned state for %s/%s was not read", tenant, key, exc_info=True)
-            return
-        if not learned.counts:
+        learned = await self._with_store(
+            lambda store: store.load(tenant, key, self.clock()), f"{tenant}/{key} not read"
+        )
+        if learned is None or not learned.counts:
             return
         if isinstance(policy, Online):
             policy.load({decode_histogram(c): v for c, v in learned.counts.items()})
