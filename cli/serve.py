@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -30,14 +32,10 @@ def serve(
     try:
         cfg = load_config(config)
     except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc))
+    _check_admin_key_env()
     if cfg.ledger.backend == "sqlite":
-        try:
-            Path(cfg.ledger.path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            typer.echo(f"error: ledger.path: cannot make its folder ({exc})", err=True)
-            raise typer.Exit(2) from None
+        _open_ledger_file(cfg.ledger.path)
 
     import uvicorn
 
@@ -49,21 +47,66 @@ def serve(
     )
     try:
         app = create_app(cfg)  # routes are built here: a member without usable curves fails
+        cfg.check_inprocess_weights()
     except ConfigError as exc:
-        typer.echo(f"error: {resolve_config_path(config)}: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(f"{resolve_config_path(config)}: {exc}")
     enable_reload(app, resolve_config_path(config))  # POST /admin/reload and SIGHUP
+    address = (host or settings.host, settings.port if port is None else port)
+    # Bound before uvicorn runs the lifespan (the engines' start, ~30 s), so a port in use is
+    # one line now rather than uvicorn's exit 3 after the engines were built.
+    sock = _bind(*address, from_options=(host is not None, port is not None))
     drain_s = settings.drain_timeout_s
     uv_config = uvicorn.Config(
         app,
-        host=host or settings.host,
-        port=settings.port if port is None else port,
+        host=address[0],
+        port=sock.getsockname()[1],
         log_level=settings.log_level,
         # uvicorn's own cut-off comes after ours, so requests get our 503, not its bare 500
         timeout_graceful_shutdown=math.ceil(drain_s) + DRAIN_GRACE_S,
         timeout_keep_alive=5,
     )
-    DrainingServer(uv_config, app.state.drain, drain_s).run()
+    with sock:
+        DrainingServer(uv_config, app.state.drain, drain_s).run(sockets=[sock])
+
+
+def _fail(message: str) -> NoReturn:
+    """The one error line and exit 2 of a configuration the server cannot start with."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _check_admin_key_env() -> None:
+    """A malformed T2SERVE_ADMIN_KEY digest, refused now rather than inside the lifespan."""
+    from server.config import env_admin_digest
+
+    try:
+        env_admin_digest()
+    except ValueError as exc:
+        _fail(f"{exc}; give the admin key, or 'sha256:' and its 64-digit hex digest")
+
+
+def _open_ledger_file(path: str) -> None:
+    """Make the SQLite ledger's folder and open its file: one that cannot be opened would make
+    every metered request a 500."""
+    from storage.sqlite.database import openable
+
+    problem = openable(path)
+    if problem is not None:
+        _fail(f"ledger.path: {problem}")
+
+
+def _bind(host: str, port: int, from_options: tuple[bool, bool]) -> socket.socket:
+    """The listening socket; a port in use or an address not this host's is one line."""
+    from server.app import listening_socket
+
+    try:
+        return listening_socket(host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            field = "--port" if from_options[1] else "server.port"
+            _fail(f"{field}: {host}:{port} is in use")
+        field = "--host" if from_options[0] else "server.host"
+        _fail(f"{field}: cannot listen on {host}:{port} ({exc.strerror or exc})")
 
 
 def register(app: typer.Typer) -> None:

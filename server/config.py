@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,16 +19,18 @@ from pydantic import (
     AfterValidator,
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from controller.aggregate.extract import get_extractor
 from controller.aggregate.vote import check_method
-from controller.budget.models import Budgets, PacingSettings, Prices, RateLimits
+from controller.budget.models import Budgets, PacingSettings, Prices, RateLimits, whole
 from controller.policy.factory import check_spec, ignored_on_a_route, is_t2
 from server.errors import ConfigError as ConfigError  # raised by the loaders below
 
@@ -56,15 +59,34 @@ AggregatorName = Annotated[str, AfterValidator(check_method)]
 ExtractorName = Annotated[str, AfterValidator(_extractor)]
 
 CONFIG_ENV = "T2SERVE_CONFIG"
+ADMIN_KEY_ENV = "T2SERVE_ADMIN_KEY"
+"""The admin key from the environment: the key itself, or `sha256:<its hex digest>`."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no NaN or Infinity
+    # No NaN or Infinity, and no coercion (as controller.budget.models): `port: true` is not
+    # port 1, nor `allow_raising_caps: "yes"` a yes. Integer fields take JSON's 3.0 (`Whole`).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+Whole = BeforeValidator(whole)
 
 
 def hash_key(key: str) -> str:
     """The stored form of an API key: hex sha256 of its UTF-8 bytes."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def env_admin_digest() -> str | None:
+    """The admin key digest T2SERVE_ADMIN_KEY gives (None: unset); ValueError when it is
+    'sha256:' and not 64 hex digits (such a key would never match anything)."""
+    env = os.environ.get(ADMIN_KEY_ENV, "").strip()
+    if not env.startswith("sha256:"):
+        return hash_key(env) if env else None
+    digest = env[7:].lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"{ADMIN_KEY_ENV} is 'sha256:' and not 64 hex digits")
+    return digest
 
 
 class ApiKey(_Strict):
@@ -93,11 +115,11 @@ class ControllerDefaults(_Strict):
     policy: PolicySpec = "t2"
     aggregator: AggregatorName = "majority"
     extractor: ExtractorName = "last_number"
-    max_samples: int = Field(default=16, ge=1, le=1024)
+    max_samples: Annotated[int, Field(ge=1, le=1024), Whole] = 16
     max_cost: float | None = Field(default=None, gt=0)
-    deadline_ms: int | None = Field(default=None, ge=1)
-    max_tokens: int = Field(
-        default=64, ge=1, description="generation length when the request names none"
+    deadline_ms: Annotated[int, Field(ge=1), Whole] | None = None
+    max_tokens: Annotated[int, Field(ge=1), Whole] = Field(
+        default=64, description="generation length when the request names none"
     )
 
 
@@ -128,7 +150,9 @@ class VerifierConfig(_Strict):
     url: str | None = Field(default=None, pattern=r"^https?://", description="http: endpoint")
     timeout_s: float = Field(default=10.0, gt=0, le=600, description="all samples of a request")
     headers: dict[str, str] = Field(default_factory=dict, description="e.g. Authorization")
-    concurrency: int = Field(default=8, ge=1, le=256, description="samples scored at once")
+    concurrency: Annotated[int, Field(ge=1, le=256), Whole] = Field(
+        default=8, description="samples scored at once"
+    )
     model: str | None = Field(default=None, description="reward_model / judge: which model")
     template: str | None = Field(
         default=None, description="input of the model: {question} and {candidate}"
@@ -136,7 +160,9 @@ class VerifierConfig(_Strict):
     read: Literal["text", "yes_no", "answer"] = "text"
     pattern: str = Field(default=r"(-?\d+(?:\.\d+)?)", description="judge text: the score")
     scale: float = Field(default=1.0, gt=0, description="judge text: score / scale")
-    max_tokens: int = Field(default=16, ge=1, le=4096, description="judge: reply length")
+    max_tokens: Annotated[int, Field(ge=1, le=4096), Whole] = Field(
+        default=16, description="judge: reply length"
+    )
     checker: str | None = Field(default=None, description="checker: its name")
     score_map: str | None = Field(
         default=None,
@@ -188,6 +214,13 @@ class VerifierConfig(_Strict):
         return self.name or (self.checker or self.model or self.kind)
 
 
+def weights_problem(path: str) -> str | None:
+    """Why vLLM could not load weights from `path` (None: it holds a model's config.json)."""
+    if (Path(path) / "config.json").is_file():
+        return None
+    return f"no model at {path!r} (config.json missing)"
+
+
 class VerifierModelConfig(_Strict):
     """A reward model on vLLM's pooling runner: started in-process beside the generators, or a
     remote `vllm serve --runner pooling` reached at `url` by its /pooling or /score API."""
@@ -200,15 +233,15 @@ class VerifierModelConfig(_Strict):
     params: float | None = Field(
         default=None, gt=0, description="N for FLOPs (2·N per scored token); default: weights"
     )
-    kv_cache_memory_bytes: int = Field(default=64 * 2**20, ge=2**20)
-    max_model_len: int = Field(default=512, ge=16)
+    kv_cache_memory_bytes: Annotated[int, Field(ge=2**20), Whole] = 64 * 2**20
+    max_model_len: Annotated[int, Field(ge=16), Whole] = 512
     timeout_s: float = Field(default=30.0, gt=0, le=600)
 
     @field_validator("path")
     @classmethod
     def _weights_there(cls, path: str | None) -> str | None:
-        if path is not None and not (Path(path) / "config.json").is_file():
-            raise ValueError(f"no model at {path!r} (config.json missing)")
+        if path is not None and (problem := weights_problem(path)):
+            raise ValueError(problem)
         return path
 
     @model_validator(mode="after")
@@ -230,7 +263,9 @@ class AlertSettings(_Strict):
         default_factory=lambda: [0.8, 1.0], min_length=1, description="fractions of a limit"
     )
     timeout_s: float = Field(default=5.0, gt=0, le=60)
-    retries: int = Field(default=5, ge=0, le=20, description="after the first attempt")
+    retries: Annotated[int, Field(ge=0, le=20), Whole] = Field(
+        default=5, description="after the first attempt"
+    )
     backoff_s: float = Field(default=0.5, gt=0, le=60, description="doubles per retry")
 
     @field_validator("thresholds")
@@ -265,9 +300,9 @@ class TenantConfig(_Strict):
         default=None,
         description="with a JSON-schema response_format, vote over this (dotted) field",
     )
-    max_samples: int | None = Field(default=None, ge=1, le=1024)
+    max_samples: Annotated[int, Field(ge=1, le=1024), Whole] | None = None
     max_cost: float | None = Field(default=None, gt=0)
-    deadline_ms: int | None = Field(default=None, ge=1)
+    deadline_ms: Annotated[int, Field(ge=1), Whole] | None = None
     allow_raising_caps: bool = False
     prices: Prices | None = Field(default=None, description="per-model prices (controller.budget)")
     budgets: Budgets | None = Field(default=None, description="per-request and window budgets")
@@ -311,6 +346,14 @@ class TenantConfig(_Strict):
         return self
 
 
+def _no_model_path(engine: dict[str, Any], instead: str) -> dict[str, Any]:
+    """An `engine:` block never names the weights: its `model_path` would override the
+    model's `path` (EngineConfig's own field, for the engine used directly)."""
+    if "model_path" in engine:
+        raise ValueError(f"model_path: the weights are each model's 'path'; {instead}")
+    return engine
+
+
 class ModelConfig(_Strict):
     """A served model: its name, where its weights are, and its own engine settings."""
 
@@ -326,12 +369,18 @@ class ModelConfig(_Strict):
         "size, or `backend: remote` with its own `remote.urls`)",
     )
 
+    @field_validator("engine")
+    @classmethod
+    def _weights_from_path(cls, engine: dict[str, Any]) -> dict[str, Any]:
+        return _no_model_path(engine, "set this model's 'path'")
+
     def engine_settings(self, shared: dict[str, Any]) -> dict[str, Any]:
         """What this model's engine starts with: the shared settings, then its own."""
         return {"model_path": self.path, "served_name": self.id, **shared, **self.engine}
 
     curves: Path | None = Field(
         default=None,
+        strict=False,  # a path is written as a string
         description="curves.json with this model's `serving` entry (`t2serve calibrate`): t2 "
         "starts from its leader prior and Acc(k); relative to the working directory, as `path`; "
         "default: curves.json beside the weights when it holds the model's entry",
@@ -378,7 +427,7 @@ class LedgerConfig(_Strict):
     """Where spend is recorded (the budgets module owns the ledger; this reserves its place)."""
 
     backend: str = Field(default="sqlite", pattern=r"^(sqlite|redis)$")
-    path: str = "var/ledger.sqlite"
+    path: str = Field(default="var/ledger.sqlite", description="sqlite: the database file")
     redis_url: str | None = None
     admission_wait_s: float = Field(
         default=10.0,
@@ -396,6 +445,17 @@ class LedgerConfig(_Strict):
         default=90.0, gt=0, le=3660, allow_inf_nan=False, description="spend logs kept this long"
     )
 
+    @field_validator("path")
+    @classmethod
+    def _a_file(cls, path: str, info: ValidationInfo) -> str:
+        """SQLite's file: with none or a folder, every metered request would be a 500."""
+        if info.data.get("backend") == "sqlite":
+            if not path.strip():
+                raise ValueError("the sqlite ledger needs a file path")
+            if Path(path).is_dir():
+                raise ValueError(f"{path!r} is a folder; give the ledger's file in it")
+        return path
+
 
 class AdminSettings(_Strict):
     """The admin API key, as a sha256 hex digest (or set T2SERVE_ADMIN_KEY in the environment)."""
@@ -403,9 +463,12 @@ class AdminSettings(_Strict):
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
 
 
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]  # uvicorn's and logging's
+
+
 class ServerSettings(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", min_length=1, description="'0.0.0.0': every interface")
+    port: Annotated[int, Field(ge=0, le=65535), Whole] = 8000
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="SIGTERM waits this long for in-flight requests"
     )
@@ -415,10 +478,16 @@ class ServerSettings(_Strict):
     request_timeout_s: float = Field(
         default=300.0, gt=0, description="upstream time limit: 504 after it"
     )
-    max_body_bytes: int = Field(
-        default=4 * 2**20, ge=1024, description="larger request bodies get 413 before parsing"
+    max_body_bytes: Annotated[int, Field(ge=1024), Whole] = Field(
+        default=4 * 2**20, description="larger request bodies get 413 before parsing"
     )
-    log_level: str = "info"
+    log_level: LogLevel = "info"
+
+
+def default_ttl(server: ServerSettings) -> float:
+    """`ledger.reservation_ttl_s` when the file sets none: the longest a wave runs, plus a
+    minute."""
+    return server.request_timeout_s + 60.0
 
 
 class AppConfig(_Strict):
@@ -485,6 +554,7 @@ class AppConfig(_Strict):
         """Check the engine adapter's settings now, so a typo fails at load naming the field."""
         from server.engine.config import EngineConfig  # pydantic only; vLLM is not imported
 
+        _no_model_path(engine, "set models.N.path")
         EngineConfig.model_validate({k: v for k, v in engine.items()})
         return engine
 
@@ -498,6 +568,14 @@ class AppConfig(_Strict):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"models: duplicate model or route id(s): {', '.join(dupes)}")
+        # a reward model shares the engines' and readiness's namespace: a repeat would replace
+        pooled = [m.id for m in self.verifier_models]
+        for i, name in enumerate(pooled):
+            if name in ids or name in pooled[:i]:
+                raise ValueError(
+                    f"verifier_models.{i}.id: {name!r} is already the id of a model, route or "
+                    "reward model; each needs its own"
+                )
         for i, m in enumerate(self.models):
             try:
                 EngineConfig.model_validate(m.engine_settings(self.engine))
@@ -517,7 +595,7 @@ class AppConfig(_Strict):
         """A hold that lapses while its wave still runs lets another replica book the same
         budget again: overspend. The TTL only exists to reclaim holds of crashed servers."""
         if self.ledger.reservation_ttl_s is None:
-            self.ledger.reservation_ttl_s = self.server.request_timeout_s + 60.0
+            self.ledger.reservation_ttl_s = default_ttl(self.server)
         elif self.ledger.reservation_ttl_s <= self.server.request_timeout_s:
             raise ValueError(
                 f"ledger.reservation_ttl_s ({self.ledger.reservation_ttl_s:g}) must exceed "
@@ -608,6 +686,15 @@ class AppConfig(_Strict):
         billed = _models_billed(tenant, [m.id for m in self.models], routes)
         return [m for m in billed if m not in priced]
 
+    def check_inprocess_weights(self) -> None:
+        """Before in-process engines start: each model they load has weights at its `path`
+        (else the engine fails in the background and /readyz stays 503). Checked by the server
+        that starts them, not at load: apps given engines serve any path."""
+        for i, m in enumerate(self.models):
+            inprocess = m.engine_settings(self.engine).get("backend", "inprocess") == "inprocess"
+            if inprocess and (problem := weights_problem(m.path)):
+                raise ConfigError(f"models.{i}.path: {problem}")
+
     @property
     def model_ids(self) -> list[str]:
         """Every id a client may ask for: served models, then routes."""
@@ -672,33 +759,86 @@ def resolve_config_path(path: str | os.PathLike[str] | None) -> Path:
 
 def load_config(path: str | os.PathLike[str] | None = None) -> AppConfig:
     file = resolve_config_path(path)
-    try:
-        text = file.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {file}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    data = _read_yaml(file, f"cannot read config file {file}", str(file))
+    source = str(file)
     if isinstance(data, dict) and isinstance(data.get("tenants"), dict):
-        data["tenants"] = _included_tenants(data["tenants"], file)
-    return parse_config(data, str(file))
+        data["tenants"], included = _included_tenants(data["tenants"], file)
+        source = f"{file} (tenants from {included})"
+    return parse_config(data, source)
 
 
-def _included_tenants(spec: dict[str, Any], config_file: Path) -> Any:
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with two YAML 1.2 rules: `4e17` is a float, as in JSON (YAML 1.1
+    read it as the string "4e17", which the strict budget fields refuse), and a key given twice
+    in one mapping is refused (YAML 1.1 lets the last one win: a tenant writing `budgets:`
+    twice would silently lose the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: PyYAML refuses it itself below
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(  # YAML 1.2's floats: the exponent's dot and sign are optional
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _read_yaml(file: Path, unreadable: str, label: str) -> Any:
+    """A YAML file's document; anything wrong with it is one ConfigError line naming the file."""
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{unreadable}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{label}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{label}: not valid YAML: {_yaml_problem(exc)}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what is wrong, and where."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        what = " ".join(str(p) for p in (exc.context, exc.problem) if p) or "invalid"
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return what + where
+    return " ".join(str(exc).split())
+
+
+def _included_tenants(spec: dict[str, Any], config_file: Path) -> tuple[Any, Path]:
     """`tenants: {include: tenants.yaml}`: the tenant list lives in another YAML file (relative
-    paths are relative to the main config), so tenants can be managed apart from the server."""
+    paths are relative to the main config), so tenants can be managed apart from the server.
+    The file holds the list, or a mapping whose one key is `tenants`. Returns the list and
+    the file, which errors name beside the main config."""
     if set(spec) != {"include"} or not isinstance(spec["include"], str):
         raise ConfigError(f"{config_file}: tenants: give a list, or {{include: <file>}}")
     path = (config_file.parent / spec["include"]).resolve()
-    try:
-        tenants = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"tenants.include: cannot read {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"tenants.include: {path}: not valid YAML: {exc}") from None
-    if isinstance(tenants, dict) and "tenants" in tenants:
+    tenants = _read_yaml(path, f"tenants.include: cannot read {path}", f"tenants.include: {path}")
+    if isinstance(tenants, dict):
+        if set(tenants) != {"tenants"}:
+            extra = ", ".join(sorted(map(str, set(tenants) - {"tenants"}))) or "none"
+            raise ConfigError(
+                f"tenants.include: {path}: a mapping there holds only 'tenants' (other keys: "
+                f"{extra}); server settings go in the main config"
+            )
         tenants = tenants["tenants"]
     if not isinstance(tenants, list):
         raise ConfigError(f"tenants.include: {path}: expected a list of tenants")
-    return tenants
+    return tenants, path

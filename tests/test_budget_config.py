@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from server.config import ConfigError, hash_key, load_config
+from tests.support import ROOT, fenced_blocks
 
 BASE = {"models": [{"id": "m", "path": "models/m"}]}
 TENANT = {
@@ -81,3 +83,23 @@ def test_a_reservation_ttl_shorter_than_a_request_is_refused(tmp_path: Path) -> 
     defaults = load_config(write(tmp_path / "d.yaml", {**BASE, "tenants": [TENANT]}))
     ttl = defaults.ledger.reservation_ttl_s
     assert ttl is not None and ttl > defaults.server.request_timeout_s
+
+
+def test_the_budgets_page_example_loads(tmp_path: Path) -> None:
+    """docs/budgets.md's own example did not load: YAML 1.1 read `4e17` and `1.6e7` as
+    strings, which the strict budget and price fields refuse."""
+    blocks = fenced_blocks((ROOT / "docs/budgets.md").read_text(), ("yaml",))
+    block = next(code for _, code in blocks if "budgets:" in code)
+    digests = iter(hash_key(str(i)) for i in range(10))
+    text = re.sub(r"<sha256 hex of the admin key>|<hex>", lambda _: next(digests), block)
+    text += "models: [{id: tiny-arith, path: models/tiny-arith}]\n"
+    cfg = load_config(write_text(tmp_path / "budgets.yaml", text))
+    budgets = cfg.tenants[0].budgets
+    assert budgets is not None and budgets.month is not None and budgets.month.limit == 4e17
+    assert cfg.tenants[0].prices is not None
+    assert cfg.tenants[0].prices.models["tiny-arith"].params == 1.6e7
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -3,6 +3,7 @@ predicted accuracy from the curve and the votes, and keeps what it learned acros
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from controller.policy.t2 import T2
 from controller.scaling.served import load_served
 from server.app import create_app, serve_in_loop
-from server.config import parse_config
+from server.config import ConfigError, parse_config
 from tests.fakes import ScriptedEngine, cycle
 
 MODEL = "tiny-chain-31k"
@@ -109,3 +110,19 @@ async def test_curves_beside_the_weights_without_the_models_entry_are_logged_and
     policy = await app.state.t2.policies.get("acme", "other", "t2")
     assert isinstance(policy, T2) and policy.initial_prior.a == policy.initial_prior.b == 1.0
     assert "curves.json beside its weights is not used" in caplog.text
+
+
+@pytest.mark.parametrize("where", [("serving", MODEL, "leader_prior", "a"), ("models", MODEL, "a")])
+def test_curves_with_an_infinite_number_are_refused(tmp_path: Path, where: tuple[str, ...]) -> None:
+    """JSON's Infinity loaded and turned t2's predictions into NaN (invalid value warnings)."""
+    curves = json.loads(Path(CURVES).read_text())
+    node = curves
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = "INF"
+    bad = tmp_path / "curves.json"
+    bad.write_text(json.dumps(curves).replace('"INF"', "Infinity"))
+    data = _config(tmp_path / "ledger.sqlite")
+    data["models"][0]["curves"] = str(bad)
+    with pytest.raises(ConfigError, match=r"models\.0.*finite"):
+        parse_config(data)

@@ -16,13 +16,13 @@ WindowName = Literal["minute", "hour", "day", "month"]
 WINDOW_NAMES: tuple[WindowName, ...] = ("minute", "hour", "day", "month")
 
 
-def _whole(value: object) -> object:
+def whole(value: object) -> object:
     """JSON's integers include 1000.0 (JSON Schema says so too): accepted as 1000 in strict
     mode, where 1000.5, "1000" and true stay refused (as server.api.protocol's `Integral`)."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-PerMinute = Annotated[int, Field(ge=1), BeforeValidator(_whole)]
+PerMinute = Annotated[int, Field(ge=1), BeforeValidator(whole)]
 """A count per minute; the bound before the validator, so the OpenAPI schema states it."""
 
 

@@ -34,7 +34,9 @@ class CurvesError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # JSON's Infinity and NaN (and 1e400, read as inf) are no fit: t2's arithmetic turns them
+    # into NaN predictions
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LossParams(_Strict):
@@ -141,7 +143,7 @@ class ServingModel(_Strict):
 class Curves(BaseModel):
     """A fitted curves document. Build it with the fitters in controller.scaling.fit."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     format: Literal["t2serve.curves/1"] = "t2serve.curves/1"
     approach: Approach

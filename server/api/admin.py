@@ -23,7 +23,6 @@ import hmac
 import io
 import json
 import logging
-import os
 import secrets
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -39,11 +38,18 @@ from controller.budget.models import RateLimits
 from server.admin_state import SECTIONS, file_values, overlay, override_field
 from server.api.deps import get_state
 from server.auth import bearer_key
-from server.config import AppConfig, TenantConfig, alert_thresholds, bills_money, hash_key
+from server.config import (
+    ADMIN_KEY_ENV,
+    AppConfig,
+    TenantConfig,
+    alert_thresholds,
+    bills_money,
+    env_admin_digest,
+    hash_key,
+)
 from server.errors import APIError, ConfigError
 from server.serving import ServingState
 
-ADMIN_KEY_ENV = "T2SERVE_ADMIN_KEY"
 log = logging.getLogger("t2serve.admin")
 
 def _declared_query_only(request: Request) -> None:
@@ -77,18 +83,12 @@ def admin_digests(config: AppConfig) -> list[str]:
     digests: list[str] = []
     if config.admin.key_sha256:
         digests.append(config.admin.key_sha256.lower())
-    env = os.environ.get(ADMIN_KEY_ENV, "").strip()
-    if env.startswith("sha256:"):
-        digest = env[7:].lower()
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise APIError(  # the operator's mistake, said as such (it never matched anything)
-                403,
-                f"The admin API is disabled: {ADMIN_KEY_ENV} is 'sha256:' and not 64 hex digits.",
-                code="admin_disabled",
-            )
-        digests.append(digest)
-    elif env:
-        digests.append(hash_key(env))
+    try:
+        env = env_admin_digest()
+    except ValueError as exc:  # the operator's mistake, said as such (it never matched anything)
+        raise APIError(403, f"The admin API is disabled: {exc}.", code="admin_disabled") from None
+    if env is not None:
+        digests.append(env)
     return digests
 
 

@@ -60,7 +60,9 @@ class EngineConfig(_Strict):
     served_name: str | None = Field(
         default=None, description="model name sent to a remote upstream (default: the dir name)"
     )
-    dtype: str = Field(default="float32", description="float32 on CPU; bfloat16/float16 on GPU")
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
+        default="float32", description="vLLM's names: float32 on CPU; bfloat16/float16 on GPU"
+    )
     max_model_len: int = Field(default=512, ge=16)
     kv_cache_memory_fraction: float = Field(
         default=0.2,
@@ -104,6 +106,8 @@ class EngineConfig(_Strict):
     def _remote_needs_urls(self) -> EngineConfig:
         if self.backend == "remote" and not self.remote.urls:
             raise ValueError("backend 'remote' needs at least one URL in remote.urls")
+        if self.backend != "remote" and self.remote.urls:  # else a local engine starts instead
+            raise ValueError("remote.urls: set 'backend: remote' to use these upstreams")
         return self
 
     @property

@@ -20,7 +20,7 @@ from server.admin_state import AdminSync, overlay
 from server.api.protocol import MAX_CHOICES
 from server.auth import KeyRing
 from server.billing.protocol import BillingProvider
-from server.config import AppConfig, load_config
+from server.config import AppConfig, default_ttl, load_config
 from server.engine.pooling import PoolingService
 from server.engine.service import EngineService
 from server.errors import APIError, ConfigError
@@ -104,6 +104,7 @@ class ServingState:
         """Swap the config in: keys, tenants, budgets, routes, curves. Adding or removing a
         model is refused; what else waits for a restart stays as started (`restart_needed`)."""
         self._check_models_kept(config)  # before anything changes: a refusal leaves all as is
+        self._check_holds_outlive_requests(config)
         config = config.model_copy(update={"ledger": self.config.ledger})
         routes = route_table(config)
         curves = served_curves(config, self.policies.versioned)
@@ -123,7 +124,11 @@ class ServingState:
         (FLOPs prices), and a reward model's settings. The rest (tenants, prices, budgets,
         verifiers, routes, curves, timeouts) applies at once."""
         running = self.started
-        out = ["ledger"] if config.ledger != running.ledger else []
+        # a TTL the file leaves to its default follows the timeout; it is no ledger change
+        derived = config.ledger.reservation_ttl_s == default_ttl(config.server)
+        same = {"reservation_ttl_s"} if derived else set()
+        out = ["ledger"] if (config.ledger.model_dump(exclude=same)
+                             != running.ledger.model_dump(exclude=same)) else []  # fmt: skip
         out += ["engine"] if config.engine != running.engine else []
         out += [f"server.{name}" for name in ("host", "port", "log_level", "drain_timeout_s")
                 if getattr(config.server, name) != getattr(running.server, name)]  # fmt: skip
@@ -135,6 +140,20 @@ class ServingState:
         out += [f"verifier_models.{i}" for i, m in enumerate(config.verifier_models)
                 if m.id in rms and m != rms[m.id]]  # fmt: skip
         return out
+
+    def _check_holds_outlive_requests(self, config: AppConfig) -> None:
+        """The running ledger keeps the hold TTL it started with (ledger settings wait for a
+        restart) while a new request timeout applies at once: a timeout reaching that TTL
+        would let a hold lapse while its wave still runs (AppConfig's own check, against the
+        TTL in force)."""
+        ttl = self.started.ledger.reservation_ttl_s
+        timeout = config.server.request_timeout_s
+        if ttl is not None and timeout >= ttl:
+            raise ConfigError(
+                f"server.request_timeout_s ({timeout:g}) must stay below the running "
+                f"ledger.reservation_ttl_s ({ttl:g}), which changes only on a restart: a "
+                "reservation must not expire while its wave can still run"
+            )
 
     def _check_models_kept(self, config: AppConfig) -> None:
         """Engines and reward models start once, at start-up: a reload that adds or removes a

@@ -55,6 +55,24 @@ UNUSABLE = frozenset(
 timeout, full, unreadable, read-only), not that a statement is wrong."""
 
 
+def openable(path: str | Path) -> str | None:
+    """Why a SQLite store could not use the file at `path` (None: it can; the file and its
+    folder are created as the store would), checked before a server starts on it."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot make its folder ({exc})"
+    try:
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute("PRAGMA schema_version")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f"cannot open {str(path)!r} as a SQLite database ({exc})"
+    return None
+
+
 class SQLiteDatabase:
     """One store's connection(s) to a SQLite file in WAL mode (created with its folder).
 
