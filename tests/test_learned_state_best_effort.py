@@ -41,9 +41,9 @@ async def test_a_store_that_cannot_be_opened_does_not_fail_the_answer(
 ) -> None:
     """It was a 500 for every request, even `fixed:2`, which learns nothing: the book opened
     the store before asking whether there was anything to save."""
-    folder = tmp_path / "ledger.sqlite"
-    folder.mkdir()  # the store's path is a folder: SQLite cannot open it
-    app = unmetered_app({"backend": "sqlite", "path": str(folder)}, policy)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")  # the store's folder is a file: SQLite cannot open the store
+    app = unmetered_app({"backend": "sqlite", "path": str(blocker / "ledger.sqlite")}, policy)
     async with serve_in_loop(app) as live, httpx.AsyncClient(base_url=live.base_url) as http:
         for _ in range(2):
             r = await http.post("/v1/chat/completions", headers=KEY, json=CHAT, timeout=60)
