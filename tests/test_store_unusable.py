@@ -1,6 +1,7 @@
 """A store that is there but cannot be used: a SQLite file that cannot be opened (a directory,
-a folder that cannot be made, a file that is not a database), one locked when it is first opened.
-Each is StoreUnavailable, so the app answers 503 with Retry-After
+a folder that cannot be made, a file that is not a database), one locked when it is first opened,
+a Redis that refuses writes (maxmemory, a read-only replica) or a URL that is not Redis or names
+a database the server lacks. Each is StoreUnavailable, so the app answers 503 with Retry-After
 (never a 500), the event loop never waits on it, and the next request after the store is fixed
 is served (docs/storage.md)."""
 
@@ -9,20 +10,23 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from controller.budget import Budget, Budgets, Cost, Ledger
 from controller.stores import StoreUnavailable
 from server.app import create_app
 from server.config import hash_key, parse_config
 from storage import Stores
+from storage.redis.ledger import RedisStore
 from storage.sqlite.ledger import SQLiteStore
 from tests.fakes import ScriptedEngine, cycle
+from tests.fixtures.redis import RedisServer
 from tests.fixtures.server import serve_in_loop
 
 KEY = {"Authorization": "Bearer k"}
@@ -152,3 +156,108 @@ async def test_opening_stores_on_a_locked_file_waits_off_the_event_loop(tmp_path
         await admin.close()
         await learned.close()
     assert max(gaps) < 2.0, f"the event loop stalled {max(gaps):.1f} s"
+
+
+# -- Redis ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def refusing(own_redis: RedisServer) -> Iterator[Callable[[str], Callable[[], None]]]:
+    """Makes `own_redis` refuse writes one way; each call returns how to undo it."""
+    client = redis.Redis(port=own_redis.port)
+
+    def refuse(how: str) -> Callable[[], None]:
+        if how == "oom":  # maxmemory reached under noeviction
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", "1")
+            args: tuple[str, ...] = ("CONFIG", "SET", "maxmemory", "0")
+        else:  # a demoted primary after failover: a replica of nobody, read-only
+            client.execute_command("REPLICAOF", "127.0.0.1", "1")
+            args = ("REPLICAOF", "NO", "ONE")
+
+        def undo() -> None:
+            client.execute_command(*args)
+
+        return undo
+
+    yield refuse
+    client.close()
+
+
+@pytest.mark.parametrize("how", ["oom", "readonly"])
+async def test_a_redis_refusing_writes_answers_503_until_it_accepts_them(
+    own_redis: RedisServer, refusing: Callable[[str], Callable[[], None]], how: str
+) -> None:
+    """OOM and READONLY are Redis error replies, not connection errors, and used to reach the
+    client as a 500. A read-only Redis refuses the reserve: 503 before anything is drawn. Under
+    OOM Redis still runs the reserve script (its first command frees memory) and refuses the
+    settle: the answer is served with its billing pending, the hold kept (billing-guarantees)."""
+    live_app = app({"backend": "redis", "redis_url": own_redis.url()}, admin=True)
+    async with (
+        serve_in_loop(live_app) as live,
+        httpx.AsyncClient(base_url=live.base_url, timeout=GIVE_UP_S) as http,
+    ):
+        assert (await http.post("/v1/chat/completions", headers=KEY, json=CHAT)).is_success
+        undo = refusing(how)
+        down = await http.post("/v1/chat/completions", headers=KEY, json=CHAT)
+        change = await http.put(
+            "/admin/tenants/acme/budgets", headers=ADMIN, json={"day": {"limit": 5}}
+        )
+        undo()
+        up = await http.post("/v1/chat/completions", headers=KEY, json=CHAT)
+    if how == "readonly":
+        assert_503(down, "ledger_unavailable", str(own_redis.port))
+    else:
+        assert down.status_code == 200 and "pending" in down.json()["t2"]["note"], down.text
+    assert_503(change, "store_unavailable", str(own_redis.port))
+    assert up.status_code == 200, up.text
+
+
+@pytest.mark.parametrize("how", ["oom", "readonly"])
+async def test_a_settle_refused_by_redis_is_unavailable_and_charges_once_when_retried(
+    own_redis: RedisServer, refusing: Callable[[str], Callable[[], None]], how: str
+) -> None:
+    """A wave held before Redis began refusing: its settle is a StoreUnavailable (the caller
+    keeps the hold and retries), and the retry once Redis accepts writes charges it once."""
+    store = RedisStore(own_redis.url())
+    ledger = Ledger(store)
+    try:
+        assert (await ledger.reserve("acme", BUDGETS, "r", 0, 1, FIXED, PER)).granted == 1
+        undo = refusing(how)
+        with pytest.raises(StoreUnavailable, match=how.upper()):
+            await ledger.settle("acme", BUDGETS, "r", 0, Cost(0.2, 2000.0))
+        undo()
+        first = await ledger.settle("acme", BUDGETS, "r", 0, Cost(0.2, 2000.0))
+        again = await ledger.settle("acme", BUDGETS, "r", 0, Cost(0.2, 2000.0))
+    finally:
+        await store.close()
+    assert not first.duplicate and again.duplicate
+    day = next(u for u in again.usage if u.name == "day")
+    assert day.spent_value == pytest.approx(0.2) and day.reserved_value == 0
+
+
+@pytest.mark.parametrize("what", ["not-redis", "db-out-of-range"])
+async def test_a_wrong_redis_url_answers_503(redis_server: RedisServer, what: str) -> None:
+    """Like a wrong password (already a 503): a port that answers but is not Redis
+    (InvalidResponse) or a database index the server lacks (its SELECT's error reply)."""
+    server = None
+    if what == "not-redis":
+
+        async def http_reply(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            writer.close()
+
+        server = await asyncio.start_server(http_reply, "127.0.0.1", 0)
+        url = f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    else:
+        url = redis_server.url(99)
+    try:
+        async with (
+            serve_in_loop(app({"backend": "redis", "redis_url": url})) as live,
+            httpx.AsyncClient(base_url=live.base_url, timeout=GIVE_UP_S) as http,
+        ):
+            resp = await http.post("/v1/chat/completions", headers=KEY, json=CHAT)
+    finally:
+        if server is not None:
+            server.close()
+    assert_503(resp, "ledger_unavailable", "127.0.0.1")
