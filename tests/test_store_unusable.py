@@ -190,8 +190,8 @@ async def test_a_redis_refusing_writes_answers_503_until_it_accepts_them(
 ) -> None:
     """OOM and READONLY are Redis error replies, not connection errors, and used to reach the
     client as a 500. A read-only Redis refuses the reserve: 503 before anything is drawn. Under
-    OOM Redis still runs the reserve script (its first command frees memory) and refuses the
-    settle: the answer is served with its billing pending, the hold kept (billing-guarantees)."""
+    OOM Redis (7.0) lets the reserve script through and refuses the settle: the answer is
+    served with its billing pending, the hold kept (docs/billing-guarantees.md), or a 503."""
     live_app = app({"backend": "redis", "redis_url": own_redis.url()}, admin=True)
     async with (
         serve_in_loop(live_app) as live,
@@ -205,10 +205,10 @@ async def test_a_redis_refusing_writes_answers_503_until_it_accepts_them(
         )
         undo()
         up = await http.post("/v1/chat/completions", headers=KEY, json=CHAT)
-    if how == "readonly":
+    if how == "readonly" or down.status_code != 200:  # another Redis may refuse the reserve
         assert_503(down, "ledger_unavailable", str(own_redis.port))
     else:
-        assert down.status_code == 200 and "pending" in down.json()["t2"]["note"], down.text
+        assert "pending" in down.json()["t2"]["note"], down.text
     assert_503(change, "store_unavailable", str(own_redis.port))
     assert up.status_code == 200, up.text
 
