@@ -5,7 +5,8 @@ from __future__ import annotations
 
 
 class StoreUnavailable(RuntimeError):
-    """A store's backend could not be reached or did not answer in time (Redis gone or silent;
-    a SQLite file locked past its busy timeout, full or unreadable), as opposed to a bug. The
+    """A store's backend could not be reached, did not answer in time or refused to serve (Redis
+    gone, silent, out of memory, read-only or not at its URL; a SQLite file locked past its busy
+    timeout, full, unreadable, unopenable or corrupt), as opposed to a bug. The
     server answers 503 with Retry-After; a reserve whose reply was lost may have left its hold
     behind, which the hold's TTL frees."""

@@ -1,6 +1,6 @@
 """The one place the Redis stores make their clients: text replies (every script returns
 strings), per store how it meets load and an unreachable server, and the one translation of
-"Redis cannot be reached" into the stores' StoreUnavailable."""
+"Redis cannot be used now" into the stores' StoreUnavailable."""
 
 from __future__ import annotations
 
@@ -8,30 +8,63 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import InvalidResponse, ResponseError
 
 from controller.stores import StoreUnavailable
 
 UNREACHABLE = (aioredis.ConnectionError, aioredis.TimeoutError)
-"""Gone, refusing, or silent past redis-py's socket timeout (5 s by default)."""
+"""Gone, refusing connections, or silent past redis-py's socket timeout (5 s by default).
+Includes a wrong password (AuthenticationError) and a Redis still loading its data."""
+
+REFUSING = frozenset(
+    ("OOM", "READONLY", "MISCONF", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
+)
+"""Error codes of a Redis that is up but will not serve now: maxmemory reached under
+`noeviction`, a replica (a demoted primary after failover), failed RDB saves, a script running
+too long, no reachable primary or cluster slot, too few replicas for `min-replicas-to-write`.
+Each also arrives from inside a Lua script that met it (Redis keeps the code)."""
+
+NO_SUCH_DB = "DB index is out of range"
+"""The reply to the SELECT of a URL's database index the server does not have."""
+
+
+def unusable(exc: BaseException) -> bool:
+    """Whether `exc` says Redis cannot be used now (unreachable, refusing, not Redis at all,
+    not the database the URL names), not that a command or script is wrong."""
+    if isinstance(exc, (*UNREACHABLE, InvalidResponse)):  # InvalidResponse: a port not Redis
+        return True
+    if isinstance(exc, ResponseError):
+        return exc.status_code in REFUSING or str(exc).startswith(NO_SUCH_DB)
+    return False
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    if isinstance(exc, ResponseError):  # up, but saying no: keep the reply's code
+        return StoreUnavailable(f"Redis refused: {exc.status_code or ''} {exc}")
+    return StoreUnavailable(f"Redis did not answer: {exc}")
 
 
 class _Pipeline(Pipeline):
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         try:
             return await super().execute(raise_on_error)
-        except UNREACHABLE as exc:
-            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        except Exception as exc:
+            if not unusable(exc):
+                raise
+            raise _unavailable(exc) from exc
 
 
 class Client(aioredis.Redis):
     """A client whose commands, scripts and pipelines raise StoreUnavailable when Redis
-    cannot be reached, so callers above storage/ need not know Redis's errors."""
+    cannot be used now (`unusable`), so callers above storage/ need not know Redis's errors."""
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         try:
             return await super().execute_command(*args, **options)
-        except UNREACHABLE as exc:
-            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        except Exception as exc:
+            if not unusable(exc):
+                raise
+            raise _unavailable(exc) from exc
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> _Pipeline:
         return _Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)

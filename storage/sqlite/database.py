@@ -7,6 +7,11 @@ lock (`busy_timeout_ms`), so the event loop never blocks on it. A store on the h
 ledger) also opens an `inline` connection with no busy timeout: a step first runs on the loop's
 thread there (~0.1 ms, a thread hop costs more than the transaction) and moves to the worker
 only if another connection holds the lock.
+
+Nothing touches the file until the first step: the worker thread opens it then (folder, file,
+pragmas, the store's `prepare`, the inline connection), inside `run`, so an open that fails
+(unopenable, locked, full, corrupt) is a StoreUnavailable like any step's, is retried by the
+next step, and never waits on the event loop.
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
+def _code(exc: sqlite3.Error) -> int:
+    """`exc`'s primary result code (0 when sqlite3 raised it without one)."""
+    return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+
+
 UNUSABLE = frozenset(
     (
         sqlite3.SQLITE_BUSY,
@@ -49,10 +59,13 @@ UNUSABLE = frozenset(
         sqlite3.SQLITE_FULL,
         sqlite3.SQLITE_CANTOPEN,
         sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_NOTADB,
     )
 )
 """Primary result codes that say the file cannot be used now (still locked after the busy
-timeout, full, unreadable, read-only), not that a statement is wrong."""
+timeout, full, unreadable or unopenable, read-only, corrupt or not a database), not that a
+statement is wrong."""
 
 
 def openable(path: str | Path) -> str | None:
@@ -76,7 +89,8 @@ def openable(path: str | Path) -> str | None:
 class SQLiteDatabase:
     """One store's connection(s) to a SQLite file in WAL mode (created with its folder).
 
-    `prepare` creates or migrates the store's tables on each new connection."""
+    `prepare` creates or migrates the store's tables; it runs on the worker's connection when
+    the first step opens the file (and again at the next step if that open failed)."""
 
     def __init__(
         self,
@@ -89,52 +103,89 @@ class SQLiteDatabase:
         inline: bool = False,
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._prepare = prepare
+        self._busy_timeout_ms = busy_timeout_ms
         self._synchronous = synchronous
+        self._want_inline = inline
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
-        self._conn = self._pool.submit(self._connect, busy_timeout_ms).result()
-        self._inline = self._connect(0) if inline else None
+        self._conn: sqlite3.Connection | None = None  # the worker's; opened by the first step
+        self._inline: sqlite3.Connection | None = None  # the loop's; set once the file is open
         self._closed = False
 
-    def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
+    def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode=WAL")
-        if self._synchronous is not None:
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        self._prepare(conn)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            if self._synchronous is not None:
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        """The worker's connection, opening the file first if no step has yet (on the worker
+        thread: every wait here is the worker's). The inline connection is made here too,
+        waiting like the worker while it sets up, and only then loses its busy timeout."""
+        if self._conn is not None:
+            return self._conn
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"the SQLite file {self.path}: {exc}") from exc
+        conn = self._connect()
+        inline = None
+        try:
+            self._prepare(conn)
+            if self._want_inline:
+                inline = self._connect()
+                inline.execute("PRAGMA busy_timeout=0")
+        except BaseException:
+            conn.close()
+            if inline is not None:
+                inline.close()
+            raise
+        self._conn, self._inline = conn, inline
         return conn
 
     async def run(self, fn: Step[T], *, write: bool = True) -> T:
-        """`fn` in one transaction (`write=False`: as it is, for reads that need no lock).
-        StoreUnavailable when the file cannot be used now (UNUSABLE)."""
+        """`fn` in one transaction (`write=False`: as it is, for reads that need no lock), the
+        file opened first if it is not yet. StoreUnavailable when the file cannot be used now
+        (UNUSABLE, or its folder cannot be made)."""
         try:
             return await self._run(fn, write)
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF not in UNUSABLE:
+        except sqlite3.DatabaseError as exc:  # OperationalError, and NOTADB / CORRUPT
+            if _code(exc) not in UNUSABLE:
                 raise
             raise StoreUnavailable(f"the SQLite file {self.path}: {exc}") from exc
 
     async def _run(self, fn: Step[T], write: bool) -> T:
-        if write and self._inline is not None:
+        inline = self._inline
+        if write and inline is not None:
             try:
-                return transaction(self._inline, fn)
+                return transaction(inline, fn)
             except sqlite3.OperationalError as exc:
                 if not _busy(exc):
                     raise
 
         def go() -> T:
-            return transaction(self._conn, fn) if write else fn(self._conn)
+            conn = self._open()
+            return transaction(conn, fn) if write else fn(conn)
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, go)
 
     async def close(self) -> None:
-        """Idempotent."""
+        """Idempotent. Waits (off the loop) for a step or an open still on the worker."""
         if self._closed:
             return
         self._closed = True
-        if self._inline is not None:
-            self._inline.close()
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._conn.close)
+        inline, self._inline = self._inline, None  # no step runs on the loop's thread now
+
+        def shut() -> None:  # after any open still queued, which may have set new ones
+            for conn in (inline, self._inline, self._conn):
+                if conn is not None:
+                    conn.close()
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, shut)
         self._pool.shutdown(wait=True)
