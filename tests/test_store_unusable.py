@@ -91,9 +91,10 @@ async def test_an_unusable_sqlite_file_answers_503_until_it_is_fixed(
     """Opening the file used to happen outside the store's error mapping (a 500 on every
     request); it now happens in the first step, as a 503, and again at the next one."""
     path = tmp_path / "state" / "ledger.sqlite"
-    fix = spoil(path)
+    live_app = app({"backend": "sqlite", "path": str(path)})  # the config's checks pass
+    fix = spoil(path)  # and then the file goes bad
     async with (
-        serve_in_loop(app({"backend": "sqlite", "path": str(path)})) as live,
+        serve_in_loop(live_app) as live,
         httpx.AsyncClient(base_url=live.base_url, timeout=GIVE_UP_S) as http,
     ):
         down = await http.post("/v1/chat/completions", headers=KEY, json=CHAT)
@@ -106,9 +107,10 @@ async def test_an_unusable_sqlite_file_answers_503_until_it_is_fixed(
 async def test_the_admin_api_answers_an_unopenable_sqlite_file_with_503(tmp_path: Path) -> None:
     """Admin reads of the ledger (a tenant's windows, spend logs) open it like a completion."""
     path = tmp_path / "ledger.sqlite"
+    live_app = app({"backend": "sqlite", "path": str(path)}, admin=True)
     a_directory(path)
     async with (
-        serve_in_loop(app({"backend": "sqlite", "path": str(path)}, admin=True)) as live,
+        serve_in_loop(live_app) as live,
         httpx.AsyncClient(base_url=live.base_url, timeout=GIVE_UP_S) as http,
     ):
         got = [
@@ -261,3 +263,20 @@ async def test_a_wrong_redis_url_answers_503(redis_server: RedisServer, what: st
         if server is not None:
             server.close()
     assert_503(resp, "ledger_unavailable", "127.0.0.1")
+
+
+async def test_stores_opening_one_new_file_at_once_all_open(tmp_path: Path) -> None:
+    """Opening moved into the first step, so stores on one new file (a server's ledger, admin
+    and learned stores at its first requests; replicas starting together) open at once, and
+    switching the file to WAL failed "database is locked" without waiting (14 of 200 pairs)."""
+    from storage.sqlite.learned import SQLiteLearnedStore
+
+    for i in range(40):
+        path = tmp_path / f"{i}" / "ledger.sqlite"
+        stores = [SQLiteLearnedStore(path), SQLiteLearnedStore(path), SQLiteLearnedStore(path)]
+        try:
+            await asyncio.gather(*(s.add("acme", "m", (2, 1), now=1.0) for s in stores))
+            assert (await stores[0].load("acme", "m", now=2.0)).counts == {(2, 1): 3}
+        finally:
+            for store in stores:
+                await store.close()

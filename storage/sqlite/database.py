@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,6 +51,9 @@ def _code(exc: sqlite3.Error) -> int:
     """`exc`'s primary result code (0 when sqlite3 raised it without one)."""
     return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
 
+
+OPEN_RETRY_S = 0.01
+"""Pause between tries of a first open that met another connection's lock."""
 
 UNUSABLE = frozenset(
     (
@@ -134,6 +138,22 @@ class SQLiteDatabase:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnavailable(f"the SQLite file {self.path}: {exc}") from exc
+        # Stores on one new file open together (the ledger, admin and learned stores at a
+        # server's first requests, replicas starting at once), and switching a file to WAL
+        # can fail "locked" at once, without the busy handler: retry within the busy timeout.
+        give_up = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                conn, inline = self._open_once()
+                break
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= give_up:
+                    raise
+                time.sleep(OPEN_RETRY_S)
+        self._conn, self._inline = conn, inline
+        return conn
+
+    def _open_once(self) -> tuple[sqlite3.Connection, sqlite3.Connection | None]:
         conn = self._connect()
         inline = None
         try:
@@ -146,8 +166,7 @@ class SQLiteDatabase:
             if inline is not None:
                 inline.close()
             raise
-        self._conn, self._inline = conn, inline
-        return conn
+        return conn, inline
 
     async def run(self, fn: Step[T], *, write: bool = True) -> T:
         """`fn` in one transaction (`write=False`: as it is, for reads that need no lock), the
