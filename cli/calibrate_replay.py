@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from controller.aggregate.extract import get_extractor
-from controller.aggregate.normalize import normalize_answer
 from controller.replay.data import DEFAULT_EXTRACTOR, ReplayDataError, load_replay
 from controller.scaling.served import calibration_width
 
@@ -38,19 +37,24 @@ def rows_from_replay(
                                    named=extractor is not None, keep_empty=True)  # fmt: skip
     except ReplayDataError as exc:
         raise ReplayRowsError(f"--from-replay: {exc}") from None
-    width = calibration_width([len(q.samples) for q in questions])
+    # the width of the questions that have samples: failed calls (none) are left out anyway
+    width = calibration_width([len(q.samples) for q in questions if q.samples])
     if width == 0:
         raise ReplayRowsError(f"--from-replay: {path}: no question has samples")
     rows: list[dict[str, Any]] = []
     left_out: list[str] = []
     for q in questions:
         if q.gold is None:
-            raise ReplayRowsError(f"{path}:{q.line}: gold: missing")
+            raise ReplayRowsError(
+                f"{path}:{q.line}: gold: missing (calibration needs each question's gold answer; "
+                "a file scored by `correct` flags can be replayed, not calibrated)"
+            )
         if len(q.samples) < width:
             left_out.append(q.id)
             continue
+        # right as `replay` scores it: the answer and the gold were read alike above
         samples = [{"text": s.text or "", "answer": s.answer,
-                    "correct": s.answer is not None and normalize_answer(s.answer) == q.gold}
+                    "correct": s.answer is not None and s.answer == q.gold}
                    for s in q.samples[:width]]  # fmt: skip
         rows.append({"id": q.id, "question": q.question or "", "gold": q.gold,
                      "samples": samples, "model": model})  # fmt: skip

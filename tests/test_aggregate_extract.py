@@ -152,7 +152,12 @@ def test_every_extractor_is_in_the_table_with_and_without_an_answer() -> None:
         ("109.00000000000001", "109.0"),  # a program's float noise (recorded GPT-4 GSM8K)
         ("0.30000000000000004", "0.3"),
         ("33.333333333333336", "33.33333333333333"),  # one value, two computation orders
+        ("33.333333333333336", "100/3"),  # ... and the fraction a program's float stands for
         ("1e-05", "0.00001"),  # how a program prints a small float
+        ("0.18181818181818182", "2/11"),  # a program's float of a fraction gold (TabMWP)
+        ("0.3888888888888889", "\\frac{7}{18}"),
+        ("-0.6666666666666666", "-2/3"),
+        ("12345.678901234567", "12345.6789012"),  # no small fraction that near: rounded
         ("(B)", "B"),  # a multiple-choice option as "the answer is (B)" leaves it
         ("[c]", "C."),
         ("(3)", "3"),
@@ -172,11 +177,12 @@ def test_normalisation_equates(a: str, b: str) -> None:
         ("1.2.2021", "1.2"),
         ("18", "18.5"),
         ("1/3", "0.33"),
+        ("3.141592653589793", "355/113"),  # near a fraction, but not within float noise
         ("A", "B"),
         ("1,00", "100"),
         ("12345678901234567", "12345678901234568"),  # whole numbers keep every digit
         ("0.123456789012", "0.123456789013"),  # 12 significant digits are kept as written
-        ("33.333333333333336", "100/3"),  # a rounded decimal is not the exact fraction
+        ("33.3333333333", "100/3"),  # a decimal written to 12 digits is not the fraction
         ("(3)/(4)", "3"),  # two groups, not one enclosed answer: still the fraction 3/4
         ("()", "0"),
         ("(2, 3)", "[2, 3]"),  # an open interval is not a closed one

@@ -123,3 +123,45 @@ def test_an_empty_model_id_and_the_replay_only_params_are_refused(tmp_path: Path
                                  "--out", str(tmp_path / "o")])  # fmt: skip
     assert result.exit_code == 2 and "--params does not apply with --data" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def _lines(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_samples_are_scored_right_as_replay_scores_them(tmp_path: Path) -> None:
+    """Under `--extractor choice` ("(A)" read as "A") every sample was written wrong: each
+    answer was normalised again ("a") before it met its gold ("A")."""
+    log = _lines(tmp_path / "mc.jsonl", [
+        {"id": f"q{i}", "question": "?", "gold": "(A)",
+         "samples": [{"text": "so (A)", "answer": "(A)"}] * 3 + [{"text": "(B)", "answer": "(B)"}]}
+        for i in range(6)])  # fmt: skip
+    result = runner.invoke(app, ["calibrate", "--from-replay", str(log), "--model", "m",
+                                 "--params", "1", "--out", str(tmp_path / "o"), "--extractor",
+                                 "choice", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["single_sample_accuracy"] == pytest.approx(0.75)
+
+
+def test_a_log_where_most_calls_failed_still_calibrates(tmp_path: Path) -> None:
+    """Four of 20 questions hold 10 samples, the rest none (failed calls): "no question has
+    samples", because the width was taken over the empty ones too."""
+    log = _lines(tmp_path / "sparse.jsonl", [
+        {"id": f"q{i}", "question": "?", "gold": "1",
+         "samples": [{"text": "1", "answer": "1"}] * 10 if i % 5 == 0 else []}
+        for i in range(20)])  # fmt: skip
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["calibrate", "--from-replay", str(log), "--model", "m",
+                                 "--params", "1", "--out", str(out), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["samples_per_question"] == 10
+
+
+def test_a_log_scored_by_correct_flags_says_calibration_needs_gold(tmp_path: Path) -> None:
+    log = _lines(tmp_path / "flags.jsonl", [
+        {"id": "q0", "question": "?", "samples": [{"text": "x", "correct": True}]}])  # fmt: skip
+    result = runner.invoke(app, ["calibrate", "--from-replay", str(log), "--model", "m",
+                                 "--params", "1", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert result.exit_code == 2
+    assert "calibration needs each question's gold answer" in result.stderr

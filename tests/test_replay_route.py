@@ -4,6 +4,7 @@ the baselines' arithmetic, and one end-to-end run on the real date_cot1 set."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from controller.replay.route import (
     replay_routes,
 )
 from controller.replay.route_baselines import Votes, single, vote_cascade
+from controller.replay.route_report import ReplayPlan, replay_set
 from controller.replay.routing_set import RoutingSetError, load_routing_set
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/routing/date_cot1"
@@ -429,3 +431,63 @@ def test_a_folder_with_no_set_or_a_question_without_gold_exits_2(tmp_path: Path)
         (root / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     code, _, err = invoke("--route", str(root), "--json")
     assert code == 2 and "weak.jsonl:2: gold: missing" in err
+
+
+# -- sets unlike the dev sets (found by an audit of the replay on unseen data) -------------------
+
+
+def test_a_date_set_recorded_as_options_keeps_its_answers(tmp_path: Path) -> None:
+    """The date task's default extractor read no option letter: every answer abstained and
+    every baseline scored 0. It now applies only when it reads the set's gold."""
+    options: list[list[str | None]] = [["(A)", "(A)", "(B)"] for _ in range(6)]
+    root = write_set(tmp_path / "d", options, [["(A)", "(A)"] for _ in range(6)],
+                     {"task": "date_understanding"})  # fmt: skip
+    for model in ("weak", "strong"):
+        text = (root / f"{model}.jsonl").read_text().replace('"gold": "7"', '"gold": "(A)"')
+        (root / f"{model}.jsonl").write_text(text)
+    rs = load_routing_set(root)
+    assert rs.extractor is None
+    assert rs.model("weak").codes.tolist() == [[0, 0, 1]] * 6  # (A) is gold: code 0
+    dates = write_set(tmp_path / "dates", [["5/1/2021"]], [["05/01/2021"]],
+                      {"task": "date_understanding"})  # fmt: skip
+    for model in ("weak", "strong"):
+        text = (dates / f"{model}.jsonl").read_text().replace('"gold": "7"', '"gold": "05/01/2021"')
+        (dates / f"{model}.jsonl").write_text(text)
+    assert load_routing_set(dates).extractor == "date"  # a date set keeps its normaliser
+
+
+def test_a_repeated_question_id_is_still_its_own_question(tmp_path: Path) -> None:
+    """Calibration tables are keyed by id: a log that repeats an id pooled two questions into
+    one and moved every route point. Each row now counts alone, as with distinct ids."""
+    rng = np.random.default_rng(0)
+
+    def answers(n: int, right: float) -> list[list[str | None]]:
+        return [["7" if rng.random() < right else str(rng.integers(8, 10)) for _ in range(n)]
+                for _ in range(120)]  # fmt: skip
+
+    weak, strong = answers(10, 0.4), answers(3, 0.85)
+    plan = ReplayPlan(perms=2, single_t2=False, lams=(0.0, 0.1, 1.0))
+    distinct = replay_set(load_routing_set(write_set(tmp_path / "a", weak, strong)), plan)
+    same = write_set(tmp_path / "b", weak, strong)
+    for model in ("weak", "strong"):
+        text = (same / f"{model}.jsonl").read_text()
+        (same / f"{model}.jsonl").write_text(re.sub(r'"id": "q\d+"', '"id": "q"', text))
+    repeated = replay_set(load_routing_set(same), plan)
+    assert [p["accuracy"] for p in repeated["route"]] == [p["accuracy"] for p in distinct["route"]]
+    assert [p["cost"] for p in repeated["route"]] == [p["cost"] for p in distinct["route"]]
+
+
+def test_a_manifest_without_tokens_per_char_or_with_a_bom_is_read(tmp_path: Path) -> None:
+    """The README's 0.25 tokens per character is the default, and a byte-order mark (as some
+    editors write) opens neither the manifest nor a model file with an error."""
+    root = toy(tmp_path / "t", n=4)
+    doc = json.loads((root / "manifest.json").read_text())
+    del doc["tokens_per_char"]
+    (root / "manifest.json").write_text("\ufeff" + json.dumps(doc), encoding="utf-8")
+    weak = root / "weak.jsonl"
+    weak.write_text("\ufeff" + weak.read_text(), encoding="utf-8")
+    read, plain = load_routing_set(root), load_routing_set(toy(tmp_path / "u", n=4))
+    for got, want in zip(read.models, plain.models, strict=True):
+        assert got.codes.tolist() == want.codes.tolist()
+        assert got.sample_cost.tolist() == want.sample_cost.tolist()  # 0.25 tokens a character
+        assert got.call_cost.tolist() == want.call_cost.tolist()

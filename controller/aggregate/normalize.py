@@ -3,7 +3,8 @@
 Votes are counted over normalised strings, so "18", "18.0", "$18" and "18 dollars" must
 collapse to one key, and "1,000" must equal "1000". Numbers compare by exact value
 (fractions included: "3/4" == "0.75" == "\\frac{3}{4}"; a decimal longer than FLOAT_DIGITS
-significant digits is first rounded to them, so a program's "109.00000000000001" is 109);
+significant digits is a program's float: the simple fraction it prints, "0.18181818181818182"
+is 2/11, else rounded to FLOAT_DIGITS, so "109.00000000000001" is 109);
 everything else compares case- and whitespace-insensitively after stripping simple LaTeX
 wrappers. Dates such as "05/01/2021" are not fractions: a numeric date is only zero-padded
 ("5/1/2021" == "05/01/2021"), never reordered, so a day-first and a month-first tenant both
@@ -26,6 +27,14 @@ FLOAT_DIGITS = 12
 """Significant digits a decimal answer keeps. A program's float prints up to 17
 ("109.00000000000001", "33.333333333333336"), and the noise in the last few would split one
 value into several vote keys and miss its gold; no one writes an answer with more than 12."""
+MAX_DENOMINATOR = 10_000
+FLOAT_NOISE = 1e-15
+"""A long decimal is read as the fraction with denominator ≤ MAX_DENOMINATOR within this
+relative distance of it, if there is one: "0.18181818181818182" is 2/11, as a gold "2/11" (or a
+reply "2/11") says it. A double printed in full is within ~1e-16 of the value it stands for
+(a few units in its last place), while a decimal that only resembles a small fraction lies
+much farther off (π's 3.14159265358979 is 8e-8 from 355/113; a fraction with q ≤ 10⁴ comes
+within 1e-15 of a random 17-digit decimal below 10⁴ about once in a hundred thousand)."""
 _NUMBER = re.compile(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _ENCLOSED = re.compile(r"\(([^()\[\],\s]+)\)|\[([^()\[\],\s]+)\]")
 """One token in brackets: an option "(B)", a number "(3)"; never a tuple or an interval."""
@@ -74,7 +83,13 @@ def parse_number(text: str) -> Fraction | None:
     except (InvalidOperation, ValueError):
         return None
     if "." in s and len(value.as_tuple().digits) > FLOAT_DIGITS:
-        # binary floating-point noise: a program's 0.1 * 3 * 60 prints 18.000000000000004
+        # a program's float: 2/11 prints 0.18181818181818182, which is the fraction when one
+        # with a small denominator lies within float noise of it; else binary noise only
+        # (0.1 * 3 * 60 prints 18.000000000000004), rounded away
+        exact = Fraction(value)
+        simple = exact.limit_denominator(MAX_DENOMINATOR)
+        if abs(simple - exact) <= FLOAT_NOISE * abs(exact):
+            return simple
         value = value.quantize(Decimal(1).scaleb(value.adjusted() - FLOAT_DIGITS + 1))
     return Fraction(value)
 

@@ -200,7 +200,7 @@ def load_replay(
     """Read a replay file (see parse_lines)."""
     p = Path(path)
     try:
-        with p.open(encoding="utf-8") as fh:
+        with p.open(encoding="utf-8-sig") as fh:  # a byte-order mark is not line 1's JSON
             return parse_lines(fh, extractor, str(p), skip_empty, named, keep_empty=keep_empty)
     except UnicodeDecodeError as exc:
         raise ReplayDataError(f"{p}: not UTF-8 text ({exc.reason})") from None

@@ -38,9 +38,12 @@ from controller.replay.data import (
 )
 
 MANIFEST = "manifest.json"
+TOKENS_PER_CHAR = 0.25
+"""Tokens per character when a manifest does not say: the routing sets' own convention."""
 TASK_EXTRACTORS: dict[str, str] = {"date_understanding": "date"}
 """The answer extractor a task's recorded answers go through when neither the manifest
-(`extractor`) nor the caller names one; tasks not listed keep the recorded answers."""
+(`extractor`) nor the caller names one, and it reads at least half of the set's gold answers;
+tasks not listed keep the recorded answers."""
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -121,7 +124,7 @@ def _number(entry: dict[str, Any], key: str, where: str) -> float:
 def _read_manifest(path: Path) -> dict[str, Any]:
     where = str(path / MANIFEST)
     try:
-        doc = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        doc = json.loads((path / MANIFEST).read_text(encoding="utf-8-sig"))  # a BOM is fine
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RoutingSetError(f"{where}: cannot read it ({exc})") from None
     if not isinstance(doc, dict):
@@ -139,6 +142,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             _number(entry, key, f"{here} ({entry['id']})")
         if any(e.get("id") == entry["id"] for e in models[:i] if isinstance(e, dict)):
             raise RoutingSetError(f"{here}: id: {entry['id']!r} is listed twice")
+    doc.setdefault("tokens_per_char", TOKENS_PER_CHAR)
     _number(doc, "tokens_per_char", where)
     if doc.get("prompt_chars") is not None:
         _number(doc, "prompt_chars", where)
@@ -154,6 +158,15 @@ def _extractor(doc: dict[str, Any], override: str | None, where: str) -> str | N
     except ValueError as exc:
         raise RoutingSetError(f"{where}: extractor: {exc}") from None
     return str(name)
+
+
+def _if_it_reads_gold(name: str, file: Path) -> str | None:
+    """The task's default extractor, if it reads at least half of the set's gold answers; else
+    None (the recorded answers as they are). A date-understanding set recorded as options
+    "(A)"–"(F)", not dates, would otherwise abstain on every answer and score 0 everywhere."""
+    reads = get_extractor(name)
+    golds = [q.gold for q in _read_lines(file, None)]
+    return name if 2 * sum(reads(str(g)) is not None for g in golds) >= len(golds) else None
 
 
 def one_sample_price(m: SetModel) -> float:
@@ -203,6 +216,8 @@ def load_routing_set(path: Path, extractor: str | None = None) -> RoutingSet:
     doc = _read_manifest(path)
     where = str(path / MANIFEST)
     name = _extractor(doc, extractor, where)
+    if name is not None and extractor is None and doc.get("extractor") is None:
+        name = _if_it_reads_gold(name, path / doc["models"][0]["file"])
     extract = get_extractor(name) if name is not None else None
     per_token = float(doc["tokens_per_char"])
     prompt_chars = float(doc.get("prompt_chars") or 0.0)
@@ -246,5 +261,17 @@ def load_routing_set(path: Path, extractor: str | None = None) -> RoutingSet:
     kept_rows = set(keep)
     skipped = tuple(q.id for i, q in enumerate(first) if i not in kept_rows)
     return RoutingSet(path.name, path, str(doc.get("task", "")), name,
-                      tuple(first[i].id for i in keep), tuple(str(first[i].gold) for i in keep),
-                      tuple(models), skipped)  # fmt: skip
+                      _unique([first[i].id for i in keep]),
+                      tuple(str(first[i].gold) for i in keep), tuple(models), skipped)  # fmt: skip
+
+
+def _unique(ids: Sequence[str]) -> tuple[str, ...]:
+    """Question ids with a repeat made unique ("q#7", its row): calibration tables are keyed by
+    id, so two questions under one id would pool into one. A log may repeat an id (a question
+    asked twice); each row is still its own question."""
+    seen: set[str] = set()
+    out = []
+    for row, qid in enumerate(ids):
+        out.append(qid if qid not in seen else f"{qid}#{row}")
+        seen.add(qid)
+    return tuple(out)
