@@ -612,6 +612,26 @@ class RouteMember:
     questions: Sequence[CalibrationQuestion]
 
 
+@dataclass(frozen=True)
+class FittedMember:
+    """A member with what a route fits for it alone: its vote statistics and its per-question
+    majority curves (for other members' cross tables). They depend only on the member, seed,
+    shrink and pool, so routes sharing a member can share one fit (`assemble_route`)."""
+
+    member: RouteMember
+    stats: VoteStats
+    majority: dict[str, FloatArray]
+
+    @classmethod
+    def fit(
+        cls, m: RouteMember, seed: int = 0, shrink: float = SHRINK, pool: bool = POOL
+    ) -> FittedMember:
+        stats = VoteStats.fit(m.questions, seed=seed, shrink=shrink, pool=pool)
+        k_max = min(N_MAX, min(len(q.answers) for q in m.questions))
+        majority = {q.key: per_question_majority(q, k_max) for q in m.questions}
+        return cls(m, stats, majority)
+
+
 def build_route(
     route_id: str,
     members: Sequence[RouteMember],
@@ -623,24 +643,25 @@ def build_route(
     shared questions (matched by key), the cross-model table. `shrink`: pseudo-questions
     pulling a seldom-seen state toward the curve; `pool`: through its leader-votes row first
     (`shrunk`). The defaults (SHRINK, POOL) are the server's and the replay's alike."""
-    stats = {
-        m.model: VoteStats.fit(m.questions, seed=seed, shrink=shrink, pool=pool) for m in members
-    }
-    majority: dict[str, dict[str, FloatArray]] = {}
-    for m in members:
-        k_max = min(N_MAX, min(len(q.answers) for q in m.questions))
-        majority[m.model] = {q.key: per_question_majority(q, k_max) for q in m.questions}
+    fitted = [FittedMember.fit(m, seed, shrink, pool) for m in members]
+    return assemble_route(route_id, fitted)
+
+
+def assemble_route(route_id: str, fitted: Sequence[FittedMember]) -> Route:
+    """A route over members fitted already (`FittedMember.fit`): only the cross-model tables
+    of each ordered pair are fitted here."""
     cross: dict[tuple[str, str], CrossStats] = {}
-    for a in members:
-        for b in members:
-            if a.model == b.model:
+    for a in fitted:
+        for b in fitted:
+            if a.member.model == b.member.model:
                 continue
-            curves = majority[b.model]
-            k_max = min(len(v) for v in curves.values())
-            table = CrossStats.fit(stats[a.model], curves, k_max)
+            k_max = min(len(v) for v in b.majority.values())
+            table = CrossStats.fit(a.stats, b.majority, k_max)
             if table is not None:
-                cross[(a.model, b.model)] = table
-    candidates = tuple(RouteCandidate(m.model, m.curve, stats[m.model], m.params) for m in members)
+                cross[(a.member.model, b.member.model)] = table
+    candidates = tuple(
+        RouteCandidate(f.member.model, f.member.curve, f.stats, f.member.params) for f in fitted
+    )
     return Route(route_id, candidates, cross)
 
 

@@ -14,17 +14,21 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from cli.route_plot import x_scale
+from controller.replay import route as route_module
 from controller.replay.route import (
     Draws,
+    FoldCalibrations,
     Prices,
     RouteSettings,
+    calibrate_member,
     calibrate_route,
     folds,
     replay_routes,
 )
 from controller.replay.route_baselines import Votes, single, vote_cascade
 from controller.replay.route_report import ReplayPlan, replay_set
-from controller.replay.routing_set import RoutingSetError, load_routing_set
+from controller.replay.routing_set import RoutingSet, RoutingSetError, load_routing_set
+from controller.routing import FittedMember
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/routing/date_cot1"
 runner = CliRunner()
@@ -173,6 +177,27 @@ def test_a_route_is_calibrated_only_on_the_other_folds(tmp_path: Path) -> None:
     calibrated = set(route.candidate("weak").stats.keys)
     assert calibrated == {rs.ids[i] for i in rows[1]}
     assert not calibrated & {rs.ids[i] for i in rows[0]}
+
+
+def test_each_model_is_calibrated_once_per_fold_for_all_routes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full route and every single-model t2 route share one fit per model and fold (refits
+    were most of a large set's replay time), and a shared fit is the one a route alone makes."""
+    rs = load_routing_set(toy(tmp_path / "s"))
+    calls: list[str] = []
+
+    def counted(rs: RoutingSet, rows: Any, model: str, *args: Any) -> FittedMember:
+        calls.append(model)
+        return calibrate_member(rs, rows, model, *args)
+
+    monkeypatch.setattr(route_module, "calibrate_member", counted)
+    replay_set(rs, ReplayPlan(perms=1, folds=2, lams=(0.0, 1.0)))
+    assert sorted(calls) == ["strong", "strong", "weak", "weak"]
+    rows = folds(rs.questions, 2, seed=0)
+    shared = FoldCalibrations(rs, rows).route(0, RouteSettings(("strong",)))
+    alone = calibrate_route(rs, rows[1], ("strong",), seed=0)
+    assert np.array_equal(shared.candidates[0].stats.right, alone.candidates[0].stats.right)
 
 
 def test_routes_never_draw_more_than_recorded_and_escalate_the_unsure(tmp_path: Path) -> None:

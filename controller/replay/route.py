@@ -25,9 +25,10 @@ from controller.routing import (
     N_MAX,
     POOL,
     SHRINK,
+    FittedMember,
     Route,
     RouteMember,
-    build_route,
+    assemble_route,
     calibration_questions,
     cascade_answer,
 )
@@ -107,6 +108,35 @@ def calibration_rows(m: SetModel, rows: IntArray) -> tuple[IntArray, int]:
     return rows[m.recorded[rows] >= k], k
 
 
+def calibrate_member(
+    rs: RoutingSet,
+    rows: IntArray,
+    model: str,
+    seed: int,
+    shrink: float = REPLAY_SHRINK,
+    pool: bool = REPLAY_POOL,
+) -> FittedMember:
+    """One model calibrated on the set's questions `rows` as a served model is: served curves
+    (fit_served) plus routing's own vote statistics (FittedMember.fit)."""
+    m = rs.model(model)
+    use, k = calibration_rows(m, rows)
+    replay = [
+        ReplayQuestion(rs.ids[i], GOLD, tuple(ReplaySample(_code(int(c)), None, None)
+                                              for c in m.codes[i, :k]), int(i) + 1)
+        for i in use
+    ]  # fmt: skip
+    fit = fit_served(replay, model_id=model, params=PLACEHOLDER_PARAMS,
+                     calibration=f"{len(use)} questions of {rs.name}", seed=seed)  # fmt: skip
+    qs = calibration_questions([(q.id, q.gold, [s.answer for s in q.samples]) for q in replay])
+    member = RouteMember(model, served_curves(fit, rs.name), PLACEHOLDER_PARAMS, qs)
+    return FittedMember.fit(member, seed, shrink, pool)
+
+
+def route_over(rs: RoutingSet, fitted: Sequence[FittedMember]) -> Route:
+    """The route over calibrated members (build_route's cross-model tables on top)."""
+    return assemble_route(f"{rs.name}:{'>'.join(f.member.model for f in fitted)}", fitted)
+
+
 def calibrate_route(
     rs: RoutingSet,
     rows: IntArray,
@@ -115,23 +145,39 @@ def calibrate_route(
     shrink: float = REPLAY_SHRINK,
     pool: bool = REPLAY_POOL,
 ) -> Route:
-    """A route over `models`, calibrated on the set's questions `rows` as a served model is:
-    served curves (fit_served) plus routing's vote and cross statistics (build_route)."""
-    members = []
-    for model in models:
-        m = rs.model(model)
-        use, k = calibration_rows(m, rows)
-        replay = [
-            ReplayQuestion(rs.ids[i], GOLD, tuple(ReplaySample(_code(int(c)), None, None)
-                                                  for c in m.codes[i, :k]), int(i) + 1)
-            for i in use
-        ]  # fmt: skip
-        fit = fit_served(replay, model_id=model, params=PLACEHOLDER_PARAMS,
-                         calibration=f"{len(use)} questions of {rs.name}", seed=seed)  # fmt: skip
-        qs = calibration_questions([(q.id, q.gold, [s.answer for s in q.samples]) for q in replay])
-        members.append(RouteMember(model, served_curves(fit, rs.name), PLACEHOLDER_PARAMS, qs))
-    return build_route(f"{rs.name}:{'>'.join(models)}", members, seed=seed, shrink=shrink,
-                       pool=pool)  # fmt: skip
+    """A route over `models`, calibrated on the set's questions `rows` (calibrate_member)."""
+    return route_over(rs, [calibrate_member(rs, rows, m, seed, shrink, pool) for m in models])
+
+
+@dataclass
+class FoldCalibrations:
+    """Each model calibrated once per fold, shared by every route replayed over the folds.
+
+    Why: a set's full route and its single-model t2 routes calibrate the same model on the
+    same rows with the same seed, so their fits are equal; refitting them per route was most
+    of a replay's time (69% on a 5,000-question set)."""
+
+    rs: RoutingSet
+    fold_rows: Sequence[IntArray]
+    seed: int = 0
+    fits: dict[tuple[int, str, float, bool], FittedMember] = field(default_factory=dict)
+
+    def calibration(self, fold: int) -> IntArray:
+        """The rows fold `fold` is scored by a route calibrated on: every other fold's."""
+        rows = self.fold_rows
+        return np.sort(np.concatenate([r for g, r in enumerate(rows) if g != fold]))
+
+    def route(self, fold: int, settings: RouteSettings) -> Route:
+        """The route over `settings.models` that scores fold `fold`."""
+        fitted = []
+        for model in settings.models:
+            key = (fold, model, settings.shrink, settings.pool)
+            if key not in self.fits:
+                rows = self.calibration(fold)
+                self.fits[key] = calibrate_member(self.rs, rows, model, self.seed,
+                                                  settings.shrink, settings.pool)  # fmt: skip
+            fitted.append(self.fits[key])
+        return route_over(self.rs, fitted)
 
 
 @dataclass(frozen=True)
@@ -255,9 +301,13 @@ def replay_routes(
     modes: Sequence[str] = MODES,
     seed: int = 0,
     tick: Callable[[int], None] | None = None,
+    calibrations: FoldCalibrations | None = None,
 ) -> list[Point]:
     """Every (mode, λ) point of routes over `settings.models`, each fold scored by a route
-    calibrated on the other folds. λ is in dollars⁻¹. `tick(n)` reports finished questions."""
+    calibrated on the other folds. λ is in dollars⁻¹. `tick(n)` reports finished questions.
+    `calibrations`: the models' fits on these folds, shared with other routes (default: new)."""
+    if calibrations is None:
+        calibrations = FoldCalibrations(rs, fold_rows, seed)
     models = settings.models
     codes = {m: draws.codes(rs, m) for m in models}
     costs = {m: draws.costs(rs, m) for m in models}
@@ -265,8 +315,8 @@ def replay_routes(
     perms = draws.perms
     points = {(mode, lam): _empty_point(mode, lam, q_all, models) for mode in modes for lam in lams}
     for f, rows in enumerate(fold_rows):
-        calib = np.sort(np.concatenate([r for g, r in enumerate(fold_rows) if g != f]))
-        route = calibrate_route(rs, calib, models, seed, settings.shrink, settings.pool)
+        calib = calibrations.calibration(f)
+        route = calibrations.route(f, settings)
         prices = Prices.measure(rs, calib, models)
         for i in rows:
             call = {m: float(rs.model(m).call_cost[i]) for m in models}

@@ -15,6 +15,7 @@ from controller.replay.route import (
     REPLAY_POOL,
     REPLAY_SHRINK,
     Draws,
+    FoldCalibrations,
     Point,
     RouteSettings,
     folds,
@@ -85,12 +86,14 @@ def replay_set(
     rows = folds(rs.questions, plan.folds, plan.seed)
     every = tuple(m.id for m in rs.models)
     settings = RouteSettings(every, plan.descend, plan.shrink, plan.pool)
-    points = replay_routes(rs, draws, rows, settings, lams, MODES, plan.seed, tick)
+    fits = FoldCalibrations(rs, rows, plan.seed)  # each model fitted once per fold, for all routes
+    points = replay_routes(rs, draws, rows, settings, lams, MODES, plan.seed, tick, fits)
     t2: list[dict[str, Any]] = []
     if plan.single_t2:
         for model in every:
             settings = RouteSettings((model,), shrink=plan.shrink, pool=plan.pool)
-            alone = replay_routes(rs, draws, rows, settings, lams, ("auto",), plan.seed, tick)
+            alone = replay_routes(rs, draws, rows, settings, lams, ("auto",), plan.seed, tick,
+                                  fits)  # fmt: skip
             t2 += [{"model": model, **_point(p, ref_cost)} for p in alone]
             for entry in t2[-len(alone):]:
                 entry.pop("mode"), entry.pop("share_by_model"), entry.pop("escalated")
