@@ -20,6 +20,7 @@ from controller.scaling.served import (
     ServedCurvesError,
     fit_served,
     fit_served_replay,
+    leader_accuracy_table,
     load_served,
     split_calibration,
     with_served,
@@ -60,6 +61,32 @@ def test_the_curve_is_the_servers_vote_over_every_draw(samples: list[str | None]
 def _question(i: int, answers: list[str | None], gold: str = "1") -> ReplayQuestion:
     samples = tuple(ReplaySample(a, a == gold, 3.0) for a in answers)
     return ReplayQuestion(f"q{i}", gold, samples, i + 1)
+
+
+def test_the_leader_table_counts_the_servers_vote_after_every_draw() -> None:
+    """The (vectorised) table against the server's aggregate() over every prefix of the same
+    seeded draw orders (one rng permutation per question and order), cell by cell."""
+    rows: list[list[str | None]] = [
+        ["1", "2", "2", "1", None, "3"], ["2", "1", None, None], ["4", "4", "5", "1", "1"],
+        [None, None, None, "1"], ["1", "1", "1", "2"],
+    ]  # fmt: skip
+    questions = [_question(i, a) for i, a in enumerate(rows)]
+    curve = [0.5, 0.4, 0.6, 0.7]
+    orders, seed = 5, 3
+    hits, seen = np.zeros((5, 5)), np.zeros((5, 5))
+    rng = np.random.default_rng(seed)
+    for q in questions:
+        for _ in range(orders):
+            drawn = [q.samples[int(i)].answer for i in rng.permutation(len(q.samples))[:4]]
+            for k in range(1, 5):
+                vote = aggregate([Candidate(a) for a in drawn[:k]]).answer
+                if vote is not None:
+                    v = drawn[:k].count(vote)
+                    seen[k, v] += 1
+                    hits[k, v] += vote == q.gold
+    expected = [[(hits[k, v] + curve[k - 1]) / (seen[k, v] + 1) for v in range(1, k + 1)]
+                for k in range(1, 5)]  # fmt: skip
+    assert leader_accuracy_table(questions, curve, orders=orders, seed=seed) == expected
 
 
 def test_fit_served_measures_acc_and_fits_a_leading_prior(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from controller.aggregate.extract import Extractor, last_number
+from controller.aggregate.running import running_leader
 from controller.policy.prior import UNIFORM, LeaderPrior, fit_leader_prior, leader_pair
 from controller.replay.data import ReplayQuestion, load_replay
 from controller.scaling.beta import BetaFit, fit_beta_binomial_report
@@ -153,36 +154,37 @@ def leader_accuracy_table(
     by one pseudo-question so that rare cells stay sane.
     """
     k_max = min(k_max, len(curve), min(len(q.samples) for q in questions))
+    drawn, gold = _drawn_orders(questions, k_max, orders, np.random.default_rng(seed))
+    leader, votes = running_leader(drawn)
+    led = leader >= 0  # a draw with an answer seen so far
+    ks = np.broadcast_to(np.arange(1, k_max + 1), drawn.shape)
     hits = np.zeros((k_max + 1, k_max + 1))
     seen = np.zeros((k_max + 1, k_max + 1))
-    rng = np.random.default_rng(seed)
-    for q in questions:
-        answers = [s.answer for s in q.samples]
-        for _ in range(orders):
-            order = rng.permutation(len(answers))[:k_max]
-            counts: dict[str, int] = {}
-            first: dict[str, int] = {}
-            lead: str | None = None
-            for k, i in enumerate(order, start=1):
-                a = answers[int(i)]
-                if a is not None:
-                    counts[a] = counts.get(a, 0) + 1
-                    first.setdefault(a, k)
-                    if (
-                        lead is None
-                        or counts[a] > counts[lead]
-                        or (counts[a] == counts[lead] and first[a] < first[lead])
-                    ):
-                        lead = a
-                if lead is not None:
-                    v = counts[lead]
-                    seen[k, v] += 1
-                    hits[k, v] += lead == q.gold
+    np.add.at(seen, (ks[led], votes[led]), 1.0)
+    np.add.at(hits, (ks[led], votes[led]), (leader == gold[:, None])[led])
     table = []
     for k in range(1, k_max + 1):
         prior = curve[k - 1]
         table.append([float((hits[k, v] + prior) / (seen[k, v] + 1.0)) for v in range(1, k + 1)])
     return table
+
+
+def _drawn_orders(
+    questions: Sequence[ReplayQuestion], k_max: int, orders: int, rng: np.random.Generator
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(drawn, gold): per question and draw order, a row of the first `k_max` answers drawn,
+    coded per question (-1: abstained), and the row's gold code (-2 when no sample has it).
+    The rng is drawn as one permutation per question and order, in that order, so the
+    table's orders stay those of its first, per-draw implementation."""
+    drawn, gold = [], []
+    for q in questions:
+        ids: dict[str, int] = {}
+        coded = np.array([-1 if s.answer is None else ids.setdefault(s.answer, len(ids))
+                          for s in q.samples])  # fmt: skip
+        picks = np.stack([rng.permutation(len(coded))[:k_max] for _ in range(orders)])
+        drawn.append(coded[picks])
+        gold.append(np.full(orders, ids.get(q.gold, -2) if q.gold is not None else -2))
+    return np.concatenate(drawn), np.concatenate(gold)
 
 
 def leader_pairs(questions: Sequence[ReplayQuestion]) -> Counter[tuple[int, int]]:
