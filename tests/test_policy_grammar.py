@@ -22,8 +22,14 @@ T2_OPTIONS = ("lam", "value_per_correct", "wave", "first_wave", "refit_every", "
 @given(st.from_regex(SPEC_PATTERN, fullmatch=True))
 def test_every_spec_the_grammar_admits_builds_a_policy(spec: str) -> None:
     """...and the policy's own `spec` (a replay's label) builds the same policy again: a
-    label never drops an option that ran (t2's `first_wave=20` once printed as plain λ)."""
-    policy = make_policy(spec)
+    label never drops an option that ran (t2's `first_wave=20` once printed as plain λ). The
+    one rule the pattern cannot state: a t2 option given twice is refused, not read as the
+    last."""
+    try:
+        policy = make_policy(spec)
+    except ValueError as exc:
+        assert "given twice" in str(exc), spec
+        return
     again = make_policy(policy.spec)
     assert again.spec == policy.spec
     if isinstance(policy, T2):
@@ -57,3 +63,14 @@ def test_documented_specs_are_admitted(spec: str) -> None:
 )
 def test_malformed_specs_are_refused(spec: str) -> None:
     assert not re.match(SPEC_PATTERN, spec)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["t2:lam=0.1,lam=0.2", "t2:0.1,lambda=0.2", "t2:value=2,value_per_correct=3",
+     "t2:wave=2,first_wave=3,wave=4", "t2:upfront,upfront", "t2:raw,norefit,raw"],
+)
+def test_a_t2_option_given_twice_is_refused(spec: str) -> None:
+    """Reading the last would drop the first without a word."""
+    with pytest.raises(ValueError, match="given twice"):
+        make_policy(spec)

@@ -128,6 +128,8 @@ async def test_response_format_and_json_field_vote(
         ("top_logprobs", 3),  # without logprobs
         ("top_logprobs", 21),
         ("logprobs", 1),
+        ("t2", {"policy": "t2:lam=0.001,lam=0.01"}),  # the first was dropped
+        ("t2", {"policy": "t2:0.001,0.01"}),
     ],
 )
 async def test_bad_values_are_400s_naming_the_field(

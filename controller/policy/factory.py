@@ -33,7 +33,9 @@ _T2_FLAGS = {
 def _spec_pattern() -> str:
     """The spec grammar as one regular expression, for an API that must say exactly what it
     accepts: every string it matches is a policy `make_policy` builds (lowercase, no spaces,
-    numbers without exponents, within their bounds), so a client can check a spec itself."""
+    numbers without exponents, within their bounds), so a client can check a spec itself, but
+    for one rule a pattern without look-ahead (Rust's, Go's) cannot state: each t2 option at
+    most once."""
     k = r"(10[01][0-9]|102[0-4]|[1-9][0-9]{0,2})"  # 1..1024
     count = r"[1-9][0-9]{0,3}"  # 1..9999
     num = r"(0|[1-9][0-9]{0,5})(\.[0-9]{1,8})?"  # ≥ 0
@@ -116,19 +118,23 @@ def make_policy(spec: str, **overrides: Any) -> Policy:
         return Margin(_number(params, float, spec) if params else 4.0, **overrides)
     if name == "t2":
         kwargs: dict[str, Any] = {}
+        setting: Any
         for part in filter(None, (p.strip() for p in params.split(","))):
             key, eq, value = part.partition("=")
             key = key.strip().lower()
             if not eq and key in _T2_FLAGS:
-                field, flag = _T2_FLAGS[key]
-                kwargs[field] = flag
+                field, setting = _T2_FLAGS[key]
             elif not eq:
-                kwargs["lam"] = _number(key, float, spec)
+                field, setting = "lam", _number(key, float, spec)
             elif key in _T2_KEYS:
                 field, kind = _T2_KEYS[key]
-                kwargs[field] = _number(value.strip(), kind, spec)
+                setting = _number(value.strip(), kind, spec)
             else:
                 raise ValueError(f"unknown t2 option {key!r} in {spec!r}")
+            if field in kwargs:  # set twice: which one was meant?
+                named = key if key in _T2_FLAGS else field
+                raise ValueError(f"t2 option {named!r} given twice in {spec!r}")
+            kwargs[field] = setting
         kwargs.update(overrides)
         return T2(**kwargs)
     if name == "online":
