@@ -11,7 +11,7 @@ SQLite ledger priced so that one small-model sample costs about 43 and a large o
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ import httpx
 
 from server.app import create_app, serve_in_loop
 from server.config import AppConfig, parse_config
-from server.engine.base import Prompt
+from server.engine.base import Prompt, Sample, SamplingParams
+from server.errors import EngineDead
 from tests.fakes import ScriptedEngine, cycle
 from tests.fixtures.server import DEMO_KEY, server_config_dict
 
@@ -172,3 +173,34 @@ async def test_a_members_context_error_names_the_member(tmp_path: Path) -> None:
         assert error["message"].startswith("This model's maximum context length is 64")
         assert error["message"].endswith(f"(route 'auto', its member '{LARGE}')")
         assert error["param"] == "max_tokens"
+
+
+class DiesWhenAsked(ScriptedEngine):
+    """Ready when the request is admitted, dead by the time a wave reaches it."""
+
+    async def sample(
+        self, prompt: str | Prompt, n: int, params: SamplingParams, request_id: str
+    ) -> AsyncGenerator[Sample, None]:
+        raise EngineDead("the engine core died")
+        yield  # an async generator, as the engines are
+
+
+async def test_a_member_failing_mid_route_answers_with_the_waves_drawn_before(
+    tmp_path: Path,
+) -> None:
+    """The small model's split vote moves the question to the large one, whose engine is down:
+    that was a 503 although the small model's samples were drawn and billed. Now the answer is
+    theirs, and says why it stopped; with nothing drawn yet it stays a 503."""
+    engines = {SMALL: ScriptedEngine(cycle("A: 1", "A: 2", "A: 3", "A: 1")),
+               LARGE: DiesWhenAsked(cycle("A: 7"))}  # fmt: skip
+    async with served(engines, routed_config(tmp_path)) as http:
+        r = await http.post("/v1/chat/completions", json=chat("cascade", t2={"policy": LOW_LAM}))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        t2 = body["t2"]
+        assert t2["stop_reason"] == "engine_unavailable"
+        assert f"{LARGE} failed (engine_" in t2["note"]
+        assert body["model"] == SMALL and body["choices"][0]["message"]["content"] == "A: 1"
+        assert t2["cost"] > 0 and {w["model"] for w in t2["route"]["waves"]} == {SMALL}
+        r = await http.post("/v1/chat/completions", json=chat("auto", t2={"policy": LOW_LAM}))
+        assert r.status_code == 503, r.text  # it started on the large model: nothing to give

@@ -43,7 +43,7 @@ from server import metrics
 from server.billing.protocol import Billing, WaveHold
 from server.engine.base import Sample
 from server.engine.service import EngineService
-from server.errors import APIError, InsufficientQuota, LedgerDown, UpstreamTimeout
+from server.errors import APIError, EngineError, InsufficientQuota, LedgerDown, UpstreamTimeout
 from server.sampling.job import Outcome, RoutedJob, RouteReport, SamplingJob, Spend, WaveTally
 from server.sampling.plans import ModelPlan, Plan, RoutePlan
 from server.sampling.policies import PolicyBook
@@ -174,9 +174,22 @@ class Sampler:
                 current = setup.jobs[step.model]
                 billing.use_model(step.model)
                 wave = spend.waves
-                samples, stop = await self._wave(
-                    current, step.wave, len(draws.items), clock, billing, spend, listener
-                )
+                try:
+                    samples, stop = await self._wave(
+                        current, step.wave, len(draws.items), clock, billing, spend, listener
+                    )
+                except EngineError as exc:
+                    if not draws.items or exc.status < 500:
+                        raise  # nothing to answer with, or the request's own fault (a 400)
+                    # a model failed after earlier waves were drawn and paid for (a route's
+                    # escalation, or a later wave): answer with them, as a budget cut does
+                    log.warning("wave %s of %s on %s failed (%s): answering with the %d "
+                                "samples drawn before", wave, first.request_id, step.model,
+                                exc.code, len(draws.items))  # fmt: skip
+                    spend.notes.append(f"{step.model} failed ({exc.code}); the answer is from "
+                                       "the samples drawn before")  # fmt: skip
+                    stop_reason = "engine_unavailable"
+                    break
                 draws.add(step.model, samples, extract)
                 await verdicts.score(current, wave, samples, billing, spend)
                 if stop is not None:
