@@ -118,7 +118,10 @@ class DiesInWaveTwo(ScriptedEngine):
             yield s
 
 
-async def test_an_engine_that_dies_mid_request_answers_503_and_settles() -> None:
+async def test_an_engine_that_dies_mid_request_answers_with_what_it_drew_and_settles() -> None:
+    """Wave 1 and one sample of wave 2 were drawn and billed before the engine died: the
+    answer is theirs (it was a 503 that threw them away). A request with nothing drawn yet
+    gets the engine's 503."""
     engine = DiesInWaveTwo(SPLIT, token_s=0.005)
     billing = RecordingProvider()
     app = create_app(parse_config(base_config()), engine=engine, billing=billing)
@@ -126,18 +129,24 @@ async def test_an_engine_that_dies_mid_request_answers_503_and_settles() -> None
         serve_in_loop(app) as live,
         httpx.AsyncClient(base_url=live.base_url, headers=AUTH, timeout=60) as http,
     ):
-        before = requests_total(status="503")
         reply = await http.post("/v1/chat/completions", json=chat({"policy": "esc:2"}))
-        assert reply.status_code == 503, reply.text
-        assert reply.json()["error"]["code"] == "engine_dead"
-        assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
+        assert reply.status_code == 200, reply.text
+        t2 = reply.json()["t2"]
+        assert t2["stop_reason"] == "engine_unavailable" and t2["samples"] == 3
+        assert f"{MODEL} failed (engine_dead)" in t2["note"]
         assert len(engine.waves) == 2  # it died in the second wave, not before the first
         # both waves were settled: wave 1 in full, wave 2 for the sample it delivered and more
         settled = sorted((c["wave"], c["completion_tokens"]) for c in billing.calls)
         assert [w for w, _ in settled] == [0, 1] and settled[0][1] == 2 * 18
         assert settled[1][1] >= 18
-        assert requests_total(status="503") == before + 1
+        assert t2["waves"] == 2
         assert (await http.get("/readyz")).status_code == 503  # and the app says it is down
+        before = requests_total(status="503")
+        reply = await http.post("/v1/chat/completions", json=chat({"policy": "esc:2"}))
+        assert reply.status_code == 503, reply.text
+        assert reply.json()["error"]["code"] in ("engine_dead", "engine_not_ready")
+        assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
+        assert requests_total(status="503") == before + 1
 
 
 # --- /v1/models/{id} ------------------------------------------------------------------------

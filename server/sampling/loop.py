@@ -174,22 +174,9 @@ class Sampler:
                 current = setup.jobs[step.model]
                 billing.use_model(step.model)
                 wave = spend.waves
-                try:
-                    samples, stop = await self._wave(
-                        current, step.wave, len(draws.items), clock, billing, spend, listener
-                    )
-                except EngineError as exc:
-                    if not draws.items or exc.status < 500:
-                        raise  # nothing to answer with, or the request's own fault (a 400)
-                    # a model failed after earlier waves were drawn and paid for (a route's
-                    # escalation, or a later wave): answer with them, as a budget cut does
-                    log.warning("wave %s of %s on %s failed (%s): answering with the %d "
-                                "samples drawn before", wave, first.request_id, step.model,
-                                exc.code, len(draws.items))  # fmt: skip
-                    spend.notes.append(f"{step.model} failed ({exc.code}); the answer is from "
-                                       "the samples drawn before")  # fmt: skip
-                    stop_reason = "engine_unavailable"
-                    break
+                samples, stop = await self._wave(
+                    current, step.wave, len(draws.items), clock, billing, spend, listener
+                )
                 draws.add(step.model, samples, extract)
                 await verdicts.score(current, wave, samples, billing, spend)
                 if stop is not None:
@@ -274,10 +261,25 @@ class Sampler:
         if listener is not None:
             listener.reserved()
         limit = clock.limit(drawn)
-        samples, timed_out = await self._draw(job, hold, limit, billing, spend)
+        failure: EngineError | None = None
+        try:
+            samples, timed_out = await self._draw(job, hold, limit, billing, spend)
+        except _EngineFailed as failed:
+            if not drawn and not failed.samples:
+                raise failed.error from None  # nothing to answer with: the engine's 502/503
+            samples, timed_out, failure = failed.samples, False, failed.error
         spend.waves += 1
         if listener is not None:
             listener.wave_done(spend.waves, drawn + len(samples))
+        if failure is not None:
+            # The model failed after samples were drawn and paid for (a route's escalation, a
+            # later wave, or part of this one): answer with them, as a budget cut does.
+            log.warning("wave %s of %s on %s failed (%s): answering with the %d samples drawn",
+                        hold.wave, job.request_id, job.model, failure.code,
+                        drawn + len(samples))  # fmt: skip
+            spend.notes.append(f"{job.model} failed ({failure.code}); the answer is from the "
+                               "samples drawn before")  # fmt: skip
+            return samples, "engine_unavailable"
         if timed_out:
             if not drawn and not samples:
                 raise UpstreamTimeout(f"no sample finished within {job.timeout_s:g} s")
@@ -309,6 +311,7 @@ class Sampler:
         tally = WaveTally()
         samples: list[Sample] = []
         timed_out = False
+        failed: _EngineFailed | None = None
         limit_s = max(0.0, deadline - time.monotonic())
         watch = _StallWatch(engine, limit_s)
         try:
@@ -328,6 +331,10 @@ class Sampler:
                     samples.append(sample)
         except TimeoutError:
             timed_out = True
+        except EngineError as exc:
+            if exc.status < 500:
+                raise  # the request's own fault (its context, a parameter): a 400
+            failed = _EngineFailed(exc, samples)
         finally:
             watch.report(engine_id, hold.samples, bool(samples), timed_out)
             # Abort and settle even when cancelled (a disconnect), and even if cancelled again
@@ -340,6 +347,8 @@ class Sampler:
         # finish in any order, but ties and the returned carrier must not depend on it (a seed
         # reproduces the answer and its text).
         samples.sort(key=lambda sample: sample.index)
+        if failed is not None:
+            raise failed
         return samples, timed_out
 
     async def _close_wave(
@@ -379,6 +388,16 @@ class Sampler:
             spend.notes.append(f"billing of wave {hold.wave + 1} is {PENDING}")
             return
         spend.add_cost(cost)  # t2_spend_total: counted by the billing, once per settle
+
+
+class _EngineFailed(Exception):
+    """The engine failed part-way through a wave (settled already): the samples it delivered
+    first, and its error, for the wave to decide whether there is anything to answer with."""
+
+    def __init__(self, error: EngineError, samples: list[Sample]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.samples = samples
 
 
 PENDING = "pending (the ledger did not answer; it is tried again as the request closes)"
