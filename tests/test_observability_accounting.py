@@ -85,18 +85,19 @@ def chat(content: str = "Q: 7+8=?", **extra: Any) -> dict[str, Any]:
 
 
 class FailingEngine(ScriptedEngine):
-    """Fails after a wave's first sample when the prompt says BOOM (a bug: RuntimeError) or
-    DIE (the engine died: EngineDead, a 503)."""
+    """Fails after a wave's first sample when the prompt says BOOM (a bug: RuntimeError), or
+    before it when it says DIE (the engine died: EngineDead, a 503; after a sample the request
+    would answer with it)."""
 
     async def sample(  # type: ignore[override]
         self, prompt: Prompt, n: int, params: Any, request_id: str
     ) -> AsyncIterator[Sample]:
+        if "DIE" in prompt.text:
+            raise EngineDead("engine died mid-wave")
         async for sample in super().sample(prompt, n, params, request_id):
             yield sample
             if "BOOM" in prompt.text:
                 raise RuntimeError("engine blew up mid-wave")
-            if "DIE" in prompt.text:
-                raise EngineDead("engine died mid-wave")
 
 
 @pytest.fixture

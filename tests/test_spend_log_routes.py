@@ -50,12 +50,18 @@ def route_config(ledger: dict[str, Any], **tenant: Any) -> Any:
     return parse_config(cfg)
 
 
-@contextlib.asynccontextmanager
-async def served(cfg: Any, large_token_s: float = 0.0) -> AsyncIterator[httpx.AsyncClient]:
-    engines = {
+def pair(large_token_s: float = 0.0) -> dict[str, ScriptedEngine]:
+    return {
         SMALL: ScriptedEngine(cycle(*UNSURE)),
         LARGE: ScriptedEngine(cycle("A: 7"), token_s=large_token_s),
     }
+
+
+@contextlib.asynccontextmanager
+async def served(
+    cfg: Any, large_token_s: float = 0.0, engines: dict[str, ScriptedEngine] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    engines = engines if engines is not None else pair(large_token_s)
     async with (
         serve_in_loop(create_app(cfg, engine=engines)) as live,
         httpx.AsyncClient(
@@ -154,10 +160,11 @@ async def test_a_budget_stop_books_the_shrunk_dear_wave_to_its_model(
 async def test_a_hang_up_during_the_dear_wave_books_it_to_its_model(
     ledger: dict[str, Any],
 ) -> None:
-    async with served(route_config(ledger), large_token_s=0.05) as http:
+    engines = pair(large_token_s=0.05)
+    async with served(route_config(ledger), engines=engines) as http:
         async with http.stream("POST", "/v1/chat/completions", json=chat(stream=True)) as resp:
-            async for line in resp.aiter_lines():
-                if '"t2_progress":"wave 1"' in line:  # the small wave is done: hang up
+            async for _ in resp.aiter_lines():  # keep-alives every 20 ms while waves run
+                if engines[LARGE].calls:  # the dear wave is running: hang up
                     break
         for _ in range(100):  # the cut request settles what ran and notes how it ended
             records = await _logs(http)
