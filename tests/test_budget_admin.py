@@ -404,3 +404,33 @@ async def test_unknown_query_parameters_and_a_delete_body_are_refused(
     done = await client.delete(f"/admin/tenants/acme/keys/{prefix}", params={"grace_s": 60},
                                headers=auth(ADMIN_KEY))  # fmt: skip
     assert done.status_code == 200, done.text
+
+
+async def test_the_key_is_checked_before_the_body_and_query(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Every admin route (and the tenant API) answers a caller without the right key with its
+    401/403, whatever else is wrong with the request: not a 400 that describes the API."""
+    from fastapi.routing import APIRoute
+
+    admin_routes = [r for r in app.routes if isinstance(r, APIRoute) and r.path.startswith("/admin")]
+    assert len(admin_routes) >= 12
+    bad = {"content": b"not json", "headers": {"content-type": "application/json"}}
+    typed = {"json": {"day": {"limit": -1}, "label": 5, "thresholds": "x"}}
+    for route in admin_routes:
+        path = route.path.replace("{tenant_id}", "acme").replace("{prefix}", "t2-x")
+        for method in route.methods:
+            for body in (bad, typed, {}):
+                for key, status in ((None, 401), ("nope", 401), (TENANT_KEY, 403)):
+                    headers = {**body.get("headers", {}), **(auth(key) if key else {})}
+                    resp = await client.request(
+                        method, path, params={"limit": "abc", "since": "-1", "grace_s": "x"},
+                        headers=headers, **{k: v for k, v in body.items() if k != "headers"},
+                    )  # fmt: skip
+                    assert resp.status_code == status, (method, path, body, key, resp.text)
+                    assert resp.json()["error"]["type"] in {
+                        "authentication_error", "permission_error"}  # fmt: skip
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        resp = await client.post(path, **bad)
+        assert resp.status_code == 401, resp.text  # as the typed bodies already were
+        assert resp.json()["error"]["code"] == "missing_api_key"
