@@ -434,3 +434,26 @@ async def test_the_key_is_checked_before_the_body_and_query(
         resp = await client.post(path, **bad)
         assert resp.status_code == 401, resp.text  # as the typed bodies already were
         assert resp.json()["error"]["code"] == "missing_api_key"
+
+
+async def test_an_empty_window_and_a_repeated_query_parameter_are_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    """`until` before `since` would read as "no spend", and of a parameter given twice only the
+    last would count (`group_by=day&group_by=model` is a report by model): both are 400s."""
+    for path in ("/admin/spend/logs", "/admin/spend/report"):
+        for since, until in (("100", "50"), ("100", "100")):
+            resp = await client.get(path, params={"since": since, "until": until},
+                                    headers=auth(ADMIN_KEY))  # fmt: skip
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["error"]["param"] == "until"
+        ok = await client.get(path, params={"since": "100", "until": "101"}, headers=auth(ADMIN_KEY))
+        assert ok.status_code == 200, ok.text
+    for path, name, values in (
+        ("/admin/spend/report", "group_by", ("day", "model")),
+        ("/admin/spend/logs", "limit", ("1", "2")),
+        ("/admin/tenants/acme/keys", "prefix", ("t2-a", "t2-b")),
+    ):
+        resp = await client.get(path, params=[(name, v) for v in values], headers=auth(ADMIN_KEY))
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["param"] == name

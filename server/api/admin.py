@@ -54,7 +54,8 @@ log = logging.getLogger("t2serve.admin")
 
 def _declared_query_only(request: Request) -> None:
     """A query parameter the route does not take is a 400 naming it, not ignored: a typo such
-    as `?tenat=acme` would otherwise list every tenant's spend, `?grace=60` revoke at once.
+    as `?tenat=acme` would otherwise list every tenant's spend, `?grace=60` revoke at once. So
+    is one given twice (`?group_by=day&group_by=model`), which would be read as the last.
     `require_admin` runs it after the key check, so an unauthenticated caller learns nothing."""
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
@@ -64,6 +65,15 @@ def _declared_query_only(request: Request) -> None:
         d = stack.pop()
         declared.update(p.alias for p in d.query_params)
         stack.extend(d.dependencies)
+    repeated = sorted({k for k, _ in request.query_params.multi_items()
+                       if len(request.query_params.getlist(k)) > 1})  # fmt: skip
+    if repeated:  # FastAPI would read the last one and drop the others unread
+        raise APIError(
+            400,
+            f"Query parameter '{repeated[0]}' is given more than once; give it once.",
+            param=repeated[0],
+            code="invalid_value",
+        )
     unknown = sorted(set(request.query_params) - declared)
     if unknown:
         known = ", ".join(sorted(declared)) or "none"
@@ -559,6 +569,13 @@ def _filter(
     since: float,
     until: float | None,
 ) -> SpendFilter:
+    if until is not None and until <= since:  # an empty window reads as "no spend": say so
+        raise APIError(
+            400,
+            f"'until' ({until:g}) must be later than 'since' ({since:g}).",
+            param="until",
+            code="invalid_value",
+        )
     return SpendFilter(tenant=tenant, key=key, user=user, model=model, since=since, until=until)
 
 
