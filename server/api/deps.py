@@ -11,7 +11,6 @@ from fastapi import Depends, Request
 from server.config import TenantConfig
 from server.serving import ServingState
 
-
 AUTHENTICATORS: set[Callable[..., Any]] = set()
 """The dependencies that authenticate a route's caller (`authenticator`)."""
 F = TypeVar("F", bound=Callable[..., Any])
