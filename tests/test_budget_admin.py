@@ -460,3 +460,25 @@ async def test_an_empty_window_and_a_repeated_query_parameter_are_refused(
         resp = await client.get(path, params=[(name, v) for v in values], headers=auth(ADMIN_KEY))
         assert resp.status_code == 400, resp.text
         assert resp.json()["error"]["param"] == name
+
+
+@pytest.mark.parametrize("thresholds", [["0.5"], [True], [0.5, "1"], "0.5"])
+async def test_alert_thresholds_are_not_coerced(
+    tmp_path: Path, thresholds: Any
+) -> None:
+    """As budget bodies: a string or a boolean is not a threshold (true would be read as 1.0,
+    a 100% alert the operator never asked for)."""
+    data = config_dict(tmp_path)
+    data["tenants"][0]["alerts"] = {
+        "url": "http://127.0.0.1:9/hook", "secret": "s" * 32, "thresholds": [0.8]}  # fmt: skip
+    app = create_app(load_config(write(tmp_path / "config.yaml", data)))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as c:
+        put = "/admin/tenants/acme/alerts"
+        bad = await c.put(put, headers=auth(ADMIN_KEY), json={"thresholds": thresholds})
+        assert bad.status_code == 400, bad.text
+        assert bad.json()["error"]["param"].startswith("thresholds")
+        fine = await c.put(put, headers=auth(ADMIN_KEY), json={"thresholds": [0.5, 1]})
+        assert fine.status_code == 200, fine.text
+        assert fine.json()["alert_thresholds"] == [0.5, 1.0]
+    await app.state.t2.billing.close()

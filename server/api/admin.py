@@ -12,7 +12,8 @@ objects they resolved, so nothing in flight is dropped.
 Budget, user-budget, rate-limit and alert-threshold changes (PUT) and keys (POST/GET/DELETE
 .../keys, PUT .../keys/{prefix}/rate_limits) are stored in the ledger's store and reach every
 replica within 2 s (server.admin_state); a PUT wins over the file until the file changes that
-same field. Bodies are pydantic models that refuse NaN and Infinity.
+same field. Bodies are strict pydantic models: NaN, Infinity and a value of the wrong JSON type
+("5", true for a number) are refused, never coerced.
 """
 
 from __future__ import annotations
@@ -228,7 +229,8 @@ async def put_rate_limits(tenant_id: str, limits: RateLimits, request: Request) 
 
 
 class AlertThresholds(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict, as budgets are: "0.5" is not a number, true not a threshold of 1.0
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     # the range is in the schema too, so the OpenAPI document says what is accepted
     thresholds: list[Annotated[float, Field(gt=0, le=10)]] = Field(min_length=1, max_length=32)
