@@ -404,3 +404,81 @@ async def test_unknown_query_parameters_and_a_delete_body_are_refused(
     done = await client.delete(f"/admin/tenants/acme/keys/{prefix}", params={"grace_s": 60},
                                headers=auth(ADMIN_KEY))  # fmt: skip
     assert done.status_code == 200, done.text
+
+
+async def test_the_key_is_checked_before_the_body_and_query(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Every admin route (and the tenant API) answers a caller without the right key with its
+    401/403, whatever else is wrong with the request: not a 400 that describes the API."""
+    from fastapi.routing import APIRoute
+
+    routes = [r for r in app.routes if isinstance(r, APIRoute) and r.path.startswith("/admin")]
+    assert len(routes) >= 12
+    json_type = {"content-type": "application/json"}
+    not_json = b"not json"
+    mistyped = b'{"day": {"limit": -1}, "label": 5, "thresholds": "x"}'
+    query = {"limit": "abc", "since": "-1", "grace_s": "x"}
+    for route in routes:
+        path = route.path.replace("{tenant_id}", "acme").replace("{prefix}", "t2-x")
+        for method in route.methods:
+            for body in (not_json, mistyped, b""):
+                for key, status in ((None, 401), ("nope", 401), (TENANT_KEY, 403)):
+                    headers = {**json_type, **(auth(key) if key else {})}
+                    resp = await client.request(
+                        method, path, params=query, headers=headers, content=body
+                    )
+                    assert resp.status_code == status, (method, path, body, key, resp.text)
+                    error = resp.json()["error"]
+                    assert error["type"] in {"authentication_error", "permission_error"}
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        resp = await client.post(path, content=not_json, headers=json_type)
+        assert resp.status_code == 401, resp.text  # as the typed bodies already were
+        assert resp.json()["error"]["code"] == "missing_api_key"
+
+
+async def test_an_empty_window_and_a_repeated_query_parameter_are_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    """`until` before `since` would read as "no spend", and of a parameter given twice only the
+    last would count (`group_by=day&group_by=model` is a report by model): both are 400s."""
+    for path in ("/admin/spend/logs", "/admin/spend/report"):
+        for since, until in (("100", "50"), ("100", "100")):
+            resp = await client.get(path, params={"since": since, "until": until},
+                                    headers=auth(ADMIN_KEY))  # fmt: skip
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["error"]["param"] == "until"
+        ok = await client.get(
+            path, params={"since": "100", "until": "101"}, headers=auth(ADMIN_KEY)
+        )
+        assert ok.status_code == 200, ok.text
+    for path, name, values in (
+        ("/admin/spend/report", "group_by", ("day", "model")),
+        ("/admin/spend/logs", "limit", ("1", "2")),
+        ("/admin/tenants/acme/keys", "prefix", ("t2-a", "t2-b")),
+    ):
+        resp = await client.get(path, params=[(name, v) for v in values], headers=auth(ADMIN_KEY))
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["param"] == name
+
+
+@pytest.mark.parametrize("thresholds", [["0.5"], [True], [0.5, "1"], "0.5"])
+async def test_alert_thresholds_are_not_coerced(
+    tmp_path: Path, thresholds: Any
+) -> None:
+    """As budget bodies: a string or a boolean is not a threshold (true would be read as 1.0,
+    a 100% alert the operator never asked for)."""
+    data = config_dict(tmp_path)
+    data["tenants"][0]["alerts"] = {
+        "url": "http://127.0.0.1:9/hook", "secret": "s" * 32, "thresholds": [0.8]}  # fmt: skip
+    app = create_app(load_config(write(tmp_path / "config.yaml", data)))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as c:
+        put = "/admin/tenants/acme/alerts"
+        bad = await c.put(put, headers=auth(ADMIN_KEY), json={"thresholds": thresholds})
+        assert bad.status_code == 400, bad.text
+        assert bad.json()["error"]["param"].startswith("thresholds")
+        fine = await c.put(put, headers=auth(ADMIN_KEY), json={"thresholds": [0.5, 1]})
+        assert fine.status_code == 200, fine.text
+        assert fine.json()["alert_thresholds"] == [0.5, 1.0]
+    await app.state.t2.billing.close()

@@ -93,6 +93,8 @@ async def test_readme_examples_run_verbatim(default_server: RunningServer) -> No
         stdout, stderr = out.decode(), err.decode()
         assert proc.returncode == 0, f"{lang} block failed:\n{code}\n{stdout}\n{stderr}"
         assert stdout.strip(), f"{lang} block printed nothing:\n{code}"
+        if "stream=True" in code and "t2" in code:  # each branch the example shows is taken
+            assert "\nt2:" in stdout and "\nusage:" in stdout, f"{code}\n{stdout}"
         if lang == "bash" and "curl" in code:
             reply = json.loads(stdout)
             assert (

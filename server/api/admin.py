@@ -12,7 +12,8 @@ objects they resolved, so nothing in flight is dropped.
 Budget, user-budget, rate-limit and alert-threshold changes (PUT) and keys (POST/GET/DELETE
 .../keys, PUT .../keys/{prefix}/rate_limits) are stored in the ledger's store and reach every
 replica within 2 s (server.admin_state); a PUT wins over the file until the file changes that
-same field. Bodies are pydantic models that refuse NaN and Infinity.
+same field. Bodies are strict pydantic models: NaN, Infinity and a value of the wrong JSON type
+("5", true for a number) are refused, never coerced.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.budget import Budgets
@@ -36,7 +37,7 @@ from controller.budget.admin_state import DuplicateLabel, KeyNotFound, Override,
 from controller.budget.ledger import SpendRecord
 from controller.budget.models import RateLimits
 from server.admin_state import SECTIONS, file_values, overlay, override_field
-from server.api.deps import get_state
+from server.api.deps import authenticator, get_state
 from server.auth import bearer_key
 from server.config import (
     ADMIN_KEY_ENV,
@@ -54,7 +55,8 @@ log = logging.getLogger("t2serve.admin")
 
 def _declared_query_only(request: Request) -> None:
     """A query parameter the route does not take is a 400 naming it, not ignored: a typo such
-    as `?tenat=acme` would otherwise list every tenant's spend, `?grace=60` revoke at once.
+    as `?tenat=acme` would otherwise list every tenant's spend, `?grace=60` revoke at once. So
+    is one given twice (`?group_by=day&group_by=model`), which would be read as the last.
     `require_admin` runs it after the key check, so an unauthenticated caller learns nothing."""
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
@@ -64,6 +66,15 @@ def _declared_query_only(request: Request) -> None:
         d = stack.pop()
         declared.update(p.alias for p in d.query_params)
         stack.extend(d.dependencies)
+    repeated = sorted({k for k, _ in request.query_params.multi_items()
+                       if len(request.query_params.getlist(k)) > 1})  # fmt: skip
+    if repeated:  # FastAPI would read the last one and drop the others unread
+        raise APIError(
+            400,
+            f"Query parameter '{repeated[0]}' is given more than once; give it once.",
+            param=repeated[0],
+            code="invalid_value",
+        )
     unknown = sorted(set(request.query_params) - declared)
     if unknown:
         known = ", ".join(sorted(declared)) or "none"
@@ -73,9 +84,6 @@ def _declared_query_only(request: Request) -> None:
             param=unknown[0],
             code="unknown_parameter",
         )
-
-
-router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 def admin_digests(config: AppConfig) -> list[str]:
@@ -92,7 +100,8 @@ def admin_digests(config: AppConfig) -> list[str]:
     return digests
 
 
-def require_admin(request: Request) -> ServingState:
+@authenticator
+def require_admin(request: Request) -> None:
     """401 without a key or with an unknown one; 403 for tenant keys or when admin is off."""
     state = get_state(request)
     key = bearer_key(request.headers.get("authorization"))
@@ -115,7 +124,13 @@ def require_admin(request: Request) -> ServingState:
     if not any(hmac.compare_digest(digest, d) for d in digests):
         raise APIError(401, "Incorrect admin key provided.", code="invalid_api_key")
     _declared_query_only(request)  # every admin route calls this first
-    return state
+
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+"""Every route's first dependency is `require_admin`: FastAPI solves dependencies before it
+validates query parameters and bodies, so a caller without the admin key gets its 401/403,
+never a validation error that describes the API (a body that is not JSON fails earlier still:
+server.api.errors authenticates before saying so)."""
 
 
 def _tenant(state: ServingState, tenant_id: str) -> TenantConfig:
@@ -143,7 +158,7 @@ def _dump(model: BaseModel | None) -> dict[str, Any] | None:
 @router.get("/tenants")
 async def list_tenants(request: Request) -> dict[str, Any]:
     """Every configured tenant with its models and budgets."""
-    state = require_admin(request)
+    state = get_state(request)
     data = [
         {
             "id": t.id,
@@ -160,7 +175,7 @@ async def list_tenants(request: Request) -> dict[str, Any]:
 @router.get("/tenants/{tenant_id}")
 async def get_tenant(tenant_id: str, request: Request) -> dict[str, Any]:
     """Spend, reserved, limit and remaining per window, and the pacing λ."""
-    state = require_admin(request)
+    state = get_state(request)
     return await _report(state, tenant_id)
 
 
@@ -168,7 +183,7 @@ async def get_tenant(tenant_id: str, request: Request) -> dict[str, Any]:
 async def put_budgets(tenant_id: str, budgets: Budgets, request: Request) -> dict[str, Any]:
     """Replace the tenant's budgets on every replica, lastingly: each field wins over the file
     until the file changes that field."""
-    state = require_admin(request)
+    state = get_state(request)
     await _put_section(state, tenant_id, "budgets", budgets.model_dump())
     return await _report(state, tenant_id)
 
@@ -200,7 +215,7 @@ async def _put_section(
 async def put_user_budgets(tenant_id: str, budgets: Budgets, request: Request) -> dict[str, Any]:
     """Replace the budgets each end user (`user` field) of the tenant has, lastingly, as
     `PUT .../budgets` does for the tenant's own."""
-    state = require_admin(request)
+    state = get_state(request)
     await _put_section(state, tenant_id, "user_budgets", budgets.model_dump())
     return await _report(state, tenant_id)
 
@@ -208,13 +223,14 @@ async def put_user_budgets(tenant_id: str, budgets: Budgets, request: Request) -
 @router.put("/tenants/{tenant_id}/rate_limits")
 async def put_rate_limits(tenant_id: str, limits: RateLimits, request: Request) -> dict[str, Any]:
     """Replace the tenant's requests and tokens per minute (`{}` removes both), lastingly."""
-    state = require_admin(request)
+    state = get_state(request)
     await _put_section(state, tenant_id, "rate_limits", limits.model_dump())
     return await _report(state, tenant_id)
 
 
 class AlertThresholds(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict, as budgets are: "0.5" is not a number, true not a threshold of 1.0
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     # the range is in the schema too, so the OpenAPI document says what is accepted
     thresholds: list[Annotated[float, Field(gt=0, le=10)]] = Field(min_length=1, max_length=32)
@@ -231,7 +247,7 @@ async def put_alert_thresholds(
 ) -> dict[str, Any]:
     """Replace the tenant's alert thresholds, lastingly; the webhook's url and secret stay in
     the file (a tenant without `alerts:` there gets 400)."""
-    state = require_admin(request)
+    state = get_state(request)
     if _tenant(state, tenant_id).alerts is None:
         raise APIError(
             400,
@@ -390,7 +406,7 @@ def _no_key(tenant_id: str, prefix: str) -> APIError:
 @router.post("/tenants/{tenant_id}/keys", status_code=201)
 async def create_key(tenant_id: str, body: CreateKey, request: Request) -> KeyCreated:
     """A new key for the tenant; the key itself is in this response only."""
-    state = require_admin(request)
+    state = get_state(request)
     _priced_for(state, _tenant(state, tenant_id), body.budgets)
     now = state.admin.clock()
     return await _create(
@@ -420,7 +436,7 @@ async def list_keys(
     prefix: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
     """The tenant's stored keys (by prefix), with status, last use and spend."""
-    state = require_admin(request)
+    state = get_state(request)
     tenant = _tenant(state, tenant_id)
     sync = await state.admin.ensure()
     now = sync.clock()
@@ -448,7 +464,7 @@ async def revoke_key(
     grace_s: Annotated[float, Query(ge=0, le=MAX_GRACE_S, allow_inf_nan=False)] = 0.0,
 ) -> KeyInfo:
     """Revoke a key now, or `grace_s` seconds from now; every replica refuses it within 2 s."""
-    state = require_admin(request)
+    state = get_state(request)
     if await request.body():  # rotate's body shape sent here would revoke at once, unread
         raise APIError(
             400,
@@ -469,7 +485,7 @@ async def revoke_key(
 @router.post("/tenants/{tenant_id}/keys/{prefix}/rotate", status_code=201)
 async def rotate_key(tenant_id: str, prefix: str, body: RotateKey, request: Request) -> KeyCreated:
     """A new key, and the old one revoked after `grace_s`, in one step."""
-    state = require_admin(request)
+    state = get_state(request)
     tenant = _tenant(state, tenant_id)
     _priced_for(state, tenant, body.budgets)
     sync = await state.admin.ensure()
@@ -502,7 +518,7 @@ async def put_key_rate_limits(
 ) -> KeyInfo:
     """Replace a stored key's own requests and tokens per minute (`{}` removes them), lastingly,
     on every replica within 2 s. (Keys in the config file take `rate_limits` there.)"""
-    state = require_admin(request)
+    state = get_state(request)
     _tenant(state, tenant_id)
     sync = await state.admin.ensure()
     try:
@@ -515,7 +531,7 @@ async def put_key_rate_limits(
 @router.post("/reload")
 async def reload(request: Request) -> dict[str, Any]:
     """Re-read the config file; an invalid file is refused and the running config is kept."""
-    state = require_admin(request)
+    state = get_state(request)
     try:
         new, waiting = state.reload_from_file()
     except ConfigError as exc:
@@ -555,6 +571,13 @@ def _filter(
     since: float,
     until: float | None,
 ) -> SpendFilter:
+    if until is not None and until <= since:  # an empty window reads as "no spend": say so
+        raise APIError(
+            400,
+            f"'until' ({until:g}) must be later than 'since' ({since:g}).",
+            param="until",
+            code="invalid_value",
+        )
     return SpendFilter(tenant=tenant, key=key, user=user, model=model, since=since, until=until)
 
 
@@ -651,7 +674,7 @@ async def spend_logs(
     """One record per request (oldest first), `limit` per page; pass `next_cursor` back as
     `cursor` for the next page. `model` selects the records any of whose waves that model drew;
     `by_model` splits each record by model."""
-    state = require_admin(request)
+    state = get_state(request)
     if not 1 <= limit <= MAX_PAGE:
         raise APIError(
             400,
@@ -714,7 +737,7 @@ async def spend_report(
     `format=csv`. An empty key or user is a request without one (file keys, no `user`).
     By model (and with `model=`), a request is split by the model that drew each wave: a route
     that escalated counts in each of its models' rows, with that model's share."""
-    state = require_admin(request)
+    state = get_state(request)
     if group_by not in GROUPS:
         raise APIError(
             400,

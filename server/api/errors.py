@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller.stores import StoreUnavailable
+from server.api.deps import authenticate_first
 from server.errors import APIError, StoreDown, bad_request, internal_error
 
 log = logging.getLogger("t2serve.api")
@@ -76,7 +77,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        try:
+            await authenticate_first(request)  # 401 beats a bad body, even one that is not JSON
+        except APIError as denied:
+            return error_response(denied)
         return error_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)

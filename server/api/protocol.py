@@ -673,9 +673,10 @@ class CompletionChunkChoice(BaseModel):
 
 class StreamChunk(BaseModel):
     """One `data:` event of a stream: `chat.completion.chunk` or `text_completion`. The last
-    ones have no choices: the `t2` summary with `t2_headers` (a stream cannot set the x-t2-*
-    headers at its end, so it repeats them here), then, with `stream_options.include_usage`,
-    OpenAI's usage chunk. A keep-alive is an empty delta carrying `t2_progress`."""
+    finish chunk carries the `t2` summary and `t2_headers` (a stream cannot set the x-t2-*
+    headers at its end, so it repeats them here); then, with `stream_options.include_usage`,
+    OpenAI's usage chunk, the only one with no choices. A keep-alive is an empty delta
+    carrying `t2_progress`."""
 
     id: str
     object: Literal["chat.completion.chunk", "text_completion"]
