@@ -50,6 +50,7 @@ model's own majority, so they are, if anything, conservative about the combined 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -429,6 +430,13 @@ class RouteRun:
             tuple(self.caps[c.model] for c in route.candidates),
             descend,
         )
+
+    def fresh(self) -> RouteRun:
+        """A new run with these settings, as `Route.start` would make it: a replay starts
+        millions alike, and the settings' cache key is the larger part of starting one."""
+        run = copy.copy(self)
+        run.current, run.visited, run.plans, run.predicted_accuracy = None, [], [], None
+        return run
 
     def wave_cost(self, model: str, k: int, called: bool) -> float:
         """Predicted cost of one call drawing k samples on `model`: its prompt (a repeat call's

@@ -28,6 +28,7 @@ from controller.routing import (
     FittedMember,
     Route,
     RouteMember,
+    RouteRun,
     assemble_route,
     calibration_questions,
     cascade_answer,
@@ -263,6 +264,29 @@ def run_one(
     allowed = sum(prices.caps.values()) if allowed is None else allowed
     run = route.start(prices.sample, lam, allowed, cheapest_first, call_costs=prices.call,
                       recall_costs=prices.recall, caps=prices.caps, descend=descend)  # fmt: skip
+    return walk(run, drawn, WaveDollars(sample_cost, call_cost))
+
+
+class WaveDollars:
+    """What a wave of the recorded draws cost in dollars: its call plus its samples, summed
+    once per (model, first draw, samples) for every route setting walking the same draws."""
+
+    def __init__(self, sample_cost: dict[str, FloatArray], call_cost: dict[str, float]) -> None:
+        self.sample_cost = sample_cost
+        self.call_cost = call_cost
+        self.known: dict[tuple[str, int, int], float] = {}
+
+    def __call__(self, model: str, n: int, k: int) -> float:
+        key = (model, n, k)
+        dollars = self.known.get(key)
+        if dollars is None:
+            dollars = self.call_cost[model] + float(self.sample_cost[model][n : n + k].sum())
+            self.known[key] = dollars
+        return dollars
+
+
+def walk(run: RouteRun, drawn: dict[str, list[str | None]], wave_dollars: WaveDollars) -> Replayed:
+    """Drive a fresh `run` over the recorded draws until it stops or the log runs out."""
     answers: dict[str, list[str | None]] = {}
     order: list[str] = []
     waves: list[tuple[str, int]] = []
@@ -284,7 +308,7 @@ def run_one(
         if k <= 0:
             break
         have.extend(drawn[step.model][n : n + k])
-        dollars += call_cost[step.model] + float(sample_cost[step.model][n : n + k].sum())
+        dollars += wave_dollars(step.model, n, k)
         waves.append((step.model, k))
         if step.model not in order:
             order.append(step.model)
@@ -318,23 +342,38 @@ def replay_routes(
         calib = calibrations.calibration(f)
         route = calibrations.route(f, settings)
         prices = Prices.measure(rs, calib, models)
+        runs: dict[tuple[int, ...], list[RouteRun]] = {}  # a run per setting, copied per walk
         for i in rows:
             call = {m: float(rs.model(m).call_cost[i]) for m in models}
             here = prices.for_question(rs, int(i))
+            caps = tuple(here.caps[m] for m in models)  # all a question's prices may change
+            if caps not in runs:
+                allowed = sum(here.caps.values())
+                runs[caps] = [route.start(here.sample, lam, allowed, mode == "cascade",
+                                          call_costs=here.call, recall_costs=here.recall,
+                                          caps=here.caps, descend=settings.descend)
+                              for mode, lam in points]  # fmt: skip
+            # per setting: right, dollars, predicted, escalated, cut short, then each model's
+            # share of last draws; means over orders, summed as floats (not numpy scalars)
+            sums = [[0.0] * (5 + len(models)) for _ in points]
             for p in range(perms):
                 drawn = {m: [_code(int(c)) for c in codes[m][p, i] if c != NOT_RECORDED]
                          for m in models}  # fmt: skip
-                sample_cost = {m: costs[m][p, i] for m in models}
-                for (mode, lam), point in points.items():
-                    one = run_one(route, here, lam, mode == "cascade", settings.descend,
-                                  drawn, sample_cost, call)  # fmt: skip
-                    point.correct[i] += one.right / perms
-                    point.cost[i] += one.dollars / perms
-                    point.predicted[i] += one.predicted / perms
-                    point.escalated[i] += (len(one.order) > 1) / perms
-                    point.cut_short[i] += one.cut_short / perms
+                dollars = WaveDollars({m: costs[m][p, i] for m in models}, call)
+                for run, row in zip(runs[caps], sums, strict=True):
+                    one = walk(run.fresh(), drawn, dollars)
+                    row[0] += one.right / perms
+                    row[1] += one.dollars / perms
+                    row[2] += one.predicted / perms
+                    row[3] += (len(one.order) > 1) / perms
+                    row[4] += one.cut_short / perms
                     if one.order:
-                        point.last_model[one.order[-1]][i] += 1 / perms
+                        row[5 + models.index(one.order[-1])] += 1 / perms
+            for point, row in zip(points.values(), sums, strict=True):
+                point.correct[i], point.cost[i], point.predicted[i] = row[:3]
+                point.escalated[i], point.cut_short[i] = row[3:5]
+                for m, share in zip(models, row[5:], strict=True):
+                    point.last_model[m][i] = share
             if tick is not None:
                 tick(1)
     return list(points.values())
