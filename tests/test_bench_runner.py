@@ -37,3 +37,12 @@ def test_names_alone_run_each_without_options() -> None:
     assert runner.plan(["policy", "ledger"], known) == [("policy", []), ("ledger", [])]
     assert runner.plan(["probe", "--source", "d"], known) == [("probe", ["--source", "d"])]
     assert runner.plan([], known) == [(name, []) for name in known]
+
+
+def test_options_for_a_module_that_takes_none_are_refused_before_it_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert runner.main(["stopping_bounds", "--help"]) == 2
+    captured = capsys.readouterr()
+    assert "bench.stopping_bounds takes no options" in captured.err
+    assert "== bench.stopping_bounds" not in captured.out  # it did not run
