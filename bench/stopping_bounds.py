@@ -124,7 +124,7 @@ def _gold_frontier(questions: list[ReplayQuestion], paths: list[list[Path_]]) ->
     return frontier
 
 
-def main(argv: list[str] | None = None) -> None:
+def main() -> None:
     extract = get_extractor(DEFAULT_EXTRACTOR)
     files: dict[str, Any] = {}
     for path in sorted(DATA.glob("*.jsonl")):

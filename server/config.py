@@ -473,7 +473,7 @@ class ServerSettings(_Strict):
         default=30.0, ge=0, description="SIGTERM waits this long for in-flight requests"
     )
     keepalive_interval_s: float = Field(
-        default=2.0, gt=0, description="SSE comment cadence while waves run"
+        default=2.0, gt=0, description="SSE keep-alive (an empty delta) cadence while waves run"
     )
     request_timeout_s: float = Field(
         default=300.0, gt=0, description="upstream time limit: 504 after it"
