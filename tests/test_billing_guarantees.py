@@ -38,13 +38,6 @@ JUDGE = VerifierConfig(kind="judge", model="judge", read="yes_no", pattern="yes"
 RUBRIC = JUDGE.model_copy(update={"template": "Grade it. " * 10 + "{question}{candidate}"})
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    if request.param == "sqlite":
-        return "sqlite", str(tmp_path / "ledger.sqlite")
-    return "redis", str(request.getfixturevalue("redis_url"))
-
-
 def config(where: tuple[str, str], wait_s: float = 0.0, **tenant: Any) -> AppConfig:
     backend, place = where
     ledger: dict[str, Any] = {"backend": backend, "admission_wait_s": wait_s}
