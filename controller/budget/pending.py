@@ -21,6 +21,7 @@ breakdown, so it must come after the settles that add to them.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -149,10 +150,16 @@ class ReplayReport:
     error: Exception | None = None
 
 
-async def replay(journal: PendingSettleStore, store: LedgerStore) -> ReplayReport:
+async def replay(
+    journal: PendingSettleStore,
+    store: LedgerStore,
+    on_settled: Callable[[Replayed], None] = lambda _: None,
+) -> ReplayReport:
     """Offer every pending settle to the store, oldest first, then the finishes whose settles
     are all in. A store that cannot be used (`StoreUnavailable`) ends the pass: the rest would
-    fail the same way. Any other error skips that entry, which stays for the next pass."""
+    fail the same way. Any other error skips that entry, which stays for the next pass.
+    `on_settled` is told of each settle the store took as soon as it is off the journal, with
+    no await in between, so a pass cancelled at any point loses no count of it."""
     report = ReplayReport()
     for pending in await journal.settles():
         try:
@@ -163,7 +170,9 @@ async def replay(journal: PendingSettleStore, store: LedgerStore) -> ReplayRepor
         except Exception as exc:
             report.failed, report.error = report.failed + 1, exc
             continue
-        report.settled.append(Replayed(pending, outcome, await journal.remove(pending)))
+        done = Replayed(pending, outcome, await journal.remove(pending))
+        on_settled(done)
+        report.settled.append(done)
     for finish in await journal.finishes():  # those of requests with no settle left
         try:
             await store.finish_log(

@@ -26,6 +26,7 @@ from controller.budget.pending import (
     PendingFinish,
     PendingSettle,
     PendingSettleStore,
+    Replayed,
     ReplayReport,
     replay,
 )
@@ -111,15 +112,9 @@ class PendingSettles:
     async def replay(self) -> ReplayReport:
         """One pass over the journal now (the task's step; tests call it too)."""
         async with self._pass:
-            report = await replay(self._opened(), self._store())
+            report = await replay(self._opened(), self._store(), self._count)
             self.pending = await self._opened().count()
         metrics.set_settles_pending(self.pending)
-        for done in report.settled:
-            if done.removed:  # this pass took it off the journal: count it here, once
-                settle = done.settle
-                count_spend(settle.hold.tenant, settle.unit, done.outcome.cost)
-                metrics.inc_settle_replay("duplicate" if done.outcome.duplicate else "settled")
-                self._settles.fire(settle.hold.tenant)
         metrics.inc_settle_replay("failed", report.failed)
         if report.settled or report.finished:
             log.info(
@@ -129,6 +124,15 @@ class PendingSettles:
         if report.error is not None:
             log.warning("replaying pending settles: %s; %d left", report.error, self.pending)
         return report
+
+    def _count(self, done: Replayed) -> None:
+        """A settle the store took: counted by the pass that took it off the journal, once
+        (another worker replaying the same file may have been first)."""
+        if done.removed:
+            settle = done.settle
+            count_spend(settle.hold.tenant, settle.unit, done.outcome.cost)
+            metrics.inc_settle_replay("duplicate" if done.outcome.duplicate else "settled")
+            self._settles.fire(settle.hold.tenant)
 
     def _run(self) -> None:
         """Start the replay task if it is not running, and wake it."""
