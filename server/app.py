@@ -123,6 +123,7 @@ def _lifespan(
         # which would time out a Redis connect made while it runs.
         if admin.admin_digests(state.config):  # lasting admin state: keys, budget overrides
             await state.admin.start()
+        await state.billing.start()  # replays settles an earlier run could not hand the ledger
         starters: list[asyncio.Task[None]] = []
         if start_engines or start_pooling:  # one after another, each in a thread
             todo = list(state.engines.values()) if start_engines else []

@@ -444,6 +444,12 @@ class LedgerConfig(_Strict):
     spend_log_retention_days: float = Field(
         default=90.0, gt=0, le=3660, allow_inf_nan=False, description="spend logs kept this long"
     )
+    pending_settles_path: str | None = Field(
+        default=None,
+        description="this replica's local journal of settles the store could not take, "
+        "replayed until it does (default: pending-settles.sqlite in the folder of `path`, "
+        "on either backend)",
+    )
 
     @field_validator("path")
     @classmethod
@@ -455,6 +461,26 @@ class LedgerConfig(_Strict):
             if Path(path).is_dir():
                 raise ValueError(f"{path!r} is a folder; give the ledger's file in it")
         return path
+
+    @field_validator("pending_settles_path")
+    @classmethod
+    def _a_journal_file(cls, path: str | None, info: ValidationInfo) -> str | None:
+        """The journal's own file: not a folder, and not the ledger's file (it keeps what that
+        store could not take)."""
+        if path is None:
+            return None
+        if not path.strip():
+            raise ValueError("give a file path, or leave it out for the default")
+        if Path(path).is_dir():
+            raise ValueError(f"{path!r} is a folder; give the journal's file in it")
+        ledger = info.data.get("path")
+        if info.data.get("backend") == "sqlite" and ledger and _same_file(path, ledger):
+            raise ValueError(f"{path!r} is the ledger's own file; the journal needs its own")
+        return path
+
+
+def _same_file(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 class AdminSettings(_Strict):

@@ -68,6 +68,7 @@ __all__ = [
     "add_tokens",
     "configure_labels",
     "inc_budget_rejection",
+    "inc_settle_replay",
     "is_multiprocess",
     "mark_process_dead",
     "metric_names",
@@ -82,6 +83,7 @@ __all__ = [
     "set_engine_queue_depth",
     "set_engine_ready",
     "set_price_of_compute",
+    "set_settles_pending",
     "window_bounds",
 ]
 
@@ -278,6 +280,19 @@ ROUTED = Counter(
     "the question was escalated from the route's first choice.",
     ["route", "model", "escalated"],
 )
+SETTLES_PENDING = Gauge(
+    "t2_settles_pending",
+    "Settles waiting in this replica's local journal because the ledger's store could not take "
+    "them; replayed until it does (the spend is charged then).",
+    multiprocess_mode="livemax",  # workers of one replica share the journal file
+)
+SETTLE_REPLAYS = Counter(
+    "t2_settle_replays",
+    "Journaled settles offered to the ledger's store again, by outcome: settled (charged now), "
+    "duplicate (an earlier try had committed it: not charged again), failed (kept for the "
+    "next try).",
+    ["outcome"],
+)
 ENGINE_QUEUE_DEPTH = Gauge(
     "t2_engine_queue_depth",
     "Engine requests submitted by t2serve and not yet finished (all samples of all waves).",
@@ -310,6 +325,8 @@ _ALL = (
     REQUEST_DURATION,
     TIME_TO_FIRST_TOKEN,
     ROUTED,
+    SETTLES_PENDING,
+    SETTLE_REPLAYS,
     ENGINE_QUEUE_DEPTH,
     ENGINE_READY,
 )
@@ -539,6 +556,20 @@ def inc_rate_limited(tenant: str | None, limit: str) -> None:
     """Count one 429 rate_limit_exceeded refusal; `limit` is "requests" or "tokens"."""
     kind = "tokens" if limit == "tokens" else "requests"
     RATE_LIMITED.labels(tenant=_tenant(tenant), limit=kind).inc()
+
+
+REPLAY_OUTCOMES = ("settled", "duplicate", "failed")
+
+
+def set_settles_pending(count: int) -> None:
+    """Publish how many settles wait in this replica's journal."""
+    SETTLES_PENDING.set(count)
+
+
+def inc_settle_replay(outcome: str, count: int = 1) -> None:
+    """Count journaled settles offered again, by outcome (one of REPLAY_OUTCOMES)."""
+    if count > 0:
+        SETTLE_REPLAYS.labels(outcome=outcome if outcome in REPLAY_OUTCOMES else OTHER).inc(count)
 
 
 def set_engine_queue_depth(depth: int) -> None:

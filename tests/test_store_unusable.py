@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,10 +39,12 @@ GIVE_UP_S = 60  # far beyond the stores' own timeouts: a hang fails here instead
 
 
 def app(ledger: dict[str, Any], *, admin: bool = False) -> Any:
-    """One metered tenant (key `k`) on the scripted engine, its ledger where `ledger` says."""
+    """One metered tenant (key `k`) on the scripted engine, its ledger where `ledger` says
+    (a settle it journals goes to a temporary file, not to var/ where other tests start)."""
+    journal = str(Path(tempfile.mkdtemp(prefix="t2-pending-")) / "pending.sqlite")
     data: dict[str, Any] = {
         "models": [{"id": "m", "path": "/nonexistent"}],
-        "ledger": ledger,
+        "ledger": {"pending_settles_path": journal, **ledger},
         "defaults": {"policy": "fixed:2", "extractor": "last_number", "max_tokens": 8},
         "tenants": [
             {

@@ -471,10 +471,24 @@ class Ledger:
     ) -> SettleOutcome:
         """Charge `cost` to the windows current now (not those of the reserve), at every level,
         exactly once, and add `entry` to the request's spend-log record in the same step."""
-        hold = self.hold(tenant, budgets, request_id, wave, levels=levels, rates=rates)
-        if entry is not None:
-            hold = replace(hold, entry=entry)
+        hold = self.settle_hold(tenant, budgets, request_id, wave, entry, levels, rates)
         return await self.store.settle(hold, cost)
+
+    def settle_hold(
+        self,
+        tenant: str,
+        budgets: Budgets | None,
+        request_id: str,
+        wave: int,
+        entry: SpendEntry | None = None,
+        levels: Sequence[tuple[str, Budgets]] = (),
+        rates: Sequence[tuple[str, RateLimits]] = (),
+    ) -> Hold:
+        """The `Hold` `settle` passes its store: the windows current now, `entry` to log. A
+        settle the store could not take is kept as this (`controller.budget.pending`), so its
+        replay charges the windows of when the spend happened."""
+        hold = self.hold(tenant, budgets, request_id, wave, levels=levels, rates=rates)
+        return replace(hold, entry=entry) if entry is not None else hold
 
     async def release(self, tenant: str, request_id: str, wave: int) -> None:
         await self.store.release(tenant, request_id, wave)

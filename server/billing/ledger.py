@@ -32,14 +32,14 @@ from controller.budget.ledger import (
     affordable,
 )
 from controller.budget.models import LimitUnit, RequestBudget
+from controller.budget.pending import PendingFinish, PendingSettle
 from controller.pacing import ComputePrice
 from controller.stores import StoreUnavailable
-from server import metrics
 from server.billing.admission import HOLD_RETRY_S, POLL_S
 from server.billing.identity import current_caller
 from server.billing.levels import budget_levels, rate_levels
-from server.billing.prices import billing_unit
-from server.billing.protocol import Billing, WaveHold
+from server.billing.prices import billing_unit, count_spend
+from server.billing.protocol import Billing, SettlePending, WaveHold
 from server.billing.provider import BudgetProviderBase
 from server.billing.ratelimit import go_duration, ratelimit_headers
 from server.billing.unmetered import UnmeteredBilling
@@ -124,7 +124,8 @@ class LedgerBilling:
         self.held: dict[int, Cost] = {}
         self.spent = Cost()
         self.committed = request_committed(self.group)  # the whole HTTP request's, for caps
-        self.unsettled: dict[int, tuple[Cost, SpendEntry]] = {}  # settles that kept failing
+        self.unsettled: dict[int, tuple[Cost, SpendEntry]] = {}  # failed, and not journaled
+        self.journaled: set[int] = set()  # settles the journal owns now (server.billing.pending)
         self.settled_waves = 0
         self._counted: set[int] = set()  # settlement keys already in t2_spend_total
         self.ending: tuple[str | None, int, int] | None = None
@@ -261,6 +262,7 @@ class LedgerBilling:
         except BaseException:
             del self.committed.held[claim]
             raise
+        self.provider.pending.wake()  # the store answers: replay what waits for it now
         if out.granted >= 1:
             self.held[key] = self.committed.held[claim] = out.held
         else:
@@ -321,11 +323,14 @@ class LedgerBilling:
     async def _settle(self, key: int, cost: Cost, entry: SpendEntry) -> float:
         """Charge `cost` under settlement key `key`, retrying (the ledger's settle is idempotent
         by key, so a try that committed before failing is not billed twice). A settle that
-        still fails keeps its hold (the budget stays covered) and is tried again by `close`;
-        the error is raised for the loop to report."""
+        still fails is written to the replica's journal, which replays it until the ledger
+        takes it (SettlePending: its cost is billed then); its hold stays, so the budget stays
+        covered meanwhile. Only when the journal cannot take it either is it kept here for
+        `close` to try once more (the error is raised for the loop to report)."""
+        ledger = self.provider.ledger
         for wait in (*SETTLE_RETRIES_S, None):
             try:
-                out = await self.provider.ledger.settle(
+                out = await ledger.settle(
                     self.tenant.id,
                     self.tenant.budgets,
                     self.request_id,
@@ -338,6 +343,8 @@ class LedgerBilling:
                 break
             except Exception:
                 if wait is None:
+                    if await self._journal(key, cost, entry):
+                        raise SettlePending(cost.of(self.cost_unit)) from None
                     self.unsettled[key] = (cost, entry)
                     raise
                 log.warning("settling %s of %s failed; retrying", key, self.request_id)
@@ -354,6 +361,30 @@ class LedgerBilling:
         self.provider.settles.fire(self.tenant.id)
         return out.cost.of(self.cost_unit)
 
+    async def _journal(self, key: int, cost: Cost, entry: SpendEntry) -> bool:
+        """Hand a settle the ledger did not take to the journal (the windows of now, when it
+        was spent). From then on it is the journal's: its hold is neither released here nor
+        its spend counted (the replay does both), and the request's cap counts it as spent."""
+        hold = self.provider.ledger.settle_hold(
+            self.tenant.id,
+            self.tenant.budgets,
+            self.request_id,
+            key,
+            entry,
+            self.levels,
+            self.rates,
+        )
+        if not await self.provider.pending.keep(PendingSettle(hold, cost, self.cost_unit)):
+            return False
+        self.unsettled.pop(key, None)
+        self.journaled.add(key)
+        self._counted.add(key)  # t2_spend_total: the replay counts it when the ledger takes it
+        self.held.pop(key, None)
+        self.committed.held.pop((self.request_id, key), None)
+        self.spent = self.spent + cost
+        self.committed.spent = self.committed.spent + cost
+        return True
+
     def _count_spend(self, key: int, cost: Cost) -> None:
         """Add a settle the ledger accepted to t2_spend_total, once per settlement key: here,
         not in the sampling loop, so a settle retried when the request closes counts too, and
@@ -362,10 +393,7 @@ class LedgerBilling:
         if key in self._counted:
             return
         self._counted.add(key)
-        if self.cost_unit == "currency":
-            metrics.add_spend(self.tenant.id, currency=cost.money)
-        elif self.cost_unit == "flops":
-            metrics.add_spend(self.tenant.id, flops=cost.flops)
+        count_spend(self.tenant.id, self.cost_unit, cost)
 
     def finish(self, stop_reason: str | None, status: int, samples: int) -> None:
         self.ending = (stop_reason, status, samples)
@@ -421,24 +449,21 @@ class LedgerBilling:
         return ratelimit_headers(self.requests, self.last_usage, self.provider.ledger.clock())
 
     async def close(self) -> None:
-        """Settle again what failed to settle in its wave; note how the request ended on its
-        spend-log record (after those settles, so a record they create or complete gets its
-        status and stop reason); release holds of waves reserved but never settled."""
+        """Settle again what failed to settle in its wave and the journal could not take;
+        note how the request ended on its spend-log record (after those settles, so a record
+        they create or complete gets its status and stop reason: through the journal, behind
+        them, when any of its settles waits there); release holds of waves reserved but never
+        settled."""
         for key, (cost, entry) in list(self.unsettled.items()):
             try:
                 await self._settle(key, cost, entry)
+            except SettlePending:  # the journal took it this time
+                pass
             except Exception:  # its hold stays until its TTL: the budget is never overspent
                 log.error("settling %s of %s failed for good", key, self.request_id)
                 self.held.pop(key, None)
-        if self.ending is not None and self.settled_waves:
-            try:
-                await self.provider.ledger.store.finish_log(
-                    self.tenant.id, self.request_id, *self.ending
-                )
-            except Exception:  # the record's money is already right; only its label is missing
-                log.exception("noting the end of %s in the spend log failed", self.request_id)
-            with contextlib.suppress(Exception):
-                await self.provider.purge_logs()
+        if self.ending is not None and (self.settled_waves or self.journaled):
+            await self._finish_log(*self.ending)
         for wave in list(self.held):
             try:
                 await self.provider.ledger.release(self.tenant.id, self.request_id, wave)
@@ -447,6 +472,24 @@ class LedgerBilling:
             del self.held[wave]
             self.committed.held.pop((self.request_id, wave), None)
             self.provider.settles.fire(self.tenant.id)
+
+    async def _finish_log(self, stop_reason: str | None, status: int, samples: int) -> None:
+        """Note how the request ended: now, or through the journal when a settle of it waits
+        there (or when the ledger does not answer this either)."""
+        finish = PendingFinish(self.tenant.id, self.request_id, stop_reason, status, samples)
+        if not self.journaled:
+            try:
+                await self.provider.ledger.store.finish_log(
+                    self.tenant.id, self.request_id, stop_reason, status, samples
+                )
+            except Exception:
+                log.exception("noting the end of %s in the spend log failed", self.request_id)
+            else:
+                with contextlib.suppress(Exception):
+                    await self.provider.purge_logs()
+                return
+        if not await self.provider.pending.keep_finish(finish):
+            log.error("the spend log of %s keeps no status", self.request_id)
 
     def _tightest(self) -> tuple[float, str] | None:
         """The least left in any hard window of any level (this request's key and user too)."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from controller.budget import Pricer, Unit, WindowUsage
+from controller.budget import Cost, Pricer, Unit, WindowUsage
 from controller.budget.models import LimitUnit
 from controller.pacing import ComputePrice, TenantPacer, default_initial_price
+from server import metrics
 from server.config import TenantConfig
 
 
@@ -27,6 +28,15 @@ def billing_unit(tenant: TenantConfig, pricer: Pricer) -> Unit:
     if pricer.per_token("currency") > 0 or pricer.per_token("flops") <= 0:
         return "currency"
     return "flops"
+
+
+def count_spend(tenant: str, unit: str, cost: Cost) -> None:
+    """Add a charge the ledger accepted to t2_spend_total, in the request's cost unit (a
+    request counted in tokens has no spend to count). Callers count each settlement key once."""
+    if unit == "currency":
+        metrics.add_spend(tenant, currency=cost.money)
+    elif unit == "flops":
+        metrics.add_spend(tenant, flops=cost.flops)
 
 
 class PriceBook:

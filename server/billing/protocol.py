@@ -18,7 +18,9 @@ samples than asked when the budget is short (degrade before refusing) and raises
 `settle` takes the hold `reserve` returned and is called exactly once per reserved wave, also
 when the wave was cut short by a disconnect or a deadline, with the tokens the engine actually
 reported; it returns that wave's cost and releases the rest. Settlement is keyed by (request id,
-wave), so a retry is idempotent.
+wave), so a retry is idempotent. A settle the ledger did not take after its retries raises
+`SettlePending` when it was kept to be charged later (its cost is known and will be billed), or
+another error when even that failed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ if TYPE_CHECKING:
     from controller.budget.ledger import SpendRecord
     from controller.pacing import ComputePrice
     from server.config import AppConfig, TenantConfig
+
+
+class SettlePending(Exception):
+    """A settle (or verifier charge) the ledger did not take in time, kept on this replica and
+    charged once the ledger is back (server.billing.pending): `cost` is what it will bill."""
+
+    def __init__(self, cost: float) -> None:
+        super().__init__(f"settle pending ({cost:g})")
+        self.cost = cost
 
 
 @dataclass(frozen=True)
@@ -137,6 +148,10 @@ class BillingProvider(Protocol):
         self, tenants: list[TenantConfig], since: float, until: float
     ) -> list[SpendRecord]:
         """The tenants' spend-log records with since ≤ time < until, oldest first."""
+        ...
+
+    async def start(self) -> None:
+        """At server start (the budget ledger replays the settles an earlier run left)."""
         ...
 
     async def close(self) -> None:

@@ -2,7 +2,8 @@
 first metered request, so a config without metered tenants never touches `var/`), and what
 each ledger call's figures feed: λ (server.billing.prices), the budget gauges
 (server.billing.gauges), the alert webhooks (`on_usage`), plus the admin reports
-(server.billing.reports) and spend-log retention (server.billing.spend_logs).
+(server.billing.reports), spend-log retention (server.billing.spend_logs) and the journal of
+settles the store could not take (server.billing.pending), replayed from `start`.
 
 `BudgetProvider` (server.billing.ledger) is this plus the per-request handle it hands out.
 """
@@ -22,6 +23,7 @@ from server.billing.admission import SettleSignal
 from server.billing.gauges import BudgetGauges
 from server.billing.identity import Caller
 from server.billing.levels import rate_levels
+from server.billing.pending import PendingSettles
 from server.billing.prices import PriceBook, billing_unit
 from server.billing.reports import rate_report, window_rows
 from server.billing.spend_logs import SpendLogs
@@ -72,6 +74,10 @@ class BudgetProviderBase:
         self.gauges = BudgetGauges(self.prices, enabled=publish_metrics)
         self.logs = SpendLogs(lambda: self.ledger)
         self.settles = SettleSignal()
+        stores = open_stores(config.ledger)
+        self.pending = PendingSettles(
+            stores.pending_path, stores.pending_settles, lambda: self.ledger.store, self.settles
+        )
         # told the tenant's window figures after each ledger call (the alert webhooks)
         self.on_usage: Callable[[TenantConfig, list[WindowUsage]], None] | None = None
         self.reload(config)
@@ -154,8 +160,13 @@ class BudgetProviderBase:
         keep_s = self.config.ledger.spend_log_retention_days * 86400
         return await self.logs.purge(self.clock(), keep_s, force)
 
+    async def start(self) -> None:
+        """At server start: replay the settles an earlier run left in the journal."""
+        await self.pending.start()
+
     async def close(self) -> None:
         self.gauges.close()
+        await self.pending.close()
         if self._ledger is not None:
             await self._ledger.close()
             self._ledger = None

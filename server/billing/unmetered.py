@@ -91,5 +91,8 @@ class UnmeteredProvider:
     ) -> list[SpendRecord]:
         return []  # nothing is metered, nothing is logged
 
+    async def start(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None

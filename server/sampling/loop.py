@@ -40,7 +40,7 @@ from controller.policy.base import Caps, Policy
 from controller.policy.factory import make_policy
 from controller.routing import Route, cascade_answer, route_price
 from server import metrics
-from server.billing.protocol import Billing, WaveHold
+from server.billing.protocol import Billing, SettlePending, WaveHold
 from server.engine.base import Sample
 from server.engine.service import EngineService
 from server.errors import APIError, EngineError, InsufficientQuota, LedgerDown, UpstreamTimeout
@@ -383,6 +383,9 @@ class Sampler:
             cost = await billing.settle(
                 hold, prompt_tokens=tally.prompt_tokens, completion_tokens=tally.completion_tokens
             )
+        except SettlePending as pending:  # kept, and billed once the ledger is back
+            spend.notes.append(f"billing of wave {hold.wave + 1} is {JOURNALED}")
+            cost = pending.cost
         except Exception:  # retried by the billing already; its hold stays in place
             log.exception("settling wave %s of %s failed", hold.wave, job.request_id)
             spend.notes.append(f"billing of wave {hold.wave + 1} is {PENDING}")
@@ -403,6 +406,9 @@ class _EngineFailed(Exception):
 PENDING = "pending (the ledger did not answer; it is tried again as the request closes)"
 """What a client is told of a settle that failed: never the error itself, which names the
 store's address or file (the log has it)."""
+JOURNALED = "pending (the ledger did not answer; it is charged once the ledger is back)"
+"""What a client is told of a settle the server kept to replay (server.billing.pending): the
+cost is in `t2.cost`, and the ledger will bill exactly that."""
 
 
 class _Clock:
@@ -537,6 +543,9 @@ class _Verdicts:
             cost = await billing.charge(
                 used.model, wave, prompt_tokens=prompt, completion_tokens=tokens - prompt
             )
+        except SettlePending as pending:  # kept, and billed once the ledger is back
+            spend.notes.append(f"billing of {verifier.name}'s scoring is {JOURNALED}")
+            cost = pending.cost
         except Exception:  # retried by the billing already; its hold stays in place
             log.exception("billing the verifier of %s failed", job.request_id)
             spend.notes.append(f"billing of {verifier.name}'s scoring is {PENDING}")

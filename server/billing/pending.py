@@ -1,0 +1,171 @@
+"""This replica's journal of settles the ledger's store could not take, and the task that
+replays them (controller.budget.pending holds the entries and one replay pass).
+
+A request whose settle fails past its in-wave retries hands the settle to `PendingSettles.keep`
+(durable before it returns) and reports the wave's cost as pending; from then on the journal
+owns it: the request's handle neither retries it nor releases its hold (the store deletes the
+hold when the replayed settle lands, or its TTL frees it). A background task replays the
+journal with backoff (REPLAY_BACKOFF_S) until the store takes every entry, and is woken early
+when a ledger call of this replica succeeds again. At start-up a journal left by an earlier run
+(a crash, a restart mid-outage) is replayed first.
+
+The journal file is opened only when a settle is first kept, or at start when it exists, so a
+server whose store never fails never creates it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from controller.budget.ledger import LedgerStore
+from controller.budget.pending import (
+    PendingFinish,
+    PendingSettle,
+    PendingSettleStore,
+    Replayed,
+    ReplayReport,
+    replay,
+)
+from server import metrics
+from server.billing.admission import SettleSignal
+from server.billing.prices import count_spend
+
+log = logging.getLogger("t2serve.billing")
+REPLAY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+"""Waits between replay passes while the store still refuses (the last one repeats)."""
+
+
+class PendingSettles:
+    """One per app (the budget provider's): the journal at `path`, opened by `open_journal`,
+    replayed into the ledger store `store()` gives."""
+
+    def __init__(
+        self,
+        path: Path,
+        open_journal: Callable[[], PendingSettleStore],
+        store: Callable[[], LedgerStore],
+        settles: SettleSignal,
+        backoff_s: tuple[float, ...] = REPLAY_BACKOFF_S,
+    ) -> None:
+        self.path = path
+        self._open_journal = open_journal
+        self._store = store
+        self._settles = settles
+        self._backoff_s = backoff_s
+        self._journal: PendingSettleStore | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._pass = asyncio.Lock()
+        self.pending = 0  # settles in the journal, as of the last write or pass
+
+    def _opened(self) -> PendingSettleStore:
+        if self._journal is None:
+            self._journal = self._open_journal()
+        return self._journal
+
+    async def start(self) -> None:
+        """Replay what an earlier run left (nothing to do when it left no journal)."""
+        if self._task is not None or not self.path.exists():
+            return
+        try:
+            self.pending = await self._opened().count()
+            metrics.set_settles_pending(self.pending)
+            log.info("%d settle(s) pending in %s: replaying", self.pending, self.path)
+        except Exception:  # the replay task keeps trying; the server starts regardless
+            log.exception("reading the pending settles in %s failed", self.path)
+        self._run()
+
+    async def keep(self, settle: PendingSettle) -> bool:
+        """Write the settle to the journal (fsynced) and wake the replayer; False when even
+        the journal cannot take it (then the caller keeps the old fallback)."""
+        try:
+            journal = self._opened()
+            await journal.add(settle)
+            self.pending = await journal.count()
+        except Exception:
+            log.exception("journaling settle %s failed", settle.key)
+            return False
+        metrics.set_settles_pending(self.pending)
+        log.warning("settle %s kept in %s until the ledger takes it", settle.key, self.path)
+        self._run()
+        return True
+
+    async def keep_finish(self, finish: PendingFinish) -> bool:
+        """Note how a request ended once its pending settles are in."""
+        try:
+            await self._opened().add_finish(finish)
+        except Exception:
+            log.exception("journaling the end of %s failed", finish.request_id)
+            return False
+        self._run()
+        return True
+
+    def wake(self) -> None:
+        """The store answered this replica again: replay now rather than at the next backoff."""
+        if self.pending and self._task is not None:
+            self._wake.set()
+
+    async def replay(self) -> ReplayReport:
+        """One pass over the journal now (the task's step; tests call it too)."""
+        async with self._pass:
+            report = await replay(self._opened(), self._store(), self._count)
+            self.pending = await self._opened().count()
+        metrics.set_settles_pending(self.pending)
+        metrics.inc_settle_replay("failed", report.failed)
+        if report.settled or report.finished:
+            log.info(
+                "replayed %d pending settle(s) and %d finish(es); %d left",
+                len(report.settled), report.finished, self.pending,
+            )  # fmt: skip
+        if report.error is not None:
+            log.warning("replaying pending settles: %s; %d left", report.error, self.pending)
+        return report
+
+    def _count(self, done: Replayed) -> None:
+        """A settle the store took: counted by the pass that took it off the journal, once
+        (another worker replaying the same file may have been first)."""
+        if done.removed:
+            settle = done.settle
+            count_spend(settle.hold.tenant, settle.unit, done.outcome.cost)
+            metrics.inc_settle_replay("duplicate" if done.outcome.duplicate else "settled")
+            self._settles.fire(settle.hold.tenant)
+
+    def _run(self) -> None:
+        """Start the replay task if it is not running, and wake it."""
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._replay_until_empty())
+
+    async def _replay_until_empty(self) -> None:
+        tries = 0
+        while True:
+            self._wake.clear()  # a settle kept during this pass sets it again
+            try:
+                report = await self.replay()
+                done = report.error is None and not self.pending
+            except Exception:  # the journal itself failed: try again later
+                log.exception("replaying pending settles failed")
+                done = False
+            if done:
+                tries = 0
+                await self._wake.wait()  # until the next settle is kept
+                continue
+            wait = self._backoff_s[min(tries, len(self._backoff_s) - 1)]
+            tries += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def close(self) -> None:
+        """Stop replaying; what is left stays in the journal for the next start."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._journal is not None:
+            await self._journal.close()
+            self._journal = None

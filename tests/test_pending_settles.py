@@ -1,0 +1,230 @@
+"""No spend is lost in a long store outage: a settle the ledger's store cannot take past its
+retries is journaled on the replica and replayed until the store takes it, through the real
+sampling loop on real ledgers: a Redis killed mid-request and started again on its data (AOF), a
+SQLite ledger locked by another writer, a server started again on a non-empty journal, and a
+replay whose first try committed but lost its reply. The engines are scripted (one character =
+one token), and the ledger's spend is compared to what the responses reported."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controller.budget.ledger import Hold, Ledger, SettleOutcome, SpendRecord
+from controller.budget.pricing import Cost
+from controller.stores import StoreUnavailable
+from server import metrics
+from server.app import create_app
+from server.billing import BudgetProvider
+from server.config import AppConfig
+from server.engine.service import EngineService
+from server.sampling import Outcome, PolicyBook, Sampler
+from storage.sqlite.ledger import SQLiteStore
+from tests.fakes import ScriptedEngine
+from tests.fixtures.redis import running_redis
+from tests.fixtures.server import serve_in_loop
+from tests.test_billing_guarantees import config
+from tests.test_sampling_loop import job
+
+DRAIN_S = 120  # the replayer backs off to 30 s between passes; a loaded box is slow too
+ANSWER = "A: 2"
+
+
+class Served:
+    """The real loop and billing on a scripted engine whose sampling can run a side effect
+    (kill the store, lock it) when the `at`-th sample is drawn."""
+
+    def __init__(self, cfg: AppConfig, *, ledger: Ledger | None = None) -> None:
+        self.tenant = cfg.tenants[0]
+        self.provider = BudgetProvider(cfg, ledger=ledger, publish_metrics=False)
+        self.effects: dict[int, Callable[[], object]] = {}
+        self.service = EngineService("m", {}, ScriptedEngine(self._script))
+        self.sampler = Sampler(self.service, PolicyBook())
+
+    def _script(self, i: int) -> str:
+        effect = self.effects.pop(i, None)
+        if effect is not None:
+            effect()
+        return ANSWER
+
+    async def ask(self, rid: str, policy: str = "fixed:4") -> Outcome:
+        billing = self.provider.for_request(self.tenant, "m", rid)
+        return await self.sampler.run(
+            job(self.service, policy, request_id=rid, tenant="acme"), billing
+        )
+
+    async def spent(self) -> float:
+        usage = await self.provider.ledger.usage(self.tenant.id, self.tenant.budgets)
+        return next(u.spent_value for u in usage if u.name == "day")
+
+    async def record(self, rid: str) -> SpendRecord:
+        records = await self.provider.ledger.store.spend_logs("acme", 0, time.time() + 10)
+        return next(r for r in records if r.request_id == rid)
+
+
+def journaled(cfg: AppConfig, tmp_path: Path) -> AppConfig:
+    cfg.ledger.pending_settles_path = str(tmp_path / "journal" / "pending.sqlite")
+    return cfg
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = DRAIN_S) -> None:
+    give_up = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < give_up, "the journal did not drain in time"
+        await asyncio.sleep(0.1)
+
+
+def replays(outcome: str) -> float:
+    return metrics.SETTLE_REPLAYS.labels(outcome=outcome)._value.get()
+
+
+def assert_journaled(out: Outcome) -> None:
+    """The response reports the pending wave's cost and says it is pending, not why."""
+    assert out.cost > 0 and out.cost == pytest.approx(out.prompt_tokens + out.completion_tokens)
+    assert out.note is not None and "billing of wave 1 is pending" in out.note
+    assert "once the ledger is back" in out.note
+
+
+async def test_a_redis_killed_mid_request_gets_the_spend_once_it_is_back(tmp_path: Path) -> None:
+    data = tmp_path / "redis"
+    data.mkdir()
+    with running_redis(data, appendonly=True) as redis:
+        port = redis.port
+        cfg = journaled(config(("redis", redis.url()), budgets={"day": {"limit": 1e6}}), tmp_path)
+        rig = Served(cfg)
+        try:
+            warm = await rig.ask("warm")  # settled as usual, before the outage
+
+            def kill() -> None:  # while the request's wave is being drawn, after its hold
+                redis.process.kill()
+                redis.process.wait()
+
+            rig.effects[4] = kill
+            settled_before = replays("settled")
+            out = await rig.ask("during")
+            assert out.answer == "2" and out.stop_reason == "fixed"
+            assert_journaled(out)
+            assert rig.provider.pending.pending == 1
+            assert b"t2_settles_pending 1.0" in metrics.render_latest()[0]
+            with running_redis(data, port=port, appendonly=True):  # back, on its AOF
+                await until(lambda: _drained(rig))
+                assert await rig.spent() == pytest.approx(warm.cost + out.cost, abs=1e-9)
+                assert await rig.provider.ledger.store.reserved_holds("acme") == 0
+                record = await rig.record("during")
+                assert record.money == pytest.approx(out.cost)
+                assert (record.status, record.stop_reason, record.samples) == (200, "fixed", 4)
+                assert replays("settled") == settled_before + 1
+                assert b"t2_settles_pending 0.0" in metrics.render_latest()[0]
+        finally:
+            await rig.provider.close()
+
+
+async def _drained(rig: Served) -> bool:
+    """The background replayer emptied the journal (its pass ends with the finishes)."""
+    return rig.provider.pending.pending == 0
+
+
+async def test_a_sqlite_ledger_locked_past_the_retries_gets_the_spend_once_unlocked(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.sqlite"
+    cfg = journaled(config(("sqlite", str(path)), budgets={"day": {"limit": 1e6}}), tmp_path)
+    rig = Served(cfg, ledger=Ledger(SQLiteStore(path, busy_timeout_ms=100)))
+    other = sqlite3.connect(path, isolation_level=None)  # another process's writer
+    try:
+        warm = await rig.ask("warm")
+        rig.effects[4] = lambda: other.execute("BEGIN EXCLUSIVE")
+        out = await rig.ask("locked")
+        assert_journaled(out)
+        await asyncio.sleep(1.0)  # the replayer tries meanwhile, and keeps it
+        assert rig.provider.pending.pending == 1
+        other.execute("ROLLBACK")
+        await until(lambda: _drained(rig))
+        assert await rig.spent() == pytest.approx(warm.cost + out.cost, abs=1e-9)
+        assert await rig.provider.ledger.store.reserved_holds("acme") == 0
+        record = await rig.record("locked")
+        assert (record.money, record.status, record.stop_reason) == (
+            pytest.approx(out.cost), 200, "fixed",
+        )  # fmt: skip
+    finally:
+        other.close()
+        await rig.provider.close()
+
+
+async def test_a_server_started_on_a_non_empty_journal_replays_it(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    cfg = journaled(config(("sqlite", str(path)), budgets={"day": {"limit": 1e6}}), tmp_path)
+    first = Served(cfg, ledger=Ledger(SQLiteStore(path, busy_timeout_ms=100)))
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        warm = await first.ask("warm")
+        first.effects[4] = lambda: other.execute("BEGIN EXCLUSIVE")
+        out = await first.ask("before-restart")
+        assert_journaled(out)
+    finally:
+        await first.provider.close()  # the server stops with the store still locked
+    other.execute("ROLLBACK")
+    other.close()
+    assert (tmp_path / "journal" / "pending.sqlite").exists()
+
+    app = create_app(cfg, engine=ScriptedEngine())
+    async with serve_in_loop(app) as live:  # its start-up replays the journal
+        reader = Ledger(SQLiteStore(path))
+        try:
+
+            async def spent() -> float:
+                usage = await reader.usage("acme", cfg.tenants[0].budgets)
+                return next(u.spent_value for u in usage if u.name == "day")
+
+            await until(lambda: _near(spent(), warm.cost + out.cost))
+            records = await reader.store.spend_logs("acme", 0, time.time() + 10)
+            record = next(r for r in records if r.request_id == "before-restart")
+            assert (record.status, record.stop_reason) == (200, "fixed")
+            async with httpx.AsyncClient(base_url=live.base_url) as http:
+                scrape = (await http.get("/metrics")).text
+            assert "t2_settles_pending 0.0" in scrape
+        finally:
+            await reader.close()
+
+
+async def _near(value: Awaitable[float], want: float) -> bool:
+    return abs(await value - want) < 1e-9
+
+
+async def test_a_replay_that_committed_but_lost_its_reply_does_not_bill_twice(
+    location: tuple[str, str], tmp_path: Path
+) -> None:
+    rig = Served(journaled(config(location, budgets={"day": {"limit": 1e6}}), tmp_path))
+    store = rig.provider.ledger.store
+    real = store.settle
+    calls: list[int] = []
+
+    async def settle(hold: Hold, cost: Cost) -> SettleOutcome:
+        """In the wave: 4 tries fail, the first of them after committing (a lost reply); the
+        first replay commits again and loses its reply too; the next one is answered."""
+        calls.append(hold.wave)
+        if len(calls) in (1, 5):
+            await real(hold, cost)
+        if len(calls) <= 5:
+            raise StoreUnavailable("the reply was lost")
+        return await real(hold, cost)
+
+    store.settle = settle  # type: ignore[method-assign]
+    try:
+        duplicates = replays("duplicate")
+        out = await rig.ask("twice", policy="fixed:2")
+        assert_journaled(out)
+        await until(lambda: _drained(rig))
+        assert len(calls) >= 6 and set(calls) == {0}  # one settlement key throughout
+        assert await rig.spent() == pytest.approx(out.cost, abs=1e-9)  # once, not three times
+        assert replays("duplicate") == duplicates + 1
+        record = await rig.record("twice")
+        assert (record.money, record.samples, record.waves) == (pytest.approx(out.cost), 2, 1)
+    finally:
+        await rig.provider.close()
