@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import uuid
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -302,6 +304,22 @@ def test_the_model_runs_inside_the_engine_core_process(engine: SampleEngine) -> 
     assert cores, "no engine-core process under this test process"
     for core in cores:
         assert not [c for c in core.children() if "Worker" in title(c)], title(core)
+
+
+def test_the_engine_core_does_not_die_of_a_terminals_hangup(engine: SampleEngine) -> None:
+    """A closing terminal sends SIGHUP to the whole process group: the server reloads its
+    config on it (server.app), and the engine core, with SIGHUP's default action, died. It
+    keeps SIGHUP blocked (its mask, read from /proc: bit 0 is SIGHUP)."""
+    import psutil
+
+    cores = [p for p in psutil.Process().children() if "EngineCore" in " ".join(p.cmdline())]
+    assert cores, "no engine-core process under this test process"
+    for core in cores:
+        status = Path(f"/proc/{core.pid}/status").read_text()
+        blocked = int(
+            next(ln for ln in status.splitlines() if ln.startswith("SigBlk:")).split()[1], 16
+        )
+        assert blocked & 1 << (signal.SIGHUP - 1), status
 
 
 def test_a_cpu_engine_core_leaves_a_core_to_the_api(monkeypatch: pytest.MonkeyPatch) -> None:

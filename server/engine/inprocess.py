@@ -13,6 +13,7 @@ import contextlib
 import copy
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
@@ -160,6 +161,24 @@ def leave_a_core_for_the_api() -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cpu_count() - 1)))
 
 
+def without_hangups() -> None:
+    """Block SIGHUP in the calling thread (the worker thread that builds an engine), so the
+    engine processes vLLM spawns from it keep it blocked too (a signal mask survives fork and
+    exec). t2serve reads SIGHUP as "reload the config" (server.app), and a terminal that closes
+    sends it to the whole process group: the server reloaded while its engines died with their
+    default action, leaving a server up with nothing to serve. Signal handlers run in the main
+    thread only, so blocking it in a worker changes nothing else."""
+    if hasattr(signal, "SIGHUP"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+
+def _build(args: Any, sink: _StatsSink) -> Any:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    without_hangups()
+    return AsyncLLM.from_engine_args(args, stat_loggers=[_stats_tap_factory(sink)])
+
+
 def compact_json() -> Any:
     """Structured outputs decode compact JSON: with free whitespace allowed, a small model pads
     the object with spaces until `max_tokens` runs out and never closes it. vLLM reads this
@@ -202,18 +221,12 @@ class InProcessEngine(PromptingMixin):
         """Build the engine (≈ 30 s on the CPU) in a worker thread: the event loop keeps
         serving meanwhile (other models' requests, /healthz). AsyncLLM built outside a running
         loop starts its output handler on the first request, in the serving loop."""
-        from vllm.v1.engine.async_llm import AsyncLLM
-
         args = engine_args(cfg)
         if cfg.executor == "uni":
             leave_a_core_for_the_api()
         sink = _StatsSink()
         started = time.monotonic()
-        building = asyncio.ensure_future(
-            asyncio.to_thread(
-                AsyncLLM.from_engine_args, args, stat_loggers=[_stats_tap_factory(sink)]
-            )
-        )
+        building = asyncio.ensure_future(asyncio.to_thread(_build, args, sink))
         try:
             llm = await asyncio.shield(building)
         except asyncio.CancelledError:  # the thread cannot be stopped: stop what it builds

@@ -20,7 +20,12 @@ from typing import Any
 import httpx
 
 from server.config import VerifierModelConfig
-from server.engine.inprocess import leave_a_core_for_the_api, one_process_executor, shutdown_built
+from server.engine.inprocess import (
+    leave_a_core_for_the_api,
+    one_process_executor,
+    shutdown_built,
+    without_hangups,
+)
 from server.errors import VerifierError
 
 log = logging.getLogger("t2serve.engine")
@@ -162,6 +167,7 @@ def _start_llm(cfg: VerifierModelConfig) -> Any:
         disable_log_stats=True,
         distributed_executor_backend=one_process_executor(),
     )
+    without_hangups()
     llm = AsyncLLM.from_engine_args(args)
     log.info("reward model ready in %.1f s: %s", time.monotonic() - started, cfg.path)
     return llm
