@@ -50,7 +50,6 @@ model's own majority, so they are, if anything, conservative about the combined 
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -434,7 +433,8 @@ class RouteRun:
     def fresh(self) -> RouteRun:
         """A new run with these settings, as `Route.start` would make it: a replay starts
         millions alike, and the settings' cache key is the larger part of starting one."""
-        run = copy.copy(self)
+        run = RouteRun.__new__(RouteRun)  # copy.copy's protocol costs more than the copy
+        run.__dict__.update(self.__dict__)
         run.current, run.visited, run.plans, run.predicted_accuracy = None, [], [], None
         return run
 
