@@ -44,6 +44,7 @@ def test_every_required_alert_is_shipped() -> None:
         "T2HighErrorRate",
         "T2LatencyP95OverSLO",
         "T2EngineNotReady",
+        "T2SettlesPending",
     } <= alerts
 
 
@@ -101,6 +102,10 @@ def _rule_tests(rules: Path) -> dict[str, Any]:
         {"series": 't2_request_duration_seconds_bucket{le="+Inf"}', "values": "0+10x30"},
         {"series": f"t2_engine_ready{{{busy}}}", "values": "1 1 0 0 0 0 0 0"},
         {"series": 't2_engine_ready{instance="b:8000",job="t2serve"}', "values": "1+0x10"},
+        # a's journal holds 2 settles from 1m to 13m, then drains; b's one settle for 5 minutes
+        {"series": f"t2_settles_pending{{{busy}}}", "values": "0 2+0x12 0+0x10"},
+        {"series": 't2_settles_pending{instance="b:8000",job="t2serve"}',
+         "values": "0 1+0x4 0+0x20"},
     ]
     return {
         "rule_files": [str(rules)],
@@ -168,6 +173,13 @@ def _rule_tests(rules: Path) -> dict[str, Any]:
                         ],
                     },
                     {"eval_time": "3m", "alertname": "T2EngineNotReady", "exp_alerts": []},
+                    {
+                        "eval_time": "12m",
+                        "alertname": "T2SettlesPending",
+                        "exp_alerts": [_alert("T2SettlesPending", "warning", instance="a:8000")],
+                    },
+                    {"eval_time": "10m", "alertname": "T2SettlesPending", "exp_alerts": []},
+                    {"eval_time": "15m", "alertname": "T2SettlesPending", "exp_alerts": []},
                 ],
             },
         ],
