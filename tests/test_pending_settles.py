@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from controller.budget.ledger import Hold, Ledger, SettleOutcome, SpendEntry, SpendRecord
-from controller.budget.pending import PendingSettle
+from controller.budget.pending import PendingSettle, ReplayReport
 from controller.budget.pricing import Cost
 from controller.stores import StoreUnavailable
 from server import metrics
@@ -294,6 +294,37 @@ def test_a_pending_settle_names_its_format() -> None:
         decode(json.dumps({**body, "v": 2}))
 
 
+async def test_a_successful_ledger_call_wakes_the_replayer_only_when_the_store_was_down(
+    tmp_path: Path,
+) -> None:
+    """Every reserve that reaches the store calls `wake`. With an entry that fails for its own
+    sake (not the store's), that must not turn the backoff into a pass per request."""
+    where = ("sqlite", str(tmp_path / "ledger.sqlite"))
+    rig = Served(journaled(config(where, budgets={"day": {"limit": 1e6}}), tmp_path))
+    pending = rig.provider.pending
+    passes = 0
+    real = pending.replay
+
+    async def counted() -> ReplayReport:
+        nonlocal passes
+        passes += 1
+        return await real()
+
+    pending.replay = counted  # type: ignore[method-assign]
+    try:
+        await pending._opened().add(_pending_settle(rig.provider, "fine"))
+        _journal_row(pending.path, "damaged", "{not json")
+        await pending.start()  # as a server starting on this journal
+        give_up = time.monotonic() + 1.2
+        while time.monotonic() < give_up:  # a busy replica: a reserve every 10 ms
+            pending.wake()
+            await asyncio.sleep(0.01)
+        assert passes <= 3, passes  # the backoff's: at 0, 0.5 and 1.5 s (a slow box: fewer)
+        assert pending.pending == 1
+    finally:
+        await rig.provider.close()
+
+
 async def test_a_server_stopping_mid_replay_counts_what_left_the_journal(
     location: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -327,3 +358,22 @@ async def test_a_server_stopping_mid_replay_counts_what_left_the_journal(
         await rig.provider.close()
 
 
+async def test_a_settle_the_journal_took_is_the_journals_even_if_counting_it_fails(
+    tmp_path: Path,
+) -> None:
+    """`keep` must not say False once the settle is in the journal: the request would keep it
+    too and settle it itself when it closes, and the replay would then count its spend in
+    t2_spend_total a second time."""
+    where = ("sqlite", str(tmp_path / "ledger.sqlite"))
+    rig = Served(journaled(config(where, budgets={"day": {"limit": 1e6}}), tmp_path))
+    pending = rig.provider.pending
+    journal = pending._opened()
+
+    async def count() -> int:
+        raise StoreUnavailable("the journal is busy")
+
+    journal.count = count  # type: ignore[method-assign]
+    try:
+        assert await pending.keep(_pending_settle(rig.provider, "kept"))
+    finally:
+        await rig.provider.close()
