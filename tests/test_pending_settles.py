@@ -377,3 +377,27 @@ async def test_a_settle_the_journal_took_is_the_journals_even_if_counting_it_fai
         assert await pending.keep(_pending_settle(rig.provider, "kept"))
     finally:
         await rig.provider.close()
+
+
+async def test_a_journaled_settle_wakes_the_waves_waiting_for_its_hold(tmp_path: Path) -> None:
+    """Journaling takes the wave's hold off the request's tally (its cap counts the cost as
+    spent), so the answers of the same request waiting for that hold are woken, as by a
+    settle, rather than at their next poll."""
+    path = tmp_path / "ledger.sqlite"
+    cfg = journaled(config(("sqlite", str(path)), budgets={"day": {"limit": 1e6}}), tmp_path)
+    rig = Served(cfg, ledger=Ledger(SQLiteStore(path, busy_timeout_ms=100)))
+    other = sqlite3.connect(path, isolation_level=None)
+    waiter = asyncio.create_task(asyncio.sleep(0))
+    try:
+        await rig.ask("warm")
+        rig.effects[4] = lambda: other.execute("BEGIN EXCLUSIVE")
+        waiter = asyncio.create_task(rig.provider.settles.wait("acme", 30.0))
+        out = await rig.ask("locked")
+        assert_journaled(out)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert waiter.done()
+    finally:
+        waiter.cancel()
+        other.close()
+        await rig.provider.close()
