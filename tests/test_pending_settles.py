@@ -401,3 +401,24 @@ async def test_a_journaled_settle_wakes_the_waves_waiting_for_its_hold(tmp_path:
         waiter.cancel()
         other.close()
         await rig.provider.close()
+
+
+@pytest.mark.parametrize(
+    "ledger",
+    [
+        {"path": "var/pending-settles.sqlite"},  # the journal's default would be this very file
+        {"path": "var/ledger.sqlite", "pending_settles_path": "var/ledger.sqlite"},
+        {"path": "var/ledger.sqlite", "pending_settles_path": "var/../var/ledger.sqlite-wal"},
+        {"path": "var/ledger.sqlite", "pending_settles_path": "var/ledger.sqlite-shm"},
+        {"path": "var/ledger.sqlite", "pending_settles_path": "var/ledger.sqlite-journal"},
+    ],
+)
+def test_the_journal_never_shares_the_sqlite_ledgers_files(ledger: dict[str, str]) -> None:
+    """The journal keeps what the ledger's store could not take: in the ledger's own file it
+    is locked, full or lost with it; in its WAL, shared-memory or rollback-journal file,
+    SQLite takes it for the ledger's and overwrites (or replays) it."""
+    from server.config import LedgerConfig
+
+    with pytest.raises(ValueError, match="ledger's own"):
+        LedgerConfig.model_validate(ledger)
+    LedgerConfig.model_validate({**ledger, "backend": "redis"})  # `path` holds no ledger there
