@@ -33,6 +33,7 @@ from controller.aggregate.vote import check_method
 from controller.budget.models import Budgets, PacingSettings, Prices, RateLimits, whole
 from controller.policy.factory import check_spec, ignored_on_a_route, is_t2
 from server.errors import ConfigError as ConfigError  # raised by the loaders below
+from storage import PENDING_SETTLES_FILE
 
 
 def _extractor(name: str) -> str:
@@ -464,19 +465,38 @@ class LedgerConfig(_Strict):
 
     @field_validator("pending_settles_path")
     @classmethod
-    def _a_journal_file(cls, path: str | None, info: ValidationInfo) -> str | None:
-        """The journal's own file: not a folder, and not the ledger's file (it keeps what that
-        store could not take)."""
+    def _a_journal_file(cls, path: str | None) -> str | None:
+        """The journal's own file: not a folder."""
         if path is None:
             return None
         if not path.strip():
             raise ValueError("give a file path, or leave it out for the default")
         if Path(path).is_dir():
             raise ValueError(f"{path!r} is a folder; give the journal's file in it")
-        ledger = info.data.get("path")
-        if info.data.get("backend") == "sqlite" and ledger and _same_file(path, ledger):
-            raise ValueError(f"{path!r} is the ledger's own file; the journal needs its own")
         return path
+
+    @model_validator(mode="after")
+    def _journal_apart(self) -> LedgerConfig:
+        """The journal (given, or its default beside `path`) is none of a SQLite ledger's files:
+        not the ledger's (it keeps what that store could not take: locked, full or lost with
+        it), nor its WAL, shared-memory or rollback journal (SQLite would take the file for the
+        ledger's, and overwrite or replay it)."""
+        if self.backend != "sqlite":
+            return self
+        given = self.pending_settles_path
+        journal = given or str(Path(self.path).parent / PENDING_SETTLES_FILE)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            if _same_file(journal, self.path + suffix):
+                what = "the ledger's own file" if not suffix else f"the ledger's own {suffix} file"
+                if given:
+                    raise ValueError(
+                        f"pending_settles_path {given!r} is {what}; the journal needs its own"
+                    )
+                raise ValueError(
+                    f"the pending-settles journal's default, {journal!r}, is {what}; "
+                    "name the ledger's file otherwise, or give pending_settles_path"
+                )
+        return self
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -13,6 +13,10 @@ it never bills twice. And a settle charges even when its hold has expired or is 
 store deletes the hold if it is still there), so a late settle still charges what was spent,
 even past the tenant's budget: it was spent.
 
+Each entry names its format (`FORMAT`): a server refuses an entry of a format it does not know
+rather than guess at it, and the journal leaves it for a server that does (a newer version's,
+after a rollback), replaying the others meanwhile.
+
 How the request ended (`PendingFinish`, the store's `finish_log`) waits in the journal too,
 behind its request's settles: it sets the record's samples and trues up its per-model
 breakdown, so it must come after the settles that add to them.
@@ -20,15 +24,20 @@ breakdown, so it must come after the settles that add to them.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from controller.budget.ledger import Hold, LedgerStore, Limit, SettleOutcome, SpendEntry
 from controller.budget.pricing import ZERO, Cost
 from controller.budget.windows import WindowSpan
 from controller.stores import StoreUnavailable
+
+T = TypeVar("T")
+FORMAT = 1
+"""The version of `encode`'s text; an entry without one is of the first format."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ def encode(settle: PendingSettle) -> str:
     """The journal's text of a pending settle (JSON; floats round-trip exactly)."""
     h = settle.hold
     body = {
+        "v": FORMAT,
         "tenant": h.tenant,
         "request_id": h.request_id,
         "wave": h.wave,
@@ -85,8 +95,22 @@ def encode(settle: PendingSettle) -> str:
 
 
 def decode(text: str) -> PendingSettle:
-    """The pending settle `encode` wrote."""
-    d = json.loads(text)
+    """The pending settle `encode` wrote; ValueError when `text` is none this server can read
+    (malformed, or of another format)."""
+    try:
+        d = json.loads(text)
+        version = d.get("v", 1)
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(f"not a pending settle: {exc}") from exc
+    if version != FORMAT:
+        raise ValueError(f"a pending settle of format {version!r}; this server reads {FORMAT}")
+    try:
+        return _decode(d)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"a malformed pending settle: {exc!r}") from exc
+
+
+def _decode(d: dict[str, Any]) -> PendingSettle:
     limits = tuple(
         Limit(WindowSpan(**x["span"]), x["unit"], x["limit"], x["hard"], x["scope"], x["kind"])
         for x in d["limits"]
@@ -108,7 +132,8 @@ class PendingSettleStore(Protocol):
     async def add_finish(self, finish: PendingFinish) -> None: ...
 
     async def settles(self) -> list[PendingSettle]:
-        """Every pending settle, oldest first."""
+        """Every pending settle this server can read, oldest first (one it cannot `decode`
+        stays in the journal, and in `count`, for a server that can)."""
         ...
 
     async def finishes(self) -> list[PendingFinish]:
@@ -150,6 +175,19 @@ class ReplayReport:
     error: Exception | None = None
 
 
+async def _uncancelled(work: Awaitable[T]) -> tuple[T, bool]:
+    """Run `work` to completion even if cancelled meanwhile; (its result, whether a cancel
+    arrived), for the caller to raise once its bookkeeping is done."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    return task.result(), cancelled
+
+
 async def replay(
     journal: PendingSettleStore,
     store: LedgerStore,
@@ -159,7 +197,9 @@ async def replay(
     are all in. A store that cannot be used (`StoreUnavailable`) ends the pass: the rest would
     fail the same way. Any other error skips that entry, which stays for the next pass.
     `on_settled` is told of each settle the store took as soon as it is off the journal, with
-    no await in between, so a pass cancelled at any point loses no count of it."""
+    no await in between, so a pass cancelled at any point loses no count of it: a cancel that
+    arrives while the removal runs (it finishes on the journal's thread regardless) waits for
+    it, and is raised once the settle is counted."""
     report = ReplayReport()
     for pending in await journal.settles():
         try:
@@ -170,9 +210,12 @@ async def replay(
         except Exception as exc:
             report.failed, report.error = report.failed + 1, exc
             continue
-        done = Replayed(pending, outcome, await journal.remove(pending))
+        removed, cancelled = await _uncancelled(journal.remove(pending))
+        done = Replayed(pending, outcome, removed)
         on_settled(done)
         report.settled.append(done)
+        if cancelled:
+            raise asyncio.CancelledError
     for finish in await journal.finishes():  # those of requests with no settle left
         try:
             await store.finish_log(

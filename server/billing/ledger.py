@@ -383,6 +383,7 @@ class LedgerBilling:
         self.committed.held.pop((self.request_id, key), None)
         self.spent = self.spent + cost
         self.committed.spent = self.committed.spent + cost
+        self.provider.settles.fire(self.tenant.id)  # its hold left the request's tally
         return True
 
     def _count_spend(self, key: int, cost: Cost) -> None:

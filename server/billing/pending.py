@@ -30,6 +30,7 @@ from controller.budget.pending import (
     ReplayReport,
     replay,
 )
+from controller.stores import StoreUnavailable
 from server import metrics
 from server.billing.admission import SettleSignal
 from server.billing.prices import count_spend
@@ -61,6 +62,7 @@ class PendingSettles:
         self._wake = asyncio.Event()
         self._pass = asyncio.Lock()
         self.pending = 0  # settles in the journal, as of the last write or pass
+        self._store_down = False  # the last pass ended on a store that could not be used
 
     def _opened(self) -> PendingSettleStore:
         if self._journal is None:
@@ -85,10 +87,16 @@ class PendingSettles:
         try:
             journal = self._opened()
             await journal.add(settle)
-            self.pending = await journal.count()
         except Exception:
             log.exception("journaling settle %s failed", settle.key)
             return False
+        # It is the journal's now, whatever happens next: were this False, the request would
+        # settle it too, and the replay would count its spend a second time.
+        try:
+            self.pending = await journal.count()
+        except Exception:
+            log.exception("counting the pending settles in %s failed", self.path)
+            self.pending += 1
         metrics.set_settles_pending(self.pending)
         log.warning("settle %s kept in %s until the ledger takes it", settle.key, self.path)
         self._run()
@@ -105,14 +113,17 @@ class PendingSettles:
         return True
 
     def wake(self) -> None:
-        """The store answered this replica again: replay now rather than at the next backoff."""
-        if self.pending and self._task is not None:
+        """The store answered this replica again: replay now rather than at the next backoff,
+        if the last pass ended because the store could not be used (an entry that failed for
+        its own sake would fail again: every reserve would start a pass)."""
+        if self.pending and self._task is not None and self._store_down:
             self._wake.set()
 
     async def replay(self) -> ReplayReport:
         """One pass over the journal now (the task's step; tests call it too)."""
         async with self._pass:
             report = await replay(self._opened(), self._store(), self._count)
+            self._store_down = isinstance(report.error, StoreUnavailable)
             self.pending = await self._opened().count()
         metrics.set_settles_pending(self.pending)
         metrics.inc_settle_replay("failed", report.failed)

@@ -12,11 +12,14 @@ them oldest first.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
 from controller.budget.pending import PendingFinish, PendingSettle, decode, encode
 from storage.sqlite.database import SQLiteDatabase
+
+log = logging.getLogger("t2serve.billing")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending_settles (
@@ -75,10 +78,24 @@ class SQLitePendingSettles:
         await self._db.run(go)
 
     async def settles(self) -> list[PendingSettle]:
-        def go(c: sqlite3.Connection) -> list[str]:
-            return [r[0] for r in c.execute("SELECT body FROM pending_settles ORDER BY seq")]
+        """Every row this server can decode, oldest first. One it cannot (another version's
+        format, or damaged) is left where it is, and logged: it must not hold up the others."""
 
-        return [decode(body) for body in await self._db.run(go, write=False)]
+        def go(c: sqlite3.Connection) -> list[tuple[str, str, int, str]]:
+            return c.execute(
+                "SELECT tenant, request_id, wave, body FROM pending_settles ORDER BY seq"
+            ).fetchall()
+
+        out = []
+        for tenant, request_id, wave, body in await self._db.run(go, write=False):
+            try:
+                out.append(decode(body))
+            except ValueError as exc:
+                log.error(
+                    "pending settle %s in %s cannot be read (%s); left in the journal",
+                    (tenant, request_id, wave), self.path, exc,
+                )  # fmt: skip
+        return out
 
     async def finishes(self) -> list[PendingFinish]:
         def go(c: sqlite3.Connection) -> list[PendingFinish]:
