@@ -30,10 +30,10 @@ import httpx
 from controller.aggregate import ProgrammaticVerifier, Verifier, get_extractor
 from controller.aggregate.checkers import get_checker
 from controller.aggregate.score_map import IsotonicScoreMap, TrafficScoreMap
+from controller.shield import uncancellable
 from server.config import TenantConfig, VerifierConfig
 from server.engine.base import GenerationOptions
 from server.errors import VerifierError
-from server.shield import uncancellable
 
 if TYPE_CHECKING:
     from server.engine.pooling import PoolingService

@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from controller.budget.ledger import Hold, LedgerStore, Limit, SettleOutcome, SpendEntry
 from controller.budget.pricing import ZERO, Cost
 from controller.budget.windows import WindowSpan
+from controller.shield import shielded
 from controller.stores import StoreUnavailable
 
-T = TypeVar("T")
 FORMAT = 1
 """The version of `encode`'s text; an entry without one is of the first format."""
 
@@ -175,19 +175,6 @@ class ReplayReport:
     error: Exception | None = None
 
 
-async def _uncancelled(work: Awaitable[T]) -> tuple[T, bool]:
-    """Run `work` to completion even if cancelled meanwhile; (its result, whether a cancel
-    arrived), for the caller to raise once its bookkeeping is done."""
-    task = asyncio.ensure_future(work)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-    return task.result(), cancelled
-
-
 async def replay(
     journal: PendingSettleStore,
     store: LedgerStore,
@@ -210,7 +197,7 @@ async def replay(
         except Exception as exc:
             report.failed, report.error = report.failed + 1, exc
             continue
-        removed, cancelled = await _uncancelled(journal.remove(pending))
+        removed, cancelled = await shielded(journal.remove(pending))
         done = Replayed(pending, outcome, removed)
         on_settled(done)
         report.settled.append(done)

@@ -34,6 +34,7 @@ from controller.budget.ledger import (
 from controller.budget.models import LimitUnit, RequestBudget
 from controller.budget.pending import PendingFinish, PendingSettle
 from controller.pacing import ComputePrice
+from controller.shield import shielded
 from controller.stores import StoreUnavailable
 from server.billing.admission import HOLD_RETRY_S, POLL_S
 from server.billing.identity import current_caller
@@ -45,7 +46,6 @@ from server.billing.ratelimit import go_duration, ratelimit_headers
 from server.billing.unmetered import UnmeteredBilling
 from server.config import TenantConfig
 from server.errors import InsufficientQuota, LedgerDown, RateLimited
-from server.shield import shielded
 
 log = logging.getLogger("t2serve.billing")
 VERIFIER_WAVES = 1_000_000  # settlement keys of verifier charges, apart from generation waves

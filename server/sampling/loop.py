@@ -39,6 +39,7 @@ from controller.aggregate.vote import VERIFIED
 from controller.policy.base import Caps, Policy
 from controller.policy.factory import make_policy
 from controller.routing import Route, cascade_answer, route_price
+from controller.shield import uncancellable
 from server import metrics
 from server.billing.protocol import Billing, SettlePending, WaveHold
 from server.engine.base import Sample
@@ -48,7 +49,6 @@ from server.sampling.job import Outcome, RoutedJob, RouteReport, SamplingJob, Sp
 from server.sampling.plans import ModelPlan, Plan, RoutePlan
 from server.sampling.policies import PolicyBook
 from server.sampling.route_prices import route_prices
-from server.shield import uncancellable
 from server.verifiers import ServedVerifier
 
 log = logging.getLogger("t2serve.sampling")

@@ -1,5 +1,6 @@
-"""Work that must finish even when the request is cancelled (a client hang-up): settling spend,
-recording a hold the ledger granted, closing a request's billing."""
+"""Work that must finish even when it is cancelled (a client hang-up, a server stopping):
+settling spend, recording a hold the ledger granted, closing a request's billing, taking a replayed
+settle off the journal."""
 
 from __future__ import annotations
 
