@@ -468,3 +468,45 @@ async def test_a_journal_deleted_while_the_server_runs_is_made_again_with_what_i
         assert [r[0] for r in finishes] == ["before", "after"]
     finally:
         conn.close()
+
+
+async def test_a_settle_kept_after_the_server_stopped_is_written_and_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    """A request still running while the server stops keeps its settle after the journal
+    closed: it reopened the journal and started a replay task nobody would cancel. The entry
+    is written (for the next start to replay), and nothing is left open or running."""
+    where = ("sqlite", str(tmp_path / "ledger.sqlite"))
+    rig = Served(journaled(config(where, budgets={"day": {"limit": 1e6}}), tmp_path))
+    pending = rig.provider.pending
+    await rig.provider.close()
+    tasks = asyncio.all_tasks()
+    assert await pending.keep(_pending_settle(rig.provider, "late"))
+    assert await pending.keep_finish(PendingFinish("acme", "late", "fixed", 200, 4))
+    assert asyncio.all_tasks() == tasks
+    assert pending._task is None and pending._journal is None
+    conn = sqlite3.connect(pending.path)
+    try:
+        rows = conn.execute("SELECT request_id FROM pending_settles").fetchall()
+        finishes = conn.execute("SELECT request_id FROM pending_finishes").fetchall()
+        assert rows == finishes == [("late",)]
+    finally:
+        conn.close()
+
+
+async def test_a_settle_kept_while_the_server_stops_is_written_and_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    """The journal closes while a settle is being kept: it is still written, and no task
+    starts after the close."""
+    where = ("sqlite", str(tmp_path / "ledger.sqlite"))
+    rig = Served(journaled(config(where, budgets={"day": {"limit": 1e6}}), tmp_path))
+    pending = rig.provider.pending
+    await pending.keep(_pending_settle(rig.provider, "first"))  # opened, its task running
+    keeping = asyncio.create_task(pending.keep(_pending_settle(rig.provider, "during")))
+    await asyncio.sleep(0)
+    await rig.provider.close()
+    assert await keeping
+    assert pending._task is None and pending._journal is None
+    rows = sqlite3.connect(pending.path).execute("SELECT request_id FROM pending_settles")
+    assert "during" in {r[0] for r in rows}

@@ -238,4 +238,5 @@ class SQLitePendingSettles:
         return await self._db.run(go, write=False)
 
     async def close(self) -> None:
-        await self._db.close()
+        async with self._moving:  # a move under way finishes first: it holds entries
+            await self._db.close()
