@@ -11,7 +11,13 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from server.config import CONFIG_ENV, ConfigError, load_config, resolve_config_path
+from server.config import (
+    CONFIG_ENV,
+    ConfigError,
+    LedgerConfig,
+    load_config,
+    resolve_config_path,
+)
 
 
 def serve(
@@ -36,6 +42,7 @@ def serve(
     _check_admin_key_env()
     if cfg.ledger.backend == "sqlite":
         _open_ledger_file(cfg.ledger.path)
+    _check_journal(cfg.ledger)
 
     import uvicorn
 
@@ -93,6 +100,19 @@ def _open_ledger_file(path: str) -> None:
     problem = openable(path)
     if problem is not None:
         _fail(f"ledger.path: {problem}")
+
+
+def _check_journal(ledger: LedgerConfig) -> None:
+    """The pending-settles journal is written only when the ledger's store fails: a place it
+    cannot be written must be found now, not in an outage. Its file is not made here."""
+    from storage import open_stores
+    from storage.sqlite.database import writable
+
+    path = open_stores(ledger).pending_path
+    problem = writable(path)
+    if problem is not None:
+        given = "" if ledger.pending_settles_path else f" (its default, {str(path)!r})"
+        _fail(f"ledger.pending_settles_path{given}: {problem}")
 
 
 def _bind(host: str, port: int, from_options: tuple[bool, bool]) -> socket.socket:

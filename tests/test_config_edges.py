@@ -3,7 +3,10 @@ path, in one line and exit 2 from `t2serve serve`, never read as something else 
 
 from __future__ import annotations
 
+import os
 import socket
+import sqlite3
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +244,53 @@ def test_serve_refuses_a_port_in_use_before_starting_engines(tmp_path: Path) -> 
         _one_error_line(_serve(tmp_path, data), f"server.port: 127.0.0.1:{port} is in use")
         result = _serve(tmp_path, _servable(tmp_path), "--port", str(port))
         _one_error_line(result, f"--port: 127.0.0.1:{port} is in use")
+
+
+def _as_a_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mode bits bind root too, as they bind the server's user (root's `os.access` ignores
+    them, and these tests may run as root)."""
+    if os.geteuid() != 0:
+        return
+
+    def access(path: Any, mode: int, **_: Any) -> bool:
+        bits = Path(path).stat().st_mode
+        need = [(os.W_OK, stat.S_IWUSR), (os.R_OK, stat.S_IRUSR), (os.X_OK, stat.S_IXUSR)]
+        return all(bits & bit for flag, bit in need if mode & flag)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+@pytest.mark.parametrize("where", ["folder under a file", "read-only folder", "read-only file"])
+def test_serve_refuses_a_pending_settles_journal_it_cannot_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The journal is written only when the store fails: a place it cannot be written was
+    found then, in an outage, and the settle fell back to being retried once at close."""
+    _as_a_user(monkeypatch)
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    journal = folder / "pending.sqlite"
+    if where == "folder under a file":
+        (folder / "file").write_text("")
+        journal = folder / "file" / "pending.sqlite"
+    elif where == "read-only file":
+        sqlite3.connect(journal).close()
+        journal.chmod(0o444)
+    data = _servable(tmp_path)
+    data["ledger"]["pending_settles_path"] = str(journal)
+    if where == "read-only folder":
+        folder.chmod(0o555)
+    try:
+        _one_error_line(_serve(tmp_path, data), "ledger.pending_settles_path: ")
+    finally:
+        folder.chmod(0o755)
+    assert journal.exists() == (where == "read-only file")  # never made by the check
+
+
+def test_serve_checks_the_default_journal_without_making_it(tmp_path: Path) -> None:
+    """A journal that can be written passes, and the check does not make the file (the
+    default's, beside the ledger): a server whose store never fails never has one."""
+    result = _serve(tmp_path, _servable(tmp_path))
+    assert isinstance(result.exception, AssertionError), result.output  # it got to running
+    assert (tmp_path / "var" / "l.sqlite").exists()
+    assert not (tmp_path / "var" / "pending-settles.sqlite").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from controller.budget.ledger import Hold, Ledger, SettleOutcome, SpendEntry, SpendRecord
-from controller.budget.pending import PendingSettle, ReplayReport
+from controller.budget.pending import PendingFinish, PendingSettle, ReplayReport
 from controller.budget.pricing import Cost
 from controller.stores import StoreUnavailable
 from server import metrics
@@ -422,3 +423,90 @@ def test_the_journal_never_shares_the_sqlite_ledgers_files(ledger: dict[str, str
     with pytest.raises(ValueError, match="ledger's own"):
         LedgerConfig.model_validate(ledger)
     LedgerConfig.model_validate({**ledger, "backend": "redis"})  # `path` holds no ledger there
+
+
+def _bare_settle(rid: str) -> PendingSettle:
+    hold = Hold("acme", rid, 0, 0, Cost(), Cost(), (), 1.0, 60.0)
+    return PendingSettle(hold, Cost(1.0), "currency")
+
+
+@pytest.mark.parametrize("gone", ["file", "file, -wal and -shm", "folder", "replaced"])
+async def test_a_journal_deleted_while_the_server_runs_is_made_again_with_what_it_held(
+    tmp_path: Path, gone: str
+) -> None:
+    """SQLite writes on into a file deleted under it (its inode lives while open), so every
+    settle kept after the deletion was lost at the next start. Keeping one notices the path
+    names another file (or none) and moves the pending entries into the file at the path."""
+    from storage.sqlite.pending import SQLitePendingSettles
+
+    path = tmp_path / "journal" / "pending.sqlite"
+    journal = SQLitePendingSettles(path)
+    try:
+        await journal.add(_bare_settle("before"))
+        await journal.add_finish(PendingFinish("acme", "before", "fixed", 200, 4))
+        if gone == "folder":
+            shutil.rmtree(path.parent)
+        else:
+            for suffix in ("", "-wal", "-shm") if gone != "file" else ("",):
+                Path(f"{path}{suffix}").unlink()
+        if gone == "replaced":  # by another worker, say, that made it again first
+            other = SQLitePendingSettles(path)
+            await other.add(_bare_settle("other"))
+        await journal.add(_bare_settle("after"))
+        await journal.add_finish(PendingFinish("acme", "after", "fixed", 200, 4))
+    finally:
+        await journal.close()
+        if gone == "replaced":
+            await other.close()
+    conn = sqlite3.connect(path)  # as the next start reads it
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = conn.execute("SELECT request_id FROM pending_settles ORDER BY seq").fetchall()
+        want = ["other"] if gone == "replaced" else []
+        assert [r[0] for r in rows] == [*want, "before", "after"]
+        finishes = conn.execute("SELECT request_id FROM pending_finishes ORDER BY seq")
+        assert [r[0] for r in finishes] == ["before", "after"]
+    finally:
+        conn.close()
+
+
+async def test_a_settle_kept_after_the_server_stopped_is_written_and_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    """A request still running while the server stops keeps its settle after the journal
+    closed: it reopened the journal and started a replay task nobody would cancel. The entry
+    is written (for the next start to replay), and nothing is left open or running."""
+    where = ("sqlite", str(tmp_path / "ledger.sqlite"))
+    rig = Served(journaled(config(where, budgets={"day": {"limit": 1e6}}), tmp_path))
+    pending = rig.provider.pending
+    await rig.provider.close()
+    tasks = asyncio.all_tasks()
+    assert await pending.keep(_pending_settle(rig.provider, "late"))
+    assert await pending.keep_finish(PendingFinish("acme", "late", "fixed", 200, 4))
+    assert asyncio.all_tasks() == tasks
+    assert pending._task is None and pending._journal is None
+    conn = sqlite3.connect(pending.path)
+    try:
+        rows = conn.execute("SELECT request_id FROM pending_settles").fetchall()
+        finishes = conn.execute("SELECT request_id FROM pending_finishes").fetchall()
+        assert rows == finishes == [("late",)]
+    finally:
+        conn.close()
+
+
+async def test_a_settle_kept_while_the_server_stops_is_written_and_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    """The journal closes while a settle is being kept: it is still written, and no task
+    starts after the close."""
+    where = ("sqlite", str(tmp_path / "ledger.sqlite"))
+    rig = Served(journaled(config(where, budgets={"day": {"limit": 1e6}}), tmp_path))
+    pending = rig.provider.pending
+    await pending.keep(_pending_settle(rig.provider, "first"))  # opened, its task running
+    keeping = asyncio.create_task(pending.keep(_pending_settle(rig.provider, "during")))
+    await asyncio.sleep(0)
+    await rig.provider.close()
+    assert await keeping
+    assert pending._task is None and pending._journal is None
+    rows = sqlite3.connect(pending.path).execute("SELECT request_id FROM pending_settles")
+    assert "during" in {r[0] for r in rows}

@@ -10,7 +10,9 @@ when a ledger call of this replica succeeds again. At start-up a journal left by
 (a crash, a restart mid-outage) is replayed first.
 
 The journal file is opened only when a settle is first kept, or at start when it exists, so a
-server whose store never fails never creates it.
+server whose store never fails never creates it. A settle kept once the server has stopped
+(`close`: a request still running then) is written on a handle of its own, closed at once, and
+starts no replay: the next start replays it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from controller.budget.ledger import LedgerStore
@@ -62,6 +64,7 @@ class PendingSettles:
         self._wake = asyncio.Event()
         self._pass = asyncio.Lock()
         self.pending = 0  # settles in the journal, as of the last write or pass
+        self._closed = False  # `close` ran: the server is stopping
         self._store_down = False  # the last pass ended on a store that could not be used
 
     def _opened(self) -> PendingSettleStore:
@@ -81,19 +84,38 @@ class PendingSettles:
             log.exception("reading the pending settles in %s failed", self.path)
         self._run()
 
+    async def _write(self, step: Callable[[PendingSettleStore], Awaitable[None]]) -> None:
+        """`step` on the journal; once the server has stopped (before or during the write), on
+        a handle of its own, closed after (the step is an upsert: trying it again is safe)."""
+        if not self._closed:
+            try:
+                await step(self._opened())
+                return
+            except Exception:
+                if not self._closed:
+                    raise
+        journal = self._open_journal()
+        try:
+            await step(journal)
+        finally:
+            await journal.close()
+
     async def keep(self, settle: PendingSettle) -> bool:
         """Write the settle to the journal (fsynced) and wake the replayer; False when even
-        the journal cannot take it (then the caller keeps the old fallback)."""
+        the journal cannot take it (then the caller keeps the old fallback). Once the server
+        has stopped, it is only written, for the next start to replay."""
         try:
-            journal = self._opened()
-            await journal.add(settle)
+            await self._write(lambda journal: journal.add(settle))
         except Exception:
             log.exception("journaling settle %s failed", settle.key)
             return False
         # It is the journal's now, whatever happens next: were this False, the request would
         # settle it too, and the replay would count its spend a second time.
+        if self._closed:
+            log.warning("settle %s kept in %s for the next start", settle.key, self.path)
+            return True
         try:
-            self.pending = await journal.count()
+            self.pending = await self._opened().count()
         except Exception:
             log.exception("counting the pending settles in %s failed", self.path)
             self.pending += 1
@@ -105,7 +127,7 @@ class PendingSettles:
     async def keep_finish(self, finish: PendingFinish) -> bool:
         """Note how a request ended once its pending settles are in."""
         try:
-            await self._opened().add_finish(finish)
+            await self._write(lambda journal: journal.add_finish(finish))
         except Exception:
             log.exception("journaling the end of %s failed", finish.request_id)
             return False
@@ -146,7 +168,10 @@ class PendingSettles:
             self._settles.fire(settle.hold.tenant)
 
     def _run(self) -> None:
-        """Start the replay task if it is not running, and wake it."""
+        """Start the replay task if it is not running, and wake it (not once the server has
+        stopped: nothing would cancel it)."""
+        if self._closed:
+            return
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._replay_until_empty())
@@ -172,6 +197,7 @@ class PendingSettles:
 
     async def close(self) -> None:
         """Stop replaying; what is left stays in the journal for the next start."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

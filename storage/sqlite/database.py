@@ -17,6 +17,7 @@ next step, and never waits on the event loop.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -81,6 +82,34 @@ def openable(path: str | Path) -> str | None:
         return f"cannot make its folder ({exc})"
     try:
         conn = sqlite3.connect(path)
+        try:
+            conn.execute("PRAGMA schema_version")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f"cannot open {str(path)!r} as a SQLite database ({exc})"
+    return None
+
+
+def writable(path: str | Path) -> str | None:
+    """Why a SQLite store could not write the file at `path` (None: it can), checked without
+    making the file: its folder is made as the store would make it, and must take new files
+    (the file, and its -wal and -shm beside it); a file already there must be a SQLite
+    database this process can write."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot make its folder ({exc})"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write in its folder {str(folder)!r}"
+    if not path.exists():
+        return None
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f"cannot write {str(path)!r}"
+    try:  # mode=rw: never makes the file
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True)
         try:
             conn.execute("PRAGMA schema_version")
         finally:
