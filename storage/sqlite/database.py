@@ -76,19 +76,7 @@ statement is wrong."""
 def openable(path: str | Path) -> str | None:
     """Why a SQLite store could not use the file at `path` (None: it can; the file and its
     folder are created as the store would), checked before a server starts on it."""
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"cannot make its folder ({exc})"
-    try:
-        conn = sqlite3.connect(path)
-        try:
-            conn.execute("PRAGMA schema_version")
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        return f"cannot open {str(path)!r} as a SQLite database ({exc})"
-    return None
+    return _folder_made(Path(path)) or _opens(path, str(path))
 
 
 def writable(path: str | Path) -> str | None:
@@ -97,19 +85,29 @@ def writable(path: str | Path) -> str | None:
     (the file, and its -wal and -shm beside it); a file already there must be a SQLite
     database this process can write."""
     path = Path(path)
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"cannot make its folder ({exc})"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"cannot write in its folder {str(folder)!r}"
+    problem = _folder_made(path)
+    if problem is not None:
+        return problem
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"cannot write in its folder {str(path.parent)!r}"
     if not path.exists():
         return None
     if not os.access(path, os.R_OK | os.W_OK):
         return f"cannot write {str(path)!r}"
-    try:  # mode=rw: never makes the file
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True)
+    return _opens(path, f"{path.resolve().as_uri()}?mode=rw", uri=True)  # never makes it
+
+
+def _folder_made(path: Path) -> str | None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot make its folder ({exc})"
+    return None
+
+
+def _opens(path: str | Path, target: str, uri: bool = False) -> str | None:
+    try:
+        conn = sqlite3.connect(target, uri=uri)
         try:
             conn.execute("PRAGMA schema_version")
         finally:
