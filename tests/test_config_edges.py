@@ -294,3 +294,15 @@ def test_serve_checks_the_default_journal_without_making_it(tmp_path: Path) -> N
     assert isinstance(result.exception, AssertionError), result.output  # it got to running
     assert (tmp_path / "var" / "l.sqlite").exists()
     assert not (tmp_path / "var" / "pending-settles.sqlite").exists()
+
+
+def test_serve_checks_a_journal_in_folders_yet_to_be_made_without_making_them(
+    tmp_path: Path,
+) -> None:
+    """Nor its folders: a server whose store never fails (a Redis ledger, say) leaves no
+    folder behind for a journal it never writes."""
+    data = _servable(tmp_path)
+    data["ledger"]["pending_settles_path"] = str(tmp_path / "a" / "b" / "pending.sqlite")
+    result = _serve(tmp_path, data)
+    assert isinstance(result.exception, AssertionError), result.output  # it got to running
+    assert not (tmp_path / "a").exists()

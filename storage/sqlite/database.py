@@ -81,15 +81,15 @@ def openable(path: str | Path) -> str | None:
 
 def writable(path: str | Path) -> str | None:
     """Why a SQLite store could not write the file at `path` (None: it can), checked without
-    making the file: its folder is made as the store would make it, and must take new files
-    (the file, and its -wal and -shm beside it); a file already there must be a SQLite
-    database this process can write."""
-    path = Path(path)
-    problem = _folder_made(path)
-    if problem is not None:
-        return problem
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        return f"cannot write in its folder {str(path.parent)!r}"
+    making anything: the nearest folder on its path that exists must take new entries (the
+    store makes the folders below it, then the file and its -wal and -shm); a file already
+    there must be a SQLite database this process can write."""
+    path = Path(path).absolute()
+    nearest = next(p for p in path.parents if p.exists())
+    if not nearest.is_dir():
+        return f"cannot make its folder ({str(nearest)!r} is not a folder)"
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        return f"cannot write in its folder {str(nearest)!r}"
     if not path.exists():
         return None
     if not os.access(path, os.R_OK | os.W_OK):
