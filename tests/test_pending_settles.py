@@ -25,6 +25,7 @@ from controller.stores import StoreUnavailable
 from server import metrics
 from server.app import create_app
 from server.billing import BudgetProvider
+from server.billing.pending import PendingSettles
 from server.config import AppConfig
 from server.engine.service import EngineService
 from server.sampling import Outcome, PolicyBook, Sampler
@@ -510,3 +511,38 @@ async def test_a_settle_kept_while_the_server_stops_is_written_and_starts_nothin
     assert pending._task is None and pending._journal is None
     rows = sqlite3.connect(pending.path).execute("SELECT request_id FROM pending_settles")
     assert "during" in {r[0] for r in rows}
+
+
+async def test_a_worker_replays_what_a_stopped_worker_left_in_the_shared_journal(
+    tmp_path: Path,
+) -> None:
+    """Workers of one replica share the journal file. A worker that journaled a settle and
+    then stopped for good left it to the others, which replayed only when they next started
+    (or kept a settle themselves): an idle replayer sweeps the journal, even one that started
+    before the file existed."""
+    from storage.sqlite.pending import SQLitePendingSettles
+
+    where = ("sqlite", str(tmp_path / "ledger.sqlite"))
+    rig = Served(journaled(config(where, budgets={"day": {"limit": 1e6}}), tmp_path))
+    stopped = rig.provider.pending
+    path = stopped.path
+    survivor = PendingSettles(
+        path, lambda: SQLitePendingSettles(path), lambda: rig.provider.ledger.store,
+        rig.provider.settles, sweep_s=0.2,
+    )  # fmt: skip
+    try:
+        await survivor.start()
+        assert not path.exists()  # the sweep makes no journal
+        before = await rig.spent()
+        await stopped.close()  # the worker stops with a request still running, which keeps:
+        assert await stopped.keep(_pending_settle(rig.provider, "orphan", money=2.5))
+        assert path.exists()
+
+        async def replayed() -> bool:
+            return await _near(rig.spent(), before + 2.5)
+
+        await until(replayed, timeout_s=30)
+        assert survivor.pending == 0
+    finally:
+        await survivor.close()
+        await rig.provider.close()

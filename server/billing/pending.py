@@ -7,7 +7,9 @@ owns it: the request's handle neither retries it nor releases its hold (the stor
 hold when the replayed settle lands, or its TTL frees it). A background task replays the
 journal with backoff (REPLAY_BACKOFF_S) until the store takes every entry, and is woken early
 when a ledger call of this replica succeeds again. At start-up a journal left by an earlier run
-(a crash, a restart mid-outage) is replayed first.
+(a crash, a restart mid-outage) is replayed first. With nothing left to replay, the task still
+looks at the journal every SWEEP_S: workers of one replica share its file, and a worker that
+journaled settles and then stopped for good (scaled down, crashed) leaves them to the others.
 
 The journal file is opened only when a settle is first kept, or at start when it exists, so a
 server whose store never fails never creates it. A settle kept once the server has stopped
@@ -40,6 +42,9 @@ from server.billing.prices import count_spend
 log = logging.getLogger("t2serve.billing")
 REPLAY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 """Waits between replay passes while the store still refuses (the last one repeats)."""
+SWEEP_S = 60.0
+"""How often an idle replayer looks for settles another worker left in the shared journal (a
+stat while there is no file; a count once there is)."""
 
 
 class PendingSettles:
@@ -53,12 +58,14 @@ class PendingSettles:
         store: Callable[[], LedgerStore],
         settles: SettleSignal,
         backoff_s: tuple[float, ...] = REPLAY_BACKOFF_S,
+        sweep_s: float = SWEEP_S,
     ) -> None:
         self.path = path
         self._open_journal = open_journal
         self._store = store
         self._settles = settles
         self._backoff_s = backoff_s
+        self._sweep_s = sweep_s
         self._journal: PendingSettleStore | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -73,15 +80,16 @@ class PendingSettles:
         return self._journal
 
     async def start(self) -> None:
-        """Replay what an earlier run left (nothing to do when it left no journal)."""
-        if self._task is not None or not self.path.exists():
+        """Replay what an earlier run left, then sweep (without a journal, only the sweep)."""
+        if self._task is not None:
             return
-        try:
-            self.pending = await self._opened().count()
-            metrics.set_settles_pending(self.pending)
-            log.info("%d settle(s) pending in %s: replaying", self.pending, self.path)
-        except Exception:  # the replay task keeps trying; the server starts regardless
-            log.exception("reading the pending settles in %s failed", self.path)
+        if self.path.exists():
+            try:
+                self.pending = await self._opened().count()
+                metrics.set_settles_pending(self.pending)
+                log.info("%d settle(s) pending in %s: replaying", self.pending, self.path)
+            except Exception:  # the replay task keeps trying; the server starts regardless
+                log.exception("reading the pending settles in %s failed", self.path)
         self._run()
 
     async def _write(self, step: Callable[[PendingSettleStore], Awaitable[None]]) -> None:
@@ -180,15 +188,17 @@ class PendingSettles:
         tries = 0
         while True:
             self._wake.clear()  # a settle kept during this pass sets it again
-            try:
-                report = await self.replay()
-                done = report.error is None and not self.pending
-            except Exception:  # the journal itself failed: try again later
-                log.exception("replaying pending settles failed")
-                done = False
+            done = self._journal is None and not self.path.exists()  # nothing journaled yet
+            if not done:
+                try:
+                    report = await self.replay()
+                    done = report.error is None and not self.pending
+                except Exception:  # the journal itself failed: try again later
+                    log.exception("replaying pending settles failed")
             if done:
                 tries = 0
-                await self._wake.wait()  # until the next settle is kept
+                with contextlib.suppress(TimeoutError):  # until a settle is kept, or the sweep
+                    await asyncio.wait_for(self._wake.wait(), self._sweep_s)
                 continue
             wait = self._backoff_s[min(tries, len(self._backoff_s) - 1)]
             tries += 1
