@@ -33,7 +33,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.budget import Budgets
-from controller.budget.admin_state import DuplicateLabel, KeyNotFound, Override, StoredKey
+from controller.budget.admin_state import (
+    DuplicateLabel,
+    KeyNotFound,
+    KeyNotLive,
+    Override,
+    StoredKey,
+)
 from controller.budget.ledger import SpendRecord
 from controller.budget.models import RateLimits
 from server.admin_state import SECTIONS, file_values, overlay, override_field
@@ -383,6 +389,14 @@ async def _create(
         ) from None
     except KeyNotFound:
         raise _no_key(tenant_id, revoke[0] if revoke else "") from None
+    except KeyNotLive as exc:  # the key exists (it lists as revoked or expired): not a 404
+        raise APIError(
+            409,
+            f"Tenant '{tenant_id}' key '{exc.prefix}' is {exc.status} and cannot be rotated; "
+            f"create a new key instead (POST /admin/tenants/{tenant_id}/keys).",
+            param="prefix",
+            code="key_not_active",
+        ) from None
     created = KeyCreated(key=secret, **_info(stored, now).model_dump())
     if revoke is not None:
         old = next(k for k in sync.snapshot.keys if k.prefix == revoke[0])
@@ -484,7 +498,8 @@ async def revoke_key(
 
 @router.post("/tenants/{tenant_id}/keys/{prefix}/rotate", status_code=201)
 async def rotate_key(tenant_id: str, prefix: str, body: RotateKey, request: Request) -> KeyCreated:
-    """A new key, and the old one revoked after `grace_s`, in one step."""
+    """A new key, and the old one revoked after `grace_s`, in one step; a revoked or expired
+    key is refused (409 `key_not_active`) by the store in that same step, issuing nothing."""
     state = get_state(request)
     tenant = _tenant(state, tenant_id)
     _priced_for(state, tenant, body.budgets)
