@@ -482,3 +482,17 @@ async def test_alert_thresholds_are_not_coerced(
         assert fine.status_code == 200, fine.text
         assert fine.json()["alert_thresholds"] == [0.5, 1.0]
     await app.state.t2.billing.close()
+
+
+async def test_the_openapi_document_lists_the_key_routes_409(client: httpx.AsyncClient) -> None:
+    """A duplicate label (create, rotate) and a revoked or expired key (rotate) are 409s: the
+    document says so, with the OpenAI error body, as it does for the other statuses."""
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    keys = "/admin/tenants/{tenant_id}/keys"
+    for path in (keys, keys + "/{prefix}/rotate"):
+        conflict = paths[path]["post"]["responses"].get("409")
+        assert conflict is not None, path
+        schema = conflict["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert "409" not in paths[keys]["get"]["responses"]  # listing keys conflicts with nothing
+
