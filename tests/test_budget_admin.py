@@ -496,3 +496,26 @@ async def test_the_openapi_document_lists_the_key_routes_409(client: httpx.Async
         assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
     assert "409" not in paths[keys]["get"]["responses"]  # listing keys conflicts with nothing
 
+
+
+async def test_the_spend_report_is_typed_in_the_openapi_document(
+    client: httpx.AsyncClient,
+) -> None:
+    """The report's JSON shape is in the document (a model, its rows' figures typed), next to
+    its CSV form; and the body the route returns is exactly what that model says."""
+    doc = (await client.get("/openapi.json")).json()
+    ok = doc["paths"]["/admin/spend/report"]["get"]["responses"]["200"]["content"]
+    ref = ok["application/json"]["schema"]["$ref"]
+    schemas = doc["components"]["schemas"]
+    report = schemas[ref.rsplit("/", 1)[1]]
+    assert set(report["required"]) >= {"group_by", "data"}
+    row = schemas[report["properties"]["data"]["items"]["$ref"].rsplit("/", 1)[1]]
+    figures = {"requests", "samples", "waves", "prompt_tokens", "completion_tokens"}
+    assert {name for name in figures if row["properties"][name]["type"] == "integer"} == figures
+    assert row["properties"]["money"]["type"] == row["properties"]["flops"]["type"] == "number"
+    assert {"day", "model", "key", "user", "tenant"} <= set(row["properties"])
+    assert ok["text/csv"]["schema"]["type"] == "string"
+    resp = await client.get("/admin/spend/report", params={"group_by": "user"},
+                            headers=auth(ADMIN_KEY))  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"object": "spend.report", "group_by": "user", "data": []}

@@ -27,7 +27,7 @@ import logging
 import secrets
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast, get_args
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -44,6 +44,7 @@ from controller.budget.ledger import SpendRecord
 from controller.budget.models import RateLimits
 from server.admin_state import SECTIONS, file_values, overlay, override_field
 from server.api.deps import authenticator, get_state
+from server.api.protocol import SpendGroup, SpendReport, SpendReportRow
 from server.auth import bearer_key
 from server.config import (
     ADMIN_KEY_ENV,
@@ -563,7 +564,7 @@ async def reload(request: Request) -> dict[str, Any]:
 # -- spend logs and reports -------------------------------------------------------------------
 
 MAX_PAGE = 1000
-GROUPS = ("day", "model", "key", "user", "tenant")
+GROUPS: tuple[SpendGroup, ...] = get_args(SpendGroup)
 
 
 class SpendFilter(_Body):
@@ -725,18 +726,16 @@ def _group_of(r: SpendRecord, by: str, model: str) -> str:
     return {"model": model, "user": r.user or "", "tenant": r.tenant}[by]
 
 
-REPORT_COLUMNS = (
-    "requests",
-    "samples",
-    "waves",
-    "prompt_tokens",
-    "completion_tokens",
-    "money",
-    "flops",
+# the figures summed per group ("requests", "samples", …, "flops"): the report row's own fields
+REPORT_COLUMNS = tuple(f for f in SpendReportRow.model_fields if f not in GROUPS)
+
+
+@router.get(
+    "/spend/report",
+    response_model=SpendReport,
+    response_model_exclude_none=True,  # a row carries only its own group's field
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
-
-
-@router.get("/spend/report", response_model=None)
 async def spend_report(
     request: Request,
     group_by: str = "day",
@@ -747,7 +746,7 @@ async def spend_report(
     model: Text = None,
     since: Num = 0.0,
     until: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
-) -> dict[str, Any] | Response:
+) -> SpendReport | Response:
     """Spend summed by day (UTC), model, key prefix, user or tenant; JSON, or CSV with
     `format=csv`. An empty key or user is a request without one (file keys, no `user`).
     By model (and with `model=`), a request is split by the model that drew each wave: a route
@@ -771,11 +770,14 @@ async def spend_report(
             row["requests"] += 1
             for col in REPORT_COLUMNS[1:]:
                 row[col] += share[col]
-    data = [{group_by: group, **row} for group, row in sorted(rows.items())]
+    data = [
+        SpendReportRow.model_validate({group_by: group, **row})
+        for group, row in sorted(rows.items())
+    ]
     if format == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=[group_by, *REPORT_COLUMNS])
         writer.writeheader()
-        writer.writerows(data)
+        writer.writerows(r.model_dump(exclude_none=True) for r in data)
         return Response(out.getvalue(), media_type="text/csv")
-    return {"object": "spend.report", "group_by": group_by, "data": data}
+    return SpendReport(group_by=cast(SpendGroup, group_by), data=data)
