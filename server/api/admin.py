@@ -55,7 +55,7 @@ from server.config import (
     env_admin_digest,
     hash_key,
 )
-from server.errors import APIError, ConfigError
+from server.errors import APIError, ConfigError, echoed
 from server.serving import ServingState
 
 log = logging.getLogger("t2serve.admin")
@@ -76,19 +76,21 @@ def _declared_query_only(request: Request) -> None:
     repeated = sorted({k for k, _ in request.query_params.multi_items()
                        if len(request.query_params.getlist(k)) > 1})  # fmt: skip
     if repeated:  # FastAPI would read the last one and drop the others unread
+        name = echoed(repeated[0])
         raise APIError(
             400,
-            f"Query parameter '{repeated[0]}' is given more than once; give it once.",
-            param=repeated[0],
+            f"Query parameter '{name}' is given more than once; give it once.",
+            param=name,
             code="invalid_value",
         )
     unknown = sorted(set(request.query_params) - declared)
     if unknown:
         known = ", ".join(sorted(declared)) or "none"
+        name = echoed(unknown[0])
         raise APIError(
             400,
-            f"Unknown query parameter '{unknown[0]}' (this route takes: {known}).",
-            param=unknown[0],
+            f"Unknown query parameter '{name}' (this route takes: {known}).",
+            param=name,
             code="unknown_parameter",
         )
 
@@ -143,8 +145,12 @@ server.api.errors authenticates before saying so)."""
 def _tenant(state: ServingState, tenant_id: str) -> TenantConfig:
     tenant = next((t for t in state.config.tenants if t.id == tenant_id), None)
     if tenant is None:
-        raise APIError(404, f"No tenant '{tenant_id}'.", param="id", code="tenant_not_found")
+        raise _no_tenant(tenant_id, param="id")
     return tenant
+
+
+def _no_tenant(tenant_id: str, param: str) -> APIError:
+    return APIError(404, f"No tenant '{echoed(tenant_id)}'.", param=param, code="tenant_not_found")
 
 
 async def _report(state: ServingState, tenant_id: str) -> dict[str, Any]:
@@ -258,8 +264,8 @@ async def put_alert_thresholds(
     if _tenant(state, tenant_id).alerts is None:
         raise APIError(
             400,
-            f"Tenant '{tenant_id}' has no alert webhook: configure alerts.url and alerts.secret "
-            "in the config file first.",
+            f"Tenant '{echoed(tenant_id)}' has no alert webhook: configure alerts.url and "
+            "alerts.secret in the config file first.",
             param="alerts",
             code="alerts_not_configured",
         )
@@ -384,7 +390,7 @@ async def _create(
     except DuplicateLabel:
         raise APIError(
             409,
-            f"Tenant '{tenant_id}' already has a live key labelled '{label}'.",
+            f"Tenant '{echoed(tenant_id)}' already has a live key labelled '{echoed(label)}'.",
             param="label",
             code="duplicate_label",
         ) from None
@@ -393,8 +399,8 @@ async def _create(
     except KeyNotLive as exc:  # the key exists (it lists as revoked or expired): not a 404
         raise APIError(
             409,
-            f"Tenant '{tenant_id}' key '{exc.prefix}' is {exc.status} and cannot be rotated; "
-            f"create a new key instead (POST /admin/tenants/{tenant_id}/keys).",
+            f"Tenant '{echoed(tenant_id)}' key '{echoed(exc.prefix)}' is {exc.status} and "
+            "cannot be rotated; create a new key instead (POST .../keys).",
             param="prefix",
             code="key_not_active",
         ) from None
@@ -414,7 +420,10 @@ def _limits(rate_limits: RateLimits | None) -> dict[str, Any] | None:
 
 def _no_key(tenant_id: str, prefix: str) -> APIError:
     return APIError(
-        404, f"Tenant '{tenant_id}' has no key '{prefix}'.", param="prefix", code="key_not_found"
+        404,
+        f"Tenant '{echoed(tenant_id)}' has no key '{echoed(prefix)}'.",
+        param="prefix",
+        code="key_not_found",
     )
 
 
@@ -436,7 +445,8 @@ def _priced_for(state: ServingState, tenant: TenantConfig, budgets: Budgets | No
     if unpriced:
         raise APIError(
             400,
-            f"budgets: tenant '{tenant.id}' has no price for {', '.join(map(repr, unpriced))}, "
+            f"budgets: tenant '{echoed(tenant.id)}' has no price for "
+            f"{', '.join(repr(echoed(m)) for m in unpriced)}, "
             "so a currency budget would never bind (an unpriced model costs 0); price the "
             "tenant's models first, or give the key a flops budget.",
             param="budgets",
@@ -642,7 +652,7 @@ class SpendLogPage(BaseModel):
 
 async def _records(state: ServingState, f: SpendFilter) -> list[SpendRecord]:
     if f.tenant is not None and not any(t.id == f.tenant for t in state.config.tenants):
-        raise APIError(404, f"No tenant '{f.tenant}'.", param="tenant", code="tenant_not_found")
+        raise _no_tenant(f.tenant, param="tenant")
     tenants = [t for t in state.config.tenants if f.tenant is None or t.id == f.tenant]
     until = f.until if f.until is not None else state.admin.clock() + 1.0
     records = await state.billing.spend_logs(tenants, f.since, until)
@@ -694,7 +704,7 @@ async def spend_logs(
     if not 1 <= limit <= MAX_PAGE:
         raise APIError(
             400,
-            f"'limit' must be between 1 and {MAX_PAGE}, got {limit}.",
+            f"'limit' must be between 1 and {MAX_PAGE}, got {echoed(str(limit))}.",
             param="limit",
             code="invalid_value",
         )
