@@ -67,6 +67,18 @@ class APIError(Exception):
         }
 
 
+ECHO_MAX_CHARS = 64
+"""How much of a caller's text an error quotes back: every valid id fits whole (tenant ids and
+key labels are at most 64 characters, key prefixes 12)."""
+
+
+def echoed(text: str) -> str:
+    """`text` (an id, a parameter or field name the caller sent) as an error message or `param`
+    may quote it: whole up to ECHO_MAX_CHARS, else its start and an ellipsis. A caller who sends
+    a 10 kB id does not get 10 kB back, nor write it into every log line of the error."""
+    return text if len(text) <= ECHO_MAX_CHARS else text[:ECHO_MAX_CHARS] + "…"
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
 

@@ -193,6 +193,41 @@ async def test_key_lifecycle_create_list_expire_rotate_and_restart(replica: Repl
         assert expired.json()["error"]["message"] == "This API key has been expired."
 
 
+async def test_a_revoked_or_expired_key_is_not_rotated(replica: Replica) -> None:
+    """Rotating a dead key would hand out a live one in its place: 409 naming the key (it
+    exists, and lists as revoked or expired, so not a 404), and no key is issued."""
+    async with replica() as a:
+        made = {}
+        for label, extra in (("gone", {}), ("short", {"expires_in_s": 60})):
+            r = await a.post("/admin/tenants/acme/keys", json={"label": label, **extra},
+                             headers=ADMIN)  # fmt: skip
+            assert r.status_code == 201, r.text
+            made[label] = r.json()["prefix"]
+        assert (await a.delete(f"/admin/tenants/acme/keys/{made['gone']}",
+                               headers=ADMIN)).status_code == 200  # fmt: skip
+        sync = app_of(a).state.t2.admin
+        sync.clock = lambda: time.time() + 120  # "short" has expired, "gone" is revoked
+        for label, status in (("gone", "revoked"), ("short", "expired")):
+            prefix = made[label]
+            r = await a.post(f"/admin/tenants/acme/keys/{prefix}/rotate", json={"grace_s": 60},
+                             headers=ADMIN)  # fmt: skip
+            assert r.status_code == 409, r.text
+            err = r.json()["error"]
+            assert (err["param"], err["code"], err["type"]) == (
+                "prefix", "key_not_active", "invalid_request_error"
+            )
+            assert f"'{prefix}'" in err["message"] and status in err["message"]
+        listed = (await a.get("/admin/tenants/acme/keys", headers=ADMIN)).json()["data"]
+        assert {k["prefix"]: k["status"] for k in listed} == {
+            made["gone"]: "revoked", made["short"]: "expired"
+        }  # nothing issued
+        # a live key still rotates
+        r = await a.post("/admin/tenants/acme/keys", json={"label": "live"}, headers=ADMIN)
+        rotated = await a.post(f"/admin/tenants/acme/keys/{r.json()['prefix']}/rotate",
+                               json={}, headers=ADMIN)  # fmt: skip
+        assert rotated.status_code == 201, rotated.text
+
+
 async def test_bad_admin_input_names_the_field(replica: Replica) -> None:
     async def call(method: str, path: str, **kw: Any) -> tuple[int, dict[str, Any]]:
         r = await a.request(method, path, headers={**ADMIN, **kw.pop("headers", {})}, **kw)

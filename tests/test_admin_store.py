@@ -1,7 +1,7 @@
 """The admin store's contract on both real backends (a SQLite file, a real redis-server):
 overrides and keys survive a reopen, every change bumps the version, labels stay unique among
 live keys, revocation keeps the earliest time, and rotation is one step that either fully
-happens or not at all."""
+happens or not at all (a revoked or expired key is refused in that same step)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from controller.budget.admin_state import (
     AdminStore,
     DuplicateLabel,
     KeyNotFound,
+    KeyNotLive,
     Override,
     StoredKey,
 )
@@ -104,6 +105,30 @@ async def test_rotation_is_one_step(store: AdminStore) -> None:
     assert by_sha["a" * 64].status(NOW + 60) == "revoked"
     with pytest.raises(KeyNotFound):
         await store.create_key(key("e" * 64, label="x"), NOW, revoke=("t2-zzzzzz", NOW))
+
+
+async def test_a_revoked_or_expired_key_is_not_rotated(store: AdminStore) -> None:
+    """The check is the store's, in the rotation's own step: a key revoked or expired by the
+    time the step runs issues nothing, whatever a replica's snapshot said."""
+    await store.create_key(key("a" * 64, label="gone"), NOW)
+    await store.revoke_key("acme", "t2-aaaaaa", NOW + 5)
+    await store.create_key(key("b" * 64, label="short", expires_at=NOW + 10), NOW)
+    await store.create_key(key("c" * 64, label="grace"), NOW)
+    await store.revoke_key("acme", "t2-cccccc", NOW + 60)  # still in its grace time
+    before = await store.snapshot()
+    dead = (("t2-aaaaaa", NOW + 5, "revoked"), ("t2-bbbbbb", NOW + 10, "expired"))
+    for prefix, at, status in dead:  # at the very moment each stopped being live
+        with pytest.raises(KeyNotLive) as refused:
+            await store.create_key(key("d" * 64, label="new"), at, revoke=(prefix, at + 60))
+        assert (refused.value.prefix, refused.value.status) == (prefix, status)
+    after = await store.snapshot()
+    assert after.version == before.version and after.keys == before.keys  # nothing issued
+    # a moment earlier both were live, and a key in its grace time is live still: rotated
+    await store.create_key(key("d" * 64, label="new"), NOW + 9, revoke=("t2-bbbbbb", NOW + 9))
+    await store.create_key(key("e" * 64, label="grace"), NOW + 59, revoke=("t2-cccccc", NOW + 70))
+    by_sha = {k.sha256: k for k in (await store.snapshot()).keys}
+    assert by_sha["b" * 64].revoked_at == NOW + 9 and by_sha["c" * 64].revoked_at == NOW + 60
+    assert by_sha["d" * 64].live(NOW + 59) and by_sha["e" * 64].live(NOW + 59)
 
 
 async def test_a_keys_rate_limits_are_stored_changed_and_cleared(

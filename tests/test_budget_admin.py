@@ -482,3 +482,73 @@ async def test_alert_thresholds_are_not_coerced(
         assert fine.status_code == 200, fine.text
         assert fine.json()["alert_thresholds"] == [0.5, 1.0]
     await app.state.t2.billing.close()
+
+
+async def test_the_openapi_document_lists_the_key_routes_409(client: httpx.AsyncClient) -> None:
+    """A duplicate label (create, rotate) and a revoked or expired key (rotate) are 409s: the
+    document says so, with the OpenAI error body, as it does for the other statuses."""
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    keys = "/admin/tenants/{tenant_id}/keys"
+    for path in (keys, keys + "/{prefix}/rotate"):
+        conflict = paths[path]["post"]["responses"].get("409")
+        assert conflict is not None, path
+        schema = conflict["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert "409" not in paths[keys]["get"]["responses"]  # listing keys conflicts with nothing
+
+
+
+async def test_the_spend_report_is_typed_in_the_openapi_document(
+    client: httpx.AsyncClient,
+) -> None:
+    """The report's JSON shape is in the document (a model, its rows' figures typed), next to
+    its CSV form; and the body the route returns is exactly what that model says."""
+    doc = (await client.get("/openapi.json")).json()
+    ok = doc["paths"]["/admin/spend/report"]["get"]["responses"]["200"]["content"]
+    ref = ok["application/json"]["schema"]["$ref"]
+    schemas = doc["components"]["schemas"]
+    report = schemas[ref.rsplit("/", 1)[1]]
+    assert set(report["required"]) >= {"group_by", "data"}
+    row = schemas[report["properties"]["data"]["items"]["$ref"].rsplit("/", 1)[1]]
+    figures = {"requests", "samples", "waves", "prompt_tokens", "completion_tokens"}
+    assert {name for name in figures if row["properties"][name]["type"] == "integer"} == figures
+    assert row["properties"]["money"]["type"] == row["properties"]["flops"]["type"] == "number"
+    assert {"day", "model", "key", "user", "tenant"} <= set(row["properties"])
+    assert ok["text/csv"]["schema"]["type"] == "string"
+    resp = await client.get("/admin/spend/report", params={"group_by": "user"},
+                            headers=auth(ADMIN_KEY))  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"object": "spend.report", "group_by": "user", "data": []}
+
+
+async def test_an_error_echoes_at_most_the_start_of_an_overlong_id(
+    client: httpx.AsyncClient,
+) -> None:
+    """A caller who sends a 10 kB id (tenant, key prefix, parameter or field name) gets its
+    first 64 characters and an ellipsis back, not 10 kB: every admin error that quotes what
+    the caller sent is bounded the same way. (Every valid id fits whole: tenant ids and labels
+    are at most 64 characters.)"""
+    long = "x" * 10_000
+    cut = "x" * 64 + "…"
+    keys = "/admin/tenants/acme/keys"
+    logs = "/admin/spend/logs"
+    cases: list[tuple[str, str, dict[str, Any], int, str | None, str]] = [
+        ("GET", f"/admin/tenants/{long}", {}, 404, "id", cut),
+        ("PUT", f"/admin/tenants/{long}/budgets", {"json": {}}, 404, "id", cut),
+        ("DELETE", f"{keys}/{long}", {}, 404, "prefix", cut),
+        ("POST", f"{keys}/{long}/rotate", {"json": {}}, 404, "prefix", cut),
+        ("PUT", f"{keys}/{long}/rate_limits", {"json": {}}, 404, "prefix", cut),
+        ("GET", logs, {"params": {"tenant": "y" * 256}}, 404, "tenant", "y" * 64 + "…"),
+        ("GET", logs, {"params": {"limit": "9" * 4000}}, 400, "limit", "9" * 64 + "…"),
+        ("GET", logs, {"params": {long: "1"}}, 400, cut, cut),  # an unknown parameter
+        ("GET", logs, {"params": [(long, "1"), (long, "2")]}, 400, cut, cut),  # one given twice
+        ("POST", keys, {"json": {"label": "a", long: 1}}, 400, cut, cut),  # an unknown field
+    ]
+    for method, path, kw, status, param, echoed in cases:
+        resp = await client.request(method, path, headers=auth(ADMIN_KEY), **kw)
+        where = (method, path[:40], list(kw))
+        assert resp.status_code == status, (where, resp.text[:300])
+        error = resp.json()["error"]
+        assert error["param"] == param, where
+        assert f"'{echoed}'" in error["message"] or f" {echoed}" in error["message"], where
+        assert len(resp.content) < 600, where

@@ -26,6 +26,7 @@ ACME_KEY = "spend-acme"
 # money = completion tokens + prompt tokens / 1000: both parts visible in the sum
 PRICES = {"models": {"*": {"prompt_per_1m": 1000.0, "completion_per_1m": 1e6}}}
 REQUESTS = 24
+FIGURES = ["requests", "samples", "waves", "prompt_tokens", "completion_tokens", "money", "flops"]
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -161,7 +162,10 @@ async def test_records_sum_to_settled_spend_after_a_run_with_disconnects(
                 "/admin/spend/report", params={"group_by": group, "tenant": "acme"}, headers=ADMIN
             )
             assert rep.status_code == 200, rep.text
+            assert list(rep.json()) == ["object", "group_by", "data"]
             rows = rep.json()["data"]
+            for row in rows:  # its own group's field first, then the figures; no other groups
+                assert list(row) == [group, *FIGURES], row
             assert sum(row["money"] for row in rows) == pytest.approx(spent, rel=1e-12)
             assert sum(row["requests"] for row in rows) == len(records)
         users = await http.get(

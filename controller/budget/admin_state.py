@@ -25,6 +25,16 @@ class KeyNotFound(LookupError):
     """No key with this prefix for this tenant."""
 
 
+class KeyNotLive(ValueError):
+    """The key exists but is revoked or expired (`status`), so it cannot be rotated: a rotation
+    would hand out a live key in place of a dead one."""
+
+    def __init__(self, prefix: str, status: str) -> None:
+        super().__init__(f"key {prefix} is {status}")
+        self.prefix = prefix
+        self.status = status
+
+
 def canonical(value: Any) -> str:
     """One JSON text per value, so a file value read back compares equal to the stored one."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -104,8 +114,10 @@ class AdminStore(Protocol):
     ) -> int:
         """Add `key`; with `revoke` = (prefix, at), also schedule that key of the same tenant's
         revocation at `at` (rotation), in the same step. Raises DuplicateLabel when the tenant
-        has a key with this label that is neither expired nor scheduled for revocation, and
-        KeyNotFound when `revoke` names no key."""
+        has a key with this label that is neither expired nor scheduled for revocation,
+        KeyNotFound when `revoke` names no key, and KeyNotLive when the key it names is no
+        longer live at `now` (revoked or expired): checked in the same step that would issue
+        the new key, so a revocation racing the rotation cannot slip between the two."""
         ...
 
     async def revoke_key(self, tenant: str, prefix: str, at: float) -> StoredKey:

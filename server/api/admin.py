@@ -27,17 +27,24 @@ import logging
 import secrets
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast, get_args
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.budget import Budgets
-from controller.budget.admin_state import DuplicateLabel, KeyNotFound, Override, StoredKey
+from controller.budget.admin_state import (
+    DuplicateLabel,
+    KeyNotFound,
+    KeyNotLive,
+    Override,
+    StoredKey,
+)
 from controller.budget.ledger import SpendRecord
 from controller.budget.models import RateLimits
 from server.admin_state import SECTIONS, file_values, overlay, override_field
 from server.api.deps import authenticator, get_state
+from server.api.protocol import SpendGroup, SpendReport, SpendReportRow
 from server.auth import bearer_key
 from server.config import (
     ADMIN_KEY_ENV,
@@ -48,7 +55,7 @@ from server.config import (
     env_admin_digest,
     hash_key,
 )
-from server.errors import APIError, ConfigError
+from server.errors import APIError, ConfigError, echoed
 from server.serving import ServingState
 
 log = logging.getLogger("t2serve.admin")
@@ -69,19 +76,21 @@ def _declared_query_only(request: Request) -> None:
     repeated = sorted({k for k, _ in request.query_params.multi_items()
                        if len(request.query_params.getlist(k)) > 1})  # fmt: skip
     if repeated:  # FastAPI would read the last one and drop the others unread
+        name = echoed(repeated[0])
         raise APIError(
             400,
-            f"Query parameter '{repeated[0]}' is given more than once; give it once.",
-            param=repeated[0],
+            f"Query parameter '{name}' is given more than once; give it once.",
+            param=name,
             code="invalid_value",
         )
     unknown = sorted(set(request.query_params) - declared)
     if unknown:
         known = ", ".join(sorted(declared)) or "none"
+        name = echoed(unknown[0])
         raise APIError(
             400,
-            f"Unknown query parameter '{unknown[0]}' (this route takes: {known}).",
-            param=unknown[0],
+            f"Unknown query parameter '{name}' (this route takes: {known}).",
+            param=name,
             code="unknown_parameter",
         )
 
@@ -136,8 +145,12 @@ server.api.errors authenticates before saying so)."""
 def _tenant(state: ServingState, tenant_id: str) -> TenantConfig:
     tenant = next((t for t in state.config.tenants if t.id == tenant_id), None)
     if tenant is None:
-        raise APIError(404, f"No tenant '{tenant_id}'.", param="id", code="tenant_not_found")
+        raise _no_tenant(tenant_id, param="id")
     return tenant
+
+
+def _no_tenant(tenant_id: str, param: str) -> APIError:
+    return APIError(404, f"No tenant '{echoed(tenant_id)}'.", param=param, code="tenant_not_found")
 
 
 async def _report(state: ServingState, tenant_id: str) -> dict[str, Any]:
@@ -251,8 +264,8 @@ async def put_alert_thresholds(
     if _tenant(state, tenant_id).alerts is None:
         raise APIError(
             400,
-            f"Tenant '{tenant_id}' has no alert webhook: configure alerts.url and alerts.secret "
-            "in the config file first.",
+            f"Tenant '{echoed(tenant_id)}' has no alert webhook: configure alerts.url and "
+            "alerts.secret in the config file first.",
             param="alerts",
             code="alerts_not_configured",
         )
@@ -377,12 +390,20 @@ async def _create(
     except DuplicateLabel:
         raise APIError(
             409,
-            f"Tenant '{tenant_id}' already has a live key labelled '{label}'.",
+            f"Tenant '{echoed(tenant_id)}' already has a live key labelled '{echoed(label)}'.",
             param="label",
             code="duplicate_label",
         ) from None
     except KeyNotFound:
         raise _no_key(tenant_id, revoke[0] if revoke else "") from None
+    except KeyNotLive as exc:  # the key exists (it lists as revoked or expired): not a 404
+        raise APIError(
+            409,
+            f"Tenant '{echoed(tenant_id)}' key '{echoed(exc.prefix)}' is {exc.status} and "
+            "cannot be rotated; create a new key instead (POST .../keys).",
+            param="prefix",
+            code="key_not_active",
+        ) from None
     created = KeyCreated(key=secret, **_info(stored, now).model_dump())
     if revoke is not None:
         old = next(k for k in sync.snapshot.keys if k.prefix == revoke[0])
@@ -399,7 +420,10 @@ def _limits(rate_limits: RateLimits | None) -> dict[str, Any] | None:
 
 def _no_key(tenant_id: str, prefix: str) -> APIError:
     return APIError(
-        404, f"Tenant '{tenant_id}' has no key '{prefix}'.", param="prefix", code="key_not_found"
+        404,
+        f"Tenant '{echoed(tenant_id)}' has no key '{echoed(prefix)}'.",
+        param="prefix",
+        code="key_not_found",
     )
 
 
@@ -421,7 +445,8 @@ def _priced_for(state: ServingState, tenant: TenantConfig, budgets: Budgets | No
     if unpriced:
         raise APIError(
             400,
-            f"budgets: tenant '{tenant.id}' has no price for {', '.join(map(repr, unpriced))}, "
+            f"budgets: tenant '{echoed(tenant.id)}' has no price for "
+            f"{', '.join(repr(echoed(m)) for m in unpriced)}, "
             "so a currency budget would never bind (an unpriced model costs 0); price the "
             "tenant's models first, or give the key a flops budget.",
             param="budgets",
@@ -484,7 +509,8 @@ async def revoke_key(
 
 @router.post("/tenants/{tenant_id}/keys/{prefix}/rotate", status_code=201)
 async def rotate_key(tenant_id: str, prefix: str, body: RotateKey, request: Request) -> KeyCreated:
-    """A new key, and the old one revoked after `grace_s`, in one step."""
+    """A new key, and the old one revoked after `grace_s`, in one step; a revoked or expired
+    key is refused (409 `key_not_active`) by the store in that same step, issuing nothing."""
     state = get_state(request)
     tenant = _tenant(state, tenant_id)
     _priced_for(state, tenant, body.budgets)
@@ -548,7 +574,7 @@ async def reload(request: Request) -> dict[str, Any]:
 # -- spend logs and reports -------------------------------------------------------------------
 
 MAX_PAGE = 1000
-GROUPS = ("day", "model", "key", "user", "tenant")
+GROUPS: tuple[SpendGroup, ...] = get_args(SpendGroup)
 
 
 class SpendFilter(_Body):
@@ -626,7 +652,7 @@ class SpendLogPage(BaseModel):
 
 async def _records(state: ServingState, f: SpendFilter) -> list[SpendRecord]:
     if f.tenant is not None and not any(t.id == f.tenant for t in state.config.tenants):
-        raise APIError(404, f"No tenant '{f.tenant}'.", param="tenant", code="tenant_not_found")
+        raise _no_tenant(f.tenant, param="tenant")
     tenants = [t for t in state.config.tenants if f.tenant is None or t.id == f.tenant]
     until = f.until if f.until is not None else state.admin.clock() + 1.0
     records = await state.billing.spend_logs(tenants, f.since, until)
@@ -678,7 +704,7 @@ async def spend_logs(
     if not 1 <= limit <= MAX_PAGE:
         raise APIError(
             400,
-            f"'limit' must be between 1 and {MAX_PAGE}, got {limit}.",
+            f"'limit' must be between 1 and {MAX_PAGE}, got {echoed(str(limit))}.",
             param="limit",
             code="invalid_value",
         )
@@ -710,18 +736,16 @@ def _group_of(r: SpendRecord, by: str, model: str) -> str:
     return {"model": model, "user": r.user or "", "tenant": r.tenant}[by]
 
 
-REPORT_COLUMNS = (
-    "requests",
-    "samples",
-    "waves",
-    "prompt_tokens",
-    "completion_tokens",
-    "money",
-    "flops",
+# the figures summed per group ("requests", "samples", …, "flops"): the report row's own fields
+REPORT_COLUMNS = tuple(f for f in SpendReportRow.model_fields if f not in GROUPS)
+
+
+@router.get(
+    "/spend/report",
+    response_model=SpendReport,
+    response_model_exclude_none=True,  # a row carries only its own group's field
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
-
-
-@router.get("/spend/report", response_model=None)
 async def spend_report(
     request: Request,
     group_by: str = "day",
@@ -732,7 +756,7 @@ async def spend_report(
     model: Text = None,
     since: Num = 0.0,
     until: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
-) -> dict[str, Any] | Response:
+) -> SpendReport | Response:
     """Spend summed by day (UTC), model, key prefix, user or tenant; JSON, or CSV with
     `format=csv`. An empty key or user is a request without one (file keys, no `user`).
     By model (and with `model=`), a request is split by the model that drew each wave: a route
@@ -756,11 +780,14 @@ async def spend_report(
             row["requests"] += 1
             for col in REPORT_COLUMNS[1:]:
                 row[col] += share[col]
-    data = [{group_by: group, **row} for group, row in sorted(rows.items())]
+    data = [
+        SpendReportRow.model_validate({group_by: group, **row})
+        for group, row in sorted(rows.items())
+    ]
     if format == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=[group_by, *REPORT_COLUMNS])
         writer.writeheader()
-        writer.writerows(data)
+        writer.writerows(r.model_dump(exclude_none=True) for r in data)
         return Response(out.getvalue(), media_type="text/csv")
-    return {"object": "spend.report", "group_by": group_by, "data": data}
+    return SpendReport(group_by=cast(SpendGroup, group_by), data=data)

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller.stores import StoreUnavailable
 from server.api.deps import authenticate_first
-from server.errors import APIError, StoreDown, bad_request, internal_error
+from server.errors import APIError, StoreDown, bad_request, echoed, internal_error
 
 log = logging.getLogger("t2serve.api")
 
@@ -39,11 +39,12 @@ def error_response(exc: APIError) -> JSONResponse:
 
 def _loc_to_param(loc: tuple[Any, ...] | list[Any]) -> str | None:
     """('body', 't2', 'max_samples') -> 't2.max_samples', ('query', 'since') -> 'since': the
-    field as the client wrote it, without FastAPI's location or pydantic's union-branch tags."""
+    field as the client wrote it, without FastAPI's location or pydantic's union-branch tags;
+    each part bounded (`echoed`), as an unknown field's name is the caller's own text."""
     parts = [str(p) for p in loc if not str(p).startswith("function-")]
     if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
         parts = parts[1:]
-    return ".".join(parts) or None
+    return ".".join(map(echoed, parts)) or None
 
 
 def validation_error(exc: RequestValidationError) -> APIError:

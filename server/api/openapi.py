@@ -22,6 +22,8 @@ REASONS = {
     401: "Missing, malformed or unknown API key",
     403: "The key may not do this (model not allowed, cap exceeded, tenant key on admin)",
     404: "No such model, tenant or route",
+    409: "Conflicts with a stored key: its label is taken, or the key to rotate is revoked or "
+    "expired",
     405: "Method not allowed on this route",
     413: "The request body is over the server's limit",
     429: "The tenant's budget is spent; Retry-After says when it frees up",
@@ -41,6 +43,11 @@ ERRORS_BY_PATH: dict[str, tuple[int, ...]] = {
     "/metrics": (405, 500),
 }
 ADMIN_ERRORS = (400, 401, 403, 404, 405, 413, 500)
+# statuses only some methods of a path return: (method, path) → those statuses
+ERRORS_BY_OPERATION: dict[tuple[str, str], tuple[int, ...]] = {
+    ("post", "/admin/tenants/{tenant_id}/keys"): (409,),  # duplicate_label
+    ("post", "/admin/tenants/{tenant_id}/keys/{prefix}/rotate"): (409,),  # and key_not_active
+}
 SSE_EVENT = {
     "type": "object",
     "description": "One event of a stream (`stream: true`): `data` is a JSON chunk "
@@ -87,7 +94,7 @@ def truthful_openapi(app: FastAPI, models: list[str] | None = None) -> dict[str,
                 operation["security"] = [{"admin": []}]
             responses: dict[str, Any] = operation.setdefault("responses", {})
             responses.pop("422", None)
-            for status in statuses:
+            for status in (*statuses, *ERRORS_BY_OPERATION.get((method, path), ())):
                 if not (method == "get" and status == 413):  # GET routes take no body
                     responses[str(status)] = _error(status)
             ok = responses.get("200", {})

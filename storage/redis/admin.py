@@ -20,6 +20,7 @@ from controller.budget.admin_state import (
     AdminSnapshot,
     DuplicateLabel,
     KeyNotFound,
+    KeyNotLive,
     Override,
     StoredKey,
     canonical,
@@ -67,7 +68,8 @@ return sha
 
 # KEYS: version, keys, prefix, revoked.
 # ARGV: sha, record, tenant, label, prefix, now, revoke_prefix ('' = none), revoke_at.
-# Checks everything before writing anything: a script's writes are not rolled back.
+# Checks everything before writing anything: a script's writes are not rolled back. A rotation
+# replaces only a live key: 'revoked' or 'expired' at `now`, as StoredKey.status says.
 CREATE = (
     _REVOKE
     + r"""
@@ -76,6 +78,10 @@ local old = nil
 if ARGV[7] ~= '' then
   old = find(ARGV[3], ARGV[7])
   if not old then return 'nf' end
+  local revoked_at = tonumber(redis.call('HGET', KEYS[4], old) or '')
+  if revoked_at ~= nil and now >= revoked_at then return 'revoked' end
+  local expires_at = cjson.decode(redis.call('HGET', KEYS[2], old)).expires_at
+  if expires_at ~= cjson.null and now >= expires_at then return 'expired' end
 end
 local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do
@@ -184,6 +190,8 @@ class RedisAdminStore:
             raise DuplicateLabel(key.label)
         if out == "nf":
             raise KeyNotFound(revoke[0] if revoke else key.prefix)
+        if out in ("revoked", "expired") and revoke is not None:
+            raise KeyNotLive(revoke[0], out)
         if out == "prefix":
             raise ValueError(f"key prefix {key.prefix} exists")
         return int(out)

@@ -16,6 +16,7 @@ from controller.budget.admin_state import (
     AdminSnapshot,
     DuplicateLabel,
     KeyNotFound,
+    KeyNotLive,
     Override,
     StoredKey,
     canonical,
@@ -101,7 +102,10 @@ class SQLiteAdminStore:
         self, key: StoredKey, now: float, revoke: tuple[str, float] | None = None
     ) -> int:
         def go(c: sqlite3.Connection) -> int:
-            if revoke is not None:
+            if revoke is not None:  # a rotation: only a live key is replaced
+                status = self._find(c, key.tenant, revoke[0]).status(now)
+                if status != "active":
+                    raise KeyNotLive(revoke[0], status)
                 self._revoke(c, key.tenant, revoke[0], revoke[1])
             same = [
                 _key(r)
@@ -132,18 +136,23 @@ class SQLiteAdminStore:
         return await self._run(go)
 
     @staticmethod
-    def _revoke(c: sqlite3.Connection, tenant: str, prefix: str, at: float) -> StoredKey:
+    def _find(c: sqlite3.Connection, tenant: str, prefix: str) -> StoredKey:
         row = c.execute(
             f"SELECT {_COLUMNS} FROM api_keys WHERE tenant=? AND prefix=?", (tenant, prefix)
         ).fetchone()
         if row is None:
             raise KeyNotFound(prefix)
+        return _key(row)
+
+    @classmethod
+    def _revoke(cls, c: sqlite3.Connection, tenant: str, prefix: str, at: float) -> StoredKey:
+        sha256 = cls._find(c, tenant, prefix).sha256
         c.execute(
             "UPDATE api_keys SET revoked_at = min(coalesce(revoked_at, ?), ?) WHERE sha256=?",
-            (at, at, row[0]),
+            (at, at, sha256),
         )
         return _key(
-            c.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE sha256=?", (row[0],)).fetchone()
+            c.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE sha256=?", (sha256,)).fetchone()
         )
 
     async def revoke_key(self, tenant: str, prefix: str, at: float) -> StoredKey:
