@@ -79,6 +79,14 @@ def echoed(text: str) -> str:
     return text if len(text) <= ECHO_MAX_CHARS else text[:ECHO_MAX_CHARS] + "…"
 
 
+def model_not_found(model: str) -> APIError:
+    """404 for a model this server does not serve (or the caller may not use), as OpenAI words
+    it; the name quoted is bounded (`echoed`)."""
+    return APIError(
+        404, f"The model '{echoed(model)}' does not exist.", param="model", code="model_not_found"
+    )
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
 

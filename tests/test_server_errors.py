@@ -122,6 +122,22 @@ async def test_unknown_model_404_forbidden_model_403_unready_503(
     assert (await unready.get("/healthz")).status_code == 200
 
 
+async def test_a_404_quotes_at_most_the_start_of_an_overlong_model_name(
+    unready: httpx.AsyncClient,
+) -> None:
+    """An unknown model's name comes back cut to 64 characters and an ellipsis, as the admin
+    API's ids do (server.errors.echoed): a body's `model` is at most 256 characters, but a
+    path's (GET /v1/models/{id}) was echoed whole, 10 kB of it."""
+    named = {**CHAT, "model": "m" * 256}
+    for resp in (
+        await unready.post("/v1/chat/completions", json=named, headers=AUTH),
+        await unready.get(f"/v1/models/{'m' * 10_000}", headers=AUTH),
+    ):
+        err = assert_error(resp, 404, "model")
+        assert err["message"] == f"The model '{'m' * 64}…' does not exist."
+        assert len(resp.content) < 600
+
+
 async def test_unknown_routes_and_methods(unready: httpx.AsyncClient) -> None:
     assert_error(await unready.get("/v1/nothing"), 404)
     assert_error(await unready.get("/v1/chat/completions", headers=AUTH), 405)

@@ -22,7 +22,7 @@ from server.api.protocol import (
 )
 from server.billing.identity import bind_user
 from server.config import ModelConfig, RouteConfig, TenantConfig
-from server.errors import APIError
+from server.errors import APIError, model_not_found
 from server.serving import CompletionService
 
 router = APIRouter()
@@ -51,9 +51,7 @@ async def get_model(model_id: str, request: Request, tenant: Tenant) -> ModelCar
     state = get_state(request)
     model = state.config.model(model_id) or state.config.route(model_id)
     if model is None or not tenant.may_use(model_id):
-        raise APIError(
-            404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found"
-        )
+        raise model_not_found(model_id)
     return ModelCard(id=model.id, created=state.started_at, owned_by=model.owned_by)
 
 

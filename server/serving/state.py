@@ -23,7 +23,7 @@ from server.billing.protocol import BillingProvider
 from server.config import AppConfig, default_ttl, load_config
 from server.engine.pooling import PoolingService
 from server.engine.service import EngineService
-from server.errors import APIError, ConfigError
+from server.errors import ConfigError, model_not_found
 from server.sampling import Sampler
 from server.sampling.policies import policy_book, served_curves
 from server.serving.route_table import route_table
@@ -69,9 +69,7 @@ class ServingState:
             model = route.candidates[0].model
         engine = self.engines.get(model)
         if engine is None:
-            raise APIError(
-                404, f"The model '{model}' does not exist.", param="model", code="model_not_found"
-            )
+            raise model_not_found(model)
         return engine
 
     def body_limit(self) -> int:
