@@ -67,6 +67,7 @@ class BudgetGauges:
                 spent=u.spent_value,
                 window_start=u.limit.span.start,
                 window_end=u.limit.span.end,
+                rolling=u.limit.span.rolling,
             )
         price = self.prices.price(tenant, pricer, billing_unit(tenant, pricer))
         metrics.set_price_of_compute(tenant.id, price.lam if price is not None else 0.0)
