@@ -365,3 +365,42 @@ async def test_a_failed_read_of_rolling_figures_is_tried_again(
         assert published[2:] == [0.0]  # the retry read it
     finally:
         await provider.close()
+
+
+async def test_a_read_under_way_as_the_provider_closes_schedules_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Close waits for a read of rolling figures under way (it uses the ledger that closes
+    next), and that read schedules no other: it would reopen the ledger of a closed provider and
+    publish over whichever provider serves the tenant by then."""
+    from server.billing import gauges
+
+    published: list[float] = []
+
+    def set_budget(tenant: str, window: str, *, spent: float, **_: float) -> None:
+        published.append(spent)
+
+    monkeypatch.setattr(gauges.metrics, "set_budget", set_budget)
+    monkeypatch.setattr(gauges, "REFRESH_MIN_S", 0.05)
+    cfg = make_config(tmp_path, budgets={"minute": {"limit": 1.0, "rolling": True}})
+    clock = noon()
+    provider = BudgetProvider(cfg, clock=clock)
+    billing = handle(provider, cfg, "r1")
+    await billing.settle(WaveHold(0, 1, 0, 0), prompt_tokens=0, completion_tokens=100)
+    await billing.close()
+    clock.now += 59.9
+    await provider.report(cfg.tenants[0])  # the next read is due in 0.1 s
+    real_usage = provider.ledger.usage
+    reading = asyncio.Event()
+
+    async def slow_usage(*args: Any, **kwargs: Any) -> Any:
+        reading.set()
+        await asyncio.sleep(0.2)
+        return await real_usage(*args, **kwargs)
+
+    monkeypatch.setattr(provider.ledger, "usage", slow_usage)
+    await asyncio.wait_for(reading.wait(), 10)
+    await provider.close()
+    assert published == [pytest.approx(0.2)] * 3  # the read under way finished first
+    await asyncio.sleep(0.5)
+    assert len(published) == 3

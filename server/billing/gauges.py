@@ -53,6 +53,7 @@ class BudgetGauges:
         self._windows: dict[str, frozenset[str]] | None = None  # tenant → configured windows
         self._rereads: dict[str, asyncio.TimerHandle] = {}  # tenant → next read of its figures
         self._reading: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def configure(self, tenants: Iterable[TenantConfig]) -> None:
         """Take the (re)loaded config's budget windows; on a reload, drop the series of windows
@@ -115,6 +116,8 @@ class BudgetGauges:
         self._schedule_read(tenant_id, delay)
 
     def _schedule_read(self, tenant_id: str, delay: float) -> None:
+        if self._closed:  # a read that finished as its provider closed: nothing after it
+            return
         with contextlib.suppress(RuntimeError):  # no running loop: no request can outlive it
             loop = asyncio.get_running_loop()
             self._rereads[tenant_id] = loop.call_later(delay, self._read, tenant_id)
@@ -141,6 +144,7 @@ class BudgetGauges:
         """Drop the deferred publishes and reads: a closed provider's figures are no longer the
         ledger's (another provider, a restart's, may be publishing the same tenant by then). A
         read under way finishes first, as it uses the ledger that closes next."""
+        self._closed = True
         for pending in [*self._trailing.values(), *self._rereads.values()]:
             pending.cancel()
         self._trailing.clear()
