@@ -5,9 +5,11 @@ from typing import Annotated
 import typer
 
 from cli import calibrate, replay, scaling, serve
+from cli.usage_errors import OneLineUsageErrors
 from server import __version__
 
 app = typer.Typer(
+    cls=OneLineUsageErrors,  # a bad option is one line and exit 2, as every other error
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="markdown",  # docstring paragraphs wrap as prose, not at source lines

@@ -17,7 +17,7 @@ import typer
 from typer.models import OptionInfo
 
 
-def _flag(command: Callable[..., Any], name: str) -> str:
+def option_flag(command: Callable[..., Any], name: str) -> str:
     """The option as a user types it: its first declaration, else typer's `--snake-case`."""
     hint = typing.get_type_hints(command, include_extras=True).get(name)
     for info in getattr(hint, "__metadata__", ()):
@@ -41,5 +41,5 @@ def refuse_unread(
         if name in reads or name not in params:
             continue
         if value != params[name].default:
-            typer.echo(f"error: {_flag(command, name)} does not apply with {mode}", err=True)
+            typer.echo(f"error: {option_flag(command, name)} does not apply with {mode}", err=True)
             raise typer.Exit(2)

@@ -205,11 +205,11 @@ AvgSamplesOption = Annotated[
 ]
 PermsOption = Annotated[
     int, typer.Option(help="seeded random orders: each one stream of traffic the policy learns "
-                      "from as it goes")
+                      "from as it goes", min=1)
 ]
 SeedOption = Annotated[int, typer.Option(help="random seed", min=0)]
 MaxSamplesOption = Annotated[
-    int | None, typer.Option("--max-samples", help="cap per question (default: all)")
+    int | None, typer.Option("--max-samples", help="cap per question (default: all)", min=1)
 ]
 SkipEmptyOption = Annotated[
     bool,
@@ -304,8 +304,6 @@ def replay_command(
     # Each mode dispatches early to its own step; a new mode adds an option, one such line
     # and the options it reads (below), so that the others are refused, not ignored.
     values = dict(locals())
-    if perms < 1:
-        raise _fail("--perms must be >= 1")
     if plot is not None:  # before the replay, not after minutes of it
         problem = plot_path_problem(plot)
         if problem:
@@ -376,8 +374,6 @@ def parse_options(
     """Validate a single-file replay's options (exit 2 with the reason on a bad one)."""
     if avg_samples is not None and not 1 <= avg_samples < math.inf:
         raise _fail(f"--avg-samples must be a finite number >= 1, got {avg_samples:g}")
-    if max_samples is not None and max_samples < 1:
-        raise _fail("--max-samples must be >= 1")
     if data.is_dir():
         raise _fail(f"{data}: a folder; --data takes one replay file (--loo takes a folder)")
     if not data.is_file():

@@ -57,7 +57,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from controller.budget.models import WindowName
-from controller.budget.windows import calendar_bounds
+from controller.budget.windows import span
 
 __all__ = [
     "BUDGET_WINDOWS",
@@ -237,6 +237,13 @@ BUDGET_WINDOW_END = Gauge(
     ["tenant", "window"],
     multiprocess_mode="mostrecent",
 )
+BUDGET_ROLLING = Gauge(
+    "t2_budget_rolling",
+    "1 for a rolling budget window (the last minute/hour/day/30 days, bounds ending at the "
+    "figures' time), 0 for a calendar one: the burn alerts differ.",
+    ["tenant", "window"],
+    multiprocess_mode="mostrecent",
+)
 PRICE_OF_COMPUTE = Gauge(
     "t2_price_of_compute",
     "Pacing shadow price lambda that the t2 policy charges per unit of spend.",
@@ -317,6 +324,7 @@ _ALL = (
     BUDGET_SPENT,
     BUDGET_WINDOW_START,
     BUDGET_WINDOW_END,
+    BUDGET_ROLLING,
     PRICE_OF_COMPUTE,
     BUDGET_REJECTIONS,
     RATE_LIMITED,
@@ -339,6 +347,7 @@ _BUDGET_GAUGES = (
     BUDGET_SPENT,
     BUDGET_WINDOW_START,
     BUDGET_WINDOW_END,
+    BUDGET_ROLLING,
 )
 _budget_lock = threading.Lock()
 _budget_series: set[tuple[str, str]] = set()  # (tenant, window) label pairs published
@@ -471,11 +480,13 @@ def observe_routed(route: str, model: str, escalated: bool) -> None:
     ).inc()
 
 
-def window_bounds(window: str, now: float) -> tuple[float, float] | None:
-    """Calendar-aligned UTC bounds of the minute/hour/day/month window containing `now`."""
+def window_bounds(window: str, now: float, rolling: bool = False) -> tuple[float, float] | None:
+    """Bounds of the minute/hour/day/month window at `now`: calendar-aligned in UTC, or for a
+    rolling window the last window length up to `now` (controller.budget.windows)."""
     if window not in get_args(WindowName):
         return None
-    return calendar_bounds(cast(WindowName, window), now)
+    current = span(cast(WindowName, window), rolling, now)
+    return current.start, current.end
 
 
 def set_budget(
@@ -488,17 +499,21 @@ def set_budget(
     spent: float | None = None,
     window_start: float | None = None,
     window_end: float | None = None,
+    rolling: bool = False,
     now: float | None = None,
 ) -> None:
     """Publish one budget window's state (call after each reserve/settle, or periodically).
 
     `remaining` is what a new request may still reserve (limit − spent − reserved); `spent`
     defaults to exactly that identity. The window bounds drive the burn-down "ideal line" and
-    the burn-rate alerts: pass them for rolling windows; calendar UTC bounds are the default.
+    the calendar windows' burn alerts; by default they are the window's at `now` (a rolling
+    window's: the last window length up to it). `rolling` picks which burn alerts apply
+    (configs/prometheus/rules/t2serve.yml).
     """
     labels = {"tenant": _tenant(tenant), "window": _window(window)}
     with _budget_lock:
         _budget_series.add((labels["tenant"], labels["window"]))
+    BUDGET_ROLLING.labels(**labels).set(1 if rolling else 0)
     BUDGET_LIMIT.labels(**labels).set(limit)
     BUDGET_REMAINING.labels(**labels).set(remaining)
     BUDGET_RESERVED.labels(**labels).set(reserved)
@@ -506,7 +521,7 @@ def set_budget(
         spent if spent is not None else max(limit - remaining - reserved, 0.0)
     )
     if window_start is None or window_end is None:
-        bounds = window_bounds(window, time.time() if now is None else now)
+        bounds = window_bounds(window, time.time() if now is None else now, rolling)
         if bounds is None:
             return
         window_start, window_end = bounds

@@ -7,6 +7,7 @@ import asyncio
 import json
 import struct
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -277,3 +278,129 @@ async def test_a_closed_provider_publishes_no_deferred_figures(
     await provider.close()
     await asyncio.sleep(gauges.METRICS_INTERVAL_S + 0.1)
     assert published == [("acme", "day", pytest.approx(0.8))]
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for a timer's effect (a loaded machine may run it late)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_rolling_figures_are_read_again_as_their_spend_slides_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no request to publish them, a rolling window's gauges showed the spend of its last
+    request for ever (and the rolling burn alerts on them kept firing): they are read again when
+    its oldest spend slides out, until none is left; calendar windows are published with them."""
+    from server.billing import gauges
+
+    published: list[tuple[str, float, bool]] = []
+
+    def set_budget(tenant: str, window: str, *, spent: float, rolling: bool, **_: float) -> None:
+        published.append((window, spent, rolling))
+
+    monkeypatch.setattr(gauges.metrics, "set_budget", set_budget)
+    monkeypatch.setattr(gauges, "REFRESH_MIN_S", 0.05)
+    budgets = {"minute": {"limit": 1.0, "rolling": True}, "day": {"limit": 5.0}}
+    cfg = make_config(tmp_path, budgets=budgets)
+    clock = noon()
+    provider = BudgetProvider(cfg, clock=clock)
+    try:
+        billing = handle(provider, cfg, "r1")
+        await billing.settle(WaveHold(0, 1, 0, 0), prompt_tokens=0, completion_tokens=100)
+        await billing.close()
+        minute, day = ("minute", pytest.approx(0.2), True), ("day", pytest.approx(0.2), False)
+        assert published == [minute, day]
+        clock.now += 59.9  # its spend slides out of the minute in 0.1 s: an admin read shows it
+        await provider.report(cfg.tenants[0])
+        assert published[2:] == [minute, day]
+        clock.now += 0.2  # slid out, with no request since
+        await until(lambda: len(published) >= 6)
+        assert published[4:] == [("minute", 0.0, True), day]
+        await asyncio.sleep(0.3)
+        assert len(published) == 6  # nothing left to slide out: no more reads
+    finally:
+        await provider.close()
+
+
+async def test_a_failed_read_of_rolling_figures_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from server.billing import gauges
+
+    published: list[float] = []
+
+    def set_budget(tenant: str, window: str, *, spent: float, **_: float) -> None:
+        published.append(spent)
+
+    monkeypatch.setattr(gauges.metrics, "set_budget", set_budget)
+    monkeypatch.setattr(gauges, "REFRESH_MIN_S", 0.05)
+    monkeypatch.setattr(gauges, "REFRESH_RETRY_S", 0.2)
+    cfg = make_config(tmp_path, budgets={"hour": {"limit": 1.0, "rolling": True}})
+    clock = noon()
+    provider = BudgetProvider(cfg, clock=clock)
+    try:
+        billing = handle(provider, cfg, "r1")
+        await billing.settle(WaveHold(0, 1, 0, 0), prompt_tokens=0, completion_tokens=100)
+        await billing.close()
+        clock.now += 3599.9
+        await provider.report(cfg.tenants[0])  # the next read is due in 0.1 s
+        assert published == [pytest.approx(0.2)] * 2
+        real_usage = provider.ledger.usage
+        failures: list[str] = []
+
+        async def usage_once_down(*args: Any, **kwargs: Any) -> Any:
+            if not failures:
+                failures.append("store down")
+                raise ConnectionError("store down")
+            return await real_usage(*args, **kwargs)
+
+        monkeypatch.setattr(provider.ledger, "usage", usage_once_down)
+        clock.now += 0.2
+        await until(lambda: bool(failures))
+        assert "store down" in caplog.text and len(published) == 2
+        await until(lambda: len(published) > 2)
+        assert published[2:] == [0.0]  # the retry read it
+    finally:
+        await provider.close()
+
+
+async def test_a_read_under_way_as_the_provider_closes_schedules_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Close waits for a read of rolling figures under way (it uses the ledger that closes
+    next), and that read schedules no other: it would reopen the ledger of a closed provider and
+    publish over whichever provider serves the tenant by then."""
+    from server.billing import gauges
+
+    published: list[float] = []
+
+    def set_budget(tenant: str, window: str, *, spent: float, **_: float) -> None:
+        published.append(spent)
+
+    monkeypatch.setattr(gauges.metrics, "set_budget", set_budget)
+    monkeypatch.setattr(gauges, "REFRESH_MIN_S", 0.05)
+    cfg = make_config(tmp_path, budgets={"minute": {"limit": 1.0, "rolling": True}})
+    clock = noon()
+    provider = BudgetProvider(cfg, clock=clock)
+    billing = handle(provider, cfg, "r1")
+    await billing.settle(WaveHold(0, 1, 0, 0), prompt_tokens=0, completion_tokens=100)
+    await billing.close()
+    clock.now += 59.9
+    await provider.report(cfg.tenants[0])  # the next read is due in 0.1 s
+    real_usage = provider.ledger.usage
+    reading = asyncio.Event()
+
+    async def slow_usage(*args: Any, **kwargs: Any) -> Any:
+        reading.set()
+        await asyncio.sleep(0.2)
+        return await real_usage(*args, **kwargs)
+
+    monkeypatch.setattr(provider.ledger, "usage", slow_usage)
+    await asyncio.wait_for(reading.wait(), 10)
+    await provider.close()
+    assert published == [pytest.approx(0.2)] * 3  # the read under way finished first
+    await asyncio.sleep(0.5)
+    assert len(published) == 3

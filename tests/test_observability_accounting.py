@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,25 @@ async def test_a_budget_a_reload_removes_leaves_no_gauges(tmp_path: Path) -> Non
         assert total("t2_budget_limit", tenant="acme", window="day") == 0  # and not back
         assert total("t2_budget_spent", tenant="acme", window="day") == 0
         assert total("t2_budget_limit", tenant="acme", window="hour") == 50
+
+
+async def test_a_rolling_window_is_published_as_one(tmp_path: Path) -> None:
+    """The burn alerts tell rolling windows from calendar ones by t2_budget_rolling; a rolling
+    window's bounds are the last window length up to its figures' time."""
+    cfg = config(tmp_path)
+    hour = {"limit": 50, "hard": False, "rolling": True}
+    cfg["tenants"][0]["budgets"] = {"day": {"limit": 100, "hard": False}, "hour": hour}
+    async with client(cfg) as (http, _):
+        before = time.time()
+        await http.post("/v1/chat/completions", json=chat(), headers=KEY)
+        await asyncio.sleep(0.4)  # the gauges' deferred publish
+        assert total("t2_budget_rolling", tenant="acme", window="hour") == 1
+        assert total("t2_budget_rolling", tenant="acme", window="day") == 0
+        start = total("t2_budget_window_start_timestamp_seconds", tenant="acme", window="hour")
+        end = total("t2_budget_window_end_timestamp_seconds", tenant="acme", window="hour")
+        assert end - start == pytest.approx(3600) and before <= end <= time.time()
+        spent = total("t2_budget_spent", tenant="acme", window="hour")
+        assert spent > 0 and spent == total("t2_budget_spent", tenant="acme", window="day")
 
 
 async def test_a_tenant_a_reload_removes_leaves_no_gauges(tmp_path: Path) -> None:

@@ -158,3 +158,55 @@ def test_exposed_names_cover_the_dashboard_in_a_recorded_exposition(
         for name in promql_metric_names(substitute(expr)):
             if not name.startswith("vllm:"):
                 assert name in exposed, f"{title}: {name} missing from /metrics"
+
+
+@pytest.mark.prometheus
+def test_the_ideal_burn_line_is_drawn_for_calendar_windows_only(
+    promtool: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A rolling window never starts or resets: the ideal line from its bounds (the last window
+    length up to its figures) was 0 at once, an alarm-red "burning too fast" for any spend. Its
+    own line, the share not spent over the last window length, stays. Evaluated by promtool on
+    synthetic series as the server publishes them."""
+    panel = next(p for p in _panels(_dashboard()) if p["title"].startswith("Budget burn-down"))
+    lines = {t["legendFormat"].rsplit(" ", 1)[1]: substitute(t["expr"]) for t in panel["targets"]}
+
+    def window(tenant: str, name: str, rolling: bool) -> list[dict[str, str]]:
+        labels = f'tenant="{tenant}",window="{name}",instance="a:8000",job="t2serve"'
+        start, end = ("-3600+60x30", "0+60x30") if rolling else ("0+0x30", "86400+0x30")
+        return [
+            {"series": f"t2_budget_limit{{{labels}}}", "values": "100+0x30"},
+            {"series": f"t2_budget_spent{{{labels}}}", "values": "30+0x30"},
+            {"series": f"t2_budget_window_start_timestamp_seconds{{{labels}}}", "values": start},
+            {"series": f"t2_budget_window_end_timestamp_seconds{{{labels}}}", "values": end},
+            {"series": f"t2_budget_rolling{{{labels}}}", "values": f"{int(rolling)}+0x30"},
+        ]
+
+    both = [
+        {"labels": '{tenant="cal",window="day"}', "value": 0.7},
+        {"labels": '{tenant="roll",window="hour"}', "value": 0.7},
+    ]
+    spec = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [*window("cal", "day", False), *window("roll", "hour", True)],
+                "promql_expr_test": [
+                    {"expr": lines["left"], "eval_time": "10m", "exp_samples": both},
+                    {
+                        "expr": lines["ideal"],
+                        "eval_time": "10m",
+                        "exp_samples": [
+                            {"labels": '{tenant="cal",window="day"}', "value": 1 - 600 / 86400}
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "burn_down_test.yml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = promtool("test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr

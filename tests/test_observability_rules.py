@@ -40,6 +40,8 @@ def test_every_required_alert_is_shipped() -> None:
     assert {
         "T2BudgetBurn80Early",
         "T2BudgetExhaustedEarly",
+        "T2BudgetBurn80Rolling",
+        "T2BudgetExhaustedRolling",
         "T2BudgetRejections",
         "T2HighErrorRate",
         "T2LatencyP95OverSLO",
@@ -49,6 +51,7 @@ def test_every_required_alert_is_shipped() -> None:
 
 
 def _budget_series(tenant: str, spent: float, start: float, end: float) -> list[dict[str, str]]:
+    """A calendar day window, as the server publishes one (t2_budget_rolling 0)."""
     labels = f'tenant="{tenant}",window="day",instance="a:8000",job="t2serve"'
     return [
         {"series": f"t2_budget_limit{{{labels}}}", "values": "100+0x30"},
@@ -57,6 +60,23 @@ def _budget_series(tenant: str, spent: float, start: float, end: float) -> list[
          "values": f"{start:g}+0x30"},
         {"series": f"t2_budget_window_end_timestamp_seconds{{{labels}}}",
          "values": f"{end:g}+0x30"},
+        {"series": f"t2_budget_rolling{{{labels}}}", "values": "0+0x30"},
+    ]
+
+
+def _rolling_series(tenant: str, spent: str, window: str = "hour") -> list[dict[str, str]]:
+    """A rolling window as the server publishes one: its bounds are the last window length up
+    to the figures' time (here each minute's sample), so its elapsed ratio is always 1; `spent`
+    is promtool's series notation (the share over the last length moves as spend slides out)."""
+    length = {"minute": 60, "hour": 3600, "day": 86400}[window]
+    labels = f'tenant="{tenant}",window="{window}",instance="a:8000",job="t2serve"'
+    return [
+        {"series": f"t2_budget_limit{{{labels}}}", "values": "100+0x30"},
+        {"series": f"t2_budget_spent{{{labels}}}", "values": spent},
+        {"series": f"t2_budget_window_start_timestamp_seconds{{{labels}}}",
+         "values": f"{-length}+60x30"},
+        {"series": f"t2_budget_window_end_timestamp_seconds{{{labels}}}", "values": "0+60x30"},
+        {"series": f"t2_budget_rolling{{{labels}}}", "values": "1+0x30"},
     ]
 
 
@@ -191,6 +211,54 @@ def test_alerts_fire_when_and_only_when_they_should(promtool: Promtool, tmp_path
     rules = _rules_without_annotations(tmp_path)
     spec.write_text(yaml.safe_dump(_rule_tests(rules), sort_keys=False))
     result = promtool("test", "rules", str(spec))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rolling_budget_alerts_fire_on_the_share_spent_over_the_last_window(
+    promtool: Promtool, tmp_path: Path
+) -> None:
+    """A rolling window never starts or resets, so "burned early" cannot apply: its alerts fire
+    on the share of its limit spent over the last window length (80%: warning after 1m; 100%:
+    critical at once) and stop once the spend slides out. The calendar alerts stay quiet on
+    rolling windows and the rolling ones on calendar windows."""
+    series = [
+        *_rolling_series("hot85", "85+0x30"),  # 85% of the last hour: warning only
+        *_rolling_series("full", "100+0x30", window="minute"),  # all of it: both
+        *_rolling_series("calm", "50+0x30"),  # half: fine
+        # 90% for 5 minutes, then its oldest spend slides out: 40%
+        *_rolling_series("cooled", "90+0x5 40+0x25", window="day"),
+        # a calendar day window 85% burned early: the calendar alert, not the rolling one
+        *_budget_series("early85", spent=85, start=0, end=86400),
+    ]
+
+    def fired(eval_time: str, alert: str, severity: str, *tenants: tuple[str, str]) -> Any:
+        expected = [_alert(alert, severity, tenant=t, window=w) for t, w in tenants]
+        return {"eval_time": eval_time, "alertname": alert, "exp_alerts": expected}
+
+    spec = {
+        "rule_files": [str(_rules_without_annotations(tmp_path))],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    fired("4m", "T2BudgetBurn80Rolling", "warning",
+                          ("cooled", "day"), ("full", "minute"), ("hot85", "hour")),
+                    fired("4m", "T2BudgetExhaustedRolling", "critical", ("full", "minute")),
+                    fired("0m", "T2BudgetExhaustedRolling", "critical", ("full", "minute")),
+                    fired("0m", "T2BudgetBurn80Rolling", "warning"),  # pending for its 1m
+                    fired("10m", "T2BudgetBurn80Rolling", "warning",
+                          ("full", "minute"), ("hot85", "hour")),  # cooled: slid out
+                    fired("10m", "T2BudgetBurn80Early", "warning", ("early85", "day")),
+                    fired("10m", "T2BudgetExhaustedEarly", "critical"),
+                ],
+            }
+        ],
+    }  # fmt: skip
+    path = tmp_path / "rolling_test.yml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = promtool("test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
 
 

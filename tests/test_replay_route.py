@@ -107,6 +107,8 @@ def test_costs_are_the_ledgers_prompt_once_per_call_and_completion_per_sample(
         ("json", "strong.jsonl:3: not valid JSON"),
         ("twice", "manifest.json: models.1: id: 'weak' is listed twice"),
         ("text", "strong.jsonl:3: samples: each needs a `text`"),
+        ("text: 5", "strong.jsonl:3: sample 0 `text` must be a string or null, not a number"),
+        ("answer: [7]", "strong.jsonl:3: sample 1 `answer` must be a string, a number or null"),
         ("free", "manifest.json: every model costs 0"),
     ],
 )
@@ -125,6 +127,12 @@ def test_a_misaligned_or_unpriced_set_exits_2_with_one_line(
         strong.write_text("\n".join(lines) + "\n")
     elif breakage == "text":
         del rows[2]["samples"][0]["text"]
+        strong.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    elif breakage == "text: 5":
+        rows[2]["samples"][0]["text"] = 5
+        strong.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    elif breakage == "answer: [7]":
+        rows[2]["samples"][1]["answer"] = [7]
         strong.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     elif breakage == "twice":
         doc = json.loads((root / "manifest.json").read_text())

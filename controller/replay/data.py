@@ -5,17 +5,18 @@ Schema (../shared/data/replay/README.md): one object per line with `id`, `questi
 is the one reader of such lines: replays, routing sets (controller.replay.routing_set) and
 `calibrate --from-replay` all parse them here and add only their own checks. Which answer a
 sample gives is `sample_answer`'s rule. Every problem is reported as a `ReplayDataError`
-naming the line, so a user can fix the file.
+naming the line, so a user can fix the file; a field of the wrong type (`"text": 5`, an
+`answer` that is a list) is such a problem, never read as something else or as absent.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from controller.aggregate.extract import Extractor
 from controller.aggregate.normalize import normalize_answer
@@ -67,6 +68,64 @@ class ReplayQuestion:
 
 DEFAULT_EXTRACTOR = "answer_is,last_number"
 """What reads a sample's `text` when its record has no `answer` field and nobody named one."""
+
+
+def _json_type(value: object) -> str:
+    """What JSON calls `value`'s type, for an error message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value).replace("inf", "Infinity").replace("nan", "NaN")
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _scalar(value: object) -> bool:
+    """A recorded answer, gold or id: a string or a finite number (code logs 84.0 for 84)."""
+    if isinstance(value, str):
+        return True
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and math.isfinite(cast(float, value))
+
+
+def _count(value: object) -> bool:
+    return _scalar(value) and not isinstance(value, str) and cast(float, value) >= 0
+
+
+def _string(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _flag(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+FieldType = tuple[Callable[[object], bool], str]  # the check, and what the error says it wants
+_QUESTION_FIELDS: dict[str, FieldType] = {
+    "id": (_scalar, "a string, a number or null"),
+    "question": (_string, "a string or null"),
+    "gold": (_scalar, "a string, a number or null"),
+}
+_SAMPLE_FIELDS: dict[str, FieldType] = {
+    "text": (_string, "a string or null"),
+    "answer": (_scalar, "a string, a number or null"),
+    "correct": (_flag, "true/false or null"),
+    "tokens": (_count, "a number of at least 0, or null"),
+    "num_tokens": (_count, "a number of at least 0, or null"),
+}
+
+
+def _check_types(obj: Mapping[str, object], fields: Mapping[str, FieldType], where: str) -> None:
+    """Each of `fields` that `obj` has is null or of its type, else ReplayDataError."""
+    for key, (fits, wanted) in fields.items():
+        value = obj.get(key)
+        if value is not None and not fits(value):
+            raise ReplayDataError(f"{where}`{key}` must be {wanted}, not {_json_type(value)}")
 
 
 def recorded_answer(raw: object, through: Extractor | None = None) -> str | None:
@@ -132,25 +191,20 @@ def parse_question(
         raise ReplayDataError(f"{here}: missing `samples`")
     samples_raw = obj["samples"]
     if not isinstance(samples_raw, list):
-        raise ReplayDataError(f"{here}: `samples` must be a list")
+        raise ReplayDataError(f"{here}: `samples` must be a list, not {_json_type(samples_raw)}")
     if not samples_raw and not keep_empty:
         raise EmptySamples(f"{here}: empty `samples`")
-    gold_raw = obj.get("gold")
-    if gold_raw is not None and (
-        isinstance(gold_raw, bool) or not isinstance(gold_raw, str | int | float)
-    ):
-        raise ReplayDataError(f"{here}: `gold` must be a string, a number or null")
+    _check_types(obj, _QUESTION_FIELDS, f"{here}: ")
     through = extractor if named else None
-    gold = recorded_gold(gold_raw, through)
+    gold = recorded_gold(obj.get("gold"), through)
     samples: list[ReplaySample] = []
     for i, s in enumerate(samples_raw):
         if not isinstance(s, dict):
-            raise ReplayDataError(f"{here}: sample {i} is not an object")
+            raise ReplayDataError(f"{here}: sample {i} must be an object, not {_json_type(s)}")
+        _check_types(s, _SAMPLE_FIELDS, f"{here}: sample {i} ")
         correct = s.get("correct")
         if "answer" not in s and s.get("text") is None and correct is None:
             raise ReplayDataError(f"{here}: sample {i} has no `answer`, `text` or `correct`")
-        if correct is not None and not isinstance(correct, bool):
-            raise ReplayDataError(f"{here}: sample {i} `correct` must be true/false")
         text = s.get("text")
         samples.append(ReplaySample(sample_answer(s, extractor, through), correct, _tokens(s),
                                     text if isinstance(text, str) else None))  # fmt: skip

@@ -71,7 +71,7 @@ class BudgetProviderBase:
         self.clock = clock
         self._params: dict[str, float | None] = dict(model_params or {})
         self.prices = PriceBook(lambda: self.clock())  # late: tests move the clock
-        self.gauges = BudgetGauges(self.prices, enabled=publish_metrics)
+        self.gauges = BudgetGauges(self.prices, enabled=publish_metrics, refresh=self.read_figures)
         self.logs = SpendLogs(lambda: self.ledger)
         self.settles = SettleSignal()
         stores = open_stores(config.ledger)
@@ -126,12 +126,26 @@ class BudgetProviderBase:
                 log.exception("budget alert check failed for %s", tenant.id)
         self.gauges.publish(tenant, pricer, force)
 
+    def tenant_pricer(self, tenant: TenantConfig) -> Pricer:
+        """The pricer of the tenant's first model (any served model if it may use all): the
+        unit and λ of a view of the tenant outside a request."""
+        model = tenant.models[0] if tenant.models and tenant.models[0] != "*" else ""
+        return self.pricer(tenant, model or self.config.model_ids[0])
+
+    async def read_figures(self, tenant_id: str) -> None:
+        """Read the tenant's budget windows from the ledger and publish them, outside any
+        request (the gauges ask, for rolling windows whose spend slides out)."""
+        tenant = next((t for t in self.config.tenants if t.id == tenant_id), None)
+        if tenant is None or tenant.budgets is None:
+            return  # removed by a reload meanwhile
+        usage = await self.ledger.usage(tenant.id, tenant.budgets)
+        self.remember(tenant, usage, self.tenant_pricer(tenant), force=True)
+
     async def report(self, tenant: TenantConfig) -> dict[str, Any]:
         """Spend, reserved, limit and remaining per window, and λ: the admin view of a tenant."""
         if not self.metered(tenant):
             return unmetered_report(tenant)
-        model = tenant.models[0] if tenant.models and tenant.models[0] != "*" else ""
-        pricer = self.pricer(tenant, model or self.config.model_ids[0])
+        pricer = self.tenant_pricer(tenant)
         unit = billing_unit(tenant, pricer)
         rates = rate_levels(tenant, Caller())  # the tenant's own, no key's
         usage = await self.ledger.usage(tenant.id, tenant.budgets, rates=rates)
@@ -165,7 +179,7 @@ class BudgetProviderBase:
         await self.pending.start()
 
     async def close(self) -> None:
-        self.gauges.close()
+        await self.gauges.close()
         await self.pending.close()
         if self._ledger is not None:
             await self._ledger.close()
