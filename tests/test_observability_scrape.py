@@ -195,6 +195,9 @@ def test_a_second_worker_process_adds_up(
     PROMETHEUS_MULTIPROC_DIR; the app's /metrics then reports both processes' counts."""
     from tests.test_observability_metrics import total
 
+    # vLLM writes its gauges into the folder once its engine has served: serve one here, so
+    # the test does not lean on an earlier test of the module having done it
+    assert app_process.chat("obs-a").status_code == 200
     before = app_process.exposition()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(app_process.multiproc_dir)}
     recorder(["obs-a"], 4, serve=False, env=env)
