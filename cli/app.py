@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from cli import calibrate, replay, scaling, serve
-from cli.usage_errors import OneLineUsageErrors
+from cli.errors import OneLineUsageErrors
 from server import __version__
 
 app = typer.Typer(

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -38,6 +38,7 @@ from cli.calibrate_files import (
     write_line,
     write_outputs,
 )
+from cli.errors import fail
 from cli.left_out import left_out_line
 from cli.mode_options import refuse_unread
 from controller.aggregate.extract import Extractor, get_extractor
@@ -235,11 +236,6 @@ async def calibrate(
 # ---- the command -------------------------------------------------------------------------------
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 async def _run(
     config: AppConfig,
     questions: list[Question],
@@ -335,13 +331,13 @@ def calibrate_command(
     """Sample a gold-labelled question set through a configured model; fit its serving curves."""
     given = dict(locals())
     if not model.strip():
-        _fail("--model: give a model id")
+        fail("--model: give a model id")
     if from_replay is not None:
         refuse_unread(calibrate_command, "--from-replay", given, FROM_REPLAY_READS)
         _from_replay(from_replay, out, model, config, params, extractor, curves, as_json)
         return
     if config is None or data is None:
-        _fail("--config and --data are required (or --from-replay)")
+        fail("--config and --data are required (or --from-replay)")
     refuse_unread(calibrate_command, "--data", given, set(given) - {"params"})
     # stdout carries the result (--json); the engine's logs go to stderr, quieter with --json
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
@@ -361,11 +357,11 @@ def calibrate_command(
     try:
         outcome = asyncio.run(_run(cfg, questions, out, settings, data, as_json, curves))
     except CalibrateError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except EngineStopped as exc:
         journal = out / f".calibrate-{model}.journal.jsonl"
         kept = max(0, sum(1 for _ in journal.open()) - 1) if journal.exists() else 0
-        _fail(
+        fail(
             f"the engine failed at {exc}; {kept} of {len(questions)} questions are recorded in "
             f"{journal}; rerun the same command to resume",
             code=1,
@@ -384,13 +380,13 @@ def _load(
     try:
         cfg = load_config(config)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         questions, skipped = load_questions(data, skip_bad)
         name = extractor or cfg.defaults.extractor
         get_extractor(name)
     except (CalibrateError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     return cfg, questions, skipped, name
 
 
@@ -450,7 +446,7 @@ def _from_replay(
         files = write_outputs(out, rows, model_id=model, params=params, tokens=tokens,
                               source=str(path), extractor=abstain, curves_path=curves)  # fmt: skip
     except (CalibrateError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     summary = measured_summary(rows)
     report = {"model": model, "files": files, "left_out": left_out, **summary}
     if as_json:

@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 
+from cli.errors import fail
 from cli.left_out import NO_SAMPLES, left_out_line
 from cli.mode_options import refuse_unread
 from cli.output_path import plot_path_problem
@@ -54,11 +55,6 @@ class ReplayOptions:
     as_json: bool = False
     plot: Path | None = None
     extra: dict[str, object] = field(default_factory=dict)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
 
 
 def expand_policies(specs: list[str]) -> list[str]:
@@ -307,7 +303,7 @@ def replay_command(
     if plot is not None:  # before the replay, not after minutes of it
         problem = plot_path_problem(plot)
         if problem:
-            raise _fail(f"--plot: {problem}")
+            fail(f"--plot: {problem}")
     if route is not None:
         from cli.replay_route import run_route_command
 
@@ -318,7 +314,7 @@ def replay_command(
                           descend=descend, as_json=as_json, plot=plot)
         return
     if data is None:
-        raise _fail("--data is required (or --route)")
+        fail("--data is required (or --route)")
     if loo:
         refuse_unread(replay_command, "--loo", values, LOO_READS)
         run_loo_mode(data, extractor, budgets, skip_empty=skip_empty, perms=perms,
@@ -328,7 +324,7 @@ def replay_command(
     if budget is not None:
         refuse_unread(replay_command, "--budget", values, BUDGET_READS)
         if len(policy) > 1:
-            raise _fail("--budget paces one policy; give one --policy")
+            fail("--budget paces one policy; give one --policy")
     else:
         refuse_unread(replay_command, "--data", values, DATA_READS)
     options, extract = parse_options(data, policy, extractor, avg_samples, perms, seed,
@@ -349,17 +345,17 @@ def run_loo_mode(
 ) -> None:
     """`--loo`: validate its options, then leave-one-file-out over the folder (cli.replay_loo)."""
     if not data.is_dir():
-        raise _fail(f"{data}: --loo needs a folder of replay files")
+        fail(f"{data}: --loo needs a folder of replay files")
     try:
         levels = [float(b) for b in budgets.split(",") if b.strip()]
     except ValueError:
         levels = [0.0]
     if not all(1 <= b < math.inf for b in levels):
-        raise _fail(f"--budgets must be finite numbers >= 1, got {budgets!r}")
+        fail(f"--budgets must be finite numbers >= 1, got {budgets!r}")
     try:
         extract = get_extractor(extractor)
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc))
     from cli.replay_loo import run_loo_command
 
     run_loo_command(data, extract, named=extractor != DEFAULT_EXTRACTOR,
@@ -373,11 +369,11 @@ def parse_options(
 ) -> tuple[ReplayOptions, Extractor]:
     """Validate a single-file replay's options (exit 2 with the reason on a bad one)."""
     if avg_samples is not None and not 1 <= avg_samples < math.inf:
-        raise _fail(f"--avg-samples must be a finite number >= 1, got {avg_samples:g}")
+        fail(f"--avg-samples must be a finite number >= 1, got {avg_samples:g}")
     if data.is_dir():
-        raise _fail(f"{data}: a folder; --data takes one replay file (--loo takes a folder)")
+        fail(f"{data}: a folder; --data takes one replay file (--loo takes a folder)")
     if not data.is_file():
-        raise _fail(f"{data}: no such file")
+        fail(f"{data}: no such file")
     try:
         policies = expand_policies(policy)
         extract = get_extractor(extractor)
@@ -387,7 +383,7 @@ def parse_options(
                 raise ValueError(f"--avg-samples needs an adaptive policy, not {fixed[0]}")
             policies = [p for p in policies if make_policy(p).adaptive]
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc))
     options = ReplayOptions(data=data, policies=policies, extractor=extractor,
                             avg_samples=avg_samples, perms=perms, seed=seed,
                             max_samples=max_samples, skip_empty=skip_empty, as_json=as_json,
@@ -404,9 +400,9 @@ def load_questions(
         named = options.extractor != DEFAULT_EXTRACTOR  # then it reads recorded answers too
         questions, skipped = load_replay(options.data, extract, options.skip_empty, named)
     except EmptySamples as exc:
-        raise _fail(f"{exc} ({exc.hint})") from None
+        fail(f"{exc} ({exc.hint})")
     except ReplayDataError as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc))
     report_skipped(options.data, skipped)
     return questions, skipped
 

@@ -14,14 +14,10 @@ from typing import Any
 
 import typer
 
+from cli.errors import fail
 from cli.left_out import left_out_line
 from controller.replay.route_report import ReplayPlan, replay_set, work
 from controller.replay.routing_set import RoutingSetError, load_routing_set, routing_sets
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
 
 
 def parse_lams(text: str | None) -> tuple[float, ...] | None:
@@ -33,7 +29,7 @@ def parse_lams(text: str | None) -> tuple[float, ...] | None:
     except ValueError:
         lams = ()
     if not lams or any(not (v >= 0 and v != float("inf")) for v in lams):
-        raise _fail(f"--lams must be comma-separated numbers >= 0, got {text!r}")
+        fail(f"--lams must be comma-separated numbers >= 0, got {text!r}")
     return lams
 
 
@@ -53,10 +49,10 @@ def run_route_command(
     try:
         sets = [load_routing_set(p, extractor) for p in routing_sets(path)]
     except RoutingSetError as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc))
     for rs in sets:
         if not 2 <= folds <= rs.questions:
-            raise _fail(f"--folds must be between 2 and {rs.questions} ({rs.name})")
+            fail(f"--folds must be between 2 and {rs.questions} ({rs.name})")
         if rs.skipped and not as_json:  # with --json, the set's `skipped` says it
             typer.echo(left_out_line("some model has no sample for", rs.skipped, rs.name),
                        err=True)
@@ -76,7 +72,7 @@ def run_route_command(
             for rs in sets:
                 out[rs.name] = replay_set(rs, plan)
     except RoutingSetError as exc:  # a λ past a float's range over this set's costs
-        raise _fail(str(exc)) from None
+        fail(str(exc))
     if plot is not None:
         from cli.route_plot import draw_frontiers
 

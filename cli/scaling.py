@@ -10,13 +10,14 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cli.errors import fail
 from cli.output_path import plot_path_problem
 from controller.scaling.curves import APPROACHES, Curves, CurvesError, load_curves
 from controller.scaling.data import CountTable, DataError, load_answers, load_counts
@@ -25,11 +26,6 @@ from controller.scaling.optimize import Progress as ProgressFn
 from controller.scaling.plan import PlanError, plan_deployment, plan_paper
 
 _USER_ERRORS = (DataError, CurvesError, FitError, PlanError)
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 @contextmanager
@@ -124,9 +120,9 @@ def fit(
     The accuracy approach fits L(N, D) to the data's `loss` column when it has one, and
     otherwise to the negative log of pass@1 (the fit's diagnostics say which)."""
     if approach not in APPROACHES:
-        _fail(f"--approach: unknown approach '{approach}' (use {', '.join(APPROACHES)})")
+        fail(f"--approach: unknown approach '{approach}' (use {', '.join(APPROACHES)})")
     if metric not in METRICS:
-        _fail(f"--metric: unknown metric '{metric}' (use {', '.join(METRICS)})")
+        fail(f"--metric: unknown metric '{metric}' (use {', '.join(METRICS)})")
     try:
         table = load_data(data, where)
         with _progress(f"fitting {approach}", as_json) as progress:
@@ -135,9 +131,9 @@ def fit(
             )
         curves.save(out)
     except _USER_ERRORS as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:
-        _fail(f"--out: cannot write {out}: {exc.strerror}")
+        fail(f"--out: cannot write {out}: {exc.strerror}")
     if as_json:
         typer.echo(json.dumps(curves.model_dump(mode="json")))
     else:
@@ -148,9 +144,9 @@ def _parse_ks(text: str) -> list[int]:
     try:
         ks = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        _fail(f"--k: expected comma-separated integers like 1,10,100, got '{text}'")
+        fail(f"--k: expected comma-separated integers like 1,10,100, got '{text}'")
     if not ks or any(k < 1 for k in ks):
-        _fail(f"--k: every k must be an integer >= 1, got '{text}'")
+        fail(f"--k: every k must be an integer >= 1, got '{text}'")
     return ks
 
 
@@ -167,7 +163,7 @@ def predict(
         curves = load_curves(curves_path)
         values = curves.pass_at_k(ks, params=params, tokens=tokens, model=model)
     except _USER_ERRORS as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(json.dumps({"k": ks, "pass_at_k": [float(v) for v in values]}))
 
 
@@ -208,7 +204,7 @@ def plan(
     use_paper = any(v is not None for v in paper)
     use_deploy = any(v is not None for v in deploy)
     if use_paper == use_deploy:
-        _fail(
+        fail(
             "give either --train-flops and --inference-flops, or --total-flops, --queries and "
             "--tokens-per-query"
         )
@@ -216,21 +212,21 @@ def plan(
         curves = load_curves(curves_path)
         if use_paper:
             if train_flops is None or inference_flops is None:
-                _fail("--train-flops and --inference-flops go together")
+                fail("--train-flops and --inference-flops go together")
             result = plan_paper(
                 curves, train_flops, inference_flops, n_min=min_params, d_min=min_tokens
             )
         else:
             if total_flops is None or queries is None or tokens_per_query is None:
-                _fail("--total-flops, --queries and --tokens-per-query go together")
+                fail("--total-flops, --queries and --tokens-per-query go together")
             result = plan_deployment(
                 curves, total_flops, queries, tokens_per_query, n_min=min_params, d_min=min_tokens
             )
     except _USER_ERRORS as exc:
-        _fail(str(exc))
+        fail(str(exc))
     fitted_for = str(curves.diagnostics.get("metric", "pass"))
     if metric is not None and metric != fitted_for:
-        _fail(f"--metric {metric}: {curves_path} was fitted for '{fitted_for}'")
+        fail(f"--metric {metric}: {curves_path} was fitted for '{fitted_for}'")
     typer.echo(json.dumps(result.to_dict() | {"metric": fitted_for}))
 
 
@@ -245,15 +241,15 @@ def plot(
 
     problem = plot_path_problem(out)
     if problem:
-        _fail(f"--out: {problem}")
+        fail(f"--out: {problem}")
     try:
         curves = load_curves(curves_path)
         table = load_data(data, where)
         render(curves, table, out)
     except _USER_ERRORS as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:
-        _fail(f"--out: cannot write {out}: {exc.strerror}")
+        fail(f"--out: cannot write {out}: {exc.strerror}")
     typer.echo(str(out), err=True)
 
 

@@ -7,10 +7,11 @@ import logging
 import math
 import socket
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
+from cli.errors import fail
 from server.config import (
     CONFIG_ENV,
     ConfigError,
@@ -38,7 +39,7 @@ def serve(
     try:
         cfg = load_config(config)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _check_admin_key_env()
     if cfg.ledger.backend == "sqlite":
         _open_ledger_file(cfg.ledger.path)
@@ -56,7 +57,7 @@ def serve(
         app = create_app(cfg)  # routes are built here: a member without usable curves fails
         cfg.check_inprocess_weights()
     except ConfigError as exc:
-        _fail(f"{resolve_config_path(config)}: {exc}")
+        fail(f"{resolve_config_path(config)}: {exc}")
     enable_reload(app, resolve_config_path(config))  # POST /admin/reload and SIGHUP
     address = (host or settings.host, settings.port if port is None else port)
     # Bound before uvicorn runs the lifespan (the engines' start, ~30 s), so a port in use is
@@ -76,12 +77,6 @@ def serve(
         DrainingServer(uv_config, app.state.drain, drain_s).run(sockets=[sock])
 
 
-def _fail(message: str) -> NoReturn:
-    """The one error line and exit 2 of a configuration the server cannot start with."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
 def _check_admin_key_env() -> None:
     """A malformed T2SERVE_ADMIN_KEY digest, refused now rather than inside the lifespan."""
     from server.config import env_admin_digest
@@ -89,7 +84,7 @@ def _check_admin_key_env() -> None:
     try:
         env_admin_digest()
     except ValueError as exc:
-        _fail(f"{exc}; give the admin key, or 'sha256:' and its 64-digit hex digest")
+        fail(f"{exc}; give the admin key, or 'sha256:' and its 64-digit hex digest")
 
 
 def _open_ledger_file(path: str) -> None:
@@ -99,7 +94,7 @@ def _open_ledger_file(path: str) -> None:
 
     problem = openable(path)
     if problem is not None:
-        _fail(f"ledger.path: {problem}")
+        fail(f"ledger.path: {problem}")
 
 
 def _check_journal(ledger: LedgerConfig) -> None:
@@ -112,7 +107,7 @@ def _check_journal(ledger: LedgerConfig) -> None:
     problem = writable(path)
     if problem is not None:
         given = "" if ledger.pending_settles_path else f" (its default, {str(path)!r})"
-        _fail(f"ledger.pending_settles_path{given}: {problem}")
+        fail(f"ledger.pending_settles_path{given}: {problem}")
 
 
 def _bind(host: str, port: int, from_options: tuple[bool, bool]) -> socket.socket:
@@ -124,9 +119,9 @@ def _bind(host: str, port: int, from_options: tuple[bool, bool]) -> socket.socke
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             field = "--port" if from_options[1] else "server.port"
-            _fail(f"{field}: {host}:{port} is in use")
+            fail(f"{field}: {host}:{port} is in use")
         field = "--host" if from_options[0] else "server.host"
-        _fail(f"{field}: cannot listen on {host}:{port} ({exc.strerror or exc})")
+        fail(f"{field}: cannot listen on {host}:{port} ({exc.strerror or exc})")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,19 +1,25 @@
-"""Usage errors as one plain line and exit 2, as the CLI's own errors print them.
+"""The CLI's errors: one plain line, `error: <what>`, and exit 2.
 
-typer draws a usage error (an option out of its `min`/`max` range, a value that is not a
-number, an unknown or missing option, an unknown command) in a rich box under the usage line;
-every other error of `t2serve` is one line, `error: <what>`, and exit 2. `OneLineUsageErrors`
-is the app's command group, so every command and option gets this from one place.
+`fail` is how a command says what is wrong with its input. typer draws a usage error (an
+option out of its `min`/`max` range, a value that is not a number, an unknown or missing
+option, an unknown command) in a rich box under the usage line instead; `OneLineUsageErrors`
+is the app's command group, so every command and option prints those as one line too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print `error: message` on stderr and exit `code` (2: the input is wrong)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
 
 
 def is_usage_error(exc: BaseException) -> bool:
