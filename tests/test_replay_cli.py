@@ -122,6 +122,17 @@ def test_a_number_gold_and_number_answers_are_read_by_value() -> None:
     assert [s.answer for s in question.samples] == ["84", "84", "81.5"]
 
 
+def test_a_true_false_answer_is_an_answer_not_a_bad_file() -> None:
+    """A program of thought may return a bool, and a log may keep it as one: it votes as the
+    text it is ("True"), as it did before answers' types were checked."""
+    line = json.dumps({"id": "b", "gold": "yes", "samples": [
+        {"text": "ans = True", "answer": True}, {"text": "…", "answer": "yes"},
+        {"text": "ans = True", "answer": True}]})  # fmt: skip
+    [question], _ = parse_lines([line], get_extractor("answer_is,last_number"))
+    answers = [s.answer for s in question.samples]
+    assert answers[0] == answers[2] != answers[1] == question.gold
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
@@ -141,9 +152,7 @@ def test_a_number_gold_and_number_answers_are_read_by_value() -> None:
         ('{"id": 1, "gold": "1", "samples": [{"answer": "1"}, {"text": ["x"], "answer": "1"}]}',
          "sample 1 `text` must be a string or null, not a list"),
         ('{"id": 1, "gold": "1", "samples": [{"answer": ["1"]}]}',
-         "sample 0 `answer` must be a string, a number or null, not a list"),
-        ('{"id": 1, "gold": "1", "samples": [{"answer": true}]}',
-         "sample 0 `answer` must be a string, a number or null, not true/false"),
+         "sample 0 `answer` must be a string, a number, true/false or null, not a list"),
         ('{"id": 1, "gold": "1", "samples": [{"answer": {"x": 1}}]}', "not an object"),
         ('{"id": 1, "gold": "1", "samples": [{"answer": NaN}]}', "`answer` must be"),
         ('{"id": 1, "gold": "1", "samples": [{"answer": "1", "correct": "yes"}]}',

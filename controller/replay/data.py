@@ -93,6 +93,13 @@ def _scalar(value: object) -> bool:
     return number and math.isfinite(cast(float, value))
 
 
+def _answer(value: object) -> bool:
+    """A recorded answer: a scalar, or true/false (a program of thought may return a bool, and
+    the source logs it as one: it reads as the text "True" or "False", a wrong answer where gold
+    is "yes", never a reason to refuse the file)."""
+    return _scalar(value) or isinstance(value, bool)
+
+
 def _count(value: object) -> bool:
     return _scalar(value) and not isinstance(value, str) and cast(float, value) >= 0
 
@@ -113,7 +120,7 @@ _QUESTION_FIELDS: dict[str, FieldType] = {
 }
 _SAMPLE_FIELDS: dict[str, FieldType] = {
     "text": (_string, "a string or null"),
-    "answer": (_scalar, "a string, a number or null"),
+    "answer": (_answer, "a string, a number, true/false or null"),
     "correct": (_flag, "true/false or null"),
     "tokens": (_count, "a number of at least 0, or null"),
     "num_tokens": (_count, "a number of at least 0, or null"),
