@@ -252,3 +252,17 @@ async def test_a_file_that_defines_an_api_tenant_is_refused_at_reload_and_loses_
         shown = (await a.get("/admin/tenants/newco", headers=ADMIN)).json()
         assert shown["source"] == "api" and limits(shown)["day"] == 0.01
         assert (await a.delete("/admin/tenants/newco", headers=ADMIN)).status_code == 200
+
+
+async def test_the_openapi_document_lists_the_tenant_routes_409(replica: Replica) -> None:
+    async with replica() as a:
+        paths = (await a.get("/openapi.json")).json()["paths"]
+    for method, path in (("post", "/admin/tenants"), ("delete", "/admin/tenants/{tenant_id}")):
+        responses = paths[path][method]["responses"]
+        assert {"201" if method == "post" else "200", "400", "404", "409"} <= set(responses)
+        schema = responses["409"]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert "409" not in paths["/admin/tenants"]["get"]["responses"]
+    assert "409" not in paths["/admin/tenants/{tenant_id}"]["get"]["responses"]
+    body = paths["/admin/tenants"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/NewTenant"}
