@@ -7,9 +7,11 @@ replica is in force everywhere within `POLL_S` plus one snapshot read (well unde
 and scheduled revocations (a rotation's grace period) need no poll at all: each stored key
 carries its times, checked at every authentication.
 
-Precedence (documented in README, "Operating t2serve"): the file seeds tenants and budgets; an
-override made through the API wins over the file's value of that same field for as long as the
-file still holds the value it had when the override was made (controller.budget.admin_state).
+Precedence (documented in docs/budgets.md, "Operating t2serve"): the file seeds tenants and
+budgets; tenants made through the API are added after the file's (the file wins an id both
+hold, with an error logged); an override made through the API wins over the file's value of
+that same field (an API tenant's own settings stand for the file's) for as long as the file
+still holds the value it had when the override was made (controller.budget.admin_state).
 The fields an override can set (`SECTIONS`): a tenant's `budgets.*` (stored under the bare
 window name, as before there were other sections), `user_budgets.*`, `rate_limits.rpm|tpm` and
 `alerts.thresholds` (the webhook's url and secret stay in the file).

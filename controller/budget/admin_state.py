@@ -1,4 +1,4 @@
-"""Lasting admin state: budget overrides and API keys made through the admin API.
+"""Lasting admin state: tenants, budget overrides and API keys made through the admin API.
 
 It lives next to the spend it governs (the ledger's SQLite file, or its Redis), so every replica
 sharing a ledger shares it too. Each method of an `AdminStore` is one atomic step (one SQLite
