@@ -7,9 +7,11 @@ replica is in force everywhere within `POLL_S` plus one snapshot read (well unde
 and scheduled revocations (a rotation's grace period) need no poll at all: each stored key
 carries its times, checked at every authentication.
 
-Precedence (documented in README, "Operating t2serve"): the file seeds tenants and budgets; an
-override made through the API wins over the file's value of that same field for as long as the
-file still holds the value it had when the override was made (controller.budget.admin_state).
+Precedence (documented in docs/budgets.md, "Operating t2serve"): the file seeds tenants and
+budgets; tenants made through the API are added after the file's (the file wins an id both
+hold, with an error logged); an override made through the API wins over the file's value of
+that same field (an API tenant's own settings stand for the file's) for as long as the file
+still holds the value it had when the override was made (controller.budget.admin_state).
 The fields an override can set (`SECTIONS`): a tenant's `budgets.*` (stored under the bare
 window name, as before there were other sections), `user_budgets.*`, `rate_limits.rpm|tpm` and
 `alerts.thresholds` (the webhook's url and secret stay in the file).
@@ -25,7 +27,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from controller.budget.admin_state import (
@@ -33,6 +36,7 @@ from controller.budget.admin_state import (
     AdminStore,
     Override,
     StoredKey,
+    StoredTenant,
 )
 from server.auth import KeyRing
 from server.config import AppConfig, ConfigError, LedgerConfig, TenantConfig, parse_config
@@ -71,15 +75,41 @@ def file_values(tenant: TenantConfig | None, section: str = "budgets") -> dict[s
     return {name: dumped.get(name) for name in SECTIONS[section]}
 
 
-def overlay(file_config: AppConfig, overrides: list[Override]) -> AppConfig:
-    """The file config with the overrides that still apply; ConfigError if the result is not
-    a valid config (the caller refuses the change)."""
+MAX_API_TENANTS = 1000
+"""The most tenants the admin API keeps at once: each is a `tenant` metric label value
+(server.metrics declares the configured ids, and only those), so their number stays bounded."""
+
+
+def tenant_data(tenant: StoredTenant) -> dict[str, Any]:
+    """A stored tenant as a `tenants:` entry of the config: its settings, its id, no keys."""
+    return {**tenant.config, "id": tenant.id, "api_keys": []}
+
+
+def api_tenants(file_config: AppConfig, tenants: Sequence[StoredTenant]) -> list[StoredTenant]:
+    """The live stored tenants in force over this file: those it does not define itself (the
+    file wins an id both hold, server.serving.state refuses a reload that makes it so)."""
+    in_file = {t.id for t in file_config.tenants}
+    return [t for t in tenants if t.live and t.id not in in_file]
+
+
+def overlay(
+    file_config: AppConfig, overrides: list[Override], tenants: Sequence[StoredTenant] = ()
+) -> AppConfig:
+    """The file config with the admin API's tenants added (after the file's) and the overrides
+    that still apply; ConfigError if the result is not a valid config (the caller refuses the
+    change)."""
+    added = api_tenants(file_config, tenants)
+    ids = [t.id for t in added]
+    if added:  # parsed first, so an override compares with their values as the file's are
+        data = file_config.model_dump(mode="python")
+        data["tenants"] += [tenant_data(t) for t in added]
+        file_config = parse_config(data, "admin store", api_tenants=ids)
     if not overrides:
         return file_config
     data = file_config.model_dump(mode="python")
-    tenants = {t["id"]: t for t in data["tenants"]}
+    tenants_by_id = {t["id"]: t for t in data["tenants"]}
     for o in overrides:
-        tenant = tenants.get(o.tenant)
+        tenant = tenants_by_id.get(o.tenant)
         section, name = split_field(o.field)
         if tenant is None or name not in SECTIONS.get(section, ()):
             continue  # a tenant the file no longer has
@@ -91,7 +121,7 @@ def overlay(file_config: AppConfig, overrides: list[Override]) -> AppConfig:
         values = dict(current or {})
         values[name] = o.effective(values.get(name))
         tenant[section] = values if any(v is not None for v in values.values()) else None
-    return parse_config(data, "admin overrides")
+    return parse_config(data, "admin store", api_tenants=ids)
 
 
 class AdminSync:
@@ -145,9 +175,21 @@ class AdminSync:
         return f"admin store unreachable ({self.ledger.backend} {where}): {reason}"
 
     def effective(self, file_config: AppConfig) -> AppConfig:
-        """The file with the stored overrides that still win; the file alone if that fails."""
+        """The file with the stored tenants and the overrides that still win; the file alone
+        if that fails. A stored tenant the file also defines is left out, with an error logged:
+        the file wins (a reload that would make it so is refused; at start, or on a replica
+        whose file differs, it cannot be)."""
+        in_file = {t.id for t in file_config.tenants}
+        shadowed = sorted(t.id for t in self.snapshot.tenants if t.live and t.id in in_file)
+        if shadowed:
+            log.error(
+                "tenant(s) %s made through the admin API are also defined in the config file; "
+                "the file's are in force: remove them from the file, or delete them through "
+                "the admin API once the file no longer defines them",
+                ", ".join(shadowed),
+            )
         try:
-            return overlay(file_config, self.snapshot.overrides)
+            return overlay(file_config, self.snapshot.overrides, self.snapshot.tenants)
         except ConfigError as exc:  # e.g. the file dropped a tenant's prices: keep serving
             log.error("admin overrides not applied: %s", exc)
             return file_config
@@ -188,6 +230,14 @@ class AdminSync:
 
     async def create_key(self, key: StoredKey, revoke: tuple[str, float] | None = None) -> None:
         await self.store.create_key(key, self.clock(), revoke)
+        await self.refresh()
+
+    async def create_tenant(self, tenant: StoredTenant) -> None:
+        await self.store.create_tenant(tenant, MAX_API_TENANTS)
+        await self.refresh()
+
+    async def delete_tenant(self, tenant_id: str) -> None:
+        await self.store.delete_tenant(tenant_id, self.clock())
         await self.refresh()
 
     async def revoke_key(self, tenant: str, prefix: str, at: float) -> StoredKey:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -283,6 +284,10 @@ def alert_thresholds(values: list[float]) -> list[float]:
     return sorted(set(values))
 
 
+API_TENANTS = "api_tenants"
+"""Validation-context key: the ids of tenants made through the admin API (parse_config)."""
+
+
 class TenantConfig(_Strict):
     """A tenant: who it is (keys), what it may use (models) and how its requests are sampled.
 
@@ -292,7 +297,10 @@ class TenantConfig(_Strict):
     """
 
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    api_keys: list[ApiKey] = Field(min_length=1)
+    api_keys: list[ApiKey] = Field(
+        description="at least one in the file; none for a tenant made through the admin API, "
+        "whose keys are all made there (POST /admin/tenants/{id}/keys)"
+    )
     models: list[str] = Field(default_factory=lambda: ["*"], description="model ids, or '*'")
     policy: PolicySpec | None = None
     aggregator: AggregatorName | None = None
@@ -337,6 +345,20 @@ class TenantConfig(_Strict):
         if name is None:
             return listed[0] if listed else None
         return next((v for v in listed if v.label == name), None)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keyed(cls, keys: list[ApiKey], info: ValidationInfo) -> list[ApiKey]:
+        """A tenant in the file needs a key there (without one it could never be used); a
+        tenant the admin API made (named in the validation context, `API_TENANTS`) has only
+        stored keys."""
+        made_by_api = info.data.get("id") in (info.context or {}).get(API_TENANTS, ())
+        if not keys and not made_by_api:
+            raise ValueError(
+                "a tenant in the config file needs at least one key (sha256, or plain in a "
+                "demo config)"
+            )
+        return keys
 
     @model_validator(mode="after")
     def _unique_verifier_names(self) -> TenantConfig:
@@ -789,12 +811,37 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def parse_config(data: Any, source: str = "config") -> AppConfig:
-    """Validate an already-loaded mapping; relative paths stay relative to the working directory."""
+def tenant_problem(config: AppConfig, tenant: dict[str, Any]) -> tuple[str | None, str] | None:
+    """Whether `tenant` (a `tenants:` entry, made through the admin API) fits this config: its
+    models, routes, prices and verifiers checked as the file's tenants are, by AppConfig's own
+    validators. The first problem as (the field within the tenant, the message naming it)."""
+    data = config.model_dump(mode="python")
+    data["tenants"] = [tenant]  # alone: index 0, and no other tenant's problem in the way
+    try:
+        AppConfig.model_validate(data, context={API_TENANTS: frozenset([tenant.get("id")])})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err.get("loc", ())]
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if loc[:2] == ["tenants", "0"] and len(loc) > 2:
+            where = ".".join(loc[2:])
+            return where, f"{where}: {msg}"
+        if msg.startswith("tenants.0."):  # a check across fields names its path itself
+            where, _, text = msg.removeprefix("tenants.0.").partition(": ")
+            return where, f"{where}: {text}"
+        return None, msg
+    return None
+
+
+def parse_config(
+    data: Any, source: str = "config", api_tenants: Collection[str] = ()
+) -> AppConfig:
+    """Validate an already-loaded mapping; relative paths stay relative to the working directory.
+    `api_tenants`: the ids of tenants the admin API made (they have no keys in the config)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
     try:
-        return AppConfig.model_validate(data)
+        return AppConfig.model_validate(data, context={API_TENANTS: frozenset(api_tenants)})
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_describe(exc)}") from None
 

@@ -1,7 +1,8 @@
 """The admin store's contract on both real backends (a SQLite file, a real redis-server):
 overrides and keys survive a reopen, every change bumps the version, labels stay unique among
-live keys, revocation keeps the earliest time, and rotation is one step that either fully
-happens or not at all (a revoked or expired key is refused in that same step)."""
+live keys, revocation keeps the earliest time, rotation is one step that either fully
+happens or not at all (a revoked or expired key is refused in that same step), and a tenant
+made or deleted through the API is one step that leaves no override or live key behind."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ from controller.budget.admin_state import (
     KeyNotLive,
     Override,
     StoredKey,
+    StoredTenant,
+    TenantExists,
+    TenantNotFound,
+    TooManyTenants,
 )
 from storage import Stores
 
@@ -149,3 +154,72 @@ async def test_a_keys_rate_limits_are_stored_changed_and_cleared(
         await other.close()
     assert cleared.rate_limits is None
     assert (await store.snapshot()).keys[0].rate_limits is None
+
+
+def team(tenant_id: str, at: float = NOW, **config: object) -> StoredTenant:
+    return StoredTenant(tenant_id, {"models": ["m"], **config}, at)
+
+
+async def test_a_tenant_is_created_and_deleted_in_one_step_each(
+    store: AdminStore, opener: Callable[[], AdminStore]
+) -> None:
+    """Creating and deleting bump the version (every replica reloads) and survive a reopen; a
+    deleted tenant stays as a tombstone, its overrides gone and its keys revoked from then on."""
+    v0 = await store.version()
+    v1 = await store.create_tenant(team("newco", budgets={"day": {"limit": 2.0}}), limit=10)
+    assert v1 > v0
+    with pytest.raises(TenantExists):
+        await store.create_tenant(team("newco"), limit=10)
+    await store.put_overrides([Override("newco", "day", {"limit": 9.0}, None, NOW)])
+    await store.create_key(key("a" * 64, tenant="newco"), NOW)
+    await store.create_key(key("b" * 64, tenant="newco", label="old"), NOW)
+    await store.revoke_key("newco", "t2-bbbbbb", NOW + 5)  # an earlier revocation stands
+    await store.create_key(key("c" * 64, tenant="acme"), NOW)  # another tenant's key
+    other = opener()
+    try:
+        (made,) = (await other.snapshot()).live_tenants()
+    finally:
+        await other.close()
+    assert made == team("newco", budgets={"day": {"limit": 2.0}})
+    before = await store.version()
+    after = await store.delete_tenant("newco", NOW + 60)
+    assert after > before
+    snap = await store.snapshot()
+    assert snap.version == after and snap.live_tenants() == []
+    (tomb,) = snap.tenants
+    assert (tomb.id, tomb.deleted_at, tomb.config) == ("newco", NOW + 60, made.config)
+    assert snap.overrides == []
+    revoked = {k.sha256: k.revoked_at for k in snap.keys}
+    assert revoked == {"a" * 64: NOW + 60, "b" * 64: NOW + 5, "c" * 64: None}
+    with pytest.raises(TenantNotFound):
+        await store.delete_tenant("newco", NOW + 61)  # already deleted
+    with pytest.raises(TenantNotFound):
+        await store.delete_tenant("nobody", NOW)
+    assert (await store.snapshot()).version == after  # refusals change nothing
+
+
+async def test_a_new_tenant_inherits_no_override_or_live_key_of_its_id(store: AdminStore) -> None:
+    """An id used before (a tenant deleted, or one the file had) may be taken again: the new
+    tenant replaces the tombstone and starts with no override and no live key of the old one."""
+    await store.create_tenant(team("reuse", at=NOW), limit=10)
+    await store.create_key(key("a" * 64, tenant="reuse"), NOW)
+    await store.delete_tenant("reuse", NOW + 10)
+    await store.put_overrides([Override("reuse", "rate_limits.rpm", 5, None, NOW + 20)])
+    await store.create_key(key("b" * 64, tenant="reuse"), NOW + 20)  # made for a file tenant
+    await store.create_tenant(team("reuse", at=NOW + 30, models=["*"]), limit=10)
+    snap = await store.snapshot()
+    assert snap.tenants == [team("reuse", at=NOW + 30, models=["*"])]
+    assert snap.overrides == []
+    assert {k.sha256: k.revoked_at for k in snap.keys} == {"a" * 64: NOW + 10, "b" * 64: NOW + 30}
+
+
+async def test_the_tenant_limit_counts_live_tenants_only(store: AdminStore) -> None:
+    await store.create_tenant(team("one"), limit=2)
+    await store.create_tenant(team("two"), limit=2)
+    version = await store.version()
+    with pytest.raises(TooManyTenants):
+        await store.create_tenant(team("three"), limit=2)
+    assert await store.version() == version
+    await store.delete_tenant("one", NOW + 1)
+    await store.create_tenant(team("three"), limit=2)  # a tombstone does not count
+    assert sorted(t.id for t in (await store.snapshot()).live_tenants()) == ["three", "two"]

@@ -104,7 +104,7 @@ async def test_cascade_bills_each_wave_to_the_model_that_drew_it(chain_pair: Cha
     tenant = next(t for t in chain_pair.cfg.tenants if t.id == "flops")
     logs = {
         r.request_id: r
-        for r in await app.state.t2.billing.spend_logs([tenant], t0 - 1, time.time() + 1)
+        for r in await app.state.t2.billing.spend_logs([tenant.id], t0 - 1, time.time() + 1)
     }
     for rid, t2, _ in results:
         route = t2["route"]

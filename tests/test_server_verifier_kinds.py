@@ -119,7 +119,7 @@ async def test_the_judge_grades_by_its_own_answer_and_its_compute_is_billed(
         if judged in t2["votes"]:
             assert t2["answer"] == judged
     tenant = state.config.tenants[1]
-    logs = await state.billing.spend_logs([tenant], 0, 2e12)
+    logs = await state.billing.spend_logs([tenant.id], 0, 2e12)
     assert logs and sum(r.money for r in logs) > 0
     assert any(r.prompt_tokens > 0 for r in logs)
 

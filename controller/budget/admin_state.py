@@ -1,4 +1,4 @@
-"""Lasting admin state: budget overrides and API keys made through the admin API.
+"""Lasting admin state: tenants, budget overrides and API keys made through the admin API.
 
 It lives next to the spend it governs (the ledger's SQLite file, or its Redis), so every replica
 sharing a ledger shares it too. Each method of an `AdminStore` is one atomic step (one SQLite
@@ -23,6 +23,22 @@ class DuplicateLabel(ValueError):
 
 class KeyNotFound(LookupError):
     """No key with this prefix for this tenant."""
+
+
+class TenantExists(ValueError):
+    """The store already holds a live tenant with this id."""
+
+
+class TenantNotFound(LookupError):
+    """The store holds no live tenant with this id."""
+
+
+class TooManyTenants(ValueError):
+    """The store holds `limit` live tenants already (metric labels stay bounded)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the admin store holds {limit} tenants, its limit")
+        self.limit = limit
 
 
 class KeyNotLive(ValueError):
@@ -91,11 +107,38 @@ class StoredKey:
         return cls(**json.loads(text))
 
 
+@dataclass(frozen=True)
+class StoredTenant:
+    """A tenant made through the admin API: `config` is its settings as the request gave them
+    (a TenantConfig's fields, JSON-able, without keys: those are StoredKeys). A deleted tenant
+    stays as a tombstone (`deleted_at`), so its spend logs can still be read by its id."""
+
+    id: str
+    config: dict[str, Any]
+    created_at: float
+    deleted_at: float | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.deleted_at is None
+
+    def to_json(self) -> str:
+        return canonical(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> StoredTenant:
+        return cls(**json.loads(text))
+
+
 @dataclass
 class AdminSnapshot:
     version: int
     overrides: list[Override] = field(default_factory=list)
     keys: list[StoredKey] = field(default_factory=list)
+    tenants: list[StoredTenant] = field(default_factory=list)  # tombstones included
+
+    def live_tenants(self) -> list[StoredTenant]:
+        return sorted((t for t in self.tenants if t.live), key=lambda t: (t.created_at, t.id))
 
 
 class AdminStore(Protocol):
@@ -128,6 +171,20 @@ class AdminStore(Protocol):
         self, tenant: str, prefix: str, rate_limits: dict[str, Any] | None
     ) -> StoredKey:
         """Replace a key's own rpm/tpm (None: none); KeyNotFound if absent."""
+        ...
+
+    async def create_tenant(self, tenant: StoredTenant, limit: int) -> int:
+        """Add a tenant, in one step that also drops any overrides stored under its id and
+        revokes, from `tenant.created_at`, any key still live under it (a tenant of that id
+        deleted earlier, or once in the file): a new tenant starts with neither. Raises
+        TenantExists when a live tenant has the id, TooManyTenants when `limit` are live
+        (a tombstone of the id is replaced). The new version."""
+        ...
+
+    async def delete_tenant(self, tenant_id: str, at: float) -> int:
+        """Mark the tenant deleted at `at`, drop its overrides and revoke its keys from `at`
+        (earlier revocations stand), in one step; spend and key records stay. TenantNotFound
+        if no live tenant has the id. The new version."""
         ...
 
     async def touch_keys(self, last_used: dict[str, float]) -> None:

@@ -9,11 +9,12 @@ Reload (POST /admin/reload, or SIGHUP: see server.app.enable_reload) parses and 
 whole file first and swaps it in only if it is valid; requests already running keep the tenant
 objects they resolved, so nothing in flight is dropped.
 
-Budget, user-budget, rate-limit and alert-threshold changes (PUT) and keys (POST/GET/DELETE
-.../keys, PUT .../keys/{prefix}/rate_limits) are stored in the ledger's store and reach every
-replica within 2 s (server.admin_state); a PUT wins over the file until the file changes that
-same field. Bodies are strict pydantic models: NaN, Infinity and a value of the wrong JSON type
-("5", true for a number) are refused, never coerced.
+Tenants (POST /admin/tenants, DELETE /admin/tenants/{id}), budget, user-budget, rate-limit and
+alert-threshold changes (PUT) and keys (POST/GET/DELETE .../keys, PUT .../keys/{prefix}/
+rate_limits) are stored in the ledger's store and reach every replica within 2 s
+(server.admin_state); a PUT wins over the file until the file changes that same field.
+Bodies are strict pydantic models: NaN, Infinity and a value of the wrong JSON type ("5", true
+for a number) are refused, never coerced.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, cast, get_args
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from controller.budget import Budgets
 from controller.budget.admin_state import (
@@ -39,21 +41,34 @@ from controller.budget.admin_state import (
     KeyNotLive,
     Override,
     StoredKey,
+    StoredTenant,
+    TenantExists,
+    TenantNotFound,
+    TooManyTenants,
 )
 from controller.budget.ledger import SpendRecord
 from controller.budget.models import RateLimits
-from server.admin_state import SECTIONS, file_values, overlay, override_field
+from server.admin_state import (
+    MAX_API_TENANTS,
+    SECTIONS,
+    file_values,
+    overlay,
+    override_field,
+)
 from server.api.deps import authenticator, get_state
 from server.api.protocol import SpendGroup, SpendReport, SpendReportRow
 from server.auth import bearer_key
 from server.config import (
     ADMIN_KEY_ENV,
+    AlertSettings,
+    ApiKey,
     AppConfig,
     TenantConfig,
     alert_thresholds,
     bills_money,
     env_admin_digest,
     hash_key,
+    tenant_problem,
 )
 from server.errors import APIError, ConfigError, echoed
 from server.serving import ServingState
@@ -161,7 +176,14 @@ async def _report(state: ServingState, tenant_id: str) -> dict[str, Any]:
     report.setdefault("rate_limits", _dump(tenant.rate_limits))
     report["alert_thresholds"] = tenant.alerts.thresholds if tenant.alerts else None
     report["models"] = tenant.models
+    report["source"] = _source(state, tenant.id)
     return report
+
+
+def _source(state: ServingState, tenant_id: str) -> str:
+    """Where a tenant is defined: "file" (the config file; changed and removed there) or "api"
+    (made through POST /admin/tenants; DELETE removes it)."""
+    return "file" if any(t.id == tenant_id for t in state.file_config.tenants) else "api"
 
 
 def _dump(model: BaseModel | None) -> dict[str, Any] | None:
@@ -170,7 +192,7 @@ def _dump(model: BaseModel | None) -> dict[str, Any] | None:
 
 @router.get("/tenants")
 async def list_tenants(request: Request) -> dict[str, Any]:
-    """Every configured tenant with its models and budgets."""
+    """Every tenant, the file's then the API's, with its models, budgets and source."""
     state = get_state(request)
     data = [
         {
@@ -179,6 +201,7 @@ async def list_tenants(request: Request) -> dict[str, Any]:
             "metered": state.billing.metered(t),
             "budgets": t.budgets.model_dump() if t.budgets else None,
             "rate_limits": _dump(t.rate_limits),
+            "source": _source(state, t.id),
         }
         for t in state.config.tenants
     ]
@@ -190,6 +213,112 @@ async def get_tenant(tenant_id: str, request: Request) -> dict[str, Any]:
     """Spend, reserved, limit and remaining per window, and the pacing λ."""
     state = get_state(request)
     return await _report(state, tenant_id)
+
+
+class NewTenant(TenantConfig):
+    """A tenant made through the admin API: the config file's tenant settings, validated by the
+    same model (TenantConfig) and, across the config, by the same checks (its models and routes
+    exist, a currency budget has its prices). No keys: they are made with
+    POST /admin/tenants/{id}/keys, after. No alert webhook: its HMAC secret would sit in the
+    admin store, which holds no secret (keys are stored as digests); Prometheus alerts cover
+    the tenant as any other."""
+
+    api_keys: list[ApiKey] = Field(
+        default_factory=list, description="not taken: make keys with POST .../keys"
+    )
+    alerts: AlertSettings | None = Field(
+        default=None, description="not taken: webhooks are configured in the file only"
+    )
+
+    @field_validator("api_keys", "alerts", mode="before")
+    @classmethod
+    def _not_through_the_api(cls, value: Any, info: ValidationInfo) -> Any:
+        instead = {
+            "api_keys": "make its keys with POST /admin/tenants/{id}/keys once it exists",
+            "alerts": "alert webhooks are configured in the config file only (their secret "
+            "stays out of the admin store)",
+        }
+        raise PydanticCustomError(
+            "unsupported_parameter",
+            "'{field}' is not taken by POST /admin/tenants: {instead}",
+            {"field": info.field_name, "instead": instead[str(info.field_name)]},
+        )
+
+
+class TenantDeleted(BaseModel):
+    id: str
+    object: str = "tenant.deleted"
+    deleted: bool = True
+
+
+def _config_file(state: ServingState) -> str:
+    return f"the config file ({state.config_path})" if state.config_path else "the config file"
+
+
+@router.post("/tenants", status_code=201)
+async def create_tenant(body: NewTenant, request: Request) -> dict[str, Any]:
+    """Onboard a tenant without editing the file: every replica serves it within 2 s and it
+    lasts (restarts, reloads). 409 if the id is taken, by the file or the API. It has no key
+    until one is made with POST .../keys."""
+    state = get_state(request)
+    taken = f"Tenant '{echoed(body.id)}' already exists"
+    if any(t.id == body.id for t in state.file_config.tenants):
+        raise APIError(
+            409, f"{taken} in {_config_file(state)}.", param="id", code="tenant_exists"
+        )
+    sync = await state.admin.ensure()
+    if any(t.live and t.id == body.id for t in sync.snapshot.tenants):
+        raise APIError(409, f"{taken} (made through the admin API).", param="id",
+                       code="tenant_exists")  # fmt: skip
+    settings = body.model_dump(
+        mode="json", exclude_unset=True, exclude={"id", "api_keys", "alerts"}
+    )
+    stored = StoredTenant(body.id, settings, sync.clock())
+    problem = tenant_problem(state.file_config, {**settings, "id": body.id, "api_keys": []})
+    if problem is not None:
+        param, message = problem
+        raise APIError(400, f"Invalid tenant: {message}.", param=param, code="invalid_value")
+    overrides = [o for o in sync.snapshot.overrides if o.tenant != body.id]  # dropped with it
+    try:
+        overlay(state.file_config, overrides, [*sync.snapshot.tenants, stored])
+    except ConfigError as exc:
+        raise APIError(400, str(exc), code="invalid_config") from None
+    try:
+        await sync.create_tenant(stored)
+    except TenantExists:  # made on another replica since this one's snapshot
+        raise APIError(409, f"{taken} (made through the admin API).", param="id",
+                       code="tenant_exists") from None  # fmt: skip
+    except TooManyTenants:
+        raise APIError(
+            409,
+            f"The admin API holds {MAX_API_TENANTS} tenants, its limit (each is a metric "
+            "label); delete one, or define tenants in the config file.",
+            param="id",
+            code="tenant_limit_reached",
+        ) from None
+    return await _report(state, body.id)
+
+
+@router.delete("/tenants/{tenant_id}")
+async def delete_tenant(tenant_id: str, request: Request) -> TenantDeleted:
+    """Remove a tenant made through the admin API: its keys stop working on every replica
+    within 2 s; its spend logs and ledger figures stay (billing records). A tenant of the
+    config file is removed there (409)."""
+    state = get_state(request)
+    if any(t.id == tenant_id for t in state.file_config.tenants):
+        raise APIError(
+            409,
+            f"Tenant '{echoed(tenant_id)}' is defined in {_config_file(state)}: remove it "
+            "there, then reload (POST /admin/reload).",
+            param="id",
+            code="tenant_in_config_file",
+        )
+    sync = await state.admin.ensure()
+    try:
+        await sync.delete_tenant(tenant_id)
+    except TenantNotFound:
+        raise _no_tenant(tenant_id, param="id") from None
+    return TenantDeleted(id=tenant_id)
 
 
 @router.put("/tenants/{tenant_id}/budgets")
@@ -208,7 +337,9 @@ async def _put_section(
     remembers the file's value, so a later edit of that field in the file wins again)."""
     _tenant(state, tenant_id)
     sync = await state.admin.ensure()
-    file_tenant = next((t for t in state.file_config.tenants if t.id == tenant_id), None)
+    # the value the override stands over: the file's, or an API tenant's as it was made
+    base = overlay(state.file_config, [], sync.snapshot.tenants)
+    file_tenant = next((t for t in base.tenants if t.id == tenant_id), None)
     in_file = file_values(file_tenant, section)
     now = sync.clock()
     changes = [
@@ -218,7 +349,8 @@ async def _put_section(
     replaced = {(tenant_id, c.field) for c in changes}
     kept = [o for o in sync.snapshot.overrides if (o.tenant, o.field) not in replaced]
     try:
-        overlay(state.file_config, kept + changes)  # the whole config must stay valid
+        # the whole config must stay valid
+        overlay(state.file_config, kept + changes, sync.snapshot.tenants)
     except ConfigError as exc:
         raise APIError(400, str(exc), param=section, code=f"invalid_{section}") from None
     await sync.put_overrides(changes)
@@ -468,7 +600,7 @@ async def list_keys(
     keys = [k for k in await sync.keys(tenant_id) if prefix is None or k.prefix.startswith(prefix)]
     spend: dict[str, dict[str, float]] = {}
     if keys:
-        for r in await state.billing.spend_logs([tenant], 0.0, now + 1.0):
+        for r in await state.billing.spend_logs([tenant.id], 0.0, now + 1.0):
             if r.key_prefix is not None:
                 total = spend.setdefault(r.key_prefix, {"money": 0.0, "flops": 0.0})
                 total["money"] += r.money
@@ -651,11 +783,14 @@ class SpendLogPage(BaseModel):
 
 
 async def _records(state: ServingState, f: SpendFilter) -> list[SpendRecord]:
-    if f.tenant is not None and not any(t.id == f.tenant for t in state.config.tenants):
+    # the tenants in force, and those the admin API deleted: their records are billing records
+    deleted = [t.id for t in state.admin.snapshot.tenants if not t.live]
+    known = list(dict.fromkeys([*(t.id for t in state.config.tenants), *deleted]))
+    if f.tenant is not None and f.tenant not in known:
         raise _no_tenant(f.tenant, param="tenant")
-    tenants = [t for t in state.config.tenants if f.tenant is None or t.id == f.tenant]
+    ids = [t for t in known if f.tenant is None or t == f.tenant]
     until = f.until if f.until is not None else state.admin.clock() + 1.0
-    records = await state.billing.spend_logs(tenants, f.since, until)
+    records = await state.billing.spend_logs(ids, f.since, until)
     return [
         r
         for r in records

@@ -22,8 +22,9 @@ REASONS = {
     401: "Missing, malformed or unknown API key",
     403: "The key may not do this (model not allowed, cap exceeded, tenant key on admin)",
     404: "No such model, tenant or route",
-    409: "Conflicts with a stored key: its label is taken, or the key to rotate is revoked or "
-    "expired",
+    409: "Conflicts with what exists: a key's label is taken, the key to rotate is revoked or "
+    "expired, a tenant id is taken (or the admin API's tenant limit reached), or the tenant to "
+    "delete is defined in the config file",
     405: "Method not allowed on this route",
     413: "The request body is over the server's limit",
     429: "The tenant's budget is spent; Retry-After says when it frees up",
@@ -47,6 +48,8 @@ ADMIN_ERRORS = (400, 401, 403, 404, 405, 413, 500)
 ERRORS_BY_OPERATION: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/admin/tenants/{tenant_id}/keys"): (409,),  # duplicate_label
     ("post", "/admin/tenants/{tenant_id}/keys/{prefix}/rotate"): (409,),  # and key_not_active
+    ("post", "/admin/tenants"): (409,),  # tenant_exists, tenant_limit_reached
+    ("delete", "/admin/tenants/{tenant_id}"): (409,),  # tenant_in_config_file
 }
 SSE_EVENT = {
     "type": "object",

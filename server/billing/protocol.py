@@ -145,9 +145,10 @@ class BillingProvider(Protocol):
         ...
 
     async def spend_logs(
-        self, tenants: list[TenantConfig], since: float, until: float
+        self, tenant_ids: list[str], since: float, until: float
     ) -> list[SpendRecord]:
-        """The tenants' spend-log records with since ≤ time < until, oldest first."""
+        """The tenants' spend-log records with since ≤ time < until, oldest first (by id: a
+        tenant deleted through the admin API keeps its records)."""
         ...
 
     async def start(self) -> None:

@@ -163,11 +163,11 @@ class BudgetProviderBase:
         }
 
     async def spend_logs(
-        self, tenants: list[TenantConfig], since: float, until: float
+        self, tenant_ids: list[str], since: float, until: float
     ) -> list[SpendRecord]:
         """Spend-log records of these tenants with since ≤ time < until, oldest first (an
         unmetered tenant has records too where its keys carry budgets or rate limits)."""
-        return await self.logs.records([t.id for t in tenants], since, until)
+        return await self.logs.records(tenant_ids, since, until)
 
     async def purge_logs(self, force: bool = False) -> int:
         """Retention: drop records past `ledger.spend_log_retention_days`, at most hourly."""

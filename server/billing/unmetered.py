@@ -87,7 +87,7 @@ class UnmeteredProvider:
         return None
 
     async def spend_logs(
-        self, tenants: list[TenantConfig], since: float, until: float
+        self, tenant_ids: list[str], since: float, until: float
     ) -> list[SpendRecord]:
         return []  # nothing is metered, nothing is logged
 

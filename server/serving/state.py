@@ -169,18 +169,37 @@ class ServingState:
                 "change of models needs a restart"
             )
 
+    def _check_no_api_tenant_taken(self, config: AppConfig) -> None:
+        """A file tenant whose id a tenant made through the admin API has would take over that
+        tenant's keys, spend and history (the file wins an id both hold): a reload that does so
+        is refused, naming the entry, while the running file that does not is kept."""
+        stored = {t.id for t in self.admin.snapshot.tenants if t.live}
+        running = {t.id for t in self.file_config.tenants}
+        for i, tenant in enumerate(config.tenants):
+            if tenant.id in stored and tenant.id not in running:
+                raise ConfigError(
+                    f"tenants.{i}.id: tenant {tenant.id!r} was made through the admin API; "
+                    f"delete it there first (DELETE /admin/tenants/{tenant.id}), or give this "
+                    "one another id"
+                )
+
     def reload_from_file(self) -> tuple[AppConfig, list[str]]:
         """Load and validate the config file, then apply it; ConfigError leaves all as it was.
-        A file that the stored admin overrides no longer fit (it dropped the prices a stored
-        budget needs, say) is refused too: applied, it would drop every tenant's overrides.
+        A file that the stored admin overrides or tenants no longer fit (it dropped the prices
+        a stored budget needs, say) is refused too: applied, it would drop every tenant's
+        overrides; so is a file that defines a tenant the admin API made
+        (`_check_no_api_tenant_taken`).
         Returns the new config and what of it waits for a restart (`restart_needed`)."""
         new = load_config(self.config_path)
+        self._check_no_api_tenant_taken(new)
+        snapshot = self.admin.snapshot
         try:
-            overlay(new, self.admin.snapshot.overrides)
+            overlay(new, snapshot.overrides, snapshot.tenants)
         except ConfigError as exc:
             raise ConfigError(
-                f"{exc}; the admin API's stored overrides no longer fit this file: change the "
-                "file, or replace the override through the admin API first"
+                f"{exc}; the admin API's stored overrides or tenants no longer fit this file: "
+                "change the file, or replace the override (or delete the tenant) through the "
+                "admin API first"
             ) from None
         waiting = self.restart_needed(new)
         self.apply(new)

@@ -6,6 +6,8 @@ Keys (prefix `{t2admin}`, one slot, so the scripts also run on a cluster):
 - `:keys` hash sha256 → the key's immutable record (JSON); `:prefix` hash prefix → sha256;
 - `:revoked` hash sha256 → revocation time; `:used` hash sha256 → last use;
 - `:limits` hash sha256 → the key's rpm/tpm as changed after creation (JSON; null: none);
+- `:tenants` hash id → an API-made tenant's record (JSON); `:deleted` hash id → when it was
+  deleted (its tombstone: the record stays);
 - `:alert:<event>` a sent alert's claim (SET NX, expires with its window).
 """
 
@@ -23,12 +25,16 @@ from controller.budget.admin_state import (
     KeyNotLive,
     Override,
     StoredKey,
+    StoredTenant,
+    TenantExists,
+    TenantNotFound,
+    TooManyTenants,
     canonical,
 )
 from storage.redis.connection import connect
 
 _B = "{t2admin}"
-VERSION, OVERRIDES, KEYS, PREFIX, REVOKED, USED, LIMITS = (
+VERSION, OVERRIDES, KEYS, PREFIX, REVOKED, USED, LIMITS, TENANTS, DELETED = (
     f"{_B}:version",
     f"{_B}:overrides",
     f"{_B}:keys",
@@ -36,6 +42,8 @@ VERSION, OVERRIDES, KEYS, PREFIX, REVOKED, USED, LIMITS = (
     f"{_B}:revoked",
     f"{_B}:used",
     f"{_B}:limits",
+    f"{_B}:tenants",
+    f"{_B}:deleted",
 )
 
 # The digest of `prefix` if it is a key of `tenant`; and revoking it from `at` (earlier
@@ -118,6 +126,56 @@ for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return redis.call('INCR', KEYS[1])
 """
 
+# Dropping an id's overrides and revoking its keys from `at`, as a tenant is created or deleted.
+_CLEAR = (
+    _REVOKE
+    + r"""
+local function clear(tenant, at)
+  local prefix = tenant .. '|'
+  for _, member in ipairs(redis.call('HKEYS', KEYS[5])) do
+    if string.sub(member, 1, #prefix) == prefix then redis.call('HDEL', KEYS[5], member) end
+  end
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    if cjson.decode(all[i + 1]).tenant == tenant then revoke(all[i], at) end
+  end
+end
+"""
+)
+
+# KEYS: version, keys, prefix, revoked, overrides, tenants, deleted.
+# ARGV: id, record, limit, created_at.  The new version, or 'exists' / 'limit'.
+CREATE_TENANT = (
+    _CLEAR
+    + r"""
+local live = 0
+local all = redis.call('HKEYS', KEYS[6])
+for _, id in ipairs(all) do
+  if redis.call('HEXISTS', KEYS[7], id) == 0 then
+    if id == ARGV[1] then return 'exists' end
+    live = live + 1
+  end
+end
+if live >= tonumber(ARGV[3]) then return 'limit' end
+clear(ARGV[1], ARGV[4])
+redis.call('HDEL', KEYS[7], ARGV[1])
+redis.call('HSET', KEYS[6], ARGV[1], ARGV[2])
+return tostring(redis.call('INCR', KEYS[1]))
+"""
+)
+
+# KEYS: as CREATE_TENANT.  ARGV: id, at.  The new version, or 'nf'.
+DELETE_TENANT = (
+    _CLEAR
+    + r"""
+if redis.call('HEXISTS', KEYS[6], ARGV[1]) == 0 or redis.call('HEXISTS', KEYS[7], ARGV[1]) == 1
+then return 'nf' end
+clear(ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[7], ARGV[1], ARGV[2])
+return tostring(redis.call('INCR', KEYS[1]))
+"""
+)
+
 # KEYS: used.  ARGV: sha, t, sha, t, ...
 TOUCH = r"""
 for i = 1, #ARGV, 2 do
@@ -127,12 +185,15 @@ end
 return 0
 """
 
-# KEYS: version, overrides, keys, revoked, used, limits.  One consistent read of everything.
+# KEYS: version, overrides, keys, revoked, used, limits, tenants, deleted.  One consistent read
+# of everything.
 SNAPSHOT = r"""
 return {redis.call('GET', KEYS[1]) or '0', redis.call('HGETALL', KEYS[2]),
         redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]),
-        redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6])}
+        redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6]),
+        redis.call('HGETALL', KEYS[7]), redis.call('HGETALL', KEYS[8])}
 """
+_TENANT_KEYS = [VERSION, KEYS, PREFIX, REVOKED, OVERRIDES, TENANTS, DELETED]
 
 
 class RedisAdminStore:
@@ -145,15 +206,17 @@ class RedisAdminStore:
         self._touch = self.client.register_script(TOUCH)
         self._snapshot = self.client.register_script(SNAPSHOT)
         self._set_limits = self.client.register_script(SET_LIMITS)
+        self._create_tenant = self.client.register_script(CREATE_TENANT)
+        self._delete_tenant = self.client.register_script(DELETE_TENANT)
 
     async def version(self) -> int:
         return int(await self.client.get(VERSION) or 0)
 
     async def snapshot(self) -> AdminSnapshot:
         out: list[Any] = await self._snapshot(
-            keys=[VERSION, OVERRIDES, KEYS, REVOKED, USED, LIMITS]
+            keys=[VERSION, OVERRIDES, KEYS, REVOKED, USED, LIMITS, TENANTS, DELETED]
         )
-        version, overrides, keys, revoked, used, limits = out
+        version, overrides, keys, revoked, used, limits, tenants, deleted = out
         snap = AdminSnapshot(int(version))
         for member, text in _pairs(overrides):
             tenant, _, name = member.partition("|")
@@ -170,6 +233,10 @@ class RedisAdminStore:
             if sha in rate_limits:
                 rec["rate_limits"] = rate_limits[sha]
             snap.keys.append(StoredKey(**rec))
+        deleted_at = {tenant_id: float(t) for tenant_id, t in _pairs(deleted)}
+        for tenant_id, text in _pairs(tenants):
+            rec = json.loads(text)
+            snap.tenants.append(StoredTenant(**rec, deleted_at=deleted_at.get(tenant_id)))
         return snap
 
     async def put_overrides(self, overrides: list[Override]) -> int:
@@ -220,6 +287,22 @@ class RedisAdminStore:
             raise KeyNotFound(prefix)
         snap = await self.snapshot()
         return next(k for k in snap.keys if k.sha256 == out)
+
+    async def create_tenant(self, tenant: StoredTenant, limit: int) -> int:
+        record = {"id": tenant.id, "config": tenant.config, "created_at": tenant.created_at}
+        args = [tenant.id, canonical(record), str(limit), repr(tenant.created_at)]
+        out = str(await self._create_tenant(keys=_TENANT_KEYS, args=args))
+        if out == "exists":
+            raise TenantExists(tenant.id)
+        if out == "limit":
+            raise TooManyTenants(limit)
+        return int(out)
+
+    async def delete_tenant(self, tenant_id: str, at: float) -> int:
+        out = str(await self._delete_tenant(keys=_TENANT_KEYS, args=[tenant_id, repr(at)]))
+        if out == "nf":
+            raise TenantNotFound(tenant_id)
+        return int(out)
 
     async def touch_keys(self, last_used: dict[str, float]) -> None:
         if last_used:

@@ -1,4 +1,4 @@
-"""`AdminStore` in the ledger's SQLite file: three small tables, one transaction per change.
+"""`AdminStore` in the ledger's SQLite file: a few small tables, one transaction per change.
 
 Changes are rare (an operator's API call), so every call runs on the worker thread of
 `storage.sqlite.database`, which waits for the lock; the version read that replicas poll is a
@@ -19,6 +19,10 @@ from controller.budget.admin_state import (
     KeyNotLive,
     Override,
     StoredKey,
+    StoredTenant,
+    TenantExists,
+    TenantNotFound,
+    TooManyTenants,
     canonical,
     label_taken,
 )
@@ -41,6 +45,9 @@ CREATE TABLE IF NOT EXISTS api_keys (
     label TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL, revoked_at REAL,
     budgets TEXT, last_used_at REAL, rate_limits TEXT
 );
+CREATE TABLE IF NOT EXISTS admin_tenants (
+    id TEXT PRIMARY KEY, config TEXT NOT NULL, created_at REAL NOT NULL, deleted_at REAL
+) WITHOUT ROWID;
 """
 _COLUMNS = (
     "sha256, tenant, prefix, label, created_at, expires_at, revoked_at, budgets, last_used_at, "
@@ -79,9 +86,15 @@ class SQLiteAdminStore:
                     Override(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4]) for r in rows
                 ]
                 keys = [_key(r) for r in c.execute(f"SELECT {_COLUMNS} FROM api_keys")]
+                tenants = [
+                    StoredTenant(r[0], json.loads(r[1]), r[2], r[3])
+                    for r in c.execute(
+                        "SELECT id, config, created_at, deleted_at FROM admin_tenants"
+                    )
+                ]
             finally:
                 c.execute("COMMIT")
-            return AdminSnapshot(version, overrides, keys)
+            return AdminSnapshot(version, overrides, keys, tenants)
 
         return await self._run(go, write=False)
 
@@ -181,6 +194,46 @@ class SQLiteAdminStore:
             return _key(row)
 
         return await self._run(go)
+
+    async def create_tenant(self, tenant: StoredTenant, limit: int) -> int:
+        def go(c: sqlite3.Connection) -> int:
+            live = c.execute(
+                "SELECT id = ? FROM admin_tenants WHERE deleted_at IS NULL", (tenant.id,)
+            ).fetchall()
+            if any(same for (same,) in live):
+                raise TenantExists(tenant.id)
+            if len(live) >= limit:
+                raise TooManyTenants(limit)
+            self._clear(c, tenant.id, tenant.created_at)
+            c.execute(
+                "INSERT OR REPLACE INTO admin_tenants VALUES (?, ?, ?, NULL)",
+                (tenant.id, canonical(tenant.config), tenant.created_at),
+            )
+            return self._bump(c)
+
+        return await self._run(go)
+
+    async def delete_tenant(self, tenant_id: str, at: float) -> int:
+        def go(c: sqlite3.Connection) -> int:
+            changed = c.execute(
+                "UPDATE admin_tenants SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL",
+                (at, tenant_id),
+            ).rowcount
+            if not changed:
+                raise TenantNotFound(tenant_id)
+            self._clear(c, tenant_id, at)
+            return self._bump(c)
+
+        return await self._run(go)
+
+    @staticmethod
+    def _clear(c: sqlite3.Connection, tenant_id: str, at: float) -> None:
+        """Drop the id's overrides and revoke its keys from `at` (earlier revocations stand)."""
+        c.execute("DELETE FROM admin_overrides WHERE tenant = ?", (tenant_id,))
+        c.execute(
+            "UPDATE api_keys SET revoked_at = min(coalesce(revoked_at, ?), ?) WHERE tenant = ?",
+            (at, at, tenant_id),
+        )
 
     async def touch_keys(self, last_used: dict[str, float]) -> None:
         def go(c: sqlite3.Connection) -> None:
