@@ -141,6 +141,24 @@ async def test_a_change_on_one_replica_reaches_the_other_within_two_seconds(
         assert refused.json()["error"]["message"] == "This API key has been revoked."
 
 
+async def test_a_key_made_on_one_replica_rotates_at_once_on_the_other(replica: Replica) -> None:
+    """Rotation reads the key it replaces (its label, budgets, limits) from the replica's copy
+    of the store: a key made on another replica since the last poll was a 404 there for up to
+    POLL_S. It is looked up in the store when the copy does not have it."""
+    async with replica() as a, replica() as b:
+        created = await a.post("/admin/tenants/acme/keys", json={"label": "ci"}, headers=ADMIN)
+        assert created.status_code == 201, created.text
+        prefix = created.json()["prefix"]
+        # B has not polled yet (POLL_S = 0.5 s; on a box too loaded for that, this passes anyway)
+        rotated = await b.post(f"/admin/tenants/acme/keys/{prefix}/rotate", json={},
+                               headers=ADMIN)  # fmt: skip
+        assert rotated.status_code == 201, rotated.text
+        assert rotated.json()["label"] == "ci"
+        missing = await b.post("/admin/tenants/acme/keys/t2-nosuchkey/rotate", json={},
+                               headers=ADMIN)  # fmt: skip
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "key_not_found"
+
+
 async def test_key_lifecycle_create_list_expire_rotate_and_restart(replica: Replica) -> None:
     async with replica() as a:
         made = await a.post(

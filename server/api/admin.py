@@ -51,6 +51,7 @@ from controller.budget.models import RateLimits
 from server.admin_state import (
     MAX_API_TENANTS,
     SECTIONS,
+    AdminSync,
     file_values,
     overlay,
     override_field,
@@ -639,6 +640,19 @@ async def revoke_key(
     return _info(key, now)
 
 
+async def _stored_key(sync: AdminSync, tenant_id: str, prefix: str) -> StoredKey:
+    """The stored key, from this replica's snapshot, or from the store when the snapshot does
+    not have it yet (made on another replica since the last poll); 404 if neither has it."""
+    for fresh in (False, True):
+        if fresh and not await sync.refresh():
+            break
+        key = next((k for k in sync.snapshot.keys if (k.tenant, k.prefix) == (tenant_id, prefix)),
+                   None)  # fmt: skip
+        if key is not None:
+            return key
+    raise _no_key(tenant_id, prefix)
+
+
 @router.post("/tenants/{tenant_id}/keys/{prefix}/rotate", status_code=201)
 async def rotate_key(tenant_id: str, prefix: str, body: RotateKey, request: Request) -> KeyCreated:
     """A new key, and the old one revoked after `grace_s`, in one step; a revoked or expired
@@ -648,11 +662,7 @@ async def rotate_key(tenant_id: str, prefix: str, body: RotateKey, request: Requ
     _priced_for(state, tenant, body.budgets)
     sync = await state.admin.ensure()
     now = sync.clock()
-    old = next(
-        (k for k in sync.snapshot.keys if k.tenant == tenant_id and k.prefix == prefix), None
-    )
-    if old is None:
-        raise _no_key(tenant_id, prefix)
+    old = await _stored_key(sync, tenant_id, prefix)
     budgets = body.budgets
     if budgets is None and old.budgets is not None:
         budgets = Budgets.model_validate(old.budgets)
