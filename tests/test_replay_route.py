@@ -108,7 +108,8 @@ def test_costs_are_the_ledgers_prompt_once_per_call_and_completion_per_sample(
         ("twice", "manifest.json: models.1: id: 'weak' is listed twice"),
         ("text", "strong.jsonl:3: samples: each needs a `text`"),
         ("text: 5", "strong.jsonl:3: sample 0 `text` must be a string or null, not a number"),
-        ("answer: [7]", "strong.jsonl:3: sample 1 `answer` must be a string, a number, true/false or null"),
+        ("answer: [7]",
+         "strong.jsonl:3: sample 1 `answer` must be a string, a number, true/false or null"),
         ("free", "manifest.json: every model costs 0"),
     ],
 )
