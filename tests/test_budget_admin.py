@@ -484,6 +484,21 @@ async def test_alert_thresholds_are_not_coerced(
     await app.state.t2.billing.close()
 
 
+async def test_the_openapi_document_lists_503_on_every_admin_route(
+    client: httpx.AsyncClient,
+) -> None:
+    """Every admin route reads the admin or the ledger store, and answers 503 (with
+    Retry-After) while it cannot be reached: the document says so on each."""
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    admin = {p: ops for p, ops in paths.items() if p.startswith("/admin/")}
+    assert len(admin) > 10
+    for path, ops in admin.items():
+        for method, op in ops.items():
+            down = op["responses"].get("503")
+            assert down is not None, (method, path)
+            assert "store" in down["description"], (method, path)
+
+
 async def test_the_openapi_document_lists_the_key_routes_409(client: httpx.AsyncClient) -> None:
     """A duplicate label (create, rotate) and a revoked or expired key (rotate) are 409s: the
     document says so, with the OpenAI error body, as it does for the other statuses."""

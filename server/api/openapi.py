@@ -30,7 +30,8 @@ REASONS = {
     429: "The tenant's budget is spent; Retry-After says when it frees up",
     500: "An internal error (logged; no details are returned)",
     502: "A remote upstream failed",
-    503: "The model's engine is starting or has died; Retry-After where it will recover",
+    503: "The model's engine is starting or has died, or a store (the ledger, the admin state) "
+    "cannot be reached; Retry-After where it will recover",
     504: "No sample finished within the request's time limit",
 }
 COMPLETION = (400, 401, 403, 404, 405, 413, 429, 500, 502, 503, 504)
@@ -43,7 +44,7 @@ ERRORS_BY_PATH: dict[str, tuple[int, ...]] = {
     "/readyz": (405,),
     "/metrics": (405, 500),
 }
-ADMIN_ERRORS = (400, 401, 403, 404, 405, 413, 500)
+ADMIN_ERRORS = (400, 401, 403, 404, 405, 413, 500, 503)  # 503: the admin or ledger store is down
 # statuses only some methods of a path return: (method, path) → those statuses
 ERRORS_BY_OPERATION: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/admin/tenants/{tenant_id}/keys"): (409,),  # duplicate_label
