@@ -56,8 +56,17 @@ from server.admin_state import (
     overlay,
     override_field,
 )
+from server.api.admin_responses import (
+    KeyCreated,
+    KeyInfo,
+    SpendGroup,
+    SpendLog,
+    SpendLogPage,
+    SpendReport,
+    SpendReportRow,
+    TenantDeleted,
+)
 from server.api.deps import authenticator, get_state
-from server.api.protocol import SpendGroup, SpendReport, SpendReportRow
 from server.auth import bearer_key
 from server.config import (
     ADMIN_KEY_ENV,
@@ -244,12 +253,6 @@ class NewTenant(TenantConfig):
             "'{field}' is not taken by POST /admin/tenants: {instead}",
             {"field": info.field_name, "instead": instead[str(info.field_name)]},
         )
-
-
-class TenantDeleted(BaseModel):
-    id: str
-    object: str = "tenant.deleted"
-    deleted: bool = True
 
 
 def _config_file(state: ServingState) -> str:
@@ -439,27 +442,6 @@ class RotateKey(_Body):
     expires_in_s: float | None = Field(default=None, gt=0)
     budgets: Budgets | None = None
     rate_limits: RateLimits | None = None
-
-
-class KeyInfo(BaseModel):
-    prefix: str
-    label: str
-    tenant: str
-    status: str
-    created_at: float
-    expires_at: float | None
-    revoked_at: float | None
-    last_used_at: float | None
-    budgets: dict[str, Any] | None
-    rate_limits: dict[str, Any] | None = None
-    spend: dict[str, float] | None = Field(
-        default=None, description="money and FLOPs settled with this key (spend logs' retention)"
-    )
-
-
-class KeyCreated(KeyInfo):
-    key: str = Field(description="the key itself: shown once, never stored")
-    revokes: KeyInfo | None = None
 
 
 KEY_PREFIX_LEN = 12  # "t2-" and 9 random characters: enough to tell keys apart in a list
@@ -747,49 +729,6 @@ def _filter(
             code="invalid_value",
         )
     return SpendFilter(tenant=tenant, key=key, user=user, model=model, since=since, until=until)
-
-
-class ModelShare(BaseModel):
-    """One model's share of a request's record: the waves it drew (and verifier charges at its
-    price)."""
-
-    samples: int
-    waves: int
-    prompt_tokens: int
-    completion_tokens: int
-    money: float
-    flops: float
-
-
-class SpendLog(BaseModel):
-    """One request's spend-log record."""
-
-    request_id: str
-    tenant: str
-    time: float = Field(description="the first settle's time (Unix seconds)")
-    model: str = Field(
-        description="the model of the request's last wave: for a route, the model that answered"
-    )
-    key_prefix: str | None
-    user: str | None
-    samples: int
-    waves: int
-    prompt_tokens: int
-    completion_tokens: int
-    money: float
-    flops: float
-    stop_reason: str | None
-    status: int | None
-    by_model: dict[str, ModelShare] = Field(
-        description="the figures split by the model that drew each wave (a route that "
-        "escalated has one entry per model; a record from before the split, one: `model`)"
-    )
-
-
-class SpendLogPage(BaseModel):
-    object: str = "list"
-    data: list[SpendLog]
-    next_cursor: str | None
 
 
 async def _records(state: ServingState, f: SpendFilter) -> list[SpendRecord]:
