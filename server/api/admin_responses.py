@@ -9,11 +9,123 @@ typed `X | None` may be absent rather than null: its description says so).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, RootModel
+
+from controller.budget import Budgets
+from controller.budget.models import RateLimits, Unit
 
 # -- tenants ----------------------------------------------------------------------------------
+
+Source = Annotated[
+    Literal["file", "api"],
+    Field(description="where the tenant is defined: the config file, or POST /admin/tenants"),
+]
+
+
+class TenantSummary(BaseModel):
+    id: str
+    models: list[str] = Field(description="the model ids it may use, or '*'")
+    metered: bool = Field(description="whether its requests are priced and budgeted at all")
+    budgets: Budgets | None
+    rate_limits: RateLimits | None
+    source: Source
+
+
+class TenantList(BaseModel):
+    """GET /admin/tenants: the file's tenants, then the API's."""
+
+    object: Literal["list"] = "list"
+    data: list[TenantSummary]
+
+
+class BudgetWindow(BaseModel):
+    """One budget window of the tenant, as the ledger has it now, in the window's unit."""
+
+    window: str = Field(description="minute, hour, day or month")
+    rolling: bool = Field(description="the last 60 s/1 h/24 h/30 d, not calendar-aligned UTC")
+    unit: Unit
+    hard: bool | None = Field(description="refuses when spent (null: no limit on this window)")
+    limit: float | None = Field(description="null: tracked, not limited")
+    spent: float = Field(description="settled, in `unit`")
+    spent_money: float
+    spent_flops: float
+    reserved: float = Field(description="held by waves still running, in `unit`")
+    remaining: float | None = Field(description="limit - spent - reserved; null without a limit")
+    window_start: float = Field(description="Unix seconds")
+    resets_in_s: float
+
+
+class TenantRates(BaseModel):
+    """The tenant's own rpm/tpm and what the last 60 s used of them."""
+
+    rpm: int | None
+    tpm: int | None
+    requests_last_minute: int | None = Field(description="requests admitted")
+    tokens_last_minute: float | None = Field(description="tokens settled plus held")
+
+
+class MeteredTenantReport(BaseModel):
+    """A metered tenant: its budget windows, price of compute and rates, then its settings."""
+
+    id: str
+    unit: Unit = Field(description="the unit of its costs and of the price of compute")
+    currency: str | None = Field(description="its prices' currency; null without prices")
+    metered: Literal[True]
+    windows: list[BudgetWindow]
+    price_of_compute: float | None = Field(
+        description="λ, per `unit`: null while no budget puts a price on compute"
+    )
+    pacing_mode: Literal["cap", "spend"]
+    rate_limits: TenantRates | None
+    budgets: Budgets | None
+    user_budgets: Budgets | None = Field(description="each end user's (the request's `user`)")
+    alert_thresholds: list[float] | None = Field(
+        description="fractions of a limit that send an alert; null without a webhook"
+    )
+    models: list[str] = Field(description="the model ids it may use, or '*'")
+    source: Source
+
+
+class UnmeteredTenantReport(BaseModel):
+    """A tenant nothing is billed for: no windows, no price; its settings."""
+
+    id: str
+    metered: Literal[False]
+    windows: list[BudgetWindow] = Field(description="always empty")
+    price_of_compute: None
+    budgets: Budgets | None
+    user_budgets: Budgets | None = Field(description="each end user's (the request's `user`)")
+    rate_limits: RateLimits | None
+    alert_thresholds: list[float] | None = Field(
+        description="fractions of a limit that send an alert; null without a webhook"
+    )
+    models: list[str] = Field(description="the model ids it may use, or '*'")
+    source: Source
+
+
+class TenantReport(
+    RootModel[
+        Annotated[MeteredTenantReport | UnmeteredTenantReport, Field(discriminator="metered")]
+    ]
+):
+    """GET /admin/tenants/{id}, and what creating a tenant or changing its budgets, user
+    budgets, rate limits or alerts returns: `metered` tells the two shapes apart."""
+
+
+class Reloaded(BaseModel):
+    """POST /admin/reload: the file was valid and is in force."""
+
+    status: Literal["reloaded"] = "reloaded"
+    tenants: list[str] = Field(description="the tenants now served")
+    ledger_restart_needed: bool = Field(description="whether `ledger` is among restart_needed")
+    restart_needed: list[str] = Field(
+        description="changed settings that apply only after a restart (e.g. server.port)"
+    )
+    in_flight_kept: bool = Field(
+        default=True, description="requests already running finish on the config they began on"
+    )
 
 
 class TenantDeleted(BaseModel):
@@ -39,6 +151,13 @@ class KeyInfo(BaseModel):
     spend: dict[str, float] | None = Field(
         default=None, description="money and FLOPs settled with this key (spend logs' retention)"
     )
+
+
+class KeyList(BaseModel):
+    """GET /admin/tenants/{id}/keys: the tenant's stored keys, each with its spend."""
+
+    object: Literal["list"] = "list"
+    data: list[KeyInfo]
 
 
 class KeyCreated(KeyInfo):
