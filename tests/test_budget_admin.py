@@ -567,3 +567,37 @@ async def test_an_error_echoes_at_most_the_start_of_an_overlong_id(
         assert error["param"] == param, where
         assert f"'{echoed}'" in error["message"] or f" {echoed}" in error["message"], where
         assert len(resp.content) < 600, where
+
+
+async def test_every_admin_route_types_its_success_body_in_the_openapi_document(
+    client: httpx.AsyncClient,
+) -> None:
+    """Each admin route's 200 (201 where it creates) refers to a model among the components,
+    so the document states its shape: the tenant list, the tenant report (GET, POST and every
+    PUT return it), reload and the key list among them, not a bare object."""
+    doc = (await client.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    admin = {(method, path): op for path, item in doc["paths"].items()
+             if path.startswith("/admin") for method, op in item.items()}  # fmt: skip
+    untyped = []
+    for (method, path), op in admin.items():
+        status = "201" if "201" in op["responses"] else "200"
+        ref = op["responses"][status]["content"]["application/json"]["schema"].get("$ref", "")
+        if not ref.startswith("#/components/schemas/") or ref.rsplit("/", 1)[1] not in schemas:
+            untyped.append(f"{method.upper()} {path}")
+    assert untyped == []
+    assert len(admin) >= 16  # every admin route is checked, not none
+    ok = admin[("get", "/admin/tenants/{tenant_id}")]["responses"]["200"]["content"]
+    report = ok["application/json"]["schema"]["$ref"]
+    for route in [("post", "/admin/tenants")] + [
+        ("put", f"/admin/tenants/{{tenant_id}}/{section}")
+        for section in ("budgets", "user_budgets", "rate_limits", "alerts")
+    ]:
+        status = "201" if route[0] == "post" else "200"
+        body = admin[route]["responses"][status]["content"]["application/json"]["schema"]
+        assert body == {"$ref": report}, route  # the one report, whichever route returns it
+    variants = schemas[report.rsplit("/", 1)[1]]["oneOf"]
+    shapes = {schemas[v["$ref"].rsplit("/", 1)[1]]["properties"]["metered"]["const"]:
+              schemas[v["$ref"].rsplit("/", 1)[1]] for v in variants}  # fmt: skip
+    assert {"unit", "currency", "pacing_mode"} <= set(shapes[True]["required"])
+    assert "unit" not in shapes[False]["properties"]  # an unmetered tenant has none

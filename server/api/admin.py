@@ -28,7 +28,7 @@ import logging
 import secrets
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any, cast, get_args
+from typing import Annotated, Any, Literal, cast, get_args
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -56,8 +56,22 @@ from server.admin_state import (
     overlay,
     override_field,
 )
+from server.api.admin_responses import (
+    KeyCreated,
+    KeyInfo,
+    KeyList,
+    Reloaded,
+    SpendGroup,
+    SpendLog,
+    SpendLogPage,
+    SpendReport,
+    SpendReportRow,
+    TenantDeleted,
+    TenantList,
+    TenantReport,
+    TenantSummary,
+)
 from server.api.deps import authenticator, get_state
-from server.api.protocol import SpendGroup, SpendReport, SpendReportRow
 from server.auth import bearer_key
 from server.config import (
     ADMIN_KEY_ENV,
@@ -169,48 +183,44 @@ def _no_tenant(tenant_id: str, param: str) -> APIError:
     return APIError(404, f"No tenant '{echoed(tenant_id)}'.", param=param, code="tenant_not_found")
 
 
-async def _report(state: ServingState, tenant_id: str) -> dict[str, Any]:
+async def _report(state: ServingState, tenant_id: str) -> TenantReport:
     tenant = _tenant(state, tenant_id)
     report = await state.billing.report(tenant)
-    report["budgets"] = tenant.budgets.model_dump() if tenant.budgets else None
-    report["user_budgets"] = tenant.user_budgets.model_dump() if tenant.user_budgets else None
-    report.setdefault("rate_limits", _dump(tenant.rate_limits))
+    report["budgets"] = tenant.budgets
+    report["user_budgets"] = tenant.user_budgets
+    report.setdefault("rate_limits", tenant.rate_limits)  # a metered report has its figures
     report["alert_thresholds"] = tenant.alerts.thresholds if tenant.alerts else None
     report["models"] = tenant.models
     report["source"] = _source(state, tenant.id)
-    return report
+    return TenantReport.model_validate(report)
 
 
-def _source(state: ServingState, tenant_id: str) -> str:
+def _source(state: ServingState, tenant_id: str) -> Literal["file", "api"]:
     """Where a tenant is defined: "file" (the config file; changed and removed there) or "api"
     (made through POST /admin/tenants; DELETE removes it)."""
     return "file" if any(t.id == tenant_id for t in state.file_config.tenants) else "api"
 
 
-def _dump(model: BaseModel | None) -> dict[str, Any] | None:
-    return model.model_dump() if model is not None else None
-
-
 @router.get("/tenants")
-async def list_tenants(request: Request) -> dict[str, Any]:
+async def list_tenants(request: Request) -> TenantList:
     """Every tenant, the file's then the API's, with its models, budgets and source."""
     state = get_state(request)
     data = [
-        {
-            "id": t.id,
-            "models": t.models,
-            "metered": state.billing.metered(t),
-            "budgets": t.budgets.model_dump() if t.budgets else None,
-            "rate_limits": _dump(t.rate_limits),
-            "source": _source(state, t.id),
-        }
+        TenantSummary(
+            id=t.id,
+            models=t.models,
+            metered=state.billing.metered(t),
+            budgets=t.budgets,
+            rate_limits=t.rate_limits,
+            source=_source(state, t.id),
+        )
         for t in state.config.tenants
     ]
-    return {"object": "list", "data": data}
+    return TenantList(data=data)
 
 
 @router.get("/tenants/{tenant_id}")
-async def get_tenant(tenant_id: str, request: Request) -> dict[str, Any]:
+async def get_tenant(tenant_id: str, request: Request) -> TenantReport:
     """Spend, reserved, limit and remaining per window, and the pacing λ."""
     state = get_state(request)
     return await _report(state, tenant_id)
@@ -246,18 +256,12 @@ class NewTenant(TenantConfig):
         )
 
 
-class TenantDeleted(BaseModel):
-    id: str
-    object: str = "tenant.deleted"
-    deleted: bool = True
-
-
 def _config_file(state: ServingState) -> str:
     return f"the config file ({state.config_path})" if state.config_path else "the config file"
 
 
 @router.post("/tenants", status_code=201)
-async def create_tenant(body: NewTenant, request: Request) -> dict[str, Any]:
+async def create_tenant(body: NewTenant, request: Request) -> TenantReport:
     """Onboard a tenant without editing the file: every replica serves it within 2 s and it
     lasts (restarts, reloads). 409 if the id is taken, by the file or the API. It has no key
     until one is made with POST .../keys."""
@@ -323,7 +327,7 @@ async def delete_tenant(tenant_id: str, request: Request) -> TenantDeleted:
 
 
 @router.put("/tenants/{tenant_id}/budgets")
-async def put_budgets(tenant_id: str, budgets: Budgets, request: Request) -> dict[str, Any]:
+async def put_budgets(tenant_id: str, budgets: Budgets, request: Request) -> TenantReport:
     """Replace the tenant's budgets on every replica, lastingly: each field wins over the file
     until the file changes that field."""
     state = get_state(request)
@@ -358,7 +362,7 @@ async def _put_section(
 
 
 @router.put("/tenants/{tenant_id}/user_budgets")
-async def put_user_budgets(tenant_id: str, budgets: Budgets, request: Request) -> dict[str, Any]:
+async def put_user_budgets(tenant_id: str, budgets: Budgets, request: Request) -> TenantReport:
     """Replace the budgets each end user (`user` field) of the tenant has, lastingly, as
     `PUT .../budgets` does for the tenant's own."""
     state = get_state(request)
@@ -367,7 +371,7 @@ async def put_user_budgets(tenant_id: str, budgets: Budgets, request: Request) -
 
 
 @router.put("/tenants/{tenant_id}/rate_limits")
-async def put_rate_limits(tenant_id: str, limits: RateLimits, request: Request) -> dict[str, Any]:
+async def put_rate_limits(tenant_id: str, limits: RateLimits, request: Request) -> TenantReport:
     """Replace the tenant's requests and tokens per minute (`{}` removes both), lastingly."""
     state = get_state(request)
     await _put_section(state, tenant_id, "rate_limits", limits.model_dump())
@@ -390,7 +394,7 @@ class AlertThresholds(BaseModel):
 @router.put("/tenants/{tenant_id}/alerts")
 async def put_alert_thresholds(
     tenant_id: str, body: AlertThresholds, request: Request
-) -> dict[str, Any]:
+) -> TenantReport:
     """Replace the tenant's alert thresholds, lastingly; the webhook's url and secret stay in
     the file (a tenant without `alerts:` there gets 400)."""
     state = get_state(request)
@@ -439,27 +443,6 @@ class RotateKey(_Body):
     expires_in_s: float | None = Field(default=None, gt=0)
     budgets: Budgets | None = None
     rate_limits: RateLimits | None = None
-
-
-class KeyInfo(BaseModel):
-    prefix: str
-    label: str
-    tenant: str
-    status: str
-    created_at: float
-    expires_at: float | None
-    revoked_at: float | None
-    last_used_at: float | None
-    budgets: dict[str, Any] | None
-    rate_limits: dict[str, Any] | None = None
-    spend: dict[str, float] | None = Field(
-        default=None, description="money and FLOPs settled with this key (spend logs' retention)"
-    )
-
-
-class KeyCreated(KeyInfo):
-    key: str = Field(description="the key itself: shown once, never stored")
-    revokes: KeyInfo | None = None
 
 
 KEY_PREFIX_LEN = 12  # "t2-" and 9 random characters: enough to tell keys apart in a list
@@ -592,7 +575,7 @@ async def list_keys(
     tenant_id: str,
     request: Request,
     prefix: Annotated[str | None, Query(max_length=64)] = None,
-) -> dict[str, Any]:
+) -> KeyList:
     """The tenant's stored keys (by prefix), with status, last use and spend."""
     state = get_state(request)
     tenant = _tenant(state, tenant_id)
@@ -610,8 +593,8 @@ async def list_keys(
     for k in keys:
         info = _info(k, now)
         info.spend = spend.get(k.prefix, {"money": 0.0, "flops": 0.0})
-        data.append(info.model_dump())
-    return {"object": "list", "data": data}
+        data.append(info)
+    return KeyList(data=data)
 
 
 @router.delete("/tenants/{tenant_id}/keys/{prefix}")
@@ -697,20 +680,18 @@ async def put_key_rate_limits(
 
 
 @router.post("/reload")
-async def reload(request: Request) -> dict[str, Any]:
+async def reload(request: Request) -> Reloaded:
     """Re-read the config file; an invalid file is refused and the running config is kept."""
     state = get_state(request)
     try:
         new, waiting = state.reload_from_file()
     except ConfigError as exc:
         raise APIError(400, f"Config not reloaded: {exc}", code="invalid_config") from None
-    return {
-        "status": "reloaded",
-        "tenants": [t.id for t in new.tenants],
-        "ledger_restart_needed": "ledger" in waiting,
-        "restart_needed": waiting,
-        "in_flight_kept": True,
-    }
+    return Reloaded(
+        tenants=[t.id for t in new.tenants],
+        ledger_restart_needed="ledger" in waiting,
+        restart_needed=waiting,
+    )
 
 
 # -- spend logs and reports -------------------------------------------------------------------
@@ -747,49 +728,6 @@ def _filter(
             code="invalid_value",
         )
     return SpendFilter(tenant=tenant, key=key, user=user, model=model, since=since, until=until)
-
-
-class ModelShare(BaseModel):
-    """One model's share of a request's record: the waves it drew (and verifier charges at its
-    price)."""
-
-    samples: int
-    waves: int
-    prompt_tokens: int
-    completion_tokens: int
-    money: float
-    flops: float
-
-
-class SpendLog(BaseModel):
-    """One request's spend-log record."""
-
-    request_id: str
-    tenant: str
-    time: float = Field(description="the first settle's time (Unix seconds)")
-    model: str = Field(
-        description="the model of the request's last wave: for a route, the model that answered"
-    )
-    key_prefix: str | None
-    user: str | None
-    samples: int
-    waves: int
-    prompt_tokens: int
-    completion_tokens: int
-    money: float
-    flops: float
-    stop_reason: str | None
-    status: int | None
-    by_model: dict[str, ModelShare] = Field(
-        description="the figures split by the model that drew each wave (a route that "
-        "escalated has one entry per model; a record from before the split, one: `model`)"
-    )
-
-
-class SpendLogPage(BaseModel):
-    object: str = "list"
-    data: list[SpendLog]
-    next_cursor: str | None
 
 
 async def _records(state: ServingState, f: SpendFilter) -> list[SpendRecord]:

@@ -15,8 +15,7 @@ the engine), refused (it would change what is generated and we cannot do it: 400
 generation: `IGNORED_FIELDS`). The README's request-field table lists the same three sets.
 
 Responses are built from these models by the serving layer and serialised as they are, so the
-non-streamed body and the streamed chunks cannot drift apart. The admin API's spend report is
-typed here too (`SpendReport`), so the OpenAPI document states its shape.
+non-streamed body and the streamed chunks cannot drift apart.
 """
 
 from __future__ import annotations
@@ -711,47 +710,6 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-# -- admin: the spend report ------------------------------------------------------------------
-
-SpendGroup = Literal["day", "model", "key", "user", "tenant"]
-
-
-class SpendReportRow(BaseModel):
-    """One group's sums. Of the five group fields, only the report's `group_by` is in the body
-    (the route leaves the others out, never null), first, before the figures."""
-
-    day: str | None = Field(default=None, description="group_by=day: the UTC date, YYYY-MM-DD")
-    model: str | None = Field(
-        default=None, description="group_by=model: the model that drew the waves"
-    )
-    key: str | None = Field(
-        default=None,
-        description="group_by=key: the key prefix; '' for requests without an API-made key",
-    )
-    user: str | None = Field(
-        default=None, description="group_by=user: the request's `user`; '' for none"
-    )
-    tenant: str | None = Field(default=None, description="group_by=tenant: the tenant id")
-    requests: int = Field(
-        description="requests in the group; by model, a route that escalated counts in each of "
-        "its models' rows"
-    )
-    samples: int
-    waves: int
-    prompt_tokens: int
-    completion_tokens: int
-    money: float = Field(description="in the tenant's currency")
-    flops: float
-
-
-class SpendReport(BaseModel):
-    """GET /admin/spend/report as JSON: rows sorted by their group."""
-
-    object: Literal["spend.report"] = "spend.report"
-    group_by: SpendGroup
-    data: list[SpendReportRow]
 
 
 # -- errors ---------------------------------------------------------------------------------
