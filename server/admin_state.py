@@ -39,6 +39,7 @@ from controller.budget.admin_state import (
     StoredTenant,
 )
 from server.auth import KeyRing
+from server.background import stop, stopping
 from server.config import AppConfig, ConfigError, LedgerConfig, TenantConfig, parse_config
 from server.errors import APIError
 from storage import open_stores
@@ -283,7 +284,7 @@ class AdminSync:
     async def _poll(self) -> None:
         flushed = time.monotonic()
         wait = self.poll_s
-        while True:
+        while not stopping():  # a store client may swallow the cancellation (server.background)
             await asyncio.sleep(wait)
             if not self.loaded:
                 try:
@@ -303,9 +304,7 @@ class AdminSync:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop(self._task)  # cancelled until it ends: a store client may swallow one
             self._task = None
         if self._store is not None:
             with contextlib.suppress(Exception):

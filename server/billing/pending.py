@@ -36,6 +36,7 @@ from controller.budget.pending import (
 )
 from controller.stores import StoreUnavailable
 from server import metrics
+from server.background import stop, stopping
 from server.billing.admission import SettleSignal
 from server.billing.prices import count_spend
 
@@ -186,7 +187,7 @@ class PendingSettles:
 
     async def _replay_until_empty(self) -> None:
         tries = 0
-        while True:
+        while not stopping():  # a store client may swallow the cancellation (server.background)
             self._wake.clear()  # a settle kept during this pass sets it again
             done = self._journal is None and not self.path.exists()  # nothing journaled yet
             if not done:
@@ -209,9 +210,7 @@ class PendingSettles:
         """Stop replaying; what is left stays in the journal for the next start."""
         self._closed = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop(self._task)  # cancelled until it ends: a store client may swallow one
             self._task = None
         if self._journal is not None:
             await self._journal.close()
