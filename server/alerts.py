@@ -12,7 +12,6 @@ window's limit), POST one signed JSON event to the tenant's `alerts.url`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -27,6 +26,7 @@ import httpx
 from controller.budget.ledger import WindowUsage
 from controller.budget.windows import LENGTH_S
 from server.admin_state import AdminSync
+from server.background import stop
 from server.config import AlertSettings, TenantConfig
 
 log = logging.getLogger("t2serve.alerts")
@@ -150,8 +150,7 @@ class AlertDispatcher:
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await stop(task)  # cancelled until it ends: the store's claim may swallow one
         if self._client is not None:
             await self._client.aclose()
             self._client = None
