@@ -50,6 +50,22 @@ def test_every_required_alert_is_shipped() -> None:
     } <= alerts
 
 
+def test_every_recorded_series_is_read_later_in_its_own_group() -> None:
+    """Prometheus runs a group's rules in order at one evaluation time, but separate groups
+    independently (promtool even in a random order): a rule reading a series recorded in another
+    group, or later in its own, may see the previous evaluation's value or none."""
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    recorded = {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
+    for group in groups:
+        seen: set[str] = set()
+        for rule in group["rules"]:
+            for name in recorded:
+                if name in rule["expr"]:
+                    assert name in seen, (group["name"], rule.get("alert") or rule["record"], name)
+            if "record" in rule:
+                seen.add(rule["record"])
+
+
 def _budget_series(tenant: str, spent: float, start: float, end: float) -> list[dict[str, str]]:
     """A calendar day window, as the server publishes one (t2_budget_rolling 0)."""
     labels = f'tenant="{tenant}",window="day",instance="a:8000",job="t2serve"'
