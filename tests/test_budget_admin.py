@@ -601,3 +601,56 @@ async def test_every_admin_route_types_its_success_body_in_the_openapi_document(
               schemas[v["$ref"].rsplit("/", 1)[1]] for v in variants}  # fmt: skip
     assert {"unit", "currency", "pacing_mode"} <= set(shapes[True]["required"])
     assert "unit" not in shapes[False]["properties"]  # an unmetered tenant has none
+
+
+async def test_a_keys_budgets_and_rate_limits_are_typed_in_the_openapi_document(
+    client: httpx.AsyncClient,
+) -> None:
+    """A key's `budgets` and `rate_limits` (in every key route's body) are the config's Budgets
+    and RateLimits, the models its create body takes, not a bare object."""
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    for model in ("KeyInfo", "KeyCreated"):
+        fields = schemas[model]["properties"]
+        for name, ref in (("budgets", "Budgets"), ("rate_limits", "RateLimits")):
+            assert {"$ref": f"#/components/schemas/{ref}"} in fields[name]["anyOf"], (model, name)
+    assert schemas["KeyCreated"]["properties"]["revokes"]["anyOf"][0] == {
+        "$ref": "#/components/schemas/KeyInfo"
+    }
+
+
+async def test_a_keys_budgets_and_rate_limits_are_returned_as_stored(
+    client: httpx.AsyncClient,
+) -> None:
+    """Typing them changed no byte: a key's budgets and rpm/tpm come back with only what is set
+    (no null windows), the create and rotate routes in the model's order, the routes reading the
+    store in the store's (sorted) order, as they did when they were bare dicts."""
+    keys = "/admin/tenants/acme/keys"
+    budgets = {"day": {"limit": 2.0}, "request": {"limit": 0.5, "unit": "flops"}}
+    made = await client.post(keys, headers=auth(ADMIN_KEY), json={
+        "label": "a", "rate_limits": {"tpm": 100, "rpm": 2}, "budgets": budgets})  # fmt: skip
+    assert made.status_code == 201, made.text
+    as_made = (
+        '"budgets":{"request":{"limit":0.5,"unit":"flops","hard":true},'
+        '"day":{"limit":2.0,"unit":"currency","hard":true,"rolling":false}},'
+        '"rate_limits":{"rpm":2,"tpm":100},'
+    )
+    as_stored = (
+        '"budgets":{"day":{"hard":true,"limit":2.0,"rolling":false,"unit":"currency"},'
+        '"request":{"hard":true,"limit":0.5,"unit":"flops"}},'
+        '"rate_limits":{"rpm":2,"tpm":100},'
+    )
+    assert as_made in made.text
+    listed = await client.get(keys, headers=auth(ADMIN_KEY))
+    assert as_stored in listed.text
+    prefix = made.json()["prefix"]
+    rotated = await client.post(f"{keys}/{prefix}/rotate", headers=auth(ADMIN_KEY),
+                                json={"grace_s": 60})  # fmt: skip
+    assert rotated.text.count(as_made) == 1 and rotated.text.count(as_stored) == 1  # `revokes`
+    put = await client.put(f"{keys}/{prefix}/rate_limits", headers=auth(ADMIN_KEY),
+                           json={"tpm": 7})  # fmt: skip
+    assert '"rate_limits":{"tpm":7},' in put.text
+    assert as_stored.split('"rate_limits"')[0] in put.text
+    revoked = await client.delete(f"{keys}/{prefix}", headers=auth(ADMIN_KEY))
+    assert revoked.json()["budgets"] == listed.json()["data"][0]["budgets"]
+    plain = await client.post(keys, headers=auth(ADMIN_KEY), json={"label": "b"})
+    assert '"budgets":null,"rate_limits":null,' in plain.text

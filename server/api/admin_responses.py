@@ -9,9 +9,19 @@ typed `X | None` may be absent rather than null: its description says so).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, Field, RootModel
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FieldSerializationInfo,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    RootModel,
+    field_serializer,
+    model_validator,
+)
 
 from controller.budget import Budgets
 from controller.budget.models import RateLimits, Unit
@@ -138,6 +148,12 @@ class TenantDeleted(BaseModel):
 
 
 class KeyInfo(BaseModel):
+    """A stored API key: never the key itself, its prefix."""
+
+    # The document describes `budgets` and `rate_limits` as the models they validate as (their
+    # serializer below returns what was stored, which the serialization schema cannot infer).
+    model_config = ConfigDict(json_schema_mode_override="validation")
+
     prefix: str
     label: str
     tenant: str
@@ -146,11 +162,41 @@ class KeyInfo(BaseModel):
     expires_at: float | None
     revoked_at: float | None
     last_used_at: float | None
-    budgets: dict[str, Any] | None
-    rate_limits: dict[str, Any] | None = None
+    budgets: Budgets | None = Field(
+        description="the key's own budgets, on top of the tenant's: only the windows set, each "
+        "with its fields as stored"
+    )
+    rate_limits: RateLimits | None = Field(
+        default=None,
+        description="the key's own rpm/tpm, on top of the tenant's: only those set; null for none",
+    )
     spend: dict[str, float] | None = Field(
         default=None, description="money and FLOPs settled with this key (spend logs' retention)"
     )
+    _stored: dict[str, tuple[BaseModel, dict[str, Any]]] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_as_stored(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        """Validate `budgets` and `rate_limits` as the models, and keep the dicts they came
+        from: a key's settings are stored with only what is set, in the store's key order, and
+        the routes return them so (a model would add nulls and reorder them)."""
+        info = handler(data)
+        if isinstance(data, dict):
+            for name in ("budgets", "rate_limits"):
+                value = getattr(info, name)
+                if value is not None and isinstance(data.get(name), dict):
+                    info._stored[name] = (value, data[name])
+        return info
+
+    @field_serializer("budgets", "rate_limits")
+    def _as_stored(self, value: BaseModel | None, info: FieldSerializationInfo) -> Any:
+        if value is None:
+            return None
+        model, stored = self._stored.get(info.field_name, (None, None))
+        if model is value:  # not replaced since: what it was validated from
+            return stored
+        return value.model_dump(mode="json", exclude_none=True)
 
 
 class KeyList(BaseModel):
