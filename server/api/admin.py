@@ -449,7 +449,7 @@ KEY_PREFIX_LEN = 12  # "t2-" and 9 random characters: enough to tell keys apart 
 
 
 def _info(key: StoredKey, now: float) -> KeyInfo:
-    # validated from the stored dicts, which KeyInfo returns as they are (see its serializer)
+    # the stored budgets and rate limits are dicts: validated into their models here
     return KeyInfo.model_validate(
         {
             "prefix": key.prefix,

@@ -9,19 +9,9 @@ typed `X | None` may be absent rather than null: its description says so).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    FieldSerializationInfo,
-    ModelWrapValidatorHandler,
-    PrivateAttr,
-    RootModel,
-    field_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_serializer
 
 from controller.budget import Budgets
 from controller.budget.models import RateLimits, Unit
@@ -150,8 +140,8 @@ class TenantDeleted(BaseModel):
 class KeyInfo(BaseModel):
     """A stored API key: never the key itself, its prefix."""
 
-    # The document describes `budgets` and `rate_limits` as the models they validate as (their
-    # serializer below returns what was stored, which the serialization schema cannot infer).
+    # The document describes `budgets` and `rate_limits` as the models they are (their
+    # serializer below returns a plain dict, which the serialization schema cannot see into).
     model_config = ConfigDict(json_schema_mode_override="validation")
 
     prefix: str
@@ -173,30 +163,12 @@ class KeyInfo(BaseModel):
     spend: dict[str, float] | None = Field(
         default=None, description="money and FLOPs settled with this key (spend logs' retention)"
     )
-    _stored: dict[str, tuple[BaseModel, dict[str, Any]]] = PrivateAttr(default_factory=dict)
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _keep_as_stored(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
-        """Validate `budgets` and `rate_limits` as the models, and keep the dicts they came
-        from: a key's settings are stored with only what is set, in the store's key order, and
-        the routes return them so (a model would add nulls and reorder them)."""
-        info = handler(data)
-        if isinstance(data, dict):
-            for name in ("budgets", "rate_limits"):
-                value = getattr(info, name)
-                if value is not None and isinstance(data.get(name), dict):
-                    info._stored[name] = (value, data[name])
-        return info
 
     @field_serializer("budgets", "rate_limits")
-    def _as_stored(self, value: BaseModel | None, info: FieldSerializationInfo) -> Any:
-        if value is None:
-            return None
-        model, stored = self._stored.get(info.field_name, (None, None))
-        if model is value:  # not replaced since: what it was validated from
-            return stored
-        return value.model_dump(mode="json", exclude_none=True)
+    def _only_set(self, value: BaseModel | None) -> dict[str, Any] | None:
+        """Only the windows and fields that are set, as the store holds them: a plain dump
+        would add a null for every window the key does not limit."""
+        return None if value is None else value.model_dump(mode="json", exclude_none=True)
 
 
 class KeyList(BaseModel):
