@@ -35,6 +35,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import math
 import os
 import re
 import threading
@@ -527,6 +528,21 @@ def set_budget(
         window_start, window_end = bounds
     BUDGET_WINDOW_START.labels(**labels).set(window_start)
     BUDGET_WINDOW_END.labels(**labels).set(window_end)
+
+
+def set_budget_unknown(tenant: str, window: str) -> None:
+    """The window's ledger figures cannot be read now (the store is down): its spent, remaining
+    and reserved become NaN until the next `set_budget`. Prometheus compares NaN false, so the
+    burn ratio recorded from it raises no burn alert (and resolves one firing) on a figure nobody
+    can vouch for; `max by` across replicas skips NaN, so a replica that still reads the ledger
+    shows its figure. The limit, bounds and `rolling` stay: they are the config's, not the
+    ledger's. Only a series already published is marked: an unknown figure is not a new one."""
+    labels = {"tenant": _tenant(tenant), "window": _window(window)}
+    with _budget_lock:
+        if (labels["tenant"], labels["window"]) not in _budget_series:
+            return
+        for gauge in (BUDGET_SPENT, BUDGET_REMAINING, BUDGET_RESERVED):
+            gauge.labels(**labels).set(math.nan)
 
 
 def retain_budgets(windows: Mapping[str, Iterable[str]]) -> None:

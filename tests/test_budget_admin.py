@@ -601,3 +601,56 @@ async def test_every_admin_route_types_its_success_body_in_the_openapi_document(
               schemas[v["$ref"].rsplit("/", 1)[1]] for v in variants}  # fmt: skip
     assert {"unit", "currency", "pacing_mode"} <= set(shapes[True]["required"])
     assert "unit" not in shapes[False]["properties"]  # an unmetered tenant has none
+
+
+async def test_a_keys_budgets_and_rate_limits_are_typed_in_the_openapi_document(
+    client: httpx.AsyncClient,
+) -> None:
+    """A key's `budgets` and `rate_limits` (in every key route's body) are the config's Budgets
+    and RateLimits, the models its create body takes, not a bare object."""
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    for model in ("KeyInfo", "KeyCreated"):
+        fields = schemas[model]["properties"]
+        for name, ref in (("budgets", "Budgets"), ("rate_limits", "RateLimits")):
+            assert {"$ref": f"#/components/schemas/{ref}"} in fields[name]["anyOf"], (model, name)
+    assert schemas["KeyCreated"]["properties"]["revokes"]["anyOf"][0] == {
+        "$ref": "#/components/schemas/KeyInfo"
+    }
+
+
+async def test_a_keys_budgets_and_rate_limits_are_returned_as_stored(
+    client: httpx.AsyncClient,
+) -> None:
+    """Typing them changed no value: every key route returns a key's budgets and rpm/tpm with
+    only what is set (no null windows or fields), the same from the routes that make a key and
+    from those that read the store, as when they were bare dicts."""
+    keys = "/admin/tenants/acme/keys"
+    budgets = {"day": {"limit": 2.0}, "request": {"limit": 0.5, "unit": "flops"}}
+    made = await client.post(keys, headers=auth(ADMIN_KEY), json={
+        "label": "a", "rate_limits": {"tpm": 100, "rpm": 2}, "budgets": budgets})  # fmt: skip
+    assert made.status_code == 201, made.text
+    stored = {
+        "budgets": {
+            "day": {"hard": True, "limit": 2.0, "rolling": False, "unit": "currency"},
+            "request": {"hard": True, "limit": 0.5, "unit": "flops"},
+        },
+        "rate_limits": {"rpm": 2, "tpm": 100},
+    }
+
+    def settings(key: dict[str, Any]) -> dict[str, Any]:
+        return {name: key[name] for name in ("budgets", "rate_limits")}
+
+    assert settings(made.json()) == stored
+    listed = await client.get(keys, headers=auth(ADMIN_KEY))
+    assert settings(listed.json()["data"][0]) == stored
+    prefix = made.json()["prefix"]
+    rotated = await client.post(f"{keys}/{prefix}/rotate", headers=auth(ADMIN_KEY),
+                                json={"grace_s": 60})  # fmt: skip
+    assert settings(rotated.json()) == settings(rotated.json()["revokes"]) == stored
+    put = await client.put(f"{keys}/{prefix}/rate_limits", headers=auth(ADMIN_KEY),
+                           json={"tpm": 7})  # fmt: skip
+    assert settings(put.json()) == {**stored, "rate_limits": {"tpm": 7}}
+    revoked = await client.delete(f"{keys}/{prefix}", headers=auth(ADMIN_KEY))
+    assert settings(revoked.json()) == settings(put.json())
+    plain = await client.post(keys, headers=auth(ADMIN_KEY), json={"label": "b"})
+    assert settings(plain.json()) == {"budgets": None, "rate_limits": None}

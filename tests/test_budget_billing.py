@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import struct
 import time
 from collections.abc import Callable
@@ -363,6 +364,66 @@ async def test_a_failed_read_of_rolling_figures_is_tried_again(
         assert "store down" in caplog.text and len(published) == 2
         await until(lambda: len(published) > 2)
         assert published[2:] == [0.0]  # the retry read it
+    finally:
+        await provider.close()
+
+
+async def test_rolling_figures_are_unknown_while_the_store_is_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed read of rolling figures left the last ones shown, so the rolling burn alerts
+    kept firing through the outage on spend that may have slid out since: the rolling window's
+    spent, remaining and reserved are NaN (Prometheus compares NaN false) until a read succeeds
+    again, which restores them. Its limit and the calendar window's figures stay."""
+    from prometheus_client import REGISTRY
+
+    from controller.stores import StoreUnavailable
+    from server import metrics
+    from server.billing import gauges
+
+    def value(name: str, window: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"tenant": "acme", "window": window})
+
+    monkeypatch.setattr(gauges, "REFRESH_MIN_S", 0.05)
+    monkeypatch.setattr(gauges, "REFRESH_RETRY_S", 0.2)
+    budgets = {"hour": {"limit": 1.0, "rolling": True}, "month": {"limit": 5.0}}  # noon() is 23:00
+    cfg = make_config(tmp_path, budgets=budgets)
+    clock = noon()
+    provider = BudgetProvider(cfg, clock=clock)
+    try:
+        billing = handle(provider, cfg, "r1")
+        await billing.settle(WaveHold(0, 1, 0, 0), prompt_tokens=0, completion_tokens=100)
+        await billing.close()
+        clock.now += 3599.9
+        await provider.report(cfg.tenants[0])  # the next read is due in 0.1 s
+        assert value("t2_budget_spent", "hour") == pytest.approx(0.2)
+        real_usage = provider.ledger.usage
+        down = [True]
+        tries: list[str] = []
+
+        async def usage(*args: Any, **kwargs: Any) -> Any:
+            tries.append("read")
+            if down[0]:
+                raise StoreUnavailable("the ledger's store is unreachable")
+            return await real_usage(*args, **kwargs)
+
+        monkeypatch.setattr(provider.ledger, "usage", usage)
+        clock.now += 0.2  # its spend slid out, unread
+        await until(lambda: len(tries) >= 2)  # the first read and its retry failed
+        for name in ("t2_budget_spent", "t2_budget_remaining", "t2_budget_reserved"):
+            hour = value(name, "hour")
+            assert hour is not None and math.isnan(hour), name
+        assert value("t2_budget_limit", "hour") == 1.0
+        assert value("t2_budget_rolling", "hour") == 1.0
+        assert value("t2_budget_spent", "month") == pytest.approx(0.2)  # calendar: still true
+        assert value("t2_budget_remaining", "month") == pytest.approx(4.8)
+        exposition = metrics.render_latest()[0].decode()
+        assert 't2_budget_spent{tenant="acme",window="hour"} NaN' in exposition
+        down[0] = False  # the store is back: the next try reads and restores the figures
+        await until(lambda: value("t2_budget_spent", "hour") == 0.0)
+        assert value("t2_budget_remaining", "hour") == 1.0
+        assert value("t2_budget_reserved", "hour") == 0.0
+        assert value("t2_budget_spent", "month") == pytest.approx(0.2)
     finally:
         await provider.close()
 

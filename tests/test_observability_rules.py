@@ -327,3 +327,45 @@ def test_rules_evaluate_against_a_live_scrape(
     assert burn == {"alpha": 0.35, "beta": 0.35}  # spent 35 of 100 (recorder's set_budget)
     elapsed = prom.values_by("t2:budget_window_elapsed:ratio", "tenant")
     assert all(0 <= v <= 1 for v in elapsed.values()) and set(elapsed) == {"alpha", "beta"}
+
+
+def test_rolling_budget_alerts_stop_while_its_figures_are_unknown(
+    promtool: Promtool, tmp_path: Path
+) -> None:
+    """While the ledger's store is down, a replica marks a rolling window's spend unknown (NaN,
+    server.billing.gauges): the burn ratio is NaN and compares false, so an alert firing on
+    the last figure read stops, and fires again once a read shows spend again. A replica that
+    still reads the ledger is the one `max by` shows: NaN is no maximum."""
+    nan = " ".join(["NaN"] * 10)
+    labels = 'tenant="split",window="hour",job="t2serve",instance='
+    series = [
+        *_rolling_series("outage", f"100+0x4 {nan} 100+0x15"),  # the store down from 5m to 15m
+        *_rolling_series("split", f"100+0x4 {nan} 100+0x15"),  # replica a:8000 loses it...
+        {"series": f't2_budget_spent{{{labels}"b:8000"}}', "values": "90+0x30"},  # ...b reads
+    ]
+
+    def fired(eval_time: str, alert: str, *tenants: str) -> Any:
+        severity = "critical" if alert == "T2BudgetExhaustedRolling" else "warning"
+        expected = [_alert(alert, severity, tenant=t, window="hour") for t in tenants]
+        return {"eval_time": eval_time, "alertname": alert, "exp_alerts": expected}
+
+    spec = {
+        "rule_files": [str(_rules_without_annotations(tmp_path))],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    fired("4m", "T2BudgetExhaustedRolling", "outage", "split"),
+                    fired("10m", "T2BudgetExhaustedRolling"),  # nobody can vouch for 100%
+                    fired("10m", "T2BudgetBurn80Rolling", "split"),  # b's 90%; outage's NaN: none
+                    fired("16m", "T2BudgetExhaustedRolling", "outage", "split"),  # read again
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "unknown_test.yml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = promtool("test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -449,17 +449,20 @@ KEY_PREFIX_LEN = 12  # "t2-" and 9 random characters: enough to tell keys apart 
 
 
 def _info(key: StoredKey, now: float) -> KeyInfo:
-    return KeyInfo(
-        prefix=key.prefix,
-        label=key.label,
-        tenant=key.tenant,
-        status=key.status(now),
-        created_at=key.created_at,
-        expires_at=key.expires_at,
-        revoked_at=key.revoked_at,
-        last_used_at=key.last_used_at,
-        budgets=key.budgets,
-        rate_limits=key.rate_limits,
+    # the stored budgets and rate limits are dicts: validated into their models here
+    return KeyInfo.model_validate(
+        {
+            "prefix": key.prefix,
+            "label": key.label,
+            "tenant": key.tenant,
+            "status": key.status(now),
+            "created_at": key.created_at,
+            "expires_at": key.expires_at,
+            "revoked_at": key.revoked_at,
+            "last_used_at": key.last_used_at,
+            "budgets": key.budgets,
+            "rate_limits": key.rate_limits,
+        }
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_serializer
 
 from controller.budget import Budgets
 from controller.budget.models import RateLimits, Unit
@@ -138,6 +138,12 @@ class TenantDeleted(BaseModel):
 
 
 class KeyInfo(BaseModel):
+    """A stored API key: never the key itself, its prefix."""
+
+    # The document describes `budgets` and `rate_limits` as the models they are (their
+    # serializer below returns a plain dict, which the serialization schema cannot see into).
+    model_config = ConfigDict(json_schema_mode_override="validation")
+
     prefix: str
     label: str
     tenant: str
@@ -146,11 +152,23 @@ class KeyInfo(BaseModel):
     expires_at: float | None
     revoked_at: float | None
     last_used_at: float | None
-    budgets: dict[str, Any] | None
-    rate_limits: dict[str, Any] | None = None
+    budgets: Budgets | None = Field(
+        description="the key's own budgets, on top of the tenant's: only the windows set, each "
+        "with its fields as stored"
+    )
+    rate_limits: RateLimits | None = Field(
+        default=None,
+        description="the key's own rpm/tpm, on top of the tenant's: only those set; null for none",
+    )
     spend: dict[str, float] | None = Field(
         default=None, description="money and FLOPs settled with this key (spend logs' retention)"
     )
+
+    @field_serializer("budgets", "rate_limits")
+    def _only_set(self, value: BaseModel | None) -> dict[str, Any] | None:
+        """Only the windows and fields that are set, as the store holds them: a plain dump
+        would add a null for every window the key does not limit."""
+        return None if value is None else value.model_dump(mode="json", exclude_none=True)
 
 
 class KeyList(BaseModel):

@@ -8,7 +8,10 @@ burn alerts on them keep firing.
 A rolling window's spend also falls with no request at all, as it slides out of the window: while
 a published rolling window shows spend, its figures are read again from the ledger each time some
 of it may have slid out (at most every REFRESH_MIN_S), so its gauges, and the rolling burn
-alerts on them, follow it down."""
+alerts on them, follow it down. When that read fails (the ledger's store is down), those windows'
+figures are marked unknown (NaN: metrics.set_budget_unknown) until a read succeeds: shown as they
+were, they would keep the rolling alerts firing on spend that has slid out since. Calendar windows
+keep their figures: their spend does not fall before their reset."""
 
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ class BudgetGauges:
         self._trailing: dict[str, asyncio.TimerHandle] = {}
         self._windows: dict[str, frozenset[str]] | None = None  # tenant → configured windows
         self._rereads: dict[str, asyncio.TimerHandle] = {}  # tenant → next read of its figures
+        self._sliding: dict[str, tuple[str, ...]] = {}  # tenant → rolling windows read again
         self._reading: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -67,6 +71,8 @@ class BudgetGauges:
             metrics.retain_budgets(self._windows)
         for tenant_id in [t for t in self._rereads if t not in self._windows]:
             self._rereads.pop(tenant_id).cancel()
+        for tenant_id in [t for t in self._sliding if t not in self._windows]:
+            del self._sliding[tenant_id]
 
     def publish(self, tenant: TenantConfig, pricer: Pricer, force: bool = False) -> None:
         if not self.enabled or (self._windows is not None and tenant.id not in self._windows):
@@ -110,7 +116,9 @@ class BudgetGauges:
         if pending is not None:
             pending.cancel()
         if self.refresh is None or not sliding:
+            self._sliding.pop(tenant_id, None)
             return
+        self._sliding[tenant_id] = tuple(u.name for u in sliding)
         now = self.prices.clock()
         delay = max(REFRESH_MIN_S, min(u.reset_in(now) for u in sliding))
         self._schedule_read(tenant_id, delay)
@@ -132,13 +140,20 @@ class BudgetGauges:
         assert self.refresh is not None
         try:
             await self.refresh(tenant_id)
-        except Exception as e:  # a ledger outage: the figures stay as they were, for now
+        except Exception as e:  # a ledger outage: its sliding figures are unknown until read
             log.warning(
-                "reading %s's rolling budget figures failed (%s); next try in %.0f s",
+                "reading %s's rolling budget figures failed (%s); they show as unknown (NaN) "
+                "until the next try, in %.0f s",
                 tenant_id, e, REFRESH_RETRY_S,
             )  # fmt: skip
-            if tenant_id not in self._rereads:  # unless a request's publish rescheduled it
-                self._schedule_read(tenant_id, REFRESH_RETRY_S)
+            if tenant_id in self._rereads:  # a request's publish rescheduled it: read since
+                return
+            if self.enabled and not self._closed:
+                configured = self._windows.get(tenant_id) if self._windows is not None else None
+                for window in self._sliding.get(tenant_id, ()):
+                    if configured is None or window in configured:
+                        metrics.set_budget_unknown(tenant_id, window)
+            self._schedule_read(tenant_id, REFRESH_RETRY_S)
 
     async def close(self) -> None:
         """Drop the deferred publishes and reads: a closed provider's figures are no longer the
