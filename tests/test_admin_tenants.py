@@ -273,3 +273,24 @@ async def test_the_openapi_document_lists_the_tenant_routes_409(tmp_path: Path) 
     assert "409" not in paths["/admin/tenants/{tenant_id}"]["get"]["responses"]
     body = paths["/admin/tenants"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"] == {"$ref": "#/components/schemas/NewTenant"}
+
+
+async def test_a_reused_id_lists_the_old_tenants_expired_key_as_expired(
+    replica: Replica,
+) -> None:
+    """Deleting a tenant, or making one under an id used before, revokes the id's keys; a key
+    that had expired by then ended by expiry, and lists so, not as revoked."""
+    async with replica() as a:
+        assert (await make(a)).status_code == 201
+        body = {"label": "short", "expires_in_s": 0.2}
+        short = await a.post("/admin/tenants/newco/keys", json=body, headers=ADMIN)
+        assert short.status_code == 201, short.text
+        await key_for(a, "newco", label="plain")
+        await asyncio.sleep(0.3)
+        assert (await a.delete("/admin/tenants/newco", headers=ADMIN)).status_code == 200
+        assert (await make(a)).status_code == 201
+        listed = (await a.get("/admin/tenants/newco/keys", headers=ADMIN)).json()["data"]
+        assert {k["label"]: k["status"] for k in listed} == {
+            "short": "expired", "plain": "revoked"
+        }
+
