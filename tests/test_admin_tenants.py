@@ -18,7 +18,7 @@ import yaml
 
 from server import metrics
 from server.app import create_app
-from server.config import parse_config
+from server.config import hash_key, parse_config
 from tests.fakes import ScriptedEngine
 from tests.test_admin_lasting import (
     ADMIN,
@@ -247,7 +247,7 @@ async def test_a_file_that_defines_an_api_tenant_is_refused_at_reload_and_loses_
             refused = await a.delete("/admin/tenants/newco", headers=ADMIN)
             assert refused.status_code == 409
             assert (await a.post("/admin/reload", headers=ADMIN)).status_code == 200
-            assert (await models(a, key)).status_code == 200  # the id's keys: the file's now
+            assert (await models(a, key)).status_code == 401  # the API tenant's: not the file's
     assert any("newco" in r.getMessage() and "config file" in r.getMessage()
                for r in caplog.records)  # fmt: skip
     config_file.write_text(yaml.safe_dump(config_dict(ledger)))
@@ -273,6 +273,60 @@ async def test_the_openapi_document_lists_the_tenant_routes_409(tmp_path: Path) 
     assert "409" not in paths["/admin/tenants/{tenant_id}"]["get"]["responses"]
     body = paths["/admin/tenants"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"] == {"$ref": "#/components/schemas/NewTenant"}
+
+
+async def test_while_the_file_wins_an_id_the_api_tenants_keys_do_not_authenticate(
+    replica: Replica, config_file: Path, ledger: dict[str, Any]
+) -> None:
+    """A file tenant that takes an API tenant's id (a restart on such a file) is another
+    principal, with another budget: the keys made for the API's tenant are refused rather than
+    let in as the file's, no key of that id is made or changed while both hold it, and the
+    admin API says so. Once the file drops the id, the API's tenant and its keys are back."""
+    async with replica() as a:
+        assert (await make(a)).status_code == 201
+        api_key = await key_for(a, "newco")
+        kept = await key_for(a, "newco", label="kept")
+    in_file = config_dict(ledger)
+    in_file["tenants"].append({"id": "newco", "api_keys": [{"sha256": hash_key("file-newco")}]})
+    config_file.write_text(yaml.safe_dump(in_file))
+    async with replica() as a:
+        assert (await models(a, "file-newco")).status_code == 200  # the file's own key
+        refused = await models(a, api_key)
+        assert refused.status_code == 401, refused.text
+        err = refused.json()["error"]
+        assert err["code"] == "invalid_api_key" and "config file" in err["message"]
+        shown = (await a.get("/admin/tenants/newco", headers=ADMIN)).json()
+        assert shown["source"] == "file" and "admin API" in shown["conflict"]
+        listed = (await a.get("/admin/tenants", headers=ADMIN)).json()["data"]
+        assert {t["id"]: t["conflict"] is not None for t in listed} == {
+            "acme": False, "free": False, "newco": True
+        }
+        assert (await a.get("/admin/tenants/acme", headers=ADMIN)).json()["conflict"] is None
+        prefix = (await a.get("/admin/tenants/newco/keys", headers=ADMIN)).json()["data"][0][
+            "prefix"]  # fmt: skip
+        version = await app_of(a).state.t2.admin.store.version()
+        for method, path, body in (
+            ("POST", "/admin/tenants/newco/keys", {"label": "new"}),
+            ("POST", f"/admin/tenants/newco/keys/{prefix}/rotate", {}),
+            ("PUT", f"/admin/tenants/newco/keys/{prefix}/rate_limits", {"rpm": 5}),
+        ):
+            r = await a.request(method, path, json=body, headers=ADMIN)
+            assert r.status_code == 409, (path, r.text)
+            err = r.json()["error"]
+            assert (err["code"], err["param"], err["type"]) == (
+                "tenant_conflict", "id", "invalid_request_error"
+            ), path
+            assert "'newco'" in err["message"] and str(config_file) in err["message"]
+        assert await app_of(a).state.t2.admin.store.version() == version  # nothing stored
+        # revoking stays possible (it only takes access away): the API tenant's leaked key
+        revoked = await a.delete(f"/admin/tenants/newco/keys/{prefix}", headers=ADMIN)
+        assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
+    config_file.write_text(yaml.safe_dump(config_dict(ledger)))
+    async with replica() as a:  # the file dropped the id: the API's tenant and its keys again
+        assert (await models(a, kept)).status_code == 200
+        assert (await models(a, api_key)).status_code == 401  # revoked meanwhile
+        assert (await models(a, "file-newco")).status_code == 401
+        assert (await a.get("/admin/tenants/newco", headers=ADMIN)).json()["conflict"] is None
 
 
 async def test_a_reused_id_lists_the_old_tenants_expired_key_as_expired(

@@ -127,6 +127,11 @@ class StoredTenant:
     def live(self) -> bool:
         return self.deleted_at is None
 
+    def issued(self, key: StoredKey) -> bool:
+        """Whether `key` was made for this tenant: under its id, since it was made (a key of the
+        id from before is an earlier holder's: a deleted tenant's, or the config file's)."""
+        return key.tenant == self.id and key.created_at >= self.created_at
+
     def to_json(self) -> str:
         return canonical(self.__dict__)
 
