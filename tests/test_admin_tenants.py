@@ -271,6 +271,8 @@ async def test_the_openapi_document_lists_the_tenant_routes_409(tmp_path: Path) 
         assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
     assert "409" not in paths["/admin/tenants"]["get"]["responses"]
     assert "409" not in paths["/admin/tenants/{tenant_id}"]["get"]["responses"]
+    described = " ".join(paths["/admin/tenants"]["post"]["description"].split())
+    assert "old tenant's spend in the current budget windows counts against" in described
     body = paths["/admin/tenants"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"] == {"$ref": "#/components/schemas/NewTenant"}
 
@@ -348,3 +350,24 @@ async def test_a_reused_id_lists_the_old_tenants_expired_key_as_expired(
             "short": "expired", "plain": "revoked"
         }
 
+
+async def test_a_reused_id_counts_the_old_tenants_spend_in_the_current_windows(
+    replica: Replica,
+) -> None:
+    """Spend is counted by tenant id, so deleting a tenant and making it again does not reset
+    its budgets: the new tenant starts with the old one's spend in the current windows
+    (otherwise delete + create would evade any budget). Documented on POST /admin/tenants."""
+    async with replica() as a:
+        assert (await make(a)).status_code == 201
+        old = await key_for(a, "newco")
+        # a request holds 0.008 (8 tokens at 1000 per 1M) and settles 0.004, of a day's 0.01
+        assert (await complete(a, old)).status_code == 200
+        assert (await a.delete("/admin/tenants/newco", headers=ADMIN)).status_code == 200
+        again = await make(a)
+        assert again.status_code == 201, again.text
+        day = next(w for w in again.json()["windows"] if w["window"] == "day")
+        assert day["spent"] == pytest.approx(0.004)
+        assert day["remaining"] == pytest.approx(0.006)
+        refused = await complete(a, await key_for(a, "newco"))  # a fresh 0.01 would hold it
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "insufficient_quota"

@@ -293,7 +293,13 @@ def _config_file(state: ServingState) -> str:
 async def create_tenant(body: NewTenant, request: Request) -> TenantReport:
     """Onboard a tenant without editing the file: every replica serves it within 2 s and it
     lasts (restarts, reloads). 409 if the id is taken, by the file or the API. It has no key
-    until one is made with POST .../keys."""
+    until one is made with POST .../keys.
+
+    An id used before (a tenant deleted, or one the file had) may be taken again: the new
+    tenant gets none of the old one's keys or budget changes, but spend is counted by id, so
+    the old tenant's spend in the current budget windows counts against the new one's budgets
+    (deleting and re-making a tenant does not reset a budget), and spend logs and reports show
+    both under the id. To start from nothing, use a new id."""
     state = get_state(request)
     taken = f"Tenant '{echoed(body.id)}' already exists"
     if any(t.id == body.id for t in state.file_config.tenants):
