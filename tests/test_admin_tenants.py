@@ -371,3 +371,33 @@ async def test_a_reused_id_counts_the_old_tenants_spend_in_the_current_windows(
         refused = await complete(a, await key_for(a, "newco"))  # a fresh 0.01 would hold it
         assert refused.status_code == 429, refused.text
         assert refused.json()["error"]["code"] == "insufficient_quota"
+
+
+def tenant_series(tenant: str) -> set[str]:
+    """The names of the exposed samples labelled with this tenant."""
+    body = metrics.render_latest()[0].decode()
+    return {line.split("{")[0] for line in body.splitlines()
+            if not line.startswith("#") and f'tenant="{tenant}"' in line}  # fmt: skip
+
+
+async def test_deleting_a_tenant_removes_its_live_budget_series_and_keeps_its_counters(
+    replica: Replica,
+) -> None:
+    """Its budget gauges and λ describe a live budget: they go with the tenant (or its burn
+    alerts would keep firing), a publish deferred past the deletion included. Its counters are
+    history (spend, requests, tokens): they stay until a restart, as for a tenant a reload
+    removes (and a multiprocess registry could not remove them anyway)."""
+    async with replica() as a:
+        assert (await make(a, {**NEWCO, "budgets": {"day": {"limit": 1.0}}})).status_code == 201
+        key = await key_for(a, "newco")
+        for _ in range(2):  # the second's figures wait for the publish interval: deferred
+            assert (await complete(a, key)).status_code == 200
+        live = {"t2_budget_limit", "t2_budget_remaining", "t2_budget_spent",
+                "t2_price_of_compute"}  # fmt: skip
+        assert live <= tenant_series("newco")
+        assert (await a.delete("/admin/tenants/newco", headers=ADMIN)).status_code == 200
+        await asyncio.sleep(0.4)  # past server.billing.gauges.METRICS_INTERVAL_S
+        exposed = tenant_series("newco")
+        gauges = {s for s in exposed if not s.endswith(("_total", "_bucket", "_count", "_sum"))}
+        assert gauges == set(), gauges
+        assert {"t2_spend_total", "t2_requests_total", "t2_budget_rejections_total"} <= exposed
