@@ -9,9 +9,10 @@ carries its times, checked at every authentication.
 
 Precedence (documented in docs/budgets.md, "Operating t2serve"): the file seeds tenants and
 budgets; tenants made through the API are added after the file's (the file wins an id both
-hold, with an error logged); an override made through the API wins over the file's value of
-that same field (an API tenant's own settings stand for the file's) for as long as the file
-still holds the value it had when the override was made (controller.budget.admin_state).
+hold, with an error logged, and the keys made for the API's tenant are refused meanwhile: they
+are another principal's, `shadowed`); an override made through the API wins over the file's
+value of that same field (an API tenant's own settings stand for the file's) for as long as the
+file still holds the value it had when the override was made (controller.budget.admin_state).
 The fields an override can set (`SECTIONS`): a tenant's `budgets.*` (stored under the bare
 window name, as before there were other sections), `user_budgets.*`, `rate_limits.rpm|tpm` and
 `alerts.thresholds` (the webhook's url and secret stay in the file).
@@ -91,6 +92,23 @@ def api_tenants(file_config: AppConfig, tenants: Sequence[StoredTenant]) -> list
     file wins an id both hold, server.serving.state refuses a reload that makes it so)."""
     in_file = {t.id for t in file_config.tenants}
     return [t for t in tenants if t.live and t.id not in in_file]
+
+
+def shadowed(file_config: AppConfig, tenants: Sequence[StoredTenant]) -> list[StoredTenant]:
+    """The live stored tenants this file also defines (a start on such a file, or a replica
+    whose file differs, cannot refuse it): the file's tenant is in force under the id, and the
+    keys made for the stored one (`StoredTenant.issued`) authenticate as nobody meanwhile, not
+    as the file's tenant, another principal with another budget (server.auth.KeyRing)."""
+    in_file = {t.id for t in file_config.tenants}
+    return sorted((t for t in tenants if t.live and t.id in in_file), key=lambda t: t.id)
+
+
+CONFLICT = (
+    "also made through the admin API: the config file's tenant is in force, the keys made for "
+    "the API's are refused, and no key of this id is made or changed until one goes (remove it "
+    "from the file and reload, or delete the API's once the file no longer defines it)"
+)
+"""What the admin API says of an id both the file and the store define (`shadowed`)."""
 
 
 def overlay(
@@ -180,14 +198,14 @@ class AdminSync:
         if that fails. A stored tenant the file also defines is left out, with an error logged:
         the file wins (a reload that would make it so is refused; at start, or on a replica
         whose file differs, it cannot be)."""
-        in_file = {t.id for t in file_config.tenants}
-        shadowed = sorted(t.id for t in self.snapshot.tenants if t.live and t.id in in_file)
-        if shadowed:
+        both = [t.id for t in shadowed(file_config, self.snapshot.tenants)]
+        if both:
             log.error(
                 "tenant(s) %s made through the admin API are also defined in the config file; "
-                "the file's are in force: remove them from the file, or delete them through "
-                "the admin API once the file no longer defines them",
-                ", ".join(shadowed),
+                "the file's are in force and the keys made for the API's are refused: remove "
+                "them from the file, or delete them through the admin API once the file no "
+                "longer defines them",
+                ", ".join(both),
             )
         try:
             return overlay(file_config, self.snapshot.overrides, self.snapshot.tenants)
@@ -195,8 +213,16 @@ class AdminSync:
             log.error("admin overrides not applied: %s", exc)
             return file_config
 
-    def keyring(self, config: AppConfig) -> KeyRing:
-        return KeyRing(config, self.snapshot.keys, clock=self.clock, uses=self.uses)
+    def keyring(self, config: AppConfig, file_config: AppConfig) -> KeyRing:
+        """The keys of `config` (the file's with the store's over it, `effective`): the file's
+        and the stored ones, but not those made for a stored tenant the file shadows."""
+        return KeyRing(
+            config,
+            self.snapshot.keys,
+            clock=self.clock,
+            uses=self.uses,
+            shadowed=shadowed(file_config, self.snapshot.tenants),
+        )
 
     async def ensure(self) -> AdminSync:
         """Load the store's state once (admin routes call this; the lifespan too); 503 while

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from controller.budget.admin_state import StoredKey
+from controller.budget.admin_state import StoredKey, StoredTenant
 from server.billing.identity import bind_key
 from server.config import ApiKey, AppConfig, TenantConfig, hash_key
 from server.errors import APIError
@@ -36,6 +36,10 @@ def _utf8(header_text: str) -> str:
         return header_text
 
 
+SHADOWED = "shadowed"
+"""Why a stored key is refused while the config file defines its tenant's id too."""
+
+
 class KeyRing:
     """Digest → tenant lookup; rebuilt from the config (and the stored keys) on every change.
 
@@ -49,22 +53,35 @@ class KeyRing:
         *,
         clock: Callable[[], float] = time.time,
         uses: dict[str, float] | None = None,
+        shadowed: Iterable[StoredTenant] = (),
     ) -> None:
+        """`shadowed`: stored tenants whose id the config file also defines (the file's tenant
+        is in force): the keys made for them are refused, not taken as the file tenant's."""
         self._by_digest: dict[str, tuple[TenantConfig, ApiKey]] = {
             key.digest(): (tenant, key) for tenant in config.tenants for key in tenant.api_keys
         }
         tenants = {t.id: t for t in config.tenants}
-        self._stored = {k.sha256: (k, tenants[k.tenant]) for k in stored if k.tenant in tenants}
+        hidden = {t.id: t for t in shadowed}
+        self._shadowed = {
+            k.sha256: k.tenant for k in stored if k.tenant in hidden and hidden[k.tenant].issued(k)
+        }
+        self._stored = {
+            k.sha256: (k, tenants[k.tenant])
+            for k in stored
+            if k.tenant in tenants and k.sha256 not in self._shadowed
+        }
         self._clock = clock
         self._uses = uses if uses is not None else {}
 
     def lookup(self, key: str) -> tuple[TenantConfig, StoredKey | None] | str | None:
-        """(tenant, the stored key or None for a config key); or why a stored key no longer
-        works ("revoked", "expired"); or None for an unknown key."""
+        """(tenant, the stored key or None for a config key); or why a stored key does not work
+        ("revoked", "expired", SHADOWED); or None for an unknown key."""
         digest = hash_key(key)
         file_key = self._by_digest.get(digest)
         if file_key is not None:
             return file_key[0], None
+        if digest in self._shadowed:
+            return SHADOWED
         entry = self._stored.get(digest)
         if entry is None:
             return None
@@ -96,6 +113,14 @@ class KeyRing:
                 code="invalid_api_key",
             )
         found = self.lookup(key)
+        if found == SHADOWED:
+            raise APIError(
+                401,
+                "This API key was made for a tenant of the admin API whose id the config file "
+                "now defines too: the file's tenant is in force under that id, so this key is "
+                "refused until an operator resolves the clash.",
+                code="invalid_api_key",
+            )
         if isinstance(found, str):
             raise APIError(401, f"This API key has been {found}.", code="invalid_api_key")
         if found is None:

@@ -136,6 +136,21 @@ async def test_a_revoked_or_expired_key_is_not_rotated(store: AdminStore) -> Non
     assert by_sha["d" * 64].live(NOW + 59) and by_sha["e" * 64].live(NOW + 59)
 
 
+async def test_a_key_that_expired_before_its_revocation_reads_expired(store: AdminStore) -> None:
+    """A revocation that reaches a key already expired (its tenant deleted, its id reused)
+    did not end it: the key reads "expired", in the snapshot and in a refused rotation alike
+    (the Redis script says what StoredKey.status says)."""
+    await store.create_key(key("a" * 64, label="short", expires_at=NOW + 5), NOW)
+    await store.create_key(key("b" * 64, label="plain"), NOW)
+    await store.revoke_key("acme", "t2-aaaaaa", NOW + 10)
+    await store.revoke_key("acme", "t2-bbbbbb", NOW + 10)
+    statuses = {k.label: k.status(NOW + 20) for k in (await store.snapshot()).keys}
+    assert statuses == {"short": "expired", "plain": "revoked"}
+    with pytest.raises(KeyNotLive) as refused:
+        await store.create_key(key("c" * 64, label="new"), NOW + 20, revoke=("t2-aaaaaa", NOW))
+    assert refused.value.status == "expired"
+
+
 async def test_a_keys_rate_limits_are_stored_changed_and_cleared(
     store: AdminStore, opener: Callable[[], AdminStore]
 ) -> None:

@@ -18,7 +18,7 @@ import yaml
 
 from server import metrics
 from server.app import create_app
-from server.config import parse_config
+from server.config import hash_key, parse_config
 from tests.fakes import ScriptedEngine
 from tests.test_admin_lasting import (
     ADMIN,
@@ -247,7 +247,7 @@ async def test_a_file_that_defines_an_api_tenant_is_refused_at_reload_and_loses_
             refused = await a.delete("/admin/tenants/newco", headers=ADMIN)
             assert refused.status_code == 409
             assert (await a.post("/admin/reload", headers=ADMIN)).status_code == 200
-            assert (await models(a, key)).status_code == 200  # the id's keys: the file's now
+            assert (await models(a, key)).status_code == 401  # the API tenant's: not the file's
     assert any("newco" in r.getMessage() and "config file" in r.getMessage()
                for r in caplog.records)  # fmt: skip
     config_file.write_text(yaml.safe_dump(config_dict(ledger)))
@@ -271,5 +271,133 @@ async def test_the_openapi_document_lists_the_tenant_routes_409(tmp_path: Path) 
         assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
     assert "409" not in paths["/admin/tenants"]["get"]["responses"]
     assert "409" not in paths["/admin/tenants/{tenant_id}"]["get"]["responses"]
+    described = " ".join(paths["/admin/tenants"]["post"]["description"].split())
+    assert "old tenant's spend in the current budget windows counts against" in described
     body = paths["/admin/tenants"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"] == {"$ref": "#/components/schemas/NewTenant"}
+
+
+async def test_while_the_file_wins_an_id_the_api_tenants_keys_do_not_authenticate(
+    replica: Replica, config_file: Path, ledger: dict[str, Any]
+) -> None:
+    """A file tenant that takes an API tenant's id (a restart on such a file) is another
+    principal, with another budget: the keys made for the API's tenant are refused rather than
+    let in as the file's, no key of that id is made or changed while both hold it, and the
+    admin API says so. Once the file drops the id, the API's tenant and its keys are back."""
+    async with replica() as a:
+        assert (await make(a)).status_code == 201
+        api_key = await key_for(a, "newco")
+        kept = await key_for(a, "newco", label="kept")
+    in_file = config_dict(ledger)
+    in_file["tenants"].append({"id": "newco", "api_keys": [{"sha256": hash_key("file-newco")}]})
+    config_file.write_text(yaml.safe_dump(in_file))
+    async with replica() as a:
+        assert (await models(a, "file-newco")).status_code == 200  # the file's own key
+        refused = await models(a, api_key)
+        assert refused.status_code == 401, refused.text
+        err = refused.json()["error"]
+        assert err["code"] == "invalid_api_key" and "config file" in err["message"]
+        shown = (await a.get("/admin/tenants/newco", headers=ADMIN)).json()
+        assert shown["source"] == "file" and "admin API" in shown["conflict"]
+        listed = (await a.get("/admin/tenants", headers=ADMIN)).json()["data"]
+        assert {t["id"]: t["conflict"] is not None for t in listed} == {
+            "acme": False, "free": False, "newco": True
+        }
+        assert (await a.get("/admin/tenants/acme", headers=ADMIN)).json()["conflict"] is None
+        prefix = (await a.get("/admin/tenants/newco/keys", headers=ADMIN)).json()["data"][0][
+            "prefix"]  # fmt: skip
+        version = await app_of(a).state.t2.admin.store.version()
+        for method, path, body in (
+            ("POST", "/admin/tenants/newco/keys", {"label": "new"}),
+            ("POST", f"/admin/tenants/newco/keys/{prefix}/rotate", {}),
+            ("PUT", f"/admin/tenants/newco/keys/{prefix}/rate_limits", {"rpm": 5}),
+        ):
+            r = await a.request(method, path, json=body, headers=ADMIN)
+            assert r.status_code == 409, (path, r.text)
+            err = r.json()["error"]
+            assert (err["code"], err["param"], err["type"]) == (
+                "tenant_conflict", "id", "invalid_request_error"
+            ), path
+            assert "'newco'" in err["message"] and str(config_file) in err["message"]
+        assert await app_of(a).state.t2.admin.store.version() == version  # nothing stored
+        # revoking stays possible (it only takes access away): the API tenant's leaked key
+        revoked = await a.delete(f"/admin/tenants/newco/keys/{prefix}", headers=ADMIN)
+        assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
+    config_file.write_text(yaml.safe_dump(config_dict(ledger)))
+    async with replica() as a:  # the file dropped the id: the API's tenant and its keys again
+        assert (await models(a, kept)).status_code == 200
+        assert (await models(a, api_key)).status_code == 401  # revoked meanwhile
+        assert (await models(a, "file-newco")).status_code == 401
+        assert (await a.get("/admin/tenants/newco", headers=ADMIN)).json()["conflict"] is None
+
+
+async def test_a_reused_id_lists_the_old_tenants_expired_key_as_expired(
+    replica: Replica,
+) -> None:
+    """Deleting a tenant, or making one under an id used before, revokes the id's keys; a key
+    that had expired by then ended by expiry, and lists so, not as revoked."""
+    async with replica() as a:
+        assert (await make(a)).status_code == 201
+        body = {"label": "short", "expires_in_s": 0.2}
+        short = await a.post("/admin/tenants/newco/keys", json=body, headers=ADMIN)
+        assert short.status_code == 201, short.text
+        await key_for(a, "newco", label="plain")
+        await asyncio.sleep(0.3)
+        assert (await a.delete("/admin/tenants/newco", headers=ADMIN)).status_code == 200
+        assert (await make(a)).status_code == 201
+        listed = (await a.get("/admin/tenants/newco/keys", headers=ADMIN)).json()["data"]
+        assert {k["label"]: k["status"] for k in listed} == {
+            "short": "expired", "plain": "revoked"
+        }
+
+
+async def test_a_reused_id_counts_the_old_tenants_spend_in_the_current_windows(
+    replica: Replica,
+) -> None:
+    """Spend is counted by tenant id, so deleting a tenant and making it again does not reset
+    its budgets: the new tenant starts with the old one's spend in the current windows
+    (otherwise delete + create would evade any budget). Documented on POST /admin/tenants."""
+    async with replica() as a:
+        assert (await make(a)).status_code == 201
+        old = await key_for(a, "newco")
+        # a request holds 0.008 (8 tokens at 1000 per 1M) and settles 0.004, of a day's 0.01
+        assert (await complete(a, old)).status_code == 200
+        assert (await a.delete("/admin/tenants/newco", headers=ADMIN)).status_code == 200
+        again = await make(a)
+        assert again.status_code == 201, again.text
+        day = next(w for w in again.json()["windows"] if w["window"] == "day")
+        assert day["spent"] == pytest.approx(0.004)
+        assert day["remaining"] == pytest.approx(0.006)
+        refused = await complete(a, await key_for(a, "newco"))  # a fresh 0.01 would hold it
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "insufficient_quota"
+
+
+def tenant_series(tenant: str) -> set[str]:
+    """The names of the exposed samples labelled with this tenant."""
+    body = metrics.render_latest()[0].decode()
+    return {line.split("{")[0] for line in body.splitlines()
+            if not line.startswith("#") and f'tenant="{tenant}"' in line}  # fmt: skip
+
+
+async def test_deleting_a_tenant_removes_its_live_budget_series_and_keeps_its_counters(
+    replica: Replica,
+) -> None:
+    """Its budget gauges and λ describe a live budget: they go with the tenant (or its burn
+    alerts would keep firing), a publish deferred past the deletion included. Its counters are
+    history (spend, requests, tokens): they stay until a restart, as for a tenant a reload
+    removes (and a multiprocess registry could not remove them anyway)."""
+    async with replica() as a:
+        assert (await make(a, {**NEWCO, "budgets": {"day": {"limit": 1.0}}})).status_code == 201
+        key = await key_for(a, "newco")
+        for _ in range(2):  # the second's figures wait for the publish interval: deferred
+            assert (await complete(a, key)).status_code == 200
+        live = {"t2_budget_limit", "t2_budget_remaining", "t2_budget_spent",
+                "t2_price_of_compute"}  # fmt: skip
+        assert live <= tenant_series("newco")
+        assert (await a.delete("/admin/tenants/newco", headers=ADMIN)).status_code == 200
+        await asyncio.sleep(0.4)  # past server.billing.gauges.METRICS_INTERVAL_S
+        exposed = tenant_series("newco")
+        gauges = {s for s in exposed if not s.endswith(("_total", "_bucket", "_count", "_sum"))}
+        assert gauges == set(), gauges
+        assert {"t2_spend_total", "t2_requests_total", "t2_budget_rejections_total"} <= exposed

@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cli.serve import register
+from controller.budget.admin_state import StoredKey, StoredTenant
 from server.api.errors import APIError
 from server.auth import KeyRing
 from server.config import CONFIG_ENV, ConfigError, hash_key, load_config, parse_config
@@ -107,6 +108,25 @@ def test_keyring_hashes_and_rejects() -> None:
         with pytest.raises(APIError) as err:
             ring.authenticate(header)
         assert err.value.status == 401
+
+
+def test_keyring_refuses_a_shadowed_api_tenants_keys_only() -> None:
+    """While the file defines the id of a stored (API) tenant, the keys made for that tenant
+    (under its id since it was made) are refused; a stored key of the id from before it, made
+    while the id was the file's, and the file's own key still authenticate as the file's."""
+    api_tenant = StoredTenant("acme", {}, created_at=100.0)
+    older = StoredKey(hash_key("older"), "acme", "t2-older", "a", created_at=50.0)
+    issued = StoredKey(hash_key("issued"), "acme", "t2-issued", "b", created_at=150.0)
+    ring = KeyRing(parse_config(MINIMAL), [older, issued], clock=lambda: 200.0,
+                   shadowed=[api_tenant])  # fmt: skip
+    assert ring.authenticate("Bearer k1").id == "acme"
+    assert ring.authenticate("Bearer older").id == "acme"
+    with pytest.raises(APIError) as err:
+        ring.authenticate("Bearer issued")
+    assert err.value.status == 401 and "config file" in err.value.message
+    assert ring.tenant_for_key("issued") is None
+    unshadowed = KeyRing(parse_config(MINIMAL), [older, issued], clock=lambda: 200.0)
+    assert unshadowed.authenticate("Bearer issued").id == "acme"
 
 
 def _cli() -> typer.Typer:

@@ -90,11 +90,16 @@ class StoredKey:
     rate_limits: dict[str, Any] | None = None  # {"rpm": …, "tpm": …}, on top of the tenant's
 
     def status(self, now: float) -> str:
-        if self.revoked_at is not None and now >= self.revoked_at:
-            return "revoked"
-        if self.expires_at is not None and now >= self.expires_at:
-            return "expired"
-        return "active"
+        """The key's state at `now`: active, or what ended it first, "expired" or "revoked" (a
+        key that had expired when a revocation reached it, as deleting its tenant or reusing
+        its id revokes every key of the id, ended by expiry)."""
+        ended = [
+            (at, status)
+            for at, status in ((self.revoked_at, "revoked"), (self.expires_at, "expired"))
+            if at is not None and now >= at
+        ]
+        # the earlier end; at the same instant, the revocation (the operator's act) names it
+        return min(ended, key=lambda e: e[0])[1] if ended else "active"
 
     def live(self, now: float) -> bool:
         return self.status(now) == "active"
@@ -121,6 +126,11 @@ class StoredTenant:
     @property
     def live(self) -> bool:
         return self.deleted_at is None
+
+    def issued(self, key: StoredKey) -> bool:
+        """Whether `key` was made for this tenant: under its id, since it was made (a key of the
+        id from before is an earlier holder's: a deleted tenant's, or the config file's)."""
+        return key.tenant == self.id and key.created_at >= self.created_at
 
     def to_json(self) -> str:
         return canonical(self.__dict__)

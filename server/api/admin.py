@@ -49,12 +49,14 @@ from controller.budget.admin_state import (
 from controller.budget.ledger import SpendRecord
 from controller.budget.models import RateLimits
 from server.admin_state import (
+    CONFLICT,
     MAX_API_TENANTS,
     SECTIONS,
     AdminSync,
     file_values,
     overlay,
     override_field,
+    shadowed,
 )
 from server.api.admin_responses import (
     KeyCreated,
@@ -192,7 +194,32 @@ async def _report(state: ServingState, tenant_id: str) -> TenantReport:
     report["alert_thresholds"] = tenant.alerts.thresholds if tenant.alerts else None
     report["models"] = tenant.models
     report["source"] = _source(state, tenant.id)
+    report["conflict"] = _conflict(state, tenant.id)
     return TenantReport.model_validate(report)
+
+
+def _conflicts(state: ServingState) -> set[str]:
+    """The ids both the file and the admin store define (the file's tenant is in force)."""
+    return {t.id for t in shadowed(state.file_config, state.admin.snapshot.tenants)}
+
+
+def _conflict(state: ServingState, tenant_id: str) -> str | None:
+    """What the admin API reports of an id both the file and the store define; None if not."""
+    return CONFLICT if tenant_id in _conflicts(state) else None
+
+
+def _keys_unshared(state: ServingState, sync: AdminSync, tenant_id: str) -> None:
+    """409 while the file and the store both define the id: a key made or changed now would be
+    the file tenant's on this replica and the API tenant's wherever the file does not define
+    it. Listing and revoking stay open (revoking only ever takes access away)."""
+    if any(t.id == tenant_id for t in shadowed(state.file_config, sync.snapshot.tenants)):
+        raise APIError(
+            409,
+            f"Tenant '{echoed(tenant_id)}' is defined in {_config_file(state)} and was "
+            f"{CONFLICT}.",
+            param="id",
+            code="tenant_conflict",
+        )
 
 
 def _source(state: ServingState, tenant_id: str) -> Literal["file", "api"]:
@@ -205,6 +232,7 @@ def _source(state: ServingState, tenant_id: str) -> Literal["file", "api"]:
 async def list_tenants(request: Request) -> TenantList:
     """Every tenant, the file's then the API's, with its models, budgets and source."""
     state = get_state(request)
+    both = _conflicts(state)
     data = [
         TenantSummary(
             id=t.id,
@@ -213,6 +241,7 @@ async def list_tenants(request: Request) -> TenantList:
             budgets=t.budgets,
             rate_limits=t.rate_limits,
             source=_source(state, t.id),
+            conflict=CONFLICT if t.id in both else None,
         )
         for t in state.config.tenants
     ]
@@ -264,7 +293,13 @@ def _config_file(state: ServingState) -> str:
 async def create_tenant(body: NewTenant, request: Request) -> TenantReport:
     """Onboard a tenant without editing the file: every replica serves it within 2 s and it
     lasts (restarts, reloads). 409 if the id is taken, by the file or the API. It has no key
-    until one is made with POST .../keys."""
+    until one is made with POST .../keys.
+
+    An id used before (a tenant deleted, or one the file had) may be taken again: the new
+    tenant gets none of the old one's keys or budget changes, but spend is counted by id, so
+    the old tenant's spend in the current budget windows counts against the new one's budgets
+    (deleting and re-making a tenant does not reset a budget), and spend logs and reports show
+    both under the id. To start from nothing, use a new id."""
     state = get_state(request)
     taken = f"Tenant '{echoed(body.id)}' already exists"
     if any(t.id == body.id for t in state.file_config.tenants):
@@ -492,6 +527,7 @@ async def _create(
     rate_limits: RateLimits | None = None,
 ) -> KeyCreated:
     sync = await state.admin.ensure()
+    _keys_unshared(state, sync, tenant_id)
     now = sync.clock()
     secret = "t2-" + secrets.token_urlsafe(32)
     stored = StoredKey(
@@ -675,6 +711,7 @@ async def put_key_rate_limits(
     state = get_state(request)
     _tenant(state, tenant_id)
     sync = await state.admin.ensure()
+    _keys_unshared(state, sync, tenant_id)
     try:
         key = await sync.set_key_rate_limits(tenant_id, prefix, _limits(limits))
     except KeyNotFound:

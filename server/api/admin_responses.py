@@ -22,6 +22,14 @@ Source = Annotated[
     Literal["file", "api"],
     Field(description="where the tenant is defined: the config file, or POST /admin/tenants"),
 ]
+Conflict = Annotated[
+    str | None,
+    Field(
+        description="set while the config file and the admin API both define this id (a start "
+        "on such a file): the file's tenant is in force, the keys made for the API's are "
+        "refused and no key of the id is made or changed; says how to resolve it. Else null"
+    ),
+]
 
 
 class TenantSummary(BaseModel):
@@ -31,6 +39,7 @@ class TenantSummary(BaseModel):
     budgets: Budgets | None
     rate_limits: RateLimits | None
     source: Source
+    conflict: Conflict = None
 
 
 class TenantList(BaseModel):
@@ -86,6 +95,7 @@ class MeteredTenantReport(BaseModel):
     )
     models: list[str] = Field(description="the model ids it may use, or '*'")
     source: Source
+    conflict: Conflict = None
 
 
 class UnmeteredTenantReport(BaseModel):
@@ -103,6 +113,7 @@ class UnmeteredTenantReport(BaseModel):
     )
     models: list[str] = Field(description="the model ids it may use, or '*'")
     source: Source
+    conflict: Conflict = None
 
 
 class TenantReport(

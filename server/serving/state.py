@@ -111,7 +111,7 @@ class ServingState:
         self.routes = routes
         config = self.admin.effective(config)
         self.config = config
-        self.keyring = self.admin.keyring(config)
+        self.keyring = self.admin.keyring(config, self.file_config)
         self.billing.reload(config)
         metrics.configure_labels(tenants=[t.id for t in config.tenants], models=config.model_ids)
 
@@ -171,8 +171,9 @@ class ServingState:
 
     def _check_no_api_tenant_taken(self, config: AppConfig) -> None:
         """A file tenant whose id a tenant made through the admin API has would take over that
-        tenant's keys, spend and history (the file wins an id both hold): a reload that does so
-        is refused, naming the entry, while the running file that does not is kept."""
+        tenant's spend and history and lock its keys out (the file wins an id both hold,
+        server.admin_state.shadowed): a reload that does so is refused, naming the entry, while
+        the running file that does not is kept."""
         stored = {t.id for t in self.admin.snapshot.tenants if t.live}
         running = {t.id for t in self.file_config.tenants}
         for i, tenant in enumerate(config.tenants):

@@ -77,7 +77,8 @@ return sha
 # KEYS: version, keys, prefix, revoked.
 # ARGV: sha, record, tenant, label, prefix, now, revoke_prefix ('' = none), revoke_at.
 # Checks everything before writing anything: a script's writes are not rolled back. A rotation
-# replaces only a live key: 'revoked' or 'expired' at `now`, as StoredKey.status says.
+# replaces only a live key: 'revoked' or 'expired' at `now` (whichever ended it first), as
+# StoredKey.status says.
 CREATE = (
     _REVOKE
     + r"""
@@ -87,9 +88,13 @@ if ARGV[7] ~= '' then
   old = find(ARGV[3], ARGV[7])
   if not old then return 'nf' end
   local revoked_at = tonumber(redis.call('HGET', KEYS[4], old) or '')
-  if revoked_at ~= nil and now >= revoked_at then return 'revoked' end
   local expires_at = cjson.decode(redis.call('HGET', KEYS[2], old)).expires_at
-  if expires_at ~= cjson.null and now >= expires_at then return 'expired' end
+  if expires_at == cjson.null or now < expires_at then expires_at = nil end
+  if revoked_at ~= nil and now < revoked_at then revoked_at = nil end
+  if expires_at ~= nil and (revoked_at == nil or expires_at < revoked_at) then
+    return 'expired'
+  end
+  if revoked_at ~= nil then return 'revoked' end
 end
 local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do
