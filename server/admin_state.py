@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -104,9 +105,10 @@ def shadowed(file_config: AppConfig, tenants: Sequence[StoredTenant]) -> list[St
 
 
 CONFLICT = (
-    "also made through the admin API: the config file's tenant is in force, the keys made for "
-    "the API's are refused, and no key of this id is made or changed until one goes (remove it "
-    "from the file and reload, or delete the API's once the file no longer defines it)"
+    "also made through the admin API: the config file's tenant is in force, the keys and "
+    "settings made for the API's are not, and no key or setting of this id is made or changed "
+    "until one goes (DELETE /admin/tenants/{id} removes the API's; or remove it from the file "
+    "and reload)"
 )
 """What the admin API says of an id both the file and the store define (`shadowed`)."""
 
@@ -119,6 +121,9 @@ def overlay(
     change)."""
     added = api_tenants(file_config, tenants)
     ids = [t.id for t in added]
+    # the settings made for a stored tenant the file shadows are that tenant's, not the file's
+    made_for_api = {t.id: t.created_at for t in shadowed(file_config, tenants)}
+    overrides = [o for o in overrides if o.updated_at < made_for_api.get(o.tenant, math.inf)]
     if added:  # parsed first, so an override compares with their values as the file's are
         data = file_config.model_dump(mode="python")
         data["tenants"] += [tenant_data(t) for t in added]
@@ -202,9 +207,9 @@ class AdminSync:
         if both:
             log.error(
                 "tenant(s) %s made through the admin API are also defined in the config file; "
-                "the file's are in force and the keys made for the API's are refused: remove "
-                "them from the file, or delete them through the admin API once the file no "
-                "longer defines them",
+                "the file's are in force and the keys and settings made for the API's are "
+                "not: DELETE /admin/tenants/{id} removes the API's, or remove them from the "
+                "file and reload",
                 ", ".join(both),
             )
         try:

@@ -244,8 +244,6 @@ async def test_a_file_that_defines_an_api_tenant_is_refused_at_reload_and_loses_
         async with replica() as a:  # started on that file: the file's tenant wins
             shown = (await a.get("/admin/tenants/newco", headers=ADMIN)).json()
             assert shown["source"] == "file" and shown["metered"] is False
-            refused = await a.delete("/admin/tenants/newco", headers=ADMIN)
-            assert refused.status_code == 409
             assert (await a.post("/admin/reload", headers=ADMIN)).status_code == 200
             assert (await models(a, key)).status_code == 401  # the API tenant's: not the file's
     assert any("newco" in r.getMessage() and "config file" in r.getMessage()
@@ -311,6 +309,7 @@ async def test_while_the_file_wins_an_id_the_api_tenants_keys_do_not_authenticat
             ("POST", "/admin/tenants/newco/keys", {"label": "new"}),
             ("POST", f"/admin/tenants/newco/keys/{prefix}/rotate", {}),
             ("PUT", f"/admin/tenants/newco/keys/{prefix}/rate_limits", {"rpm": 5}),
+            ("PUT", "/admin/tenants/newco/budgets", {"day": {"limit": 5.0}}),
         ):
             r = await a.request(method, path, json=body, headers=ADMIN)
             assert r.status_code == 409, (path, r.text)
@@ -329,6 +328,34 @@ async def test_while_the_file_wins_an_id_the_api_tenants_keys_do_not_authenticat
         assert (await models(a, api_key)).status_code == 401  # revoked meanwhile
         assert (await models(a, "file-newco")).status_code == 401
         assert (await a.get("/admin/tenants/newco", headers=ADMIN)).json()["conflict"] is None
+
+
+async def test_deleting_a_clashing_id_removes_the_api_tenant_and_its_settings_stay_its_own(
+    replica: Replica, config_file: Path, ledger: dict[str, Any]
+) -> None:
+    """While the file wins an id, the budgets set for the API's tenant are not the file
+    tenant's either (even where the file holds the very value the override stood over), and
+    DELETE ends the clash in one step: it removes the API's tenant, leaving the file's."""
+    async with replica() as a:
+        assert (await make(a)).status_code == 201
+        raised = await a.put("/admin/tenants/newco/budgets", json={"day": {"limit": 0.5}},
+                             headers=ADMIN)  # fmt: skip
+        assert raised.status_code == 200 and limits(raised.json())["day"] == 0.5
+        api_key = await key_for(a, "newco")
+    in_file = config_dict(ledger)  # the same settings the API's tenant was made with
+    in_file["tenants"].append({**NEWCO, "api_keys": [{"sha256": hash_key("file-newco")}]})
+    config_file.write_text(yaml.safe_dump(in_file))
+    async with replica() as a:
+        shown = (await a.get("/admin/tenants/newco", headers=ADMIN)).json()
+        assert shown["conflict"] is not None and limits(shown)["day"] == 0.01  # the file's
+        gone = await a.delete("/admin/tenants/newco", headers=ADMIN)
+        assert gone.status_code == 200, gone.text
+        shown = (await a.get("/admin/tenants/newco", headers=ADMIN)).json()
+        assert (shown["source"], shown["conflict"], limits(shown)["day"]) == ("file", None, 0.01)
+        assert (await models(a, "file-newco")).status_code == 200
+        assert (await models(a, api_key)).status_code == 401
+        again = await a.delete("/admin/tenants/newco", headers=ADMIN)  # now only the file's
+        assert again.status_code == 409 and again.json()["error"]["code"] == "tenant_in_config_file"
 
 
 async def test_a_reused_id_lists_the_old_tenants_expired_key_as_expired(

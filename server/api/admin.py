@@ -208,10 +208,11 @@ def _conflict(state: ServingState, tenant_id: str) -> str | None:
     return CONFLICT if tenant_id in _conflicts(state) else None
 
 
-def _keys_unshared(state: ServingState, sync: AdminSync, tenant_id: str) -> None:
-    """409 while the file and the store both define the id: a key made or changed now would be
-    the file tenant's on this replica and the API tenant's wherever the file does not define
-    it. Listing and revoking stay open (revoking only ever takes access away)."""
+def _unshared(state: ServingState, sync: AdminSync, tenant_id: str) -> None:
+    """409 while the file and the store both define the id: a key or setting made or changed
+    now would be the file tenant's on this replica and the API tenant's wherever the file does
+    not define it. Reading, revoking keys and deleting the API's tenant stay open (they only
+    take access away, or end the clash)."""
     if any(t.id == tenant_id for t in shadowed(state.file_config, sync.snapshot.tenants)):
         raise APIError(
             409,
@@ -343,9 +344,12 @@ async def create_tenant(body: NewTenant, request: Request) -> TenantReport:
 async def delete_tenant(tenant_id: str, request: Request) -> TenantDeleted:
     """Remove a tenant made through the admin API: its keys stop working on every replica
     within 2 s; its spend logs and ledger figures stay (billing records). A tenant of the
-    config file is removed there (409)."""
+    config file is removed there (409); while the file and the API both define the id, this
+    removes the API's, which ends the clash and leaves the file's in force."""
     state = get_state(request)
-    if any(t.id == tenant_id for t in state.file_config.tenants):
+    if tenant_id not in _conflicts(state) and any(
+        t.id == tenant_id for t in state.file_config.tenants
+    ):
         raise APIError(
             409,
             f"Tenant '{echoed(tenant_id)}' is defined in {_config_file(state)}: remove it "
@@ -377,6 +381,7 @@ async def _put_section(
     remembers the file's value, so a later edit of that field in the file wins again)."""
     _tenant(state, tenant_id)
     sync = await state.admin.ensure()
+    _unshared(state, sync, tenant_id)
     # the value the override stands over: the file's, or an API tenant's as it was made
     base = overlay(state.file_config, [], sync.snapshot.tenants)
     file_tenant = next((t for t in base.tenants if t.id == tenant_id), None)
@@ -527,7 +532,7 @@ async def _create(
     rate_limits: RateLimits | None = None,
 ) -> KeyCreated:
     sync = await state.admin.ensure()
-    _keys_unshared(state, sync, tenant_id)
+    _unshared(state, sync, tenant_id)
     now = sync.clock()
     secret = "t2-" + secrets.token_urlsafe(32)
     stored = StoredKey(
@@ -711,7 +716,7 @@ async def put_key_rate_limits(
     state = get_state(request)
     _tenant(state, tenant_id)
     sync = await state.admin.ensure()
-    _keys_unshared(state, sync, tenant_id)
+    _unshared(state, sync, tenant_id)
     try:
         key = await sync.set_key_rate_limits(tenant_id, prefix, _limits(limits))
     except KeyNotFound:
