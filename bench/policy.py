@@ -84,6 +84,7 @@ def main() -> None:
     )
     build = _per_call(lambda: ValueTable(prior, 64), 1)
     pi = fit_share_prior(learned)
+
     def uncached() -> None:
         state_terms.cache_clear()  # a vote state met for the first time since start
         for answers in states[:50]:

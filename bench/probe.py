@@ -60,6 +60,7 @@ class ProbeSet:
     programs: bool = False
     questions: int = QUESTIONS
 
+
 ROUTING_SETS: dict[str, ProbeSet] = {
     "date_cot2": ProbeSet("date_understanding", "date", "date_CoT2_prompting", GOLD_FILE, [
         ("llama-2-13b", "llama2_13B_result/date_cot2.json"),
@@ -110,8 +111,13 @@ def _distinct_draws(records: list[dict[str, Any]]) -> list[int]:
     """Positions that are not a verbatim copy of an earlier one in every question (the
     source's Llama-2 files repeat draws 0–9 at 10–19)."""
     width = max(len(r["generated"]) for r in records)
-    return [j for j in range(width) if not all(r["generated"][j] in r["generated"][:j]
-                                               for r in records if j < len(r["generated"]))]
+    return [
+        j
+        for j in range(width)
+        if not all(
+            r["generated"][j] in r["generated"][:j] for r in records if j < len(r["generated"])
+        )
+    ]
 
 
 def _answers(records: list[dict[str, Any]], programs: bool) -> tuple[list[list[Any]], str]:
@@ -125,12 +131,21 @@ def _answers(records: list[dict[str, Any]], programs: bool) -> tuple[list[list[A
         unfit += fit is None
         answers.append(ran if fit is None else fit)
     moved = sum(len(_recorded(r)) != len(r["generated"]) for r in records)
-    return answers, (f"programs re-run: {moved} questions had failed runs dropped; {unfit} "
-                     "questions' runs differ from the recorded answers (re-run answers kept)")
+    return answers, (
+        f"programs re-run: {moved} questions had failed runs dropped; {unfit} "
+        "questions' runs differ from the recorded answers (re-run answers kept)"
+    )
 
 
-def _write_replay(source: Path, rel: str, path: Path, model: str, gold: list[str], ids: str,
-                  programs: bool = False) -> tuple[int, str]:
+def _write_replay(
+    source: Path,
+    rel: str,
+    path: Path,
+    model: str,
+    gold: list[str],
+    ids: str,
+    programs: bool = False,
+) -> tuple[int, str]:
     """One replay file in the shared schema, question ids `ids`-0, -1, …; returns its samples
     per question and a note on its answers."""
     records = _records(source, rel, len(gold))
@@ -138,8 +153,11 @@ def _write_replay(source: Path, rel: str, path: Path, model: str, gold: list[str
     answers, note = _answers(records, programs)
     lines = []
     for i, (r, a, g) in enumerate(zip(records, answers, gold, strict=True)):
-        samples = [{"text": r["generated"][j], "answer": a[j] if j < len(a) else None}
-                   for j in keep if j < len(r["generated"])]  # a question may hold fewer
+        samples = [
+            {"text": r["generated"][j], "answer": a[j] if j < len(a) else None}
+            for j in keep
+            if j < len(r["generated"])
+        ]  # a question may hold fewer
         lines.append(json.dumps({"id": f"{ids}-{i}", "question": r["question"], "gold": g,
                                  "samples": samples, "model": model, "source": rel}))  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,8 +209,15 @@ def build(source: Path) -> tuple[list[Path], list[Path]]:
                                     spec.programs)  # fmt: skip
             notes += [f"{rel}: {note}"] if note else []
             sample, completion = PRICES[model]
-            entries.append({"id": model, "file": f"{model}.jsonl", "prompt_per_1m": sample,
-                            "completion_per_1m": completion, "samples_per_question": n})
+            entries.append(
+                {
+                    "id": model,
+                    "file": f"{model}.jsonl",
+                    "prompt_per_1m": sample,
+                    "completion_per_1m": completion,
+                    "samples_per_question": n,
+                }
+            )
         if spec.greedy is not None:
             _, note = _write_replay(source, spec.greedy, folder / "gpt-4-greedy.jsonl", "gpt-4",
                                     gold, name, spec.programs)  # fmt: skip

@@ -33,6 +33,7 @@ def run_budget_replay(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
     def simulate(progress: Callable[[int], None] | None = None) -> BudgetReplayResult:
         return simulate_budget(
             questions,

@@ -452,8 +452,10 @@ def _from_replay(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    typer.echo(f"calibrated {model} from {path} ({summary['questions']} questions x "
-               f"{summary['samples_per_question']} samples, no sampling)")
+    typer.echo(
+        f"calibrated {model} from {path} ({summary['questions']} questions x "
+        f"{summary['samples_per_question']} samples, no sampling)"
+    )
     if left_out:
         typer.echo("  " + left_out_line("with fewer samples", left_out))
     for name_, file in files.items():

@@ -12,7 +12,7 @@ NO_SAMPLES = "with no samples, at lines"
 
 
 def left_out_line(count_of: str, names: Sequence[object], where: str | None = None) -> str:
-    """"<where>: left out N question(s) <count_of>: a, b, c …", the first few names shown."""
+    """ "<where>: left out N question(s) <count_of>: a, b, c …", the first few names shown."""
     shown = ", ".join(map(str, names[:SHOWN])) + (" …" if len(names) > SHOWN else "")
     head = f"{where}: " if where else ""
     return f"{head}left out {len(names)} question(s) {count_of}: {shown}"

@@ -137,8 +137,13 @@ def draw_plot(
         )
     for r in points:
         ax.scatter([r.mean_samples], [r.accuracy], marker="*", s=90, zorder=5)
-        ax.annotate(r.policy, (r.mean_samples, r.accuracy), fontsize=7, xytext=(4, -10),
-                    textcoords="offset points")
+        ax.annotate(
+            r.policy,
+            (r.mean_samples, r.accuracy),
+            fontsize=7,
+            xytext=(4, -10),
+            textcoords="offset points",
+        )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("mean samples per question")
     ax.set_ylabel("accuracy")
@@ -200,8 +205,11 @@ AvgSamplesOption = Annotated[
     typer.Option("--avg-samples", help="average-budget mode: pace to B samples/question"),
 ]
 PermsOption = Annotated[
-    int, typer.Option(help="seeded random orders: each one stream of traffic the policy learns "
-                      "from as it goes", min=1)
+    int,
+    typer.Option(
+        help="seeded random orders: each one stream of traffic the policy learns from as it goes",
+        min=1,
+    ),
 ]
 SeedOption = Annotated[int, typer.Option(help="random seed", min=0)]
 MaxSamplesOption = Annotated[
@@ -209,9 +217,11 @@ MaxSamplesOption = Annotated[
 ]
 SkipEmptyOption = Annotated[
     bool,
-    typer.Option("--skip-empty/--no-skip-empty",
-                 help="leave out (and name on stderr) questions with no samples, a failed call "
-                 "in the log, as --route does; --no-skip-empty makes them an error"),
+    typer.Option(
+        "--skip-empty/--no-skip-empty",
+        help="leave out (and name on stderr) questions with no samples, a failed call "
+        "in the log, as --route does; --no-skip-empty makes them an error",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON, no progress")]
 PlotOption = Annotated[
@@ -231,24 +241,33 @@ QueriesPerDayOption = Annotated[
 DaysOption = Annotated[int, typer.Option("--days", help="--budget: simulated days", min=1)]
 LooOption = Annotated[
     bool,
-    typer.Option("--loo", help="leave-one-file-out over every *.jsonl in the --data folder: "
-                 "each file scored with settings chosen on the others"),
+    typer.Option(
+        "--loo",
+        help="leave-one-file-out over every *.jsonl in the --data folder: "
+        "each file scored with settings chosen on the others",
+    ),
 ]
 TunePermsOption = Annotated[
     int, typer.Option("--tune-perms", help="--loo: orders per grid point when tuning", min=1)
 ]
 ToleranceOption = Annotated[
     float,
-    typer.Option("--tolerance", help="--loo: a setting is feasible on a training file "
-                 "within this accuracy of maj@all", min=0.0),
+    typer.Option(
+        "--tolerance",
+        help="--loo: a setting is feasible on a training file within this accuracy of maj@all",
+        min=0.0,
+    ),
 ]
 BudgetsOption = Annotated[
     str, typer.Option("--budgets", help="--loo: average budgets to pace to, comma-separated")
 ]
 RouteOption = Annotated[
     Path | None,
-    typer.Option("--route", help="routing set (manifest.json + one file per model), or a "
-                 "folder of them: routes vs models and cascades (docs/routing-replay.md)"),
+    typer.Option(
+        "--route",
+        help="routing set (manifest.json + one file per model), or a "
+        "folder of them: routes vs models and cascades (docs/routing-replay.md)",
+    ),
 ]
 FoldsOption = Annotated[int, typer.Option("--folds", help="--route: cross-fitting folds")]
 LamsOption = Annotated[
@@ -310,16 +329,34 @@ def replay_command(
         refuse_unread(replay_command, "--route", values, ROUTE_READS)
 
         given = extractor if extractor != DEFAULT_EXTRACTOR else None
-        run_route_command(route, folds=folds, lams=lams, perms=perms, seed=seed, extractor=given,
-                          descend=descend, as_json=as_json, plot=plot)
+        run_route_command(
+            route,
+            folds=folds,
+            lams=lams,
+            perms=perms,
+            seed=seed,
+            extractor=given,
+            descend=descend,
+            as_json=as_json,
+            plot=plot,
+        )
         return
     if data is None:
         fail("--data is required (or --route)")
     if loo:
         refuse_unread(replay_command, "--loo", values, LOO_READS)
-        run_loo_mode(data, extractor, budgets, skip_empty=skip_empty, perms=perms,
-                     tune_perms=tune_perms, seed=seed, tolerance=tolerance, as_json=as_json,
-                     plot=plot)
+        run_loo_mode(
+            data,
+            extractor,
+            budgets,
+            skip_empty=skip_empty,
+            perms=perms,
+            tune_perms=tune_perms,
+            seed=seed,
+            tolerance=tolerance,
+            as_json=as_json,
+            plot=plot,
+        )
         return
     if budget is not None:
         refuse_unread(replay_command, "--budget", values, BUDGET_READS)
@@ -327,21 +364,40 @@ def replay_command(
             fail("--budget paces one policy; give one --policy")
     else:
         refuse_unread(replay_command, "--data", values, DATA_READS)
-    options, extract = parse_options(data, policy, extractor, avg_samples, perms, seed,
-                                     max_samples, skip_empty, as_json, plot)
+    options, extract = parse_options(
+        data, policy, extractor, avg_samples, perms, seed, max_samples, skip_empty, as_json, plot
+    )
     questions, skipped = load_questions(options, extract)
     if budget is not None:
         from cli.budget_replay import run_budget_replay
 
-        run_budget_replay(questions, data, budget, options.policies[0], queries_per_day, days,
-                          seed, as_json, skipped)
+        run_budget_replay(
+            questions,
+            data,
+            budget,
+            options.policies[0],
+            queries_per_day,
+            days,
+            seed,
+            as_json,
+            skipped,
+        )
         return
     replay_and_render(options, questions, skipped)
 
 
 def run_loo_mode(
-    data: Path, extractor: str, budgets: str, *, skip_empty: bool, perms: int, tune_perms: int,
-    seed: int, tolerance: float, as_json: bool, plot: Path | None,
+    data: Path,
+    extractor: str,
+    budgets: str,
+    *,
+    skip_empty: bool,
+    perms: int,
+    tune_perms: int,
+    seed: int,
+    tolerance: float,
+    as_json: bool,
+    plot: Path | None,
 ) -> None:
     """`--loo`: validate its options, then leave-one-file-out over the folder (cli.replay_loo)."""
     if not data.is_dir():
@@ -358,14 +414,32 @@ def run_loo_mode(
         fail(str(exc))
     from cli.replay_loo import run_loo_command
 
-    run_loo_command(data, extract, named=extractor != DEFAULT_EXTRACTOR,
-                    skip_empty=skip_empty, perms=perms, tune_perms=tune_perms,
-                    seed=seed, tolerance=tolerance, budgets=levels, as_json=as_json, plot=plot)
+    run_loo_command(
+        data,
+        extract,
+        named=extractor != DEFAULT_EXTRACTOR,
+        skip_empty=skip_empty,
+        perms=perms,
+        tune_perms=tune_perms,
+        seed=seed,
+        tolerance=tolerance,
+        budgets=levels,
+        as_json=as_json,
+        plot=plot,
+    )
 
 
 def parse_options(
-    data: Path, policy: list[str], extractor: str, avg_samples: float | None, perms: int,
-    seed: int, max_samples: int | None, skip_empty: bool, as_json: bool, plot: Path | None,
+    data: Path,
+    policy: list[str],
+    extractor: str,
+    avg_samples: float | None,
+    perms: int,
+    seed: int,
+    max_samples: int | None,
+    skip_empty: bool,
+    as_json: bool,
+    plot: Path | None,
 ) -> tuple[ReplayOptions, Extractor]:
     """Validate a single-file replay's options (exit 2 with the reason on a bad one)."""
     if avg_samples is not None and not 1 <= avg_samples < math.inf:
@@ -384,10 +458,18 @@ def parse_options(
             policies = [p for p in policies if make_policy(p).adaptive]
     except ValueError as exc:
         fail(str(exc))
-    options = ReplayOptions(data=data, policies=policies, extractor=extractor,
-                            avg_samples=avg_samples, perms=perms, seed=seed,
-                            max_samples=max_samples, skip_empty=skip_empty, as_json=as_json,
-                            plot=plot)
+    options = ReplayOptions(
+        data=data,
+        policies=policies,
+        extractor=extractor,
+        avg_samples=avg_samples,
+        perms=perms,
+        seed=seed,
+        max_samples=max_samples,
+        skip_empty=skip_empty,
+        as_json=as_json,
+        plot=plot,
+    )
     return options, extract
 
 

@@ -54,8 +54,7 @@ def run_route_command(
         if not 2 <= folds <= rs.questions:
             fail(f"--folds must be between 2 and {rs.questions} ({rs.name})")
         if rs.skipped and not as_json:  # with --json, the set's `skipped` says it
-            typer.echo(left_out_line("some model has no sample for", rs.skipped, rs.name),
-                       err=True)
+            typer.echo(left_out_line("some model has no sample for", rs.skipped, rs.name), err=True)
     plan = ReplayPlan(perms=perms, seed=seed, folds=folds, descend=descend)
     if grid is not None:
         plan = replace(plan, lams=grid)
@@ -96,8 +95,10 @@ def _print_set(name: str, entry: dict[str, Any], perms: int) -> None:
 
     ref = entry["reference"]
     ref_cost = ref["cost"]
-    title = (f"{name}: {entry['questions']} questions × {perms} orders; reference "
-             f"{ref['model']} × {ref['k']}: {ref['accuracy']:.3f} at ${ref_cost:.4f}")
+    title = (
+        f"{name}: {entry['questions']} questions × {perms} orders; reference "
+        f"{ref['model']} × {ref['k']}: {ref['accuracy']:.3f} at ${ref_cost:.4f}"
+    )
     table = Table(title=title)
     for col in ("what", "accuracy", "95% CI", "rel. cost", "predicted", "escalated"):
         table.add_column(col)

@@ -189,9 +189,7 @@ class _Run:
         opt = torch.optim.AdamW(
             model.parameters(), lr=settings.lr, weight_decay=0.01, betas=(0.9, 0.98)
         )
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / WARMUP_STEPS)
-        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP_STEPS))
         data = _Batches(tokenizer, settings.batch, settings.seed)
         return cls(size, settings, tokenizer, model, opt, sched, data)
 

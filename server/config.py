@@ -833,9 +833,7 @@ def tenant_problem(config: AppConfig, tenant: dict[str, Any]) -> tuple[str | Non
     return None
 
 
-def parse_config(
-    data: Any, source: str = "config", api_tenants: Collection[str] = ()
-) -> AppConfig:
+def parse_config(data: Any, source: str = "config", api_tenants: Collection[str] = ()) -> AppConfig:
     """Validate an already-loaded mapping; relative paths stay relative to the working directory.
     `api_tenants`: the ids of tenants the admin API made (they have no keys in the config)."""
     if not isinstance(data, dict):

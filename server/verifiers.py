@@ -229,9 +229,7 @@ class ServedVerifier:
     the spend is this request's alone.
     """
 
-    def __init__(
-        self, cfg: VerifierConfig, scorer: Verifier, score_map: TrafficScoreMap
-    ) -> None:
+    def __init__(self, cfg: VerifierConfig, scorer: Verifier, score_map: TrafficScoreMap) -> None:
         self.cfg = cfg
         self.label = cfg.label  # what t2.verifier names it
         self.name = getattr(scorer, "name", cfg.label)  # what its failures are reported as

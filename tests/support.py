@@ -1,4 +1,5 @@
 """Helpers shared by the tests: the CI rule that a missing dependency is a failure, not a skip."""
+
 import os
 import re
 import socket

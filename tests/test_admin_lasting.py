@@ -232,12 +232,15 @@ async def test_a_revoked_or_expired_key_is_not_rotated(replica: Replica) -> None
             assert r.status_code == 409, r.text
             err = r.json()["error"]
             assert (err["param"], err["code"], err["type"]) == (
-                "prefix", "key_not_active", "invalid_request_error"
+                "prefix",
+                "key_not_active",
+                "invalid_request_error",
             )
             assert f"'{prefix}'" in err["message"] and status in err["message"]
         listed = (await a.get("/admin/tenants/acme/keys", headers=ADMIN)).json()["data"]
         assert {k["prefix"]: k["status"] for k in listed} == {
-            made["gone"]: "revoked", made["short"]: "expired"
+            made["gone"]: "revoked",
+            made["short"]: "expired",
         }  # nothing issued
         # a live key still rotates
         r = await a.post("/admin/tenants/acme/keys", json={"label": "live"}, headers=ADMIN)

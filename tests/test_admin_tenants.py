@@ -88,7 +88,9 @@ async def test_a_tenant_made_through_the_api_serves_end_to_end(replica: Replica)
         assert limits(shown)["day"] == 0.01 and shown["models"] == ["m"]
         listed = (await a.get("/admin/tenants", headers=ADMIN)).json()["data"]
         assert [(t["id"], t["source"]) for t in listed] == [
-            ("acme", "file"), ("free", "file"), ("newco", "api")
+            ("acme", "file"),
+            ("free", "file"),
+            ("newco", "api"),
         ]
         assert (await models(a, "no-key-yet")).status_code == 401  # it has no key until made
         key = await key_for(a, "newco")
@@ -299,7 +301,9 @@ async def test_while_the_file_wins_an_id_the_api_tenants_keys_do_not_authenticat
         assert shown["source"] == "file" and "admin API" in shown["conflict"]
         listed = (await a.get("/admin/tenants", headers=ADMIN)).json()["data"]
         assert {t["id"]: t["conflict"] is not None for t in listed} == {
-            "acme": False, "free": False, "newco": True
+            "acme": False,
+            "free": False,
+            "newco": True,
         }
         assert (await a.get("/admin/tenants/acme", headers=ADMIN)).json()["conflict"] is None
         prefix = (await a.get("/admin/tenants/newco/keys", headers=ADMIN)).json()["data"][0][
@@ -315,7 +319,9 @@ async def test_while_the_file_wins_an_id_the_api_tenants_keys_do_not_authenticat
             assert r.status_code == 409, (path, r.text)
             err = r.json()["error"]
             assert (err["code"], err["param"], err["type"]) == (
-                "tenant_conflict", "id", "invalid_request_error"
+                "tenant_conflict",
+                "id",
+                "invalid_request_error",
             ), path
             assert "'newco'" in err["message"] and str(config_file) in err["message"]
         assert await app_of(a).state.t2.admin.store.version() == version  # nothing stored
@@ -373,9 +379,7 @@ async def test_a_reused_id_lists_the_old_tenants_expired_key_as_expired(
         assert (await a.delete("/admin/tenants/newco", headers=ADMIN)).status_code == 200
         assert (await make(a)).status_code == 201
         listed = (await a.get("/admin/tenants/newco/keys", headers=ADMIN)).json()["data"]
-        assert {k["label"]: k["status"] for k in listed} == {
-            "short": "expired", "plain": "revoked"
-        }
+        assert {k["label"]: k["status"] for k in listed} == {"short": "expired", "plain": "revoked"}
 
 
 async def test_a_reused_id_counts_the_old_tenants_spend_in_the_current_windows(

@@ -13,10 +13,7 @@ POT_TEXT = (
     "# Python code, return ans\neggs_per_day = 16\neggs_eaten = 3\nmuffins = 4\n"
     "ans = (eggs_per_day - eggs_eaten - muffins) * 2"
 )
-GAME24_TEXT = (
-    "Steps:\n6 - 4 = 2 (left: 2 5 10)\n5 * 2 = 10 (left: 10 10)\n"
-    "Answer: (6 - 4) * 5 = 24"
-)
+GAME24_TEXT = "Steps:\n6 - 4 = 2 (left: 2 5 10)\n5 * 2 = 10 (left: 10 10)\nAnswer: (6 - 4) * 5 = 24"
 
 CASES: list[tuple[str, dict[str, str], str, str | None]] = [
     # last_number

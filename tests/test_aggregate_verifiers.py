@@ -56,8 +56,9 @@ async def test_http_verifier_failure_degrades_to_voting(scorer_url: str, path: s
         await verifier.aclose()
     assert outcome.scores is None and outcome.error is not None
     extract = get_extractor("last_number")
-    result = aggregate([Candidate(extract(t)) for t in TEXTS], "best_of_n",
-                       verifier_error=outcome.error)
+    result = aggregate(
+        [Candidate(extract(t)) for t in TEXTS], "best_of_n", verifier_error=outcome.error
+    )
     assert result.degraded and result.answer == "20"
     assert result.note is not None and outcome.error in result.note
 

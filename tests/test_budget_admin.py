@@ -318,11 +318,15 @@ async def test_budget_bodies_are_not_coerced(
     resp = await client.put("/admin/tenants/acme/budgets", headers=auth(ADMIN_KEY), json=body)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"].endswith(param)
-    fine = await client.put("/admin/tenants/acme/budgets", headers=auth(ADMIN_KEY),
-                            json={"day": {"limit": 5, "hard": False}})  # an int is a number
+    fine = await client.put(
+        "/admin/tenants/acme/budgets",
+        headers=auth(ADMIN_KEY),
+        json={"day": {"limit": 5, "hard": False}},
+    )  # an int is a number
     assert fine.status_code == 200, fine.text
-    whole = await client.put("/admin/tenants/acme/rate_limits", headers=auth(ADMIN_KEY),
-                             json={"rpm": 60.0})  # JSON's integers include 60.0
+    whole = await client.put(
+        "/admin/tenants/acme/rate_limits", headers=auth(ADMIN_KEY), json={"rpm": 60.0}
+    )  # JSON's integers include 60.0
     assert whole.status_code == 200, whole.text
 
 
@@ -396,8 +400,9 @@ async def test_unknown_query_parameters_and_a_delete_body_are_refused(
                              json={"label": "g"})  # fmt: skip
     prefix = made.json()["prefix"]
     for how in ({"params": {"grace": 60}}, {"content": b'{"grace_s": 60}'}):
-        resp = await client.request("DELETE", f"/admin/tenants/acme/keys/{prefix}",
-                                    headers=auth(ADMIN_KEY), **how)
+        resp = await client.request(
+            "DELETE", f"/admin/tenants/acme/keys/{prefix}", headers=auth(ADMIN_KEY), **how
+        )
         assert resp.status_code == 400, resp.text  # rotate's shape or a typo: not revoked now
     keys = (await client.get("/admin/tenants/acme/keys", headers=auth(ADMIN_KEY))).json()
     assert next(k for k in keys["data"] if k["prefix"] == prefix)["status"] == "active"
@@ -463,9 +468,7 @@ async def test_an_empty_window_and_a_repeated_query_parameter_are_refused(
 
 
 @pytest.mark.parametrize("thresholds", [["0.5"], [True], [0.5, "1"], "0.5"])
-async def test_alert_thresholds_are_not_coerced(
-    tmp_path: Path, thresholds: Any
-) -> None:
+async def test_alert_thresholds_are_not_coerced(tmp_path: Path, thresholds: Any) -> None:
     """As budget bodies: a string or a boolean is not a threshold (true would be read as 1.0,
     a 100% alert the operator never asked for)."""
     data = config_dict(tmp_path)
@@ -510,7 +513,6 @@ async def test_the_openapi_document_lists_the_key_routes_409(client: httpx.Async
         schema = conflict["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
     assert "409" not in paths[keys]["get"]["responses"]  # listing keys conflicts with nothing
-
 
 
 async def test_the_spend_report_is_typed_in_the_openapi_document(

@@ -266,6 +266,7 @@ async def test_a_closed_provider_publishes_no_deferred_figures(
     from server.billing import gauges
 
     published: list[tuple[str, str, float]] = []
+
     def set_budget(tenant: str, window: str, *, remaining: float, **_: float) -> None:
         published.append((tenant, window, remaining))
 

@@ -52,8 +52,9 @@ async def served() -> AsyncIterator[tuple[httpx.AsyncClient, ScriptedEngine]]:
                      billing=RecordingProvider())  # fmt: skip
     async with (
         serve_in_loop(app) as live,
-        httpx.AsyncClient(base_url=live.v1, timeout=30,
-                          headers={"Authorization": f"Bearer {DEMO_KEY}"}) as http,  # fmt: skip
+        httpx.AsyncClient(
+            base_url=live.v1, timeout=30, headers={"Authorization": f"Bearer {DEMO_KEY}"}
+        ) as http,  # fmt: skip
     ):
         yield http, engine
 
@@ -63,8 +64,9 @@ async def test_the_server_marks_chat_prompts_and_not_completions(
 ) -> None:
     http, engine = served
     common = {"model": MODEL, "max_tokens": 4, "t2": {"policy": "fixed:1"}}
-    resp = await http.post("/chat/completions",
-                           json={**common, "messages": [{"role": "user", "content": "1+1?"}]})
+    resp = await http.post(
+        "/chat/completions", json={**common, "messages": [{"role": "user", "content": "1+1?"}]}
+    )
     assert resp.status_code == 200, resp.text
     resp = await http.post("/completions", json={**common, "prompt": "1+1="})
     assert resp.status_code == 200, resp.text

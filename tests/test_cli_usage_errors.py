@@ -51,8 +51,14 @@ def one_line_error(args: list[str]) -> str:
 def test_the_ranges_are_found() -> None:
     """The walk finds the ranges the issue names (and so is not vacuous)."""
     found = {(command, flag) for command, flag, _ in RANGES}
-    assert {("replay", "--perms"), ("replay", "--seed"), ("replay", "--tune-perms"),
-            ("calibrate", "--samples"), ("serve", "--port"), ("fit", "--starts")} <= found
+    assert {
+        ("replay", "--perms"),
+        ("replay", "--seed"),
+        ("replay", "--tune-perms"),
+        ("calibrate", "--samples"),
+        ("serve", "--port"),
+        ("fit", "--starts"),
+    } <= found
 
 
 @pytest.mark.parametrize(("command", "flag", "value"), RANGES)

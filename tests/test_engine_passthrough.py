@@ -125,9 +125,7 @@ async def test_structured_outputs_give_json(engine: SampleEngine) -> None:
         ("top_logprobs", 21),
     ],
 )
-async def test_bad_values_name_their_field(
-    engine: SampleEngine, field: str, value: Any
-) -> None:
+async def test_bad_values_name_their_field(engine: SampleEngine, field: str, value: Any) -> None:
     with pytest.raises(InvalidSamplingParam) as err:
         await one(engine, replace(GREEDY, **{field: value}))
     assert err.value.param == field

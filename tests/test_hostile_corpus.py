@@ -36,8 +36,20 @@ async def base_url() -> AsyncIterator[str]:
 def test_the_corpus_is_large_and_covers_every_kind_of_case() -> None:
     kinds = {case["name"].split(":", 1)[0] for case in CORPUS}
     assert len(CORPUS) >= 150
-    assert kinds >= {"type", "huge", "nonfinite", "surrogate", "t2", "nesting", "json", "model",
-                     "path", "method", "auth", "admin"}
+    assert kinds >= {
+        "type",
+        "huge",
+        "nonfinite",
+        "surrogate",
+        "t2",
+        "nesting",
+        "json",
+        "model",
+        "path",
+        "method",
+        "auth",
+        "admin",
+    }
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c["name"] for c in CORPUS])

@@ -42,7 +42,9 @@ def _tracked(path: Path) -> bool:
     rel = path.relative_to(ROOT)
     result = subprocess.run(
         ["git", "ls-files", "--error-unmatch", str(rel)],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     if result.returncode == 128 and "not a git repository" in result.stderr:
         return path.exists()
@@ -171,7 +173,9 @@ def test_compose_file_is_valid_against_the_compose_spec() -> None:
     checker = Path(sys.executable).with_name("check-jsonschema")
     result = subprocess.run(
         [str(checker), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -221,7 +225,9 @@ def test_compose_provisions_the_dashboard_rules_and_config() -> None:
     prom_config = yaml.safe_load((prom["/etc/prometheus"] / "prometheus.yml").read_text())
     assert list((prom["/etc/prometheus"] / "rules").glob("*.yml")), "no alert rules mounted"
     targets = [
-        t for job in prom_config["scrape_configs"] for sc in job["static_configs"]
+        t
+        for job in prom_config["scrape_configs"]
+        for sc in job["static_configs"]
         for t in sc["targets"]
     ]
     assert f"t2serve:{config.server.port}" in targets

@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.prometheus]
 
 Promtool = Callable[..., subprocess.CompletedProcess[str]]
 
+
 async def _traffic_and_exposition(live: LiveServer) -> str:
     """One answered request (every per-request family gets samples), then GET /metrics."""
     body: dict[str, Any] = {

@@ -113,7 +113,12 @@ def test_promtool_accepts_the_exposition(recorder: RecorderFactory, promtool: Pr
 def test_bounded_label_caps_free_form_values() -> None:
     label = metrics._BoundedLabel(cap=2)
     assert [label(v) for v in ("a", "b", "c", "a", None, "")] == [
-        "a", "b", metrics.OTHER, "a", metrics.UNKNOWN, metrics.UNKNOWN
+        "a",
+        "b",
+        metrics.OTHER,
+        "a",
+        metrics.UNKNOWN,
+        metrics.UNKNOWN,
     ]
     label.configure(["x"])
     assert (label("x"), label("a")) == ("x", metrics.OTHER)
@@ -122,7 +127,11 @@ def test_bounded_label_caps_free_form_values() -> None:
 
 def test_status_label_is_an_http_code_or_other() -> None:
     assert [metrics._status(s) for s in (200, "429", 999, "teapot", None)] == [
-        "200", "429", metrics.OTHER, metrics.OTHER, metrics.UNKNOWN
+        "200",
+        "429",
+        metrics.OTHER,
+        metrics.OTHER,
+        metrics.UNKNOWN,
     ]
 
 
@@ -155,9 +164,12 @@ def test_two_worker_processes_add_up(recorder: RecorderFactory, tmp_path: Path) 
         assert total(exposition, "t2_budget_rejections_total", tenant="alpha") == 2
         assert total(exposition, "t2_engine_queue_depth") == 4  # livesum: 2 per worker
         # The shared ledger's gauges are one figure, not one per worker.
-        assert samples(exposition, "t2_budget_remaining")[
-            frozenset({("tenant", "alpha"), ("window", "day")})
-        ] == 60
+        assert (
+            samples(exposition, "t2_budget_remaining")[
+                frozenset({("tenant", "alpha"), ("window", "day")})
+            ]
+            == 60
+        )
 
     # A worker exits: its counters stay, its live gauges go once it is marked dead.
     pid = second.process.pid

@@ -72,10 +72,14 @@ def _budget_series(tenant: str, spent: float, start: float, end: float) -> list[
     return [
         {"series": f"t2_budget_limit{{{labels}}}", "values": "100+0x30"},
         {"series": f"t2_budget_spent{{{labels}}}", "values": f"{spent:g}+0x30"},
-        {"series": f"t2_budget_window_start_timestamp_seconds{{{labels}}}",
-         "values": f"{start:g}+0x30"},
-        {"series": f"t2_budget_window_end_timestamp_seconds{{{labels}}}",
-         "values": f"{end:g}+0x30"},
+        {
+            "series": f"t2_budget_window_start_timestamp_seconds{{{labels}}}",
+            "values": f"{start:g}+0x30",
+        },
+        {
+            "series": f"t2_budget_window_end_timestamp_seconds{{{labels}}}",
+            "values": f"{end:g}+0x30",
+        },
         {"series": f"t2_budget_rolling{{{labels}}}", "values": "0+0x30"},
     ]
 
@@ -89,8 +93,10 @@ def _rolling_series(tenant: str, spent: str, window: str = "hour") -> list[dict[
     return [
         {"series": f"t2_budget_limit{{{labels}}}", "values": "100+0x30"},
         {"series": f"t2_budget_spent{{{labels}}}", "values": spent},
-        {"series": f"t2_budget_window_start_timestamp_seconds{{{labels}}}",
-         "values": f"{-length}+60x30"},
+        {
+            "series": f"t2_budget_window_start_timestamp_seconds{{{labels}}}",
+            "values": f"{-length}+60x30",
+        },
         {"series": f"t2_budget_window_end_timestamp_seconds{{{labels}}}", "values": "0+60x30"},
         {"series": f"t2_budget_rolling{{{labels}}}", "values": "1+0x30"},
     ]
@@ -140,8 +146,10 @@ def _rule_tests(rules: Path) -> dict[str, Any]:
         {"series": 't2_engine_ready{instance="b:8000",job="t2serve"}', "values": "1+0x10"},
         # a's journal holds 2 settles from 1m to 13m, then drains; b's one settle for 5 minutes
         {"series": f"t2_settles_pending{{{busy}}}", "values": "0 2+0x12 0+0x10"},
-        {"series": 't2_settles_pending{instance="b:8000",job="t2serve"}',
-         "values": "0 1+0x4 0+0x20"},
+        {
+            "series": 't2_settles_pending{instance="b:8000",job="t2serve"}',
+            "values": "0 1+0x4 0+0x20",
+        },
     ]
     return {
         "rule_files": [str(rules)],
@@ -155,8 +163,11 @@ def _rule_tests(rules: Path) -> dict[str, Any]:
                         "expr": 't2:budget_window_elapsed:ratio{tenant="late"}',
                         "eval_time": "10m",
                         "exp_samples": [
-                            {"labels": 't2:budget_window_elapsed:ratio{tenant="late",'
-                             'window="day"}', "value": (80000 + 600) / 86400}
+                            {
+                                "labels": 't2:budget_window_elapsed:ratio{tenant="late",'
+                                'window="day"}',
+                                "value": (80000 + 600) / 86400,
+                            }
                         ],
                     }
                 ],
@@ -173,8 +184,12 @@ def _rule_tests(rules: Path) -> dict[str, Any]:
                         "eval_time": "10m",
                         "alertname": "T2BudgetExhaustedEarly",
                         "exp_alerts": [
-                            _alert("T2BudgetExhaustedEarly", "critical", tenant="early100",
-                                   window="day")
+                            _alert(
+                                "T2BudgetExhaustedEarly",
+                                "critical",
+                                tenant="early100",
+                                window="day",
+                            )
                         ],
                     },
                 ],
@@ -204,9 +219,7 @@ def _rule_tests(rules: Path) -> dict[str, Any]:
                     {
                         "eval_time": "6m",
                         "alertname": "T2EngineNotReady",
-                        "exp_alerts": [
-                            _alert("T2EngineNotReady", "critical", instance="a:8000")
-                        ],
+                        "exp_alerts": [_alert("T2EngineNotReady", "critical", instance="a:8000")],
                     },
                     {"eval_time": "3m", "alertname": "T2EngineNotReady", "exp_alerts": []},
                     {

@@ -121,8 +121,9 @@ def app_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess
     multiproc_dir.mkdir()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir), "T2SERVE_ADMIN_KEY": ADMIN_KEY}
     server = start_t2serve(config_path, port, workdir / "t2serve.log", env)
-    app = AppProcess(server.base_url, f"127.0.0.1:{port}", multiproc_dir, server.process,
-                     server.log_path)
+    app = AppProcess(
+        server.base_url, f"127.0.0.1:{port}", multiproc_dir, server.process, server.log_path
+    )
     try:
         server.wait_ready(READY_TIMEOUT_S)
         yield app
@@ -153,8 +154,11 @@ def test_prometheus_spend_matches_the_ledger(
     assert money == pytest.approx({t: ledger_spend(v, "currency") for t, v in ledger.items()})
     # Budget gauges (burn-down panel, burn alerts) carry the ledger's month window.
     month = {t: next(w for w in v["windows"] if w["window"] == "month") for t, v in ledger.items()}
-    for gauge, field in (("t2_budget_spent", "spent"), ("t2_budget_limit", "limit"),
-                         ("t2_budget_remaining", "remaining")):
+    for gauge, field in (
+        ("t2_budget_spent", "spent"),
+        ("t2_budget_limit", "limit"),
+        ("t2_budget_remaining", "remaining"),
+    ):
         seen = prom.values_by(f'max by (tenant) ({gauge}{{window="month"}})', "tenant")
         assert seen == pytest.approx({t: float(w[field]) for t, w in month.items()}), gauge
     assert set(prom.values_by("t2_price_of_compute", "tenant")) == set(REQUESTS)

@@ -94,8 +94,7 @@ async def _two_apps_share_learning(ledger: dict[str, Any]) -> None:
 
 
 async def test_two_app_instances_share_online_learning_through_sqlite(tmp_path: Path) -> None:
-    await _two_apps_share_learning(
-        {"backend": "sqlite", "path": str(tmp_path / "ledger.sqlite")})
+    await _two_apps_share_learning({"backend": "sqlite", "path": str(tmp_path / "ledger.sqlite")})
 
 
 @pytest.mark.redis

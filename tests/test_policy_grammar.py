@@ -14,8 +14,17 @@ from controller.aggregate.extract import CHAIN_PATTERN
 from controller.policy.factory import SPEC_PATTERN, make_policy
 from controller.policy.t2 import T2
 
-T2_OPTIONS = ("lam", "value_per_correct", "wave", "first_wave", "refit_every", "min_history",
-              "upfront", "refit", "calibrated")
+T2_OPTIONS = (
+    "lam",
+    "value_per_correct",
+    "wave",
+    "first_wave",
+    "refit_every",
+    "min_history",
+    "upfront",
+    "refit",
+    "calibrated",
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -46,9 +55,23 @@ def test_every_extractor_chain_the_grammar_admits_exists(name: str) -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["t2", "t2:0.01", "t2:lam=0.02,first_wave=2", "t2:upfront,wave=4", "fixed:8", "fixed:all",
-     "fixed:1024", "esc", "esc:5", "ac", "adaptive_consistency:0.95", "margin", "margin:4",
-     "online", "online:0.01"],
+    [
+        "t2",
+        "t2:0.01",
+        "t2:lam=0.02,first_wave=2",
+        "t2:upfront,wave=4",
+        "fixed:8",
+        "fixed:all",
+        "fixed:1024",
+        "esc",
+        "esc:5",
+        "ac",
+        "adaptive_consistency:0.95",
+        "margin",
+        "margin:4",
+        "online",
+        "online:0.01",
+    ],
 )
 def test_documented_specs_are_admitted(spec: str) -> None:
     assert re.match(SPEC_PATTERN, spec)
@@ -56,10 +79,33 @@ def test_documented_specs_are_admitted(spec: str) -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["", "T2", " t2", "t2:lam=inf", "t2:lam=nan", "t2:lam=-1", "t2:1e-4", "t2:wave=0",
-     "t2:refit_every=0", "t2:colour=red", "t2:value=0", "fixed:0", "fixed:1025", "fixed:abc",
-     "fixed", "esc:0", "margin:0.5", "adaptive_consistency:0.5", "adaptive_consistency:1",
-     "oracle", "t2\ud800", "online:0", "online:1", "online:1e-3", "online:0.0"],
+    [
+        "",
+        "T2",
+        " t2",
+        "t2:lam=inf",
+        "t2:lam=nan",
+        "t2:lam=-1",
+        "t2:1e-4",
+        "t2:wave=0",
+        "t2:refit_every=0",
+        "t2:colour=red",
+        "t2:value=0",
+        "fixed:0",
+        "fixed:1025",
+        "fixed:abc",
+        "fixed",
+        "esc:0",
+        "margin:0.5",
+        "adaptive_consistency:0.5",
+        "adaptive_consistency:1",
+        "oracle",
+        "t2\ud800",
+        "online:0",
+        "online:1",
+        "online:1e-3",
+        "online:0.0",
+    ],
 )
 def test_malformed_specs_are_refused(spec: str) -> None:
     assert not re.match(SPEC_PATTERN, spec)
@@ -67,8 +113,14 @@ def test_malformed_specs_are_refused(spec: str) -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["t2:lam=0.1,lam=0.2", "t2:0.1,lambda=0.2", "t2:value=2,value_per_correct=3",
-     "t2:wave=2,first_wave=3,wave=4", "t2:upfront,upfront", "t2:raw,norefit,raw"],
+    [
+        "t2:lam=0.1,lam=0.2",
+        "t2:0.1,lambda=0.2",
+        "t2:value=2,value_per_correct=3",
+        "t2:wave=2,first_wave=3,wave=4",
+        "t2:upfront,upfront",
+        "t2:raw,norefit,raw",
+    ],
 )
 def test_a_t2_option_given_twice_is_refused(spec: str) -> None:
     """Reading the last would drop the first without a word."""

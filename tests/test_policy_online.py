@@ -80,7 +80,8 @@ def test_cold_start_is_adaptive_consistency() -> None:
         # AC's own stops; plus, near the cap, a stop once no draw left can change the answer
         assert mine.correct == theirs.correct
         assert mine.samples == theirs.samples or (
-            mine.samples < theirs.samples and theirs.reason == "max_samples")
+            mine.samples < theirs.samples and theirs.reason == "max_samples"
+        )
         saved += theirs.samples - mine.samples
     assert saved > 0  # the cap-aware stop did act here
     assert not online.cold
@@ -114,7 +115,8 @@ def test_load_is_observe() -> None:
     loaded.load(observed.counts)
     assert loaded.seen == observed.seen
     assert leader_is_mode(loaded.pi, (3, 1, 0, 0)) == pytest.approx(
-        leader_is_mode(fit_share_prior(observed.counts), (3, 1, 0, 0)))
+        leader_is_mode(fit_share_prior(observed.counts), (3, 1, 0, 0))
+    )
 
 
 def test_posterior_is_sane_under_the_flat_prior() -> None:

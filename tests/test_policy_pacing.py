@@ -24,7 +24,7 @@ def test_synthetic_consumer_converges_to_target_rate() -> None:
     rng = random.Random(0)
     pacer = PacingController(target=4.0, initial_price=1e-4)
     for _ in range(1000):
-        demand = max(1.0, min(40.0, 2.0 / pacer.price ** 0.3 * rng.uniform(0.5, 1.5) / 10))
+        demand = max(1.0, min(40.0, 2.0 / pacer.price**0.3 * rng.uniform(0.5, 1.5) / 10))
         pacer.record(round(demand))
     assert pacer.rate == pytest.approx(4.0, rel=0.05)
 
@@ -59,8 +59,9 @@ def test_second_integral_removes_the_surplus_offset() -> None:
     standing surplus (mean above target); the second integral pays it back."""
 
     def run(integral_gain: float) -> PacingController:
-        pacer = PacingController(target=4.0, initial_price=1e-3, horizon=5.0,
-                                 integral_gain=integral_gain)
+        pacer = PacingController(
+            target=4.0, initial_price=1e-3, horizon=5.0, integral_gain=integral_gain
+        )
         for _ in range(1000):
             pacer.record(min(40.0, max(1.0, 0.04 / pacer.price)))  # needs λ ≈ 0.01
         return pacer

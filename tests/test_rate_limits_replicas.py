@@ -112,9 +112,7 @@ async def test_two_replicas_on_one_redis_hold_rpm_and_tpm(redis_url: str) -> Non
         assert kinds["requests"] == 134 - TENANT_RPM
         # tpm: what the wordy tenant was served stays within its tokens per minute
         served = sum(
-            billed(r.json())
-            for who, r in results
-            if who == "wordy" and r.status_code == 200
+            billed(r.json()) for who, r in results if who == "wordy" and r.status_code == 200
         )
         assert 0 < served <= TPM
         assert ok["wordy"] < 66 and kinds["tokens"] == 66 - ok["wordy"]

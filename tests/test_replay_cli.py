@@ -20,8 +20,9 @@ def invoke(*args: str) -> tuple[int, str, str]:
 
 
 def test_json_output_has_the_documented_fields() -> None:
-    code, out, _ = invoke("--data", str(DATA), "--policy", "adaptive_consistency", "--perms", "4",
-                          "--json")
+    code, out, _ = invoke(
+        "--data", str(DATA), "--policy", "adaptive_consistency", "--perms", "4", "--json"
+    )
     assert code == 0
     obj = json.loads(out.strip().splitlines()[-1])
     for key in ("accuracy", "accuracy_ci95", "mean_samples", "mean_tokens", "questions", "policy"):
@@ -36,15 +37,23 @@ def test_json_output_has_the_documented_fields() -> None:
 def test_policy_all_compares_every_policy_in_a_table() -> None:
     code, out, _ = invoke("--data", str(DATA), "--policy", "all", "--perms", "2")
     assert code == 0
-    for name in ("fixed:1", "fixed:16", "fixed:all", "adaptive_consistency", "esc:5", "margin:4",
-                 "t2"):
+    for name in (
+        "fixed:1",
+        "fixed:16",
+        "fixed:all",
+        "adaptive_consistency",
+        "esc:5",
+        "margin:4",
+        "t2",
+    ):
         assert name in out
 
 
 def test_plot_is_written(tmp_path: Path) -> None:
     png = tmp_path / "curve.png"
-    code, _, _ = invoke("--data", str(DATA), "--policy", "esc", "--perms", "1", "--plot",
-                        str(png), "--json")
+    code, _, _ = invoke(
+        "--data", str(DATA), "--policy", "esc", "--perms", "1", "--plot", str(png), "--json"
+    )
     assert code == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -64,8 +73,11 @@ def test_scoring_by_gold_and_by_correct_flags() -> None:
     lines = [
         json.dumps({"id": "g", "gold": "18", "samples": [{"answer": "18.0"}, {"answer": "$18"}]}),
         json.dumps(
-            {"id": "c", "gold": None,
-             "samples": [{"answer": "x", "correct": True}, {"answer": "x", "correct": True}]}
+            {
+                "id": "c",
+                "gold": None,
+                "samples": [{"answer": "x", "correct": True}, {"answer": "x", "correct": True}],
+            }
         ),
         json.dumps({"id": "t", "gold": "4", "samples": [{"text": "The answer is 4."}]}),
     ]
@@ -141,35 +153,55 @@ def test_a_true_false_answer_is_an_answer_not_a_bad_file() -> None:
         ('{"id": 1, "gold": "1", "samples": []}', "empty `samples`"),
         ('{"id": 1, "gold": "1", "samples": [{}]}', "no `answer`, `text` or `correct`"),
         ('{"id": 1, "gold": null, "samples": [{"answer": "1"}]}', "needs a `correct` flag"),
-        ('[1, 2]', "expected a JSON object"),
+        ("[1, 2]", "expected a JSON object"),
         ('{"id": 1, "gold": "1", "samples": {"answer": "1"}}', "must be a list"),
-        ('{"id": 1, "gold": {"05/01/2021": 1}, "samples": [{"answer": "1"}]}',
-         "`gold` must be a string, a number or null"),
+        (
+            '{"id": 1, "gold": {"05/01/2021": 1}, "samples": [{"answer": "1"}]}',
+            "`gold` must be a string, a number or null",
+        ),
         ('{"id": 1, "gold": true, "samples": [{"answer": "1"}]}', "`gold` must be a string"),
         # a field of the wrong type is an error, never read as something else or as absent
-        ('{"id": 1, "gold": "1", "samples": [{"text": 5}]}',
-         "sample 0 `text` must be a string or null, not a number"),
-        ('{"id": 1, "gold": "1", "samples": [{"answer": "1"}, {"text": ["x"], "answer": "1"}]}',
-         "sample 1 `text` must be a string or null, not a list"),
-        ('{"id": 1, "gold": "1", "samples": [{"answer": ["1"]}]}',
-         "sample 0 `answer` must be a string, a number, true/false or null, not a list"),
+        (
+            '{"id": 1, "gold": "1", "samples": [{"text": 5}]}',
+            "sample 0 `text` must be a string or null, not a number",
+        ),
+        (
+            '{"id": 1, "gold": "1", "samples": [{"answer": "1"}, {"text": ["x"], "answer": "1"}]}',
+            "sample 1 `text` must be a string or null, not a list",
+        ),
+        (
+            '{"id": 1, "gold": "1", "samples": [{"answer": ["1"]}]}',
+            "sample 0 `answer` must be a string, a number, true/false or null, not a list",
+        ),
         ('{"id": 1, "gold": "1", "samples": [{"answer": {"x": 1}}]}', "not an object"),
         ('{"id": 1, "gold": "1", "samples": [{"answer": NaN}]}', "`answer` must be"),
-        ('{"id": 1, "gold": "1", "samples": [{"answer": "1", "correct": "yes"}]}',
-         "sample 0 `correct` must be true/false or null, not a string"),
-        ('{"id": 1, "gold": "1", "samples": [{"answer": "1", "tokens": "12"}]}',
-         "sample 0 `tokens` must be a number of at least 0, or null, not a string"),
-        ('{"id": 1, "gold": "1", "samples": [{"answer": "1", "num_tokens": -3}]}',
-         "`num_tokens` must be a number of at least 0"),
+        (
+            '{"id": 1, "gold": "1", "samples": [{"answer": "1", "correct": "yes"}]}',
+            "sample 0 `correct` must be true/false or null, not a string",
+        ),
+        (
+            '{"id": 1, "gold": "1", "samples": [{"answer": "1", "tokens": "12"}]}',
+            "sample 0 `tokens` must be a number of at least 0, or null, not a string",
+        ),
+        (
+            '{"id": 1, "gold": "1", "samples": [{"answer": "1", "num_tokens": -3}]}',
+            "`num_tokens` must be a number of at least 0",
+        ),
         ('{"id": 1, "gold": "1", "samples": [5]}', "sample 0 must be an object, not a number"),
         ('{"id": 1, "gold": "1", "samples": "1"}', "`samples` must be a list, not a string"),
-        ('{"id": [1], "gold": "1", "samples": [{"answer": "1"}]}',
-         "`id` must be a string, a number or null, not a list"),
-        ('{"id": 1, "question": 7, "gold": "1", "samples": [{"answer": "1"}]}',
-         "`question` must be a string or null, not a number"),
+        (
+            '{"id": [1], "gold": "1", "samples": [{"answer": "1"}]}',
+            "`id` must be a string, a number or null, not a list",
+        ),
+        (
+            '{"id": 1, "question": 7, "gold": "1", "samples": [{"answer": "1"}]}',
+            "`question` must be a string or null, not a number",
+        ),
         ('{"id": 1, "gold": Infinity, "samples": [{"answer": "1"}]}', "not Infinity"),
-        ('{"id": 1, "gold": "1", "samples": [{"answer": %s}]}' % ("9" * 5000),
-         "not JSON this reader takes"),  # past Python's 4,300-digit limit: was a traceback
+        (
+            '{"id": 1, "gold": "1", "samples": [{"answer": %s}]}' % ("9" * 5000),
+            "not JSON this reader takes",
+        ),  # past Python's 4,300-digit limit: was a traceback
         ("[" * 100_000 + "]" * 100_000, "not JSON this reader takes"),  # past the stack
     ],
 )
@@ -213,13 +245,25 @@ def test_no_skip_empty_makes_an_empty_question_an_error(tmp_path: Path) -> None:
 
 def test_loo_names_each_files_empty_questions(tmp_path: Path) -> None:
     for name, empty in (("a", False), ("b", True)):
-        lines = [f'{{"id": {i}, "gold": "1", "samples": [{{"answer": "1"}}, {{"answer": "2"}}]}}'
-                 for i in range(4)]
+        lines = [
+            f'{{"id": {i}, "gold": "1", "samples": [{{"answer": "1"}}, {{"answer": "2"}}]}}'
+            for i in range(4)
+        ]
         if empty:
             lines[2] = '{"id": 2, "gold": "1", "samples": []}'
         (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    code, out, err = invoke("--data", str(tmp_path), "--loo", "--json", "--perms", "1",
-                            "--tune-perms", "1", "--budgets", "2")
+    code, out, err = invoke(
+        "--data",
+        str(tmp_path),
+        "--loo",
+        "--json",
+        "--perms",
+        "1",
+        "--tune-perms",
+        "1",
+        "--budgets",
+        "2",
+    )
     assert code == 0, err
     assert f"{tmp_path / 'b.jsonl'}: left out 1 question(s) with no samples, at lines: 3" in err
     assert "a.jsonl" not in err
@@ -270,19 +314,31 @@ def test_a_folder_given_as_data_is_named_as_one(tmp_path: Path) -> None:
     ("args", "message"),
     [
         # other modes' options were read by nobody: the run looked as if they had been heard
-        (["--route", "../shared/data/routing/gsm8k_pot1", "--policy", "esc"],
-         "--policy does not apply with --route"),
-        (["--route", "../shared/data/routing/gsm8k_pot1", "--no-skip-empty"],
-         "--skip-empty/--no-skip-empty does not apply with --route"),
-        (["--route", "../shared/data/routing/gsm8k_pot1", "--data", str(DATA)],
-         "--data does not apply with --route"),
-        (["--data", str(DATA.parent), "--loo", "--policy", "esc"],
-         "--policy does not apply with --loo"),
-        (["--data", str(DATA.parent), "--loo", "--budgets", "inf"],
-         "--budgets must be finite numbers"),  # was a traceback deep in the pacer
+        (
+            ["--route", "../shared/data/routing/gsm8k_pot1", "--policy", "esc"],
+            "--policy does not apply with --route",
+        ),
+        (
+            ["--route", "../shared/data/routing/gsm8k_pot1", "--no-skip-empty"],
+            "--skip-empty/--no-skip-empty does not apply with --route",
+        ),
+        (
+            ["--route", "../shared/data/routing/gsm8k_pot1", "--data", str(DATA)],
+            "--data does not apply with --route",
+        ),
+        (
+            ["--data", str(DATA.parent), "--loo", "--policy", "esc"],
+            "--policy does not apply with --loo",
+        ),
+        (
+            ["--data", str(DATA.parent), "--loo", "--budgets", "inf"],
+            "--budgets must be finite numbers",
+        ),  # was a traceback deep in the pacer
         # λ per reference cost past a float's range: was a traceback from the route
-        (["--route", "../shared/data/routing/gsm8k_pot1", "--lams", "1e308", "--perms", "1"],
-         "gsm8k_pot1: λ = 1e+308 / the reference's cost"),
+        (
+            ["--route", "../shared/data/routing/gsm8k_pot1", "--lams", "1e308", "--perms", "1"],
+            "gsm8k_pot1: λ = 1e+308 / the reference's cost",
+        ),
     ],
 )
 def test_options_of_another_mode_and_non_finite_ones_are_refused(

@@ -31,31 +31,45 @@ def contested(n: int, share: float, seed: int, samples: int = 16) -> list[Replay
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        answers = ["gold" if rng.random() < share else f"w{rng.integers(2)}"
-                   for _ in range(samples)]
-        out.append(ReplayQuestion(f"q{i}", "gold",
-                                  tuple(ReplaySample(a, None, 10.0) for a in answers), i + 1))
+        answers = [
+            "gold" if rng.random() < share else f"w{rng.integers(2)}" for _ in range(samples)
+        ]
+        out.append(
+            ReplayQuestion(
+                f"q{i}", "gold", tuple(ReplaySample(a, None, 10.0) for a in answers), i + 1
+            )
+        )
     return out
 
 
 def constant(n: int, samples: int = 16) -> list[ReplayQuestion]:
     """Every sample of every question is the gold answer: any setting is perfect here."""
-    return [ReplayQuestion(f"c{i}", "gold", tuple(ReplaySample("gold", None, 10.0)
-                                                  for _ in range(samples)), i + 1)
-            for i in range(n)]
+    return [
+        ReplayQuestion(
+            f"c{i}", "gold", tuple(ReplaySample("gold", None, 10.0) for _ in range(samples)), i + 1
+        )
+        for i in range(n)
+    ]
 
 
 def test_choose_takes_the_cheapest_setting_feasible_on_every_training_file() -> None:
     files = {"a": contested(60, 0.55, 1), "b": contested(60, 0.6, 2)}
-    grids = {k: {s: replay(qs, s, perms=3) for s in (*MARGIN.settings, MAJORITY,
-                                                    "adaptive_consistency:0.95")}
-             for k, qs in files.items()}
+    grids = {
+        k: {
+            s: replay(qs, s, perms=3)
+            for s in (*MARGIN.settings, MAJORITY, "adaptive_consistency:0.95")
+        }
+        for k, qs in files.items()
+    }
     picked = choose(MARGIN, grids, tolerance=0.002)
     for g in grids.values():
         assert g[picked].accuracy >= g[MAJORITY].accuracy - 0.002
-    cheaper = [s for s in MARGIN.settings
-               if np.mean([g[s].mean_samples for g in grids.values()])
-               < np.mean([g[picked].mean_samples for g in grids.values()])]
+    cheaper = [
+        s
+        for s in MARGIN.settings
+        if np.mean([g[s].mean_samples for g in grids.values()])
+        < np.mean([g[picked].mean_samples for g in grids.values()])
+    ]
     for s in cheaper:  # every cheaper setting fails somewhere
         assert min(g[s].accuracy - g[MAJORITY].accuracy for g in grids.values()) < -0.002
     # on constant answers alone the cheapest setting is feasible, and it is chosen
@@ -71,10 +85,22 @@ def test_a_files_own_data_never_reaches_its_own_tuning() -> None:
         seen.append(set(train))
         return choose(family, train, tolerance)
 
-    base = leave_one_out({**hard, "c": contested(50, 0.58, 3)}, families=FAMILIES, perms=2,
-                         tune_perms=2, budgets=(), chooser=spy)
-    swapped = leave_one_out({**hard, "c": constant(50)}, families=FAMILIES, perms=2,
-                            tune_perms=2, budgets=(), chooser=spy)
+    base = leave_one_out(
+        {**hard, "c": contested(50, 0.58, 3)},
+        families=FAMILIES,
+        perms=2,
+        tune_perms=2,
+        budgets=(),
+        chooser=spy,
+    )
+    swapped = leave_one_out(
+        {**hard, "c": constant(50)},
+        families=FAMILIES,
+        perms=2,
+        tune_perms=2,
+        budgets=(),
+        chooser=spy,
+    )
     # each fold's chooser saw exactly the other files
     assert seen.count({"b", "c"}) == seen.count({"a", "c"}) == seen.count({"a", "b"}) == 4
     # replacing c by constant answers cannot move the settings c is scored with...
@@ -105,10 +131,15 @@ def test_paced_runs_hold_their_budget() -> None:
 
 
 def write(path: Path, questions: list[ReplayQuestion]) -> None:
-    path.write_text("".join(
-        json.dumps({"id": q.id, "gold": q.gold,
-                    "samples": [{"answer": s.answer} for s in q.samples]}) + "\n"
-        for q in questions))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {"id": q.id, "gold": q.gold, "samples": [{"answer": s.answer} for s in q.samples]}
+            )
+            + "\n"
+            for q in questions
+        )
+    )
 
 
 def test_cli_loo_prints_per_file_and_pooled_json_and_draws_the_frontiers(tmp_path: Path) -> None:
@@ -117,9 +148,24 @@ def test_cli_loo_prints_per_file_and_pooled_json_and_draws_the_frontiers(tmp_pat
     with (tmp_path / "two.jsonl").open("a") as f:  # a failed call: left out, named
         f.write(json.dumps({"id": "empty", "gold": "a", "samples": []}) + "\n")
     png = tmp_path / "frontier.png"
-    result = CliRunner().invoke(app, ["replay", "--data", str(tmp_path), "--loo", "--perms", "2",
-                                      "--tune-perms", "1", "--budgets", "4", "--json",
-                                      "--plot", str(png)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "replay",
+            "--data",
+            str(tmp_path),
+            "--loo",
+            "--perms",
+            "2",
+            "--tune-perms",
+            "1",
+            "--budgets",
+            "4",
+            "--json",
+            "--plot",
+            str(png),
+        ],
+    )
     assert result.exit_code == 0, result.output
     obj = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(obj["files"]) == {"one", "two"}
@@ -169,8 +215,21 @@ def test_loo_reads_recorded_answers_through_a_named_extractor(tmp_path: Path) ->
 def test_cli_loo_prints_a_table_per_file_and_the_pooled_lines(tmp_path: Path) -> None:
     write(tmp_path / "one.jsonl", contested(20, 0.55, 1))
     write(tmp_path / "two.jsonl", contested(20, 0.65, 2))
-    result = CliRunner().invoke(app, ["replay", "--data", str(tmp_path), "--loo", "--perms", "1",
-                                      "--tune-perms", "1", "--budgets", "4"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "replay",
+            "--data",
+            str(tmp_path),
+            "--loo",
+            "--perms",
+            "1",
+            "--tune-perms",
+            "1",
+            "--budgets",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "one (20 q × 1 orders; maj@all" in out and "two (20 q × 1 orders" in out

@@ -108,8 +108,10 @@ def test_costs_are_the_ledgers_prompt_once_per_call_and_completion_per_sample(
         ("twice", "manifest.json: models.1: id: 'weak' is listed twice"),
         ("text", "strong.jsonl:3: samples: each needs a `text`"),
         ("text: 5", "strong.jsonl:3: sample 0 `text` must be a string or null, not a number"),
-        ("answer: [7]",
-         "strong.jsonl:3: sample 1 `answer` must be a string, a number, true/false or null"),
+        (
+            "answer: [7]",
+            "strong.jsonl:3: sample 1 `answer` must be a string, a number, true/false or null",
+        ),
         ("free", "manifest.json: every model costs 0"),
     ],
 )
@@ -410,8 +412,9 @@ def test_plot_draws_a_panel_even_when_the_cheap_model_is_free(
     doc["models"][0]["prompt_per_1m"], doc["models"][0]["completion_per_1m"] = weak_price
     (root / "manifest.json").write_text(json.dumps(doc))
     png = tmp_path / "frontier.png"
-    code, out, err = invoke("--route", str(root), "--perms", "1", "--lams", "0,1", "--json",
-                            "--plot", str(png))
+    code, out, err = invoke(
+        "--route", str(root), "--perms", "1", "--lams", "0,1", "--json", "--plot", str(png)
+    )
     assert code == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     costs = [b["cost"] for b in json.loads(out)["sets"]["s"]["baselines"]["single"]]

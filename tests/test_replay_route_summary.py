@@ -101,9 +101,17 @@ def test_replay_route_prints_and_emits_the_summary(tmp_path: Path) -> None:
 
 
 def test_route_rows_fold_neighbouring_lambdas_that_decided_alike() -> None:
-    points = [{**_point("auto", lam, acc, cost), "accuracy_ci95": [0.0, 1.0]}
-              for lam, acc, cost in [(0.0, 0.9, 1.0), (0.01, 0.9, 1.0), (0.1, 0.85, 0.4),
-                                     (1.0, 0.7, 0.05), (10.0, 0.7, 0.05), (100.0, 0.9, 1.0)]]
+    points = [
+        {**_point("auto", lam, acc, cost), "accuracy_ci95": [0.0, 1.0]}
+        for lam, acc, cost in [
+            (0.0, 0.9, 1.0),
+            (0.01, 0.9, 1.0),
+            (0.1, 0.85, 0.4),
+            (1.0, 0.7, 0.05),
+            (10.0, 0.7, 0.05),
+            (100.0, 0.9, 1.0),
+        ]
+    ]
     points.append({**_point("cascade", 100.0, 0.7, 0.05), "accuracy_ci95": [0.0, 1.0]})
     rows = [(lams, p["mode"]) for lams, p in route_rows(points)]
     # only neighbours fold: the λ = 100 point equals λ = 0's but is not next to it

@@ -17,10 +17,12 @@ def decisive(n: int, seed: int = 0, samples: int = 16) -> list[ReplayQuestion]:
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        answers = ["gold" if rng.random() < 0.97 else f"w{rng.integers(3)}"
-                   for _ in range(samples)]
-        out.append(ReplayQuestion(f"q{i}", "gold",
-                                  tuple(ReplaySample(a, None, None) for a in answers), i + 1))
+        answers = ["gold" if rng.random() < 0.97 else f"w{rng.integers(3)}" for _ in range(samples)]
+        out.append(
+            ReplayQuestion(
+                f"q{i}", "gold", tuple(ReplaySample(a, None, None) for a in answers), i + 1
+            )
+        )
     return out
 
 
@@ -41,12 +43,18 @@ def test_a_shorter_file_reports_the_prefixes_it_has() -> None:
 
 def test_cli_json_carries_the_learning_curve(tmp_path: Path) -> None:
     data = tmp_path / "stream.jsonl"
-    data.write_text("".join(
-        json.dumps({"id": q.id, "gold": q.gold, "samples": [{"answer": s.answer}
-                                                            for s in q.samples]}) + "\n"
-        for q in decisive(110)))
-    result = CliRunner().invoke(app, ["replay", "--data", str(data), "--policy", "online:0.005",
-                                      "--perms", "2", "--json"])
+    data.write_text(
+        "".join(
+            json.dumps(
+                {"id": q.id, "gold": q.gold, "samples": [{"answer": s.answer} for s in q.samples]}
+            )
+            + "\n"
+            for q in decisive(110)
+        )
+    )
+    result = CliRunner().invoke(
+        app, ["replay", "--data", str(data), "--policy", "online:0.005", "--perms", "2", "--json"]
+    )
     assert result.exit_code == 0, result.output
     obj = json.loads(result.stdout)
     assert obj["policy"] == "online:0.005"

@@ -98,8 +98,10 @@ async def test_verbosity_and_an_undeliverable_json_field_are_refused(
     resp = await post(http, chat(verbosity="low"))  # OpenAI: it changes the answer's length
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "verbosity"
     assert (await post(http, chat(verbosity=None))).status_code == 200
-    for t2, why in (({"json_field": "answer"}, "no JSON response_format"),
-                    ({"json_field": "answer", "extractor": "last_number"}, "t2.extractor")):
+    for t2, why in (
+        ({"json_field": "answer"}, "no JSON response_format"),
+        ({"json_field": "answer", "extractor": "last_number"}, "t2.extractor"),
+    ):
         body = chat(t2={"policy": "fixed:2", **t2})
         if "extractor" in t2:
             body["response_format"] = {"type": "json_object"}

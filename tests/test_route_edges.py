@@ -56,9 +56,12 @@ async def served(
     engines: dict[str, ScriptedEngine], cfg: AppConfig
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(cfg, engine=engines)
-    async with serve_in_loop(app) as live, httpx.AsyncClient(
-        base_url=live.base_url, headers={"Authorization": f"Bearer {DEMO_KEY}"}, timeout=60
-    ) as http:
+    async with (
+        serve_in_loop(app) as live,
+        httpx.AsyncClient(
+            base_url=live.base_url, headers={"Authorization": f"Bearer {DEMO_KEY}"}, timeout=60
+        ) as http,
+    ):
         yield http
 
 
@@ -87,8 +90,9 @@ async def test_auto_keeps_within_max_cost_when_a_member_fits_it(tmp_path: Path) 
     sample is always tried), where a small one (about 31) fits."""
     engines = {SMALL: ScriptedEngine(cycle("A: 7")), LARGE: ScriptedEngine(cycle("A: 7"))}
     async with served(engines, routed_config(tmp_path)) as http:
-        r = await http.post("/v1/chat/completions",
-                            json=chat("auto", t2={"policy": LOW_LAM, "max_cost": 100}))
+        r = await http.post(
+            "/v1/chat/completions", json=chat("auto", t2={"policy": LOW_LAM, "max_cost": 100})
+        )
         t2 = r.json()["t2"]
         assert 0 < t2["cost"] <= 100, t2
         assert {w["model"] for w in t2["route"]["waves"]} == {SMALL}
@@ -101,8 +105,14 @@ async def test_a_routes_tie_break_returns_the_best_scored_text(tmp_path: Path) -
     engines = {SMALL: ScriptedEngine(cycle("A: 6", "A: 1", "A: 2", "A: 3", "A: 4")),
                LARGE: ScriptedEngine(cycle(SEVEN, BAD6, SEVEN, GOOD6))}  # fmt: skip
     async with served(engines, cfg) as http:
-        r = await http.post("/v1/chat/completions", json=chat("cascade", max_tokens=24, t2={
-            "policy": "t2:lam=0.0001", "max_samples": 9, "verifier": "steps"}))
+        r = await http.post(
+            "/v1/chat/completions",
+            json=chat(
+                "cascade",
+                max_tokens=24,
+                t2={"policy": "t2:lam=0.0001", "max_samples": 9, "verifier": "steps"},
+            ),
+        )
         body = r.json()
         assert body["t2"]["votes"] == {"7": 4, "6": 4} and body["t2"]["answer"] == "6"
         assert body["choices"][0]["message"]["content"] == GOOD6
@@ -115,8 +125,14 @@ async def test_a_named_verifier_works_under_logprob_votes(tmp_path: Path) -> Non
     for model, policy in ((SMALL, "fixed:2"), ("cascade", "t2:lam=0.01")):
         engines = {m: ScriptedEngine(cycle(BAD6, GOOD6)) for m in (SMALL, LARGE)}
         async with served(engines, cfg) as http:
-            r = await http.post("/v1/chat/completions", json=chat(model, max_tokens=24, t2={
-                "policy": policy, "aggregator": "logprob", "verifier": "steps"}))
+            r = await http.post(
+                "/v1/chat/completions",
+                json=chat(
+                    model,
+                    max_tokens=24,
+                    t2={"policy": policy, "aggregator": "logprob", "verifier": "steps"},
+                ),
+            )
             body = r.json()
             assert body["t2"]["verifier"] == "steps", body["t2"]
             if model == SMALL:  # both of its samples answer 6: the scored-1 text is returned
@@ -133,8 +149,12 @@ async def test_a_judge_cut_by_its_timeout_bills_the_tokens_it_generated(tmp_path
     engines = {SMALL: ScriptedEngine(cycle("A: 6")), LARGE: ScriptedEngine(cycle("A: 6")),
                "judge": judge}  # fmt: skip
     async with served(engines, cfg) as http:
-        r = await http.post("/v1/chat/completions", json=chat(SMALL, t2={
-            "policy": "fixed:2", "aggregator": "best_of_n", "verifier": "judge"}))
+        r = await http.post(
+            "/v1/chat/completions",
+            json=chat(
+                SMALL, t2={"policy": "fixed:2", "aggregator": "best_of_n", "verifier": "judge"}
+            ),
+        )
         t2 = r.json()["t2"]
         assert "timed out" in (t2["note"] or "")
         usage = list(judge._usage.values())
@@ -162,7 +182,7 @@ async def test_usage_counts_the_prompt_as_the_model_that_read_it(tmp_path: Path)
 
 
 async def test_a_members_context_error_names_the_member(tmp_path: Path) -> None:
-    """"This model's maximum context length is 64" on a route left the client to guess which
+    """ "This model's maximum context length is 64" on a route left the client to guess which
     of its models is that short."""
     engines = {SMALL: ScriptedEngine(cycle("A: 7")),
                LARGE: ScriptedEngine(cycle("A: 7"), context=64)}  # fmt: skip

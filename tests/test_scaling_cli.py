@@ -233,10 +233,23 @@ def test_an_unreadable_curves_file_or_plot_path_is_one_line(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["--train-flops", "1e15", "--inference-flops", "1e10", "--min-params", "nan"],
-         ("--min-params", "positive finite")),  # was numpy's All-NaN traceback
-        (["--total-flops", "1e25", "--queries", "1e6", "--tokens-per-query", "10",
-          "--min-tokens", "-1"], ("--min-tokens", "positive finite")),
+        (
+            ["--train-flops", "1e15", "--inference-flops", "1e10", "--min-params", "nan"],
+            ("--min-params", "positive finite"),
+        ),  # was numpy's All-NaN traceback
+        (
+            [
+                "--total-flops",
+                "1e25",
+                "--queries",
+                "1e6",
+                "--tokens-per-query",
+                "10",
+                "--min-tokens",
+                "-1",
+            ],
+            ("--min-tokens", "positive finite"),
+        ),
     ],
 )
 def test_plan_refuses_search_bounds_that_are_not_positive_numbers(

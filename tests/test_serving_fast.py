@@ -84,9 +84,7 @@ async def test_a_stream_keeps_alive_then_sends_exactly_the_chosen_text(
     keepalives = [c for c in chunks if "t2_progress" in c]
     assert len(keepalives) >= 2 and chunks[1] in keepalives
     assert all(c["choices"][0]["delta"] == {"content": ""} for c in keepalives)
-    streamed = "".join(
-        c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]
-    )
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     summary, final = chunks[-2], chunks[-1]
     # t2 rides on the finish chunk: only the usage chunk has no choices, as in OpenAI's stream
     assert summary["choices"][0]["finish_reason"] == "stop" and summary["t2"]["answer"] == "6"

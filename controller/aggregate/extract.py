@@ -20,9 +20,7 @@ Extractor = Callable[[str], str | None]
 _NUMBER_IN_TEXT = re.compile(
     r"(?<![\w./])-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s?/\s?\d+(?!\.\d))?(?![\w/])"
 )
-_ANSWER_IS = re.compile(
-    r"(?:the\s+)?(?:final\s+)?answer\s*(?:is|:|=)\s*:?\s*(.+)", re.IGNORECASE
-)
+_ANSWER_IS = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s*(?:is|:|=)\s*:?\s*(.+)", re.IGNORECASE)
 _A_LINE = re.compile(r"^\s*(?:A|Ans)\s*:\s*(.+)$", re.MULTILINE)
 
 

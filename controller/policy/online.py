@@ -225,8 +225,7 @@ def state_terms(h: Histogram, remaining: int | None) -> np.ndarray:
             rival_votes += np.where(maps[:, i] == rival, votes[i], 0.0)
         lead = votes[0] - rival_votes
         mean = remaining * (s_rival - s_leader)
-        sd = np.sqrt(np.maximum(remaining * (s_rival + s_leader - (s_rival - s_leader) ** 2),
-                                1e-9))
+        sd = np.sqrt(np.maximum(remaining * (s_rival + s_leader - (s_rival - s_leader) ** 2), 1e-9))
         overtake = ndtr((mean - lead) / sd)
     out[2] = (like * overtake * (s_rival - s_leader)).sum(axis=1)
     out.setflags(write=False)

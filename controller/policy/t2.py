@@ -151,8 +151,11 @@ def majority_curve(prior: LeaderPrior, k_max: int) -> np.ndarray:
     for k in range(1, k_max + 1):
         j = np.arange(k + 1, dtype=float)
         logp = (
-            gammaln(k + 1) - gammaln(j + 1) - gammaln(k - j + 1)
-            + betaln(prior.a + j, prior.b + k - j) - betaln(prior.a, prior.b)
+            gammaln(k + 1)
+            - gammaln(j + 1)
+            - gammaln(k - j + 1)
+            + betaln(prior.a + j, prior.b + k - j)
+            - betaln(prior.a, prior.b)
         )
         p = np.exp(logp)
         # under Beta(a, b) with a ≥ b the leader is "the" answer; fold the mirror case in
@@ -321,9 +324,7 @@ class T2(Policy):
         if self.refit and self.seen >= self.min_history and self._on_schedule(self.seen):
             self.prior = fit_leader_prior(self.counts, anchor=self.initial_prior)
 
-    def load(
-        self, counts: Mapping[tuple[int, int], int], prior: LeaderPrior | None = None
-    ) -> None:
+    def load(self, counts: Mapping[tuple[int, int], int], prior: LeaderPrior | None = None) -> None:
         """Continue from a learned (n, c) count table (persisted, or merged across replicas)
         and the prior last fitted from it, if any: a policy joining a stream uses the prior
         of the stream's last scheduled refit, as one that saw the whole stream does. Without

@@ -56,10 +56,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("margin", tuple(f"margin:{m}" for m in (2, 3, 4, 5, 6, 8)), "margin:4"),
     Family(
         "t2",
-        tuple(
-            f"t2:{lam}"
-            for lam in (0.004, 0.002, 0.0015, 0.001, 0.0007, 0.0005, 0.0003, 0.0002)
-        ),
+        tuple(f"t2:{lam}" for lam in (0.004, 0.002, 0.0015, 0.001, 0.0007, 0.0005, 0.0003, 0.0002)),
         "t2",
     ),
     Family(
@@ -176,18 +173,27 @@ class FileReport:
                 vs_best[f"{budget:g}"] = {"rival": rival, **p.to_json()}
         return {
             "questions": self.questions,
-            "majority": {"accuracy": round(self.majority.accuracy, 6),
-                         "mean_samples": round(self.majority.mean_samples, 4)},
-            "ac_095": {"accuracy": round(self.ac.accuracy, 6),
-                       "mean_samples": round(self.ac.mean_samples, 4)},
+            "majority": {
+                "accuracy": round(self.majority.accuracy, 6),
+                "mean_samples": round(self.majority.mean_samples, 4),
+            },
+            "ac_095": {
+                "accuracy": round(self.ac.accuracy, 6),
+                "mean_samples": round(self.ac.mean_samples, 4),
+            },
             "chosen": dict(self.chosen),
             "loo": {k: v.to_json() for k, v in self.loo.items()},
             "defaults": {k: v.to_json() for k, v in self.defaults.items()},
             "paced": {
-                f"{b:g}": {k: {"policy": r.policy, "accuracy": round(r.accuracy, 6),
-                               "accuracy_ci95": [round(x, 6) for x in r.accuracy_ci95],
-                               "mean_samples": round(r.mean_samples, 4)}
-                           for k, r in by.items()}
+                f"{b:g}": {
+                    k: {
+                        "policy": r.policy,
+                        "accuracy": round(r.accuracy, 6),
+                        "accuracy_ci95": [round(x, 6) for x in r.accuracy_ci95],
+                        "mean_samples": round(r.mean_samples, 4),
+                    }
+                    for k, r in by.items()
+                }
                 for b, by in self.paced.items()
             },
             "paced_t2_vs_best_baseline": vs_best,
@@ -219,20 +225,30 @@ class LooReport:
             diffs.append(s.result.per_question - f.majority.per_question)
             samples += s.result.mean_samples * f.questions
             ac += f.ac.mean_samples * f.questions
-        return {"vs_majority": _paired(np.concatenate(diffs)).to_json(),
-                "samples_vs_ac": round(samples / ac, 4)}
+        return {
+            "vs_majority": _paired(np.concatenate(diffs)).to_json(),
+            "samples_vs_ac": round(samples / ac, 4),
+        }
 
     def to_json(self) -> dict[str, object]:
         families = list(next(iter(self.files.values())).loo) if self.files else []
         return {
-            "settings": {"perms": self.perms, "tune_perms": self.tune_perms, "seed": self.seed,
-                         "tolerance": self.tolerance},
+            "settings": {
+                "perms": self.perms,
+                "tune_perms": self.tune_perms,
+                "seed": self.seed,
+                "tolerance": self.tolerance,
+            },
             "files": {k: v.to_json() for k, v in self.files.items()},
             "chosen_on_all_files": {f.name: self.chosen_on_all(f) for f in self.families},
             "grids": {
-                name: {spec: {"accuracy": round(r.accuracy, 6),
-                              "mean_samples": round(r.mean_samples, 4)}
-                       for spec, r in grid.items()}
+                name: {
+                    spec: {
+                        "accuracy": round(r.accuracy, 6),
+                        "mean_samples": round(r.mean_samples, 4),
+                    }
+                    for spec, r in grid.items()
+                }
                 for name, grid in self.grids.items()
             },
             "pooled": {
@@ -259,14 +275,16 @@ def leave_one_out(
         raise ValueError("leave-one-file-out needs at least two files")
     tick = progress or (lambda _n: None)
 
-    def run(questions: Sequence[ReplayQuestion], spec: str, n: int,
-            avg_samples: float | None = None) -> ReplayResult:
+    def run(
+        questions: Sequence[ReplayQuestion], spec: str, n: int, avg_samples: float | None = None
+    ) -> ReplayResult:
         result = replay(questions, spec, perms=n, seed=seed, avg_samples=avg_samples)
         tick(1)
         return result
 
-    grid_specs = list(dict.fromkeys([MAJORITY, AC_REFERENCE, *(
-        s for fam in families for s in fam.settings)]))
+    grid_specs = list(
+        dict.fromkeys([MAJORITY, AC_REFERENCE, *(s for fam in families for s in fam.settings)])
+    )
     grids = {name: {s: run(qs, s, tune_perms) for s in grid_specs} for name, qs in files.items()}
     reports: dict[str, FileReport] = {}
     for name, questions in files.items():
@@ -274,22 +292,31 @@ def leave_one_out(
         chosen = {fam.name: chooser(fam, train, tolerance) for fam in families}
         cache: dict[str, ReplayResult] = {}
 
-        def scored(spec: str, qs: Sequence[ReplayQuestion] = questions,
-                   cache: dict[str, ReplayResult] = cache) -> ReplayResult:
+        def scored(
+            spec: str,
+            qs: Sequence[ReplayQuestion] = questions,
+            cache: dict[str, ReplayResult] = cache,
+        ) -> ReplayResult:
             if spec not in cache:
                 cache[spec] = run(qs, spec, perms)
             return cache[spec]
 
         majority, ac = scored(MAJORITY), scored(AC_REFERENCE)
 
-        def score(fam: str, spec: str, majority: ReplayResult = majority,
-                  ac: ReplayResult = ac) -> Score:
+        def score(
+            fam: str, spec: str, majority: ReplayResult = majority, ac: ReplayResult = ac
+        ) -> Score:
             r = scored(spec)
-            return Score(fam, r, paired(r, majority), paired(r, ac),
-                         r.mean_samples / ac.mean_samples)
+            return Score(
+                fam, r, paired(r, majority), paired(r, ac), r.mean_samples / ac.mean_samples
+            )
 
         report = FileReport(
-            name, len(questions), majority, ac, chosen,
+            name,
+            len(questions),
+            majority,
+            ac,
+            chosen,
             loo={fam.name: score(fam.name, chosen[fam.name]) for fam in families},
             defaults={fam.name: score(fam.name, fam.default) for fam in families},
         )
@@ -301,17 +328,26 @@ def leave_one_out(
                 by[fam.name] = run(questions, chosen[fam.name], perms, avg_samples=budget)
                 if fam.default != chosen[fam.name]:
                     by[f"{fam.name}@default"] = run(
-                        questions, fam.default, perms, avg_samples=budget)
+                        questions, fam.default, perms, avg_samples=budget
+                    )
                 else:
                     by[f"{fam.name}@default"] = by[fam.name]
             report.paced[budget] = by
         reports[name] = report
-    return LooReport(reports, {k: dict(v) for k, v in grids.items()}, perms, tune_perms, seed,
-                     tolerance, tuple(families))
+    return LooReport(
+        reports,
+        {k: dict(v) for k, v in grids.items()},
+        perms,
+        tune_perms,
+        seed,
+        tolerance,
+        tuple(families),
+    )
 
 
-def total_runs(n_files: int, families: Sequence[Family] = FAMILIES,
-               budgets: Sequence[float] = (4.0, 8.0)) -> int:
+def total_runs(
+    n_files: int, families: Sequence[Family] = FAMILIES, budgets: Sequence[float] = (4.0, 8.0)
+) -> int:
     """An upper bound on the replays `leave_one_out` makes (for a progress bar)."""
     grid = len({MAJORITY, AC_REFERENCE, *(s for f in families for s in f.settings)})
     adaptive = sum(f.adaptive for f in families)

@@ -95,7 +95,7 @@ def replay_set(
             alone = replay_routes(rs, draws, rows, settings, lams, ("auto",), plan.seed, tick,
                                   fits)  # fmt: skip
             t2 += [{"model": model, **_point(p, ref_cost)} for p in alone]
-            for entry in t2[-len(alone):]:
+            for entry in t2[-len(alone) :]:
                 entry.pop("mode"), entry.pop("share_by_model"), entry.pop("escalated")
     oracle_k, oracle = _cheapest_best(base.oracle)
     entry = {

@@ -255,9 +255,11 @@ def load_routing_set(path: Path, extractor: str | None = None) -> RoutingSet:
                                sample_cost, call_cost, recorded))  # fmt: skip
     models.sort(key=one_sample_price)  # stable: a manifest in price order keeps its order
     if one_sample_price(models[-1]) <= 0:  # costs are relative to the dearest: nothing to trade
-        raise RoutingSetError(f"{path / MANIFEST}: every model costs 0 (prompt_per_1m, "
-                              "completion_per_1m, tokens_per_char): a route trades accuracy for "
-                              "cost, so at least one model needs a price")
+        raise RoutingSetError(
+            f"{path / MANIFEST}: every model costs 0 (prompt_per_1m, "
+            "completion_per_1m, tokens_per_char): a route trades accuracy for "
+            "cost, so at least one model needs a price"
+        )
     kept_rows = set(keep)
     skipped = tuple(q.id for i, q in enumerate(first) if i not in kept_rows)
     return RoutingSet(path.name, path, str(doc.get("task", "")), name,

@@ -92,6 +92,7 @@ from server.serving import ServingState
 
 log = logging.getLogger("t2serve.admin")
 
+
 def _declared_query_only(request: Request) -> None:
     """A query parameter the route does not take is a 400 naming it, not ignored: a typo such
     as `?tenat=acme` would otherwise list every tenant's spend, `?grace=60` revoke at once. So
@@ -216,8 +217,7 @@ def _unshared(state: ServingState, sync: AdminSync, tenant_id: str) -> None:
     if any(t.id == tenant_id for t in shadowed(state.file_config, sync.snapshot.tenants)):
         raise APIError(
             409,
-            f"Tenant '{echoed(tenant_id)}' is defined in {_config_file(state)} and was "
-            f"{CONFLICT}.",
+            f"Tenant '{echoed(tenant_id)}' is defined in {_config_file(state)} and was {CONFLICT}.",
             param="id",
             code="tenant_conflict",
         )
@@ -304,9 +304,7 @@ async def create_tenant(body: NewTenant, request: Request) -> TenantReport:
     state = get_state(request)
     taken = f"Tenant '{echoed(body.id)}' already exists"
     if any(t.id == body.id for t in state.file_config.tenants):
-        raise APIError(
-            409, f"{taken} in {_config_file(state)}.", param="id", code="tenant_exists"
-        )
+        raise APIError(409, f"{taken} in {_config_file(state)}.", param="id", code="tenant_exists")
     sync = await state.admin.ensure()
     if any(t.live and t.id == body.id for t in sync.snapshot.tenants):
         raise APIError(409, f"{taken} (made through the admin API).", param="id",

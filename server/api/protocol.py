@@ -113,9 +113,7 @@ class T2Options(BaseModel):
         default=None,
         description="with response_format json_schema: vote over this (dotted) field",
     )
-    deadline_ms: Millis | None = Field(
-        default=None, description="stop drawing waves after this"
-    )
+    deadline_ms: Millis | None = Field(default=None, description="stop drawing waves after this")
     verifier: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = Field(
         default=None, description="which of the tenant's verifiers scores samples (its name)"
     )
@@ -343,9 +341,7 @@ class SamplingRequest(BaseModel):
     max_tokens: PositiveInt | None = None
     stop: Stop = None
     seed: Seed | None = None
-    n: Choices = Field(
-        default=1, description="number of final answers (samples are internal)"
-    )
+    n: Choices = Field(default=1, description="number of final answers (samples are internal)")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: UserId | None = None
@@ -483,9 +479,9 @@ class ChatCompletionRequest(SamplingRequest):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: NonEmptyText | Annotated[
-        list[NonEmptyText], Field(min_length=1, max_length=MAX_CHOICES)
-    ]
+    prompt: (
+        NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_CHOICES)]
+    )
     echo: bool = False
     logprobs: TopLogprobs | None = None
 

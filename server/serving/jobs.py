@@ -259,7 +259,12 @@ def routed_job(
     for name in route.route:
         try:
             job = resolve_job(
-                state.config, state.engine(name), tenant, narrowed, prompt, request_id,
+                state.config,
+                state.engine(name),
+                tenant,
+                narrowed,
+                prompt,
+                request_id,
                 prompt_param,
             )
         except APIError as exc:  # "This model's context…": say which member it is

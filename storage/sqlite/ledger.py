@@ -148,8 +148,11 @@ class SQLiteStore:
                 "INSERT OR REPLACE INTO reservations (tenant, request_id, wave, money, flops, "
                 "granted, expires_at, scope, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (*(h.tenant, h.request_id, h.wave, held.money, held.flops, granted, expires),
-                     s, held.tokens)
+                    (
+                        *(h.tenant, h.request_id, h.wave, held.money, held.flops, granted, expires),
+                        s,
+                        held.tokens,
+                    )
                     for s in scopes_of(h.limits)
                 ],
             )
@@ -421,9 +424,7 @@ class SQLiteStore:
         sql = " UNION ALL ".join([held] * len(scopes) + [part] * len(limits))
         rows = c.execute(sql, params).fetchall()
         by_win = {r[0]: r for r in rows if r[0] is not None}
-        reserved = {
-            s: Cost(*(float(by_win["~held" + s][i]) for i in (1, 2, 4))) for s in scopes
-        }
+        reserved = {s: Cost(*(float(by_win["~held" + s][i]) for i in (1, 2, 4))) for s in scopes}
         out: list[WindowUsage] = []
         for lim in limits:
             row = by_win.get(lim.key)
