@@ -32,6 +32,7 @@ serve: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy controller storage server cli tests bench models mkdocs_hooks.py
@@ -54,6 +55,7 @@ test: $(STAMP)
 # The inner loop: no engine, no services, no server processes (tests/conftest.py marks them).
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder -m "not engine and not redis and not prometheus and not slow"
 
 bench: $(STAMP)
