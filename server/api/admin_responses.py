@@ -1,8 +1,9 @@
 """What the admin API returns, typed: one pydantic model per response body, so /openapi.json
 states each admin route's shape and the routes cannot drift from it.
 
-The OpenAI-compatible API's bodies are in server.api.protocol; the admin API's routes, their
-request bodies and their logic in server.api.admin. A model here only describes: each route
+The OpenAI-compatible API's bodies are in server.api.protocol; the admin API's request bodies
+in server.api.admin_requests, its routes and their logic in server.api.admin and the modules it
+includes (admin_tenants, admin_keys, admin_spend). A model here only describes: each route
 builds its own (some leave absent fields out with `response_model_exclude_none`, so a field
 typed `X | None` may be absent rather than null: its description says so).
 """
