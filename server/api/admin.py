@@ -20,7 +20,6 @@ value of the wrong JSON type ("5", true for a number) are refused, never coerced
 from __future__ import annotations
 
 import hmac
-import logging
 
 from fastapi import APIRouter, Depends, Request
 
@@ -30,8 +29,6 @@ from server.api.deps import authenticator, get_state
 from server.auth import bearer_key
 from server.config import ADMIN_KEY_ENV, AppConfig, env_admin_digest, hash_key
 from server.errors import APIError, ConfigError, echoed
-
-log = logging.getLogger("t2serve.admin")
 
 
 def _declared_query_only(request: Request) -> None:
