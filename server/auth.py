@@ -63,7 +63,7 @@ class KeyRing:
         tenants = {t.id: t for t in config.tenants}
         hidden = {t.id: t for t in shadowed}
         self._shadowed = {
-            k.sha256: k.tenant for k in stored if k.tenant in hidden and hidden[k.tenant].issued(k)
+            k.sha256 for k in stored if k.tenant in hidden and hidden[k.tenant].issued(k)
         }
         self._stored = {
             k.sha256: (k, tenants[k.tenant])

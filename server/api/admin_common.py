@@ -4,7 +4,7 @@ define a tenant's id."""
 
 from __future__ import annotations
 
-from server.admin_state import CONFLICT, AdminSync, shadowed
+from server.admin_state import CONFLICT, shadowed
 from server.config import TenantConfig
 from server.errors import APIError, echoed
 from server.serving import ServingState
@@ -22,12 +22,17 @@ def no_tenant(tenant_id: str, param: str) -> APIError:
     return APIError(404, f"No tenant '{echoed(tenant_id)}'.", param=param, code="tenant_not_found")
 
 
-def require_unshared(state: ServingState, sync: AdminSync, tenant_id: str) -> None:
+def conflicts(state: ServingState) -> set[str]:
+    """The ids both the file and the admin store define (the file's tenant is in force)."""
+    return {t.id for t in shadowed(state.file_config, state.admin.snapshot.tenants)}
+
+
+def require_unshared(state: ServingState, tenant_id: str) -> None:
     """409 while the file and the store both define the id: a key or setting made or changed
     now would be the file tenant's on this replica and the API tenant's wherever the file does
     not define it. Reading, revoking keys and deleting the API's tenant stay open (they only
-    take access away, or end the clash)."""
-    if any(t.id == tenant_id for t in shadowed(state.file_config, sync.snapshot.tenants)):
+    take access away, or end the clash). Call it after `state.admin.ensure()`."""
+    if tenant_id in conflicts(state):
         raise APIError(
             409,
             f"Tenant '{echoed(tenant_id)}' is defined in {config_file(state)} and was {CONFLICT}.",

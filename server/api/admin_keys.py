@@ -75,7 +75,7 @@ async def _create(
     rate_limits: RateLimits | None = None,
 ) -> KeyCreated:
     sync = await state.admin.ensure()
-    require_unshared(state, sync, tenant_id)
+    require_unshared(state, tenant_id)
     now = sync.clock()
     secret = "t2-" + secrets.token_urlsafe(32)
     stored = StoredKey(
@@ -259,7 +259,7 @@ async def put_key_rate_limits(
     state = get_state(request)
     find_tenant(state, tenant_id)
     sync = await state.admin.ensure()
-    require_unshared(state, sync, tenant_id)
+    require_unshared(state, tenant_id)
     try:
         key = await sync.set_key_rate_limits(tenant_id, prefix, _limits(limits))
     except KeyNotFound:

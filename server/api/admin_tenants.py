@@ -28,9 +28,14 @@ from server.admin_state import (
     file_values,
     overlay,
     override_field,
-    shadowed,
 )
-from server.api.admin_common import config_file, find_tenant, no_tenant, require_unshared
+from server.api.admin_common import (
+    config_file,
+    conflicts,
+    find_tenant,
+    no_tenant,
+    require_unshared,
+)
 from server.api.admin_requests import AlertThresholds, NewTenant
 from server.api.admin_responses import TenantDeleted, TenantList, TenantReport, TenantSummary
 from server.api.deps import get_state
@@ -54,14 +59,9 @@ async def _report(state: ServingState, tenant_id: str) -> TenantReport:
     return TenantReport.model_validate(report)
 
 
-def _conflicts(state: ServingState) -> set[str]:
-    """The ids both the file and the admin store define (the file's tenant is in force)."""
-    return {t.id for t in shadowed(state.file_config, state.admin.snapshot.tenants)}
-
-
 def _conflict(state: ServingState, tenant_id: str) -> str | None:
     """What the admin API reports of an id both the file and the store define; None if not."""
-    return CONFLICT if tenant_id in _conflicts(state) else None
+    return CONFLICT if tenant_id in conflicts(state) else None
 
 
 def _source(state: ServingState, tenant_id: str) -> Literal["file", "api"]:
@@ -74,7 +74,7 @@ def _source(state: ServingState, tenant_id: str) -> Literal["file", "api"]:
 async def list_tenants(request: Request) -> TenantList:
     """Every tenant, the file's then the API's, with its models, budgets and source."""
     state = get_state(request)
-    both = _conflicts(state)
+    both = conflicts(state)
     data = [
         TenantSummary(
             id=t.id,
@@ -152,7 +152,7 @@ async def delete_tenant(tenant_id: str, request: Request) -> TenantDeleted:
     config file is removed there (409); while the file and the API both define the id, this
     removes the API's, which ends the clash and leaves the file's in force."""
     state = get_state(request)
-    if tenant_id not in _conflicts(state) and any(
+    if tenant_id not in conflicts(state) and any(
         t.id == tenant_id for t in state.file_config.tenants
     ):
         raise APIError(
@@ -186,7 +186,7 @@ async def _put_section(
     remembers the file's value, so a later edit of that field in the file wins again)."""
     find_tenant(state, tenant_id)
     sync = await state.admin.ensure()
-    require_unshared(state, sync, tenant_id)
+    require_unshared(state, tenant_id)
     # the value the override stands over: the file's, or an API tenant's as it was made
     base = overlay(state.file_config, [], sync.snapshot.tenants)
     file_tenant = next((t for t in base.tenants if t.id == tenant_id), None)
